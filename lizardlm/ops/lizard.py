@@ -1,0 +1,187 @@
+"""Lizard attention: sliding-window softmax + meta memory, and gated linear attention over the
+tokens that have left the window, sharing one normaliser.
+
+Per batch and query head, with window ``w``, log-decays ``g`` (``G_t = sum_{r<=t} g_r``),
+features ``fq_t = e^beta phi(q_t)`` and ``fk_j = phi(k_j)``::
+
+    (o_t, lse_t) = window_attention(q, k, v, w, meta)                 # see ops.window
+    N_t = sum_{j <= t-w} exp(G_t - G_j) (fq_t . fk_j) v_j
+    Z_t = sum_{j <= t-w} exp(G_t - G_j) (fq_t . fk_j)
+    y_t = (o_t + N_t) / (1 + Z_t)
+
+i.e. ``y_t = (sum_win e^{s - lse_t} v + N_t) / (sum_win e^{s - lse_t} + Z_t)``: window scores are
+measured against their own log-sum-exp, the linear branch adds its (gated, unnormalised) mass.
+The linear branch is a standard gated linear attention over *shifted* keys/values: token ``j``
+enters the state at time ``j + w`` carrying the decay it accrued meanwhile,
+``k'_{j+w} = exp(G_{j+w} - G_j) fk_j``, ``v'_{j+w} = [v_j, 1]`` (the 1 yields Z).
+
+Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
+fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)`` or None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from lizardlm.ops.gla import gla_chunk
+from lizardlm.ops.utils import compute_dtype, expand_heads
+from lizardlm.ops.window import window_attention_chunk, window_attention_naive
+
+
+@dataclass
+class LizardState:
+    """What one Lizard attention carries between calls; its size never depends on the context.
+
+    kv_state: ``(B, H, F, V + 1)`` gated sum of ``fk [v, 1]^T`` over tokens that left the window.
+    keys, values, key_features: ``(B, Hk, L, ·)`` the last ``L <= w`` tokens (keys with RoPE).
+    log_gates: ``(B, H, L)`` their log-decays.
+    """
+
+    kv_state: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    key_features: torch.Tensor
+    log_gates: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def map(self, fn) -> "LizardState":
+        """A new state with ``fn`` applied to every tensor (device moves, batch selection...)."""
+        return LizardState(*(fn(t) for t in self.tensors()))
+
+
+def _log_gates(q: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    dtype = compute_dtype(q)
+    return q.new_zeros(q.shape[:3], dtype=dtype) if g is None else g.to(dtype)
+
+
+def _finish(o: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
+    """y = (o + N) / (1 + Z) from the window output and the linear branch ``[N, Z]``."""
+    dtype = compute_dtype(o)
+    V = o.shape[-1]
+    return ((o.to(dtype) + lin[..., :V]) / (1.0 + lin[..., V:])).to(o.dtype)
+
+
+def lizard_attention_naive(
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None
+) -> torch.Tensor:
+    """Reference: the equations above with explicit T x T matrices (no cache)."""
+    dtype = compute_dtype(q)
+    H, T = q.shape[1], q.shape[2]
+    o, _ = window_attention_naive(q, k, v, window, scale, meta_k, meta_v)
+    G = _log_gates(q, g).cumsum(-1)
+    t = torch.arange(T, device=q.device)
+    old = t[None, :] <= t[:, None] - window
+    decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~old, float("-inf")))
+    A = fq.to(dtype) @ expand_heads(fk.to(dtype), H).transpose(-1, -2) * decay
+    lin = torch.cat([A @ expand_heads(v.to(dtype), H), A.sum(-1, keepdim=True)], dim=-1)
+    return _finish(o, lin)
+
+
+def empty_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fk: torch.Tensor) -> LizardState:
+    """The state before the first token."""
+    B, H = q.shape[:2]
+    Hk = k.shape[1]
+    dtype = compute_dtype(q)
+    return LizardState(
+        kv_state=q.new_zeros(B, H, fk.shape[-1], v.shape[-1] + 1, dtype=dtype),
+        keys=k.new_zeros(B, Hk, 0, k.shape[-1]),
+        values=v.new_zeros(B, Hk, 0, v.shape[-1]),
+        key_features=fk.new_zeros(B, Hk, 0, fk.shape[-1]),
+        log_gates=q.new_zeros(B, H, 0, dtype=dtype),
+    )
+
+
+def lizard_attention_chunk(
+    q,
+    k,
+    v,
+    fq,
+    fk,
+    g,
+    *,
+    window: int,
+    scale: float,
+    meta_k=None,
+    meta_v=None,
+    state: LizardState | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, LizardState]:
+    """Chunked parallel form, continuing from ``state`` (None: the sequence starts here).
+
+    Memory O(T (C + w)); returns (y, state after the last token).
+    """
+    H, T = q.shape[1], q.shape[2]
+    dtype = compute_dtype(q)
+    if state is None:
+        state = empty_state(q, k, v, fk)
+    L = state.keys.shape[2]
+    kc = torch.cat([state.keys, k], dim=2)
+    vc = torch.cat([state.values, v], dim=2)
+    fkc = torch.cat([state.key_features, fk], dim=2)
+    gc = torch.cat([state.log_gates, _log_gates(q, g)], dim=2)
+
+    o, _ = window_attention_chunk(q, kc, vc, window, scale, meta_k, meta_v, chunk_size)
+
+    # Shifted keys/values: position L + t receives the token at combined index L + t - w.
+    src = torch.arange(L, L + T, device=q.device) - window
+    valid = (src >= 0).to(dtype)[:, None]
+    src = src.clamp(min=0)
+    Gc = gc.cumsum(-1)
+    decay = torch.exp((Gc[..., L:] - Gc[..., src]) * valid[:, 0])
+    k_in = expand_heads(fkc[:, :, src].to(dtype), H) * (decay[..., None] * valid)
+    v_src = vc[:, :, src].to(dtype)
+    v_in = expand_heads(torch.cat([v_src, torch.ones_like(v_src[..., :1])], dim=-1), H) * valid
+    lin, kv_state = gla_chunk(fq.to(dtype), k_in, v_in, gc[..., L:], state.kv_state, chunk_size)
+
+    keep = slice(max(0, L + T - window), None)
+    new_state = LizardState(kv_state, kc[:, :, keep], vc[:, :, keep], fkc[:, :, keep], gc[:, :, keep])
+    return _finish(o, lin), new_state
+
+
+def lizard_attention_step(
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state: LizardState
+) -> tuple[torch.Tensor, LizardState]:
+    """One decoding step (all inputs have T = 1): O(w) work and O(1) memory."""
+    H = q.shape[1]
+    dtype = compute_dtype(q)
+    keys = torch.cat([state.keys, k], dim=2)
+    values = torch.cat([state.values, v], dim=2)
+    feats = torch.cat([state.key_features, fk], dim=2)
+    log_gates = torch.cat([state.log_gates, _log_gates(q, g)], dim=2)
+    kv_state = torch.exp(log_gates[..., -1])[..., None, None] * state.kv_state
+    if keys.shape[2] > window:  # the oldest token leaves the window and enters the linear state
+        decay = torch.exp(log_gates[..., 1:].sum(-1))[..., None, None]
+        f_out = expand_heads(feats[:, :, 0].to(dtype), H)
+        v_out = expand_heads(values[:, :, 0].to(dtype), H)
+        v_out = torch.cat([v_out, torch.ones_like(v_out[..., :1])], dim=-1)
+        kv_state = kv_state + decay * f_out[..., :, None] * v_out[..., None, :]
+        keys, values, feats, log_gates = keys[:, :, 1:], values[:, :, 1:], feats[:, :, 1:], log_gates[:, :, 1:]
+    o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v)
+    lin = fq.to(dtype) @ kv_state
+    return _finish(o, lin), LizardState(kv_state, keys, values, feats, log_gates)
+
+
+def lizard_attention_recurrent(
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state: LizardState | None = None
+) -> tuple[torch.Tensor, LizardState]:
+    """Token-by-token form built from :func:`lizard_attention_step`."""
+    if state is None:
+        state = empty_state(q, k, v, fk)
+    g = _log_gates(q, g)
+    outs = []
+    for t in range(q.shape[2]):
+        sl = slice(t, t + 1)
+        y, state = lizard_attention_step(
+            q[:, :, sl], k[:, :, sl], v[:, :, sl], fq[:, :, sl], fk[:, :, sl], g[:, :, sl],
+            window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, state=state,
+        )
+        outs.append(y)
+    return torch.cat(outs, dim=2), state

@@ -1,0 +1,127 @@
+"""Sliding-window softmax attention plus learned meta-memory slots.
+
+Query ``t`` attends to keys ``j`` with ``t - w < j <= t`` and to ``m`` meta slots (keys ``mk``,
+values ``mv``, no position) that every query sees::
+
+    s_tj = scale q_t . k_j,   lse_t = log(sum_j e^{s_tj} + sum_i e^{scale q_t . mk_i})
+    o_t  = sum_j e^{s_tj - lse_t} v_j + sum_i e^{scale q_t . mk_i - lse_t} mv_i
+
+Shapes: q ``(B, H, Tq, D)``; k, v ``(B, Hk, Tk, D)`` with ``Tk >= Tq`` (query i sits at key
+position ``Tk - Tq + i``: earlier keys are a cached prefix) and ``H % Hk == 0``;
+meta_k, meta_v ``(H, m, D)`` or None. Returns ``(o, lse)`` with o in q's dtype, lse float32+.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lizardlm.ops.utils import compute_dtype, expand_heads
+
+
+def _meta_scores(q: torch.Tensor, meta_k: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    if meta_k is None or meta_k.shape[-2] == 0:
+        return None
+    return scale * torch.einsum("bh...d,hmd->bh...m", q, meta_k.to(q.dtype))
+
+
+def _combine(scores, values, meta_scores, meta_v, out_dtype):
+    """Softmax over window scores (already -inf where masked) and meta scores; returns (o, lse)."""
+    if meta_scores is not None:
+        scores = torch.cat([scores, meta_scores], dim=-1)
+    lse = torch.logsumexp(scores, dim=-1)
+    p = torch.exp(scores - lse[..., None])
+    n_win = values.shape[-2]
+    o = p[..., :n_win] @ values
+    if meta_scores is not None:
+        o = o + torch.einsum("bh...m,hmd->bh...d", p[..., n_win:], meta_v.to(o.dtype))
+    return o.to(out_dtype), lse
+
+
+def window_attention_naive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    scale: float,
+    meta_k: torch.Tensor | None = None,
+    meta_v: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: full Tq x Tk score matrix with a band mask."""
+    dtype = compute_dtype(q)
+    H, Tq, Tk = q.shape[1], q.shape[2], k.shape[2]
+    q = q.to(dtype)
+    k, v = expand_heads(k.to(dtype), H), expand_heads(v.to(dtype), H)
+    qpos = torch.arange(Tk - Tq, Tk, device=q.device)[:, None]
+    kpos = torch.arange(Tk, device=q.device)[None, :]
+    band = (kpos <= qpos) & (kpos > qpos - window)
+    scores = (scale * q @ k.transpose(-1, -2)).masked_fill(~band, float("-inf"))
+    return _combine(scores, v, _meta_scores(q, meta_k, scale), meta_v, q.dtype)
+
+
+def window_attention_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    scale: float,
+    meta_k: torch.Tensor | None = None,
+    meta_v: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-banded form: each block of C queries scores only its C + w - 1 candidate keys.
+
+    Memory O(Tq (C + w)) instead of O(Tq Tk).
+    """
+    dtype = compute_dtype(q)
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    C, w = chunk_size, window
+    q = q.to(dtype)
+    k, v = expand_heads(k.to(dtype), H), expand_heads(v.to(dtype), H)
+    # Re-index keys so that query t's window is exactly rows [t, t + w) of `kp`.
+    lead = w - 1 - (Tk - Tq)
+    if lead >= 0:
+        kp, vp = F.pad(k, (0, 0, lead, 0)), F.pad(v, (0, 0, lead, 0))
+    else:
+        kp, vp = k[:, :, -lead:], v[:, :, -lead:]
+    pad = (-Tq) % C
+    n = (Tq + pad) // C
+    q = F.pad(q, (0, 0, 0, pad))
+    kp, vp = F.pad(kp, (0, 0, 0, pad)), F.pad(vp, (0, 0, 0, pad))
+    span = C + w - 1
+    kb = kp.unfold(2, span, C).transpose(-1, -2)  # (B, H, n, span, D)
+    vb = vp.unfold(2, span, C).transpose(-1, -2)
+    qb = q.view(B, H, n, C, D)
+    # Row r of block c is kp index c*C + r, i.e. key position c*C + r - lead.
+    i = torch.arange(C, device=q.device)[:, None]
+    r = torch.arange(span, device=q.device)[None, :]
+    in_band = (r >= i) & (r < i + w)
+    key_pos = torch.arange(n, device=q.device)[:, None, None] * C + r[None] - lead
+    valid = in_band[None] & (key_pos >= 0) & (key_pos < Tk)  # (n, C, span)
+    scores = (scale * qb @ kb.transpose(-1, -2)).masked_fill(~valid, float("-inf"))
+    o, lse = _combine(scores, vb, _meta_scores(qb, meta_k, scale), meta_v, q.dtype)
+    return o.reshape(B, H, n * C, -1)[:, :, :Tq], lse.reshape(B, H, n * C)[:, :, :Tq]
+
+
+def window_attention_recurrent(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    scale: float,
+    meta_k: torch.Tensor | None = None,
+    meta_v: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query at a time, each reading only a buffer of the last ``window`` keys."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    outs, lses = [], []
+    for t in range(Tq):
+        end = Tk - Tq + t + 1
+        start = max(0, end - window)
+        o, lse = window_attention_naive(
+            q[:, :, t : t + 1], k[:, :, start:end], v[:, :, start:end], window, scale, meta_k, meta_v
+        )
+        outs.append(o)
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
