@@ -1,0 +1,5 @@
+import sys
+
+from lizardlm.cli import main
+
+sys.exit(main())

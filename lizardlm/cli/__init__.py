@@ -1,0 +1,34 @@
+"""The ``lizardlm`` command line: one module per subcommand, each exposing ``add_parser``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lizardlm.errors import LizardError
+
+SUBCOMMANDS = ("generate", "linearize", "eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lizardlm",
+        description="Linearize a pretrained Llama-family LLM into a Lizard model, evaluate it, generate with it.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"lizardlm.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LizardError as err:
+        print(f"lizardlm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lizardlm: interrupted", file=sys.stderr)
+        return 130
