@@ -1,0 +1,100 @@
+"""Generation cache of a Lizard model: constant size per Lizard layer.
+
+A Lizard layer keeps a :class:`~lizardlm.ops.LizardState` (gated state + normaliser and the
+last ``window_size`` keys/values); layers left as softmax attention (hybrid models) keep the
+usual growing key/value cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+from lizardlm.ops import LizardState
+
+
+class LizardCacheLayer(CacheLayerMixin):
+    """Holds one Lizard layer's state and how many tokens it has seen."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state: LizardState | None = None
+        self.seen = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise TypeError("a Lizard cache layer is updated through `advance`, not through key/value `update`")
+
+    def advance(self, state: LizardState, num_tokens: int) -> None:
+        """Replace the state after the layer processed ``num_tokens`` more tokens."""
+        self.state = state
+        self.seen += num_tokens
+        self.is_initialized = True
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.state = None
+        self.seen = 0
+        self.is_initialized = False
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.state is not None:
+            self.state = self.state.map(lambda t: t.index_select(0, indices.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.state is not None:
+            self.state = self.state.map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("a Lizard state cannot be rolled back (assisted decoding is not supported)")
+
+    def offload(self) -> None:
+        if self.state is not None:
+            self.state = self.state.map(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self) -> None:
+        pass
+
+    def nbytes(self) -> int:
+        return 0 if self.state is None else self.state.nbytes()
+
+
+class LizardCache(Cache):
+    """Cache for a Lizard model: :class:`LizardCacheLayer` per Lizard layer, ``DynamicLayer`` per
+    softmax layer. ``nbytes()`` is constant in the context length when every layer is Lizard."""
+
+    def __init__(self, num_layers: int, softmax_layers: list[int] | tuple[int, ...] = ()) -> None:
+        layers = [DynamicLayer() if i in softmax_layers else LizardCacheLayer() for i in range(num_layers)]
+        super().__init__(layers=layers)
+
+    @classmethod
+    def for_model(cls, model) -> "LizardCache":
+        """An empty cache shaped for ``model`` (a Lizard model or its config)."""
+        config = getattr(model, "config", model)
+        return cls(config.num_hidden_layers, config.lizard["softmax_layers"])
+
+    def nbytes(self) -> int:
+        """Bytes held by every tensor in the cache."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, LizardCacheLayer):
+                total += layer.nbytes()
+            elif getattr(layer, "keys", None) is not None and layer.is_initialized:
+                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
+        return total

@@ -1,0 +1,161 @@
+"""The Lizard attention layer that replaces a teacher's softmax self-attention."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from lizardlm.config import LizardConfig
+from lizardlm.layers.feature_map import HedgehogFeatureMap
+from lizardlm.layers.gate import DecayGate
+from lizardlm.ops import lizard_attention_chunk, lizard_attention_step, window_attention_chunk
+
+
+def teacher_window(config, layer_idx: int) -> int | None:
+    """The teacher's own sliding window for this layer (Mistral, Qwen2 sliding layers), if any."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return config.sliding_window if layer_types[layer_idx] == "sliding_attention" else None
+    return getattr(config, "sliding_window", None)
+
+
+class LizardAttention(nn.Module):
+    """Gated linear attention + sliding-window softmax with meta memory, on the teacher's q/k/v/o.
+
+    Parameters of its own (all small): Hedgehog feature maps for queries (per head) and keys (per
+    key/value head), the decay gate, ``m`` meta key/value slots per head, and ``beta`` (per head
+    log-scale of the linear branch). ``q_proj``/``k_proj``/``v_proj``/``o_proj`` keep the teacher's
+    names, shapes and biases, so teacher checkpoints load into it unchanged.
+
+    In *attention transfer* mode (see :func:`attention_transfer`) the layer also computes the
+    teacher's softmax attention on the same input, stores ``mse(student, teacher)`` in
+    ``self.transfer_loss`` and passes the teacher's output on, so every layer sees teacher inputs.
+    """
+
+    def __init__(
+        self, config, layer_idx: int, lizard: LizardConfig, projections: dict[str, nn.Linear] | None = None
+    ) -> None:
+        """``projections``: the teacher's ``q_proj``/``k_proj``/``v_proj``/``o_proj`` to share (not
+        copy); new ones are created from ``config`` when None (e.g. before loading a checkpoint)."""
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.lizard = lizard
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.teacher_window = teacher_window(config, layer_idx)
+        if projections is None:
+            projections = self._new_projections(config)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, name, projections[name])
+        factory = dict(device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
+
+        self.feature_map_q = HedgehogFeatureMap(self.num_heads, self.head_dim, lizard.feature_dim).to(**factory)
+        self.feature_map_k = HedgehogFeatureMap(self.num_kv_heads, self.head_dim, lizard.feature_dim).to(**factory)
+        self.gate = (
+            DecayGate(config.hidden_size, self.num_heads, lizard.gate_temperature, lizard.gate_init).to(**factory)
+            if lizard.gate == "scalar"
+            else None
+        )
+        m = lizard.num_meta_tokens
+        self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if m else None
+        self.meta_v = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if m else None
+        self.beta = nn.Parameter(torch.empty(self.num_heads, **factory))
+        self.attention_transfer = False
+        self.transfer_loss: torch.Tensor | None = None
+        self.reset_lizard_parameters()
+
+    def _new_projections(self, config) -> dict[str, nn.Linear]:
+        bias = getattr(config, "attention_bias", False)
+        qkv_bias = bias or config.model_type.endswith("qwen2")  # Qwen2: biased q/k/v, unbiased o
+        q_out, kv_out = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return {
+            "q_proj": nn.Linear(config.hidden_size, q_out, bias=qkv_bias),
+            "k_proj": nn.Linear(config.hidden_size, kv_out, bias=qkv_bias),
+            "v_proj": nn.Linear(config.hidden_size, kv_out, bias=qkv_bias),
+            "o_proj": nn.Linear(q_out, config.hidden_size, bias=bias),
+        }
+
+    def lizard_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters attention transfer trains (everything but the teacher's projections)."""
+        for name, param in self.named_parameters():
+            if not name.split(".")[0].endswith("_proj"):
+                yield param
+
+    def reset_lizard_parameters(self) -> None:
+        """Feature maps at identity, gate at ``gate_init``, meta keys small and random, meta values
+        zero (slots start as attention sinks that add nothing), linear-branch scale e^0 = 1."""
+        self.feature_map_q.reset_parameters()
+        self.feature_map_k.reset_parameters()
+        if self.gate is not None:
+            self.gate.reset_parameters()
+        with torch.no_grad():
+            self.beta.zero_()
+            if self.meta_k is not None:
+                self.meta_k.normal_(0.0, 0.02)
+                self.meta_v.zero_()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        B, T, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = position_embeddings
+        q_rope, k_rope = apply_rotary_pos_emb(q, k, cos, sin)
+        q_lin, k_lin = (q_rope, k_rope) if self.lizard.linear_rope else (q, k)
+        fq = self.feature_map_q(q_lin) * self.beta.exp().to(q.dtype)[:, None, None]
+        fk = self.feature_map_k(k_lin)
+        g = self.gate(hidden_states) if self.gate is not None else None
+        kw = dict(window=self.lizard.window_size, scale=self.scaling, meta_k=self.meta_k, meta_v=self.meta_v)
+
+        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        state = cache_layer.state if cache_layer is not None else None
+        if state is not None and T == 1:
+            y, new_state = lizard_attention_step(q_rope, k_rope, v, fq, fk, g, state=state, **kw)
+        else:
+            y, new_state = lizard_attention_chunk(
+                q_rope, k_rope, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size, **kw
+            )
+        if cache_layer is not None:
+            cache_layer.advance(new_state, T)
+        out = self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+        if not self.attention_transfer:
+            return out, None
+        with torch.no_grad():
+            target = self.o_proj(self._teacher_attention(q_rope, k_rope, v).transpose(1, 2).reshape(B, T, -1))
+        self.transfer_loss = F.mse_loss(out.float(), target.float())
+        return target, None
+
+    def _teacher_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The teacher's causal softmax attention (its own sliding window, if it has one)."""
+        if self.teacher_window is not None and q.shape[2] > self.teacher_window:
+            return window_attention_chunk(q, k, v, self.teacher_window, self.scaling, chunk_size=256)[0]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=True)
+
+
+@contextlib.contextmanager
+def attention_transfer(model: nn.Module) -> Iterator[list[LizardAttention]]:
+    """Put every Lizard layer of ``model`` in attention-transfer mode; yields the layers."""
+    layers = [m for m in model.modules() if isinstance(m, LizardAttention)]
+    for layer in layers:
+        layer.attention_transfer = True
+    try:
+        yield layers
+    finally:
+        for layer in layers:
+            layer.attention_transfer = False
+            layer.transfer_loss = None

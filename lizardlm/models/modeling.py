@@ -1,0 +1,156 @@
+"""Hugging Face model classes of converted (Lizard) models.
+
+For each supported teacher architecture ``X`` there is ``LizardXConfig`` (the teacher's config
+plus a ``lizard`` dict holding a :class:`~lizardlm.config.LizardConfig`, ``model_type``
+``lizard_x``) and ``LizardXForCausalLM`` (the teacher's class with Lizard attention in every
+layer not listed in ``softmax_layers``). Both are registered with the ``Auto*`` classes when
+:mod:`lizardlm` is imported, so ``AutoModelForCausalLM.from_pretrained(dir)`` loads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub.dataclasses import strict
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from lizardlm.cache import LizardCache
+from lizardlm.config import LizardConfig
+from lizardlm.layers import LizardAttention
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class LizardModelMixin:
+    """What every Lizard causal LM adds to its teacher class."""
+
+    config: object
+
+    @property
+    def lizard_config(self) -> LizardConfig:
+        return LizardConfig.from_dict(self.config.lizard)
+
+    def _install_lizard_attention(self, lizard: LizardConfig, reuse_projections: bool) -> None:
+        for idx, layer in enumerate(self.model.layers):
+            if idx in lizard.softmax_layers:
+                continue
+            teacher = layer.self_attn
+            projections = {n: getattr(teacher, n) for n in PROJECTIONS} if reuse_projections else None
+            layer.self_attn = LizardAttention(self.config, idx, lizard, projections)
+
+    def _init_weights(self, module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LizardAttention):  # after its children got the generic init
+            module.reset_lizard_parameters()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not create a DynamicCache: forward creates a LizardCache
+
+    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, **kwargs):
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = LizardCache.for_model(self)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=_checked_attention_mask(attention_mask),
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+def _checked_attention_mask(attention_mask: torch.Tensor | None) -> None:
+    """Lizard layers are causal by construction; padding is only allowed at the end of a row.
+
+    Right padding never affects earlier (real) positions, so the mask is dropped; left or middle
+    padding would leak pad tokens into the recurrent state and is refused.
+    """
+    if attention_mask is None or attention_mask.dim() != 2 or bool(attention_mask.all()):
+        return None
+    seen_pad = (attention_mask == 0).cumsum(-1) > 0
+    if bool((seen_pad & (attention_mask != 0)).any()):
+        raise ValueError(
+            "Lizard models do not support left (or middle) padding yet: pad on the right, "
+            "or run prompts of different lengths one at a time"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A supported teacher architecture and its Lizard counterparts."""
+
+    model_type: str
+    teacher_config: type
+    teacher_model: type
+    config_class: type
+    model_class: type
+
+
+def _make_architecture(model_type: str, teacher_config: type, teacher_model: type) -> Architecture:
+    name = teacher_model.__name__.removesuffix("ForCausalLM")
+    config_class = strict(
+        type(
+            f"Lizard{name}Config",
+            (teacher_config,),
+            {"model_type": f"lizard_{model_type}", "__annotations__": {"lizard": dict | None}, "lizard": None},
+        )
+    )
+
+    def __init__(self, config) -> None:
+        teacher_model.__init__(self, config)
+        self._install_lizard_attention(LizardConfig.from_dict(config.lizard), reuse_projections=True)
+
+    model_class = type(
+        f"Lizard{name}ForCausalLM",
+        (LizardModelMixin, teacher_model),
+        {"config_class": config_class, "__init__": __init__, "__module__": __name__},
+    )
+    config_class.__module__ = __name__
+    return Architecture(model_type, teacher_config, teacher_model, config_class, model_class)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.model_type: a
+    for a in (
+        _make_architecture("llama", LlamaConfig, LlamaForCausalLM),
+        _make_architecture("mistral", MistralConfig, MistralForCausalLM),
+        _make_architecture("qwen2", Qwen2Config, Qwen2ForCausalLM),
+    )
+}
+globals().update({a.config_class.__name__: a.config_class for a in ARCHITECTURES.values()})
+globals().update({a.model_class.__name__: a.model_class for a in ARCHITECTURES.values()})
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the Lizard model types."""
+    for arch in ARCHITECTURES.values():
+        AutoConfig.register(arch.config_class.model_type, arch.config_class, exist_ok=True)
+        AutoModelForCausalLM.register(arch.config_class, arch.model_class, exist_ok=True)
+
+
+def is_lizard_model(model: object) -> bool:
+    return isinstance(model, LizardModelMixin)
+
+
+def supported_names() -> str:
+    return ", ".join(a.teacher_model.__name__ for a in ARCHITECTURES.values())
+
+
+def find_architecture(model: PreTrainedModel) -> Architecture | None:
+    arch = ARCHITECTURES.get(getattr(model.config, "model_type", None))
+    if arch is None or type(model) is not arch.teacher_model:
+        return None
+    return arch
