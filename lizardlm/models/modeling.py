@@ -9,9 +9,11 @@ layer not listed in ``softmax_layers``). Both are registered with the ``Auto*`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from huggingface_hub.dataclasses import strict
 from transformers import (
     AutoConfig,
@@ -40,6 +42,12 @@ class LizardModelMixin:
     @property
     def lizard_config(self) -> LizardConfig:
         return LizardConfig.from_dict(self.config.lizard)
+
+    def lizard_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters Lizard adds (feature maps, gates, meta memory, beta) in every layer."""
+        for module in self.modules():
+            if isinstance(module, LizardAttention):
+                yield from module.lizard_parameters()
 
     def _install_lizard_attention(self, lizard: LizardConfig, reuse_projections: bool) -> None:
         for idx, layer in enumerate(self.model.layers):

@@ -1,0 +1,215 @@
+"""Converted tiny random Llama / Mistral / Qwen2 models: decoding, generation, cache, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import lizardlm
+from lizardlm import LizardCache, LizardConfig
+from lizardlm.errors import UnsupportedModelError
+from lizardlm.layers import LizardAttention, attention_transfer
+
+COMMON = dict(
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    vocab_size=97,
+    max_position_embeddings=4096,
+    attn_implementation="sdpa",
+)
+TEACHERS = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**COMMON)),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**COMMON, sliding_window=None)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON)),
+}
+SMALL = LizardConfig(window_size=8, num_meta_tokens=3, feature_dim=8, chunk_size=8)
+
+
+def lizard_model(arch: str, config: LizardConfig = SMALL, seed: int = 0):
+    torch.manual_seed(seed)
+    model = lizardlm.convert(TEACHERS[arch]().eval(), config)
+    with torch.no_grad():  # move the new parameters away from their init so every part matters
+        for layer in model.modules():
+            if isinstance(layer, LizardAttention):
+                for p in layer.lizard_parameters():
+                    p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def decode_token_by_token(model, ids: torch.Tensor, prefill: int = 0) -> tuple[torch.Tensor, LizardCache]:
+    cache = LizardCache.for_model(model)
+    logits = []
+    with torch.no_grad():
+        if prefill:
+            logits.append(model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits)
+        for t in range(prefill, ids.shape[1]):
+            logits.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+    return torch.cat(logits, dim=1), cache
+
+
+@pytest.mark.parametrize("arch", sorted(TEACHERS))
+def test_cached_decoding_equals_full_sequence(arch):
+    model = lizard_model(arch)
+    ids = torch.randint(0, 97, (2, 41))  # 5x the window
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+    step, _ = decode_token_by_token(model, ids)
+    assert torch.allclose(step, full, atol=1e-4, rtol=1e-4)
+    prefilled, _ = decode_token_by_token(model, ids, prefill=13)
+    assert torch.allclose(prefilled, full, atol=1e-4, rtol=1e-4)
+
+
+def test_conversion_keeps_teacher_projections_and_types():
+    teacher = TEACHERS["qwen2"]().eval()
+    q_weight, q_bias = teacher.model.layers[1].self_attn.q_proj.weight, teacher.model.layers[1].self_attn.q_proj.bias
+    model = lizardlm.convert(teacher, LizardConfig(softmax_layers=[0]))
+    assert type(model).__name__ == "LizardQwen2ForCausalLM"
+    attn = model.model.layers[1].self_attn
+    assert isinstance(attn, LizardAttention)
+    assert attn.q_proj.weight is q_weight and attn.q_proj.bias is q_bias  # shared, not copied
+    assert not isinstance(model.model.layers[0].self_attn, LizardAttention)  # hybrid: kept softmax
+    assert model.config.lizard["softmax_layers"] == [0]
+
+
+@pytest.mark.parametrize("softmax_layers", [[], [1]])
+def test_greedy_generate_equals_argmax_decoding(softmax_layers):
+    model = lizard_model("llama", LizardConfig(window_size=8, num_meta_tokens=2, feature_dim=8, softmax_layers=softmax_layers))
+    prompt = torch.randint(0, 97, (1, 6))
+    out = model.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(30):
+            ids = torch.cat([ids, model(ids, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(out, ids)
+
+
+def test_sampling_generate_runs_and_is_seeded():
+    model = lizard_model("mistral")
+    prompt = torch.randint(0, 97, (2, 5))
+    torch.manual_seed(3)
+    a = model.generate(prompt, max_new_tokens=20, do_sample=True, top_k=20, pad_token_id=0)
+    torch.manual_seed(3)
+    b = model.generate(prompt, max_new_tokens=20, do_sample=True, top_k=20, pad_token_id=0)
+    assert a.shape == (2, 25) and torch.equal(a, b)
+
+
+def test_cache_size_is_constant_in_context_length():
+    model = lizard_model("llama")
+    sizes = {}
+    for length in (40, 4000):
+        ids = torch.randint(0, 97, (1, length))
+        cache = LizardCache.for_model(model)
+        with torch.no_grad():
+            model(ids, past_key_values=cache, use_cache=True)
+            model(ids[:, :1], past_key_values=cache, use_cache=True)
+        assert cache.get_seq_length() == length + 1
+        sizes[length] = cache.nbytes()
+    assert sizes[40] == sizes[4000] > 0
+
+
+def test_hybrid_cache_grows_only_in_softmax_layers():
+    model = lizard_model("llama", LizardConfig(window_size=8, feature_dim=8, softmax_layers=[2]))
+    cache = LizardCache.for_model(model)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 50)), past_key_values=cache, use_cache=True)
+    assert cache.layers[2].keys.shape[-2] == 50
+    assert cache.layers[0].state.keys.shape[-2] == 8
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = lizard_model("qwen2")
+    ids = torch.randint(0, 97, (2, 30))
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.bin")) and list(tmp_path.glob("*.safetensors"))
+    for loaded in (AutoModelForCausalLM.from_pretrained(tmp_path), type(model).from_pretrained(tmp_path)):
+        assert type(loaded) is type(model)
+        assert loaded.lizard_config == model.lizard_config
+        with torch.no_grad():
+            assert torch.equal(loaded(ids, use_cache=False).logits, ref)
+
+
+def test_unsupported_model_fails_clearly_and_is_untouched():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    before = {k: v.clone() for k, v in gpt2.state_dict().items()}
+    with pytest.raises(UnsupportedModelError, match=r"GPT2LMHeadModel.*gpt2.*LlamaForCausalLM"):
+        lizardlm.convert(gpt2)
+    assert type(gpt2) is GPT2LMHeadModel
+    assert all(torch.equal(before[k], v) for k, v in gpt2.state_dict().items())
+
+
+def test_converting_twice_or_bad_layers_fails():
+    model = lizard_model("llama")
+    with pytest.raises(UnsupportedModelError, match="already a Lizard model"):
+        lizardlm.convert(model)
+    with pytest.raises(ValueError, match="out of range"):
+        lizardlm.convert(TEACHERS["llama"](), LizardConfig(softmax_layers=[7]))
+
+
+@pytest.mark.parametrize(
+    "mode, gate, meta", [("lizard", True, True), ("lolcats", False, False), ("no_gate", False, True), ("no_meta", True, False)]
+)
+def test_mode_presets_build_the_right_parts(mode, gate, meta):
+    model = lizardlm.convert(TEACHERS["llama"](), LizardConfig(mode=mode, num_meta_tokens=4))
+    attn = model.model.layers[0].self_attn
+    assert (attn.gate is not None) == gate
+    assert (attn.meta_k is not None) == meta
+
+
+def test_bad_config_values_fail():
+    with pytest.raises(ValueError, match="unknown mode"):
+        LizardConfig(mode="fast")
+    with pytest.raises(ValueError, match="window_size"):
+        LizardConfig(window_size=0)
+    with pytest.raises(ValueError, match="gate_init"):
+        LizardConfig(gate_init=1.0)
+
+
+def test_attention_transfer_passes_teacher_outputs_on():
+    """In transfer mode the hidden states are the teacher's exactly, and each layer reports its MSE."""
+    teacher = TEACHERS["llama"]().eval()
+    ids = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        teacher_logits = teacher(ids).logits
+    model = lizardlm.convert(teacher, SMALL)
+    model.requires_grad_(False)
+    for p in model.lizard_parameters():
+        p.requires_grad_(True)
+    with attention_transfer(model) as layers:
+        out = model(ids, use_cache=False).logits
+        losses = [layer.transfer_loss for layer in layers]
+    assert torch.allclose(out, teacher_logits, atol=1e-5)
+    assert len(losses) == 3 and all(loss.requires_grad and loss.item() > 0 for loss in losses)
+    losses[0].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(".layers.0.self_attn." in n and "_proj." not in n for n in grads)
+
+
+def test_left_padding_is_refused_right_padding_is_fine():
+    model = lizard_model("llama")
+    ids = torch.randint(1, 97, (2, 10))
+    left = torch.ones_like(ids)
+    left[0, :3] = 0
+    with pytest.raises(ValueError, match="left"):
+        model(ids, attention_mask=left, use_cache=False)
+    right = torch.ones_like(ids)
+    right[0, 7:] = 0
+    with torch.no_grad():
+        padded = model(ids, attention_mask=right, use_cache=False).logits
+        plain = model(ids, use_cache=False).logits
+    assert torch.equal(padded[0, :7], plain[0, :7])

@@ -1,0 +1,154 @@
+"""Naive, chunked and recurrent forms of every op compute the same function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lizardlm.ops import (
+    gla_chunk,
+    gla_naive,
+    gla_recurrent,
+    lizard_attention_chunk,
+    lizard_attention_naive,
+    lizard_attention_recurrent,
+    window_attention_chunk,
+    window_attention_naive,
+    window_attention_recurrent,
+)
+
+# (B, H, Hk, T, D, F, window, meta, chunk): T not a multiple of the chunk, T shorter and longer
+# than the window, GQA groups of 1, 2 and 3, batch > 1, no meta memory.
+SHAPES = [
+    (2, 4, 2, 37, 8, 6, 5, 3, 8),
+    (1, 3, 1, 10, 4, 4, 16, 2, 4),
+    (2, 2, 2, 70, 8, 4, 7, 0, 16),
+    (3, 6, 2, 45, 16, 8, 12, 4, 32),
+    (1, 2, 1, 1, 8, 4, 4, 1, 8),
+]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(B, H, Hk, T, D, F_, m, dtype, gen):
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    return dict(
+        q=r(B, H, T, D),
+        k=r(B, Hk, T, D),
+        v=r(B, Hk, T, D),
+        fq=r(B, H, T, F_).softmax(-1),
+        fk=r(B, Hk, T, F_).softmax(-1),
+        g=F.logsigmoid(r(B, H, T) + 2.0),
+        meta_k=r(H, m, D) if m else None,
+        meta_v=r(H, m, D) if m else None,
+    )
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs each run
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lizard_forms_agree_float32(shape, gen):
+    B, H, Hk, T, D, F_, w, m, C = shape
+    x64 = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
+    x32 = {k: None if v is None else v.float() for k, v in x64.items()}
+    kw = dict(window=w, scale=D**-0.5)
+    ref = lizard_attention_naive(**x64, **kw)
+    y_chunk, s_chunk = lizard_attention_chunk(**x32, chunk_size=C, **kw)
+    y_rec, s_rec = lizard_attention_recurrent(**x32, **kw)
+    assert y_chunk.dtype == torch.float32
+    assert rel_err(y_chunk, ref) <= 1e-4
+    assert rel_err(y_rec, ref) <= 1e-4
+    for a, b in zip(s_chunk.tensors(), s_rec.tensors()):
+        assert a.shape == b.shape
+        assert torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_lizard_chunk_continues_from_state(shape, gen):
+    """Splitting a sequence at any point and carrying the state gives the same outputs."""
+    B, H, Hk, T, D, F_, w, m, C = shape
+    x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
+    kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"])
+    ref = lizard_attention_naive(**x, window=w, scale=D**-0.5)
+    seq = {k: x[k] for k in ("q", "k", "v", "fq", "fk", "g")}
+    cut1, cut2 = sorted(torch.randint(1, T, (2,), generator=gen).tolist()) if T > 2 else (1, 1)
+    outs, state = [], None
+    for lo, hi in ((0, cut1), (cut1, cut2), (cut2, T)):
+        if hi > lo:
+            y, state = lizard_attention_chunk(**{k: v[:, :, lo:hi] for k, v in seq.items()}, state=state, chunk_size=C, **kw)
+            outs.append(y)
+    assert rel_err(torch.cat(outs, dim=2), ref) <= 1e-10
+    assert state.keys.shape[2] == min(T, w)
+
+
+def test_lizard_gradients_match_reference(gen):
+    B, H, Hk, T, D, F_, w, m, C = 2, 4, 2, 29, 8, 6, 6, 2, 8
+    x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
+    for v in x.values():
+        v.requires_grad_(True)
+    kw = dict(window=w, scale=D**-0.5)
+    names = list(x)
+    grads_ref = torch.autograd.grad(lizard_attention_naive(**x, **kw).square().sum(), [x[n] for n in names])
+    y, _ = lizard_attention_chunk(**x, chunk_size=C, **kw)
+    grads = torch.autograd.grad(y.square().sum(), [x[n] for n in names])
+    for n, a, b in zip(names, grads, grads_ref):
+        assert rel_err(a, b) <= 1e-10, n
+
+
+def test_no_gate_equals_zero_log_decay(gen):
+    x = make_inputs(1, 2, 1, 20, 4, 4, 1, torch.float64, gen)
+    kw = dict(window=5, scale=0.5)
+    with_none = lizard_attention_naive(**{**x, "g": None}, **kw)
+    with_zero = lizard_attention_naive(**{**x, "g": torch.zeros_like(x["g"])}, **kw)
+    assert torch.equal(with_none, with_zero)
+
+
+def test_window_larger_than_sequence_is_plain_softmax(gen):
+    """With the whole sequence inside the window and no meta slots, Lizard is causal softmax."""
+    x = make_inputs(2, 4, 2, 12, 8, 4, 0, torch.float64, gen)
+    y = lizard_attention_naive(**x, window=64, scale=8**-0.5)
+    sdpa = F.scaled_dot_product_attention(
+        x["q"], x["k"].repeat_interleave(2, 1), x["v"].repeat_interleave(2, 1), is_causal=True
+    )
+    assert rel_err(y, sdpa) <= 1e-12
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gla_forms_agree(shape, gen):
+    B, H, _, T, D, F_, _, _, C = shape
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q, k, v, s0 = r(B, H, T, F_), r(B, H, T, F_), r(B, H, T, D), r(B, H, F_, D)
+    g = F.logsigmoid(r(B, H, T) + 2.0)
+    o_ref, s_ref = gla_naive(q, k, v, g, s0)
+    for fn in (lambda: gla_chunk(q.float(), k.float(), v.float(), g.float(), s0.float(), chunk_size=C),
+               lambda: gla_recurrent(q.float(), k.float(), v.float(), g.float(), s0.float())):
+        o, s = fn()
+        assert rel_err(o, o_ref) <= 1e-4
+        assert rel_err(s, s_ref) <= 1e-4
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_window_forms_agree(shape, gen):
+    B, H, Hk, T, D, F_, w, m, C = shape
+    x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
+    args = (x["q"], x["k"], x["v"], w, D**-0.5, x["meta_k"], x["meta_v"])
+    o_ref, lse_ref = window_attention_naive(*args)
+    for o, lse in (window_attention_chunk(*args, chunk_size=C), window_attention_recurrent(*args)):
+        assert rel_err(o, o_ref) <= 1e-12
+        assert rel_err(lse, lse_ref) <= 1e-12
+
+
+def test_window_queries_after_cached_prefix(gen):
+    """Tq < Tk: queries sit at the end of the key sequence (decoding after a prefix)."""
+    x = make_inputs(2, 4, 2, 30, 8, 4, 2, torch.float64, gen)
+    full, _ = window_attention_naive(x["q"], x["k"], x["v"], 7, 0.3, x["meta_k"], x["meta_v"])
+    tail, _ = window_attention_chunk(x["q"][:, :, 21:], x["k"], x["v"], 7, 0.3, x["meta_k"], x["meta_v"], chunk_size=4)
+    assert rel_err(tail, full[:, :, 21:]) <= 1e-12
