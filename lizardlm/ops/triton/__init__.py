@@ -1,0 +1,5 @@
+"""Triton (CUDA) path of the Lizard attention op. Importing this package needs ``triton``."""
+
+from lizardlm.ops.triton.lizard import LizardAttentionFunction, lizard_attention_cuda
+
+__all__ = ["LizardAttentionFunction", "lizard_attention_cuda"]

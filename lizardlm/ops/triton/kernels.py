@@ -1,0 +1,365 @@
+"""Triton kernels of the Lizard attention op (see ``lizardlm.ops.lizard`` for the equations).
+
+Layout: every tensor is contiguous ``(B, heads, T, dim)``; query head ``h`` reads key/value head
+``h // G``. Program ``bh`` is ``b * H + h``. Gradients with respect to key-side tensors are written
+per *query* head and summed over the group by the caller.
+
+Linear branch = chunked gated linear attention over shifted keys ``k'_s = exp(gw_s) fk_{s-w}``,
+``v'_s = v_{s-w}`` (zero for ``s < w``), with ``gw_s = G_s - G_{s-w}`` and the chunk-local
+inclusive cumulative log-decay ``gl`` (``B_c`` its value at the chunk's last row). ``h_c`` is the
+state entering chunk ``c``; the normaliser's state ``hz_c`` is an extra F-vector.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _win_fwd(
+    Q, K, Vv, MK, MV, O, LSE,
+    T, H, G, M, scale,
+    W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
+):
+    """Sliding-window + meta softmax attention: o and base-2 log-sum-exp per query."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = b * (H // G) + h // G
+    q_base = Q + pid_bh * T * D
+    k_base = K + kvh * T * D
+    v_base = Vv + kvh * T * DV
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    mmask = offs_m < T
+    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+    qk_scale = scale * 1.4426950408889634
+    m_i = tl.full([BM], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, BDV], dtype=tl.float32)
+    if HAS_META:
+        offs_e = tl.arange(0, BMETA)
+        emask = offs_e < M
+        mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0)
+        mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(mk.to(q.dtype)), input_precision=PREC) * qk_scale
+        s = tl.where(emask[None, :], s, float("-inf"))
+        m_i = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_i[:, None])
+        l_i = tl.sum(p, 1)
+        acc = tl.dot(p.to(q.dtype), mv.to(q.dtype), input_precision=PREC)
+    # key blocks pid_m - NBW .. pid_m (BN == BM); NBW = cdiv(W - 1, BM)
+    for i in range(0, NBW + 1):
+        offs_n = (pid_m - NBW + i) * BN + tl.arange(0, BN)
+        nmask = (offs_n < T) & (offs_n >= 0)
+        k = tl.load(k_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :]
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    o = acc / l_i[:, None]
+    tl.store(O + pid_bh * T * DV + offs_m[:, None] * DV + offs_dv[None, :], o.to(O.dtype.element_ty),
+             mask=mmask[:, None] & dvmask[None, :])
+    tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_i), mask=mmask)
+
+
+@triton.jit
+def _lin_fwd_h(
+    FK, Vv, GL, GW, Hs, HZ,
+    T, TP, H, G, NT,
+    W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """States entering each chunk: Hs (B*H, NT, F, DV), HZ (B*H, NT, F) (normaliser)."""
+    pid_k = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    pid_bh = tl.program_id(2).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = b * (H // G) + h // G
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    kmask = offs_k < F
+    vmask = offs_v < DV
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    sz = tl.zeros([BK], dtype=tl.float32)
+    for c in range(0, NT):
+        h_ptr = Hs + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :]
+        tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=kmask[:, None] & vmask[None, :])
+        if pid_v == 0:
+            tl.store(HZ + (pid_bh * NT + c) * F + offs_k, sz, mask=kmask)
+        offs_t = c * BT + tl.arange(0, BT)
+        tmask = offs_t < T
+        gl = tl.load(GL + pid_bh * TP + offs_t)
+        bc = tl.load(GL + pid_bh * TP + c * BT + BT - 1)
+        gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
+        src = offs_t - W
+        valid = (src >= 0) & tmask
+        fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
+        v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+        kd = fk.to(tl.float32) * tl.exp(gw + bc - gl)[:, None]
+        eb = tl.exp(bc)
+        S = S * eb + tl.dot(tl.trans(kd.to(v.dtype)), v, input_precision=PREC)
+        sz = sz * eb + tl.sum(kd, 0)
+
+
+@triton.jit
+def _lin_fwd_o(
+    FQ, FK, Vv, GL, GW, Hs, HZ, O, Y, ZB,
+    T, TP, H, G, NT,
+    W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Linear branch of one chunk, combined with the window output: y = (o + N) / (1 + Z)."""
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = b * (H // G) + h // G
+    offs_t = c * BT + tl.arange(0, BT)
+    offs_f = tl.arange(0, BF)
+    offs_v = tl.arange(0, BDV)
+    tmask = offs_t < T
+    fmask = offs_f < F
+    vmask = offs_v < DV
+    gl = tl.load(GL + pid_bh * TP + offs_t)
+    gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
+    src = offs_t - W
+    valid = (src >= 0) & tmask
+    fq = tl.load(FQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
+    fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
+    v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+    kp = (fk.to(tl.float32) * tl.exp(gw)[:, None]).to(fq.dtype)
+    causal = offs_t[:, None] >= offs_t[None, :]
+    dec = tl.where(causal, tl.exp(gl[:, None] - gl[None, :]), 0.0)
+    A = tl.dot(fq, tl.trans(kp), input_precision=PREC) * dec
+    hb = tl.load(Hs + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :], mask=fmask[:, None] & vmask[None, :], other=0.0)
+    hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+    qe = fq.to(tl.float32) * tl.exp(gl)[:, None]
+    n = tl.dot(qe.to(hb.dtype), hb, input_precision=PREC) + tl.dot(A.to(v.dtype), v, input_precision=PREC)
+    z = tl.sum(qe * hz[None, :], 1) + tl.sum(A, 1)
+    omask = tmask[:, None] & vmask[None, :]
+    o = tl.load(O + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=omask, other=0.0)
+    y = (o.to(tl.float32) + n) / (1.0 + z)[:, None]
+    tl.store(Y + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], y.to(Y.dtype.element_ty), mask=omask)
+    tl.store(ZB + pid_bh * T + offs_t, z, mask=tmask)
+
+
+@triton.jit
+def _bwd_pre(
+    DY, Y, O, ZB, DO, DZ, DELTA,
+    T, DV: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
+):
+    """do = dy / (1 + Z) (the gradient of both o and N), dZ = -(dy . y) / (1 + Z), Delta = do . o."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    offs_v = tl.arange(0, BDV)
+    tmask = offs_t < T
+    m2 = tmask[:, None] & (offs_v < DV)[None, :]
+    ptrs = pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :]
+    dy = tl.load(DY + ptrs, mask=m2, other=0.0).to(tl.float32)
+    y = tl.load(Y + ptrs, mask=m2, other=0.0).to(tl.float32)
+    o = tl.load(O + ptrs, mask=m2, other=0.0).to(tl.float32)
+    z = tl.load(ZB + pid_bh * T + offs_t, mask=tmask, other=0.0)
+    r = 1.0 / (1.0 + z)
+    do = dy * r[:, None]
+    tl.store(DO + ptrs, do.to(DO.dtype.element_ty), mask=m2)
+    tl.store(DZ + pid_bh * T + offs_t, -r * tl.sum(dy * y, 1), mask=tmask)
+    tl.store(DELTA + pid_bh * T + offs_t, tl.sum(do * o, 1), mask=tmask)
+
+
+@triton.jit
+def _lin_bwd_dh(
+    FQ, DO, DZ, GL, DH, DHZ,
+    T, TP, NT,
+    F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Gradient with respect to the state *leaving* each chunk: DH (B*H, NT, F, DV), DHZ (B*H, NT, F)."""
+    pid_k = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    pid_bh = tl.program_id(2).to(tl.int64)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    kmask = offs_k < F
+    vmask = offs_v < DV
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    dsz = tl.zeros([BK], dtype=tl.float32)
+    for i in range(0, NT):
+        c = NT - 1 - i
+        tl.store(DH + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :], dS.to(DH.dtype.element_ty),
+                 mask=kmask[:, None] & vmask[None, :])
+        if pid_v == 0:
+            tl.store(DHZ + (pid_bh * NT + c) * F + offs_k, dsz, mask=kmask)
+        offs_t = c * BT + tl.arange(0, BT)
+        tmask = offs_t < T
+        gl = tl.load(GL + pid_bh * TP + offs_t)
+        bc = tl.load(GL + pid_bh * TP + c * BT + BT - 1)
+        fq = tl.load(FQ + pid_bh * T * F + offs_t[:, None] * F + offs_k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
+        do = tl.load(DO + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :], other=0.0)
+        dz = tl.load(DZ + pid_bh * T + offs_t, mask=tmask, other=0.0)
+        qe = fq.to(tl.float32) * tl.exp(gl)[:, None]
+        eb = tl.exp(bc)
+        dS = dS * eb + tl.dot(tl.trans(qe.to(do.dtype)), do, input_precision=PREC)
+        dsz = dsz * eb + tl.sum(qe * dz[:, None], 0)
+
+
+@triton.jit
+def _lin_bwd(
+    FQ, FK, Vv, GL, GW, Hs, HZ, DH, DHZ, DO, DZ,
+    DFQ, DFK, DVL, DGQ, DGK,
+    T, TP, H, G, NT,
+    W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Gradients of the linear branch for one chunk: dfq (rows t), dfk and dv (rows t - w), and the
+    pieces fq.dfq, fk.dfk of the log-decay gradient (dG_t = fq_t.dfq_t - fk_t.dfk_t)."""
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = b * (H // G) + h // G
+    offs_t = c * BT + tl.arange(0, BT)
+    offs_f = tl.arange(0, BF)
+    offs_v = tl.arange(0, BDV)
+    tmask = offs_t < T
+    fmask = offs_f < F
+    vmask = offs_v < DV
+    gl = tl.load(GL + pid_bh * TP + offs_t)
+    bc = tl.load(GL + pid_bh * TP + c * BT + BT - 1)
+    gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
+    src = offs_t - W
+    valid = (src >= 0) & tmask
+    fq = tl.load(FQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
+    fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
+    v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+    do = tl.load(DO + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :], other=0.0)
+    dz = tl.load(DZ + pid_bh * T + offs_t, mask=tmask, other=0.0)
+    egw = tl.exp(gw)
+    kp = (fk.to(tl.float32) * egw[:, None]).to(fq.dtype)
+    causal = offs_t[:, None] >= offs_t[None, :]
+    dec = tl.where(causal, tl.exp(gl[:, None] - gl[None, :]), 0.0)
+    A = tl.dot(fq, tl.trans(kp), input_precision=PREC) * dec
+    dA = (tl.dot(do, tl.trans(v), input_precision=PREC) + dz[:, None]) * dec
+    hp = Hs + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :]
+    hb = tl.load(hp, mask=fmask[:, None] & vmask[None, :], other=0.0)
+    hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+    eg = tl.exp(gl)
+    dfq = tl.dot(dA.to(kp.dtype), kp, input_precision=PREC)
+    dfq += eg[:, None] * (tl.dot(do, tl.trans(hb.to(do.dtype)), input_precision=PREC) + dz[:, None] * hz[None, :])
+    dhp = DH + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :]
+    dhb = tl.load(dhp, mask=fmask[:, None] & vmask[None, :], other=0.0)
+    dhz = tl.load(DHZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+    eo = tl.exp(bc - gl)
+    dkp = tl.dot(tl.trans(dA.to(fq.dtype)), fq, input_precision=PREC)
+    dkp += eo[:, None] * (tl.dot(v, tl.trans(dhb.to(v.dtype)), input_precision=PREC) + dhz[None, :])
+    dvp = tl.dot(tl.trans(A.to(do.dtype)), do, input_precision=PREC)
+    dvp += eo[:, None] * tl.dot(kp, dhb.to(kp.dtype), input_precision=PREC)
+    dfk = dkp * egw[:, None]
+    qmask = tmask[:, None] & fmask[None, :]
+    tl.store(DFQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], dfq.to(DFQ.dtype.element_ty), mask=qmask)
+    tl.store(DFK + pid_bh * T * F + src[:, None] * F + offs_f[None, :], dfk.to(DFK.dtype.element_ty),
+             mask=valid[:, None] & fmask[None, :])
+    tl.store(DVL + pid_bh * T * DV + src[:, None] * DV + offs_v[None, :], dvp.to(DVL.dtype.element_ty),
+             mask=valid[:, None] & vmask[None, :])
+    tl.store(DGQ + pid_bh * T + offs_t, tl.sum(fq.to(tl.float32) * dfq, 1), mask=tmask)
+    tl.store(DGK + pid_bh * T + src, tl.sum(fk.to(tl.float32) * dfk, 1), mask=valid)
+
+
+@triton.jit
+def _win_bwd(
+    Q, K, Vv, MK, MV, DO, LSE, DELTA, DQ, DK, DVW, DMK, DMV,
+    T, H, G, M, NB, scale,
+    W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
+):
+    """Window-branch gradients. Program j: dk, dv of key block j; dq of query block j; partial
+    meta gradients of query block j (DMK/DMV (B*H, NB, BMETA, ·), unscaled)."""
+    j = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = b * (H // G) + h // G
+    q_base = Q + pid_bh * T * D
+    do_base = DO + pid_bh * T * DV
+    k_base = K + kvh * T * D
+    v_base = Vv + kvh * T * DV
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    qk_scale = scale * 1.4426950408889634
+    # ---- key block j: dk, dv
+    offs_n = j * BM + tl.arange(0, BM)
+    nmask = offs_n < T
+    k = tl.load(k_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+    dk = tl.zeros([BM, BD], dtype=tl.float32)
+    dv = tl.zeros([BM, BDV], dtype=tl.float32)
+    for i in range(0, NBW + 1):
+        offs_m = (j + i) * BM + tl.arange(0, BM)
+        mmask = offs_m < T
+        q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
+        lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
+        delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :] & mmask[:, None]
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    tl.store(DK + pid_bh * T * D + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=nmask[:, None] & dmask[None, :])
+    tl.store(DVW + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
+             mask=nmask[:, None] & dvmask[None, :])
+    # ---- query block j: dq (+ meta)
+    offs_m = j * BM + tl.arange(0, BM)
+    mmask = offs_m < T
+    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
+    lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
+    delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
+    dq = tl.zeros([BM, BD], dtype=tl.float32)
+    if HAS_META:
+        offs_e = tl.arange(0, BMETA)
+        emask = offs_e < M
+        mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
+        mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0).to(q.dtype)
+        s = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale
+        p = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(mv), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(q.dtype), mk, input_precision=PREC)
+        dmk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        dmv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        tl.store(DMK + (pid_bh * NB + j) * BMETA * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=dmask[None, :])
+        tl.store(DMV + (pid_bh * NB + j) * BMETA * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=dvmask[None, :])
+    for i in range(0, NBW + 1):
+        offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
+        nmask2 = (offs_n2 < T) & (offs_n2 >= 0)
+        k2 = tl.load(k_base + offs_n2[:, None] * D + offs_d[None, :], mask=nmask2[:, None] & dmask[None, :], other=0.0)
+        v2 = tl.load(v_base + offs_n2[:, None] * DV + offs_dv[None, :], mask=nmask2[:, None] & dvmask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
+        valid = (offs_n2[None, :] <= offs_m[:, None]) & (offs_n2[None, :] > offs_m[:, None] - W) & nmask2[None, :] & mmask[:, None]
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v2), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
+    tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=mmask[:, None] & dmask[None, :])

@@ -1,0 +1,185 @@
+"""Autograd function and entry point of the Triton (CUDA) Lizard attention op.
+
+Forward: window kernel (o, lse) -> chunk states of the linear branch -> per-chunk output kernel
+that adds the linear branch and normalises, y = (o + N) / (1 + Z).
+Backward: prelude (do, dZ, Delta) -> reverse chunk-state gradients -> linear-branch gradients
+-> window-branch gradients; the log-decay gradient is a reverse cumulative sum of
+``fq.dfq - fk.dfk`` (done in torch), group sums for grouped-query attention likewise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from lizardlm.ops.triton import kernels as K
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _prec(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _gates(g: torch.Tensor, window: int, chunk: int):
+    """Chunk-local inclusive cumsum (padded to whole chunks) and window sums G_t - G_{t-w}."""
+    BH, T = g.shape
+    nt = triton.cdiv(T, chunk)
+    g32 = g.float()
+    gl = F.pad(g32, (0, nt * chunk - T)).view(BH, nt, chunk).cumsum(-1).view(BH, nt * chunk).contiguous()
+    G = g.double().cumsum(-1)
+    gw = (G - F.pad(G, (window, 0))[:, :T]).float().contiguous()
+    return gl, gw
+
+
+def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
+    B, H, T, D = q.shape
+    Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
+    G = H // Hk
+    BH = B * H
+    prec = _prec(q)
+    has_meta = mk is not None and mk.shape[1] > 0
+    M = mk.shape[1] if has_meta else 0
+    dummy = q.new_empty(1)
+    BM = 64
+    o = torch.empty(B, H, T, DV, device=q.device, dtype=q.dtype)
+    lse = torch.empty(BH, T, device=q.device, dtype=torch.float32)
+    nw = 4 if max(D, DV) <= 64 else 8
+    K._win_fwd[(triton.cdiv(T, BM), BH)](
+        q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, o, lse,
+        T, H, G, M, scale,
+        W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BN=BM, NBW=triton.cdiv(window - 1, BM), BMETA=_pow2(max(M, 1)),
+        HAS_META=has_meta, PREC=prec, num_warps=nw, num_stages=2,
+    )
+    gl, gw = _gates(g.reshape(BH, T), window, chunk)
+    TP = gl.shape[1]
+    NT = TP // chunk
+    hs = torch.empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
+    hz = torch.empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
+    BK, BV = min(64, _pow2(Fd)), min(64, _pow2(DV))
+    K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
+        fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
+        W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=2,
+    )
+    y = torch.empty_like(o)
+    zb = torch.empty(BH, T, device=q.device, dtype=torch.float32)
+    K._lin_fwd_o[(NT, BH)](
+        fq, fk, v, gl, gw, hs, hz, o, y, zb, T, TP, H, G, NT,
+        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, num_warps=8, num_stages=2,
+    )
+    return y, o, lse, gl, gw, hs, hz, zb
+
+
+def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
+    B, H = x.shape[:2]
+    return x if H == Hk else x.view(B, Hk, H // Hk, *x.shape[2:]).sum(2)
+
+
+class LizardAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, fq, fk, g, mk, mv, window, scale, chunk, g_given):
+        ctx.g_dtype = g.dtype
+        y, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk)
+        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, y, o, lse, gl, gw, hs, hz, zb)
+        ctx.cfg = (window, scale, chunk, g_given)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, fq, fk, mk, mv, y, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
+        window, scale, chunk, g_given = ctx.cfg
+        B, H, T, D = q.shape
+        Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
+        G = H // Hk
+        BH = B * H
+        prec = _prec(q)
+        dev = q.device
+        dy = dy.contiguous()
+        TP = gl.shape[1]
+        NT = TP // chunk
+        f32 = torch.float32
+        # prelude
+        do = torch.empty_like(o)
+        dz = torch.empty(BH, T, device=dev, dtype=f32)
+        delta = torch.empty(BH, T, device=dev, dtype=f32)
+        K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, num_warps=4)
+        # linear branch
+        dh = torch.empty_like(hs)
+        dhz = torch.empty_like(hz)
+        BK, BV = min(64, _pow2(Fd)), min(64, _pow2(DV))
+        K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
+            fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
+            num_warps=4, num_stages=2,
+        )
+        gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
+        dfq = torch.empty_like(fq)
+        dfk = torch.zeros(B, H, T, Fd, device=dev, dtype=gdt)
+        dvl = torch.zeros(B, H, T, DV, device=dev, dtype=f32)
+        dgq = torch.empty(BH, T, device=dev, dtype=f32)
+        dgk = torch.zeros(BH, T, device=dev, dtype=f32)
+        K._lin_bwd[(NT, BH)](
+            fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
+            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, num_warps=8, num_stages=1,
+        )
+        # window branch
+        has_meta = mk is not None and mk.shape[1] > 0
+        M = mk.shape[1] if has_meta else 0
+        BM = 64
+        NB = triton.cdiv(T, BM)
+        BMETA = _pow2(max(M, 1))
+        dq = torch.empty_like(q)
+        dk = torch.empty(B, H, T, D, device=dev, dtype=gdt)
+        dvw = torch.empty(B, H, T, DV, device=dev, dtype=f32)
+        if has_meta:
+            dmk_p = torch.empty(BH, NB, BMETA, D, device=dev, dtype=f32)
+            dmv_p = torch.empty(BH, NB, BMETA, DV, device=dev, dtype=f32)
+        else:
+            dmk_p = dmv_p = q.new_empty(1)
+        dummy = q.new_empty(1)
+        nw = 4 if max(D, DV) <= 64 else 8
+        K._win_bwd[(NB, BH)](
+            q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, do, lse, delta, dq, dk, dvw, dmk_p, dmv_p,
+            T, H, G, M, NB, scale,
+            W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, NBW=triton.cdiv(window - 1, BM), BMETA=BMETA, HAS_META=has_meta, PREC=prec,
+            num_warps=nw, num_stages=1,
+        )
+        dk = _group_sum(dk, Hk).to(k.dtype)
+        dv = _group_sum(dvw.add_(dvl), Hk).to(v.dtype)
+        dfk_out = _group_sum(dfk, Hk).to(fk.dtype)
+        dg = None
+        if g_given:
+            dG = dgq.sub_(dgk)  # per query head: fq.dfq - fk.dfk
+            dg = dG.flip(-1).cumsum(-1).flip(-1).view(B, H, T).to(ctx.g_dtype)
+        dmk = dmv = None
+        if has_meta:
+            dmk = (dmk_p.view(B, H, NB, BMETA, D)[:, :, :, :M].sum((0, 2)) * scale).to(mk.dtype)
+            dmv = dmv_p.view(B, H, NB, BMETA, DV)[:, :, :, :M].sum((0, 2)).to(mv.dtype)
+        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, None, None, None, None
+
+
+def lizard_attention_cuda(
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state=None, chunk_size: int = 64
+) -> torch.Tensor:
+    """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk` for ``state=None``;
+    returns y only. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v."""
+    if state is not None:
+        raise ValueError("lizard_attention_cuda starts a sequence (state=None); use the torch op to continue one")
+    if not q.is_cuda:
+        raise ValueError("lizard_attention_cuda needs CUDA tensors")
+    B, H, T, D = q.shape
+    if chunk_size not in (16, 32, 64, 128):
+        chunk_size = 64
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    dt = q.dtype
+    k, v, fq, fk = (x.to(dt).contiguous() for x in (k, v, fq, fk))
+    q = q.contiguous()
+    g_given = g is not None
+    gg = g.contiguous() if g_given else q.new_zeros(B, H, T, dtype=torch.float32)
+    has_meta = meta_k is not None and meta_k.shape[-2] > 0
+    mk = meta_k.contiguous() if has_meta else None
+    mv = meta_v.contiguous() if has_meta else None
+    return LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, window, float(scale), chunk_size, g_given)
