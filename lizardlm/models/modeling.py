@@ -43,11 +43,18 @@ class LizardModelMixin:
     def lizard_config(self) -> LizardConfig:
         return LizardConfig.from_dict(self.config.lizard)
 
-    def lizard_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters Lizard adds (feature maps, gates, meta memory, beta) in every layer."""
-        for module in self.modules():
+    def lizard_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The parameters Lizard adds (feature maps, gates, meta memory, beta), with their names."""
+        for prefix, module in self.named_modules():
             if isinstance(module, LizardAttention):
-                yield from module.lizard_parameters()
+                ids = {id(p) for p in module.lizard_parameters()}
+                for name, param in module.named_parameters():
+                    if id(param) in ids:
+                        yield f"{prefix}.{name}", param
+
+    def lizard_parameters(self) -> Iterator[nn.Parameter]:
+        for _, param in self.lizard_named_parameters():
+            yield param
 
     def _install_lizard_attention(self, lizard: LizardConfig, reuse_projections: bool) -> None:
         for idx, layer in enumerate(self.model.layers):

@@ -1,0 +1,72 @@
+"""``lizardlm generate``: stream text from a Lizard model (or a teacher, optionally converted)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from transformers import TextStreamer
+
+from lizardlm.cache import LizardCache
+from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args, positive_int
+from lizardlm.models import is_lizard_model
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text, streaming tokens",
+        description="Generate text from a run directory, a saved Lizard model, or a teacher (--convert turns it "
+        "into an untrained Lizard model first).",
+    )
+    p.add_argument("--model", default="smollm2-135m", help="run dir, saved Lizard model dir, or teacher name/path")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the tokenizer's chat template")
+    p.add_argument("--convert", action="store_true", help="convert a teacher to Lizard (untrained) before generating")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_lizard_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import lizardlm
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = lizardlm.load_any(args.model, device=args.device)
+    if args.convert and not is_lizard_model(model):
+        model = lizardlm.convert(model, lizard_config_from_args(args))
+    if tokenizer is None:
+        raise lizardlm.errors.CheckpointError(f"{args.model} has no tokenizer to encode the prompt with")
+    if not args.raw and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = args.prompt
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw).input_ids.to(args.device)
+    cache = LizardCache.for_model(model) if is_lizard_model(model) else None
+    sample = args.temperature > 0
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            past_key_values=cache,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=sample,
+            temperature=args.temperature if sample else None,
+            top_p=args.top_p if sample else None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
+        )
+    if cache is not None:
+        print(
+            f"[{type(model).__name__}: {out.shape[1]} tokens, cache {cache.nbytes() / 2**20:.2f} MiB "
+            "(constant in context length)]",
+            file=sys.stderr,
+        )
+    return 0
