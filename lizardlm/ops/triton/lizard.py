@@ -16,6 +16,16 @@ import triton
 from lizardlm.ops.triton import kernels as K
 
 
+POISON = False
+"""Tests set this: every output buffer the kernels must fill starts as NaN instead of uninitialised."""
+
+
+def _empty(*shape, device, dtype) -> torch.Tensor:
+    if POISON:
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -45,8 +55,8 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
     M = mk.shape[1] if has_meta else 0
     dummy = q.new_empty(1)
     BM = 64
-    o = torch.empty(B, H, T, DV, device=q.device, dtype=q.dtype)
-    lse = torch.empty(BH, T, device=q.device, dtype=torch.float32)
+    o = _empty(B, H, T, DV, device=q.device, dtype=q.dtype)
+    lse = _empty(BH, T, device=q.device, dtype=torch.float32)
     nw = 4 if max(D, DV) <= 64 else 8
     K._win_fwd[(triton.cdiv(T, BM), BH)](
         q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, o, lse,
@@ -57,15 +67,15 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
     gl, gw = _gates(g.reshape(BH, T), window, chunk)
     TP = gl.shape[1]
     NT = TP // chunk
-    hs = torch.empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
-    hz = torch.empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
+    hs = _empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
+    hz = _empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
     BK, BV = min(64, _pow2(Fd)), min(64, _pow2(DV))
     K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
         fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
         W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=2,
     )
-    y = torch.empty_like(o)
-    zb = torch.empty(BH, T, device=q.device, dtype=torch.float32)
+    y = _empty(*o.shape, device=o.device, dtype=o.dtype)
+    zb = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._lin_fwd_o[(NT, BH)](
         fq, fk, v, gl, gw, hs, hz, o, y, zb, T, TP, H, G, NT,
         W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, num_warps=8, num_stages=2,
@@ -102,23 +112,23 @@ class LizardAttentionFunction(torch.autograd.Function):
         NT = TP // chunk
         f32 = torch.float32
         # prelude
-        do = torch.empty_like(o)
-        dz = torch.empty(BH, T, device=dev, dtype=f32)
-        delta = torch.empty(BH, T, device=dev, dtype=f32)
+        do = _empty(*o.shape, device=o.device, dtype=o.dtype)
+        dz = _empty(BH, T, device=dev, dtype=f32)
+        delta = _empty(BH, T, device=dev, dtype=f32)
         K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, num_warps=4)
         # linear branch
-        dh = torch.empty_like(hs)
-        dhz = torch.empty_like(hz)
+        dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
+        dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
         BK, BV = min(64, _pow2(Fd)), min(64, _pow2(DV))
         K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
             fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
             num_warps=4, num_stages=2,
         )
         gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
-        dfq = torch.empty_like(fq)
+        dfq = _empty(*fq.shape, device=dev, dtype=fq.dtype)
         dfk = torch.zeros(B, H, T, Fd, device=dev, dtype=gdt)
         dvl = torch.zeros(B, H, T, DV, device=dev, dtype=f32)
-        dgq = torch.empty(BH, T, device=dev, dtype=f32)
+        dgq = _empty(BH, T, device=dev, dtype=f32)
         dgk = torch.zeros(BH, T, device=dev, dtype=f32)
         K._lin_bwd[(NT, BH)](
             fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
@@ -130,12 +140,12 @@ class LizardAttentionFunction(torch.autograd.Function):
         BM = 64
         NB = triton.cdiv(T, BM)
         BMETA = _pow2(max(M, 1))
-        dq = torch.empty_like(q)
-        dk = torch.empty(B, H, T, D, device=dev, dtype=gdt)
-        dvw = torch.empty(B, H, T, DV, device=dev, dtype=f32)
+        dq = _empty(*q.shape, device=dev, dtype=q.dtype)
+        dk = _empty(B, H, T, D, device=dev, dtype=gdt)
+        dvw = _empty(B, H, T, DV, device=dev, dtype=f32)
         if has_meta:
-            dmk_p = torch.empty(BH, NB, BMETA, D, device=dev, dtype=f32)
-            dmv_p = torch.empty(BH, NB, BMETA, DV, device=dev, dtype=f32)
+            dmk_p = _empty(BH, NB, BMETA, D, device=dev, dtype=f32)
+            dmv_p = _empty(BH, NB, BMETA, DV, device=dev, dtype=f32)
         else:
             dmk_p = dmv_p = q.new_empty(1)
         dummy = q.new_empty(1)

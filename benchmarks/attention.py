@@ -1,0 +1,233 @@
+"""Lizard attention (Triton path, and the torch chunked op at small T) vs SDPA causal (flash).
+
+bf16, 32 heads, head dim 128, feature dim 128, window 64, 4 meta tokens; B*T = 32K tokens at
+T = 2K, 8K, 32K (fwd and fwd+bwd), forward only at T = 128K (B = 1). Peak memory of each.
+A correctness check against a float64 reference runs first, in the same process.
+
+    python benchmarks/attention.py [--out DIR] [--profile] [--quick]
+
+Writes DIR/attention-<device>.json and .png (DIR defaults to benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
+from lizardlm.ops.lizard import lizard_attention_chunk  # noqa: E402
+
+H, D, FD, W, M = 32, 128, 128, 64, 4
+TOKENS = 32 * 1024
+
+
+def inputs(B, T, dtype=torch.bfloat16, requires_grad=False, seed=0, H=H, Hk=H, D=D, FD=FD, M=M):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, device="cuda", dtype=dtype)
+    x = dict(
+        q=r(B, H, T, D), k=r(B, Hk, T, D), v=r(B, Hk, T, D),
+        fq=(torch.rand(B, H, T, FD, generator=gen, device="cuda") * 2 / FD**0.5).to(dtype),
+        fk=(torch.rand(B, Hk, T, FD, generator=gen, device="cuda") * 2 / FD**0.5).to(dtype),
+        g=F.logsigmoid(torch.randn(B, H, T, generator=gen, device="cuda") + 4.0),
+        meta_k=r(H, M, D), meta_v=r(H, M, D),
+    )
+    if requires_grad:
+        for t in x.values():
+            t.requires_grad_()
+    return x
+
+
+def lizard(x, backend="triton"):
+    if backend == "torch-chunk":
+        y, _ = lizard_attention_chunk(x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"], window=W, scale=D**-0.5,
+                                      meta_k=x["meta_k"], meta_v=x["meta_v"])
+        return y
+    y, _ = lizard_attention(x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"], window=W, scale=D**-0.5,
+                            meta_k=x["meta_k"], meta_v=x["meta_v"], backend=backend)
+    return y
+
+
+def sdpa(x):
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(x["q"], x["k"], x["v"], is_causal=True)
+
+
+def bench(fn, x, backward: bool):
+    """Median ms of fn (and a backward of a fixed cotangent) and peak extra memory in MiB."""
+    from triton.testing import do_bench
+
+    grads = [t for t in x.values() if t.requires_grad]
+    if backward:
+        dy = torch.randn_like(fn(x))
+
+        def step():
+            fn(x).backward(dy)
+    else:
+        def step():
+            with torch.no_grad():
+                fn(x)
+    step()
+    torch.cuda.synchronize()
+    for t in grads:
+        t.grad = None
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = do_bench(step, warmup=50, rep=300, grad_to_none=grads or None, return_mode="median")
+    for t in grads:
+        t.grad = None
+    return ms, peak
+
+
+def correctness():
+    """Output and all gradients vs float64 (torch chunked op), bf16 and fp32, odd T, GQA."""
+    out = {}
+    for dtype, (B, Hq, Hk, T, Dh) in [(torch.bfloat16, (2, 8, 4, 1000, 128)), (torch.float32, (1, 4, 4, 777, 64)),
+                                     (torch.bfloat16, (1, 4, 4, 777, 64))]:
+        x = inputs(B, T, dtype=torch.float32, seed=1, H=Hq, Hk=Hk, D=Dh, FD=Dh)
+        ref = {n: t.double().requires_grad_() for n, t in x.items()}
+        y_ref = lizard(ref, backend="torch-chunk")
+        dy = torch.randn_like(y_ref)
+        (y_ref * dy).sum().backward()
+        inp = {n: (t.to(dtype) if n != "g" else t).requires_grad_() for n, t in x.items()}
+        import lizardlm.ops.triton.lizard as tlz
+        tlz.POISON = True
+        y = lizard(inp, backend="triton")
+        (y.double() * dy).sum().backward()
+        tlz.POISON = False
+        rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
+        errs = {"y": rel(y, y_ref), **{"d" + n: rel(inp[n].grad, ref[n].grad) for n in x}}
+        key = f"{str(dtype).split('.')[-1]} B{B} H{Hq}/{Hk} T{T} D{Dh}"
+        tol = 1e-3 if dtype == torch.float32 else 1e-2
+        out[key] = {"errors": errs, "tol": tol, "pass": all(v <= tol for v in errs.values())}
+        print(f"check {key}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f"  pass={out[key]['pass']}")
+    return out
+
+
+def profile(B, T):
+    x = inputs(B, T, requires_grad=True)
+    dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):
+        lizard(x).backward(dy)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            lizard(x).backward(dy)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            rows.append((t / 3 / 1000, e.key[:60], e.count // 3))
+    rows.sort(reverse=True)
+    print(f"profile B{B} T{T} (ms per fwd+bwd):")
+    for t, k, c in rows[:16]:
+        print(f"  {t:8.3f}  x{c:<3d} {k}")
+    return [{"ms": t, "kernel": k, "calls": c} for t, k, c in rows[:20]]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="skip 128K and the torch reference")
+    ap.add_argument("--seqs", default="2048,8192,32768")
+    args = ap.parse_args()
+    import triton
+
+    dev = torch.cuda.get_device_name()
+    slug = re.sub(r"[^a-z0-9]+", "-", dev.lower()).strip("-")
+    res = {"device": dev, "torch": torch.__version__, "triton": triton.__version__,
+           "config": {"heads": H, "head_dim": D, "feature_dim": FD, "window": W, "meta": M, "dtype": "bfloat16",
+                      "tokens_per_batch": TOKENS},
+           "correctness": correctness(), "runs": []}
+    if args.profile:
+        res["profile"] = {"T2048": profile(16, 2048), "T32768": profile(1, 32768)}
+
+    def record(name, T, B, mode, ms, peak):
+        res["runs"].append({"op": name, "T": T, "B": B, "mode": mode, "ms": ms, "peak_mib": peak})
+        print(f"{name:12s} T={T:6d} B={B:2d} {mode:8s} {ms:9.3f} ms  peak +{peak:8.0f} MiB", flush=True)
+
+    for T in [int(s) for s in args.seqs.split(",")]:
+        B = TOKENS // T
+        x = inputs(B, T, requires_grad=True)
+        for mode in ("fwd", "fwd+bwd"):
+            for name, fn in (("sdpa", sdpa), ("lizard", lizard)):
+                record(name, T, B, mode, *bench(fn, x, mode == "fwd+bwd"))
+            if T <= 2048 and not args.quick:
+                record("torch-chunk", T, B, mode, *bench(lambda x: lizard(x, "torch-chunk"), x, mode == "fwd+bwd"))
+        del x
+        torch.cuda.empty_cache()
+    if not args.quick:
+        T = 128 * 1024
+        x = inputs(1, T)
+        for name, fn in (("sdpa", sdpa), ("lizard", lizard)):
+            record(name, T, 1, "fwd", *bench(fn, x, False))
+        del x
+    # ratios
+    t = {(r["op"], r["T"], r["mode"]): r["ms"] for r in res["runs"]}
+    res["speedup_vs_sdpa"] = {f"{mode} T={T}": t[("sdpa", T, mode)] / t[("lizard", T, mode)]
+                              for (op, T, mode) in t if op == "lizard"}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"attention-{slug}.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    try:
+        plot(res, os.path.join(args.out, f"attention-{slug}.png"))
+    except Exception as e:  # a missing matplotlib must not lose the numbers
+        print("plot failed:", e)
+    print("\nT       mode     sdpa_ms  lizard_ms  sdpa/lizard")
+    for (op, T, mode), ms in sorted(t.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        if op == "lizard":
+            print(f"{T:<7d} {mode:8s} {t[('sdpa', T, mode)]:8.3f} {ms:9.3f} {t[('sdpa', T, mode)] / ms:10.2f}x")
+    ok = all(c["pass"] for c in res["correctness"].values())
+    print("correctness:", "PASS" if ok else "FAIL", "->", path)
+
+
+def plot(res, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = res["runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
+        Ts = sorted({r["T"] for r in runs if r["mode"] == mode})
+        ops = [o for o in ("sdpa", "lizard", "torch-chunk") if any(r["op"] == o and r["mode"] == mode for r in runs)]
+        wdt = 0.8 / len(ops)
+        for i, op in enumerate(ops):
+            xs, ys = [], []
+            for j, T in enumerate(Ts):
+                m = [r["ms"] for r in runs if r["op"] == op and r["T"] == T and r["mode"] == mode]
+                if m:
+                    xs.append(j + i * wdt)
+                    ys.append(m[0])
+            bars = ax.bar(xs, ys, wdt, label=op)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks([j + wdt * (len(ops) - 1) / 2 for j in range(len(Ts))])
+        ax.set_xticklabels([f"T={T // 1024}K\nB={max(1, TOKENS // T)}" for T in Ts])
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"{mode}, bf16, H=32, D=128")
+        ax.legend()
+    fig.suptitle(f"Lizard attention vs SDPA causal on {res['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Pick the implementation of the Lizard attention op: Triton kernels on CUDA, torch otherwise.
+
+Call::
+
+    y, state = lizard_attention(q, k, v, fq, fk, g, window=w, scale=s, meta_k=mk, meta_v=mv)
+
+* ``backend="auto"`` (default): the Triton path when the inputs are on CUDA, ``triton`` imports,
+  no ``state`` is passed in and ``need_state`` is False; the torch chunked op otherwise.
+* ``backend="triton"``: the Triton path or a :class:`BackendError` saying why it cannot run.
+* ``backend="torch"``: always :func:`lizardlm.ops.lizard.lizard_attention_chunk`.
+
+Returns ``(y, state)``. ``state`` is the :class:`LizardState` after the last token when the torch
+path ran (it always computes it) and None when the Triton path ran; ask for it with
+``need_state=True`` (prefill before decoding), which routes to the torch path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from lizardlm.errors import LizardError
+from lizardlm.ops.lizard import LizardState, lizard_attention_chunk
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+class BackendError(LizardError):
+    """The requested attention backend cannot run on these inputs."""
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str | None:
+    """None if the Triton path imports, else the reason it does not."""
+    try:
+        import triton  # noqa: F401
+
+        import lizardlm.ops.triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken triton install
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def triton_available() -> bool:
+    return _triton_import_error() is None
+
+
+def _triton_refusal(q: torch.Tensor, state, need_state: bool) -> str | None:
+    """Why the Triton path cannot run these inputs (None: it can)."""
+    if not q.is_cuda:
+        return f"the Triton backend needs CUDA tensors, got device {q.device}"
+    if state is not None:
+        return "the Triton backend starts a sequence (state=None); continuing from a state needs backend='torch'"
+    if need_state:
+        return "the Triton backend does not return the recurrent state; need_state=True needs backend='torch'"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the Triton backend supports float16, bfloat16 and float32, got {q.dtype}"
+    err = _triton_import_error()
+    if err is not None:
+        return f"triton is not importable ({err})"
+    return None
+
+
+def lizard_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    g: torch.Tensor | None,
+    *,
+    window: int,
+    scale: float,
+    meta_k: torch.Tensor | None = None,
+    meta_v: torch.Tensor | None = None,
+    state: LizardState | None = None,
+    chunk_size: int = 64,
+    backend: str = "auto",
+    need_state: bool = False,
+) -> tuple[torch.Tensor, LizardState | None]:
+    """Lizard attention (see :mod:`lizardlm.ops.lizard`) on the fastest backend that can run it.
+
+    Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
+    fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)`` or None.
+    Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path.
+    """
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "torch":
+        why = _triton_refusal(q, state, need_state)
+        if why is None:
+            from lizardlm.ops.triton import lizard_attention_cuda
+
+            y = lizard_attention_cuda(
+                q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
+                chunk_size=chunk_size,
+            )
+            return y, None
+        if backend == "triton":
+            raise BackendError(f"backend='triton' cannot run: {why}")
+    return lizard_attention_chunk(
+        q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, state=state,
+        chunk_size=chunk_size,
+    )

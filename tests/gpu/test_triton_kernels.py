@@ -1,0 +1,84 @@
+"""Device correctness of the Triton Lizard attention: output and every gradient against the float64
+torch reference, with poisoned (NaN) output buffers. Skipped without CUDA."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+triton = pytest.importorskip("triton")
+
+import lizardlm.ops.triton.lizard as tl_lizard  # noqa: E402
+from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
+from lizardlm.ops.lizard import lizard_attention_naive  # noqa: E402
+
+NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v")
+TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-3}
+
+
+def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, device="cuda")
+    u = lambda *s: torch.rand(*s, generator=gen, device="cuda")
+    return {
+        "q": r(B, H, T, D), "k": r(B, Hk, T, D), "v": r(B, Hk, T, V),
+        "fq": u(B, H, T, F) * 2 / F**0.5, "fk": u(B, Hk, T, F) * 2 / F**0.5,
+        "g": torch.nn.functional.logsigmoid(r(B, H, T) + 3.0) if use_g else None,
+        "meta_k": r(H, m, D) if m else None, "meta_v": r(H, m, V) if m else None,
+    }
+
+
+def relerr(a, b):
+    a, b = a.double(), b.double()
+    den = b.norm()
+    return ((a - b).norm() / den).item() if den > 0 else (a - b).norm().item()
+
+
+def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0):
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed)
+    scale = D**-0.5
+    ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
+    y_ref = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=w, scale=scale,
+                                   meta_k=ref["meta_k"], meta_v=ref["meta_v"])
+    dy = torch.randn_like(y_ref)
+    (y_ref * dy).sum().backward()
+    inp = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in x.items()}
+    if inp["g"] is not None:  # log-decays usually stay float32
+        inp["g"] = x["g"].float().requires_grad_()
+    tl_lizard.POISON = True
+    try:
+        y, state = lizard_attention(*(inp[n] for n in NAMES[:6]), window=w, scale=scale, meta_k=inp["meta_k"],
+                                    meta_v=inp["meta_v"], backend="triton")
+        (y.double() * dy).sum().backward()
+    finally:
+        tl_lizard.POISON = False
+    assert state is None and y.shape == y_ref.shape and y.dtype == dtype
+    errs = {"y": relerr(y, y_ref)}
+    for n in NAMES:
+        if inp[n] is not None:
+            assert inp[n].grad is not None, n
+            assert torch.isfinite(inp[n].grad).all(), f"d{n} has non-finite entries"
+            errs["d" + n] = relerr(inp[n].grad, ref[n].grad)
+    assert torch.isfinite(y).all()
+    return errs
+
+
+CASES = [
+    # B, H, Hk, T, D, V, F, w, m, use_g
+    (2, 4, 4, 257, 64, 64, 128, 64, 4, True),
+    (1, 4, 2, 300, 128, 128, 128, 64, 4, True),
+    (2, 4, 1, 193, 32, 64, 32, 100, 0, True),
+    (1, 2, 2, 150, 64, 64, 64, 16, 3, False),
+    (1, 2, 1, 50, 64, 64, 64, 64, 4, True),  # shorter than the window
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_float64_reference(case, dtype):
+    errs = check(*case, dtype=dtype)
+    bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
+    print(case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    assert not bad, f"{case} {dtype}: {bad}"

@@ -1,0 +1,64 @@
+"""CPU tests of the backend choice in lizardlm.ops.dispatch."""
+
+import pytest
+import torch
+
+from lizardlm.ops import LizardState, lizard_attention_chunk
+from lizardlm.ops.dispatch import BackendError, lizard_attention
+
+
+def _inputs(B=2, H=4, Hk=2, T=37, D=16, F=8, m=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)
+    return dict(
+        q=r(B, H, T, D), k=r(B, Hk, T, D), v=r(B, Hk, T, D),
+        fq=torch.rand(B, H, T, F, generator=gen), fk=torch.rand(B, Hk, T, F, generator=gen),
+        g=-torch.rand(B, H, T, generator=gen) * 0.1,
+        meta_k=r(H, m, D), meta_v=r(H, m, D),
+    )
+
+
+def _call(x, **kw):
+    return lizard_attention(x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"], window=8, scale=0.25,
+                            meta_k=x["meta_k"], meta_v=x["meta_v"], **kw)
+
+
+def test_auto_on_cpu_is_the_torch_op():
+    x = _inputs()
+    y, state = _call(x)
+    y_ref, state_ref = lizard_attention_chunk(x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"], window=8,
+                                              scale=0.25, meta_k=x["meta_k"], meta_v=x["meta_v"])
+    assert y.shape == (2, 4, 37, 16)
+    assert torch.equal(y, y_ref)
+    assert isinstance(state, LizardState)
+    assert torch.equal(state.kv_state, state_ref.kv_state)
+
+
+def test_torch_backend_forced_and_state_continues():
+    x = _inputs(T=20)
+    y1, s1 = _call({**x, **{n: x[n][:, :, :12] for n in ("q", "k", "v", "fq", "fk", "g")}}, backend="torch")
+    y2, _ = _call({**x, **{n: x[n][:, :, 12:] for n in ("q", "k", "v", "fq", "fk", "g")}}, backend="torch", state=s1)
+    y, _ = _call(x, backend="torch")
+    torch.testing.assert_close(torch.cat([y1, y2], 2), y, rtol=1e-4, atol=1e-5)
+
+
+def test_need_state_uses_torch():
+    y, state = _call(_inputs(), need_state=True)
+    assert isinstance(state, LizardState)
+
+
+def test_triton_on_cpu_raises_clearly():
+    with pytest.raises(BackendError, match="CUDA"):
+        _call(_inputs(), backend="triton")
+
+
+def test_unknown_backend():
+    with pytest.raises(BackendError, match="unknown attention backend"):
+        _call(_inputs(), backend="cuda")
+
+
+def test_gradients_flow_on_cpu():
+    x = {n: (t.requires_grad_() if t is not None else None) for n, t in _inputs(T=11).items()}
+    y, _ = _call(x)
+    y.square().sum().backward()
+    assert all(x[n].grad is not None for n in x)
