@@ -1,0 +1,89 @@
+"""Where evaluation data lives, and reading it.
+
+The data directory is, in order: the ``data_dir`` argument (CLI ``--data-dir``), the environment
+variable ``LIZARDLM_DATA_DIR``, then the first existing of ``./../shared/data``, ``./shared/data``
+(relative to the working directory) and the same two relative to the lizardlm source checkout.
+
+Layout (see :mod:`lizardlm.eval.tasks` for the multiple-choice file formats)::
+
+    <data_dir>/wikitext-2/test.txt          raw WikiText-2 test split (perplexity)
+    <data_dir>/tinyshakespeare/input.txt    TinyShakespeare (perplexity)
+    <data_dir>/piqa/validation.jsonl
+    <data_dir>/arc_easy/test.jsonl
+    <data_dir>/arc_challenge/test.jsonl
+    <data_dir>/hellaswag/validation.jsonl
+    <data_dir>/winogrande/validation.jsonl
+    <data_dir>/mmlu/test.jsonl + <data_dir>/mmlu/dev.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lizardlm.errors import DataError
+
+ENV_VAR = "LIZARDLM_DATA_DIR"
+
+
+class DataAbsentError(DataError):
+    """A benchmark's files are not there; ``path`` is what was looked for."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = str(path) if path is not None else None
+
+# perplexity corpora: task name -> path relative to the data dir
+TEXT_CORPORA = {
+    "wikitext2": "wikitext-2/test.txt",
+    "wikitext2_valid": "wikitext-2/valid.txt",
+    "tinyshakespeare": "tinyshakespeare/input.txt",
+}
+
+
+def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return [Path(env).expanduser()]
+    cwd = Path.cwd()
+    repo = Path(__file__).resolve().parents[2]
+    out: list[Path] = []
+    for p in (cwd.parent / "shared" / "data", cwd / "shared" / "data", repo.parent / "shared" / "data", repo / "shared" / "data"):
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The evaluation data directory (the first existing candidate, else the first candidate)."""
+    cands = data_dir_candidates(data_dir)
+    for c in cands:
+        if c.is_dir():
+            return c.resolve()
+    return cands[0]
+
+
+def text_corpus_path(name: str, data_dir: str | os.PathLike | None = None, override: str | os.PathLike | None = None) -> Path:
+    """Path of a perplexity corpus; raises :class:`DataError` naming the path looked for."""
+    if override is not None:
+        p = Path(override).expanduser()
+    else:
+        if name not in TEXT_CORPORA:
+            raise DataError(f"unknown text corpus {name!r}; known: {', '.join(TEXT_CORPORA)}")
+        p = resolve_data_dir(data_dir) / TEXT_CORPORA[name]
+    if not p.is_file():
+        raise DataAbsentError(f"{name}: data absent, looked for {p}", p)
+    return p
+
+
+def read_text(path: str | os.PathLike) -> str:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {p}: {err}") from err
+    if not text.strip():
+        raise DataError(f"{p} is empty")
+    return text
