@@ -123,10 +123,12 @@ def lizard_attention_chunk(
     if state is None:
         state = empty_state(q, k, v, fk)
     L = state.keys.shape[2]
-    kc = torch.cat([state.keys, k], dim=2)
-    vc = torch.cat([state.values, v], dim=2)
-    fkc = torch.cat([state.key_features, fk], dim=2)
-    gc = torch.cat([state.log_gates, _log_gates(q, g)], dim=2)
+    g = _log_gates(q, g)
+    kc, vc, fkc, gc = (
+        (k, v, fk, g)
+        if L == 0
+        else (torch.cat([old, new], dim=2) for old, new in zip(state.tensors()[1:], (k, v, fk, g)))
+    )
 
     o, _ = window_attention_chunk(q, kc, vc, window, scale, meta_k, meta_v, chunk_size)
 
@@ -139,7 +141,7 @@ def lizard_attention_chunk(
     k_in = expand_heads(fkc[:, :, src].to(dtype), H) * (decay[..., None] * valid)
     v_src = vc[:, :, src].to(dtype)
     v_in = expand_heads(torch.cat([v_src, torch.ones_like(v_src[..., :1])], dim=-1), H) * valid
-    lin, kv_state = gla_chunk(fq.to(dtype), k_in, v_in, gc[..., L:], state.kv_state, chunk_size)
+    lin, kv_state = gla_chunk(fq.to(dtype), k_in, v_in, g, state.kv_state, chunk_size)
 
     keep = slice(max(0, L + T - window), None)
     new_state = LizardState(kv_state, kc[:, :, keep], vc[:, :, keep], fkc[:, :, keep], gc[:, :, keep])

@@ -75,33 +75,34 @@ def window_attention_chunk(
     """
     dtype = compute_dtype(q)
     B, H, Tq, D = q.shape
-    Tk = k.shape[2]
+    Hk, Tk = k.shape[1], k.shape[2]
     C, w = chunk_size, window
-    q = q.to(dtype)
-    k, v = expand_heads(k.to(dtype), H), expand_heads(v.to(dtype), H)
     # Re-index keys so that query t's window is exactly rows [t, t + w) of `kp`.
     lead = w - 1 - (Tk - Tq)
-    if lead >= 0:
-        kp, vp = F.pad(k, (0, 0, lead, 0)), F.pad(v, (0, 0, lead, 0))
-    else:
-        kp, vp = k[:, :, -lead:], v[:, :, -lead:]
     pad = (-Tq) % C
     n = (Tq + pad) // C
-    q = F.pad(q, (0, 0, 0, pad))
-    kp, vp = F.pad(kp, (0, 0, 0, pad)), F.pad(vp, (0, 0, 0, pad))
+    kp, vp = (F.pad(x.to(dtype)[:, :, max(0, -lead) :], (0, 0, max(0, lead), pad)) for x in (k, v))
     span = C + w - 1
-    kb = kp.unfold(2, span, C).transpose(-1, -2)  # (B, H, n, span, D)
-    vb = vp.unfold(2, span, C).transpose(-1, -2)
-    qb = q.view(B, H, n, C, D)
+    # Grouped-query attention by broadcasting: (B, Hk, 1, n, span, D) against (B, Hk, G, n, C, D).
+    kb = kp.unfold(2, span, C).transpose(-1, -2).unsqueeze(2)
+    vb = vp.unfold(2, span, C).transpose(-1, -2).unsqueeze(2)
+    qb = F.pad(q.to(dtype), (0, 0, 0, pad)).view(B, Hk, H // Hk, n, C, D)
     # Row r of block c is kp index c*C + r, i.e. key position c*C + r - lead.
     i = torch.arange(C, device=q.device)[:, None]
     r = torch.arange(span, device=q.device)[None, :]
     in_band = (r >= i) & (r < i + w)
     key_pos = torch.arange(n, device=q.device)[:, None, None] * C + r[None] - lead
     valid = in_band[None] & (key_pos >= 0) & (key_pos < Tk)  # (n, C, span)
-    scores = (scale * qb @ kb.transpose(-1, -2)).masked_fill(~valid, float("-inf"))
-    o, lse = _combine(scores, vb, _meta_scores(qb, meta_k, scale), meta_v, q.dtype)
-    return o.reshape(B, H, n * C, -1)[:, :, :Tq], lse.reshape(B, H, n * C)[:, :, :Tq]
+    scores = (scale * qb @ kb.transpose(-1, -2)).masked_fill(~valid, float("-inf")).view(B, H, n, C, span)
+    meta = _meta_scores(qb.view(B, H, n, C, D), meta_k, scale)
+    if meta is not None:
+        scores = torch.cat([scores, meta], dim=-1)
+    lse = torch.logsumexp(scores, dim=-1)
+    p = torch.exp(scores - lse[..., None])
+    o = (p[..., :span].view(B, Hk, H // Hk, n, C, span) @ vb).view(B, H, n, C, -1)
+    if meta is not None:
+        o = o + torch.einsum("bhncm,hmd->bhncd", p[..., span:], meta_v.to(dtype))
+    return o.to(q.dtype).reshape(B, H, n * C, -1)[:, :, :Tq], lse.reshape(B, H, n * C)[:, :, :Tq]
 
 
 def window_attention_recurrent(

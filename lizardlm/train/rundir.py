@@ -87,7 +87,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     run = RunDir(path)
     manifest = run.read_manifest()
     ref = TeacherRef.from_dict(manifest["teacher"])
-    model, tokenizer = load_teacher(ref.path if ref.kind != "embedded" else ref.name, dtype=dtype, device=device)
+    model, tokenizer = load_teacher(ref, dtype=dtype, device=device)
     settings = TrainSettings.from_dict(manifest["settings"])
     model = convert(model, settings.lizard_config())
     if run.lizard_weights.is_file():
