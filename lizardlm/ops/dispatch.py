@@ -94,8 +94,7 @@ def lizard_attention(
 
             y = lizard_attention_cuda(
                 q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
-                chunk_size=chunk_size,
-            )
+            )  # chunk_size only changes rounding; the kernels use their own
             return y, None
         if backend == "triton":
             raise BackendError(f"backend='triton' cannot run: {why}")

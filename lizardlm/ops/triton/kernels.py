@@ -50,12 +50,12 @@ def _win_fwd(
         emask = offs_e < M
         mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0)
         mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(mk.to(q.dtype)), input_precision=PREC) * qk_scale
-        s = tl.where(emask[None, :], s, float("-inf"))
-        m_i = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_i[:, None])
-        l_i = tl.sum(p, 1)
-        acc = tl.dot(p.to(q.dtype), mv.to(q.dtype), input_precision=PREC)
+        s_e = tl.dot(q, tl.trans(mk.to(q.dtype)), input_precision=PREC) * qk_scale
+        s_e = tl.where(emask[None, :], s_e, float("-inf"))
+        m_i = tl.maximum(m_i, tl.max(s_e, 1))
+        p_e = tl.exp2(s_e - m_i[:, None])
+        l_i = tl.sum(p_e, 1)
+        acc = tl.dot(p_e.to(q.dtype), mv.to(q.dtype), input_precision=PREC)
     # key blocks pid_m - NBW .. pid_m (BN == BM); NBW = cdiv(W - 1, BM)
     for i in range(0, NBW + 1):
         offs_n = (pid_m - NBW + i) * BN + tl.arange(0, BN)
@@ -282,13 +282,14 @@ def _lin_bwd(
 
 @triton.jit
 def _win_bwd(
-    Q, K, Vv, MK, MV, DO, LSE, DELTA, DQ, DK, DVW, DMK, DMV,
+    Q, K, Vv, MK, MV, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMK, DMV,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Window-branch gradients. Program j: dk, dv of key block j; dq of query block j; partial
-    meta gradients of query block j (DMK/DMV (B*H, NB, BMETA, ·), unscaled)."""
+    """Window-branch gradients. Program j: dk, dv of key block j (dv plus the linear branch's DVL,
+    rows n < T - W); dq of query block j; partial meta gradients of query block j
+    (DMK/DMV (B*H, NB, BMETA, ·), unscaled)."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -326,6 +327,8 @@ def _win_bwd(
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     tl.store(DK + pid_bh * T * D + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=nmask[:, None] & dmask[None, :])
+    lmask = (offs_n < T - W)[:, None] & dvmask[None, :]
+    dv += tl.load(DVL + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
     tl.store(DVW + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
              mask=nmask[:, None] & dvmask[None, :])
     # ---- query block j: dq (+ meta)
@@ -341,13 +344,13 @@ def _win_bwd(
         emask = offs_e < M
         mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
         mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0).to(q.dtype)
-        s = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale
-        p = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(mv), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(q.dtype), mk, input_precision=PREC)
-        dmk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-        dmv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        s_e = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale
+        p_e = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s_e - lse[:, None]), 0.0)
+        dp_e = tl.dot(do, tl.trans(mv), input_precision=PREC)
+        ds_e = p_e * (dp_e - delta[:, None])
+        dq += tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
+        dmk = tl.dot(tl.trans(ds_e.to(q.dtype)), q, input_precision=PREC)
+        dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
         tl.store(DMK + (pid_bh * NB + j) * BMETA * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=dmask[None, :])
         tl.store(DMV + (pid_bh * NB + j) * BMETA * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=dvmask[None, :])
     for i in range(0, NBW + 1):

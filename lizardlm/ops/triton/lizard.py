@@ -26,6 +26,14 @@ def _empty(*shape, device, dtype) -> torch.Tensor:
     return torch.empty(*shape, device=device, dtype=dtype)
 
 
+CFG: dict[str, dict] = {}
+"""Launch overrides per kernel, e.g. ``CFG["win_bwd"] = {"num_warps": 4, "num_stages": 2}`` (tuning)."""
+
+
+def _cfg(name: str, **default) -> dict:
+    return {**default, **CFG.get(name, {})}
+
+
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -62,23 +70,23 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
         q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, o, lse,
         T, H, G, M, scale,
         W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BN=BM, NBW=triton.cdiv(window - 1, BM), BMETA=_pow2(max(M, 1)),
-        HAS_META=has_meta, PREC=prec, num_warps=nw, num_stages=2,
+        HAS_META=has_meta, PREC=prec, **_cfg("win_fwd", num_warps=nw, num_stages=2),
     )
     gl, gw = _gates(g.reshape(BH, T), window, chunk)
     TP = gl.shape[1]
     NT = TP // chunk
     hs = _empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
     hz = _empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
-    BK, BV = min(64, _pow2(Fd)), min(64, _pow2(DV))
+    BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
     K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
         fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
-        W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=2,
+        W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=2),
     )
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._lin_fwd_o[(NT, BH)](
         fq, fk, v, gl, gw, hs, hz, o, y, zb, T, TP, H, G, NT,
-        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, num_warps=8, num_stages=2,
+        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, **_cfg("lin_o", num_warps=8, num_stages=2),
     )
     return y, o, lse, gl, gw, hs, hz, zb
 
@@ -115,24 +123,28 @@ class LizardAttentionFunction(torch.autograd.Function):
         do = _empty(*o.shape, device=o.device, dtype=o.dtype)
         dz = _empty(BH, T, device=dev, dtype=f32)
         delta = _empty(BH, T, device=dev, dtype=f32)
-        K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, num_warps=4)
+        K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, **_cfg("pre", num_warps=4))
         # linear branch
         dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
         dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
-        BK, BV = min(64, _pow2(Fd)), min(64, _pow2(DV))
+        BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
         K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
             fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
-            num_warps=4, num_stages=2,
+            **_cfg("lin_dh", num_warps=4, num_stages=2),
         )
         gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
         dfq = _empty(*fq.shape, device=dev, dtype=fq.dtype)
-        dfk = torch.zeros(B, H, T, Fd, device=dev, dtype=gdt)
-        dvl = torch.zeros(B, H, T, DV, device=dev, dtype=f32)
+        # rows t >= T - w of the key-side linear gradients get nothing from the linear branch
+        tail = max(T - window, 0)
+        dfk = _empty(B, H, T, Fd, device=dev, dtype=gdt)
+        dfk[:, :, tail:].zero_()
+        dvl = _empty(B, H, T, DV, device=dev, dtype=f32)  # rows >= T - w are never read
         dgq = _empty(BH, T, device=dev, dtype=f32)
-        dgk = torch.zeros(BH, T, device=dev, dtype=f32)
+        dgk = _empty(BH, T, device=dev, dtype=f32)
+        dgk[:, tail:].zero_()
         K._lin_bwd[(NT, BH)](
             fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
-            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, num_warps=8, num_stages=1,
+            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, **_cfg("lin_bwd", num_warps=8, num_stages=1),
         )
         # window branch
         has_meta = mk is not None and mk.shape[1] > 0
@@ -142,7 +154,7 @@ class LizardAttentionFunction(torch.autograd.Function):
         BMETA = _pow2(max(M, 1))
         dq = _empty(*q.shape, device=dev, dtype=q.dtype)
         dk = _empty(B, H, T, D, device=dev, dtype=gdt)
-        dvw = _empty(B, H, T, DV, device=dev, dtype=f32)
+        dvw = _empty(B, H, T, DV, device=dev, dtype=gdt)
         if has_meta:
             dmk_p = _empty(BH, NB, BMETA, D, device=dev, dtype=f32)
             dmv_p = _empty(BH, NB, BMETA, DV, device=dev, dtype=f32)
@@ -151,13 +163,13 @@ class LizardAttentionFunction(torch.autograd.Function):
         dummy = q.new_empty(1)
         nw = 4 if max(D, DV) <= 64 else 8
         K._win_bwd[(NB, BH)](
-            q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, do, lse, delta, dq, dk, dvw, dmk_p, dmv_p,
+            q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, do, lse, delta, dvl, dq, dk, dvw, dmk_p, dmv_p,
             T, H, G, M, NB, scale,
             W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, NBW=triton.cdiv(window - 1, BM), BMETA=BMETA, HAS_META=has_meta, PREC=prec,
-            num_warps=nw, num_stages=1,
+            **_cfg("win_bwd", num_warps=nw, num_stages=1),
         )
         dk = _group_sum(dk, Hk).to(k.dtype)
-        dv = _group_sum(dvw.add_(dvl), Hk).to(v.dtype)
+        dv = _group_sum(dvw, Hk).to(v.dtype)
         dfk_out = _group_sum(dfk, Hk).to(fk.dtype)
         dg = None
         if g_given:
@@ -171,7 +183,7 @@ class LizardAttentionFunction(torch.autograd.Function):
 
 
 def lizard_attention_cuda(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state=None, chunk_size: int = 64
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state=None, chunk_size: int | None = None
 ) -> torch.Tensor:
     """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk` for ``state=None``;
     returns y only. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v."""
@@ -180,8 +192,10 @@ def lizard_attention_cuda(
     if not q.is_cuda:
         raise ValueError("lizard_attention_cuda needs CUDA tensors")
     B, H, T, D = q.shape
+    if chunk_size is None:  # the chunk size changes only rounding; the kernels pick theirs
+        chunk_size = CFG.get("chunk", 64)
     if chunk_size not in (16, 32, 64, 128):
-        chunk_size = 64
+        raise ValueError(f"chunk_size must be 16, 32, 64 or 128 on the Triton path, got {chunk_size}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     dt = q.dtype
