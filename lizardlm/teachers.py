@@ -47,7 +47,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 @dataclass(frozen=True)
 class TeacherRef:
     """Where a teacher comes from: ``name`` as the user gave it, its ``kind``, and ``path``
-    (an absolute path, or the hub id for ``kind == "hub"``)."""
+    (an absolute path, or the hub id for ``kind == "hub"``). An embedded teacher reloads from the current cache."""
 
     name: str
     kind: TeacherKind
@@ -74,6 +74,8 @@ def cache_dir() -> Path:
 def resolve_teacher(name_or_path: str) -> TeacherRef:
     """Classify a teacher name or path without loading it (raises TeacherNotFoundError for a missing path)."""
     name = str(name_or_path).strip()
+    if not name:
+        raise TeacherNotFoundError(f"empty teacher name; use {EMBEDDED_NAMES[0]}, a model directory, a .gguf file or a hub id")
     if name.lower() in EMBEDDED_NAMES:
         return TeacherRef(name, "embedded", str(cache_dir() / "teachers" / EMBEDDED_DIRNAME))
     path = Path(name).expanduser()

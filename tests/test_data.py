@@ -202,6 +202,18 @@ def test_non_utf8(tmp_path):
         load_documents(str(path))
 
 
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "locked.txt"
+    path.write_text("text", encoding="utf-8")
+
+    def deny(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(DataError, match="cannot read data file .*locked.txt: Permission denied"):
+        load_documents(str(path))
+
+
 def test_bad_json_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"text": oops}\n', encoding="utf-8")

@@ -63,6 +63,11 @@ def test_resolve_missing_path(model_dir, tmp_path, monkeypatch, name):
         resolve_teacher(name)
 
 
+def test_resolve_empty_name():
+    with pytest.raises(TeacherNotFoundError, match="empty teacher name"):
+        resolve_teacher("  ")
+
+
 def test_resolve_not_a_model(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TeacherNotFoundError, match="has no config.json"):
