@@ -107,6 +107,14 @@ def compiled_resources():
     from lizardlm.ops.triton import kernels as K
 
     res = {}
+    try:
+        _collect_resources(K, res)
+    except Exception as e:  # the cache layout differs between Triton versions
+        return {"error": [[str(e)[:80]]]}
+    return {k: sorted(v) for k, v in res.items()}
+
+
+def _collect_resources(K, res):
     for name in dir(K):
         fn = getattr(K, name)
         caches = getattr(fn, "device_caches", None)
@@ -117,137 +125,91 @@ def compiled_resources():
             for ck in cache.values():
                 res.setdefault(name, set()).add((getattr(ck, "n_regs", -1), getattr(ck, "n_spills", -1),
                                                  getattr(getattr(ck, "metadata", None), "shared", -1)))
-    return {k: sorted(v) for k, v in res.items()}
+
+
+# Launch settings tried per kernel, one per round (a kernel with fewer options keeps its last).
+TUNE_ROUNDS = {
+    "win_fwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
+    "lin_h": [(4, 2), (4, 3), (4, 4), (4, 1)],
+    "lin_o": [(4, 1), (4, 2), (8, 1), (8, 2)],
+    "pre": [(4, 1), (8, 1), (2, 1), (4, 1)],
+    "lin_dh": [(4, 2), (4, 3), (4, 4), (4, 1)],
+    "lin_bwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
+    "win_bwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
+}
+TUNE_SHAPES = ((16, 2048), (1, 32768))
+
+
+def round_cfg(r):
+    return {k: {"num_warps": v[min(r, len(v) - 1)][0], "num_stages": v[min(r, len(v) - 1)][1]}
+            for k, v in TUNE_ROUNDS.items()}
+
+
+def tune_child(cfg_json):
+    """One tuning measurement in this process (a crash loses only this one)."""
+    import lizardlm.ops.triton.lizard as tlz
+
+    tlz.CFG.update(json.loads(cfg_json))
+    per = [kernel_times(B, T) for B, T in TUNE_SHAPES]
+    print("TUNE_JSON " + json.dumps({"kernels": [p[0] for p in per], "total": [p[1] for p in per],
+                                     "resources": {k: [list(r) for r in v] for k, v in compiled_resources().items()}}))
+
+
+def tune_measure(cfg):
+    import subprocess
+
+    try:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--tune-child", json.dumps(cfg)],
+                             capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired:
+        return None, "timeout"
+    for line in out.stdout.splitlines():
+        if line.startswith("TUNE_JSON "):
+            return json.loads(line[len("TUNE_JSON "):]), None
+    return None, (out.stderr.strip().splitlines() or ["?"])[-1][:200]
 
 
 def tune():
-    """Per-kernel launch settings: every kernel gets each (warps, stages) in turn, times from the
-    profiler; then chunk 128 and h-block 32. Sets lizard CFG to the best and returns the log."""
+    """Per-kernel launch settings, each round in a child process; then variants (h-block 32,
+    value blocks of 32, chunk 128) on top of the best. Sets lizard CFG to the winner."""
     import lizardlm.ops.triton.lizard as tlz
 
-    log = {"grid": {}}
+    log = {"rounds": {}}
     best = {k: (float("inf"), None) for k in KERNELS}
-    shapes = ((16, 2048), (1, 32768))
-    for nw, ns in ((4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3)):
-        tlz.CFG.clear()
-        tlz.CFG.update({k: {"num_warps": nw, "num_stages": ns} for k in KERNELS})
-        try:
-            per = [kernel_times(B, T) for B, T in shapes]
-        except Exception as e:
-            print(f"tune w{nw} s{ns}: failed {type(e).__name__}: {str(e)[:200]}")
+    for r in range(4):
+        cfg = round_cfg(r)
+        m, err = tune_measure(cfg)
+        if m is None:
+            print(f"tune round {r}: failed: {err}", flush=True)
             continue
-        row = {}
+        row = {k: sum(p.get(KNAME[k], float("nan")) for p in m["kernels"]) for k in KERNELS}
         for k in KERNELS:
-            t = sum(p[0].get(KNAME[k], float("nan")) for p in per)
-            row[k] = t
-            if t < best[k][0]:
-                best[k] = (t, {"num_warps": nw, "num_stages": ns})
-        log["grid"][f"w{nw}s{ns}"] = {"per_kernel_sum_2k_32k": row, "total": [p[1] for p in per]}
-        print(f"tune w{nw} s{ns}: total {per[0][1]:.3f} / {per[1][1]:.3f} ms  " +
-              " ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+            if row[k] < best[k][0]:
+                best[k] = (row[k], cfg[k])
+        log["rounds"][r] = {"cfg": cfg, "per_kernel_2k_plus_32k": row, "total": m["total"], "resources": m["resources"]}
+        print(f"tune round {r}: total {m['total'][0]:.3f} / {m['total'][1]:.3f} ms  " +
+              " ".join(f"{k}[{cfg[k]['num_warps']},{cfg[k]['num_stages']}] {v:.3f}" for k, v in row.items()), flush=True)
+        print("   resources (regs, spills, smem):", m["resources"], flush=True)
+    cur = {k: c for k, (t, c) in best.items() if c is not None}
+    m, err = tune_measure(cur)
+    cur_total = sum(m["total"]) if m else float("inf")
+    print(f"tune best-per-kernel: {m and m['total']} {cur}", flush=True)
+    for extra in ({"hblock": 32}, {"bvl_bwd": 32}, {"bvl_o": 128}, {"chunk": 128}):
+        trial = {**cur, **extra}
+        m, err = tune_measure(trial)
+        if m is None:
+            print(f"tune +{extra}: failed: {err}", flush=True)
+            continue
+        print(f"tune +{extra}: total {m['total'][0]:.3f} / {m['total'][1]:.3f} ms  " + " ".join(
+            f"{k} {sum(p.get(KNAME[k], 0) for p in m['kernels']):.3f}" for k in KERNELS), flush=True)
+        log[json.dumps(extra)] = m["total"]
+        if sum(m["total"]) < 0.98 * cur_total:
+            cur, cur_total = trial, sum(m["total"])
     tlz.CFG.clear()
-    tlz.CFG.update({k: c for k, (t, c) in best.items() if c is not None})
-    base = [kernel_times(B, T) for B, T in shapes]
-    print(f"tune best-per-kernel: total {base[0][1]:.3f} / {base[1][1]:.3f} ms  {tlz.CFG}", flush=True)
-    log["best"] = {"cfg": dict(tlz.CFG), "total": [p[1] for p in base]}
-    for extra in ({"hblock": 32}, {"chunk": 128}, {"chunk": 128, "lin_o": {"num_warps": 8, "num_stages": 1},
-                                                    "lin_bwd": {"num_warps": 8, "num_stages": 1}}):
-        saved = dict(tlz.CFG)
-        tlz.CFG.update(extra)
-        try:
-            per = [kernel_times(B, T) for B, T in shapes]
-            tot = [p[1] for p in per]
-            print(f"tune +{extra}: total {tot[0]:.3f} / {tot[1]:.3f} ms  " + " ".join(
-                f"{k} {sum(p[0].get(KNAME[k], 0) for p in per):.3f}" for k in KERNELS), flush=True)
-            log[str(extra)] = tot
-            if sum(tot) < 0.97 * sum(log["best"]["total"]):
-                log["best"] = {"cfg": dict(tlz.CFG), "total": tot}
-                continue
-        except Exception as e:
-            print(f"tune +{extra}: failed {type(e).__name__}: {str(e)[:300]}")
-        tlz.CFG.clear()
-        tlz.CFG.update(saved)
-    print("tune chosen:", tlz.CFG, flush=True)
-    log["resources"] = {k: [list(r) for r in v] for k, v in compiled_resources().items()}
-    print("resources (regs, spills, smem):", log["resources"], flush=True)
+    tlz.CFG.update(cur)
+    log["chosen"] = cur
+    print("tune chosen:", cur, flush=True)
     return log
-
-
-def bench(fn, x, backward: bool):
-    """Median ms of fn (and a backward of a fixed cotangent) and peak extra memory in MiB."""
-    from triton.testing import do_bench
-
-    grads = [t for t in x.values() if t.requires_grad]
-    if backward:
-        dy = torch.randn_like(fn(x))
-
-        def step():
-            fn(x).backward(dy)
-    else:
-        def step():
-            with torch.no_grad():
-                fn(x)
-    step()
-    torch.cuda.synchronize()
-    for t in grads:
-        t.grad = None
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    ms = do_bench(step, warmup=50, rep=300, grad_to_none=grads or None, return_mode="median")
-    for t in grads:
-        t.grad = None
-    return ms, peak
-
-
-def correctness():
-    """Output and all gradients vs float64 (torch chunked op), bf16 and fp32, odd T, GQA."""
-    out = {}
-    for dtype, (B, Hq, Hk, T, Dh) in [(torch.bfloat16, (2, 8, 4, 1000, 128)), (torch.float32, (1, 4, 4, 777, 64)),
-                                     (torch.bfloat16, (1, 4, 4, 777, 64))]:
-        x = inputs(B, T, dtype=torch.float32, seed=1, H=Hq, Hk=Hk, D=Dh, FD=Dh)
-        ref = {n: t.double().requires_grad_() for n, t in x.items()}
-        y_ref = lizard(ref, backend="torch-chunk")
-        dy = torch.randn_like(y_ref)
-        (y_ref * dy).sum().backward()
-        inp = {n: (t.to(dtype) if n != "g" else t).requires_grad_() for n, t in x.items()}
-        import lizardlm.ops.triton.lizard as tlz
-        tlz.POISON = True
-        y = lizard(inp, backend="triton")
-        (y.double() * dy).sum().backward()
-        tlz.POISON = False
-        rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
-        errs = {"y": rel(y, y_ref), **{"d" + n: rel(inp[n].grad, ref[n].grad) for n in x}}
-        key = f"{str(dtype).split('.')[-1]} B{B} H{Hq}/{Hk} T{T} D{Dh}"
-        tol = 1e-3 if dtype == torch.float32 else 1e-2
-        out[key] = {"errors": errs, "tol": tol, "pass": all(v <= tol for v in errs.values())}
-        print(f"check {key}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f"  pass={out[key]['pass']}")
-    return out
-
-
-def profile(B, T):
-    x = inputs(B, T, requires_grad=True)
-    dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
-    for _ in range(2):
-        lizard(x).backward(dy)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            lizard(x).backward(dy)
-        torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if t > 0:
-            rows.append((t / 3 / 1000, e.key[:60], e.count // 3))
-    rows.sort(reverse=True)
-    print(f"profile B{B} T{T} (ms per fwd+bwd):")
-    for t, k, c in rows[:16]:
-        print(f"  {t:8.3f}  x{c:<3d} {k}")
-    return [{"ms": t, "kernel": k, "calls": c} for t, k, c in rows[:20]]
 
 
 def main():
@@ -257,7 +219,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="skip 128K and the torch reference")
     ap.add_argument("--seqs", default="2048,8192,32768")
     ap.add_argument("--tune", action="store_true", help="pick per-kernel launch settings first (sets them for this run)")
+    ap.add_argument("--tune-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.tune_child is not None:
+        return tune_child(args.tune_child)
     import triton
 
     dev = torch.cuda.get_device_name()

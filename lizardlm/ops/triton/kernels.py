@@ -121,7 +121,7 @@ def _lin_fwd_h(
 def _lin_fwd_o(
     FQ, FK, Vv, GL, GW, Hs, HZ, O, Y, ZB,
     T, TP, H, G, NT,
-    W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
+    W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BVL: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """Linear branch of one chunk, combined with the window output: y = (o + N) / (1 + Z)."""
@@ -132,30 +132,35 @@ def _lin_fwd_o(
     kvh = b * (H // G) + h // G
     offs_t = c * BT + tl.arange(0, BT)
     offs_f = tl.arange(0, BF)
-    offs_v = tl.arange(0, BDV)
     tmask = offs_t < T
     fmask = offs_f < F
-    vmask = offs_v < DV
     gl = tl.load(GL + pid_bh * TP + offs_t)
     gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
     src = offs_t - W
     valid = (src >= 0) & tmask
     fq = tl.load(FQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
     fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
-    v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
     kp = (fk.to(tl.float32) * tl.exp(gw)[:, None]).to(fq.dtype)
     causal = offs_t[:, None] >= offs_t[None, :]
     dec = tl.where(causal, tl.exp(gl[:, None] - gl[None, :]), 0.0)
     A = tl.dot(fq, tl.trans(kp), input_precision=PREC) * dec
-    hb = tl.load(Hs + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :], mask=fmask[:, None] & vmask[None, :], other=0.0)
     hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
     qe = fq.to(tl.float32) * tl.exp(gl)[:, None]
-    n = tl.dot(qe.to(hb.dtype), hb, input_precision=PREC) + tl.dot(A.to(v.dtype), v, input_precision=PREC)
     z = tl.sum(qe * hz[None, :], 1) + tl.sum(A, 1)
-    omask = tmask[:, None] & vmask[None, :]
-    o = tl.load(O + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=omask, other=0.0)
-    y = (o.to(tl.float32) + n) / (1.0 + z)[:, None]
-    tl.store(Y + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], y.to(Y.dtype.element_ty), mask=omask)
+    rz = 1.0 / (1.0 + z)
+    qe = qe.to(fq.dtype)
+    A = A.to(fq.dtype)
+    for i in range(0, tl.cdiv(DV, BVL)):
+        offs_v = i * BVL + tl.arange(0, BVL)
+        vmask = offs_v < DV
+        v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+        hb = tl.load(Hs + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :],
+                     mask=fmask[:, None] & vmask[None, :], other=0.0)
+        n = tl.dot(qe, hb.to(fq.dtype), input_precision=PREC) + tl.dot(A, v, input_precision=PREC)
+        omask = tmask[:, None] & vmask[None, :]
+        o = tl.load(O + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=omask, other=0.0)
+        y = (o.to(tl.float32) + n) * rz[:, None]
+        tl.store(Y + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], y.to(Y.dtype.element_ty), mask=omask)
     tl.store(ZB + pid_bh * T + offs_t, z, mask=tmask)
 
 
@@ -223,11 +228,12 @@ def _lin_bwd(
     FQ, FK, Vv, GL, GW, Hs, HZ, DH, DHZ, DO, DZ,
     DFQ, DFK, DVL, DGQ, DGK,
     T, TP, H, G, NT,
-    W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
+    W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BVL: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """Gradients of the linear branch for one chunk: dfq (rows t), dfk and dv (rows t - w), and the
-    pieces fq.dfq, fk.dfk of the log-decay gradient (dG_t = fq_t.dfq_t - fk_t.dfk_t)."""
+    pieces fq.dfq, fk.dfk of the log-decay gradient (dG_t = fq_t.dfq_t - fk_t.dfk_t).
+    The value dimension is walked in blocks of BVL (reductions over it accumulate in fp32)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -235,10 +241,8 @@ def _lin_bwd(
     kvh = b * (H // G) + h // G
     offs_t = c * BT + tl.arange(0, BT)
     offs_f = tl.arange(0, BF)
-    offs_v = tl.arange(0, BDV)
     tmask = offs_t < T
     fmask = offs_f < F
-    vmask = offs_v < DV
     gl = tl.load(GL + pid_bh * TP + offs_t)
     bc = tl.load(GL + pid_bh * TP + c * BT + BT - 1)
     gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
@@ -246,36 +250,41 @@ def _lin_bwd(
     valid = (src >= 0) & tmask
     fq = tl.load(FQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
     fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
-    v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
-    do = tl.load(DO + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :], other=0.0)
     dz = tl.load(DZ + pid_bh * T + offs_t, mask=tmask, other=0.0)
     egw = tl.exp(gw)
     kp = (fk.to(tl.float32) * egw[:, None]).to(fq.dtype)
     causal = offs_t[:, None] >= offs_t[None, :]
     dec = tl.where(causal, tl.exp(gl[:, None] - gl[None, :]), 0.0)
-    A = tl.dot(fq, tl.trans(kp), input_precision=PREC) * dec
-    dA = (tl.dot(do, tl.trans(v), input_precision=PREC) + dz[:, None]) * dec
-    hp = Hs + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :]
-    hb = tl.load(hp, mask=fmask[:, None] & vmask[None, :], other=0.0)
-    hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+    A = (tl.dot(fq, tl.trans(kp), input_precision=PREC) * dec).to(fq.dtype)
     eg = tl.exp(gl)
-    dfq = tl.dot(dA.to(kp.dtype), kp, input_precision=PREC)
-    dfq += eg[:, None] * (tl.dot(do, tl.trans(hb.to(do.dtype)), input_precision=PREC) + dz[:, None] * hz[None, :])
-    dhp = DH + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :]
-    dhb = tl.load(dhp, mask=fmask[:, None] & vmask[None, :], other=0.0)
-    dhz = tl.load(DHZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
     eo = tl.exp(bc - gl)
-    dkp = tl.dot(tl.trans(dA.to(fq.dtype)), fq, input_precision=PREC)
-    dkp += eo[:, None] * (tl.dot(v, tl.trans(dhb.to(v.dtype)), input_precision=PREC) + dhz[None, :])
-    dvp = tl.dot(tl.trans(A.to(do.dtype)), do, input_precision=PREC)
-    dvp += eo[:, None] * tl.dot(kp, dhb.to(kp.dtype), input_precision=PREC)
+    dA = tl.zeros([BT, BT], dtype=tl.float32)
+    dq_h = tl.zeros([BT, BF], dtype=tl.float32)  # do h^T
+    dk_h = tl.zeros([BT, BF], dtype=tl.float32)  # v dh^T
+    for i in range(0, tl.cdiv(DV, BVL)):
+        offs_v = i * BVL + tl.arange(0, BVL)
+        vmask = offs_v < DV
+        v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+        do = tl.load(DO + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :], other=0.0)
+        hfv = (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :]
+        hb = tl.load(Hs + hfv, mask=fmask[:, None] & vmask[None, :], other=0.0).to(do.dtype)
+        dhb = tl.load(DH + hfv, mask=fmask[:, None] & vmask[None, :], other=0.0).to(do.dtype)
+        dA += tl.dot(do, tl.trans(v), input_precision=PREC)
+        dq_h += tl.dot(do, tl.trans(hb), input_precision=PREC)
+        dk_h += tl.dot(v, tl.trans(dhb), input_precision=PREC)
+        dvp = tl.dot(tl.trans(A), do, input_precision=PREC) + eo[:, None] * tl.dot(kp, dhb, input_precision=PREC)
+        tl.store(DVL + pid_bh * T * DV + src[:, None] * DV + offs_v[None, :], dvp.to(DVL.dtype.element_ty),
+                 mask=valid[:, None] & vmask[None, :])
+    hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+    dhz = tl.load(DHZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+    dAc = ((dA + dz[:, None]) * dec).to(fq.dtype)
+    dfq = tl.dot(dAc, kp, input_precision=PREC) + eg[:, None] * (dq_h + dz[:, None] * hz[None, :])
+    dkp = tl.dot(tl.trans(dAc), fq, input_precision=PREC) + eo[:, None] * (dk_h + dhz[None, :])
     dfk = dkp * egw[:, None]
-    qmask = tmask[:, None] & fmask[None, :]
-    tl.store(DFQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], dfq.to(DFQ.dtype.element_ty), mask=qmask)
+    tl.store(DFQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], dfq.to(DFQ.dtype.element_ty),
+             mask=tmask[:, None] & fmask[None, :])
     tl.store(DFK + pid_bh * T * F + src[:, None] * F + offs_f[None, :], dfk.to(DFK.dtype.element_ty),
              mask=valid[:, None] & fmask[None, :])
-    tl.store(DVL + pid_bh * T * DV + src[:, None] * DV + offs_v[None, :], dvp.to(DVL.dtype.element_ty),
-             mask=valid[:, None] & vmask[None, :])
     tl.store(DGQ + pid_bh * T + offs_t, tl.sum(fq.to(tl.float32) * dfq, 1), mask=tmask)
     tl.store(DGK + pid_bh * T + src, tl.sum(fk.to(tl.float32) * dfk, 1), mask=valid)
 

@@ -86,7 +86,7 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._lin_fwd_o[(NT, BH)](
         fq, fk, v, gl, gw, hs, hz, o, y, zb, T, TP, H, G, NT,
-        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, **_cfg("lin_o", num_warps=8, num_stages=2),
+        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_o", num_warps=8, num_stages=2),
     )
     return y, o, lse, gl, gw, hs, hz, zb
 
@@ -144,7 +144,7 @@ class LizardAttentionFunction(torch.autograd.Function):
         dgk[:, tail:].zero_()
         K._lin_bwd[(NT, BH)](
             fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
-            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec, **_cfg("lin_bwd", num_warps=8, num_stages=1),
+            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_bwd", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_bwd", num_warps=8, num_stages=1),
         )
         # window branch
         has_meta = mk is not None and mk.shape[1] > 0
