@@ -1,0 +1,194 @@
+"""``lizardlm eval``: evaluate a model (and optionally its teacher, side by side).
+
+    lizardlm eval --model runs/smollm2 --teacher smollm2-135m --tasks wikitext2,piqa,mqar,passkey \\
+        --limit 200 --passkey-lengths 1024,2048 --out runs/smollm2/eval
+
+Writes ``eval.json`` (every number, versions, device, limits), ``eval.md`` (the table printed at the
+end) and PNG plots (passkey accuracy vs length, MQAR accuracy vs pairs/length, perplexity vs
+position) into ``--out`` (default: ``RUN_DIR/eval`` when ``--model`` is a directory, else
+``./eval-out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+
+from lizardlm.errors import CheckpointError, LizardError
+
+# kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
+TASKS_HELP = (
+    "wikitext2, wikitext2_valid, tinyshakespeare (perplexity); piqa, arc_easy, arc_challenge, hellaswag, "
+    "winogrande (0-shot), mmlu (5-shot) (lm-eval on local files); mqar; passkey; position_ppl (perplexity "
+    "vs position). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
+    "position_ppl"
+)
+CPU_PASSKEY_LENGTHS = "1024,2048"
+GPU_PASSKEY_LENGTHS = "1024,2048,4096,8192,16384,32768"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x.strip().lower().replace("k", "000")) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def _pos_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _task_data(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected TASK=PATH, got {text!r}")
+    return name.strip(), path.strip()
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model (perplexity, benchmarks, MQAR, passkey) against its teacher",
+        description="Evaluate a Lizard run/model or a teacher; with --teacher, both side by side with recovery %%. "
+        "Benchmark files are read from the data directory (--data-dir, $LIZARDLM_DATA_DIR, ../shared/data or "
+        "./shared/data); missing sets are reported as absent.",
+    )
+    p.add_argument("--model", required=True, help="run dir, saved Lizard model dir, or teacher name/path (e.g. smollm2-135m)")
+    p.add_argument("--teacher", default=None, help="teacher name/path to evaluate alongside (column 'teacher')")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks: " + TASKS_HELP)
+    p.add_argument("--limit", type=_pos_int, default=None,
+                   help="at most N examples per task (perplexity windows, lm-eval docs per task/MMLU subject, "
+                   "MQAR prompts per setting, passkey trials per length)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval or ./eval-out)")
+    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $LIZARDLM_DATA_DIR, ../shared/data, ./shared/data)")
+    p.add_argument("--task-data", type=_task_data, action="append", default=[], metavar="TASK=PATH",
+                   help="a task's own directory or file, overriding <data-dir>/<task>/ (repeatable)")
+    p.add_argument("--batch-size", type=_pos_int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=_pos_int, default=1024, help="perplexity window (tokens, non-overlapping)")
+    p.add_argument("--passkey-lengths", type=_int_list, default=None,
+                   help=f"comma-separated prompt lengths in tokens (default: {CPU_PASSKEY_LENGTHS} on cpu, {GPU_PASSKEY_LENGTHS} on cuda)")
+    p.add_argument("--passkey-trials", type=_pos_int, default=5, help="prompts per length (random depth and key)")
+    p.add_argument("--passkey-time-budget", type=float, default=None,
+                   help="seconds per passkey length; longer lengths estimated to exceed it are skipped (default: 900 on cpu)")
+    p.add_argument("--mqar-pairs", type=_int_list, default=(2, 4, 8, 16, 32), help="numbers of key-value pairs")
+    p.add_argument("--mqar-lengths", type=_int_list, default=(128, 256, 512, 1024), help="sequence lengths (8 pairs + filler)")
+    p.add_argument("--mqar-samples", type=_pos_int, default=20, help="prompts per MQAR setting")
+    p.add_argument("--mqar-format", default="lines", choices=["lines", "zoology"])
+    p.add_argument("--position-len", type=_pos_int, default=4096, help="window length for perplexity vs position")
+    p.add_argument("--position-bucket", type=_pos_int, default=256, help="bucket size for perplexity vs position")
+    p.add_argument("--position-windows", type=_pos_int, default=4, help="windows averaged for perplexity vs position")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def load_model_for_eval(spec: str, device: str = "cpu", dtype=None):
+    """``(model, tokenizer)`` for a run dir / saved Lizard model / teacher name or path: through
+    ``lizardlm.load_any`` when the package has it, else ``lizardlm.teachers.load_teacher``."""
+    import torch
+
+    import lizardlm
+
+    dtype = dtype or torch.float32
+    loader = getattr(lizardlm, "load_any", None)
+    if loader is None:
+        try:
+            from lizardlm.teachers import load_teacher as loader
+        except ImportError as err:
+            raise LizardError(f"cannot load {spec!r}: no model loader available ({err})") from err
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if k in params}
+    model, tokenizer = loader(spec, **kw)
+    if "dtype" not in kw:
+        model = model.to(dtype)
+    if "device" not in kw:
+        model = model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def default_out_dir(model_spec: str) -> Path:
+    p = Path(model_spec).expanduser()
+    return p / "eval" if p.is_dir() else Path("eval-out")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lizardlm.eval.report import ALL_TASKS, DEFAULT_TASKS, EvalConfig, evaluate, markdown_table, write_outputs
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
+    unknown = [t for t in tasks if t not in ALL_TASKS]
+    if unknown:
+        raise LizardError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(ALL_TASKS)}")
+    if not tasks:
+        raise LizardError("--tasks is empty")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise LizardError("--device cuda asked for, but no CUDA device is available")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    on_gpu = args.device == "cuda"
+    passkey_lengths = args.passkey_lengths or _int_list(GPU_PASSKEY_LENGTHS if on_gpu else CPU_PASSKEY_LENGTHS)
+    budget = args.passkey_time_budget if args.passkey_time_budget is not None else (None if on_gpu else 900.0)
+    out_dir = Path(args.out) if args.out else default_out_dir(args.model)
+
+    models = {}
+    sources = {}
+    if args.teacher:
+        print(f"loading teacher {args.teacher} ...", file=sys.stderr)
+        models["teacher"] = load_model_for_eval(args.teacher, device=args.device, dtype=dtype)
+        sources["teacher"] = args.teacher
+    name = "student" if args.teacher else "model"
+    print(f"loading {name} {args.model} ...", file=sys.stderr)
+    model, tokenizer = load_model_for_eval(args.model, device=args.device, dtype=dtype)
+    if tokenizer is None:
+        if "teacher" not in models:
+            raise CheckpointError(f"{args.model} has no tokenizer; give --teacher to use the teacher's")
+        tokenizer = models["teacher"][1]
+    models[name] = (model, tokenizer)
+    sources[name] = args.model
+
+    cfg = EvalConfig(
+        data_dir=args.data_dir,
+        data_paths=dict(args.task_data),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        ppl_window=args.window,
+        position_seq_len=args.position_len,
+        position_bucket=args.position_bucket,
+        position_windows=args.position_windows,
+        mqar_pairs=args.mqar_pairs,
+        mqar_lengths=args.mqar_lengths,
+        mqar_n=args.mqar_samples,
+        mqar_format=args.mqar_format,
+        passkey_lengths=passkey_lengths,
+        passkey_trials=args.passkey_trials,
+        passkey_time_budget_s=budget,
+        progress=not args.no_progress,
+    )
+    results = evaluate(models, tasks, config=cfg, sources=sources, reference="teacher" if args.teacher else None)
+    paths = write_outputs(results, out_dir, plots=not args.no_plots)
+    print(markdown_table(results))
+    print("wrote " + ", ".join(paths.values()), file=sys.stderr)
+    failed = [t for t, per in results["tasks"].items() if any(e.get("status") == "error" for e in per.values())]
+    if failed:
+        print(f"lizardlm eval: task(s) failed: {', '.join(failed)} (see eval.json)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,517 @@
+"""Run a set of evaluation tasks on one or more models and write ``eval.json``, ``eval.md`` and plots.
+
+``evaluate({"teacher": (model, tok), "student": (model2, tok2)}, ["wikitext2", "piqa", "passkey"])``
+returns (and, given ``out_dir``, writes) a dict::
+
+    {"schema": "lizardlm.eval/1", "meta": {versions, device, settings, limits, timings},
+     "models": {name: {class, parameters, dtype, device, ...}}, "reference": "teacher",
+     "tasks": {task: {model_name: entry}}}
+
+Every entry has ``status``: ``"ok"`` (with ``metrics``), ``"absent"`` (benchmark files not there;
+``path`` says what was looked for), ``"skipped (...)"`` or ``"error"`` (with ``reason``). Absent or
+skipped results are never reported as zero.
+
+The markdown table has one row per task/metric, one column per model and, for each model other
+than the reference (the teacher), a recovery column: student/teacher x 100 for higher-is-better
+metrics (accuracies) and teacher/student x 100 for lower-is-better ones (perplexity), so 100% is
+parity and less is worse in both cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from lizardlm.errors import DataError, LizardError
+from lizardlm.eval.data import DataAbsentError, read_text, resolve_data_dir, text_corpus_path
+from lizardlm.eval.tasks import MC_TASKS, METRICS
+
+log = logging.getLogger(__name__)
+
+PPL_TASKS = ("wikitext2", "wikitext2_valid", "tinyshakespeare")
+DEFAULT_TASKS = ("wikitext2", *MC_TASKS, "mqar", "passkey", "position_ppl")
+ALL_TASKS = (*PPL_TASKS, *MC_TASKS, "mqar", "passkey", "position_ppl")
+SCHEMA = "lizardlm.eval/1"
+
+
+@dataclass
+class EvalConfig:
+    """Settings of :func:`evaluate` (``limit`` caps examples per task: perplexity windows, lm-eval
+    documents per task/MMLU subject, MQAR prompts per setting, passkey trials per length)."""
+
+    data_dir: str | None = None
+    data_paths: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    batch_size: int = 1
+    seed: int = 0
+    ppl_window: int = 1024
+    position_corpus: str = "wikitext2"
+    position_seq_len: int = 4096
+    position_bucket: int = 256
+    position_windows: int = 4
+    mqar_pairs: tuple[int, ...] = (2, 4, 8, 16, 32)
+    mqar_lengths: tuple[int, ...] = (128, 256, 512, 1024)
+    mqar_length_pairs: int = 8
+    mqar_n: int = 20
+    mqar_format: str = "lines"
+    passkey_lengths: tuple[int, ...] = (1024, 2048)
+    passkey_trials: int = 5
+    passkey_time_budget_s: float | None = None
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _capped(n: int, limit: int | None) -> int:
+    return n if limit is None else max(1, min(n, int(limit)))
+
+
+def _run_ppl(task: str, model, tok, cfg: EvalConfig) -> dict:
+    from lizardlm.eval.perplexity import perplexity
+
+    path = text_corpus_path(task, cfg.data_dir, cfg.data_paths.get(task))
+    r = perplexity(model, tok, read_text(path), window=cfg.ppl_window, batch_size=cfg.batch_size,
+                   progress=cfg.progress, max_windows=cfg.limit)
+    return {"status": "ok", "metrics": {"ppl": r["ppl"], "nll": r["nll"]}, "tokens": r["tokens"],
+            "windows": r["windows"], "window": r["window"], "path": str(path)}
+
+
+def _run_position(model, tok, cfg: EvalConfig) -> dict:
+    from lizardlm.eval.perplexity import perplexity_by_position
+
+    path = text_corpus_path(cfg.position_corpus, cfg.data_dir, cfg.data_paths.get(cfg.position_corpus))
+    r = perplexity_by_position(model, tok, read_text(path), cfg.position_seq_len, cfg.position_bucket,
+                               max_windows=_capped(cfg.position_windows, cfg.limit), batch_size=1, progress=cfg.progress)
+    metrics = {
+        f"ppl @ pos {r['bucket_start'][0]}-{r['bucket_end'][0]}": r["ppl"][0],
+        f"ppl @ pos {r['bucket_start'][-1]}-{r['bucket_end'][-1]}": r["ppl"][-1],
+    }
+    return {"status": "ok", "metrics": metrics, "curve": r, "path": str(path), "corpus": cfg.position_corpus}
+
+
+def _run_mqar(model, tok, cfg: EvalConfig) -> dict:
+    from lizardlm.eval.mqar import mqar_eval
+
+    r = mqar_eval(model, tok, pairs=cfg.mqar_pairs, lengths=cfg.mqar_lengths, length_pairs=cfg.mqar_length_pairs,
+                  n=_capped(cfg.mqar_n, cfg.limit), fmt=cfg.mqar_format, seed=cfg.seed,
+                  batch_size=max(1, cfg.batch_size), progress=cfg.progress)
+    metrics: dict[str, Any] = {"acc (mean)": r["mean_acc"]}
+    status: dict[str, str] = {}
+    for rec in r["by_pairs"]:
+        k = f"acc @ {rec['pairs']} pairs"
+        metrics[k] = rec.get("acc")
+        if rec["status"] != "ok":
+            status[k] = rec["status"]
+    for rec in r["by_length"]:
+        k = f"acc @ {rec['seq_len']} tok ({rec['pairs']} pairs)"
+        metrics[k] = rec.get("acc")
+        if rec["status"] != "ok":
+            status[k] = rec["status"]
+    out = {"status": "ok", "metrics": metrics, "details": r}
+    if status:
+        out["metric_status"] = status
+    return out
+
+
+def _run_passkey(model, tok, cfg: EvalConfig) -> dict:
+    from lizardlm.eval.passkey import passkey_eval
+
+    r = passkey_eval(model, tok, lengths=cfg.passkey_lengths, trials=_capped(cfg.passkey_trials, cfg.limit),
+                     seed=cfg.seed, time_budget_s=cfg.passkey_time_budget_s, progress=cfg.progress)
+    metrics: dict[str, Any] = {}
+    status: dict[str, str] = {}
+    for rec in r["lengths"]:
+        k = f"acc @ {rec['length']}"
+        metrics[k] = rec.get("acc")
+        if rec.get("acc") is None:
+            status[k] = rec["status"]
+    out = {"status": "ok", "metrics": metrics, "details": r}
+    if status:
+        out["metric_status"] = status
+    return out
+
+
+def _model_info(model: Any, source: str | None = None) -> dict:
+    info: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__name__}"}
+    if source:
+        info["source"] = source
+    try:
+        params = list(model.parameters())
+        info["parameters"] = int(sum(p.numel() for p in params))
+        if params:
+            info["dtype"] = str(params[0].dtype).replace("torch.", "")
+            info["device"] = str(params[0].device)
+    except Exception:  # noqa: BLE001 - stubs
+        pass
+    cfg = getattr(model, "config", None)
+    for k in ("model_type", "max_position_embeddings", "num_hidden_layers", "hidden_size", "_name_or_path"):
+        v = getattr(cfg, k, None)
+        if isinstance(v, (str, int, float)) and v != "":
+            info[k.lstrip("_")] = v
+    return info
+
+
+def _meta(cfg: EvalConfig, tasks: Sequence[str]) -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    dev = {"cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()}
+    if torch.cuda.is_available():
+        dev["cuda_device"] = torch.cuda.get_device_name(0)
+    settings = dataclasses.asdict(cfg)
+    settings.pop("progress", None)
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tasks": list(tasks),
+        "versions": {"python": sys.version.split()[0], **{p: ver(p) for p in
+                     ("lizardlm", "torch", "transformers", "lm_eval", "datasets", "peft", "accelerate", "matplotlib")}},
+        "device": dev,
+        "data_dir": str(resolve_data_dir(cfg.data_dir)),
+        "limit": cfg.limit,
+        "settings": settings,
+    }
+
+
+def evaluate(
+    models: dict[str, tuple[Any, Any]],
+    tasks: Iterable[str] | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    config: EvalConfig | None = None,
+    reference: str | None = None,
+    sources: dict[str, str] | None = None,
+    plots: bool = True,
+    **overrides: Any,
+) -> dict:
+    """Evaluate every model on every task; returns the results dict and, with ``out_dir``, writes
+    ``eval.json``, ``eval.md`` and the PNG plots there.
+
+    ``models`` maps a column name to an already loaded ``(model, tokenizer)``. ``reference`` is the
+    model the others are compared with (default: ``"teacher"`` if present, else the first).
+    ``config`` / keyword ``overrides`` are :class:`EvalConfig` fields.
+    """
+    if not models:
+        raise ValueError("evaluate() needs at least one model")
+    cfg = dataclasses.replace(config or EvalConfig(), **overrides)
+    tasks = list(dict.fromkeys(tasks or DEFAULT_TASKS))
+    unknown = [t for t in tasks if t not in ALL_TASKS]
+    if unknown:
+        raise LizardError(f"unknown eval task(s): {', '.join(unknown)}; known: {', '.join(ALL_TASKS)}")
+    if reference is None:
+        reference = "teacher" if "teacher" in models else next(iter(models))
+    sources = sources or {}
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "meta": _meta(cfg, tasks),
+        "models": {name: _model_info(m, sources.get(name)) for name, (m, _) in models.items()},
+        "reference": reference,
+        "tasks": {t: {} for t in tasks},
+    }
+    timings: dict[str, dict[str, float]] = {}
+    t_start = time.perf_counter()
+    mc = [t for t in tasks if t in MC_TASKS]
+    for name, (model, tok) in models.items():
+        if hasattr(model, "eval"):
+            model.eval()
+        for task in tasks:
+            if task in MC_TASKS and task != mc[0]:
+                continue  # all multiple-choice tasks run in one lm-eval call, at the first one
+            t0 = time.perf_counter()
+            label = ",".join(mc) if task in MC_TASKS else task
+            _say(cfg, f"[{name}] {label} ...")
+            if task in MC_TASKS:
+                entries = _guard(lambda: _run_mc(mc, model, tok, cfg), mc)
+                for t in mc:
+                    results["tasks"][t][name] = entries[t]
+            else:
+                results["tasks"][task][name] = _guard(lambda: _run_one(task, model, tok, cfg), [task])[task]
+            timings.setdefault(name, {})[label] = round(time.perf_counter() - t0, 2)
+    results["meta"]["seconds"] = timings
+    results["meta"]["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    if out_dir is not None:
+        write_outputs(results, out_dir, plots=plots)
+    return results
+
+
+def _say(cfg: EvalConfig, msg: str) -> None:
+    if cfg.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _run_mc(mc: list[str], model, tok, cfg: EvalConfig) -> dict[str, dict]:
+    from lizardlm.eval.harness import run_harness
+
+    return run_harness(model, tok, mc, data_dir=cfg.data_dir, data_paths=cfg.data_paths, limit=cfg.limit,
+                       batch_size=cfg.batch_size, seed=cfg.seed if cfg.seed else 1234)
+
+
+def _run_one(task: str, model, tok, cfg: EvalConfig) -> dict[str, dict]:
+    if task in PPL_TASKS:
+        return {task: _run_ppl(task, model, tok, cfg)}
+    if task == "position_ppl":
+        return {task: _run_position(model, tok, cfg)}
+    if task == "mqar":
+        return {task: _run_mqar(model, tok, cfg)}
+    if task == "passkey":
+        return {task: _run_passkey(model, tok, cfg)}
+    raise LizardError(f"unknown eval task {task!r}")
+
+
+def _guard(fn: Callable[[], dict[str, dict]], names: list[str]) -> dict[str, dict]:
+    """Run ``fn``; absent data and failures become entries instead of exceptions."""
+    try:
+        return fn()
+    except DataAbsentError as err:
+        return {n: {"status": "absent", "path": err.path, "reason": str(err)} for n in names}
+    except DataError as err:
+        return {n: {"status": "error", "reason": str(err)} for n in names}
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - one failing task must not lose the others
+        log.error("%s failed:\n%s", ",".join(names), traceback.format_exc())
+        print(f"lizardlm eval: {','.join(names)} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return {n: {"status": "error", "reason": f"{type(err).__name__}: {err}"} for n in names}
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(("ppl", "nll"))
+
+
+def _default_metrics(task: str) -> list[str]:
+    if task in MC_TASKS:
+        return list(METRICS[task])
+    if task in PPL_TASKS:
+        return ["ppl"]
+    return ["acc (mean)"] if task == "mqar" else ["acc"] if task == "passkey" else ["ppl"]
+
+
+def _rows(results: dict) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for task, per_model in results["tasks"].items():
+        names: list[str] = []
+        for entry in per_model.values():
+            for k in entry.get("metrics", {}):
+                if k.endswith("_stderr") or (task in PPL_TASKS and k == "nll"):
+                    continue
+                if k not in names:
+                    names.append(k)
+        for k in names or _default_metrics(task):
+            rows.append((task, k))
+    return rows
+
+
+def _fmt(v: float, metric: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.2f}" if lower_is_better(metric) else f"{v:.4f}"
+
+
+def _cell(entry: dict | None, metric: str) -> tuple[str, float | None]:
+    if entry is None:
+        return "—", None
+    status = entry.get("status", "")
+    if status != "ok":
+        word = "absent" if status == "absent" else ("skipped" if status.startswith("skipped") else "error")
+        return word, None
+    if metric in entry.get("metric_status", {}):
+        st = entry["metric_status"][metric]
+        return ("skipped" if st.startswith("skipped") else st), None
+    v = entry.get("metrics", {}).get(metric)
+    if v is None:
+        return "n/a", None
+    s = _fmt(v, metric)
+    se = entry["metrics"].get(f"{metric}_stderr")
+    if isinstance(se, (int, float)) and not math.isnan(se):
+        s += f" ± {se:.4f}"
+    return s, float(v)
+
+
+def recovery(student: float | None, teacher: float | None, metric: str) -> float | None:
+    """100 = parity; below 100 = the student is worse (see module docstring)."""
+    if student is None or teacher is None:
+        return None
+    if lower_is_better(metric):
+        return 100.0 * teacher / student if student else None
+    return 100.0 * student / teacher if teacher else None
+
+
+def markdown_table(results: dict) -> str:
+    names = list(results["models"])
+    ref = results.get("reference") or names[0]
+    others = [n for n in names if n != ref]
+    header = ["task", "metric", *names] + [f"recovery % ({n})" for n in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for task, metric in _rows(results):
+        per_model = results["tasks"][task]
+        cells, vals = [], {}
+        for n in names:
+            c, v = _cell(per_model.get(n), metric)
+            cells.append(c)
+            vals[n] = v
+        for n in others:
+            r = recovery(vals[n], vals[ref], metric)
+            cells.append(f"{r:.1f}" if r is not None else "—")
+        lines.append("| " + " | ".join([task, metric, *cells]) + " |")
+    notes = []
+    for task, per_model in results["tasks"].items():
+        for n, e in per_model.items():
+            st = e.get("status", "")
+            if st == "absent":
+                notes.append(f"- {task} ({n}): absent, looked for `{e.get('path')}`")
+            elif st != "ok":
+                notes.append(f"- {task} ({n}): {st}: {e.get('reason', '')}")
+            for m, s in e.get("metric_status", {}).items():
+                notes.append(f"- {task} {m} ({n}): {s}")
+    # one note per distinct absent path is enough
+    notes = list(dict.fromkeys(notes))
+    out = "\n".join(lines)
+    if others:
+        out += ("\n\nRecovery % = student/teacher x 100 for accuracies and teacher/student x 100 for perplexity "
+                f"(100 = parity with `{ref}`).")
+    if notes:
+        out += "\n\n" + "\n".join(notes)
+    return out + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
+    """Write passkey.png, mqar.png and ppl_position.png for the tasks present; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    written: list[str] = []
+    tasks = results["tasks"]
+
+    def ok_entries(task: str):
+        return [(n, e) for n, e in tasks.get(task, {}).items() if e.get("status") == "ok"]
+
+    if ok_entries("passkey"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n, e in ok_entries("passkey"):
+            recs = e["details"]["lengths"]
+            xs = [r["length"] for r in recs if r.get("acc") is not None]
+            ys = [100 * r["acc"] for r in recs if r.get("acc") is not None]
+            line = ax.plot(xs, ys, marker="o", label=n)[0]
+            for r in recs:
+                if r.get("acc") is None:
+                    ax.annotate("skipped", (r["length"], 2), color=line.get_color(), fontsize=7, rotation=90, ha="center")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("passkey accuracy (%)")
+        ax.set_ylim(-5, 105)
+        ax.set_title("Passkey retrieval")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "passkey.png", dpi=120)
+        plt.close(fig)
+        written.append(str(out / "passkey.png"))
+
+    if ok_entries("mqar"):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for n, e in ok_entries("mqar"):
+            d = e["details"]
+            bp = [r for r in d["by_pairs"] if r.get("acc") is not None]
+            bl = [r for r in d["by_length"] if r.get("acc") is not None]
+            a1.plot([r["pairs"] for r in bp], [100 * r["acc"] for r in bp], marker="o", label=n)
+            a2.plot([r["seq_len"] for r in bl], [100 * r["acc"] for r in bl], marker="o", label=n)
+        pairs = sorted({r["pairs"] for _, e in ok_entries("mqar") for r in e["details"]["by_pairs"]})
+        if pairs:
+            a1.plot(pairs, [100 / p for p in pairs], ls=":", color="gray", label="chance (1/pairs)")
+        a1.set_xscale("log", base=2)
+        a1.set_xlabel("key-value pairs")
+        a1.set_ylabel("recall accuracy (%)")
+        a1.set_title("MQAR vs pairs")
+        lp = next(iter(ok_entries("mqar")))[1]["details"]["by_length"]
+        a2.set_xscale("log", base=2)
+        a2.set_xlabel("sequence length (tokens)")
+        a2.set_title(f"MQAR vs length ({lp[0]['pairs']} pairs)" if lp else "MQAR vs length")
+        for a in (a1, a2):
+            a.set_ylim(-5, 105)
+            a.grid(alpha=0.3)
+            a.legend()
+        fig.tight_layout()
+        fig.savefig(out / "mqar.png", dpi=120)
+        plt.close(fig)
+        written.append(str(out / "mqar.png"))
+
+    if ok_entries("position_ppl"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n, e in ok_entries("position_ppl"):
+            c = e["curve"]
+            xs = [(s + t) / 2 for s, t in zip(c["bucket_start"], c["bucket_end"])]
+            ax.plot(xs, c["ppl"], marker=".", label=n)
+        ctx = [results["models"][n].get("max_position_embeddings") for n, _ in ok_entries("position_ppl")]
+        for v in {c for c in ctx if isinstance(c, int)}:
+            ax.axvline(v, ls=":", color="gray")
+        ax.set_yscale("log")
+        ax.set_xlabel("token position")
+        ax.set_ylabel("perplexity (bucket mean NLL)")
+        ax.set_title("Perplexity vs position")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "ppl_position.png", dpi=120)
+        plt.close(fig)
+        written.append(str(out / "ppl_position.png"))
+    return written
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_outputs(results: dict, out_dir: str | os.PathLike, plots: bool = True) -> dict[str, str]:
+    """Write eval.json, eval.md and (optionally) the plots into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LizardError(f"cannot create output directory {out}: {err}") from err
+    paths = {"json": str(out / "eval.json"), "markdown": str(out / "eval.md")}
+    if plots:
+        results.setdefault("meta", {})["plots"] = [Path(p).name for p in make_plots(results, out)]
+    (out / "eval.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
+    title = "# lizardlm eval\n\n"
+    (out / "eval.md").write_text(title + markdown_table(results), encoding="utf-8")
+    for p in results.get("meta", {}).get("plots", []):
+        paths[Path(p).stem] = str(out / p)
+    return paths
