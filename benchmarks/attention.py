@@ -212,6 +212,83 @@ def tune():
     return log
 
 
+def bench(fn, x, backward: bool):
+    """Median ms of fn (and a backward of a fixed cotangent) and peak extra memory in MiB."""
+    from triton.testing import do_bench
+
+    grads = [t for t in x.values() if t.requires_grad]
+    if backward:
+        dy = torch.randn_like(fn(x))
+
+        def step():
+            fn(x).backward(dy)
+    else:
+        def step():
+            with torch.no_grad():
+                fn(x)
+    step()
+    torch.cuda.synchronize()
+    for t in grads:
+        t.grad = None
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = do_bench(step, warmup=30, rep=200, grad_to_none=grads or None, return_mode="median")
+    for t in grads:
+        t.grad = None
+    return ms, peak
+
+
+def correctness():
+    """Output and all gradients vs float64 (torch chunked op), bf16 and fp32, odd T, GQA."""
+    out = {}
+    for dtype, (B, Hq, Hk, T, Dh) in [(torch.bfloat16, (2, 8, 4, 1000, 128)), (torch.float32, (1, 4, 4, 777, 64)),
+                                     (torch.bfloat16, (1, 4, 4, 777, 64))]:
+        x = inputs(B, T, dtype=torch.float32, seed=1, H=Hq, Hk=Hk, D=Dh, FD=Dh)
+        ref = {n: t.double().requires_grad_() for n, t in x.items()}
+        y_ref = lizard(ref, backend="torch-chunk")
+        dy = torch.randn_like(y_ref)
+        (y_ref * dy).sum().backward()
+        inp = {n: (t.to(dtype) if n != "g" else t).requires_grad_() for n, t in x.items()}
+        import lizardlm.ops.triton.lizard as tlz
+        tlz.POISON = True
+        y = lizard(inp, backend="triton")
+        (y.double() * dy).sum().backward()
+        tlz.POISON = False
+        rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
+        errs = {"y": rel(y, y_ref), **{"d" + n: rel(inp[n].grad, ref[n].grad) for n in x}}
+        key = f"{str(dtype).split('.')[-1]} B{B} H{Hq}/{Hk} T{T} D{Dh}"
+        tol = 1e-3 if dtype == torch.float32 else 1e-2
+        out[key] = {"errors": errs, "tol": tol, "pass": all(v <= tol for v in errs.values())}
+        print(f"check {key}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f"  pass={out[key]['pass']}")
+    return out
+
+
+def profile(B, T):
+    x = inputs(B, T, requires_grad=True)
+    dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):
+        lizard(x).backward(dy)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            lizard(x).backward(dy)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            rows.append((t / 3 / 1000, e.key[:60], e.count // 3))
+    rows.sort(reverse=True)
+    print(f"profile B{B} T{T} (ms per fwd+bwd):")
+    for t, k, c in rows[:16]:
+        print(f"  {t:8.3f}  x{c:<3d} {k}")
+    return [{"ms": t, "kernel": k, "calls": c} for t, k, c in rows[:20]]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))

@@ -60,8 +60,9 @@ def _win_fwd(
     for i in range(0, NBW + 1):
         offs_n = (pid_m - NBW + i) * BN + tl.arange(0, BN)
         nmask = (offs_n < T) & (offs_n >= 0)
-        k = tl.load(k_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        rows = tl.maximum(offs_n, 0)  # masked rows keep in-bounds addresses
+        k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_base + rows[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :]
         s = tl.where(valid, s, float("-inf"))
@@ -108,9 +109,10 @@ def _lin_fwd_h(
         bc = tl.load(GL + pid_bh * TP + c * BT + BT - 1)
         gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
         src = offs_t - W
+        srow = tl.maximum(src, 0)
         valid = (src >= 0) & tmask
-        fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
-        v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+        fk = tl.load(FK + kvh * T * F + srow[:, None] * F + offs_k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
+        v = tl.load(Vv + kvh * T * DV + srow[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
         kd = fk.to(tl.float32) * tl.exp(gw + bc - gl)[:, None]
         eb = tl.exp(bc)
         S = S * eb + tl.dot(tl.trans(kd.to(v.dtype)), v, input_precision=PREC)
@@ -137,9 +139,10 @@ def _lin_fwd_o(
     gl = tl.load(GL + pid_bh * TP + offs_t)
     gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
     src = offs_t - W
+    srow = tl.maximum(src, 0)  # masked rows keep in-bounds addresses
     valid = (src >= 0) & tmask
     fq = tl.load(FQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
-    fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
+    fk = tl.load(FK + kvh * T * F + srow[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
     kp = (fk.to(tl.float32) * tl.exp(gw)[:, None]).to(fq.dtype)
     causal = offs_t[:, None] >= offs_t[None, :]
     dec = tl.where(causal, tl.exp(gl[:, None] - gl[None, :]), 0.0)
@@ -153,7 +156,7 @@ def _lin_fwd_o(
     for i in range(0, tl.cdiv(DV, BVL)):
         offs_v = i * BVL + tl.arange(0, BVL)
         vmask = offs_v < DV
-        v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+        v = tl.load(Vv + kvh * T * DV + srow[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
         hb = tl.load(Hs + (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :],
                      mask=fmask[:, None] & vmask[None, :], other=0.0)
         n = tl.dot(qe, hb.to(fq.dtype), input_precision=PREC) + tl.dot(A, v, input_precision=PREC)
@@ -247,9 +250,10 @@ def _lin_bwd(
     bc = tl.load(GL + pid_bh * TP + c * BT + BT - 1)
     gw = tl.load(GW + pid_bh * T + offs_t, mask=tmask, other=0.0)
     src = offs_t - W
+    srow = tl.maximum(src, 0)  # masked rows keep in-bounds addresses
     valid = (src >= 0) & tmask
     fq = tl.load(FQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], mask=tmask[:, None] & fmask[None, :], other=0.0)
-    fk = tl.load(FK + kvh * T * F + src[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
+    fk = tl.load(FK + kvh * T * F + srow[:, None] * F + offs_f[None, :], mask=valid[:, None] & fmask[None, :], other=0.0)
     dz = tl.load(DZ + pid_bh * T + offs_t, mask=tmask, other=0.0)
     egw = tl.exp(gw)
     kp = (fk.to(tl.float32) * egw[:, None]).to(fq.dtype)
@@ -264,7 +268,7 @@ def _lin_bwd(
     for i in range(0, tl.cdiv(DV, BVL)):
         offs_v = i * BVL + tl.arange(0, BVL)
         vmask = offs_v < DV
-        v = tl.load(Vv + kvh * T * DV + src[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
+        v = tl.load(Vv + kvh * T * DV + srow[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
         do = tl.load(DO + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :], other=0.0)
         hfv = (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :]
         hb = tl.load(Hs + hfv, mask=fmask[:, None] & vmask[None, :], other=0.0).to(do.dtype)
@@ -273,7 +277,7 @@ def _lin_bwd(
         dq_h += tl.dot(do, tl.trans(hb), input_precision=PREC)
         dk_h += tl.dot(v, tl.trans(dhb), input_precision=PREC)
         dvp = tl.dot(tl.trans(A), do, input_precision=PREC) + eo[:, None] * tl.dot(kp, dhb, input_precision=PREC)
-        tl.store(DVL + pid_bh * T * DV + src[:, None] * DV + offs_v[None, :], dvp.to(DVL.dtype.element_ty),
+        tl.store(DVL + pid_bh * T * DV + srow[:, None] * DV + offs_v[None, :], dvp.to(DVL.dtype.element_ty),
                  mask=valid[:, None] & vmask[None, :])
     hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
     dhz = tl.load(DHZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
@@ -283,10 +287,10 @@ def _lin_bwd(
     dfk = dkp * egw[:, None]
     tl.store(DFQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], dfq.to(DFQ.dtype.element_ty),
              mask=tmask[:, None] & fmask[None, :])
-    tl.store(DFK + pid_bh * T * F + src[:, None] * F + offs_f[None, :], dfk.to(DFK.dtype.element_ty),
+    tl.store(DFK + pid_bh * T * F + srow[:, None] * F + offs_f[None, :], dfk.to(DFK.dtype.element_ty),
              mask=valid[:, None] & fmask[None, :])
     tl.store(DGQ + pid_bh * T + offs_t, tl.sum(fq.to(tl.float32) * dfq, 1), mask=tmask)
-    tl.store(DGK + pid_bh * T + src, tl.sum(fk.to(tl.float32) * dfk, 1), mask=valid)
+    tl.store(DGK + pid_bh * T + srow, tl.sum(fk.to(tl.float32) * dfk, 1), mask=valid)
 
 
 @triton.jit
@@ -365,8 +369,9 @@ def _win_bwd(
     for i in range(0, NBW + 1):
         offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
         nmask2 = (offs_n2 < T) & (offs_n2 >= 0)
-        k2 = tl.load(k_base + offs_n2[:, None] * D + offs_d[None, :], mask=nmask2[:, None] & dmask[None, :], other=0.0)
-        v2 = tl.load(v_base + offs_n2[:, None] * DV + offs_dv[None, :], mask=nmask2[:, None] & dvmask[None, :], other=0.0)
+        rows2 = tl.maximum(offs_n2, 0)
+        k2 = tl.load(k_base + rows2[:, None] * D + offs_d[None, :], mask=nmask2[:, None] & dmask[None, :], other=0.0)
+        v2 = tl.load(v_base + rows2[:, None] * DV + offs_dv[None, :], mask=nmask2[:, None] & dvmask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
         valid = (offs_n2[None, :] <= offs_m[:, None]) & (offs_n2[None, :] > offs_m[:, None] - W) & nmask2[None, :] & mmask[:, None]
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)

@@ -27,7 +27,10 @@ def _empty(*shape, device, dtype) -> torch.Tensor:
 
 
 CFG: dict[str, dict] = {}
-"""Launch overrides per kernel, e.g. ``CFG["win_bwd"] = {"num_warps": 4, "num_stages": 2}`` (tuning)."""
+"""Launch overrides per kernel, e.g. ``CFG["win_bwd"] = {"num_warps": 4, "num_stages": 2}`` (tuning).
+The defaults below won ``benchmarks/attention.py --tune`` on an H100 (bf16, D = F = 128); in
+Triton 3.6 the window forward with num_warps=8, num_stages=1 hit an illegal memory access once
+(see benchmarks/NOTES.md): keep to tried settings."""
 
 
 def _cfg(name: str, **default) -> dict:
@@ -65,12 +68,11 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
     BM = 64
     o = _empty(B, H, T, DV, device=q.device, dtype=q.dtype)
     lse = _empty(BH, T, device=q.device, dtype=torch.float32)
-    nw = 4 if max(D, DV) <= 64 else 8
     K._win_fwd[(triton.cdiv(T, BM), BH)](
         q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, o, lse,
         T, H, G, M, scale,
         W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BN=BM, NBW=triton.cdiv(window - 1, BM), BMETA=_pow2(max(M, 1)),
-        HAS_META=has_meta, PREC=prec, **_cfg("win_fwd", num_warps=nw, num_stages=2),
+        HAS_META=has_meta, PREC=prec, **_cfg("win_fwd", num_warps=4, num_stages=1),
     )
     gl, gw = _gates(g.reshape(BH, T), window, chunk)
     TP = gl.shape[1]
@@ -80,13 +82,13 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
     BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
     K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
         fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
-        W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=2),
+        W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
     )
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._lin_fwd_o[(NT, BH)](
         fq, fk, v, gl, gw, hs, hz, o, y, zb, T, TP, H, G, NT,
-        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_o", num_warps=8, num_stages=2),
+        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_o", num_warps=4, num_stages=1),
     )
     return y, o, lse, gl, gw, hs, hz, zb
 
@@ -123,14 +125,14 @@ class LizardAttentionFunction(torch.autograd.Function):
         do = _empty(*o.shape, device=o.device, dtype=o.dtype)
         dz = _empty(BH, T, device=dev, dtype=f32)
         delta = _empty(BH, T, device=dev, dtype=f32)
-        K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, **_cfg("pre", num_warps=4))
+        K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, **_cfg("pre", num_warps=8))
         # linear branch
         dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
         dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
         BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
         K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
             fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
-            **_cfg("lin_dh", num_warps=4, num_stages=2),
+            **_cfg("lin_dh", num_warps=4, num_stages=3),
         )
         gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
         dfq = _empty(*fq.shape, device=dev, dtype=fq.dtype)
@@ -138,13 +140,13 @@ class LizardAttentionFunction(torch.autograd.Function):
         tail = max(T - window, 0)
         dfk = _empty(B, H, T, Fd, device=dev, dtype=gdt)
         dfk[:, :, tail:].zero_()
-        dvl = _empty(B, H, T, DV, device=dev, dtype=f32)  # rows >= T - w are never read
+        dvl = _empty(B, H, T, DV, device=dev, dtype=gdt)  # rows >= T - w are never read
         dgq = _empty(BH, T, device=dev, dtype=f32)
         dgk = _empty(BH, T, device=dev, dtype=f32)
         dgk[:, tail:].zero_()
         K._lin_bwd[(NT, BH)](
             fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
-            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_bwd", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_bwd", num_warps=8, num_stages=1),
+            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_bwd", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_bwd", num_warps=8, num_stages=2),
         )
         # window branch
         has_meta = mk is not None and mk.shape[1] > 0
@@ -161,12 +163,11 @@ class LizardAttentionFunction(torch.autograd.Function):
         else:
             dmk_p = dmv_p = q.new_empty(1)
         dummy = q.new_empty(1)
-        nw = 4 if max(D, DV) <= 64 else 8
         K._win_bwd[(NB, BH)](
             q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, do, lse, delta, dvl, dq, dk, dvw, dmk_p, dmv_p,
             T, H, G, M, NB, scale,
             W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, NBW=triton.cdiv(window - 1, BM), BMETA=BMETA, HAS_META=has_meta, PREC=prec,
-            **_cfg("win_bwd", num_warps=nw, num_stages=1),
+            **_cfg("win_bwd", num_warps=4, num_stages=1),
         )
         dk = _group_sum(dk, Hk).to(k.dtype)
         dv = _group_sum(dvw, Hk).to(v.dtype)
