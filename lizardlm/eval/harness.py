@@ -33,6 +33,7 @@ class _DropNoise(logging.Filter):
         "`pretrained` model kwarg is not of type `str`",
         "appears to be an",
         "Overwriting default num_fewshot",
+        "Passed an already-initialized model",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003

@@ -422,7 +422,11 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
             for r in recs:
                 if r.get("acc") is None:
                     ax.annotate("skipped", (r["length"], 2), color=line.get_color(), fontsize=7, rotation=90, ha="center")
-        ax.set_xscale("log", base=2)
+        _log2_ticks(ax, sorted({r["length"] for _, e in ok_entries("passkey") for r in e["details"]["lengths"]}))
+        ctx = {results["models"][n].get("max_position_embeddings") for n, _ in ok_entries("passkey")}
+        longest = max((r["length"] for _, e in ok_entries("passkey") for r in e["details"]["lengths"]), default=0)
+        for v in sorted(c for c in ctx if isinstance(c, int) and c <= longest):
+            ax.axvline(v, ls=":", color="gray", label=f"trained context ({v})")
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("passkey accuracy (%)")
         ax.set_ylim(-5, 105)
@@ -445,12 +449,12 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         pairs = sorted({r["pairs"] for _, e in ok_entries("mqar") for r in e["details"]["by_pairs"]})
         if pairs:
             a1.plot(pairs, [100 / p for p in pairs], ls=":", color="gray", label="chance (1/pairs)")
-        a1.set_xscale("log", base=2)
+        _log2_ticks(a1, pairs)
         a1.set_xlabel("key-value pairs")
         a1.set_ylabel("recall accuracy (%)")
         a1.set_title("MQAR vs pairs")
         lp = next(iter(ok_entries("mqar")))[1]["details"]["by_length"]
-        a2.set_xscale("log", base=2)
+        _log2_ticks(a2, sorted({r["seq_len"] for _, e in ok_entries("mqar") for r in e["details"]["by_length"]}))
         a2.set_xlabel("sequence length (tokens)")
         a2.set_title(f"MQAR vs length ({lp[0]['pairs']} pairs)" if lp else "MQAR vs length")
         for a in (a1, a2):
@@ -468,9 +472,10 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
             c = e["curve"]
             xs = [(s + t) / 2 for s, t in zip(c["bucket_start"], c["bucket_end"])]
             ax.plot(xs, c["ppl"], marker=".", label=n)
-        ctx = [results["models"][n].get("max_position_embeddings") for n, _ in ok_entries("position_ppl")]
-        for v in {c for c in ctx if isinstance(c, int)}:
-            ax.axvline(v, ls=":", color="gray")
+        ctx = {results["models"][n].get("max_position_embeddings") for n, _ in ok_entries("position_ppl")}
+        xmax = max(c["bucket_end"][-1] for _, e in ok_entries("position_ppl") for c in [e["curve"]])
+        for v in sorted(c for c in ctx if isinstance(c, int) and c <= xmax):
+            ax.axvline(v, ls=":", color="gray", label=f"trained context ({v})")
         ax.set_yscale("log")
         ax.set_xlabel("token position")
         ax.set_ylabel("perplexity (bucket mean NLL)")
@@ -482,6 +487,17 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         plt.close(fig)
         written.append(str(out / "ppl_position.png"))
     return written
+
+
+def _log2_ticks(ax, values: list) -> None:
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    vals = [v for v in values if isinstance(v, (int, float)) and v > 0]
+    if vals:
+        ax.set_xticks(vals)
+        ax.set_xticklabels([f"{v // 1024}K" if v >= 1024 and v % 1024 == 0 else str(v) for v in vals])
+        ax.xaxis.set_minor_locator(NullLocator())
 
 
 # ----------------------------------------------------------------------------- writing

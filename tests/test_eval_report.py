@@ -1,0 +1,166 @@
+"""evaluate(): JSON, markdown table with recovery %, plots, absent sets; the ``lizardlm eval`` CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
+from eval_stubs import DATA_DIR, tiny_llama, tiny_tokenizer  # noqa: E402
+
+from lizardlm.eval import evaluate, markdown_table  # noqa: E402
+from lizardlm.eval.report import recovery  # noqa: E402
+
+SMALL = dict(
+    limit=2, ppl_window=128, position_seq_len=128, position_bucket=32, position_windows=2,
+    mqar_pairs=(2, 4), mqar_lengths=(128,), mqar_length_pairs=4, mqar_n=2,
+    passkey_lengths=(128, 256), passkey_trials=1, progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tok = tiny_tokenizer()
+    return {"teacher": (tiny_llama(len(tok), seed=0), tok), "student": (tiny_llama(len(tok), seed=1), tok)}
+
+
+@pytest.fixture(scope="module")
+def results(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    tasks = ["wikitext2", "tinyshakespeare", "piqa", "hellaswag", "mqar", "passkey", "position_ppl"]
+    res = evaluate(pair, tasks, out_dir=out, data_dir=DATA_DIR, **SMALL)
+    return res, out
+
+
+def test_files_and_json(results):
+    res, out = results
+    for name in ("eval.json", "eval.md", "passkey.png", "mqar.png", "ppl_position.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    data = json.loads((out / "eval.json").read_text())
+    assert data["schema"] == "lizardlm.eval/1" and data["reference"] == "teacher"
+    assert data["meta"]["versions"]["torch"] and data["meta"]["versions"]["lm_eval"]
+    assert data["meta"]["limit"] == 2 and data["meta"]["settings"]["passkey_lengths"] == [128, 256]
+    assert "device" in data["meta"] and set(data["models"]) == {"teacher", "student"}
+    assert data["models"]["teacher"]["parameters"] > 0
+    wt = data["tasks"]["wikitext2"]["teacher"]
+    assert wt["status"] == "ok" and wt["windows"] == 2 and wt["metrics"]["ppl"] > 1
+    assert data["tasks"]["piqa"]["student"]["n"] == 2
+    assert data["tasks"]["passkey"]["teacher"]["details"]["lengths"][1]["length"] == 256
+    assert len(data["tasks"]["position_ppl"]["teacher"]["curve"]["ppl"]) == 4
+
+
+def test_absent_is_absent_not_zero(results):
+    res, out = results
+    e = res["tasks"]["tinyshakespeare"]["student"]  # not in the fixture data dir
+    assert e["status"] == "absent" and "metrics" not in e
+    assert e["path"] == str(DATA_DIR / "tinyshakespeare" / "input.txt")
+    md = (out / "eval.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| tinyshakespeare |"))
+    assert row.count("absent") == 2 and "0.0" not in row
+    assert f"absent, looked for `{DATA_DIR / 'tinyshakespeare' / 'input.txt'}`" in md
+
+
+def test_markdown_table_has_rows_columns_and_recovery(results):
+    res, _ = results
+    md = markdown_table(res)
+    header = md.splitlines()[0]
+    assert header == "| task | metric | teacher | student | recovery % (student) |"
+    assert any(line.startswith("| piqa | acc |") for line in md.splitlines())
+    assert any(line.startswith("| passkey | acc @ 256 |") for line in md.splitlines())
+    assert any(line.startswith("| mqar | acc @ 4 pairs |") for line in md.splitlines())
+    t = res["tasks"]["wikitext2"]["teacher"]["metrics"]["ppl"]
+    s = res["tasks"]["wikitext2"]["student"]["metrics"]["ppl"]
+    row = next(line for line in md.splitlines() if line.startswith("| wikitext2 | ppl |"))
+    assert row.endswith(f"| {100 * t / s:.1f} |")
+
+
+def test_recovery_direction():
+    assert recovery(0.5, 0.6, "acc") == pytest.approx(100 * 0.5 / 0.6)
+    assert recovery(25.0, 20.0, "ppl") == pytest.approx(80.0)  # worse perplexity -> below 100
+    assert recovery(None, 0.6, "acc") is None
+
+
+def test_all_absent_data_dir(pair, tmp_path):
+    one = {"student": pair["student"]}
+    res = evaluate(one, ["wikitext2", "piqa", "arc_easy", "mmlu"], data_dir=tmp_path / "empty", **SMALL)
+    assert {res["tasks"][t]["student"]["status"] for t in res["tasks"]} == {"absent"}
+    md = markdown_table(res)
+    assert "recovery" not in md.splitlines()[0]
+    assert md.count("| absent |") == 6  # wikitext2 ppl, piqa acc + acc_norm, arc_easy acc + acc_norm, mmlu acc
+    assert str(tmp_path / "empty" / "piqa" / "validation.jsonl") in md
+
+
+def test_unknown_task_is_an_error(pair):
+    from lizardlm.errors import LizardError
+
+    with pytest.raises(LizardError):
+        evaluate({"m": pair["student"]}, ["nope"])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_model")
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_cli_eval_side_by_side(model_dir, tmp_path, capsys):
+    from lizardlm.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["eval", "--model", str(model_dir), "--teacher", str(model_dir), "--tasks", "wikitext2,piqa,winogrande,mqar,passkey",
+               "--data-dir", str(DATA_DIR), "--limit", "2", "--window", "64", "--passkey-lengths", "128",
+               "--mqar-pairs", "2,4", "--mqar-lengths", "64", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| task | metric | teacher | student | recovery % (student) |" in printed
+    # the same weights on both sides: 100% recovery everywhere
+    assert "| wikitext2 | ppl |" in printed and "| 100.0 |" in printed
+    data = json.loads((out / "eval.json").read_text())
+    assert data["models"]["student"]["source"] == str(model_dir)
+    assert data["tasks"]["piqa"]["teacher"]["metrics"] == data["tasks"]["piqa"]["student"]["metrics"]
+    assert (out / "eval.md").read_text().startswith("# lizardlm eval")
+
+
+def test_cli_default_out_dir_and_absent(model_dir, tmp_path, capsys):
+    from lizardlm.cli import main
+
+    rc = main(["eval", "--model", str(model_dir), "--tasks", "hellaswag", "--data-dir", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| hellaswag | acc | absent |" in printed
+    assert json.loads((model_dir / "eval" / "eval.json").read_text())["tasks"]["hellaswag"]["model"]["status"] == "absent"
+
+
+def test_cli_rejects_unknown_task(model_dir, capsys):
+    from lizardlm.cli import main
+
+    assert main(["eval", "--model", str(model_dir), "--tasks", "piqa,bogus"]) == 2
+    assert "unknown task(s) bogus" in capsys.readouterr().err
+
+
+def test_loader_falls_back_to_load_teacher(model_dir, monkeypatch):
+    import lizardlm
+    from lizardlm.cli import eval as cli_eval
+
+    calls = []
+    import lizardlm.teachers as teachers
+
+    real = teachers.load_teacher
+
+    def spy(spec, **kw):
+        calls.append(spec)
+        return real(spec, **kw)
+
+    monkeypatch.delattr(lizardlm, "load_any", raising=False)
+    monkeypatch.setattr(teachers, "load_teacher", spy)
+    model, tok = cli_eval.load_model_for_eval(str(model_dir))
+    assert calls == [str(model_dir)] and tok is not None and not model.training
