@@ -46,6 +46,7 @@ def make_inputs(B, H, Hk, T, D, F_, m, dtype, gen):
         g=F.logsigmoid(r(B, H, T) + 2.0),
         meta_k=r(H, m, D) if m else None,
         meta_v=r(H, m, D) if m else None,
+        meta_bias=r(H, m) if m else None,
     )
 
 
@@ -76,7 +77,7 @@ def test_lizard_chunk_continues_from_state(shape, gen):
     """Splitting a sequence at any point and carrying the state gives the same outputs."""
     B, H, Hk, T, D, F_, w, m, C = shape
     x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
-    kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"])
+    kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"], meta_bias=x["meta_bias"])
     ref = lizard_attention_naive(**x, window=w, scale=D**-0.5)
     seq = {k: x[k] for k in ("q", "k", "v", "fq", "fk", "g")}
     cut1, cut2 = sorted(torch.randint(1, T, (2,), generator=gen).tolist()) if T > 2 else (1, 1)
@@ -101,6 +102,15 @@ def test_lizard_gradients_match_reference(gen):
     grads = torch.autograd.grad(y.square().sum(), [x[n] for n in names])
     for n, a, b in zip(names, grads, grads_ref):
         assert rel_err(a, b) <= 1e-10, n
+
+
+def test_meta_bias_switches_a_slot_off(gen):
+    """A very negative logit bias removes a meta slot whatever the query."""
+    x = make_inputs(1, 2, 1, 16, 4, 4, 2, torch.float64, gen)
+    kw = dict(window=4, scale=0.5)
+    off = torch.tensor([[0.0, -1e4], [0.0, -1e4]], dtype=torch.float64)
+    one_slot = {**x, "meta_k": x["meta_k"][:, :1], "meta_v": x["meta_v"][:, :1], "meta_bias": off[:, :1]}
+    assert rel_err(lizard_attention_naive(**{**x, "meta_bias": off}, **kw), lizard_attention_naive(**one_slot, **kw)) < 1e-12
 
 
 def test_no_gate_equals_zero_log_decay(gen):
@@ -140,8 +150,11 @@ def test_window_forms_agree(shape, gen):
     B, H, Hk, T, D, F_, w, m, C = shape
     x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
     args = (x["q"], x["k"], x["v"], w, D**-0.5, x["meta_k"], x["meta_v"])
-    o_ref, lse_ref = window_attention_naive(*args)
-    for o, lse in (window_attention_chunk(*args, chunk_size=C), window_attention_recurrent(*args)):
+    o_ref, lse_ref = window_attention_naive(*args, x["meta_bias"])
+    for o, lse in (
+        window_attention_chunk(*args, chunk_size=C, meta_bias=x["meta_bias"]),
+        window_attention_recurrent(*args, x["meta_bias"]),
+    ):
         assert rel_err(o, o_ref) <= 1e-12
         assert rel_err(lse, lse_ref) <= 1e-12
 
@@ -149,6 +162,8 @@ def test_window_forms_agree(shape, gen):
 def test_window_queries_after_cached_prefix(gen):
     """Tq < Tk: queries sit at the end of the key sequence (decoding after a prefix)."""
     x = make_inputs(2, 4, 2, 30, 8, 4, 2, torch.float64, gen)
-    full, _ = window_attention_naive(x["q"], x["k"], x["v"], 7, 0.3, x["meta_k"], x["meta_v"])
-    tail, _ = window_attention_chunk(x["q"][:, :, 21:], x["k"], x["v"], 7, 0.3, x["meta_k"], x["meta_v"], chunk_size=4)
+    full, _ = window_attention_naive(x["q"], x["k"], x["v"], 7, 0.3, x["meta_k"], x["meta_v"], x["meta_bias"])
+    tail, _ = window_attention_chunk(
+        x["q"][:, :, 21:], x["k"], x["v"], 7, 0.3, x["meta_k"], x["meta_v"], chunk_size=4, meta_bias=x["meta_bias"]
+    )
     assert rel_err(tail, full[:, :, 21:]) <= 1e-12

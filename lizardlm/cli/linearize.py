@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise LizardError(str(err)) from None
     summary = linearize(settings, args.out, resume=args.resume, merge=args.merge)
-    print(json.dumps({k: v for k, v in summary.items() if k != "stage1_val_mse_per_layer"}, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_per_layer")}, indent=2))
+    before, after = sum(summary["stage1_val_mse_init_per_layer"]), sum(summary["stage1_val_mse_per_layer"])
+    print(f"attention-transfer validation MSE (sum over layers): {before:.4g} at conversion -> {after:.4g}")
     print(
         f"teacher val ppl {summary['teacher_val_ppl']:.2f} | after stage 1 {summary['stage1_val_ppl']:.2f} | "
         f"student val ppl {summary['student_val_ppl']:.2f}  ->  {args.out}"

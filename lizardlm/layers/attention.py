@@ -28,8 +28,8 @@ class LizardAttention(nn.Module):
     """Gated linear attention + sliding-window softmax with meta memory, on the teacher's q/k/v/o.
 
     Parameters of its own (all small): Hedgehog feature maps for queries (per head) and keys (per
-    key/value head), the decay gate, ``m`` meta key/value slots per head, and ``beta`` (per head
-    log-scale of the linear branch). ``q_proj``/``k_proj``/``v_proj``/``o_proj`` keep the teacher's
+    key/value head), the decay gate, ``m`` meta key/value slots per head with a logit bias each, and
+    ``beta`` (per head log-scale of the linear branch). ``q_proj``/``k_proj``/``v_proj``/``o_proj`` keep the teacher's
     names, shapes and biases, so teacher checkpoints load into it unchanged.
 
     In *attention transfer* mode (see :func:`attention_transfer`) the layer also computes the
@@ -66,6 +66,7 @@ class LizardAttention(nn.Module):
         m = lizard.num_meta_tokens
         self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if m else None
         self.meta_v = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if m else None
+        self.meta_bias = nn.Parameter(torch.empty(self.num_heads, m, **factory)) if m else None
         self.beta = nn.Parameter(torch.empty(self.num_heads, **factory))
         self.attention_transfer = False
         self.transfer_loss: torch.Tensor | None = None
@@ -90,7 +91,8 @@ class LizardAttention(nn.Module):
 
     def reset_lizard_parameters(self) -> None:
         """Feature maps at identity, gate at ``gate_init``, meta keys small and random, meta values
-        zero (slots start as attention sinks that add nothing), linear-branch scale e^0 = 1."""
+        zero and meta logits 0 (slots start as attention sinks that add nothing), linear-branch
+        scale e^0 = 1."""
         self.feature_map_q.reset_parameters()
         self.feature_map_k.reset_parameters()
         if self.gate is not None:
@@ -100,6 +102,7 @@ class LizardAttention(nn.Module):
             if self.meta_k is not None:
                 self.meta_k.normal_(0.0, 0.02)
                 self.meta_v.zero_()
+                self.meta_bias.zero_()
 
     def forward(
         self,
@@ -119,7 +122,10 @@ class LizardAttention(nn.Module):
         fq = self.feature_map_q(q_lin) * self.beta.exp().to(q.dtype)[:, None, None]
         fk = self.feature_map_k(k_lin)
         g = self.gate(hidden_states) if self.gate is not None else None
-        kw = dict(window=self.lizard.window_size, scale=self.scaling, meta_k=self.meta_k, meta_v=self.meta_v)
+        kw = dict(
+            window=self.lizard.window_size, scale=self.scaling,
+            meta_k=self.meta_k, meta_v=self.meta_v, meta_bias=self.meta_bias,
+        )
 
         cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         state = cache_layer.state if cache_layer is not None else None

@@ -16,7 +16,8 @@ enters the state at time ``j + w`` carrying the decay it accrued meanwhile,
 ``k'_{j+w} = exp(G_{j+w} - G_j) fk_j``, ``v'_{j+w} = [v_j, 1]`` (the 1 yields Z).
 
 Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
-fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)`` or None.
+fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)``
+or None.
 """
 
 from __future__ import annotations
@@ -70,12 +71,12 @@ def _finish(o: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
 
 
 def lizard_attention_naive(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None
 ) -> torch.Tensor:
     """Reference: the equations above with explicit T x T matrices (no cache)."""
     dtype = compute_dtype(q)
     H, T = q.shape[1], q.shape[2]
-    o, _ = window_attention_naive(q, k, v, window, scale, meta_k, meta_v)
+    o, _ = window_attention_naive(q, k, v, window, scale, meta_k, meta_v, meta_bias)
     G = _log_gates(q, g).cumsum(-1)
     t = torch.arange(T, device=q.device)
     old = t[None, :] <= t[:, None] - window
@@ -111,6 +112,7 @@ def lizard_attention_chunk(
     scale: float,
     meta_k=None,
     meta_v=None,
+    meta_bias=None,
     state: LizardState | None = None,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, LizardState]:
@@ -130,7 +132,7 @@ def lizard_attention_chunk(
         else (torch.cat([old, new], dim=2) for old, new in zip(state.tensors()[1:], (k, v, fk, g)))
     )
 
-    o, _ = window_attention_chunk(q, kc, vc, window, scale, meta_k, meta_v, chunk_size)
+    o, _ = window_attention_chunk(q, kc, vc, window, scale, meta_k, meta_v, chunk_size, meta_bias)
 
     # Shifted keys/values: position L + t receives the token at combined index L + t - w.
     src = torch.arange(L, L + T, device=q.device) - window
@@ -149,7 +151,7 @@ def lizard_attention_chunk(
 
 
 def lizard_attention_step(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state: LizardState
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs have T = 1): O(w) work and O(1) memory."""
     H = q.shape[1]
@@ -166,13 +168,13 @@ def lizard_attention_step(
         v_out = torch.cat([v_out, torch.ones_like(v_out[..., :1])], dim=-1)
         kv_state = kv_state + decay * f_out[..., :, None] * v_out[..., None, :]
         keys, values, feats, log_gates = keys[:, :, 1:], values[:, :, 1:], feats[:, :, 1:], log_gates[:, :, 1:]
-    o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v)
+    o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v, meta_bias)
     lin = fq.to(dtype) @ kv_state
     return _finish(o, lin), LizardState(kv_state, keys, values, feats, log_gates)
 
 
 def lizard_attention_recurrent(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state: LizardState | None = None
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState | None = None
 ) -> tuple[torch.Tensor, LizardState]:
     """Token-by-token form built from :func:`lizard_attention_step`."""
     if state is None:
@@ -183,7 +185,7 @@ def lizard_attention_recurrent(
         sl = slice(t, t + 1)
         y, state = lizard_attention_step(
             q[:, :, sl], k[:, :, sl], v[:, :, sl], fq[:, :, sl], fk[:, :, sl], g[:, :, sl],
-            window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, state=state,
+            window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state,
         )
         outs.append(y)
     return torch.cat(outs, dim=2), state

@@ -3,12 +3,13 @@
 Query ``t`` attends to keys ``j`` with ``t - w < j <= t`` and to ``m`` meta slots (keys ``mk``,
 values ``mv``, no position) that every query sees::
 
-    s_tj = scale q_t . k_j,   lse_t = log(sum_j e^{s_tj} + sum_i e^{scale q_t . mk_i})
-    o_t  = sum_j e^{s_tj - lse_t} v_j + sum_i e^{scale q_t . mk_i - lse_t} mv_i
+    s_tj = scale q_t . k_j,   u_ti = scale q_t . mk_i + b_i,   lse_t = log(sum_j e^{s_tj} + sum_i e^{u_ti})
+    o_t  = sum_j e^{s_tj - lse_t} v_j + sum_i e^{u_ti - lse_t} mv_i
 
 Shapes: q ``(B, H, Tq, D)``; k, v ``(B, Hk, Tk, D)`` with ``Tk >= Tq`` (query i sits at key
 position ``Tk - Tq + i``: earlier keys are a cached prefix) and ``H % Hk == 0``;
-meta_k, meta_v ``(H, m, D)`` or None. Returns ``(o, lse)`` with o in q's dtype, lse float32+.
+meta_k, meta_v ``(H, m, D)`` and meta_bias ``(H, m)`` (a learned logit per slot, so a slot can
+be switched off whatever the query) or None. Returns ``(o, lse)`` with o in q's dtype, lse float32+.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import torch.nn.functional as F
 from lizardlm.ops.utils import compute_dtype, expand_heads
 
 
-def _meta_scores(q: torch.Tensor, meta_k: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+def _meta_scores(q: torch.Tensor, meta_k, scale: float, meta_bias=None) -> torch.Tensor | None:
+    """``scale q . mk_i + b_i`` for every meta slot, ``(B, H, ..., m)``."""
     if meta_k is None or meta_k.shape[-2] == 0:
         return None
-    return scale * torch.einsum("bh...d,hmd->bh...m", q, meta_k.to(q.dtype))
+    scores = scale * torch.einsum("bh...d,hmd->bh...m", q, meta_k.to(q.dtype))
+    if meta_bias is not None:
+        scores = scores + meta_bias.to(q.dtype).view(meta_bias.shape[0], *([1] * (scores.ndim - 3)), -1)
+    return scores
 
 
 def _combine(scores, values, meta_scores, meta_v, out_dtype):
@@ -46,6 +51,7 @@ def window_attention_naive(
     scale: float,
     meta_k: torch.Tensor | None = None,
     meta_v: torch.Tensor | None = None,
+    meta_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: full Tq x Tk score matrix with a band mask."""
     dtype = compute_dtype(q)
@@ -56,7 +62,7 @@ def window_attention_naive(
     kpos = torch.arange(Tk, device=q.device)[None, :]
     band = (kpos <= qpos) & (kpos > qpos - window)
     scores = (scale * q @ k.transpose(-1, -2)).masked_fill(~band, float("-inf"))
-    return _combine(scores, v, _meta_scores(q, meta_k, scale), meta_v, q.dtype)
+    return _combine(scores, v, _meta_scores(q, meta_k, scale, meta_bias), meta_v, q.dtype)
 
 
 def window_attention_chunk(
@@ -68,6 +74,7 @@ def window_attention_chunk(
     meta_k: torch.Tensor | None = None,
     meta_v: torch.Tensor | None = None,
     chunk_size: int = 64,
+    meta_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-banded form: each block of C queries scores only its C + w - 1 candidate keys.
 
@@ -94,7 +101,7 @@ def window_attention_chunk(
     key_pos = torch.arange(n, device=q.device)[:, None, None] * C + r[None] - lead
     valid = in_band[None] & (key_pos >= 0) & (key_pos < Tk)  # (n, C, span)
     scores = (scale * qb @ kb.transpose(-1, -2)).masked_fill(~valid, float("-inf")).view(B, H, n, C, span)
-    meta = _meta_scores(qb.view(B, H, n, C, D), meta_k, scale)
+    meta = _meta_scores(qb.view(B, H, n, C, D), meta_k, scale, meta_bias)
     if meta is not None:
         scores = torch.cat([scores, meta], dim=-1)
     lse = torch.logsumexp(scores, dim=-1)
@@ -113,6 +120,7 @@ def window_attention_recurrent(
     scale: float,
     meta_k: torch.Tensor | None = None,
     meta_v: torch.Tensor | None = None,
+    meta_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One query at a time, each reading only a buffer of the last ``window`` keys."""
     Tq, Tk = q.shape[2], k.shape[2]
@@ -121,7 +129,7 @@ def window_attention_recurrent(
         end = Tk - Tq + t + 1
         start = max(0, end - window)
         o, lse = window_attention_naive(
-            q[:, :, t : t + 1], k[:, :, start:end], v[:, :, start:end], window, scale, meta_k, meta_v
+            q[:, :, t : t + 1], k[:, :, start:end], v[:, :, start:end], window, scale, meta_k, meta_v, meta_bias
         )
         outs.append(o)
         lses.append(lse)

@@ -15,7 +15,8 @@ from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
 import lizardlm
-from lizardlm.convert import convert
+from lizardlm.convert import check_convertible, convert
+from lizardlm.errors import LizardError
 from lizardlm.layers import attention_transfer
 from lizardlm.train.checkpoint import atomic_save, load_checked
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
@@ -102,10 +103,14 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
 
     started = time.perf_counter()
     model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
+    try:
+        check_convertible(model, settings.lizard_config())
+    except ValueError as err:
+        raise LizardError(str(err)) from None
     splits = build_splits(
         settings.data, tokenizer, settings.seq_len,
         train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
-        val_tokens=settings.val_tokens, seed=settings.seed,
+        val_tokens=settings.val_tokens, seed=settings.seed, teacher=(model, tokenizer),
     )
     if manifest is None:  # inputs are valid: only now does the run directory come into being
         manifest = {
@@ -129,8 +134,10 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
 
     if "teacher_val_loss" not in results:
         results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "teacher val")
-        run.write_manifest(manifest)
     model = convert(model, settings.lizard_config())
+    if "stage1_val_mse_init" not in results:
+        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
+        run.write_manifest(manifest)
 
     # Stage 1: attention transfer, only the Lizard parameters train.
     model.requires_grad_(False)
@@ -192,6 +199,7 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         "stage1_val_ppl": _ppl(results["stage1_val_loss"]),
         "student_val_loss": results["stage2_val_loss"],
         "student_val_ppl": _ppl(results["stage2_val_loss"]),
+        "stage1_val_mse_init_per_layer": results["stage1_val_mse_init"],
         "stage1_val_mse_per_layer": results["stage1_val_mse"],
         "stage1_seconds": results["stage1_seconds"],
         "stage2_seconds": results["stage2_seconds"],

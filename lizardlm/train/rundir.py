@@ -71,11 +71,24 @@ class RunDir:
                 f"cannot resume {self.path}: it was made from teacher {manifest.get('teacher', {}).get('name')!r}, "
                 f"not {teacher.get('name')!r}"
             )
-        ours, theirs = settings.to_dict(), manifest.get("settings", {})
-        differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k != "device")
+        ours, theirs = _flatten(settings.to_dict()), _flatten(manifest.get("settings", {}))
+        differing = [
+            f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}"
+            for k in sorted(set(ours) | set(theirs))
+            if ours.get(k) != theirs.get(k) and k != "device"
+        ]
         if differing:
-            raise CheckpointError(f"cannot resume {self.path}: settings differ from the original run ({', '.join(differing)})")
+            raise CheckpointError(f"cannot resume {self.path}: settings differ from the original run ({'; '.join(differing)})")
         return manifest
+
+
+def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
+    """``{"lizard": {"window_size": 8}}`` -> ``{"lizard.window_size": 8}``, with Lizard defaults filled in."""
+    from lizardlm.config import LizardConfig
+
+    flat = {k: v for k, v in settings.items() if k != "lizard"}
+    flat.update({f"lizard.{k}": v for k, v in LizardConfig.from_dict(settings.get("lizard", {})).to_dict().items()})
+    return flat
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
