@@ -8,16 +8,6 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-def pytest_collection_modifyitems(config, items):
-    """Skip ``slow`` tests unless the marker expression names them (``-m slow``)."""
-    if "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
