@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 Mode = Literal["lizard", "lolcats", "no_gate", "no_meta"]
 GateKind = Literal["scalar", "none"]
+Backend = Literal["auto", "triton", "torch"]
 
 MODES: tuple[str, ...] = ("lizard", "lolcats", "no_gate", "no_meta")
 
@@ -33,6 +34,8 @@ class LizardConfig:
         linear_rope: apply the teacher's RoPE to q/k before the feature map of the linear branch.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
+        backend: ``auto`` = Triton kernels on CUDA (training and full-sequence forward), torch
+            otherwise; ``triton`` / ``torch`` force one (``triton`` fails clearly without CUDA).
     """
 
     mode: Mode = "lizard"
@@ -45,6 +48,7 @@ class LizardConfig:
     linear_rope: bool = False
     softmax_layers: list[int] = field(default_factory=list)
     chunk_size: int = 64
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -53,6 +57,8 @@ class LizardConfig:
             self.gate = "none"
         if self.mode in ("lolcats", "no_meta"):
             self.num_meta_tokens = 0
+        if self.backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"unknown backend {self.backend!r}; choose auto, triton or torch")
         if self.gate not in ("scalar", "none"):
             raise ValueError(f"unknown gate kind {self.gate!r}; choose 'scalar' or 'none'")
         for name in ("window_size", "feature_dim", "chunk_size"):

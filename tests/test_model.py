@@ -88,7 +88,7 @@ def test_conversion_keeps_teacher_projections_and_types():
 @pytest.mark.parametrize("softmax_layers", [[], [1]])
 def test_greedy_generate_equals_argmax_decoding(softmax_layers):
     model = lizard_model("llama", LizardConfig(window_size=8, num_meta_tokens=2, feature_dim=8, softmax_layers=softmax_layers))
-    prompt = torch.randint(0, 97, (1, 6))
+    prompt = torch.randint(1, 97, (1, 6))  # 0 is the pad id
     out = model.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0)
     ids = prompt
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_greedy_generate_equals_argmax_decoding(softmax_layers):
 
 def test_sampling_generate_runs_and_is_seeded():
     model = lizard_model("mistral")
-    prompt = torch.randint(0, 97, (2, 5))
+    prompt = torch.randint(1, 97, (2, 5))  # 0 is the pad id
     torch.manual_seed(3)
     a = model.generate(prompt, max_new_tokens=20, do_sample=True, top_k=20, pad_token_id=0)
     torch.manual_seed(3)

@@ -13,7 +13,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate
-from lizardlm.ops import lizard_attention_chunk, lizard_attention_step, window_attention_chunk
+from lizardlm.ops import lizard_attention_step, window_attention_chunk
+from lizardlm.ops.dispatch import lizard_attention
 
 
 def teacher_window(config, layer_idx: int) -> int | None:
@@ -131,9 +132,10 @@ class LizardAttention(nn.Module):
         state = cache_layer.state if cache_layer is not None else None
         if state is not None and T == 1:
             y, new_state = lizard_attention_step(q_rope, k_rope, v, fq, fk, g, state=state, **kw)
-        else:
-            y, new_state = lizard_attention_chunk(
-                q_rope, k_rope, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size, **kw
+        else:  # Triton kernels on CUDA when no state is needed (training), torch otherwise
+            y, new_state = lizard_attention(
+                q_rope, k_rope, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size,
+                backend=self.lizard.backend, need_state=cache_layer is not None, **kw,
             )
         if cache_layer is not None:
             cache_layer.advance(new_state, T)

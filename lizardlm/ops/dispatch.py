@@ -74,6 +74,7 @@ def lizard_attention(
     scale: float,
     meta_k: torch.Tensor | None = None,
     meta_v: torch.Tensor | None = None,
+    meta_bias: torch.Tensor | None = None,
     state: LizardState | None = None,
     chunk_size: int = 64,
     backend: str = "auto",
@@ -82,7 +83,7 @@ def lizard_attention(
     """Lizard attention (see :mod:`lizardlm.ops.lizard`) on the fastest backend that can run it.
 
     Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
-    fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)`` or None.
+    fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)`` or None.
     Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path.
     """
     if backend not in BACKENDS:
@@ -93,12 +94,12 @@ def lizard_attention(
             from lizardlm.ops.triton import lizard_attention_cuda
 
             y = lizard_attention_cuda(
-                q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
+                q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
             )  # chunk_size only changes rounding; the kernels use their own
             return y, None
         if backend == "triton":
             raise BackendError(f"backend='triton' cannot run: {why}")
     return lizard_attention_chunk(
-        q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, state=state,
-        chunk_size=chunk_size,
+        q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
+        state=state, chunk_size=chunk_size,
     )

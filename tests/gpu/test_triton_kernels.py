@@ -14,7 +14,7 @@ import lizardlm.ops.triton.lizard as tl_lizard  # noqa: E402
 from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
 from lizardlm.ops.lizard import lizard_attention_naive  # noqa: E402
 
-NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v")
+NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias")
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 
 
@@ -27,6 +27,7 @@ def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed):
         "fq": u(B, H, T, F) * 2 / F**0.5, "fk": u(B, Hk, T, F) * 2 / F**0.5,
         "g": torch.nn.functional.logsigmoid(r(B, H, T) + 3.0) if use_g else None,
         "meta_k": r(H, m, D) if m else None, "meta_v": r(H, m, V) if m else None,
+        "meta_bias": r(H, m) if m else None,
     }
 
 
@@ -41,7 +42,7 @@ def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0):
     scale = D**-0.5
     ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
     y_ref = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=w, scale=scale,
-                                   meta_k=ref["meta_k"], meta_v=ref["meta_v"])
+                                   meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"])
     dy = torch.randn_like(y_ref)
     (y_ref * dy).sum().backward()
     inp = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in x.items()}
@@ -50,7 +51,7 @@ def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0):
     tl_lizard.POISON = True
     try:
         y, state = lizard_attention(*(inp[n] for n in NAMES[:6]), window=w, scale=scale, meta_k=inp["meta_k"],
-                                    meta_v=inp["meta_v"], backend="triton")
+                                    meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], backend="triton")
         (y.double() * dy).sum().backward()
     finally:
         tl_lizard.POISON = False

@@ -20,7 +20,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _win_fwd(
-    Q, K, Vv, MK, MV, O, LSE,
+    Q, K, Vv, MK, MV, MB, O, LSE,
     T, H, G, M, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
@@ -50,7 +50,8 @@ def _win_fwd(
         emask = offs_e < M
         mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0)
         mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0)
-        s_e = tl.dot(q, tl.trans(mk.to(q.dtype)), input_precision=PREC) * qk_scale
+        mb = tl.load(MB + h * M + offs_e, mask=emask, other=0.0).to(tl.float32)
+        s_e = tl.dot(q, tl.trans(mk.to(q.dtype)), input_precision=PREC) * qk_scale + mb[None, :] * 1.4426950408889634
         s_e = tl.where(emask[None, :], s_e, float("-inf"))
         m_i = tl.maximum(m_i, tl.max(s_e, 1))
         p_e = tl.exp2(s_e - m_i[:, None])
@@ -295,14 +296,14 @@ def _lin_bwd(
 
 @triton.jit
 def _win_bwd(
-    Q, K, Vv, MK, MV, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMK, DMV,
+    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMK, DMV, DMB,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
 ):
     """Window-branch gradients. Program j: dk, dv of key block j (dv plus the linear branch's DVL,
     rows n < T - W); dq of query block j; partial meta gradients of query block j
-    (DMK/DMV (B*H, NB, BMETA, ·), unscaled)."""
+    (DMK/DMV (B*H, NB, BMETA, ·), unscaled; DMB (B*H, NB, BMETA), the meta logit biases)."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -357,7 +358,8 @@ def _win_bwd(
         emask = offs_e < M
         mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
         mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0).to(q.dtype)
-        s_e = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale
+        mb = tl.load(MB + h * M + offs_e, mask=emask, other=0.0).to(tl.float32)
+        s_e = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale + mb[None, :] * 1.4426950408889634
         p_e = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s_e - lse[:, None]), 0.0)
         dp_e = tl.dot(do, tl.trans(mv), input_precision=PREC)
         ds_e = p_e * (dp_e - delta[:, None])
@@ -366,6 +368,7 @@ def _win_bwd(
         dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
         tl.store(DMK + (pid_bh * NB + j) * BMETA * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=dmask[None, :])
         tl.store(DMV + (pid_bh * NB + j) * BMETA * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=dvmask[None, :])
+        tl.store(DMB + (pid_bh * NB + j) * BMETA + offs_e, tl.sum(ds_e, 0))
     for i in range(0, NBW + 1):
         offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
         nmask2 = (offs_n2 < T) & (offs_n2 >= 0)

@@ -56,7 +56,7 @@ def _gates(g: torch.Tensor, window: int, chunk: int):
     return gl, gw
 
 
-def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
+def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk, need_h_for_bwd=True):
     B, H, T, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     G = H // Hk
@@ -69,7 +69,7 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk, need_h_for_bwd=True):
     o = _empty(B, H, T, DV, device=q.device, dtype=q.dtype)
     lse = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._win_fwd[(triton.cdiv(T, BM), BH)](
-        q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, o, lse,
+        q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy, o, lse,
         T, H, G, M, scale,
         W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BN=BM, NBW=triton.cdiv(window - 1, BM), BMETA=_pow2(max(M, 1)),
         HAS_META=has_meta, PREC=prec, **_cfg("win_fwd", num_warps=4, num_stages=1),
@@ -100,16 +100,16 @@ def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
 
 class LizardAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, g, mk, mv, window, scale, chunk, g_given):
+    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk, g_given):
         ctx.g_dtype = g.dtype
-        y, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, window, scale, chunk)
-        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, y, o, lse, gl, gw, hs, hz, zb)
+        y, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk)
+        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, y, o, lse, gl, gw, hs, hz, zb)
         ctx.cfg = (window, scale, chunk, g_given)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, fq, fk, mk, mv, y, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
+        q, k, v, fq, fk, mk, mv, mb, y, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
         window, scale, chunk, g_given = ctx.cfg
         B, H, T, D = q.shape
         Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
@@ -160,11 +160,13 @@ class LizardAttentionFunction(torch.autograd.Function):
         if has_meta:
             dmk_p = _empty(BH, NB, BMETA, D, device=dev, dtype=f32)
             dmv_p = _empty(BH, NB, BMETA, DV, device=dev, dtype=f32)
+            dmb_p = _empty(BH, NB, BMETA, device=dev, dtype=f32)
         else:
-            dmk_p = dmv_p = q.new_empty(1)
+            dmk_p = dmv_p = dmb_p = q.new_empty(1)
         dummy = q.new_empty(1)
         K._win_bwd[(NB, BH)](
-            q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, do, lse, delta, dvl, dq, dk, dvw, dmk_p, dmv_p,
+            q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy,
+            do, lse, delta, dvl, dq, dk, dvw, dmk_p, dmv_p, dmb_p,
             T, H, G, M, NB, scale,
             W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, NBW=triton.cdiv(window - 1, BM), BMETA=BMETA, HAS_META=has_meta, PREC=prec,
             **_cfg("win_bwd", num_warps=4, num_stages=1),
@@ -176,18 +178,20 @@ class LizardAttentionFunction(torch.autograd.Function):
         if g_given:
             dG = dgq.sub_(dgk)  # per query head: fq.dfq - fk.dfk
             dg = dG.flip(-1).cumsum(-1).flip(-1).view(B, H, T).to(ctx.g_dtype)
-        dmk = dmv = None
+        dmk = dmv = dmb = None
         if has_meta:
             dmk = (dmk_p.view(B, H, NB, BMETA, D)[:, :, :, :M].sum((0, 2)) * scale).to(mk.dtype)
             dmv = dmv_p.view(B, H, NB, BMETA, DV)[:, :, :, :M].sum((0, 2)).to(mv.dtype)
-        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, None, None, None, None
+            dmb = dmb_p.view(B, H, NB, BMETA)[:, :, :, :M].sum((0, 2)).to(mb.dtype)
+        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, None, None, None, None
 
 
 def lizard_attention_cuda(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, state=None, chunk_size: int | None = None
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state=None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk` for ``state=None``;
-    returns y only. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v."""
+    returns y only. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias."""
     if state is not None:
         raise ValueError("lizard_attention_cuda starts a sequence (state=None); use the torch op to continue one")
     if not q.is_cuda:
@@ -207,4 +211,7 @@ def lizard_attention_cuda(
     has_meta = meta_k is not None and meta_k.shape[-2] > 0
     mk = meta_k.contiguous() if has_meta else None
     mv = meta_v.contiguous() if has_meta else None
-    return LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, window, float(scale), chunk_size, g_given)
+    if has_meta and meta_bias is None:
+        meta_bias = q.new_zeros(H, meta_k.shape[-2], dtype=torch.float32)
+    mb = meta_bias.contiguous() if has_meta else None
+    return LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, mb, window, float(scale), chunk_size, g_given)
