@@ -133,11 +133,14 @@ def test_cli_eval_side_by_side(model_dir, tmp_path, capsys):
 def test_cli_default_out_dir_and_absent(model_dir, tmp_path, capsys):
     from lizardlm.cli import main
 
-    rc = main(["eval", "--model", str(model_dir), "--tasks", "hellaswag", "--data-dir", str(tmp_path), "--no-progress"])
+    rc = main(["eval", "--model", str(model_dir), "--tasks", "hellaswag,piqa", "--data-dir", str(tmp_path),
+               "--task-data", f"piqa={DATA_DIR / 'piqa'}", "--limit", "2", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| hellaswag | acc | absent |" in printed
-    assert json.loads((model_dir / "eval" / "eval.json").read_text())["tasks"]["hellaswag"]["model"]["status"] == "absent"
+    data = json.loads((model_dir / "eval" / "eval.json").read_text())
+    assert data["tasks"]["hellaswag"]["model"]["status"] == "absent"
+    assert data["tasks"]["piqa"]["model"]["status"] == "ok" and data["tasks"]["piqa"]["model"]["n"] == 2
 
 
 def test_cli_rejects_unknown_task(model_dir, capsys):

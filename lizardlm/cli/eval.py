@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model (perplexity, benchmarks, MQAR, passkey) against its teacher",
-        description="Evaluate a Lizard run/model or a teacher; with --teacher, both side by side with recovery %%. "
+        description="Evaluate a Lizard run/model or a teacher; with --teacher, both side by side with recovery %. "
         "Benchmark files are read from the data directory (--data-dir, $LIZARDLM_DATA_DIR, ../shared/data or "
         "./shared/data); missing sets are reported as absent.",
     )
