@@ -261,7 +261,7 @@ def _run_mc(mc: list[str], model, tok, cfg: EvalConfig) -> dict[str, dict]:
     from lizardlm.eval.harness import run_harness
 
     return run_harness(model, tok, mc, data_dir=cfg.data_dir, data_paths=cfg.data_paths, limit=cfg.limit,
-                       batch_size=cfg.batch_size, seed=cfg.seed if cfg.seed else 1234)
+                       batch_size=cfg.batch_size, seed=cfg.seed)
 
 
 def _run_one(task: str, model, tok, cfg: EvalConfig) -> dict[str, dict]:

@@ -20,7 +20,8 @@ are the Hugging Face parquet exports ``<split>-00000-of-00001.parquet``)::
                                   other [brackets] removed)
     winogrande/validation.jsonl   sentence (with one "_"), option1, option2,         [lm-eval: validation,
                                   answer ("1"/"2")                                    winogrande_xl]
-    mmlu/test.jsonl               question, subject, choices (4), answer (0-3)       [lm-eval: test]
+    mmlu/test.jsonl               question, subject, choices (4), answer (0-3 or     [lm-eval: test]
+                                  "A"-"D")
     mmlu/dev.jsonl                same columns; the 5-shot examples (first 5 of the   [lm-eval: dev]
                                   same subject, lm-eval's ``first_n`` sampler)
 
@@ -243,7 +244,10 @@ def _normalize(task: str, row: dict, path: Path, i: int) -> dict:
             row = {**row, "answer": str(int(row["answer"]))}
             assert row["answer"] in ("1", "2") and "_" in row["sentence"]
         elif task == "mmlu":
-            row = {**row, "answer": int(row["answer"]), "choices": list(row["choices"])}
+            ans = row["answer"]
+            if isinstance(ans, str) and len(ans.strip()) == 1 and ans.strip().upper() in "ABCD":
+                ans = "ABCD".index(ans.strip().upper())
+            row = {**row, "answer": int(ans), "choices": list(row["choices"])}
             assert len(row["choices"]) == 4 and 0 <= row["answer"] < 4
     except (AssertionError, ValueError, TypeError, KeyError) as err:
         raise DataError(f"{task}: {path} example {i} is malformed: {json.dumps(row, default=str)[:200]}") from err
