@@ -88,6 +88,9 @@ def lizard_attention(
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if q.is_cuda and torch.is_autocast_enabled("cuda"):  # run in the autocast dtype, as torch's own ops do
+        low = torch.get_autocast_dtype("cuda")
+        q, k, v, fq, fk = (x.to(low) for x in (q, k, v, fq, fk))
     if backend != "torch":
         why = _triton_refusal(q, state, need_state)
         if why is None:
