@@ -73,7 +73,7 @@ class TrainSettings:
 PRESETS: dict[str, dict[str, Any]] = {
     # Finishes on a 2-core CPU in well under 15 minutes with the embedded 135M teacher.
     "cpu-demo": dict(
-        seq_len=256, batch_size=4, stage1_tokens=24_576, stage2_tokens=8_192, val_tokens=4_096, checkpoint_every=4,
+        seq_len=256, batch_size=4, stage1_tokens=16_384, stage2_tokens=6_144, val_tokens=4_096, checkpoint_every=4,
     ),
     # The paper's recipe scaled to a small teacher on one GPU (bf16 autocast).
     "gpu": dict(
