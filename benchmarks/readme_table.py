@@ -1,0 +1,94 @@
+"""Print the README's results tables from the committed files under benchmarks/results/.
+
+    python benchmarks/readme_table.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def attention(path: Path) -> str:
+    d = json.loads(path.read_text())
+    c = d["config"]
+    ms = {(r["op"], r["T"], r["mode"]): r["ms"] for r in d["runs"]}
+    rows = [
+        f"Attention op, {d['device']} (`{path.name}`): {c['dtype']}, {c['heads']} heads, head dim {c['head_dim']}, "
+        f"{c['tokens_per_batch'] // 1024}K tokens per batch, window {c['window']}, {c['meta']} meta slots; "
+        f"correctness vs float64 in the same run: {'pass' if all(v['pass'] for v in d['correctness'].values()) else 'FAIL'}.",
+        "",
+        "| T | pass | SDPA flash (ms) | SDPA cuDNN (ms) | Lizard (ms) | flash / Lizard | cuDNN / Lizard |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for T in sorted({t for (_, t, _) in ms}):
+        for mode in ("fwd", "fwd+bwd"):
+            if ("lizard", T, mode) not in ms:
+                continue
+            liz, sd, cu = ms[("lizard", T, mode)], ms.get(("sdpa", T, mode)), ms.get(("sdpa-cudnn", T, mode))
+            fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+            ratio = lambda x: "–" if x is None else f"{x / liz:.2f}x"  # noqa: E731
+            rows.append(f"| {T // 1024}K | {mode} | {fmt(sd)} | {fmt(cu)} | {liz:.2f} | {ratio(sd)} | {ratio(cu)} |")
+    return "\n".join(rows)
+
+
+def linearize(path: Path) -> str:
+    d = json.loads(path.read_text())
+    modes = {m: e for m, e in d["modes"].items() if "eval" in e}
+    first = next(iter(modes.values()))["eval"]["tasks"]
+
+    def metric(mode: str, task: str, key: str, teacher: bool = False) -> float | None:
+        cols = modes[mode]["eval"]["tasks"][task]
+        col = cols.get("teacher") if teacher else cols.get("student", cols.get("model"))
+        return None if col is None or col.get("status") != "ok" else col["metrics"].get(key)
+
+    lead = next(iter(modes))
+    header = ["teacher"] + list(modes)
+    rows = [
+        f"Linearization of the embedded teacher, {d['device']} (`{path.name}`): preset {d['preset']}, "
+        f"{d['stage1_tokens'] / 2**20:.0f}M + {d['stage2_tokens'] / 2**20:.0f}M tokens (stage 1 + stage 2) of {d['data']}.",
+        "",
+        "| metric | " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(header),
+    ]
+    keys = [("wikitext2", "ppl", "WikiText-2 test perplexity (1024-token windows)")]
+    keys += [("mqar", k, f"MQAR {k}") for k in first["mqar"]["teacher"]["metrics"]]
+    keys += [("passkey", k, f"passkey {k}") for k in first["passkey"]["teacher"]["metrics"]]
+    for task, key, label in keys:
+        vals = [metric(lead, task, key, teacher=True)] + [metric(m, task, key) for m in modes]
+        cells = ["–" if v is None else (f"{v:.2f}" if task == "wikitext2" else f"{v:.3f}") for v in vals]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    s = {m: e["summary"] for m, e in modes.items()}
+    rows.append("| held-out val perplexity (training distribution) | "
+                + f"{s[lead]['teacher_val_ppl']:.2f} | " + " | ".join(f"{s[m]['student_val_ppl']:.2f}" for m in modes) + " |")
+    rows.append("| wall time stage 1 + stage 2 (s) | – | "
+                + " | ".join(f"{s[m]['stage1_seconds']:.0f} + {s[m]['stage2_seconds']:.0f}" for m in modes) + " |")
+    return "\n".join(rows)
+
+
+def cpu_demo(path: Path) -> str:
+    s = json.loads(path.read_text())
+    return (
+        f"cpu-demo preset, {s['device']} (`{path.name}`): teacher val perplexity {s['teacher_val_ppl']:.2f}, "
+        f"after stage 1 {s['stage1_val_ppl']:.2f}, after stage 2 {s['student_val_ppl']:.2f}; attention-transfer "
+        f"validation MSE (sum over layers) {sum(s['stage1_val_mse_init_per_layer']):.2f} -> "
+        f"{sum(s['stage1_val_mse_per_layer']):.2f}; wall time {s['wall_seconds_this_call'] / 60:.1f} min."
+    )
+
+
+def main() -> None:
+    parts = []
+    for path in sorted(RESULTS.glob("attention-*.json")):
+        if not path.stem.endswith("-v1"):
+            parts.append(attention(path))
+    for path in sorted(RESULTS.glob("linearize-*.json")):
+        parts.append(linearize(path))
+    for path in sorted(RESULTS.glob("cpu-demo-*.json")):
+        parts.append(cpu_demo(path))
+    print("\n\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
