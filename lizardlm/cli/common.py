@@ -7,34 +7,26 @@ import argparse
 from lizardlm.config import MODES, LizardConfig
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _number(cast: type, minimum: float, inclusive: bool):
+    """An argparse type: ``cast(text)``, at least (or above) ``minimum``, with a one-line error."""
+    noun = "a whole number" if cast is int else "a number"
+    relation = ">=" if inclusive else ">"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected {noun} {relation} {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
+positive_int = _number(int, 1, inclusive=True)
+non_negative_int = _number(int, 0, inclusive=True)
+positive_float = _number(float, 0, inclusive=False)
 
 
 def int_list(text: str) -> list[int]:
