@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from lizardlm.errors import CheckpointError, LizardError
+from lizardlm.cli.common import positive_int
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
 TASKS_HELP = (
@@ -39,16 +40,6 @@ def _int_list(text: str) -> tuple[int, ...]:
     return vals
 
 
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def _task_data(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -67,30 +58,30 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True, help="run dir, saved Lizard model dir, or teacher name/path (e.g. smollm2-135m)")
     p.add_argument("--teacher", default=None, help="teacher name/path to evaluate alongside (column 'teacher')")
     p.add_argument("--tasks", default=None, help="comma-separated tasks: " + TASKS_HELP)
-    p.add_argument("--limit", type=_pos_int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="at most N examples per task (perplexity windows, lm-eval docs per task/MMLU subject, "
                    "MQAR prompts per setting, passkey trials per length)")
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval or ./eval-out)")
     p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $LIZARDLM_DATA_DIR, ../shared/data, ./shared/data)")
     p.add_argument("--task-data", type=_task_data, action="append", default=[], metavar="TASK=PATH",
                    help="a task's own directory or file, overriding <data-dir>/<task>/ (repeatable)")
-    p.add_argument("--batch-size", type=_pos_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=_pos_int, default=1024, help="perplexity window (tokens, non-overlapping)")
+    p.add_argument("--window", type=positive_int, default=1024, help="perplexity window (tokens, non-overlapping)")
     p.add_argument("--passkey-lengths", type=_int_list, default=None,
                    help=f"comma-separated prompt lengths in tokens (default: {CPU_PASSKEY_LENGTHS} on cpu, {GPU_PASSKEY_LENGTHS} on cuda)")
-    p.add_argument("--passkey-trials", type=_pos_int, default=5, help="prompts per length (random depth and key)")
+    p.add_argument("--passkey-trials", type=positive_int, default=5, help="prompts per length (random depth and key)")
     p.add_argument("--passkey-time-budget", type=float, default=None,
                    help="seconds per passkey length; longer lengths estimated to exceed it are skipped (default: 900 on cpu)")
     p.add_argument("--mqar-pairs", type=_int_list, default=(2, 4, 8, 16, 32), help="numbers of key-value pairs")
     p.add_argument("--mqar-lengths", type=_int_list, default=(128, 256, 512, 1024), help="sequence lengths (8 pairs + filler)")
-    p.add_argument("--mqar-samples", type=_pos_int, default=20, help="prompts per MQAR setting")
+    p.add_argument("--mqar-samples", type=positive_int, default=20, help="prompts per MQAR setting")
     p.add_argument("--mqar-format", default="lines", choices=["lines", "zoology"])
-    p.add_argument("--position-len", type=_pos_int, default=4096, help="window length for perplexity vs position")
-    p.add_argument("--position-bucket", type=_pos_int, default=256, help="bucket size for perplexity vs position")
-    p.add_argument("--position-windows", type=_pos_int, default=4, help="windows averaged for perplexity vs position")
+    p.add_argument("--position-len", type=positive_int, default=4096, help="window length for perplexity vs position")
+    p.add_argument("--position-bucket", type=positive_int, default=256, help="bucket size for perplexity vs position")
+    p.add_argument("--position-windows", type=positive_int, default=4, help="windows averaged for perplexity vs position")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
