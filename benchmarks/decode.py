@@ -1,0 +1,118 @@
+"""Per-token decoding latency and cache memory of a Lizard model vs its teacher (KV cache), as the
+context grows. Random weights of the SmolLM2-135M shape by default (no download needed).
+
+The context is built by prefilling in chunks (Lizard: chunked form with state; teacher: KV cache),
+then ``--decode-tokens`` single-token steps are timed at each measured length. The teacher runs until
+it exceeds ``--teacher-max`` tokens or runs out of memory.
+
+    python benchmarks/decode.py --lengths 1024,4096,16384 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import lizardlm  # noqa: E402
+
+
+def cache_bytes(cache) -> int:
+    if isinstance(cache, lizardlm.LizardCache):
+        return cache.nbytes()
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+               if t is not None and getattr(layer, "is_initialized", True))
+
+
+@torch.no_grad()
+def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: str, max_len: int) -> list[dict]:
+    cache = lizardlm.LizardCache.for_model(model) if lizardlm.models.is_lizard_model(model) else DynamicCache()
+    vocab = model.config.vocab_size
+    done, rows = 0, []
+    for target in lengths:
+        if target > max_len:
+            rows.append({"context": target, "status": f"skipped (over {max_len} tokens)"})
+            continue
+        try:
+            while done < target:
+                n = min(chunk, target - done)
+                model(torch.randint(0, vocab, (1, n), device=device), past_key_values=cache, use_cache=True)
+                done += n
+            tok = torch.randint(0, vocab, (1, 1), device=device)
+            times = []
+            for _ in range(decode_tokens):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            done += decode_tokens
+            times.sort()
+            rows.append({"context": target, "ms_per_token": 1000 * times[len(times) // 2],
+                         "cache_mib": cache_bytes(cache) / 2**20, "status": "ok"})
+        except torch.OutOfMemoryError:
+            rows.append({"context": target, "status": "out of memory"})
+            break
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--lengths", default="1024,4096,16384")
+    p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--chunk", type=int, default=2048, help="prefill chunk")
+    p.add_argument("--teacher-max", type=int, default=1 << 20)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lengths = [int(x) for x in args.lengths.split(",")]
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, max_position_embeddings=1 << 21, rope_theta=100000.0, tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(config).to(device, dtype).eval()
+    results = {"teacher": measure(teacher, lengths, args.decode_tokens, args.chunk, device, args.teacher_max)}
+    student = lizardlm.convert(teacher, lizardlm.LizardConfig())
+    results["lizard"] = measure(student, lengths, args.decode_tokens, args.chunk, device, 1 << 40)
+
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"device": name, "dtype": str(dtype), "torch": torch.__version__, "model": "SmolLM2-135M shape, random weights",
+               "decode_tokens": args.decode_tokens, "results": results}
+    (args.out / f"decode-{slug}.json").write_text(json.dumps(payload, indent=2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    for label, rows in results.items():
+        ok = [r for r in rows if r["status"] == "ok"]
+        axes[0].plot([r["context"] for r in ok], [r["ms_per_token"] for r in ok], "o-", label=label)
+        axes[1].plot([r["context"] for r in ok], [r["cache_mib"] for r in ok], "o-", label=label)
+    for ax, ylabel in zip(axes, ("ms per token (median)", "cache (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"Decoding: Lizard vs teacher with KV cache ({name})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.out / f"decode-{slug}.png")
+    print(json.dumps(payload["results"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
