@@ -74,8 +74,10 @@ class LizardModelMixin:
         return False  # generate() must not create a DynamicCache: forward creates a LizardCache
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, **kwargs):
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
+        """Like the teacher's forward; a :class:`LizardCache` is made only when ``use_cache=True`` is
+        passed (``generate`` does): plain scoring calls keep the fast stateless (Triton) path."""
+        use_cache = bool(use_cache) or past_key_values is not None
+        if use_cache and past_key_values is None:
             past_key_values = LizardCache.for_model(self)
         return super().forward(
             input_ids=input_ids,
