@@ -100,7 +100,11 @@ def test_load_local_dir(model_dir):
 
 
 def test_load_sets_missing_pad_token(tmp_path, tiny_llama, tiny_tokenizer):
-    no_pad = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend_tokenizer, eos_token="<|endoftext|>")
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tiny_tokenizer.backend_tokenizer.to_str())  # a copy: the fixture is shared
+    backend.no_padding()  # earlier tests may have padded with the shared tokenizer
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
     tiny_llama.save_pretrained(tmp_path)
     no_pad.save_pretrained(tmp_path)
     _, tokenizer = load_teacher(str(tmp_path))
