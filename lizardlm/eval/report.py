@@ -398,6 +398,16 @@ def markdown_table(results: dict) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
+def _save(fig, path: Path) -> str:
+    """Lay out, write and close ``fig``; returns the path written."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
     """Write passkey.png, mqar.png and ppl_position.png for the tasks present; returns the paths."""
     import matplotlib
@@ -433,10 +443,7 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         ax.set_title("Passkey retrieval")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "passkey.png", dpi=120)
-        plt.close(fig)
-        written.append(str(out / "passkey.png"))
+        written.append(_save(fig, out / "passkey.png"))
 
     if ok_entries("mqar"):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -461,10 +468,7 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
             a.set_ylim(-5, 105)
             a.grid(alpha=0.3)
             a.legend()
-        fig.tight_layout()
-        fig.savefig(out / "mqar.png", dpi=120)
-        plt.close(fig)
-        written.append(str(out / "mqar.png"))
+        written.append(_save(fig, out / "mqar.png"))
 
     if ok_entries("position_ppl"):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -482,10 +486,7 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         ax.set_title("Perplexity vs position")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "ppl_position.png", dpi=120)
-        plt.close(fig)
-        written.append(str(out / "ppl_position.png"))
+        written.append(_save(fig, out / "ppl_position.png"))
     return written
 
 
