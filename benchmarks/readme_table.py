@@ -68,6 +68,26 @@ def linearize(path: Path) -> str:
     return "\n".join(rows)
 
 
+def decode(path: Path) -> str:
+    d = json.loads(path.read_text())
+    by = {name: {r["context"]: r for r in rows} for name, rows in d["results"].items()}
+    contexts = sorted({c for rows in by.values() for c in rows})
+    rows = [
+        f"Decoding one token after a long context, {d['device']} (`{path.name}`): {d['model']}, {d['dtype']}; "
+        "median of the timed steps.",
+        "",
+        "| context | teacher ms/token | teacher cache (MiB) | Lizard ms/token | Lizard cache (MiB) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for c in contexts:
+        cells = []
+        for name in ("teacher", "lizard"):
+            r = by.get(name, {}).get(c, {})
+            cells += [f"{r['ms_per_token']:.1f}", f"{r['cache_mib']:.1f}"] if r.get("status") == "ok" else [r.get("status", "–"), "–"]
+        rows.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -85,6 +105,8 @@ def main() -> None:
             parts.append(attention(path))
     for path in sorted(RESULTS.glob("linearize-*.json")):
         parts.append(linearize(path))
+    for path in sorted(RESULTS.glob("decode-*.json")):
+        parts.append(decode(path))
     for path in sorted(RESULTS.glob("cpu-demo-*.json")):
         parts.append(cpu_demo(path))
     print("\n\n".join(parts))
