@@ -23,10 +23,6 @@ class HedgehogFeatureMap(nn.Module):
             eye = torch.eye(self.weight.shape[1], self.weight.shape[2], dtype=self.weight.dtype)
             self.weight.copy_(eye.expand_as(self.weight))
 
-    @property
-    def output_dim(self) -> int:
-        return 2 * self.weight.shape[-1]
-
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         proj = torch.einsum("bhtd,hdf->bhtf", u, self.weight.to(u.dtype))
         return torch.cat([proj.softmax(-1), (-proj).softmax(-1)], dim=-1)

@@ -35,20 +35,12 @@ def pick_device(name: str) -> str:
     return name
 
 
-@torch.no_grad()
-def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator, desc: str) -> float:
-    """Mean next-token negative log-likelihood over ``rows``."""
-    total, count = 0.0, 0
-    for start in tqdm(range(0, rows.shape[0], batch_size), desc=desc, leave=False):
-        batch = rows[start : start + batch_size].to(accelerator.device)
-        with accelerator.autocast():
-            logits = model(input_ids=batch, use_cache=False).logits.float()
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-        )
-        total += nll.item()
-        count += batch[:, 1:].numel()
-    return total / count
+def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
+    """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window)."""
+    from lizardlm.eval.perplexity import perplexity
+
+    with accelerator.autocast():
+        return perplexity(model, None, rows.reshape(-1), window=rows.shape[1], batch_size=batch_size)["nll"]
 
 
 @torch.no_grad()
@@ -133,7 +125,7 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     )
 
     if "teacher_val_loss" not in results:
-        results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "teacher val")
+        results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
     model = convert(model, settings.lizard_config())
     if "stage1_val_mse_init" not in results:
         results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
@@ -154,7 +146,7 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         model.eval()
         atomic_save(lizard_params, run.lizard_weights)
         results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
-        results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "student val")
+        results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
         results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
         manifest["completed"].append("stage1")
         run.write_manifest(manifest)
@@ -178,7 +170,7 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         peft_model.save_pretrained(str(run.adapter))
         if settings.stage2_train_lizard:
             atomic_save(lizard_params, run.lizard_weights)
-        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator, "student val")
+        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         manifest["completed"].append("stage2")
         run.write_manifest(manifest)
