@@ -3,9 +3,14 @@ context grows. Random weights of the SmolLM2-135M shape by default (no download 
 
 The context is built by prefilling in chunks (Lizard: chunked form with state; teacher: KV cache),
 then ``--decode-tokens`` single-token steps are timed at each measured length. The teacher runs until
-it exceeds ``--teacher-max`` tokens or runs out of memory.
+it exceeds ``--teacher-max`` tokens or runs out of memory. ``--teacher-fill random`` writes random
+keys/values straight into the teacher's cache instead of prefilling it: a softmax decode step costs
+the same whatever the cached values are, and a quadratic 1M-token prefill would not fit the time.
+``--deadline`` stops measuring longer contexts once that many seconds have passed.
 
     python benchmarks/decode.py --lengths 1024,4096,16384 --out benchmarks/results
+    python benchmarks/decode.py --lengths 1024,4096,16384,65536,262144,1048576 --teacher-fill random \
+        --chunk 16384 --deadline 500
 """
 
 from __future__ import annotations
@@ -33,20 +38,42 @@ def cache_bytes(cache) -> int:
                if t is not None and getattr(layer, "is_initialized", True))
 
 
+def fill_random(model, cache: DynamicCache, n: int) -> None:
+    """Append ``n`` random key/value positions to every layer of a softmax model's cache."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    like = next(model.parameters())
+    for layer in range(cfg.num_hidden_layers):
+        k, v = (torch.randn(1, cfg.num_key_value_heads, n, head_dim, device=like.device, dtype=like.dtype)
+                for _ in range(2))
+        cache.update(k, v, layer)
+
+
 @torch.no_grad()
-def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: str, max_len: int) -> list[dict]:
+def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: str, max_len: int,
+            random_fill: bool = False, deadline: float = float("inf")) -> list[dict]:
+    """Decode latency (median ms per token) and cache size at each context length."""
     cache = lizardlm.LizardCache.for_model(model) if lizardlm.models.is_lizard_model(model) else DynamicCache()
     vocab = model.config.vocab_size
+    started = time.perf_counter()
     done, rows = 0, []
     for target in lengths:
         if target > max_len:
             rows.append({"context": target, "status": f"skipped (over {max_len} tokens)"})
             continue
+        if time.perf_counter() - started > deadline:
+            rows.append({"context": target, "status": f"skipped (past the {deadline:.0f} s deadline)"})
+            continue
         try:
+            t_fill = time.perf_counter()
+            if random_fill:
+                fill_random(model, cache, target - done)
+                done = target
             while done < target:
                 n = min(chunk, target - done)
                 model(torch.randint(0, vocab, (1, n), device=device), past_key_values=cache, use_cache=True)
                 done += n
+            fill_seconds = time.perf_counter() - t_fill
             tok = torch.randint(0, vocab, (1, 1), device=device)
             times = []
             for _ in range(decode_tokens):
@@ -60,7 +87,10 @@ def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: s
             done += decode_tokens
             times.sort()
             rows.append({"context": target, "ms_per_token": 1000 * times[len(times) // 2],
-                         "cache_mib": cache_bytes(cache) / 2**20, "status": "ok"})
+                         "cache_mib": cache_bytes(cache) / 2**20, "fill_seconds": fill_seconds,
+                         "fill": "random" if random_fill else "prefill", "status": "ok"})
+            if device == "cuda":
+                rows[-1]["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         except torch.OutOfMemoryError:
             rows.append({"context": target, "status": "out of memory"})
             break
@@ -74,6 +104,8 @@ def main() -> None:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--chunk", type=int, default=2048, help="prefill chunk")
     p.add_argument("--teacher-max", type=int, default=1 << 20)
+    p.add_argument("--teacher-fill", choices=("prefill", "random"), default="prefill")
+    p.add_argument("--deadline", type=float, default=float("inf"), help="seconds per model")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -86,15 +118,21 @@ def main() -> None:
     )
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(config).to(device, dtype).eval()
-    results = {"teacher": measure(teacher, lengths, args.decode_tokens, args.chunk, device, args.teacher_max)}
+    results = {"teacher": measure(teacher, lengths, args.decode_tokens, args.chunk, device, args.teacher_max,
+                                  random_fill=args.teacher_fill == "random", deadline=args.deadline)}
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     student = lizardlm.convert(teacher, lizardlm.LizardConfig())
-    results["lizard"] = measure(student, lengths, args.decode_tokens, args.chunk, device, 1 << 40)
+    results["lizard"] = measure(student, lengths, args.decode_tokens, args.chunk, device, 1 << 40,
+                                deadline=args.deadline)
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"device": name, "dtype": str(dtype), "torch": torch.__version__, "model": "SmolLM2-135M shape, random weights",
-               "decode_tokens": args.decode_tokens, "results": results}
+               "decode_tokens": args.decode_tokens, "prefill_chunk": args.chunk,
+               "teacher_fill": args.teacher_fill, "results": results}
     (args.out / f"decode-{slug}.json").write_text(json.dumps(payload, indent=2))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
     for label, rows in results.items():

@@ -5,6 +5,12 @@ alongside the first mode, and collects every number into ``<out>/linearize-<devi
 
     python benchmarks/linearize_gpu.py --out results/ --modes lizard,lolcats \
         --stage1-tokens 2097152 --stage2-tokens 2097152 --runs /tmp/runs
+
+``--variant 'NAME:FLAGS'`` adds a run named NAME with extra ``lizardlm linearize`` flags, e.g.
+``--variant 'lizard-w128:--mode lizard --window-size 128'``.
+
+``--merge FILE`` starts from an earlier call's JSON (same budgets) and replaces only the modes run
+now, so the modes can be spread over several 10-minute device calls.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ def main() -> int:
     p.add_argument("--stage2-tokens", type=int, default=2_097_152)
     p.add_argument("--passkey-lengths", default="1024,2048,4096,8192,16384")
     p.add_argument("--deadline", type=float, default=560.0, help="seconds for everything")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:FLAGS",
+                   help="an extra run: NAME, then the linearize flags it adds (repeatable)")
+    p.add_argument("--merge", type=Path, help="earlier result JSON whose other modes are kept")
     p.add_argument("--with-teacher", action="store_true", help="evaluate the teacher alongside the first mode")
     args = p.parse_args()
 
@@ -67,11 +76,23 @@ def main() -> int:
         "stage2_tokens": args.stage2_tokens,
         "eval_tasks": EVAL_TASKS,
         "modes": {},
+        "calls": [],
     }
+    if args.merge is not None and args.merge.exists():
+        earlier = json.loads(args.merge.read_text())
+        for key in ("stage1_tokens", "stage2_tokens", "eval_tasks"):
+            if earlier[key] != result[key]:
+                p.error(f"--merge {args.merge}: {key} is {earlier[key]} there, {result[key]} now")
+        calls = earlier.get("calls") or [{"modes": list(earlier["modes"]), "wall_seconds": earlier.get("wall_seconds")}]
+        result["modes"], result["calls"] = earlier["modes"], calls
     lizardlm = [sys.executable, "-m", "lizardlm"]
-    for i, mode in enumerate(args.modes.split(",")):
+    runs = {m: ["--mode", m] for m in args.modes.split(",") if m}
+    for spec in args.variant:
+        name, _, flags = spec.partition(":")
+        runs[name] = flags.split()
+    for i, (mode, flags) in enumerate(runs.items()):
         left = args.deadline - (time.perf_counter() - start)
-        entry: dict = {}
+        entry: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "flags": " ".join(flags)}
         result["modes"][mode] = entry
         if left < 60:
             entry["status"] = f"skipped: {left:.0f} s left of the deadline"
@@ -80,7 +101,7 @@ def main() -> int:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         rc, secs = run(
-            lizardlm + ["linearize", "--preset", "gpu", "--mode", mode, "--out", str(run_dir), "--device", "cuda",
+            lizardlm + ["linearize", "--preset", "gpu", *flags, "--out", str(run_dir), "--device", "cuda",
                         "--stage1-tokens", str(args.stage1_tokens), "--stage2-tokens", str(args.stage2_tokens)],
             log, timeout=left - 30,
         )
@@ -104,11 +125,13 @@ def main() -> int:
         entry["status"] = "done" if rc == 0 else f"eval failed (exit {rc}); see the log"
         for png in run_dir.glob("stage*_loss.png"):
             shutil.copy(png, args.out / f"{mode}-{png.name}")
-    result["wall_seconds"] = time.perf_counter() - start
+    result["calls"].append({"modes": list(runs), "wall_seconds": time.perf_counter() - start})
+    result.pop("wall_seconds", None)
     out = args.out / f"linearize-{slug(device)}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({m: e.get("status") for m, e in result["modes"].items()}))
-    for m, e in result["modes"].items():
+    for m in runs:
+        e = result["modes"][m]
         if "summary" in e:
             s = e["summary"]
             print(f"{m}: teacher val ppl {s['teacher_val_ppl']:.2f}, student {s['student_val_ppl']:.2f}, "
