@@ -73,6 +73,17 @@ def test_cached_decoding_equals_full_sequence(arch):
     assert torch.allclose(prefilled, full, atol=1e-4, rtol=1e-4)
 
 
+def test_bfloat16_model_decodes_in_bfloat16():
+    """Half-precision weights: prefill and single-token steps keep the model's dtype end to end."""
+    model = lizard_model("llama").to(torch.bfloat16)
+    ids = torch.randint(0, 97, (1, 30))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits.float()
+    step, _ = decode_token_by_token(model, ids, prefill=20)
+    assert step.dtype == torch.bfloat16
+    assert (step.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
 def test_conversion_keeps_teacher_projections_and_types():
     teacher = TEACHERS["qwen2"]().eval()
     q_weight, q_bias = teacher.model.layers[1].self_attn.q_proj.weight, teacher.model.layers[1].self_attn.q_proj.bias

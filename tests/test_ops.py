@@ -167,3 +167,16 @@ def test_window_queries_after_cached_prefix(gen):
         x["q"][:, :, 21:], x["k"], x["v"], 7, 0.3, x["meta_k"], x["meta_v"], chunk_size=4, meta_bias=x["meta_bias"]
     )
     assert rel_err(tail, full[:, :, 21:]) <= 1e-12
+
+
+@pytest.mark.parametrize("form", [lizard_attention_naive, lizard_attention_chunk, lizard_attention_recurrent])
+def test_lizard_forms_return_the_input_dtype(form, gen):
+    """bfloat16 in, bfloat16 out (the math runs in float32), also for single-token decoding steps."""
+    B, H, Hk, T, D, F_, w, m, C = SHAPES[0]
+    x = make_inputs(B, H, Hk, T, D, F_, m, torch.bfloat16, gen)
+    out = form(**x, window=w, scale=D**-0.5)
+    y = out[0] if isinstance(out, tuple) else out
+    assert y.dtype == torch.bfloat16
+    ref = lizard_attention_naive(**{k: (v.double() if v is not None else None) for k, v in x.items()},
+                                 window=w, scale=D**-0.5)
+    assert rel_err(y, ref) < 2e-2

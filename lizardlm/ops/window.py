@@ -54,7 +54,7 @@ def window_attention_naive(
     meta_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: full Tq x Tk score matrix with a band mask."""
-    dtype = compute_dtype(q)
+    dtype, out_dtype = compute_dtype(q), q.dtype
     H, Tq, Tk = q.shape[1], q.shape[2], k.shape[2]
     q = q.to(dtype)
     k, v = expand_heads(k.to(dtype), H), expand_heads(v.to(dtype), H)
@@ -62,7 +62,7 @@ def window_attention_naive(
     kpos = torch.arange(Tk, device=q.device)[None, :]
     band = (kpos <= qpos) & (kpos > qpos - window)
     scores = (scale * q @ k.transpose(-1, -2)).masked_fill(~band, float("-inf"))
-    return _combine(scores, v, _meta_scores(q, meta_k, scale, meta_bias), meta_v, q.dtype)
+    return _combine(scores, v, _meta_scores(q, meta_k, scale, meta_bias), meta_v, out_dtype)
 
 
 def window_attention_chunk(
