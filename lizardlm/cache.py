@@ -39,8 +39,10 @@ class LizardCacheLayer(CacheLayerMixin):
     def get_seq_length(self) -> int:
         return self.seen
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0
+    def get_mask_sizes(self, query_length: int | torch.Tensor) -> tuple[int, int]:
+        """Lizard layers read no attention mask: ask for the smallest one (queries x themselves),
+        which transformers skips altogether for causal inputs without padding."""
+        return (query_length.shape[0] if isinstance(query_length, torch.Tensor) else query_length), 0
 
     def get_max_length(self) -> int:
         return -1
@@ -88,6 +90,14 @@ class LizardCache(Cache):
         """An empty cache shaped for ``model`` (a Lizard model or its config)."""
         config = getattr(model, "config", model)
         return cls(config.num_hidden_layers, config.lizard["softmax_layers"])
+
+    def get_mask_sizes(self, query_length: int | torch.Tensor, layer_idx: int = 0) -> tuple[int, int]:
+        """Mask sizes for the softmax layers (the only ones that read a mask), else a Lizard layer's.
+
+        Without this, a 16K-token prefill after 1M cached tokens would build a 16K x 1M mask.
+        """
+        softmax = [layer for layer in self.layers if not isinstance(layer, LizardCacheLayer)]
+        return (softmax[0] if softmax else self.layers[layer_idx]).get_mask_sizes(query_length)
 
     def nbytes(self) -> int:
         """Bytes held by every tensor in the cache."""

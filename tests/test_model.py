@@ -128,6 +128,7 @@ def test_cache_size_is_constant_in_context_length():
             model(ids, past_key_values=cache, use_cache=True)
             model(ids[:, :1], past_key_values=cache, use_cache=True)
         assert cache.get_seq_length() == length + 1
+        assert cache.get_mask_sizes(7, 0) == (7, 0)  # no mask over the whole context is ever built
         sizes[length] = cache.nbytes()
     assert sizes[40] == sizes[4000] > 0
 
@@ -139,6 +140,7 @@ def test_hybrid_cache_grows_only_in_softmax_layers():
         model(torch.randint(0, 97, (1, 50)), past_key_values=cache, use_cache=True)
     assert cache.layers[2].keys.shape[-2] == 50
     assert cache.layers[0].state.keys.shape[-2] == 8
+    assert cache.get_mask_sizes(3, 0) == (53, 0)  # sized for the softmax layer, whatever layer asks
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
