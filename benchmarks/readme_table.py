@@ -57,14 +57,25 @@ def linearize(path: Path) -> str:
     keys += [("mqar", k, f"MQAR {k}") for k in first["mqar"]["teacher"]["metrics"]]
     keys += [("passkey", k, f"passkey {k}") for k in first["passkey"]["teacher"]["metrics"]]
     for task, key, label in keys:
-        vals = [metric(lead, task, key, teacher=True)] + [metric(m, task, key) for m in modes]
-        cells = ["–" if v is None else (f"{v:.2f}" if task == "wikitext2" else f"{v:.3f}") for v in vals]
+        ref = metric(lead, task, key, teacher=True)
+        cells = ["–" if ref is None else (f"{ref:.2f}" if task == "wikitext2" else f"{ref:.3f}")]
+        for m in modes:
+            v = metric(m, task, key)
+            if v is None:
+                cells.append("–")
+            elif task == "wikitext2":
+                cells.append(f"{v:.2f}")
+            else:  # accuracy, with its recovery of the teacher's
+                cells.append(f"{v:.3f} ({100 * v / ref:.0f}%)" if ref else f"{v:.3f}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     s = {m: e["summary"] for m, e in modes.items()}
     rows.append("| held-out val perplexity (training distribution) | "
                 + f"{s[lead]['teacher_val_ppl']:.2f} | " + " | ".join(f"{s[m]['student_val_ppl']:.2f}" for m in modes) + " |")
     rows.append("| wall time stage 1 + stage 2 (s) | – | "
                 + " | ".join(f"{s[m]['stage1_seconds']:.0f} + {s[m]['stage2_seconds']:.0f}" for m in modes) + " |")
+    flags = [f"`{m}` = `lizardlm linearize --preset gpu {e['flags']}`" for m, e in modes.items() if e.get("flags")]
+    if flags:
+        rows += ["", "Accuracy cells show (recovery % of the teacher). Runs: " + "; ".join(flags) + "."]
     return "\n".join(rows)
 
 
@@ -74,7 +85,9 @@ def decode(path: Path) -> str:
     contexts = sorted({c for rows in by.values() for c in rows})
     rows = [
         f"Decoding one token after a long context, {d['device']} (`{path.name}`): {d['model']}, {d['dtype']}; "
-        "median of the timed steps.",
+        "median of the timed steps"
+        + ("; the teacher's cache is filled with random keys/values (same cost per step as a real prefix), "
+           "Lizard's by prefilling the context" if d.get("teacher_fill") == "random" else "") + ".",
         "",
         "| context | teacher ms/token | teacher cache (MiB) | Lizard ms/token | Lizard cache (MiB) |",
         "|---:|---:|---:|---:|---:|",
