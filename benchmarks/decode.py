@@ -49,6 +49,19 @@ def fill_random(model, cache: DynamicCache, n: int) -> None:
         cache.update(k, v, layer)
 
 
+def gpu_busy_ms(step, steps: int = 4) -> float:
+    """Milliseconds of CUDA kernel time per call of ``step`` (torch profiler): the device's share of
+    a decoding step, free of the host's launch overhead that dominates small models' wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    total_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
+    return total_us / 1000 / steps
+
+
 @torch.no_grad()
 def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: str, max_len: int,
             random_fill: bool = False, deadline: float = float("inf")) -> list[dict]:
@@ -75,21 +88,27 @@ def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: s
                 done += n
             fill_seconds = time.perf_counter() - t_fill
             tok = torch.randint(0, vocab, (1, 1), device=device)
+
+            def step() -> None:
+                nonlocal tok, done
+                tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                done += 1
+
             times = []
             for _ in range(decode_tokens):
                 if device == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                step()
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-            done += decode_tokens
             times.sort()
             rows.append({"context": target, "ms_per_token": 1000 * times[len(times) // 2],
                          "cache_mib": cache_bytes(cache) / 2**20, "fill_seconds": fill_seconds,
                          "fill": "random" if random_fill else "prefill", "status": "ok"})
             if device == "cuda":
+                rows[-1]["gpu_busy_ms_per_token"] = gpu_busy_ms(step)
                 rows[-1]["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         except torch.OutOfMemoryError:
             rows.append({"context": target, "status": "out of memory"})

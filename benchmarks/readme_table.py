@@ -83,20 +83,29 @@ def decode(path: Path) -> str:
     d = json.loads(path.read_text())
     by = {name: {r["context"]: r for r in rows} for name, rows in d["results"].items()}
     contexts = sorted({c for rows in by.values() for c in rows})
+    busy = any("gpu_busy_ms_per_token" in r for rows in by.values() for r in rows.values())
+    cols = ["ms/token", "GPU-busy ms/token", "cache (MiB)"] if busy else ["ms/token", "cache (MiB)"]
     rows = [
         f"Decoding one token after a long context, {d['device']} (`{path.name}`): {d['model']}, {d['dtype']}; "
         "median of the timed steps"
         + ("; the teacher's cache is filled with random keys/values (same cost per step as a real prefix), "
-           "Lizard's by prefilling the context" if d.get("teacher_fill") == "random" else "") + ".",
+           "Lizard's by prefilling the context" if d.get("teacher_fill") == "random" else "")
+        + ("; GPU-busy = CUDA kernel time per step (torch profiler)" if busy else "") + ".",
         "",
-        "| context | teacher ms/token | teacher cache (MiB) | Lizard ms/token | Lizard cache (MiB) |",
-        "|---:|---:|---:|---:|---:|",
+        "| context | " + " | ".join(f"{who} {c}" for who in ("teacher", "Lizard") for c in cols) + " |",
+        "|---:|" + "---:|" * (2 * len(cols)),
     ]
     for c in contexts:
         cells = []
         for name in ("teacher", "lizard"):
             r = by.get(name, {}).get(c, {})
-            cells += [f"{r['ms_per_token']:.1f}", f"{r['cache_mib']:.1f}"] if r.get("status") == "ok" else [r.get("status", "–"), "–"]
+            if r.get("status") != "ok":
+                cells += [r.get("status", "–")] + ["–"] * (len(cols) - 1)
+                continue
+            cells.append(f"{r['ms_per_token']:.1f}")
+            if busy:
+                cells.append(f"{r['gpu_busy_ms_per_token']:.2f}")
+            cells.append(f"{r['cache_mib']:.1f}")
         rows.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
