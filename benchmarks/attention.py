@@ -67,9 +67,9 @@ def sdpa_cudnn(x):
         return F.scaled_dot_product_attention(x["q"], x["k"], x["v"], is_causal=True)
 
 
-KERNELS = ("lin_h", "fwd_out", "pre", "lin_dh", "lin_bwd", "lin_bwd_fused", "win_bwd")
-KNAME = {"lin_h": "lin_fwd_h", "fwd_out": "fwd_out", "pre": "bwd_pre", "lin_dh": "lin_bwd_dh", "lin_bwd": "lin_bwd",
-         "lin_bwd_fused": "lin_bwd_fused", "win_bwd": "win_bwd"}
+KERNELS = ("win_fwd", "lin_h", "lin_o", "pre", "lin_dh", "lin_bwd", "win_bwd")
+KNAME = {"win_fwd": "win_fwd", "lin_h": "lin_fwd_h", "lin_o": "lin_fwd_o", "pre": "bwd_pre",
+         "lin_dh": "lin_bwd_dh", "lin_bwd": "lin_bwd", "win_bwd": "win_bwd"}
 
 
 def kernel_times(B, T, iters=5):
@@ -129,12 +129,12 @@ def _collect_resources(K, res):
 
 # Launch settings tried per kernel, one per round (a kernel with fewer options keeps its last).
 TUNE_ROUNDS = {
+    "win_fwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
     "lin_h": [(4, 2), (4, 3), (4, 4), (4, 1)],
-    "fwd_out": [(4, 1), (4, 2), (8, 1), (8, 2)],
+    "lin_o": [(4, 1), (4, 2), (8, 1), (8, 2)],
     "pre": [(4, 1), (8, 1), (2, 1), (4, 1)],
     "lin_dh": [(4, 2), (4, 3), (4, 4), (4, 1)],
     "lin_bwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
-    "lin_bwd_fused": [(8, 1), (4, 1), (8, 2), (4, 2)],
     "win_bwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
 }
 TUNE_SHAPES = ((16, 2048), (1, 32768))
@@ -194,7 +194,7 @@ def tune():
     m, err = tune_measure(cur)
     cur_total = sum(m["total"]) if m else float("inf")
     print(f"tune best-per-kernel: {m and m['total']} {cur}", flush=True)
-    for extra in ({"hblock": 32}, {"bvl_bwd": 32}, {"chunk": 32}):
+    for extra in ({"hblock": 32}, {"bvl_bwd": 32}, {"bvl_o": 128}, {"chunk": 128}):
         trial = {**cur, **extra}
         m, err = tune_measure(trial)
         if m is None:
@@ -330,11 +330,6 @@ def main():
                     record(name, T, B, mode, *bench(fn, x, mode == "fwd+bwd"))
                 except RuntimeError as e:  # a backend that refuses this shape
                     print(f"{name} T={T} {mode}: {str(e)[:120]}")
-            if mode == "fwd+bwd":  # both linear-branch backward designs, whichever "auto" picks
-                for choice in ("split", "fused"):
-                    tlz.CFG["bwd"] = choice
-                    record(f"lizard-bwd-{choice}", T, B, mode, *bench(lizard, x, True))
-                    del tlz.CFG["bwd"]
             if T <= 2048 and not args.quick:
                 record("torch-chunk", T, B, mode, *bench(lambda x: lizard(x, "torch-chunk"), x, mode == "fwd+bwd"))
         del x
@@ -345,8 +340,6 @@ def main():
         for name, fn in (("sdpa", sdpa), ("lizard", lizard)):
             record(name, T, 1, "fwd", *bench(fn, x, False))
         del x
-    res["resources"] = {k: [list(r) for r in v] for k, v in compiled_resources().items()}
-    print("registers, spills, shared memory per kernel:", res["resources"], flush=True)
     # ratios
     t = {(r["op"], r["T"], r["mode"]): r["ms"] for r in res["runs"]}
     res["speedup_vs_sdpa"] = {f"{mode} T={T}": t[("sdpa", T, mode)] / t[("lizard", T, mode)]

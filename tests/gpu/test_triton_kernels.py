@@ -76,17 +76,9 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["split", "fused"])
-def linear_backward(request):
-    """Both designs of the linear-branch backward (``auto`` picks one by the number of programs)."""
-    tl_lizard.CFG["bwd"] = request.param
-    yield request.param
-    del tl_lizard.CFG["bwd"]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES)
-def test_matches_float64_reference(case, dtype, linear_backward):
+def test_matches_float64_reference(case, dtype):
     errs = check(*case, dtype=dtype)
     bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
     print(case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))

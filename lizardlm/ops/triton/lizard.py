@@ -1,7 +1,7 @@
 """Autograd function and entry point of the Triton (CUDA) Lizard attention op.
 
-Forward: chunk states of the linear branch -> one output kernel per block of queries that runs the
-window branch (o, lse), adds the linear branch and normalises, y = (o + N) / (1 + Z).
+Forward: window kernel (o, lse) -> chunk states of the linear branch -> per-chunk output kernel
+that adds the linear branch and normalises, y = (o + N) / (1 + Z).
 Backward: prelude (do, dZ, Delta) -> reverse chunk-state gradients -> linear-branch gradients
 -> window-branch gradients; the log-decay gradient is a reverse cumulative sum of
 ``fq.dfq - fk.dfk`` (done in torch), group sums for grouped-query attention likewise.
@@ -28,10 +28,9 @@ def _empty(*shape, device, dtype) -> torch.Tensor:
 
 CFG: dict[str, dict] = {}
 """Launch overrides per kernel, e.g. ``CFG["win_bwd"] = {"num_warps": 4, "num_stages": 2}`` (tuning).
-The defaults below come from ``benchmarks/attention.py --tune`` on an H100 (bf16, D = F = 128); in
-Triton 3.6 a window kernel with num_warps=8 hit an illegal memory access once (see
-benchmarks/NOTES.md): keep to tried settings. ``CFG["bwd"]`` = "fused" / "split" forces a design of
-the linear-branch backward (default: by parallelism, see :func:`_fused_linear_backward`)."""
+The defaults below won ``benchmarks/attention.py --tune`` on an H100 (bf16, D = F = 128); in
+Triton 3.6 the window forward with num_warps=8, num_stages=1 hit an illegal memory access once
+(see benchmarks/NOTES.md): keep to tried settings."""
 
 
 def _cfg(name: str, **default) -> dict:
@@ -57,7 +56,7 @@ def _gates(g: torch.Tensor, window: int, chunk: int):
     return gl, gw
 
 
-def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk):
+def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk, need_h_for_bwd=True):
     B, H, T, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     G = H // Hk
@@ -66,6 +65,15 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk):
     has_meta = mk is not None and mk.shape[1] > 0
     M = mk.shape[1] if has_meta else 0
     dummy = q.new_empty(1)
+    BM = 64
+    o = _empty(B, H, T, DV, device=q.device, dtype=q.dtype)
+    lse = _empty(BH, T, device=q.device, dtype=torch.float32)
+    K._win_fwd[(triton.cdiv(T, BM), BH)](
+        q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy, o, lse,
+        T, H, G, M, scale,
+        W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BN=BM, NBW=triton.cdiv(window - 1, BM), BMETA=_pow2(max(M, 1)),
+        HAS_META=has_meta, PREC=prec, **_cfg("win_fwd", num_warps=4, num_stages=1),
+    )
     gl, gw = _gates(g.reshape(BH, T), window, chunk)
     TP = gl.shape[1]
     NT = TP // chunk
@@ -76,29 +84,13 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk):
         fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
         W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
     )
-    o = _empty(B, H, T, DV, device=q.device, dtype=q.dtype)
-    lse = _empty(BH, T, device=q.device, dtype=torch.float32)
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
-    K._fwd_out[(NT, BH)](
-        q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy,
-        fq, fk, gl, gw, hs, hz, o, lse, y, zb, T, TP, H, G, M, NT, scale,
-        W=window, D=D, DV=DV, F=Fd, BD=_pow2(D), BDV=_pow2(DV), BF=_pow2(Fd), BT=chunk,
-        NBW=triton.cdiv(window - 1, chunk), BMETA=_pow2(max(M, 1)), HAS_META=has_meta, PREC=prec,
-        **_cfg("fwd_out", num_warps=4, num_stages=1),
+    K._lin_fwd_o[(NT, BH)](
+        fq, fk, v, gl, gw, hs, hz, o, y, zb, T, TP, H, G, NT,
+        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_o", num_warps=4, num_stages=1),
     )
     return y, o, lse, gl, gw, hs, hz, zb
-
-
-def _fused_linear_backward(BH: int, device: torch.device) -> bool:
-    """Whether the linear-branch backward runs as one reverse scan per (b, h): it saves the chunk
-    state gradients' round trip through memory but has only B*H programs, so it needs at least
-    ``CFG["fused_bwd_waves"]`` (default 1) programs per SM."""
-    choice = CFG.get("bwd", "auto")
-    if choice != "auto":
-        return choice == "fused"
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    return BH >= CFG.get("fused_bwd_waves", 1) * sms
 
 
 def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
@@ -134,36 +126,28 @@ class LizardAttentionFunction(torch.autograd.Function):
         dz = _empty(BH, T, device=dev, dtype=f32)
         delta = _empty(BH, T, device=dev, dtype=f32)
         K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, **_cfg("pre", num_warps=8))
-        # linear branch: one reverse scan per (b, h) when that fills the GPU, else state gradients
-        # per chunk (scan over F x V tiles) and a kernel parallel over chunks
+        # linear branch
+        dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
+        dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
+        BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
+        K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
+            fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
+            **_cfg("lin_dh", num_warps=4, num_stages=3),
+        )
         gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
         dfq = _empty(*fq.shape, device=dev, dtype=fq.dtype)
-        tail = max(T - window, 0)  # rows t >= T - w of the key-side linear gradients get nothing
+        # rows t >= T - w of the key-side linear gradients get nothing from the linear branch
+        tail = max(T - window, 0)
         dfk = _empty(B, H, T, Fd, device=dev, dtype=gdt)
         dfk[:, :, tail:].zero_()
         dvl = _empty(B, H, T, DV, device=dev, dtype=gdt)  # rows >= T - w are never read
         dgq = _empty(BH, T, device=dev, dtype=f32)
         dgk = _empty(BH, T, device=dev, dtype=f32)
         dgk[:, tail:].zero_()
-        if _fused_linear_backward(BH, dev):
-            K._lin_bwd_fused[(BH,)](
-                fq, fk, v, gl, gw, hs, hz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
-                W=window, F=Fd, DV=DV, BF=_pow2(Fd), BDV=_pow2(DV), BT=chunk, PREC=prec,
-                **_cfg("lin_bwd_fused", num_warps=8, num_stages=1),
-            )
-        else:
-            dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
-            dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
-            BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
-            K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
-                fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
-                **_cfg("lin_dh", num_warps=4, num_stages=3),
-            )
-            K._lin_bwd[(NT, BH)](
-                fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
-                W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_bwd", 64), _pow2(DV)), BT=chunk,
-                PREC=prec, **_cfg("lin_bwd", num_warps=8, num_stages=2),
-            )
+        K._lin_bwd[(NT, BH)](
+            fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT,
+            W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_bwd", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_bwd", num_warps=8, num_stages=2),
+        )
         # window branch
         has_meta = mk is not None and mk.shape[1] > 0
         M = mk.shape[1] if has_meta else 0
