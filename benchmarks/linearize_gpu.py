@@ -10,7 +10,8 @@ alongside the first mode, and collects every number into ``<out>/linearize-<devi
 ``--variant 'lizard-w128:--mode lizard --window-size 128'``.
 
 ``--merge FILE`` starts from an earlier call's JSON (same budgets) and replaces only the modes run
-now, so the modes can be spread over several 10-minute device calls.
+now, so the modes can be spread over several 10-minute device calls; ``--eval-only`` re-evaluates
+runs already under ``--runs`` (how ``no_meta`` was finished after its eval hit a call's deadline).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main() -> int:
     p.add_argument("--deadline", type=float, default=560.0, help="seconds for everything")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:FLAGS",
                    help="an extra run: NAME, then the linearize flags it adds (repeatable)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate the runs already under --runs again (e.g. after an eval hit the deadline)")
     p.add_argument("--merge", type=Path, help="earlier result JSON whose other modes are kept")
     p.add_argument("--with-teacher", action="store_true", help="evaluate the teacher alongside the first mode")
     args = p.parse_args()
@@ -93,21 +96,27 @@ def main() -> int:
     for i, (mode, flags) in enumerate(runs.items()):
         left = args.deadline - (time.perf_counter() - start)
         entry: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "flags": " ".join(flags)}
+        if args.eval_only:  # keep the training record, redo the evaluation
+            entry = {**result["modes"].get(mode, {}), **entry}
         result["modes"][mode] = entry
         if left < 60:
             entry["status"] = f"skipped: {left:.0f} s left of the deadline"
             continue
         run_dir = args.runs / mode
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        rc, secs = run(
-            lizardlm + ["linearize", "--preset", "gpu", *flags, "--out", str(run_dir), "--device", "cuda",
-                        "--stage1-tokens", str(args.stage1_tokens), "--stage2-tokens", str(args.stage2_tokens)],
-            log, timeout=left - 30,
-        )
-        entry["linearize_rc"], entry["linearize_seconds"] = rc, secs
-        if rc != 0:
-            entry["status"] = f"linearize failed (exit {rc}); see the log"
+        if not args.eval_only:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            rc, secs = run(
+                lizardlm + ["linearize", "--preset", "gpu", *flags, "--out", str(run_dir), "--device", "cuda",
+                            "--stage1-tokens", str(args.stage1_tokens), "--stage2-tokens", str(args.stage2_tokens)],
+                log, timeout=left - 30,
+            )
+            entry["linearize_rc"], entry["linearize_seconds"] = rc, secs
+            if rc != 0:
+                entry["status"] = f"linearize failed (exit {rc}); see the log"
+                continue
+        elif not (run_dir / "summary.json").exists():
+            entry["status"] = f"--eval-only: no finished run in {run_dir}"
             continue
         entry["summary"] = json.loads((run_dir / "summary.json").read_text())
         left = args.deadline - (time.perf_counter() - start)
