@@ -135,7 +135,6 @@ def main() -> int:
         for png in run_dir.glob("stage*_loss.png"):
             shutil.copy(png, args.out / f"{mode}-{png.name}")
     result["calls"].append({"modes": list(runs), "wall_seconds": time.perf_counter() - start})
-    result.pop("wall_seconds", None)
     out = args.out / f"linearize-{slug(device)}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({m: e.get("status") for m, e in result["modes"].items()}))
