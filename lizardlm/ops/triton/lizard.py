@@ -45,6 +45,17 @@ def _prec(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
+def _scan_blocks(BH: int, Fd: int, DV: int, device) -> tuple[int, int]:
+    """(feature, value) tile of one program of the sequential chunk scans: whole value rows (each
+    chunk's rows are loaded once per feature tile) while that leaves two programs per SM, else
+    64 x 64 (more programs: the scans are sequential over chunks, parallel only over tiles and b, h)."""
+    bk, bv = min(64, _pow2(Fd)), _pow2(DV)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if bv > 128 or BH * triton.cdiv(Fd, bk) < 2 * sms:
+        bv = min(64, bv)
+    return bk, bv
+
+
 def _gates(g: torch.Tensor, window: int, chunk: int):
     """Chunk-local inclusive cumsum (padded to whole chunks) and window sums G_t - G_{t-w}."""
     BH, T = g.shape
@@ -56,7 +67,7 @@ def _gates(g: torch.Tensor, window: int, chunk: int):
     return gl, gw
 
 
-def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk, need_h_for_bwd=True):
+def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk):
     B, H, T, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     G = H // Hk
@@ -79,7 +90,7 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk, need_h_for_bwd=Tr
     NT = TP // chunk
     hs = _empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
     hz = _empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
-    BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
+    BK, BV = CFG.get("h_block") or _scan_blocks(BH, Fd, DV, q.device)
     K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
         fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
         W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
@@ -129,7 +140,7 @@ class LizardAttentionFunction(torch.autograd.Function):
         # linear branch
         dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
         dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
-        BK, BV = min(CFG.get("hblock", 64), _pow2(Fd)), min(CFG.get("hblock", 64), _pow2(DV))
+        BK, BV = CFG.get("dh_block") or _scan_blocks(BH, Fd, DV, dev)
         K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
             fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
             **_cfg("lin_dh", num_warps=4, num_stages=3),
