@@ -83,3 +83,15 @@ def test_matches_float64_reference(case, dtype):
     bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
     print(case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
     assert not bad, f"{case} {dtype}: {bad}"
+
+
+@pytest.mark.parametrize("blocks", [(64, 64), (64, 128), (32, 128)])
+def test_scan_tiles(blocks):
+    """Every (feature, value) tile the chunk scans may pick, forced on a small case."""
+    tl_lizard.CFG.update(h_block=blocks, dh_block=blocks)
+    try:
+        errs = check(1, 4, 2, 300, 128, 128, 128, 64, 4, True, dtype=torch.bfloat16)
+    finally:
+        tl_lizard.CFG.pop("h_block")
+        tl_lizard.CFG.pop("dh_block")
+    assert max(errs.values()) <= TOL[torch.bfloat16], errs

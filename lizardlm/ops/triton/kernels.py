@@ -303,7 +303,7 @@ def _win_bwd(
 ):
     """Window-branch gradients. Program j: dk, dv of key block j (dv plus the linear branch's DVL,
     rows n < T - W); dq of query block j; partial meta gradients of query block j
-    (DMK/DMV (B*H, NB, BMETA, ·), unscaled; DMB (B*H, NB, BMETA), the meta logit biases)."""
+    (DMK/DMV (B*H, NB, M, ·), unscaled; DMB (B*H, NB, M), the meta logit biases)."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -366,9 +366,9 @@ def _win_bwd(
         dq += tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
         dmk = tl.dot(tl.trans(ds_e.to(q.dtype)), q, input_precision=PREC)
         dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
-        tl.store(DMK + (pid_bh * NB + j) * BMETA * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=dmask[None, :])
-        tl.store(DMV + (pid_bh * NB + j) * BMETA * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=dvmask[None, :])
-        tl.store(DMB + (pid_bh * NB + j) * BMETA + offs_e, tl.sum(ds_e, 0))
+        tl.store(DMK + (pid_bh * NB + j) * M * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=emask[:, None] & dmask[None, :])
+        tl.store(DMV + (pid_bh * NB + j) * M * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=emask[:, None] & dvmask[None, :])
+        tl.store(DMB + (pid_bh * NB + j) * M + offs_e, tl.sum(ds_e, 0), mask=emask)
     for i in range(0, NBW + 1):
         offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
         nmask2 = (offs_n2 < T) & (offs_n2 >= 0)

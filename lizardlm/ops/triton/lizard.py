@@ -169,9 +169,9 @@ class LizardAttentionFunction(torch.autograd.Function):
         dk = _empty(B, H, T, D, device=dev, dtype=gdt)
         dvw = _empty(B, H, T, DV, device=dev, dtype=gdt)
         if has_meta:
-            dmk_p = _empty(BH, NB, BMETA, D, device=dev, dtype=f32)
-            dmv_p = _empty(BH, NB, BMETA, DV, device=dev, dtype=f32)
-            dmb_p = _empty(BH, NB, BMETA, device=dev, dtype=f32)
+            dmk_p = _empty(B, H, NB, M, D, device=dev, dtype=f32)
+            dmv_p = _empty(B, H, NB, M, DV, device=dev, dtype=f32)
+            dmb_p = _empty(B, H, NB, M, device=dev, dtype=f32)
         else:
             dmk_p = dmv_p = dmb_p = q.new_empty(1)
         dummy = q.new_empty(1)
@@ -191,9 +191,9 @@ class LizardAttentionFunction(torch.autograd.Function):
             dg = dG.flip(-1).cumsum(-1).flip(-1).view(B, H, T).to(ctx.g_dtype)
         dmk = dmv = dmb = None
         if has_meta:
-            dmk = (dmk_p.view(B, H, NB, BMETA, D)[:, :, :, :M].sum((0, 2)) * scale).to(mk.dtype)
-            dmv = dmv_p.view(B, H, NB, BMETA, DV)[:, :, :, :M].sum((0, 2)).to(mv.dtype)
-            dmb = dmb_p.view(B, H, NB, BMETA)[:, :, :, :M].sum((0, 2)).to(mb.dtype)
+            dmk = (dmk_p.sum((0, 2)) * scale).to(mk.dtype)
+            dmv = dmv_p.sum((0, 2)).to(mv.dtype)
+            dmb = dmb_p.sum((0, 2)).to(mb.dtype)
         return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, None, None, None, None
 
 
