@@ -159,6 +159,22 @@ def test_window_forms_agree(shape, gen):
         assert rel_err(lse, lse_ref) <= 1e-12
 
 
+def test_window_chunk_gradients_with_padding_past_the_window(gen):
+    """No meta slots and more padding rows in the last block than the window: those rows have no
+    key, and their gradients used to come back NaN (regression)."""
+    x = make_inputs(1, 2, 1, 70, 8, 4, 0, torch.float64, gen)
+    kw = dict(window=20, scale=8**-0.5)
+    names = ("q", "k", "v", "fq", "fk", "g")
+    for n in names:
+        x[n].requires_grad_()
+    ref = torch.autograd.grad(lizard_attention_naive(**x, **kw).square().sum(), [x[n] for n in names])
+    y, _ = lizard_attention_chunk(**x, chunk_size=64, **kw)
+    got = torch.autograd.grad(y.square().sum(), [x[n] for n in names])
+    for n, a, b in zip(names, got, ref):
+        assert torch.isfinite(a).all(), n
+        assert rel_err(a, b) <= 1e-10, n
+
+
 def test_window_queries_after_cached_prefix(gen):
     """Tq < Tk: queries sit at the end of the key sequence (decoding after a prefix)."""
     x = make_inputs(2, 4, 2, 30, 8, 4, 2, torch.float64, gen)

@@ -100,6 +100,9 @@ def window_attention_chunk(
     in_band = (r >= i) & (r < i + w)
     key_pos = torch.arange(n, device=q.device)[:, None, None] * C + r[None] - lead
     valid = in_band[None] & (key_pos >= 0) & (key_pos < Tk)  # (n, C, span)
+    # padding queries past the end may have no key at all: give them their (zero) first band slot,
+    # or their -inf log-sum-exp turns the discarded rows into NaN gradients
+    valid = valid | (~valid.any(-1, keepdim=True) & (r == i)[None])
     scores = (scale * qb @ kb.transpose(-1, -2)).masked_fill(~valid, float("-inf")).view(B, H, n, C, span)
     meta = _meta_scores(qb.view(B, H, n, C, D), meta_k, scale, meta_bias)
     if meta is not None:
