@@ -6,7 +6,8 @@ then ``--decode-tokens`` single-token steps are timed at each measured length. T
 it exceeds ``--teacher-max`` tokens or runs out of memory. ``--teacher-fill random`` writes random
 keys/values straight into the teacher's cache instead of prefilling it: a softmax decode step costs
 the same whatever the cached values are, and a quadratic 1M-token prefill would not fit the time.
-``--deadline`` stops measuring longer contexts once that many seconds have passed.
+``--deadline`` stops measuring longer contexts once that many seconds have passed. On CUDA the
+Lizard model is also timed with each step replayed as one CUDA graph (``lizardlm.graph_decode``).
 
     python benchmarks/decode.py --lengths 1024,4096,16384 --out benchmarks/results
     python benchmarks/decode.py --lengths 1024,4096,16384,65536,262144,1048576 --teacher-fill random \
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import lizardlm  # noqa: E402
+from lizardlm.graph_decode import CudaGraphDecoder  # noqa: E402
 
 
 def cache_bytes(cache) -> int:
@@ -60,6 +62,20 @@ def gpu_busy_ms(step, steps: int = 4) -> float:
         torch.cuda.synchronize()
     total_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
     return total_us / 1000 / steps
+
+
+def median_ms(step, n: int, device: str) -> float:
+    """Median wall milliseconds of ``n`` calls of ``step``, each synchronised."""
+    times = []
+    for _ in range(n):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times)[n // 2]
 
 
 @torch.no_grad()
@@ -94,22 +110,22 @@ def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: s
                 tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
                 done += 1
 
-            times = []
-            for _ in range(decode_tokens):
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            times.sort()
-            rows.append({"context": target, "ms_per_token": 1000 * times[len(times) // 2],
+            rows.append({"context": target, "ms_per_token": median_ms(step, decode_tokens, device),
                          "cache_mib": cache_bytes(cache) / 2**20, "fill_seconds": fill_seconds,
                          "fill": "random" if random_fill else "prefill", "status": "ok"})
             if device == "cuda":
                 rows[-1]["gpu_busy_ms_per_token"] = gpu_busy_ms(step)
                 rows[-1]["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            if device == "cuda" and lizardlm.models.is_lizard_model(model):
+                decoder = CudaGraphDecoder(model, cache)
+
+                def graphed() -> None:
+                    nonlocal tok, done
+                    tok = decoder.step(tok).argmax(-1, keepdim=True)
+                    done += 1
+
+                rows[-1]["cuda_graph_ms_per_token"] = median_ms(graphed, decode_tokens, device)
+                del decoder
         except torch.OutOfMemoryError:
             rows.append({"context": target, "status": "out of memory"})
             break
@@ -157,6 +173,9 @@ def main() -> None:
     for label, rows in results.items():
         ok = [r for r in rows if r["status"] == "ok"]
         axes[0].plot([r["context"] for r in ok], [r["ms_per_token"] for r in ok], "o-", label=label)
+        if any("cuda_graph_ms_per_token" in r for r in ok):
+            axes[0].plot([r["context"] for r in ok], [r["cuda_graph_ms_per_token"] for r in ok], "s--",
+                         label=f"{label} (CUDA graph)")
         axes[1].plot([r["context"] for r in ok], [r["cache_mib"] for r in ok], "o-", label=label)
     for ax, ylabel in zip(axes, ("ms per token (median)", "cache (MiB)")):
         ax.set_xscale("log", base=2)

@@ -108,15 +108,18 @@ def decode(path: Path) -> str:
     contexts = sorted({c for rows in by.values() for c in rows})
     busy = any("gpu_busy_ms_per_token" in r for rows in by.values() for r in rows.values())
     cols = ["ms/token", "GPU-busy ms/token", "cache (MiB)"] if busy else ["ms/token", "cache (MiB)"]
+    graph = any("cuda_graph_ms_per_token" in r for r in by.get("lizard", {}).values())
     rows = [
         f"Decoding one token after a long context, {d['device']} (`{path.name}`): {d['model']}, {d['dtype']}; "
         "median of the timed steps"
         + ("; the teacher's cache is filled with random keys/values (same cost per step as a real prefix), "
            "Lizard's by prefilling the context" if d.get("teacher_fill") == "random" else "")
-        + ("; GPU-busy = CUDA kernel time per step (torch profiler)" if busy else "") + ".",
+        + ("; GPU-busy = CUDA kernel time per step (torch profiler)" if busy else "")
+        + ("; Lizard CUDA graph = the whole step replayed as one graph (`lizardlm.graph_decode`)" if graph else "") + ".",
         "",
-        "| context | " + " | ".join(f"{who} {c}" for who in ("teacher", "Lizard") for c in cols) + " |",
-        "|---:|" + "---:|" * (2 * len(cols)),
+        "| context | " + " | ".join(f"{who} {c}" for who in ("teacher", "Lizard") for c in cols)
+        + (" | Lizard CUDA graph ms/token" if graph else "") + " |",
+        "|---:|" + "---:|" * (2 * len(cols) + graph),
     ]
     for c in contexts:
         cells = []
@@ -129,6 +132,9 @@ def decode(path: Path) -> str:
             if busy:
                 cells.append(f"{r['gpu_busy_ms_per_token']:.2f}")
             cells.append(f"{r['cache_mib']:.1f}")
+        if graph:
+            r = by["lizard"].get(c, {})
+            cells.append(f"{r['cuda_graph_ms_per_token']:.2f}" if "cuda_graph_ms_per_token" in r else "–")
         rows.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -29,6 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the tokenizer's chat template")
     p.add_argument("--convert", action="store_true", help="convert a teacher to Lizard (untrained) before generating")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each decoding step as one CUDA graph (Lizard models without softmax layers, --device cuda)")
     add_lizard_arguments(p)
     p.set_defaults(func=run)
 
@@ -36,6 +38,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import lizardlm
 
+    if args.cuda_graph and args.device != "cuda":
+        raise lizardlm.errors.LizardError("--cuda-graph needs --device cuda (CUDA graphs record GPU kernels)")
     torch.manual_seed(args.seed)
     model, tokenizer = lizardlm.load_any(args.model, device=args.device)
     if args.convert and not is_lizard_model(model):
@@ -49,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = args.prompt
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw).input_ids.to(args.device)
-    cache = LizardCache.for_model(model) if is_lizard_model(model) else None
     sample = args.temperature > 0
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    if args.cuda_graph:
+        return _generate_graphed(model, ids, args, streamer, tokenizer.eos_token_id)
+    cache = LizardCache.for_model(model) if is_lizard_model(model) else None
     with torch.no_grad():
         out = model.generate(
             ids,
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             top_p=args.top_p if sample else None,
             top_k=None,
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-            streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
+            streamer=streamer,
         )
     if cache is not None:
         print(
@@ -69,4 +76,28 @@ def run(args: argparse.Namespace) -> int:
             "(constant in context length)]",
             file=sys.stderr,
         )
+    return 0
+
+
+def _generate_graphed(model, ids: torch.Tensor, args: argparse.Namespace, streamer: TextStreamer, eos: int | None) -> int:
+    """Prefill, then decoding steps replayed as a CUDA graph (:mod:`lizardlm.graph_decode`)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    from lizardlm import graph_decode
+    from lizardlm.errors import LizardError
+
+    if not is_lizard_model(model):
+        raise LizardError("--cuda-graph needs a Lizard model (a run dir, a saved Lizard model, or --convert)")
+    sample = graph_decode.greedy
+    if args.temperature > 0:
+        warp = LogitsProcessorList([TemperatureLogitsWarper(args.temperature), TopPLogitsWarper(args.top_p)])
+
+        def sample(logits: torch.Tensor) -> torch.Tensor:
+            return torch.multinomial(warp(None, logits.float()).softmax(-1), 1)
+
+    streamer.put(ids.cpu())
+    out = graph_decode.generate(model, ids, args.max_new_tokens, sample, on_token=lambda t: streamer.put(t.cpu()),
+                                eos_token_id=eos)
+    streamer.end()
+    print(f"[{type(model).__name__}: {out.shape[1]} tokens, decoding steps replayed as one CUDA graph]", file=sys.stderr)
     return 0

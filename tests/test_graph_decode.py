@@ -1,0 +1,51 @@
+"""CUDA-graph decoding: what it refuses, on any machine (the replay itself is checked in tests/gpu)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import lizardlm
+from lizardlm import LizardCache, LizardConfig
+from lizardlm.cli import main as cli_main
+from lizardlm.errors import LizardError
+from lizardlm.graph_decode import CudaGraphDecoder
+
+CONFIG = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+              vocab_size=97, max_position_embeddings=4096, attn_implementation="sdpa")
+
+
+def model_and_cache(prompt_len: int, softmax_layers=()):
+    torch.manual_seed(0)
+    model = lizardlm.convert(LlamaForCausalLM(LlamaConfig(**CONFIG)),
+                             LizardConfig(window_size=8, num_meta_tokens=2, feature_dim=8, softmax_layers=list(softmax_layers)))
+    cache = LizardCache.for_model(model)
+    if prompt_len:
+        with torch.no_grad():
+            model(torch.randint(1, 97, (1, prompt_len)), past_key_values=cache, use_cache=True)
+    return model.eval(), cache
+
+
+@pytest.mark.parametrize("prompt_len, softmax_layers, message", [
+    (0, (), "cache is empty"),
+    (5, (), "full windows: 5 tokens seen, window 8"),
+    (12, (1,), "every layer to be Lizard"),
+    (12, (), "on a CUDA device"),
+])
+def test_decoder_refuses_what_it_cannot_record(prompt_len, softmax_layers, message):
+    model, cache = model_and_cache(prompt_len, softmax_layers)
+    with pytest.raises(LizardError, match=message):
+        CudaGraphDecoder(model, cache)
+
+
+def test_decoder_refuses_a_softmax_model():
+    teacher = LlamaForCausalLM(LlamaConfig(**CONFIG))
+    with pytest.raises(LizardError, match="needs a Lizard model"):
+        CudaGraphDecoder(teacher, LizardCache(2))
+
+
+def test_cli_refuses_cuda_graph_off_cuda_before_loading(capsys):
+    code = cli_main(["generate", "--model", "/nonexistent/model", "--prompt", "hi", "--cuda-graph"])
+    assert code != 0
+    assert "--cuda-graph needs --device cuda" in capsys.readouterr().err
