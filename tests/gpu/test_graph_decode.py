@@ -55,3 +55,17 @@ def test_generate_fills_the_window_eagerly_then_replays():
     ref = torch.cat(ref, 1)
     assert out.shape == (2, 43) and torch.equal(out[:, :3], prompt)
     assert (out == ref).float().mean() > 0.9  # bf16: a near-tie may flip one argmax, and what follows it
+
+
+@pytest.mark.parametrize("sampling", [[], ["--temperature", "0.8"]])
+def test_cli_generates_with_cuda_graph(tmp_path, tiny_llama, tiny_tokenizer, capsys, sampling):
+    from lizardlm.cli import main as cli_main
+
+    m = lizardlm.convert(tiny_llama, LizardConfig(window_size=8, num_meta_tokens=2, feature_dim=16))
+    m.save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    code = cli_main(["generate", "--model", str(tmp_path / "m"), "--prompt", "hello there", "--raw", "--device", "cuda",
+                     "--cuda-graph", "--max-new-tokens", "24", *sampling])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "replayed as one CUDA graph" in err
