@@ -89,6 +89,9 @@ class CudaGraphDecoder:
         The returned tensor is the graph's static output: read or copy it before the next step."""
         if tokens.shape[0] != self.ids.shape[0]:
             raise LizardError(f"the decoder was captured for batch size {self.ids.shape[0]}, got {tokens.shape[0]}")
+        if any(layer.state is not static for layer, static in zip(self.cache.layers, self.states)):
+            raise LizardError("the cache was advanced outside this decoder (an eager forward replaced its states): "
+                              "build a new CudaGraphDecoder on it")
         self._set_inputs(tokens)
         self.graph.replay()
         for layer in self.cache.layers:
@@ -128,6 +131,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sample: Sample
     the windows are full, then CUDA-graph replays. ``sample`` maps logits (B, vocab) to tokens (B, 1);
     ``on_token`` sees each new (B, 1) token; generation stops early once every row has produced
     ``eos_token_id``."""
+    if not is_lizard_model(model) or model.config.lizard["softmax_layers"] or not input_ids.is_cuda:
+        raise LizardError("CUDA-graph generation needs a Lizard model without softmax layers and CUDA inputs")
     cache = LizardCache.for_model(model)
     logits = model(input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
     window = model.config.lizard["window_size"]

@@ -10,6 +10,7 @@ import lizardlm
 from lizardlm import LizardCache, LizardConfig
 from lizardlm.cli import main as cli_main
 from lizardlm.errors import LizardError
+from lizardlm import graph_decode
 from lizardlm.graph_decode import CudaGraphDecoder
 
 CONFIG = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
@@ -43,6 +44,14 @@ def test_decoder_refuses_a_softmax_model():
     teacher = LlamaForCausalLM(LlamaConfig(**CONFIG))
     with pytest.raises(LizardError, match="needs a Lizard model"):
         CudaGraphDecoder(teacher, LizardCache(2))
+
+
+@pytest.mark.parametrize("softmax_layers", [(), (1,)])
+def test_generate_refuses_before_any_work(softmax_layers):
+    """Hybrid models and CPU inputs are refused up front, not after the prefill."""
+    model, _ = model_and_cache(0, softmax_layers)
+    with pytest.raises(LizardError, match="without softmax layers and CUDA inputs"):
+        graph_decode.generate(model, torch.randint(1, 97, (1, 12)), 5)
 
 
 def test_cli_refuses_cuda_graph_off_cuda_before_loading(capsys):

@@ -42,6 +42,18 @@ def test_replayed_logits_match_eager_steps(batch):
 
 
 @torch.no_grad()
+def test_a_decoder_refuses_a_cache_advanced_without_it():
+    m = model()
+    cache = LizardCache.for_model(m)
+    m(torch.randint(1, 101, (1, 12), device="cuda"), past_key_values=cache, use_cache=True)
+    decoder = graph_decode.CudaGraphDecoder(m, cache)
+    decoder.step(torch.ones(1, 1, dtype=torch.long, device="cuda"))
+    m(torch.ones(1, 1, dtype=torch.long, device="cuda"), past_key_values=cache, use_cache=True)  # eager step
+    with pytest.raises(lizardlm.errors.LizardError, match="advanced outside this decoder"):
+        decoder.step(torch.ones(1, 1, dtype=torch.long, device="cuda"))
+
+
+@torch.no_grad()
 def test_generate_fills_the_window_eagerly_then_replays():
     m = model(torch.bfloat16)
     prompt = torch.randint(1, 101, (2, 3), device="cuda")  # shorter than the window
