@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lizardlm.ops import LizardState, lizard_attention_chunk
-from lizardlm.ops.dispatch import BackendError, lizard_attention
+from lizardlm.ops import LizardState, lizard_attention_chunk, lizard_attention_step
+from lizardlm.ops.dispatch import BackendError, lizard_attention, lizard_step
 
 
 def _inputs(B=2, H=4, Hk=2, T=37, D=16, F=8, m=3, seed=0):
@@ -62,3 +62,15 @@ def test_gradients_flow_on_cpu():
     y, _ = _call(x)
     y.square().sum().backward()
     assert all(x[n].grad is not None for n in x)
+
+
+def test_step_on_cpu_is_the_torch_step_and_triton_refuses():
+    x = _inputs(T=13)
+    _, state = _call({**x, **{n: x[n][:, :, :12] for n in ("q", "k", "v", "fq", "fk", "g")}}, need_state=True)
+    last = {n: x[n][:, :, 12:] for n in ("q", "k", "v", "fq", "fk", "g")}
+    kw = dict(window=8, scale=0.25, meta_k=x["meta_k"], meta_v=x["meta_v"], state=state)
+    y, s = lizard_step(*last.values(), **kw)
+    y_ref, s_ref = lizard_attention_step(*last.values(), **kw)
+    assert torch.equal(y, y_ref) and all(torch.equal(a, b) for a, b in zip(s.tensors(), s_ref.tensors()))
+    with pytest.raises(BackendError, match="CUDA"):
+        lizard_step(*last.values(), backend="triton", **kw)

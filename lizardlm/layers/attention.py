@@ -13,8 +13,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate
-from lizardlm.ops import lizard_attention_step, window_attention_chunk
-from lizardlm.ops.dispatch import lizard_attention
+from lizardlm.ops import window_attention_chunk
+from lizardlm.ops.dispatch import lizard_attention, lizard_step
 
 
 def teacher_window(config, layer_idx: int) -> int | None:
@@ -131,7 +131,7 @@ class LizardAttention(nn.Module):
         cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
         state = cache_layer.state if cache_layer is not None else None
         if state is not None and T == 1:
-            y, new_state = lizard_attention_step(q_rope, k_rope, v, fq, fk, g, state=state, **kw)
+            y, new_state = lizard_step(q_rope, k_rope, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)
         else:  # Triton kernels on CUDA when no state is needed (training), torch otherwise
             y, new_state = lizard_attention(
                 q_rope, k_rope, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size,

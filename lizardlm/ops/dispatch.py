@@ -21,7 +21,7 @@ import functools
 import torch
 
 from lizardlm.errors import LizardError
-from lizardlm.ops.lizard import LizardState, lizard_attention_chunk
+from lizardlm.ops.lizard import LizardState, lizard_attention_chunk, lizard_attention_step
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -106,3 +106,37 @@ def lizard_attention(
         q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
         state=state, chunk_size=chunk_size,
     )
+
+
+def lizard_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    g: torch.Tensor | None,
+    *,
+    window: int,
+    scale: float,
+    meta_k: torch.Tensor | None = None,
+    meta_v: torch.Tensor | None = None,
+    meta_bias: torch.Tensor | None = None,
+    state: LizardState,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, LizardState]:
+    """One decoding step (all inputs T = 1) from ``state``: one fused Triton kernel on CUDA (``auto``
+    or ``triton``), :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise. Returns ``(y, state)``."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    kw = dict(window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state)
+    if backend != "torch":
+        why = _triton_refusal(q, None, False)
+        if why is None and state.keys.shape[2] == 0:
+            why = "the fused step continues a prefilled state"
+        if why is None:
+            from lizardlm.ops.triton import lizard_step_cuda
+
+            return lizard_step_cuda(q, k, v, fq, fk, g, **kw)
+        if backend == "triton":
+            raise BackendError(f"backend='triton' cannot run: {why}")
+    return lizard_attention_step(q, k, v, fq, fk, g, **kw)
