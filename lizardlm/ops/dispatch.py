@@ -46,20 +46,29 @@ def triton_available() -> bool:
     return _triton_import_error() is None
 
 
-def _triton_refusal(q: torch.Tensor, state, need_state: bool) -> str | None:
-    """Why the Triton path cannot run these inputs (None: it can)."""
+def _triton_refusal(q: torch.Tensor) -> str | None:
+    """Why no Triton op can run on inputs like ``q`` (None: they can)."""
     if not q.is_cuda:
         return f"the Triton backend needs CUDA tensors, got device {q.device}"
-    if state is not None:
-        return "the Triton backend starts a sequence (state=None); continuing from a state needs backend='torch'"
-    if need_state:
-        return "the Triton backend does not return the recurrent state; need_state=True needs backend='torch'"
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"the Triton backend supports float16, bfloat16 and float32, got {q.dtype}"
     err = _triton_import_error()
     if err is not None:
         return f"triton is not importable ({err})"
     return None
+
+
+def _use_triton(q: torch.Tensor, backend: str, op_refusal: str | None = None) -> bool:
+    """Whether to take the Triton path: ``backend`` allows it and neither the inputs nor the op's own
+    ``op_refusal`` rule it out. ``backend='triton'`` that cannot run raises a :class:`BackendError`."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return False
+    why = _triton_refusal(q) or op_refusal
+    if why is not None and backend == "triton":
+        raise BackendError(f"backend='triton' cannot run: {why}")
+    return why is None
 
 
 def lizard_attention(
@@ -86,22 +95,22 @@ def lizard_attention(
     fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)`` or None.
     Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path.
     """
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if q.is_cuda and torch.is_autocast_enabled("cuda"):  # run in the autocast dtype, as torch's own ops do
         low = torch.get_autocast_dtype("cuda")
         q, k, v, fq, fk = (x.to(low) for x in (q, k, v, fq, fk))
-    if backend != "torch":
-        why = _triton_refusal(q, state, need_state)
-        if why is None:
-            from lizardlm.ops.triton import lizard_attention_cuda
+    if state is not None:
+        op_refusal = "the Triton backend starts a sequence (state=None); continuing from a state needs backend='torch'"
+    elif need_state:
+        op_refusal = "the Triton backend does not return the recurrent state; need_state=True needs backend='torch'"
+    else:
+        op_refusal = None
+    if _use_triton(q, backend, op_refusal):
+        from lizardlm.ops.triton import lizard_attention_cuda
 
-            y = lizard_attention_cuda(
-                q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
-            )  # chunk_size only changes rounding; the kernels use their own
-            return y, None
-        if backend == "triton":
-            raise BackendError(f"backend='triton' cannot run: {why}")
+        y = lizard_attention_cuda(
+            q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
+        )  # chunk_size only changes rounding; the kernels use their own
+        return y, None
     return lizard_attention_chunk(
         q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
         state=state, chunk_size=chunk_size,
@@ -126,17 +135,9 @@ def lizard_step(
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs T = 1) from ``state``: one fused Triton kernel on CUDA (``auto``
     or ``triton``), :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise. Returns ``(y, state)``."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     kw = dict(window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state)
-    if backend != "torch":
-        why = _triton_refusal(q, None, False)
-        if why is None and state.keys.shape[2] == 0:
-            why = "the fused step continues a prefilled state"
-        if why is None:
-            from lizardlm.ops.triton import lizard_step_cuda
+    if _use_triton(q, backend, "the fused step continues a prefilled state" if state.keys.shape[2] == 0 else None):
+        from lizardlm.ops.triton import lizard_step_cuda
 
-            return lizard_step_cuda(q, k, v, fq, fk, g, **kw)
-        if backend == "triton":
-            raise BackendError(f"backend='triton' cannot run: {why}")
+        return lizard_step_cuda(q, k, v, fq, fk, g, **kw)
     return lizard_attention_step(q, k, v, fq, fk, g, **kw)
