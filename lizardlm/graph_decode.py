@@ -23,6 +23,7 @@ import torch
 from lizardlm.cache import LizardCache, LizardCacheLayer
 from lizardlm.errors import LizardError
 from lizardlm.models import is_lizard_model
+from lizardlm.ops import LizardState
 
 
 class CudaGraphDecoder:
@@ -52,8 +53,7 @@ class CudaGraphDecoder:
         out = self.model(self.ids, position_ids=self.positions, cache_position=self.cache_position,
                          past_key_values=self.cache, use_cache=True)
         for layer, static in zip(self.cache.layers, self.states):
-            for dst, src in zip(static.tensors(), layer.state.tensors()):
-                dst.copy_(src)
+            _copy_state(static, layer.state)
             layer.state = static
         return out.logits[:, -1]
 
@@ -61,7 +61,7 @@ class CudaGraphDecoder:
     def _capture(self) -> torch.Tensor:
         saved = [s.map(torch.clone) for s in self.states]
         seen = [layer.seen for layer in self.cache.layers]
-        self._set_inputs(self.ids)
+        self._set_inputs(self.ids)  # the current position; the token does not matter
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: lazy initialisations, allocator pools
@@ -71,8 +71,7 @@ class CudaGraphDecoder:
         with torch.cuda.graph(self.graph):
             logits = self._forward()
         for static, snapshot, layer, n in zip(self.states, saved, self.cache.layers, seen):  # undo the warm-up
-            for dst, src in zip(static.tensors(), snapshot.tensors()):
-                dst.copy_(src)
+            _copy_state(static, snapshot)
             layer.seen = n
         return logits
 
@@ -97,6 +96,11 @@ class CudaGraphDecoder:
         for layer in self.cache.layers:
             layer.seen += 1
         return self.logits
+
+
+def _copy_state(dst: LizardState, src: LizardState) -> None:
+    for d, s in zip(dst.tensors(), src.tensors()):
+        d.copy_(s)
 
 
 def _check_graphable(model, cache: LizardCache) -> None:
