@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
 from lizardlm.ops.lizard import lizard_attention_chunk  # noqa: E402
+from result_names import device_slug  # noqa: E402
 
 H, D, FD, W, M = 32, 128, 128, 64, 4
 TOKENS = 32 * 1024
@@ -304,7 +304,7 @@ def main():
     import triton
 
     dev = torch.cuda.get_device_name()
-    slug = re.sub(r"[^a-z0-9]+", "-", dev.lower()).strip("-")
+    slug = device_slug(dev)
     import lizardlm.ops.triton.lizard as tlz
 
     res = {"device": dev, "torch": torch.__version__, "triton": triton.__version__,

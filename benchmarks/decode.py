@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -30,14 +29,9 @@ import torch  # noqa: E402
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import lizardlm  # noqa: E402
+from lizardlm.cache import cache_nbytes  # noqa: E402
 from lizardlm.graph_decode import CudaGraphDecoder  # noqa: E402
-
-
-def cache_bytes(cache) -> int:
-    if isinstance(cache, lizardlm.LizardCache):
-        return cache.nbytes()
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
-               if t is not None and getattr(layer, "is_initialized", True))
+from result_names import device_slug  # noqa: E402
 
 
 def fill_random(model, cache: DynamicCache, n: int) -> None:
@@ -111,7 +105,7 @@ def measure(model, lengths: list[int], decode_tokens: int, chunk: int, device: s
                 done += 1
 
             rows.append({"context": target, "ms_per_token": median_ms(step, decode_tokens, device),
-                         "cache_mib": cache_bytes(cache) / 2**20, "fill_seconds": fill_seconds,
+                         "cache_mib": cache_nbytes(cache) / 2**20, "fill_seconds": fill_seconds,
                          "fill": "random" if random_fill else "prefill", "status": "ok"})
             if device == "cuda":
                 rows[-1]["gpu_busy_ms_per_token"] = gpu_busy_ms(step)
@@ -163,7 +157,7 @@ def main() -> None:
                                 deadline=args.deadline)
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    slug = device_slug(name)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"device": name, "dtype": str(dtype), "torch": torch.__version__, "model": "SmolLM2-135M shape, random weights",
                "decode_tokens": args.decode_tokens, "prefill_chunk": args.chunk,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -28,11 +27,9 @@ from pathlib import Path
 import torch
 import transformers
 
+from result_names import device_slug
+
 EVAL_TASKS = "wikitext2,mqar,passkey"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> tuple[int, float]:
@@ -68,7 +65,7 @@ def main() -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
-    log = args.out / f"linearize-{slug(device)}.log"
+    log = args.out / f"linearize-{device_slug(device)}.log"
     result = {
         "device": device,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -135,7 +132,7 @@ def main() -> int:
         for png in run_dir.glob("stage*_loss.png"):
             shutil.copy(png, args.out / f"{mode}-{png.name}")
     result["calls"].append({"modes": list(runs), "wall_seconds": time.perf_counter() - start})
-    out = args.out / f"linearize-{slug(device)}.json"
+    out = args.out / f"linearize-{device_slug(device)}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({m: e.get("status") for m, e in result["modes"].items()}))
     for m in runs:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 import torch
@@ -25,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from attention import TOKENS, W, bench, inputs, lizard, sdpa_cudnn  # noqa: E402
+from result_names import device_slug  # noqa: E402
 
 
 def stitch_inputs(x: dict) -> dict:
@@ -85,7 +85,7 @@ def main() -> None:
     import triton
 
     dev = torch.cuda.get_device_name()
-    slug = re.sub(r"[^a-z0-9]+", "-", dev.lower()).strip("-")
+    slug = device_slug(dev)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"attention-stitch-{slug}.json")
     res = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "fla": fla.__version__,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import lizardlm
 from lizardlm.layers import attention_transfer
+from result_names import device_slug
 
 
 def timed(fn, steps: int, device: str) -> float:
@@ -86,7 +86,7 @@ def main() -> None:
         "stage1_tokens_per_s": tokens / s1, "stage2_tokens_per_s": tokens / s2,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    slug = device_slug(name)
     (args.out / f"train-step-{slug}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

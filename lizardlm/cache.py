@@ -101,10 +101,16 @@ class LizardCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes held by every tensor in the cache."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, LizardCacheLayer):
-                total += layer.nbytes()
-            elif getattr(layer, "keys", None) is not None and layer.is_initialized:
-                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
-        return total
+        return cache_nbytes(self)
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes held by any ``transformers`` cache: Lizard states, or the keys and values of softmax
+    layers (a teacher's ``DynamicCache`` as well as the hybrid layers of a :class:`LizardCache`)."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, LizardCacheLayer):
+            total += layer.nbytes()
+        elif getattr(layer, "keys", None) is not None and getattr(layer, "is_initialized", True):
+            total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
+    return total

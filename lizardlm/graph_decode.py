@@ -103,12 +103,22 @@ def _copy_state(dst: LizardState, src: LizardState) -> None:
         d.copy_(s)
 
 
-def _check_graphable(model, cache: LizardCache) -> None:
+def check_model(model) -> None:
+    """Refuse what cannot be recorded, before any work: a model that is not Lizard (convert it
+    first: ``lizardlm linearize``, or ``--convert``), or a hybrid one (softmax layers keep a
+    growing key/value cache)."""
     if not is_lizard_model(model):
-        raise LizardError(f"CUDA-graph decoding needs a Lizard model, got {type(model).__name__}")
-    if any(not isinstance(layer, LizardCacheLayer) for layer in cache.layers):
+        raise LizardError(f"CUDA-graph decoding needs a Lizard model, got {type(model).__name__} "
+                          "(linearize it first, or pass --convert)")
+    if model.config.lizard["softmax_layers"]:
         raise LizardError("CUDA-graph decoding needs every layer to be Lizard: softmax layers keep a growing "
                           "key/value cache (this model keeps some; decode it without --cuda-graph)")
+
+
+def _check_graphable(model, cache: LizardCache) -> None:
+    check_model(model)
+    if any(not isinstance(layer, LizardCacheLayer) for layer in cache.layers):
+        raise LizardError("CUDA-graph decoding needs every layer to be Lizard: this cache keeps softmax layers")
     states = [layer.state for layer in cache.layers]
     if any(s is None for s in states):
         raise LizardError("CUDA-graph decoding starts after a prefill: the cache is empty")
@@ -135,8 +145,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sample: Sample
     the windows are full, then CUDA-graph replays. ``sample`` maps logits (B, vocab) to tokens (B, 1);
     ``on_token`` sees each new (B, 1) token; generation stops early once every row has produced
     ``eos_token_id``."""
-    if not is_lizard_model(model) or model.config.lizard["softmax_layers"] or not input_ids.is_cuda:
-        raise LizardError("CUDA-graph generation needs a Lizard model without softmax layers and CUDA inputs")
+    check_model(model)
+    if not input_ids.is_cuda:
+        raise LizardError("CUDA-graph generation needs the model and inputs on a CUDA device")
     cache = LizardCache.for_model(model)
     logits = model(input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
     window = model.config.lizard["window_size"]

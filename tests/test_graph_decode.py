@@ -46,12 +46,18 @@ def test_decoder_refuses_a_softmax_model():
         CudaGraphDecoder(teacher, LizardCache(2))
 
 
-@pytest.mark.parametrize("softmax_layers", [(), (1,)])
-def test_generate_refuses_before_any_work(softmax_layers):
+@pytest.mark.parametrize("softmax_layers, message", [((), "on a CUDA device"), ((1,), "every layer to be Lizard")])
+def test_generate_refuses_before_any_work(softmax_layers, message):
     """Hybrid models and CPU inputs are refused up front, not after the prefill."""
     model, _ = model_and_cache(0, softmax_layers)
-    with pytest.raises(LizardError, match="without softmax layers and CUDA inputs"):
+    with pytest.raises(LizardError, match=message):
         graph_decode.generate(model, torch.randint(1, 97, (1, 12)), 5)
+
+
+def test_generate_refuses_a_softmax_model_with_the_way_out():
+    teacher = LlamaForCausalLM(LlamaConfig(**CONFIG))
+    with pytest.raises(LizardError, match="needs a Lizard model, got LlamaForCausalLM .linearize it first"):
+        graph_decode.generate(teacher, torch.randint(1, 97, (1, 12)), 5)
 
 
 def test_cli_refuses_cuda_graph_off_cuda_before_loading(capsys):

@@ -141,6 +141,23 @@ def test_hybrid_cache_grows_only_in_softmax_layers():
     assert cache.layers[2].keys.shape[-2] == 50
     assert cache.layers[0].state.keys.shape[-2] == 8
     assert cache.get_mask_sizes(3, 0) == (53, 0)  # sized for the softmax layer, whatever layer asks
+    softmax_bytes = 2 * 50 * 2 * 8 * 4  # keys and values: 50 positions x 2 KV heads x head dim 8, fp32
+    lizard_bytes = sum(layer.state.nbytes() for i, layer in enumerate(cache.layers) if i != 2)
+    assert cache.nbytes() == lizard_bytes + softmax_bytes
+
+
+def test_cache_bytes_of_a_teachers_cache():
+    """The one byte count of ``lizardlm.cache`` also measures a teacher's growing cache (benchmarks)."""
+    from transformers import DynamicCache
+
+    from lizardlm.cache import cache_nbytes
+
+    teacher = TEACHERS["llama"]()
+    cache = DynamicCache()
+    assert cache_nbytes(cache) == 0
+    with torch.no_grad():
+        teacher(torch.randint(0, 97, (1, 30)), past_key_values=cache, use_cache=True)
+    assert cache_nbytes(cache) == 3 * 2 * 30 * 2 * 8 * 4  # layers x (k, v) x positions x KV heads x head dim x fp32
 
 
 def test_save_load_round_trip_is_exact(tmp_path):

@@ -84,10 +84,8 @@ def _generate_graphed(model, ids: torch.Tensor, args: argparse.Namespace, stream
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
     from lizardlm import graph_decode
-    from lizardlm.errors import LizardError
 
-    if not is_lizard_model(model):
-        raise LizardError("--cuda-graph needs a Lizard model (a run dir, a saved Lizard model, or --convert)")
+    graph_decode.check_model(model)
     sample = graph_decode.greedy
     if args.temperature > 0:
         warp = LogitsProcessorList([TemperatureLogitsWarper(args.temperature), TopPLogitsWarper(args.top_p)])
