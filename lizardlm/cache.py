@@ -7,10 +7,24 @@ usual growing key/value cache.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from transformers import LlamaModel
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
 from lizardlm.ops import LizardState
+
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+"""What the installed ``transformers`` calls the cache argument of a model's forward: ``cache`` from
+5.24 on (``past_key_values`` deprecated, then removed in 5.40), ``past_key_values`` before."""
+
+
+def given_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    """The cache a forward was given under either name (callers and ``transformers`` versions differ)."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("got two different caches (past_key_values and cache): pass one")
+    return cache if cache is not None else past_key_values
 
 
 class LizardCacheLayer(CacheLayerMixin):

@@ -243,3 +243,19 @@ def test_left_padding_is_refused_right_padding_is_fine():
         padded = model(ids, attention_mask=right, use_cache=False).logits
         plain = model(ids, use_cache=False).logits
     assert torch.equal(padded[0, :7], plain[0, :7])
+
+
+def test_cache_is_accepted_under_either_name():
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``: both work, on any version."""
+    model = lizard_model("llama")
+    ids = torch.randint(0, 97, (1, 20))
+    logits = {}
+    for name in ("past_key_values", "cache"):
+        cache = LizardCache.for_model(model)
+        with torch.no_grad():
+            model(ids[:, :-1], **{name: cache}, use_cache=True)
+            logits[name] = model(ids[:, -1:], **{name: cache}, use_cache=True).logits
+        assert cache.get_seq_length() == 20
+    assert torch.equal(logits["past_key_values"], logits["cache"])
+    with pytest.raises(ValueError, match="two different caches"):
+        model(ids, past_key_values=LizardCache.for_model(model), cache=LizardCache.for_model(model))

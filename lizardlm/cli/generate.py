@@ -8,7 +8,7 @@ import sys
 import torch
 from transformers import TextStreamer
 
-from lizardlm.cache import LizardCache
+from lizardlm.cache import CACHE_KWARG, LizardCache
 from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args, positive_int
 from lizardlm.models import is_lizard_model
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         out = model.generate(
             ids,
-            past_key_values=cache,
+            **{CACHE_KWARG: cache},
             max_new_tokens=args.max_new_tokens,
             do_sample=sample,
             temperature=args.temperature if sample else None,

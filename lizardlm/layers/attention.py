@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from lizardlm.cache import given_cache
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate
@@ -111,6 +112,7 @@ class LizardAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         past_key_values=None,
+        cache=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         B, T, _ = hidden_states.shape
@@ -128,7 +130,8 @@ class LizardAttention(nn.Module):
             meta_k=self.meta_k, meta_v=self.meta_v, meta_bias=self.meta_bias,
         )
 
-        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        cache = given_cache(past_key_values, cache)
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         state = cache_layer.state if cache_layer is not None else None
         if state is not None and T == 1:
             y, new_state = lizard_step(q_rope, k_rope, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)

@@ -27,7 +27,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from lizardlm.cache import LizardCache
+from lizardlm.cache import CACHE_KWARG, LizardCache, given_cache
 from lizardlm.config import LizardConfig
 from lizardlm.layers import LizardAttention
 
@@ -73,17 +73,19 @@ class LizardModelMixin:
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not create a DynamicCache: forward creates a LizardCache
 
-    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, cache=None, **kwargs):
         """Like the teacher's forward; a :class:`LizardCache` is made only when ``use_cache=True`` is
-        passed (``generate`` does): plain scoring calls keep the fast stateless (Triton) path."""
-        use_cache = bool(use_cache) or past_key_values is not None
-        if use_cache and past_key_values is None:
-            past_key_values = LizardCache.for_model(self)
+        passed (``generate`` does): plain scoring calls keep the fast stateless (Triton) path. The
+        cache may come as ``cache`` or ``past_key_values`` (the name changed in transformers 5.24)."""
+        cache = given_cache(past_key_values, cache)
+        use_cache = bool(use_cache) or cache is not None
+        if use_cache and cache is None:
+            cache = LizardCache.for_model(self)
         return super().forward(
             input_ids=input_ids,
             attention_mask=_checked_attention_mask(attention_mask),
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{CACHE_KWARG: cache},
             **kwargs,
         )
 
