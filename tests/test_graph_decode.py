@@ -40,6 +40,12 @@ def test_decoder_refuses_what_it_cannot_record(prompt_len, softmax_layers, messa
         CudaGraphDecoder(model, cache)
 
 
+def test_decoder_refuses_a_cache_with_softmax_layers_for_a_pure_lizard_model():
+    model, _ = model_and_cache(0)
+    with pytest.raises(LizardError, match="this cache keeps softmax layers"):
+        CudaGraphDecoder(model, LizardCache(2, softmax_layers=[1]))
+
+
 def test_decoder_refuses_a_softmax_model():
     teacher = LlamaForCausalLM(LlamaConfig(**CONFIG))
     with pytest.raises(LizardError, match="needs a Lizard model"):
