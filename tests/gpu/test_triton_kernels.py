@@ -95,3 +95,13 @@ def test_scan_tiles(blocks):
         tl_lizard.CFG.pop("h_block")
         tl_lizard.CFG.pop("dh_block")
     assert max(errs.values()) <= TOL[torch.bfloat16], errs
+
+
+def test_general_window_backward_in_bfloat16():
+    """The general window backward (``_win_bwd``), forced where ``_win_bwd_pairs`` would run."""
+    tl_lizard.CFG["win_bwd_general"] = True
+    try:
+        errs = check(2, 4, 4, 257, 64, 64, 128, 64, 4, True, dtype=torch.bfloat16)
+    finally:
+        tl_lizard.CFG.pop("win_bwd_general")
+    assert max(errs.values()) <= TOL[torch.bfloat16], errs

@@ -383,3 +383,99 @@ def _win_bwd(
         dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
     tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=mmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _win_bwd_pairs(
+    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMK, DMV, DMB,
+    T, H, G, M, NB, scale,
+    W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    BM: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
+):
+    """Window-branch gradients when the window reaches at most one block back (W <= BM + 1).
+    Program p (0 <= p <= NB) evaluates the block pairs (query, key) = (p-1, p-1), (p, p-1), (p, p):
+    dk, dv of key block p - 1 (dv plus the linear branch's DVL, rows n < T - W) and dq (+ meta
+    partials, as in ``_win_bwd``) of query block p. The shared pair (p, p-1) is computed once:
+    12 block products per program instead of ``_win_bwd``'s 14, 8 tile loads instead of 12.
+    Blocks -1 and NB are empty (masked), so the code runs straight through."""
+    p = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = b * (H // G) + h // G
+    q_base = Q + pid_bh * T * D
+    do_base = DO + pid_bh * T * DV
+    k_base = K + kvh * T * D
+    v_base = Vv + kvh * T * DV
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    qk_scale = scale * 1.4426950408889634
+    # ---- key block p - 1 against its own query block
+    offs_n = (p - 1) * BM + tl.arange(0, BM)
+    nmask = (offs_n >= 0) & (offs_n < T)
+    rows_n = tl.maximum(offs_n, 0)  # masked rows keep in-bounds addresses
+    k = tl.load(k_base + rows_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+    v = tl.load(v_base + rows_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+    qi = tl.load(q_base + rows_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+    doi = tl.load(do_base + rows_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+    lse_i = tl.load(LSE + pid_bh * T + rows_n, mask=nmask, other=0.0)
+    delta_i = tl.load(DELTA + pid_bh * T + rows_n, mask=nmask, other=0.0)
+    s = tl.dot(qi, tl.trans(k), input_precision=PREC) * qk_scale
+    valid = (offs_n[None, :] <= offs_n[:, None]) & (offs_n[None, :] > offs_n[:, None] - W) & nmask[None, :] & nmask[:, None]
+    pr = tl.where(valid, tl.exp2(s - lse_i[:, None]), 0.0)
+    dv = tl.dot(tl.trans(pr.to(doi.dtype)), doi, input_precision=PREC)
+    dp = tl.dot(doi, tl.trans(v), input_precision=PREC)
+    ds = pr * (dp - delta_i[:, None])
+    dk = tl.dot(tl.trans(ds.to(qi.dtype)), qi, input_precision=PREC)
+    # ---- query block p against key block p - 1 (shared by dk, dv and dq)
+    offs_m = p * BM + tl.arange(0, BM)
+    mmask = offs_m < T
+    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
+    lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
+    delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    valid = (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :] & mmask[:, None]
+    pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+    dv += tl.dot(tl.trans(pr.to(do.dtype)), do, input_precision=PREC)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    dsb = (pr * (dp - delta[:, None])).to(q.dtype)
+    dk += tl.dot(tl.trans(dsb), q, input_precision=PREC)
+    tl.store(DK + pid_bh * T * D + rows_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=nmask[:, None] & dmask[None, :])
+    lmask = (nmask & (offs_n < T - W))[:, None] & dvmask[None, :]
+    dv += tl.load(DVL + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
+    tl.store(DVW + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
+             mask=nmask[:, None] & dvmask[None, :])
+    dq = tl.dot(dsb, k, input_precision=PREC)
+    # ---- query block p: meta partials and the diagonal pair (p, p)
+    if HAS_META:
+        offs_e = tl.arange(0, BMETA)
+        emask = offs_e < M
+        mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
+        mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0).to(q.dtype)
+        mb = tl.load(MB + h * M + offs_e, mask=emask, other=0.0).to(tl.float32)
+        s_e = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale + mb[None, :] * 1.4426950408889634
+        p_e = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s_e - lse[:, None]), 0.0)
+        dp_e = tl.dot(do, tl.trans(mv), input_precision=PREC)
+        ds_e = p_e * (dp_e - delta[:, None])
+        dq += tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
+        dmk = tl.dot(tl.trans(ds_e.to(q.dtype)), q, input_precision=PREC)
+        dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
+        pm = tl.minimum(p, NB - 1)  # program NB has no query block: its (zero) partials are not stored
+        emask_s = emask & ((offs_e * 0 + p) < NB)
+        tl.store(DMK + (pid_bh * NB + pm) * M * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=emask_s[:, None] & dmask[None, :])
+        tl.store(DMV + (pid_bh * NB + pm) * M * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=emask_s[:, None] & dvmask[None, :])
+        tl.store(DMB + (pid_bh * NB + pm) * M + offs_e, tl.sum(ds_e, 0), mask=emask_s)
+    k2 = tl.load(k_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+    v2 = tl.load(v_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
+    valid = (offs_m[None, :] <= offs_m[:, None]) & (offs_m[None, :] > offs_m[:, None] - W) & mmask[None, :] & mmask[:, None]
+    pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v2), input_precision=PREC)
+    ds = pr * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
+    tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=mmask[:, None] & dmask[None, :])

@@ -56,6 +56,17 @@ def _scan_blocks(BH: int, Fd: int, DV: int, device) -> tuple[int, int]:
     return bk, bv
 
 
+def _pairs_window_bwd(window: int, block: int, dtype: torch.dtype) -> bool:
+    """Whether the window backward takes ``_win_bwd_pairs`` (the block pair that serves both dk/dv
+    and dq is evaluated once; about 0.1 ms less than ``_win_bwd`` at 32K tokens x 32 heads on an
+    H100). It covers windows reaching one block back (the Lizard default w = 64) in 16-bit dtypes;
+    ``_win_bwd`` serves the rest (``CFG["win_bwd_general"]`` forces it). Measured on the H100
+    (Triton 3.6, benchmarks/NOTES.md): the pair-sharing form generalised to any window gave wrong
+    dq in bfloat16 with two blocks back (exact in the interpreter), and its float32 build (dots on
+    FMA units, about 5700 registers spilled) did not finish compiling a D = 128 case in 8 minutes."""
+    return window <= block + 1 and dtype in (torch.bfloat16, torch.float16)
+
+
 def _gates(g: torch.Tensor, window: int, chunk: int):
     """Chunk-local inclusive cumsum (padded to whole chunks) and window sums G_t - G_{t-w}."""
     BH, T = g.shape
@@ -175,13 +186,13 @@ class LizardAttentionFunction(torch.autograd.Function):
         else:
             dmk_p = dmv_p = dmb_p = q.new_empty(1)
         dummy = q.new_empty(1)
-        K._win_bwd[(NB, BH)](
-            q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy,
-            do, lse, delta, dvl, dq, dk, dvw, dmk_p, dmv_p, dmb_p,
-            T, H, G, M, NB, scale,
-            W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, NBW=triton.cdiv(window - 1, BM), BMETA=BMETA, HAS_META=has_meta, PREC=prec,
-            **_cfg("win_bwd", num_warps=4, num_stages=1),
-        )
+        args = (q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy,
+                do, lse, delta, dvl, dq, dk, dvw, dmk_p, dmv_p, dmb_p, T, H, G, M, NB, scale)
+        meta = dict(W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BMETA=BMETA, HAS_META=has_meta, PREC=prec)
+        if _pairs_window_bwd(window, BM, q.dtype) and not CFG.get("win_bwd_general"):
+            K._win_bwd_pairs[(NB + 1, BH)](*args, **meta, **_cfg("win_pairs", num_warps=4, num_stages=1))
+        else:
+            K._win_bwd[(NB, BH)](*args, **meta, NBW=triton.cdiv(window - 1, BM), **_cfg("win_bwd", num_warps=4, num_stages=1))
         dk = _group_sum(dk, Hk).to(k.dtype)
         dv = _group_sum(dvw, Hk).to(v.dtype)
         dfk_out = _group_sum(dfk, Hk).to(fk.dtype)
