@@ -295,6 +295,31 @@ def _lin_bwd(
 
 
 @triton.jit
+def _meta_bwd(
+    q, do, lse, delta, mmask, MK, MV, MB, DMK, DMV, DMB, h, M, slot, nstore, qk_scale, offs_d, offs_dv, dmask, dvmask,
+    D: tl.constexpr, DV: tl.constexpr, BMETA: tl.constexpr, PREC: tl.constexpr,
+):
+    """Meta-slot part of one query block's window backward: returns its dq term (unscaled) and
+    stores the block's partial dmk, dmv (unscaled) and dmb at ``slot`` (first ``nstore`` slots)."""
+    offs_e = tl.arange(0, BMETA)
+    emask = offs_e < M
+    mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
+    mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0).to(q.dtype)
+    mb = tl.load(MB + h * M + offs_e, mask=emask, other=0.0).to(tl.float32)
+    s_e = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale + mb[None, :] * 1.4426950408889634
+    p_e = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s_e - lse[:, None]), 0.0)
+    dp_e = tl.dot(do, tl.trans(mv), input_precision=PREC)
+    ds_e = p_e * (dp_e - delta[:, None])
+    dmk = tl.dot(tl.trans(ds_e.to(q.dtype)), q, input_precision=PREC)
+    dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
+    smask = offs_e < nstore
+    tl.store(DMK + slot * M * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=smask[:, None] & dmask[None, :])
+    tl.store(DMV + slot * M * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=smask[:, None] & dvmask[None, :])
+    tl.store(DMB + slot * M + offs_e, tl.sum(ds_e, 0), mask=smask)
+    return tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
+
+
+@triton.jit
 def _win_bwd(
     Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMK, DMV, DMB,
     T, H, G, M, NB, scale,
@@ -354,21 +379,8 @@ def _win_bwd(
     delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
     if HAS_META:
-        offs_e = tl.arange(0, BMETA)
-        emask = offs_e < M
-        mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
-        mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0).to(q.dtype)
-        mb = tl.load(MB + h * M + offs_e, mask=emask, other=0.0).to(tl.float32)
-        s_e = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale + mb[None, :] * 1.4426950408889634
-        p_e = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s_e - lse[:, None]), 0.0)
-        dp_e = tl.dot(do, tl.trans(mv), input_precision=PREC)
-        ds_e = p_e * (dp_e - delta[:, None])
-        dq += tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
-        dmk = tl.dot(tl.trans(ds_e.to(q.dtype)), q, input_precision=PREC)
-        dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
-        tl.store(DMK + (pid_bh * NB + j) * M * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=emask[:, None] & dmask[None, :])
-        tl.store(DMV + (pid_bh * NB + j) * M * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=emask[:, None] & dvmask[None, :])
-        tl.store(DMB + (pid_bh * NB + j) * M + offs_e, tl.sum(ds_e, 0), mask=emask)
+        dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMK, DMV, DMB, h, M, pid_bh * NB + j, M, qk_scale,
+                        offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
     for i in range(0, NBW + 1):
         offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
         nmask2 = (offs_n2 < T) & (offs_n2 >= 0)
@@ -451,24 +463,9 @@ def _win_bwd_pairs(
              mask=nmask[:, None] & dvmask[None, :])
     dq = tl.dot(dsb, k, input_precision=PREC)
     # ---- query block p: meta partials and the diagonal pair (p, p)
-    if HAS_META:
-        offs_e = tl.arange(0, BMETA)
-        emask = offs_e < M
-        mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
-        mv = tl.load(MV + h * M * DV + offs_e[:, None] * DV + offs_dv[None, :], mask=emask[:, None] & dvmask[None, :], other=0.0).to(q.dtype)
-        mb = tl.load(MB + h * M + offs_e, mask=emask, other=0.0).to(tl.float32)
-        s_e = tl.dot(q, tl.trans(mk), input_precision=PREC) * qk_scale + mb[None, :] * 1.4426950408889634
-        p_e = tl.where(emask[None, :] & mmask[:, None], tl.exp2(s_e - lse[:, None]), 0.0)
-        dp_e = tl.dot(do, tl.trans(mv), input_precision=PREC)
-        ds_e = p_e * (dp_e - delta[:, None])
-        dq += tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
-        dmk = tl.dot(tl.trans(ds_e.to(q.dtype)), q, input_precision=PREC)
-        dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
-        pm = tl.minimum(p, NB - 1)  # program NB has no query block: its (zero) partials are not stored
-        emask_s = emask & ((offs_e * 0 + p) < NB)
-        tl.store(DMK + (pid_bh * NB + pm) * M * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=emask_s[:, None] & dmask[None, :])
-        tl.store(DMV + (pid_bh * NB + pm) * M * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=emask_s[:, None] & dvmask[None, :])
-        tl.store(DMB + (pid_bh * NB + pm) * M + offs_e, tl.sum(ds_e, 0), mask=emask_s)
+    if HAS_META:  # program NB has no query block: its (zero) partials are not stored
+        dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMK, DMV, DMB, h, M, pid_bh * NB + tl.minimum(p, NB - 1),
+                        tl.where(p < NB, M, 0), qk_scale, offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
     k2 = tl.load(k_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
     v2 = tl.load(v_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
     s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
