@@ -242,12 +242,15 @@ def bench(fn, x, backward: bool):
     return ms, peak
 
 
-def correctness():
+# the last case has enough (b, h) for the chunk scans to take whole value rows per program
+CHECK_CASES = ((torch.bfloat16, (2, 8, 4, 1000, 128)), (torch.float32, (1, 4, 4, 777, 64)),
+               (torch.bfloat16, (1, 4, 4, 777, 64)), (torch.bfloat16, (8, 32, 32, 321, 128)))
+
+
+def correctness(cases=CHECK_CASES):
     """Output and all gradients vs float64 (torch chunked op), bf16 and fp32, odd T, GQA."""
     out = {}
-    # the last case has enough (b, h) for the chunk scans to take whole value rows per program
-    for dtype, (B, Hq, Hk, T, Dh) in [(torch.bfloat16, (2, 8, 4, 1000, 128)), (torch.float32, (1, 4, 4, 777, 64)),
-                                     (torch.bfloat16, (1, 4, 4, 777, 64)), (torch.bfloat16, (8, 32, 32, 321, 128))]:
+    for dtype, (B, Hq, Hk, T, Dh) in cases:
         x = inputs(B, T, dtype=torch.float32, seed=1, H=Hq, Hk=Hk, D=Dh, FD=Dh)
         ref = {n: t.double().requires_grad_() for n, t in x.items()}
         y_ref = lizard(ref, backend="torch-chunk")

@@ -105,3 +105,13 @@ def test_general_window_backward_in_bfloat16():
     finally:
         tl_lizard.CFG.pop("win_bwd_general")
     assert max(errs.values()) <= TOL[torch.bfloat16], errs
+
+
+def test_linear_backward_in_one_launch():
+    """The linear backward with both sides in one kernel (``CFG["lin_bwd_split"] = False``)."""
+    tl_lizard.CFG["lin_bwd_split"] = False
+    try:
+        errs = check(1, 4, 2, 300, 128, 128, 128, 64, 4, True, dtype=torch.bfloat16)
+    finally:
+        tl_lizard.CFG.pop("lin_bwd_split")
+    assert max(errs.values()) <= TOL[torch.bfloat16], errs

@@ -233,10 +233,12 @@ def _lin_bwd(
     DFQ, DFK, DVL, DGQ, DGK,
     T, TP, H, G, NT,
     W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BVL: tl.constexpr, BT: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, QS: tl.constexpr, KS: tl.constexpr,
 ):
-    """Gradients of the linear branch for one chunk: dfq (rows t), dfk and dv (rows t - w), and the
-    pieces fq.dfq, fk.dfk of the log-decay gradient (dG_t = fq_t.dfq_t - fk_t.dfk_t).
+    """Gradients of the linear branch for one chunk: with QS the query side, dfq (rows t) and fq.dfq;
+    with KS the key side, dfk and dv (rows t - w) and fk.dfk (the log-decay gradient is
+    dG_t = fq_t.dfq_t - fk_t.dfk_t). One launch with both, or one launch per side: each side then
+    keeps about half the live tiles (and recomputes dA = do v'^T).
     The value dimension is walked in blocks of BVL (reductions over it accumulate in fp32)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -260,47 +262,54 @@ def _lin_bwd(
     kp = (fk.to(tl.float32) * egw[:, None]).to(fq.dtype)
     causal = offs_t[:, None] >= offs_t[None, :]
     dec = tl.where(causal, tl.exp(gl[:, None] - gl[None, :]), 0.0)
-    A = (tl.dot(fq, tl.trans(kp), input_precision=PREC) * dec).to(fq.dtype)
-    eg = tl.exp(gl)
-    eo = tl.exp(bc - gl)
+    if KS:
+        A = (tl.dot(fq, tl.trans(kp), input_precision=PREC) * dec).to(fq.dtype)
+        eo = tl.exp(bc - gl)
+        dk_h = tl.zeros([BT, BF], dtype=tl.float32)  # v dh^T
+    if QS:
+        eg = tl.exp(gl)
+        dq_h = tl.zeros([BT, BF], dtype=tl.float32)  # do h^T
     dA = tl.zeros([BT, BT], dtype=tl.float32)
-    dq_h = tl.zeros([BT, BF], dtype=tl.float32)  # do h^T
-    dk_h = tl.zeros([BT, BF], dtype=tl.float32)  # v dh^T
     for i in range(0, tl.cdiv(DV, BVL)):
         offs_v = i * BVL + tl.arange(0, BVL)
         vmask = offs_v < DV
         v = tl.load(Vv + kvh * T * DV + srow[:, None] * DV + offs_v[None, :], mask=valid[:, None] & vmask[None, :], other=0.0)
         do = tl.load(DO + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :], other=0.0)
         hfv = (pid_bh * NT + c) * F * DV + offs_f[:, None] * DV + offs_v[None, :]
-        hb = tl.load(Hs + hfv, mask=fmask[:, None] & vmask[None, :], other=0.0).to(do.dtype)
-        dhb = tl.load(DH + hfv, mask=fmask[:, None] & vmask[None, :], other=0.0).to(do.dtype)
         dA += tl.dot(do, tl.trans(v), input_precision=PREC)
-        dq_h += tl.dot(do, tl.trans(hb), input_precision=PREC)
-        dk_h += tl.dot(v, tl.trans(dhb), input_precision=PREC)
-        dvp = tl.dot(tl.trans(A), do, input_precision=PREC) + eo[:, None] * tl.dot(kp, dhb, input_precision=PREC)
-        tl.store(DVL + pid_bh * T * DV + srow[:, None] * DV + offs_v[None, :], dvp.to(DVL.dtype.element_ty),
-                 mask=valid[:, None] & vmask[None, :])
-    hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
-    dhz = tl.load(DHZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+        if QS:
+            hb = tl.load(Hs + hfv, mask=fmask[:, None] & vmask[None, :], other=0.0).to(do.dtype)
+            dq_h += tl.dot(do, tl.trans(hb), input_precision=PREC)
+        if KS:
+            dhb = tl.load(DH + hfv, mask=fmask[:, None] & vmask[None, :], other=0.0).to(do.dtype)
+            dk_h += tl.dot(v, tl.trans(dhb), input_precision=PREC)
+            dvp = tl.dot(tl.trans(A), do, input_precision=PREC) + eo[:, None] * tl.dot(kp, dhb, input_precision=PREC)
+            tl.store(DVL + pid_bh * T * DV + srow[:, None] * DV + offs_v[None, :], dvp.to(DVL.dtype.element_ty),
+                     mask=valid[:, None] & vmask[None, :])
     dAc = ((dA + dz[:, None]) * dec).to(fq.dtype)
-    dfq = tl.dot(dAc, kp, input_precision=PREC) + eg[:, None] * (dq_h + dz[:, None] * hz[None, :])
-    dkp = tl.dot(tl.trans(dAc), fq, input_precision=PREC) + eo[:, None] * (dk_h + dhz[None, :])
-    dfk = dkp * egw[:, None]
-    tl.store(DFQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], dfq.to(DFQ.dtype.element_ty),
-             mask=tmask[:, None] & fmask[None, :])
-    tl.store(DFK + pid_bh * T * F + srow[:, None] * F + offs_f[None, :], dfk.to(DFK.dtype.element_ty),
-             mask=valid[:, None] & fmask[None, :])
-    tl.store(DGQ + pid_bh * T + offs_t, tl.sum(fq.to(tl.float32) * dfq, 1), mask=tmask)
-    tl.store(DGK + pid_bh * T + srow, tl.sum(fk.to(tl.float32) * dfk, 1), mask=valid)
+    if QS:
+        hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+        dfq = tl.dot(dAc, kp, input_precision=PREC) + eg[:, None] * (dq_h + dz[:, None] * hz[None, :])
+        tl.store(DFQ + pid_bh * T * F + offs_t[:, None] * F + offs_f[None, :], dfq.to(DFQ.dtype.element_ty),
+                 mask=tmask[:, None] & fmask[None, :])
+        tl.store(DGQ + pid_bh * T + offs_t, tl.sum(fq.to(tl.float32) * dfq, 1), mask=tmask)
+    if KS:
+        dhz = tl.load(DHZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
+        dkp = tl.dot(tl.trans(dAc), fq, input_precision=PREC) + eo[:, None] * (dk_h + dhz[None, :])
+        dfk = dkp * egw[:, None]
+        tl.store(DFK + pid_bh * T * F + srow[:, None] * F + offs_f[None, :], dfk.to(DFK.dtype.element_ty),
+                 mask=valid[:, None] & fmask[None, :])
+        tl.store(DGK + pid_bh * T + srow, tl.sum(fk.to(tl.float32) * dfk, 1), mask=valid)
 
 
 @triton.jit
 def _meta_bwd(
-    q, do, lse, delta, mmask, MK, MV, MB, DMK, DMV, DMB, h, M, slot, nstore, qk_scale, offs_d, offs_dv, dmask, dvmask,
+    q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, slot, nstore, qk_scale, offs_d, offs_dv, dmask, dvmask,
     D: tl.constexpr, DV: tl.constexpr, BMETA: tl.constexpr, PREC: tl.constexpr,
 ):
     """Meta-slot part of one query block's window backward: returns its dq term (unscaled) and
-    stores the block's partial dmk, dmv (unscaled) and dmb at ``slot`` (first ``nstore`` slots)."""
+    stores the block's partial dmk, dmv (unscaled) and dmb in row ``slot`` of DMETA (rows of
+    M * (D + DV + 1): dmk, dmv, dmb; first ``nstore`` meta slots)."""
     offs_e = tl.arange(0, BMETA)
     emask = offs_e < M
     mk = tl.load(MK + h * M * D + offs_e[:, None] * D + offs_d[None, :], mask=emask[:, None] & dmask[None, :], other=0.0).to(q.dtype)
@@ -313,22 +322,24 @@ def _meta_bwd(
     dmk = tl.dot(tl.trans(ds_e.to(q.dtype)), q, input_precision=PREC)
     dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
     smask = offs_e < nstore
-    tl.store(DMK + slot * M * D + offs_e[:, None] * D + offs_d[None, :], dmk, mask=smask[:, None] & dmask[None, :])
-    tl.store(DMV + slot * M * DV + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=smask[:, None] & dvmask[None, :])
-    tl.store(DMB + slot * M + offs_e, tl.sum(ds_e, 0), mask=smask)
+    row = DMETA + slot * M * (D + DV + 1)
+    tl.store(row + offs_e[:, None] * D + offs_d[None, :], dmk, mask=smask[:, None] & dmask[None, :])
+    tl.store(row + M * D + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=smask[:, None] & dvmask[None, :])
+    tl.store(row + M * (D + DV) + offs_e, tl.sum(ds_e, 0), mask=smask)
     return tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
 
 
 @triton.jit
 def _win_bwd(
-    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMK, DMV, DMB,
+    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
 ):
     """Window-branch gradients. Program j: dk, dv of key block j (dv plus the linear branch's DVL,
     rows n < T - W); dq of query block j; partial meta gradients of query block j
-    (DMK/DMV (B*H, NB, M, ·), unscaled; DMB (B*H, NB, M), the meta logit biases)."""
+    (DMETA (B, NB, H, M * (D + DV + 1)): dmk and dmv unscaled, then the meta logit biases; summed
+    over the leading two dimensions by the caller, one contiguous reduction)."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -379,7 +390,7 @@ def _win_bwd(
     delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
     dq = tl.zeros([BM, BD], dtype=tl.float32)
     if HAS_META:
-        dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMK, DMV, DMB, h, M, pid_bh * NB + j, M, qk_scale,
+        dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + j) * H + h, M, qk_scale,
                         offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
     for i in range(0, NBW + 1):
         offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
@@ -399,7 +410,7 @@ def _win_bwd(
 
 @triton.jit
 def _win_bwd_pairs(
-    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMK, DMV, DMB,
+    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
@@ -464,7 +475,7 @@ def _win_bwd_pairs(
     dq = tl.dot(dsb, k, input_precision=PREC)
     # ---- query block p: meta partials and the diagonal pair (p, p)
     if HAS_META:  # program NB has no query block: its (zero) partials are not stored
-        dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMK, DMV, DMB, h, M, pid_bh * NB + tl.minimum(p, NB - 1),
+        dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + tl.minimum(p, NB - 1)) * H + h,
                         tl.where(p < NB, M, 0), qk_scale, offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
     k2 = tl.load(k_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
     v2 = tl.load(v_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
