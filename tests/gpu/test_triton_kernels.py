@@ -1,6 +1,8 @@
 """Device correctness of the Triton Lizard attention: output and every gradient against the float64
 torch reference, with poisoned (NaN) output buffers. Skipped without CUDA."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -85,33 +87,34 @@ def test_matches_float64_reference(case, dtype):
     assert not bad, f"{case} {dtype}: {bad}"
 
 
+@contextlib.contextmanager
+def forced(**cfg):
+    """Launch overrides (``lizardlm.ops.triton.lizard.CFG``) for one check, removed afterwards."""
+    tl_lizard.CFG.update(cfg)
+    try:
+        yield
+    finally:
+        for key in cfg:
+            tl_lizard.CFG.pop(key)
+
+
 @pytest.mark.parametrize("blocks", [(64, 64), (64, 128), (32, 128)])
 def test_scan_tiles(blocks):
     """Every (feature, value) tile the chunk scans may pick, forced on a small case."""
-    tl_lizard.CFG.update(h_block=blocks, dh_block=blocks)
-    try:
+    with forced(h_block=blocks, dh_block=blocks):
         errs = check(1, 4, 2, 300, 128, 128, 128, 64, 4, True, dtype=torch.bfloat16)
-    finally:
-        tl_lizard.CFG.pop("h_block")
-        tl_lizard.CFG.pop("dh_block")
     assert max(errs.values()) <= TOL[torch.bfloat16], errs
 
 
 def test_general_window_backward_in_bfloat16():
     """The general window backward (``_win_bwd``), forced where ``_win_bwd_pairs`` would run."""
-    tl_lizard.CFG["win_bwd_general"] = True
-    try:
+    with forced(win_bwd_general=True):
         errs = check(2, 4, 4, 257, 64, 64, 128, 64, 4, True, dtype=torch.bfloat16)
-    finally:
-        tl_lizard.CFG.pop("win_bwd_general")
     assert max(errs.values()) <= TOL[torch.bfloat16], errs
 
 
 def test_linear_backward_in_one_launch():
     """The linear backward with both sides in one kernel (``CFG["lin_bwd_split"] = False``)."""
-    tl_lizard.CFG["lin_bwd_split"] = False
-    try:
+    with forced(lin_bwd_split=False):
         errs = check(1, 4, 2, 300, 128, 128, 128, 64, 4, True, dtype=torch.bfloat16)
-    finally:
-        tl_lizard.CFG.pop("lin_bwd_split")
     assert max(errs.values()) <= TOL[torch.bfloat16], errs
