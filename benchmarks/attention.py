@@ -67,9 +67,11 @@ def sdpa_cudnn(x):
         return F.scaled_dot_product_attention(x["q"], x["k"], x["v"], is_causal=True)
 
 
-KERNELS = ("win_fwd", "lin_h", "lin_o", "pre", "lin_dh", "lin_bwd", "win_bwd")
+# CFG key of each launch -> its kernel's name in the profile (the linear backward's two launches,
+# query side and key side, are one kernel: they are tuned together)
 KNAME = {"win_fwd": "win_fwd", "lin_h": "lin_fwd_h", "lin_o": "lin_fwd_o", "pre": "bwd_pre",
-         "lin_dh": "lin_bwd_dh", "lin_bwd": "lin_bwd", "win_bwd": "win_bwd"}
+         "lin_dh": "lin_bwd_dh", "lin_bwd_q": "lin_bwd", "lin_bwd_k": "lin_bwd", "win_pairs": "win_bwd_pairs"}
+KERNELS = tuple(KNAME)
 
 
 def kernel_times(B, T, iters=5):
@@ -134,8 +136,9 @@ TUNE_ROUNDS = {
     "lin_o": [(4, 1), (4, 2), (8, 1), (8, 2)],
     "pre": [(4, 1), (8, 1), (2, 1), (4, 1)],
     "lin_dh": [(4, 2), (4, 3), (4, 4), (4, 1)],
-    "lin_bwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
-    "win_bwd": [(4, 1), (4, 2), (8, 1), (8, 2)],
+    "lin_bwd_q": [(4, 1), (4, 2), (8, 1), (8, 2)],
+    "lin_bwd_k": [(4, 1), (4, 2), (8, 1), (8, 2)],
+    "win_pairs": [(4, 1), (4, 2), (8, 1), (8, 2)],
 }
 TUNE_SHAPES = ((16, 2048), (1, 32768))
 
@@ -170,8 +173,9 @@ def tune_measure(cfg):
 
 
 def tune():
-    """Per-kernel launch settings, each round in a child process; then variants (h-block 32,
-    value blocks of 32, chunk 128) on top of the best. Sets lizard CFG to the winner."""
+    """Per-kernel launch settings, each round in a child process; then variants (32 x 128 scan
+    tiles, 64-wide value steps in the linear backward, whole value rows in the output kernel, the
+    linear backward in one launch) on top of the best. Sets lizard CFG to the winner."""
     import lizardlm.ops.triton.lizard as tlz
 
     log = {"rounds": {}}
@@ -194,7 +198,7 @@ def tune():
     m, err = tune_measure(cur)
     cur_total = sum(m["total"]) if m else float("inf")
     print(f"tune best-per-kernel: {m and m['total']} {cur}", flush=True)
-    for extra in ({"hblock": 32}, {"bvl_bwd": 32}, {"bvl_o": 128}, {"chunk": 128}):
+    for extra in ({"h_block": (32, 128), "dh_block": (32, 128)}, {"bvl_bwd": 64}, {"bvl_o": 128}, {"lin_bwd_split": False}):
         trial = {**cur, **extra}
         m, err = tune_measure(trial)
         if m is None:

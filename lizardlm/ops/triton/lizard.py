@@ -27,10 +27,11 @@ def _empty(*shape, device, dtype) -> torch.Tensor:
 
 
 CFG: dict[str, dict] = {}
-"""Launch overrides per kernel, e.g. ``CFG["win_bwd"] = {"num_warps": 4, "num_stages": 2}`` (tuning).
-The defaults below won ``benchmarks/attention.py --tune`` on an H100 (bf16, D = F = 128); in
-Triton 3.6 the window forward with num_warps=8, num_stages=1 hit an illegal memory access once
-(see benchmarks/NOTES.md): keep to tried settings."""
+"""Launch overrides per kernel, e.g. ``CFG["win_bwd"] = {"num_warps": 4, "num_stages": 2}``, and
+other knobs (``lin_bwd_split``, ``bvl_bwd``, ``h_block``, ...), for tuning. The defaults below won
+``benchmarks/attention.py --tune`` on an H100 (bf16, D = F = 128) and were re-checked on an H200
+with ``benchmarks/variants.py``; in Triton 3.6 the window forward with num_warps=8, num_stages=1
+hit an illegal memory access once (see benchmarks/NOTES.md): keep to tried settings."""
 
 
 def _cfg(name: str, **default) -> dict:
