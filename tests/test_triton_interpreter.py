@@ -1,0 +1,103 @@
+"""The Triton kernels' logic on CPU: Triton's interpreter (``TRITON_INTERPRET=1``) runs the training
+op's kernels on fresh random float32 inputs, and the output and every gradient are checked against
+the float64 naive reference, output buffers poisoned with NaN. The kernels run in a child process,
+since the interpreter is chosen when they are defined. Skipped where triton is not installed; the
+bfloat16 builds (``_win_bwd_pairs``) and real launches are checked on a GPU by ``tests/gpu``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias")
+# B, H, Hk, T, D, V, F, window, meta slots, gate
+CASES = {
+    "gqa-window16-meta": (1, 2, 1, 150, 32, 64, 32, 16, 3, True),
+    "window64-chunk-aligned": (1, 2, 2, 200, 32, 32, 64, 64, 4, True),
+    "wide-window-no-gate-no-meta": (2, 2, 1, 70, 16, 96, 16, 100, 0, False),
+    "shorter-than-window": (1, 1, 1, 40, 16, 16, 16, 64, 2, True),
+}
+# lizardlm.ops.triton.lizard.CFG per variant; the scans' tiles are forced (picking them asks the GPU)
+VARIANTS = {
+    "split-backward": {},
+    "one-launch-backward": {"lin_bwd_split": False},
+    "whole-value-rows": {"bvl_bwd": 128},
+    "scan-tiles-32x128": {"h_block": (32, 128), "dh_block": (32, 128)},
+}
+TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
+
+
+def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
+    den = b.norm()
+    return ((a.double() - b).norm() / den).item() if den > 0 else (a.double() - b).norm().item()
+
+
+def errors(case: tuple, seed: int) -> dict[str, float]:
+    """Relative errors of the Triton op (interpreted, float32) against float64, output and gradients."""
+    import lizardlm.ops.triton.lizard as tlz
+    from lizardlm.ops.lizard import lizard_attention_naive
+
+    B, H, Hk, T, D, V, F, w, m, use_g = case
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    x = {"q": r(B, H, T, D), "k": r(B, Hk, T, D), "v": r(B, Hk, T, V), "fq": u(B, H, T, F) * 2 / F**0.5,
+         "fk": u(B, Hk, T, F) * 2 / F**0.5, "g": torch.nn.functional.logsigmoid(r(B, H, T) + 3.0) if use_g else None,
+         "meta_k": r(H, m, D) if m else None, "meta_v": r(H, m, V) if m else None, "meta_bias": r(H, m) if m else None}
+    ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
+    y_ref = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=ref["meta_k"],
+                                   meta_v=ref["meta_v"], meta_bias=ref["meta_bias"])
+    dy = torch.randn(y_ref.shape, generator=gen, dtype=torch.float64)
+    (y_ref * dy).sum().backward()
+    inp = {n: (t.clone().requires_grad_() if t is not None else None) for n, t in x.items()}
+    g = inp["g"] if use_g else torch.zeros(B, H, T)
+    tlz.POISON = True
+    try:  # the autograd function itself: the public entry point refuses CPU tensors
+        y = tlz.LizardAttentionFunction.apply(inp["q"], inp["k"], inp["v"], inp["fq"], inp["fk"], g, inp["meta_k"],
+                                              inp["meta_v"], inp["meta_bias"], w, D**-0.5, 64, use_g)
+        (y.double() * dy).sum().backward()
+    finally:
+        tlz.POISON = False
+    errs = {"y": relerr(y, y_ref)}
+    errs.update({"d" + n: relerr(inp[n].grad, ref[n].grad) for n in NAMES if inp[n] is not None})
+    return errs
+
+
+def child() -> None:
+    """Every (case, variant): one JSON line of errors."""
+    import lizardlm.ops.triton.lizard as tlz
+
+    for seed, (case_name, case) in enumerate(CASES.items()):
+        for variant, cfg in VARIANTS.items():
+            tlz.CFG.clear()
+            tlz.CFG.update({**TILES, **cfg})
+            print(json.dumps({"case": case_name, "variant": variant, "errors": errors(case, seed)}), flush=True)
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[tuple[str, str], dict[str, float]]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return {(row["case"], row["variant"]): row["errors"] for row in rows}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_match_float64_in_the_interpreter(interpreted, case, variant):
+    errs = interpreted[(case, variant)]
+    assert set(errs) >= {"y", "dq", "dk", "dv", "dfq", "dfk"}, errs
+    bad = {k: v for k, v in errs.items() if not v <= 1e-5}  # float32 arithmetic throughout
+    assert not bad, f"{case} {variant}: {bad}"
+
+
+if __name__ == "__main__":
+    child()
