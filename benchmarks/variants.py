@@ -1,12 +1,12 @@
 """Launch-setting variants of the Triton Lizard op timed side by side in one process.
 
 Each variant is a dict merged into ``lizardlm.ops.triton.lizard.CFG`` (kernel launch settings,
-tiles, which forward runs). For each: a float64 check (bf16 cases of ``attention.py``; with
+tiles, one or two linear-backward launches). For each: a float64 check (bf16 cases of ``attention.py``; with
 ``--fp32`` also its float32 case), registers/spills of the compiled kernels, the fwd and fwd+bwd
 time of the op at each T (B*T = 32K tokens, the shape of ``attention.py``), with cuDNN SDPA in the
 same process, and a per-kernel profile. The first variant is timed again at the end (drift).
 
-    python benchmarks/variants.py --variants '{"base": {}, "scan": {"fwd_scan": true}}' [--seqs 2048,8192]
+    python benchmarks/variants.py --variants '{"base": {}, "one-launch": {"lin_bwd_split": false}}' [--seqs 2048,8192]
 
 Writes DIR/variants-<device>.json (DIR defaults to benchmarks/results).
 """

@@ -76,8 +76,8 @@ def _pairs_window_bwd(window: int, block: int, dtype: torch.dtype) -> bool:
 
 def _gates(g: torch.Tensor, window: int, chunk: int):
     """Chunk-local inclusive cumsum gl (padded to whole chunks) and window sums gw_t = G_t - G_{t-w}
-    of G = cumsum(g). G is formed in float64 as (sum of the earlier chunks' totals) + gl: no
-    sequence-long scan, and no cancellation when G grows large over a long sequence."""
+    of G = cumsum(g). G is formed in float64 (over a long sequence it grows large, and the
+    difference would cancel in float32) as the earlier chunks' totals plus gl: no sequence-long scan."""
     BH, T = g.shape
     nt = triton.cdiv(T, chunk)
     gl = F.pad(g.float(), (0, nt * chunk - T)).view(BH, nt, chunk).cumsum(-1)
