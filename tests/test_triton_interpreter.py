@@ -13,10 +13,10 @@ import sys
 
 import pytest
 import torch
+from kernel_check import NAMES, make_inputs, reference, relerr
 
 pytest.importorskip("triton")
 
-NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias")
 # B, H, Hk, T, D, V, F, window, meta slots, gate
 CASES = {
     "gqa-window16-meta": (1, 2, 1, 150, 32, 64, 32, 16, 3, True),
@@ -34,28 +34,14 @@ VARIANTS = {
 TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
 
 
-def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
-    den = b.norm()
-    return ((a.double() - b).norm() / den).item() if den > 0 else (a.double() - b).norm().item()
-
-
 def errors(case: tuple, seed: int) -> dict[str, float]:
     """Relative errors of the Triton op (interpreted, float32) against float64, output and gradients."""
     import lizardlm.ops.triton.lizard as tlz
-    from lizardlm.ops.lizard import lizard_attention_naive
 
     B, H, Hk, T, D, V, F, w, m, use_g = case
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    x = {"q": r(B, H, T, D), "k": r(B, Hk, T, D), "v": r(B, Hk, T, V), "fq": u(B, H, T, F) * 2 / F**0.5,
-         "fk": u(B, Hk, T, F) * 2 / F**0.5, "g": torch.nn.functional.logsigmoid(r(B, H, T) + 3.0) if use_g else None,
-         "meta_k": r(H, m, D) if m else None, "meta_v": r(H, m, V) if m else None, "meta_bias": r(H, m) if m else None}
-    ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
-    y_ref = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=ref["meta_k"],
-                                   meta_v=ref["meta_v"], meta_bias=ref["meta_bias"])
-    dy = torch.randn(y_ref.shape, generator=gen, dtype=torch.float64)
-    (y_ref * dy).sum().backward()
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed)
+    dy = torch.randn(B, H, T, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    y_ref, dy, ref = reference(x, w, D**-0.5, dy)
     inp = {n: (t.clone().requires_grad_() if t is not None else None) for n, t in x.items()}
     g = inp["g"] if use_g else torch.zeros(B, H, T)
     tlz.POISON = True

@@ -13,40 +13,16 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 import lizardlm.ops.triton.lizard as tl_lizard  # noqa: E402
+from kernel_check import NAMES, make_inputs, reference, relerr  # noqa: E402
 from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
-from lizardlm.ops.lizard import lizard_attention_naive  # noqa: E402
 
-NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias")
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 
 
-def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, device="cuda")
-    u = lambda *s: torch.rand(*s, generator=gen, device="cuda")
-    return {
-        "q": r(B, H, T, D), "k": r(B, Hk, T, D), "v": r(B, Hk, T, V),
-        "fq": u(B, H, T, F) * 2 / F**0.5, "fk": u(B, Hk, T, F) * 2 / F**0.5,
-        "g": torch.nn.functional.logsigmoid(r(B, H, T) + 3.0) if use_g else None,
-        "meta_k": r(H, m, D) if m else None, "meta_v": r(H, m, V) if m else None,
-        "meta_bias": r(H, m) if m else None,
-    }
-
-
-def relerr(a, b):
-    a, b = a.double(), b.double()
-    den = b.norm()
-    return ((a - b).norm() / den).item() if den > 0 else (a - b).norm().item()
-
-
 def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0):
-    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed)
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cuda")
     scale = D**-0.5
-    ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
-    y_ref = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=w, scale=scale,
-                                   meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"])
-    dy = torch.randn_like(y_ref)
-    (y_ref * dy).sum().backward()
+    y_ref, dy, ref = reference(x, w, scale)
     inp = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in x.items()}
     if inp["g"] is not None:  # log-decays usually stay float32
         inp["g"] = x["g"].float().requires_grad_()
