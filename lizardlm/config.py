@@ -1,37 +1,79 @@
-"""Lizard hyperparameters: what replaces each softmax attention, and the ablation presets."""
+"""Lizard hyperparameters: what replaces each softmax attention, the two forms and the ablation presets."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Mode = Literal["lizard", "lolcats", "no_gate", "no_meta"]
-GateKind = Literal["scalar", "none"]
+Mode = Literal["lizard", "lolcats", "no_gate", "no_meta", "paper", "paper_no_gate", "paper_no_sink"]
+Combine = Literal["shared", "sum"]
+Rope = Literal["window", "none", "both"]
+Meta = Literal["kv", "sink"]
+GateKind = Literal["scalar", "token", "none"]
 Backend = Literal["auto", "triton", "torch"]
 
-MODES: tuple[str, ...] = ("lizard", "lolcats", "no_gate", "no_meta")
+OURS: dict[str, Any] = dict(combine="shared", rope="window", meta="kv", gate="scalar",
+                            window_size=64, feature_dim=64, num_meta_tokens=4)
+"""Our reading (LoLCATs-style): shared normaliser, shifted linear state, RoPE in the window, meta key/value slots."""
+PAPER: dict[str, Any] = dict(combine="sum", rope="none", meta="sink", gate="token",
+                             window_size=128, feature_dim=128, num_meta_tokens=4)
+"""The paper's layer (arXiv 2507.09025 and ``docs/method.md``): y = y_gla + alpha * y_win, no RoPE,
+sink logits, one sigmoid gate per token, window 128, feature dim 128."""
+
+MODE_FORMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # mode: (form whose values fill unset fields, ablation forced whatever was given)
+    "lizard": (OURS, {}),
+    "lolcats": (OURS, dict(gate="none", num_meta_tokens=0)),
+    "no_gate": (OURS, dict(gate="none")),
+    "no_meta": (OURS, dict(num_meta_tokens=0)),
+    "paper": (PAPER, {}),
+    "paper_no_gate": (PAPER, dict(gate="none")),
+    "paper_no_sink": (PAPER, dict(num_meta_tokens=0)),
+}
+MODES: tuple[str, ...] = tuple(MODE_FORMS)
+
+ALPHA_INIT = 0.5
+"""Initial alpha of the ``sum`` form (the paper does not state it); chosen by measurement, see docs/method.md."""
+
+_CHOICES = dict(combine=("shared", "sum"), rope=("window", "none", "both"), meta=("kv", "sink"),
+                gate=("scalar", "token", "none"), backend=("auto", "triton", "torch"))
 
 
 @dataclass
 class LizardConfig:
     """Configuration of the Lizard attention that replaces each teacher attention.
 
-    Per layer and head, with window ``w``, meta slots ``M`` and feature map ``phi``::
+    Per layer and head, window ``w``, ``m`` meta slots, feature maps ``phi_q, phi_k``, log-decays ``g``.
 
-        o_t = softmax-weighted sum over {k_j : t-w < j <= t} U M of v   (log-sum-exp lse_t)
+    ``combine="shared"`` (our reading; modes ``lizard``, ``lolcats``, ``no_*``)::
+
+        (o_t, lse_t) = softmax over {k_j : t-w < j <= t} and the meta slots
         S_t = a_t S_{t-1} + D(t-w, t) phi(k_{t-w}) v_{t-w}^T              (tokens that left the window)
         y_t = (o_t + e^beta phi(q_t) S_t) / (1 + e^beta phi(q_t) z_t)     (one shared normaliser)
 
+    ``combine="sum"`` (the paper; modes ``paper``, ``paper_no_*``)::
+
+        S_t = a_t S_{t-1} + phi(k_t) v_t^T,  z_t = a_t z_{t-1} + phi(k_t)   (all tokens 1..t)
+        y_t = phi(q_t) S_t / phi(q_t) z_t + alpha * sum_win e^{s_tj} v_j / (sum_i e^{tau_i} + sum_win e^{s_tj})
+
     Attributes:
-        mode: preset; ``lolcats`` = no gate and no meta memory, ``no_gate`` / ``no_meta`` drop one part.
+        mode: preset; fields left None take the mode's form (``OURS`` or ``PAPER``) and its
+            ablation (``gate="none"`` / no meta slots) is forced.
+        combine: ``shared`` normaliser over the shifted linear state, or ``sum`` of two separately
+            normalised branches (the linear one over all tokens) with a learned per-head ``alpha``.
+        rope: where the teacher's RoPE rotates q/k: the ``window`` branch only, ``none``, or ``both``.
+        meta: ``kv`` = learned key/value slots with a logit bias; ``sink`` = scalar logits in the
+            window's denominator only (no keys, no values).
         window_size: tokens of exact softmax attention (the current token included).
-        num_meta_tokens: learned key/value slots every query attends to (attention-sink role).
+        num_meta_tokens: meta slots / sink logits per head.
         feature_dim: Hedgehog projection width per half; phi has ``2 * feature_dim`` features.
-        gate: ``scalar`` = one data-dependent decay per head and token (Mamba-2 style); ``none`` = a_t = 1.
-        gate_temperature: tau in a_t = sigmoid(x W + b) ** (1 / tau).
-        gate_init: initial decay a_t (bias set so that sigmoid(b) ** (1/tau) == gate_init).
-        linear_rope: apply the teacher's RoPE to q/k before the feature map of the linear branch.
+        gate: ``scalar`` = one decay per head and token, ``a = sigmoid(x W + b) ** (1 / tau)``;
+            ``token`` = one decay per token shared by all heads, ``a = sigmoid(x w + b)``; ``none``.
+        gate_temperature: tau of the ``scalar`` gate.
+        gate_init: initial decay (bias set so that the gate starts at this value for every input).
+        alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
         backend: ``auto`` = Triton kernels on CUDA (training and full-sequence forward), torch
@@ -39,44 +81,62 @@ class LizardConfig:
     """
 
     mode: Mode = "lizard"
-    window_size: int = 64
-    num_meta_tokens: int = 4
-    feature_dim: int = 64
-    gate: GateKind = "scalar"
+    combine: Combine | None = None
+    rope: Rope | None = None
+    meta: Meta | None = None
+    window_size: int | None = None
+    num_meta_tokens: int | None = None
+    feature_dim: int | None = None
+    gate: GateKind | None = None
     gate_temperature: float = 16.0
     gate_init: float = 0.995
-    linear_rope: bool = False
+    alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
     chunk_size: int = 64
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        if self.mode not in MODE_FORMS:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.mode in ("lolcats", "no_gate"):
-            self.gate = "none"
-        if self.mode in ("lolcats", "no_meta"):
-            self.num_meta_tokens = 0
-        if self.backend not in ("auto", "triton", "torch"):
-            raise ValueError(f"unknown backend {self.backend!r}; choose auto, triton or torch")
-        if self.gate not in ("scalar", "none"):
-            raise ValueError(f"unknown gate kind {self.gate!r}; choose 'scalar' or 'none'")
-        for name in ("window_size", "feature_dim", "chunk_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_meta_tokens < 0:
-            raise ValueError(f"num_meta_tokens must be >= 0, got {self.num_meta_tokens}")
+        form, forced = MODE_FORMS[self.mode]
+        for name, value in form.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name, value in forced.items():
+            setattr(self, name, value)
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+        for name in ("window_size", "feature_dim", "chunk_size", "num_meta_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, int(value))
+            if getattr(self, name) < (0 if name == "num_meta_tokens" else 1):
+                raise ValueError(f"{name} must be >= {0 if name == 'num_meta_tokens' else 1}, got {value}")
         if not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"gate_init must lie in (0, 1), got {self.gate_init}")
-        if self.gate_temperature <= 0:
-            raise ValueError(f"gate_temperature must be > 0, got {self.gate_temperature}")
+        if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):
+            raise ValueError(f"gate_temperature must be a finite number > 0, got {self.gate_temperature}")
+        if not math.isfinite(self.alpha_init):
+            raise ValueError(f"alpha_init must be finite, got {self.alpha_init}")
         self.softmax_layers = sorted(int(i) for i in self.softmax_layers)
+
+    @property
+    def shift(self) -> int:
+        """Delay before a token enters the linear state: ``w`` (shared form) or 0 (sum form)."""
+        return self.window_size if self.combine == "shared" else 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LizardConfig":
+        """From :meth:`to_dict` output, including configs saved before the paper form existed
+        (their ``linear_rope`` flag becomes ``rope``)."""
+        data = dict(data)
+        if "linear_rope" in data:
+            data.setdefault("rope", "both" if data.pop("linear_rope") else "window")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -37,6 +37,12 @@ TEACHERS = {
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON)),
 }
 SMALL = LizardConfig(window_size=8, num_meta_tokens=3, feature_dim=8, chunk_size=8)
+PAPER_SMALL = LizardConfig(mode="paper", window_size=8, num_meta_tokens=3, feature_dim=8, chunk_size=8)
+# every combination of the form flags (RoPE placement, gate, meta memory, combination)
+FLAG_COMBOS = [
+    LizardConfig(combine=c, rope=r, meta=m, gate=g, window_size=8, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+    for c in ("shared", "sum") for r in ("window", "none", "both") for m in ("kv", "sink") for g in ("scalar", "token", "none")
+]
 
 
 def lizard_model(arch: str, config: LizardConfig = SMALL, seed: int = 0):
@@ -61,9 +67,10 @@ def decode_token_by_token(model, ids: torch.Tensor, prefill: int = 0) -> tuple[t
     return torch.cat(logits, dim=1), cache
 
 
+@pytest.mark.parametrize("config", [SMALL, PAPER_SMALL], ids=["lizard", "paper"])
 @pytest.mark.parametrize("arch", sorted(TEACHERS))
-def test_cached_decoding_equals_full_sequence(arch):
-    model = lizard_model(arch)
+def test_cached_decoding_equals_full_sequence(arch, config):
+    model = lizard_model(arch, config)
     ids = torch.randint(0, 97, (2, 41))  # 5x the window
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
@@ -201,6 +208,52 @@ def test_mode_presets_build_the_right_parts(mode, gate, meta):
     assert (attn.meta_k is not None) == meta
 
 
+@pytest.mark.parametrize("config", FLAG_COMBOS, ids=lambda c: f"{c.combine}-{c.rope}-{c.meta}-{c.gate}")
+def test_every_flag_combination_decodes_like_its_forward(config, tmp_path):
+    """Token-by-token decoding equals the full forward, the cache stays one size once the window is
+    full, and a save/load round trip gives the same logits."""
+    model = lizard_model("llama", config)
+    ids = torch.randint(0, 97, (1, 21))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+    step, cache = decode_token_by_token(model, ids, prefill=5)
+    assert torch.allclose(step, full, atol=1e-4, rtol=1e-4)
+    size = cache.nbytes()
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 1)), past_key_values=cache, use_cache=True)
+    assert cache.nbytes() == size
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(lizardlm.load(tmp_path)(ids, use_cache=False).logits, full, atol=1e-6)
+
+
+def test_paper_mode_builds_the_papers_layer():
+    """mode='paper': no RoPE, sum of two normalised branches, sink logits, one gate per token,
+    window 128 / feature dim 128 / 4 sinks, parameters named as the method describes."""
+    config = LizardConfig(mode="paper")
+    assert (config.combine, config.rope, config.meta, config.gate) == ("sum", "none", "sink", "token")
+    assert (config.window_size, config.feature_dim, config.num_meta_tokens) == (128, 128, 4)
+    assert LizardConfig(mode="paper", window_size=64).window_size == 64  # explicit values win
+    attn = lizardlm.convert(TEACHERS["llama"](), config).model.layers[0].self_attn
+    names = {n for n, _ in attn.named_parameters() if not n.split(".")[0].endswith("_proj")}
+    assert names == {"feature_map_q.weight", "feature_map_k.weight", "gate.proj.weight", "gate.proj.bias",
+                     "sink_logits", "alpha"}
+    assert attn.sink_logits.shape == (6, 4) and attn.alpha.shape == (6,) and attn.gate.proj.out_features == 1
+    assert torch.all(attn.alpha == config.alpha_init)
+    no_gate, no_sink = LizardConfig(mode="paper_no_gate"), LizardConfig(mode="paper_no_sink")
+    assert no_gate.gate == "none" and no_gate.combine == "sum"
+    assert no_sink.num_meta_tokens == 0 and no_sink.rope == "none"
+
+
+def test_configs_saved_before_the_paper_form_load_as_our_form():
+    old = {"mode": "lizard", "window_size": 64, "num_meta_tokens": 4, "feature_dim": 64, "gate": "scalar",
+           "gate_temperature": 16.0, "gate_init": 0.995, "linear_rope": True, "softmax_layers": [],
+           "chunk_size": 64, "backend": "auto"}
+    config = LizardConfig.from_dict(old)
+    assert (config.combine, config.rope, config.meta) == ("shared", "both", "kv")
+    assert LizardConfig.from_dict({**old, "linear_rope": False}).rope == "window"
+
+
 def test_bad_config_values_fail():
     with pytest.raises(ValueError, match="unknown mode"):
         LizardConfig(mode="fast")
@@ -208,6 +261,12 @@ def test_bad_config_values_fail():
         LizardConfig(window_size=0)
     with pytest.raises(ValueError, match="gate_init"):
         LizardConfig(gate_init=1.0)
+    with pytest.raises(ValueError, match="gate_temperature"):
+        LizardConfig(gate_temperature=float("nan"))
+    with pytest.raises(ValueError, match="window_size must be an integer"):
+        LizardConfig(window_size=7.5)
+    with pytest.raises(ValueError, match="unknown combine"):
+        LizardConfig(combine="product")
 
 
 def test_attention_transfer_passes_teacher_outputs_on():

@@ -33,21 +33,36 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def make_inputs(B, H, Hk, T, D, F_, m, dtype, gen):
+# (combine, meta): our form, the paper's, and the two mixed ones
+FORMS = [("shared", "kv"), ("sum", "sink"), ("shared", "sink"), ("sum", "kv")]
+
+
+def make_inputs(B, H, Hk, T, D, F_, m, dtype, gen, form=("shared", "kv")):
+    """Random op inputs; ``form`` picks meta key/value slots or sink logits (meta_bias alone) and
+    adds ``alpha`` for the sum form (pass :func:`combine_of` as ``combine``)."""
+
     def r(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
-    return dict(
+    combine, meta = form
+    x = dict(
         q=r(B, H, T, D),
         k=r(B, Hk, T, D),
         v=r(B, Hk, T, D),
         fq=r(B, H, T, F_).softmax(-1),
         fk=r(B, Hk, T, F_).softmax(-1),
         g=F.logsigmoid(r(B, H, T) + 2.0),
-        meta_k=r(H, m, D) if m else None,
-        meta_v=r(H, m, D) if m else None,
+        meta_k=r(H, m, D) if m and meta == "kv" else None,
+        meta_v=r(H, m, D) if m and meta == "kv" else None,
         meta_bias=r(H, m) if m else None,
     )
+    if combine == "sum":
+        x["alpha"] = r(H)
+    return x
+
+
+def combine_of(x: dict) -> str:
+    return "sum" if "alpha" in x else "shared"
 
 
 @pytest.fixture
@@ -55,12 +70,13 @@ def gen() -> torch.Generator:
     return torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs each run
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_lizard_forms_agree_float32(shape, gen):
+def test_lizard_forms_agree_float32(shape, form, gen):
     B, H, Hk, T, D, F_, w, m, C = shape
-    x64 = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
+    x64 = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen, form)
     x32 = {k: None if v is None else v.float() for k, v in x64.items()}
-    kw = dict(window=w, scale=D**-0.5)
+    kw = dict(window=w, scale=D**-0.5, combine=combine_of(x64))
     ref = lizard_attention_naive(**x64, **kw)
     y_chunk, s_chunk = lizard_attention_chunk(**x32, chunk_size=C, **kw)
     y_rec, s_rec = lizard_attention_recurrent(**x32, **kw)
@@ -72,13 +88,15 @@ def test_lizard_forms_agree_float32(shape, gen):
         assert torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("shape", SHAPES[:4])
-def test_lizard_chunk_continues_from_state(shape, gen):
+def test_lizard_chunk_continues_from_state(shape, form, gen):
     """Splitting a sequence at any point and carrying the state gives the same outputs."""
     B, H, Hk, T, D, F_, w, m, C = shape
-    x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
-    kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"], meta_bias=x["meta_bias"])
-    ref = lizard_attention_naive(**x, window=w, scale=D**-0.5)
+    x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen, form)
+    kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"], meta_bias=x["meta_bias"],
+              combine=combine_of(x), alpha=x.get("alpha"))
+    ref = lizard_attention_naive(**x, window=w, scale=D**-0.5, combine=combine_of(x))
     seq = {k: x[k] for k in ("q", "k", "v", "fq", "fk", "g")}
     cut1, cut2 = sorted(torch.randint(1, T, (2,), generator=gen).tolist()) if T > 2 else (1, 1)
     outs, state = [], None
@@ -90,17 +108,22 @@ def test_lizard_chunk_continues_from_state(shape, gen):
     assert state.keys.shape[2] == min(T, w)
 
 
-def test_lizard_gradients_match_reference(gen):
+@pytest.mark.parametrize("form", FORMS)
+def test_lizard_gradients_match_reference(form, gen):
     B, H, Hk, T, D, F_, w, m, C = 2, 4, 2, 29, 8, 6, 6, 2, 8
-    x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen)
+    x = {k: v for k, v in make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen, form).items() if v is not None}
     for v in x.values():
         v.requires_grad_(True)
-    kw = dict(window=w, scale=D**-0.5)
+    kw = dict(window=w, scale=D**-0.5, combine=combine_of(x))
     names = list(x)
     grads_ref = torch.autograd.grad(lizard_attention_naive(**x, **kw).square().sum(), [x[n] for n in names])
     y, _ = lizard_attention_chunk(**x, chunk_size=C, **kw)
     grads = torch.autograd.grad(y.square().sum(), [x[n] for n in names])
     for n, a, b in zip(names, grads, grads_ref):
+        assert rel_err(a, b) <= 1e-10, n
+    y_rec, _ = lizard_attention_recurrent(**x, **kw)
+    grads_rec = torch.autograd.grad(y_rec.square().sum(), [x[n] for n in names])
+    for n, a, b in zip(names, grads_rec, grads_ref):
         assert rel_err(a, b) <= 1e-10, n
 
 
@@ -196,3 +219,53 @@ def test_lizard_forms_return_the_input_dtype(form, gen):
     ref = lizard_attention_naive(**{k: (v.double() if v is not None else None) for k, v in x.items()},
                                  window=w, scale=D**-0.5)
     assert rel_err(y, ref) < 2e-2
+
+
+def test_sink_logits_are_meta_slots_without_keys_or_values(gen):
+    """Sink logits (meta_bias alone) equal meta slots whose keys and values are zero."""
+    x = make_inputs(2, 4, 2, 19, 8, 4, 3, torch.float64, gen, ("sum", "sink"))
+    zeros = torch.zeros(4, 3, 8, dtype=torch.float64)
+    kw = dict(window=5, scale=8**-0.5, combine="sum")
+    assert x["meta_k"] is None
+    sinks = lizard_attention_naive(**x, **kw)
+    slots = lizard_attention_naive(**{**x, "meta_k": zeros, "meta_v": zeros}, **kw)
+    assert rel_err(sinks, slots) <= 1e-12
+    args = (x["q"], x["k"], x["v"], 5, 8**-0.5)
+    o_ref, lse_ref = window_attention_naive(*args, None, None, x["meta_bias"])
+    o, lse = window_attention_chunk(*args, None, None, chunk_size=8, meta_bias=x["meta_bias"])
+    assert rel_err(o, o_ref) <= 1e-12 and rel_err(lse, lse_ref) <= 1e-12
+
+
+def test_sum_form_is_the_papers_equation(gen):
+    """y_i = phi_q S_i / phi_q z_i + alpha sum_win e^s v / (sum e^tau + sum_win e^s), S and z over
+    all tokens 1..i with the per-token decay, written out token by token."""
+    B, H, Hk, T, D, F_, w, m = 1, 2, 1, 23, 4, 5, 6, 2
+    x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen, ("sum", "sink"))
+    y = lizard_attention_naive(**x, window=w, scale=D**-0.5, combine="sum")
+    for h in range(H):
+        S = torch.zeros(F_, D, dtype=torch.float64)
+        z = torch.zeros(F_, dtype=torch.float64)
+        for i in range(T):
+            a = x["g"][0, h, i].exp()
+            S = a * S + x["fk"][0, 0, i, :, None] * x["v"][0, 0, i, None, :]
+            z = a * z + x["fk"][0, 0, i]
+            fq = x["fq"][0, h, i]
+            lin = fq @ S / (fq @ z)
+            lo = max(0, i - w + 1)
+            e = (x["q"][0, h, i] @ x["k"][0, 0, lo : i + 1].T * D**-0.5).exp()
+            win = e @ x["v"][0, 0, lo : i + 1] / (x["meta_bias"][h].exp().sum() + e.sum())
+            assert rel_err(y[0, h, i], lin + x["alpha"][h] * win) <= 1e-12
+
+
+def test_sum_form_state_carries_the_normaliser(gen):
+    """After a long prefix, decoding from the state alone matches the full sequence (the normaliser
+    z lives in the state's last column)."""
+    x = make_inputs(1, 2, 1, 40, 4, 4, 2, torch.float64, gen, ("sum", "sink"))
+    kw = dict(window=6, scale=0.5, combine="sum", alpha=x["alpha"], meta_bias=x["meta_bias"])
+    seq = {k: x[k] for k in ("q", "k", "v", "fq", "fk", "g")}
+    ref = lizard_attention_naive(**seq, window=6, scale=0.5, combine="sum", alpha=x["alpha"], meta_bias=x["meta_bias"])
+    _, state = lizard_attention_chunk(**{k: v[:, :, :39] for k, v in seq.items()}, chunk_size=8, **kw)
+    assert state.keys.shape[2] == 6 and state.key_features.shape[2] == 0
+    last, _ = lizard_attention_recurrent(**{k: v[:, :, 39:] for k, v in seq.items()}, state=state, **kw)
+    assert rel_err(last, ref[:, :, 39:]) <= 1e-12
+    assert state.kv_state[..., -1].min() > 0

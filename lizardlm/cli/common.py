@@ -39,16 +39,20 @@ def int_list(text: str) -> list[int]:
 def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of :class:`~lizardlm.config.LizardConfig` (unset ones keep the config defaults)."""
     g = p.add_argument_group("Lizard attention")
-    g.add_argument("--mode", choices=MODES, default=None, help="lizard (default), or an ablation preset")
+    g.add_argument("--mode", choices=MODES, default=None,
+                   help="lizard (default: our form), paper (the paper's layer), or an ablation preset")
     g.add_argument("--window-size", type=positive_int, default=None)
     g.add_argument("--num-meta-tokens", type=non_negative_int, default=None)
     g.add_argument("--feature-dim", type=positive_int, default=None)
     g.add_argument("--softmax-layers", type=int_list, default=None, help="layers that keep softmax attention, e.g. 0,15")
-    g.add_argument("--linear-rope", action="store_true", default=None, help="apply RoPE before the feature map")
+    g.add_argument("--combine", choices=("shared", "sum"), default=None, help="shared normaliser, or the paper's sum")
+    g.add_argument("--rope", choices=("window", "none", "both"), default=None, help="which branches rotate q/k")
+    g.add_argument("--meta", choices=("kv", "sink"), default=None, help="meta key/value slots, or sink logits")
+    g.add_argument("--gate", choices=("scalar", "token", "none"), default=None, help="per-head, per-token or no decay gate")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
-    names = ("mode", "window_size", "num_meta_tokens", "feature_dim", "softmax_layers", "linear_rope")
+    names = ("mode", "combine", "rope", "meta", "gate", "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 

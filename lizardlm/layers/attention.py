@@ -29,10 +29,13 @@ def teacher_window(config, layer_idx: int) -> int | None:
 class LizardAttention(nn.Module):
     """Gated linear attention + sliding-window softmax with meta memory, on the teacher's q/k/v/o.
 
-    Parameters of its own (all small): Hedgehog feature maps for queries (per head) and keys (per
-    key/value head), the decay gate, ``m`` meta key/value slots per head with a logit bias each, and
-    ``beta`` (per head log-scale of the linear branch). ``q_proj``/``k_proj``/``v_proj``/``o_proj`` keep the teacher's
-    names, shapes and biases, so teacher checkpoints load into it unchanged.
+    Every form is configuration (:class:`~lizardlm.config.LizardConfig`). Parameters of its own (all
+    small): ``feature_map_q`` (per head) / ``feature_map_k`` (per key/value head); ``gate.proj``
+    (hidden -> heads for the ``scalar`` gate, hidden -> 1 for the paper's ``token`` gate); meta memory,
+    either ``meta_k``/``meta_v``/``meta_bias`` (``m`` key/value slots per head with a logit bias each)
+    or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
+    or ``alpha`` (per-head weight of the window branch, sum form). ``q_proj``/``k_proj``/``v_proj``/
+    ``o_proj`` keep the teacher's names, shapes and biases, so teacher checkpoints load unchanged.
 
     In *attention transfer* mode (see :func:`attention_transfer`) the layer also computes the
     teacher's softmax attention on the same input, stores ``mse(student, teacher)`` in
@@ -60,16 +63,22 @@ class LizardAttention(nn.Module):
 
         self.feature_map_q = HedgehogFeatureMap(self.num_heads, self.head_dim, lizard.feature_dim).to(**factory)
         self.feature_map_k = HedgehogFeatureMap(self.num_kv_heads, self.head_dim, lizard.feature_dim).to(**factory)
+        gates = {"scalar": (self.num_heads, lizard.gate_temperature), "token": (1, 1.0)}
         self.gate = (
-            DecayGate(config.hidden_size, self.num_heads, lizard.gate_temperature, lizard.gate_init).to(**factory)
-            if lizard.gate == "scalar"
+            DecayGate(config.hidden_size, *gates[lizard.gate], lizard.gate_init).to(**factory)
+            if lizard.gate in gates
             else None
         )
         m = lizard.num_meta_tokens
-        self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if m else None
-        self.meta_v = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if m else None
-        self.meta_bias = nn.Parameter(torch.empty(self.num_heads, m, **factory)) if m else None
-        self.beta = nn.Parameter(torch.empty(self.num_heads, **factory))
+        kv_slots = bool(m) and lizard.meta == "kv"
+        self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
+        self.meta_v = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
+        self.meta_bias = nn.Parameter(torch.empty(self.num_heads, m, **factory)) if kv_slots else None
+        sinks = bool(m) and lizard.meta == "sink"
+        self.sink_logits = nn.Parameter(torch.empty(self.num_heads, m, **factory)) if sinks else None
+        shared = lizard.combine == "shared"
+        self.beta = nn.Parameter(torch.empty(self.num_heads, **factory)) if shared else None
+        self.alpha = None if shared else nn.Parameter(torch.empty(self.num_heads, **factory))
         self.attention_transfer = False
         self.transfer_loss: torch.Tensor | None = None
         self.reset_lizard_parameters()
@@ -93,14 +102,19 @@ class LizardAttention(nn.Module):
 
     def reset_lizard_parameters(self) -> None:
         """Feature maps at identity, gate at ``gate_init``, meta keys small and random, meta values
-        zero and meta logits 0 (slots start as attention sinks that add nothing), linear-branch
-        scale e^0 = 1."""
+        zero and meta logits 0 (slots start as attention sinks that add nothing), sink logits 0,
+        linear-branch scale e^0 = 1 (shared form), alpha at ``alpha_init`` (sum form)."""
         self.feature_map_q.reset_parameters()
         self.feature_map_k.reset_parameters()
         if self.gate is not None:
             self.gate.reset_parameters()
         with torch.no_grad():
-            self.beta.zero_()
+            if self.beta is not None:
+                self.beta.zero_()
+            if self.alpha is not None:
+                self.alpha.fill_(self.lizard.alpha_init)
+            if self.sink_logits is not None:
+                self.sink_logits.zero_()
             if self.meta_k is not None:
                 self.meta_k.normal_(0.0, 0.02)
                 self.meta_v.zero_()
@@ -121,23 +135,28 @@ class LizardAttention(nn.Module):
         v = self.v_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         q_rope, k_rope = apply_rotary_pos_emb(q, k, cos, sin)
-        q_lin, k_lin = (q_rope, k_rope) if self.lizard.linear_rope else (q, k)
-        fq = self.feature_map_q(q_lin) * self.beta.exp().to(q.dtype)[:, None, None]
+        rope = self.lizard.rope
+        q_win, k_win = (q, k) if rope == "none" else (q_rope, k_rope)
+        q_lin, k_lin = (q_rope, k_rope) if rope == "both" else (q, k)
+        fq = self.feature_map_q(q_lin)
+        if self.beta is not None:
+            fq = fq * self.beta.exp().to(q.dtype)[:, None, None]
         fk = self.feature_map_k(k_lin)
-        g = self.gate(hidden_states) if self.gate is not None else None
+        g = self.gate(hidden_states).expand(B, self.num_heads, T) if self.gate is not None else None
         kw = dict(
-            window=self.lizard.window_size, scale=self.scaling,
-            meta_k=self.meta_k, meta_v=self.meta_v, meta_bias=self.meta_bias,
+            window=self.lizard.window_size, scale=self.scaling, meta_k=self.meta_k, meta_v=self.meta_v,
+            meta_bias=self.meta_bias if self.sink_logits is None else self.sink_logits,
+            combine=self.lizard.combine, alpha=self.alpha,
         )
 
         cache = given_cache(past_key_values, cache)
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         state = cache_layer.state if cache_layer is not None else None
         if state is not None and T == 1:
-            y, new_state = lizard_step(q_rope, k_rope, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)
+            y, new_state = lizard_step(q_win, k_win, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)
         else:  # Triton kernels on CUDA when no state is needed (training), torch otherwise
             y, new_state = lizard_attention(
-                q_rope, k_rope, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size,
+                q_win, k_win, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size,
                 backend=self.lizard.backend, need_state=cache_layer is not None, **kw,
             )
         if cache_layer is not None:

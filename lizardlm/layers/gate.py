@@ -10,7 +10,8 @@ from torch import nn
 
 
 class DecayGate(nn.Module):
-    """Per-head scalar decay ``a_t = sigmoid(x_t W + b) ** (1 / tau)``, returned as ``log a_t``.
+    """Scalar decay ``a_t = sigmoid(x_t W + b) ** (1 / tau)`` per output (one per head, or a single
+    one per token shared by all heads: the paper's gate, ``tau = 1``), returned as ``log a_t``.
 
     ``W`` starts at zero and ``b`` at ``logit(a0 ** tau)`` so every head begins with decay ``a0``
     (close to 1: little forgetting), independent of the input.
@@ -30,5 +31,5 @@ class DecayGate(nn.Module):
             self.proj.bias.fill_(math.log(p / (1.0 - p)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, T, hidden)`` -> log-decays ``(B, heads, T)``, all <= 0."""
+        """``x`` ``(B, T, hidden)`` -> log-decays ``(B, outputs, T)``, all <= 0."""
         return (F.logsigmoid(self.proj(x).float()) / self.temperature).transpose(1, 2)

@@ -88,11 +88,14 @@ def lizard_attention(
     chunk_size: int = 64,
     backend: str = "auto",
     need_state: bool = False,
+    combine: str = "shared",
+    alpha: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LizardState | None]:
     """Lizard attention (see :mod:`lizardlm.ops.lizard`) on the fastest backend that can run it.
 
     Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
-    fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)`` or None.
+    fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)`` or None
+    (meta_bias alone: sink logits); ``combine`` ``shared`` or ``sum`` (with alpha ``(H,)``).
     Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path.
     """
     if q.is_cuda and torch.is_autocast_enabled("cuda"):  # run in the autocast dtype, as torch's own ops do
@@ -109,11 +112,12 @@ def lizard_attention(
 
         y = lizard_attention_cuda(
             q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
+            combine=combine, alpha=alpha,
         )  # chunk_size only changes rounding; the kernels use their own
         return y, None
     return lizard_attention_chunk(
         q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
-        state=state, chunk_size=chunk_size,
+        state=state, chunk_size=chunk_size, combine=combine, alpha=alpha,
     )
 
 
@@ -132,12 +136,21 @@ def lizard_step(
     meta_bias: torch.Tensor | None = None,
     state: LizardState,
     backend: str = "auto",
+    combine: str = "shared",
+    alpha: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs T = 1) from ``state``: one fused Triton kernel on CUDA (``auto``
-    or ``triton``), :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise. Returns ``(y, state)``."""
+    or ``triton``; shared form, meta key/value slots), :func:`lizardlm.ops.lizard.lizard_attention_step`
+    otherwise (its torch ops are what a CUDA graph replays for the sum form). Returns ``(y, state)``."""
     kw = dict(window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state)
-    if _use_triton(q, backend, "the fused step continues a prefilled state" if state.keys.shape[2] == 0 else None):
+    if state.keys.shape[2] == 0:
+        refusal = "the fused step continues a prefilled state"
+    elif combine != "shared" or (meta_k is None and meta_bias is not None):
+        refusal = "the fused step implements the shared form with meta key/value slots"
+    else:
+        refusal = None
+    if _use_triton(q, backend, refusal):
         from lizardlm.ops.triton import lizard_step_cuda
 
         return lizard_step_cuda(q, k, v, fq, fk, g, **kw)
-    return lizard_attention_step(q, k, v, fq, fk, g, **kw)
+    return lizard_attention_step(q, k, v, fq, fk, g, **kw, combine=combine, alpha=alpha)

@@ -1,21 +1,21 @@
-"""Lizard attention: sliding-window softmax + meta memory, and gated linear attention over the
-tokens that have left the window, sharing one normaliser.
+"""Lizard attention: sliding-window softmax + meta memory, and gated linear attention, in two forms.
 
 Per batch and query head, with window ``w``, log-decays ``g`` (``G_t = sum_{r<=t} g_r``),
-features ``fq_t = e^beta phi(q_t)`` and ``fk_j = phi(k_j)``::
+features ``fq_t`` and ``fk_j = phi(k_j)``, ``(o_t, lse_t) = window_attention(q, k, v, w, meta)``
+(see ops.window; meta slots or sink logits) and the gated sums over a set ``J_t`` of tokens::
 
-    (o_t, lse_t) = window_attention(q, k, v, w, meta)                 # see ops.window
-    N_t = sum_{j <= t-w} exp(G_t - G_j) (fq_t . fk_j) v_j
-    Z_t = sum_{j <= t-w} exp(G_t - G_j) (fq_t . fk_j)
-    y_t = (o_t + N_t) / (1 + Z_t)
+    N_t = sum_{j in J_t} exp(G_t - G_j) (fq_t . fk_j) v_j,    Z_t = sum_{j in J_t} exp(G_t - G_j) (fq_t . fk_j)
 
-i.e. ``y_t = (sum_win e^{s - lse_t} v + N_t) / (sum_win e^{s - lse_t} + Z_t)``: window scores are
-measured against their own log-sum-exp, the linear branch adds its (gated, unnormalised) mass.
-The linear branch is a standard gated linear attention over *shifted* keys/values: token ``j``
-enters the state at time ``j + w`` carrying the decay it accrued meanwhile,
-``k'_{j+w} = exp(G_{j+w} - G_j) fk_j``, ``v'_{j+w} = [v_j, 1]`` (the 1 yields Z).
+``combine="shared"`` (our reading): ``J_t = {j <= t - w}`` (tokens that left the window) and
+``y_t = (o_t + N_t) / (1 + Z_t)``, i.e. window scores measured against their own log-sum-exp, the
+linear branch adding its unnormalised mass (``fq`` carries ``e^beta``). Token ``j`` enters the state
+at ``j + w`` carrying the decay it accrued meanwhile: ``k'_{j+w} = exp(G_{j+w} - G_j) fk_j``.
 
-Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
+``combine="sum"`` (the paper): ``J_t = {j <= t}`` (all tokens) and
+``y_t = N_t / Z_t + alpha_h o_t``: two separately normalised branches, ``alpha`` ``(H,)`` learned.
+
+Both run a standard gated linear attention over ``v' = [v, 1]`` (the 1 yields Z); ``shift`` below is
+``w`` or 0. Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
 fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)``
 or None.
 """
@@ -36,9 +36,11 @@ from lizardlm.ops.window import window_attention_chunk, window_attention_naive
 class LizardState:
     """What one Lizard attention carries between calls; its size never depends on the context.
 
-    kv_state: ``(B, H, F, V + 1)`` gated sum of ``fk [v, 1]^T`` over tokens that left the window.
-    keys, values, key_features: ``(B, Hk, L, ·)`` the last ``L <= w`` tokens (keys with RoPE).
-    log_gates: ``(B, H, L)`` their log-decays.
+    kv_state: ``(B, H, F, V + 1)`` gated sum of ``fk [v, 1]^T`` over the tokens of the linear
+        branch (those that left the window in the shared form, all of them in the sum form).
+    keys, values: ``(B, Hk, L, ·)`` the last ``L <= w`` tokens (keys as the window branch sees them).
+    key_features, log_gates: ``(B, Hk, L, F)``, ``(B, H, L)`` their features and log-decays, which
+        the shared form needs when a token leaves the window; empty (length 0) in the sum form.
     """
 
     kv_state: torch.Tensor
@@ -63,31 +65,47 @@ def _log_gates(q: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
     return q.new_zeros(q.shape[:3], dtype=dtype) if g is None else g.to(dtype)
 
 
-def _finish(o: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
-    """y = (o + N) / (1 + Z) from the window output and the linear branch ``[N, Z]``."""
+COMBINES = ("shared", "sum")
+
+
+def _check_combine(combine: str, alpha) -> None:
+    if combine not in COMBINES:
+        raise ValueError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
+    if combine == "sum" and alpha is None:
+        raise ValueError("combine='sum' needs alpha (one weight per head)")
+
+
+def _finish(o: torch.Tensor, lin: torch.Tensor, combine: str = "shared", alpha=None) -> torch.Tensor:
+    """y from the window output and the linear branch ``[N, Z]``: ``(o + N) / (1 + Z)`` (shared)
+    or ``N / Z + alpha o`` (sum)."""
     dtype = compute_dtype(o)
     V = o.shape[-1]
-    return ((o.to(dtype) + lin[..., :V]) / (1.0 + lin[..., V:])).to(o.dtype)
+    if combine == "shared":
+        return ((o.to(dtype) + lin[..., :V]) / (1.0 + lin[..., V:])).to(o.dtype)
+    a = alpha.to(dtype).view(1, -1, 1, 1)
+    return (lin[..., :V] / lin[..., V:] + a * o.to(dtype)).to(o.dtype)
 
 
 def lizard_attention_naive(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
+    combine: str = "shared", alpha=None,
 ) -> torch.Tensor:
     """Reference: the equations above with explicit T x T matrices (no cache)."""
+    _check_combine(combine, alpha)
     dtype = compute_dtype(q)
     H, T = q.shape[1], q.shape[2]
     o, _ = window_attention_naive(q, k, v, window, scale, meta_k, meta_v, meta_bias)
     G = _log_gates(q, g).cumsum(-1)
     t = torch.arange(T, device=q.device)
-    old = t[None, :] <= t[:, None] - window
+    old = t[None, :] <= t[:, None] - (window if combine == "shared" else 0)
     decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~old, float("-inf")))
     A = fq.to(dtype) @ expand_heads(fk.to(dtype), H).transpose(-1, -2) * decay
     lin = torch.cat([A @ expand_heads(v.to(dtype), H), A.sum(-1, keepdim=True)], dim=-1)
-    return _finish(o, lin)
+    return _finish(o, lin, combine, alpha)
 
 
 def empty_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fk: torch.Tensor) -> LizardState:
-    """The state before the first token."""
+    """The state before the first token (either form)."""
     B, H = q.shape[:2]
     Hk = k.shape[1]
     dtype = compute_dtype(q)
@@ -115,25 +133,31 @@ def lizard_attention_chunk(
     meta_bias=None,
     state: LizardState | None = None,
     chunk_size: int = 64,
+    combine: str = "shared",
+    alpha=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """Chunked parallel form, continuing from ``state`` (None: the sequence starts here).
 
     Memory O(T (C + w)); returns (y, state after the last token).
     """
+    _check_combine(combine, alpha)
     H, T = q.shape[1], q.shape[2]
     dtype = compute_dtype(q)
     if state is None:
         state = empty_state(q, k, v, fk)
     L = state.keys.shape[2]
     g = _log_gates(q, g)
-    kc, vc, fkc, gc = (
-        (k, v, fk, g)
-        if L == 0
-        else (torch.cat([old, new], dim=2) for old, new in zip(state.tensors()[1:], (k, v, fk, g)))
-    )
-
+    kc, vc = (k, v) if L == 0 else (torch.cat([state.keys, k], dim=2), torch.cat([state.values, v], dim=2))
     o, _ = window_attention_chunk(q, kc, vc, window, scale, meta_k, meta_v, chunk_size, meta_bias)
+    keep = slice(max(0, L + T - window), None)
 
+    if combine == "sum":  # every token enters the state at once
+        v_in = expand_heads(torch.cat([v.to(dtype), torch.ones_like(v[..., :1], dtype=dtype)], dim=-1), H)
+        lin, kv_state = gla_chunk(fq.to(dtype), expand_heads(fk.to(dtype), H), v_in, g, state.kv_state, chunk_size)
+        new_state = LizardState(kv_state, kc[:, :, keep], vc[:, :, keep], state.key_features, state.log_gates)
+        return _finish(o, lin, combine, alpha), new_state
+
+    fkc, gc = (fk, g) if L == 0 else (torch.cat([state.key_features, fk], dim=2), torch.cat([state.log_gates, g], dim=2))
     # Shifted keys/values: position L + t receives the token at combined index L + t - w.
     src = torch.arange(L, L + T, device=q.device) - window
     valid = (src >= 0).to(dtype)[:, None]
@@ -144,22 +168,31 @@ def lizard_attention_chunk(
     v_src = vc[:, :, src].to(dtype)
     v_in = expand_heads(torch.cat([v_src, torch.ones_like(v_src[..., :1])], dim=-1), H) * valid
     lin, kv_state = gla_chunk(fq.to(dtype), k_in, v_in, g, state.kv_state, chunk_size)
-
-    keep = slice(max(0, L + T - window), None)
     new_state = LizardState(kv_state, kc[:, :, keep], vc[:, :, keep], fkc[:, :, keep], gc[:, :, keep])
     return _finish(o, lin), new_state
 
 
 def lizard_attention_step(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState,
+    combine: str = "shared", alpha=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs have T = 1): O(w) work and O(1) memory."""
+    _check_combine(combine, alpha)
     H = q.shape[1]
     dtype = compute_dtype(q)
     keys = torch.cat([state.keys, k], dim=2)
     values = torch.cat([state.values, v], dim=2)
+    g = _log_gates(q, g)
+    if combine == "sum":  # the new token enters the state; the window keeps the last w tokens
+        f_new = expand_heads(fk[:, :, 0].to(dtype), H)
+        v_new = expand_heads(torch.cat([v[:, :, 0].to(dtype), torch.ones_like(v[:, :, 0, :1], dtype=dtype)], dim=-1), H)
+        kv_state = torch.exp(g[..., -1])[..., None, None] * state.kv_state + f_new[..., :, None] * v_new[..., None, :]
+        keys, values = keys[:, :, -window:], values[:, :, -window:]
+        o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v, meta_bias)
+        lin = fq.to(dtype) @ kv_state
+        return _finish(o, lin, combine, alpha), LizardState(kv_state, keys, values, state.key_features, state.log_gates)
     feats = torch.cat([state.key_features, fk], dim=2)
-    log_gates = torch.cat([state.log_gates, _log_gates(q, g)], dim=2)
+    log_gates = torch.cat([state.log_gates, g], dim=2)
     kv_state = torch.exp(log_gates[..., -1])[..., None, None] * state.kv_state
     if keys.shape[2] > window:  # the oldest token leaves the window and enters the linear state
         decay = torch.exp(log_gates[..., 1:].sum(-1))[..., None, None]
@@ -174,7 +207,8 @@ def lizard_attention_step(
 
 
 def lizard_attention_recurrent(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState | None = None
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
+    state: LizardState | None = None, combine: str = "shared", alpha=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """Token-by-token form built from :func:`lizard_attention_step`."""
     if state is None:
@@ -186,6 +220,7 @@ def lizard_attention_recurrent(
         y, state = lizard_attention_step(
             q[:, :, sl], k[:, :, sl], v[:, :, sl], fq[:, :, sl], fk[:, :, sl], g[:, :, sl],
             window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state,
+            combine=combine, alpha=alpha,
         )
         outs.append(y)
     return torch.cat(outs, dim=2), state

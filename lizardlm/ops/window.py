@@ -9,7 +9,8 @@ values ``mv``, no position) that every query sees::
 Shapes: q ``(B, H, Tq, D)``; k, v ``(B, Hk, Tk, D)`` with ``Tk >= Tq`` (query i sits at key
 position ``Tk - Tq + i``: earlier keys are a cached prefix) and ``H % Hk == 0``;
 meta_k, meta_v ``(H, m, D)`` and meta_bias ``(H, m)`` (a learned logit per slot, so a slot can
-be switched off whatever the query) or None. Returns ``(o, lse)`` with o in q's dtype, lse float32+.
+be switched off whatever the query) or None. ``meta_bias`` alone (meta_k and meta_v None) gives
+*sink logits*: ``u_ti = b_i`` adds ``e^{b_i}`` to the denominator and nothing to the values. Returns ``(o, lse)`` with o in q's dtype, lse float32+.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from lizardlm.ops.utils import compute_dtype, expand_heads
 
 
 def _meta_scores(q: torch.Tensor, meta_k, scale: float, meta_bias=None) -> torch.Tensor | None:
-    """``scale q . mk_i + b_i`` for every meta slot, ``(B, H, ..., m)``."""
-    if meta_k is None or meta_k.shape[-2] == 0:
+    """``scale q . mk_i + b_i`` for every meta slot (``b_i`` alone for sink logits), ``(B, H, ..., m)``."""
+    if meta_k is None:
+        if meta_bias is None or meta_bias.shape[-1] == 0:
+            return None
+        return meta_bias.to(q.dtype).view(1, meta_bias.shape[0], *([1] * (q.ndim - 3)), -1).expand(*q.shape[:-1], -1)
+    if meta_k.shape[-2] == 0:
         return None
     scores = scale * torch.einsum("bh...d,hmd->bh...m", q, meta_k.to(q.dtype))
     if meta_bias is not None:
@@ -38,7 +43,7 @@ def _combine(scores, values, meta_scores, meta_v, out_dtype):
     p = torch.exp(scores - lse[..., None])
     n_win = values.shape[-2]
     o = p[..., :n_win] @ values
-    if meta_scores is not None:
+    if meta_scores is not None and meta_v is not None:
         o = o + torch.einsum("bh...m,hmd->bh...d", p[..., n_win:], meta_v.to(o.dtype))
     return o.to(out_dtype), lse
 
@@ -110,7 +115,7 @@ def window_attention_chunk(
     lse = torch.logsumexp(scores, dim=-1)
     p = torch.exp(scores - lse[..., None])
     o = (p[..., :span].view(B, Hk, H // Hk, n, C, span) @ vb).view(B, H, n, C, -1)
-    if meta is not None:
+    if meta is not None and meta_v is not None:
         o = o + torch.einsum("bhncm,hmd->bhncd", p[..., span:], meta_v.to(dtype))
     return o.to(q.dtype).reshape(B, H, n * C, -1)[:, :, :Tq], lse.reshape(B, H, n * C)[:, :, :Tq]
 
