@@ -53,8 +53,16 @@ def _quiet_lm_eval(verbose: bool) -> None:
             lg.addFilter(_DropNoise())
 
 
+CPU_AUTO_BATCH = 16  # ``batch_size="auto"`` off CUDA, where lm-eval's OOM-driven search does not apply
+
+
 def make_lm(model: Any, tokenizer: Any, batch_size: int | str = 1, max_length: int | None = None):
-    """An lm-eval ``LM`` for ``model``: the model itself when it is one, else an ``HFLM`` wrapper."""
+    """An lm-eval ``LM`` for ``model``: the model itself when it is one, else an ``HFLM`` wrapper.
+
+    ``batch_size="auto"``: on CUDA lm-eval's own search for the largest batch that fits (requests
+    are already scored longest first, so the first batch is the largest); elsewhere
+    :data:`CPU_AUTO_BATCH`. Right padding inside a batch does not change any score.
+    """
     from lm_eval.api.model import LM
 
     if isinstance(model, LM):
@@ -62,6 +70,11 @@ def make_lm(model: Any, tokenizer: Any, batch_size: int | str = 1, max_length: i
     from lm_eval.models.huggingface import HFLM
 
     kw: dict[str, Any] = {"pretrained": model, "tokenizer": tokenizer, "batch_size": batch_size, "backend": "causal"}
+    if batch_size == "auto":
+        if next(model.parameters()).is_cuda:
+            kw["max_batch_size"] = 512
+        else:
+            kw["batch_size"] = CPU_AUTO_BATCH
     if max_length is not None:
         kw["max_length"] = max_length
     return HFLM(**kw)
@@ -94,7 +107,7 @@ def run_harness(
     data_dir: str | os.PathLike | None = None,
     data_paths: dict[str, str] | None = None,
     limit: int | float | None = None,
-    batch_size: int | str = 1,
+    batch_size: int | str = "auto",
     max_length: int | None = None,
     seed: int = 1234,
     verbose: bool = False,

@@ -1,0 +1,280 @@
+"""Training throughput at scale: the teacher's own LoRA step beside the two linearization stages.
+
+Random-weight models of real teacher shapes (configs below, no download), bf16 weights on CUDA
+(float32 on CPU). Per shape, sequence length and Lizard mode it times, with the library's own
+loss functions, one optimizer step (forward, backward, gradient clipping, AdamW) of
+
+* ``teacher_lora``: peft LoRA rank 8 on q/k/v/o of the teacher, next-token loss;
+* ``stage1``: attention transfer (only the Lizard parameters train);
+* ``stage2``: LoRA rank 8 on q/k/v/o of the Lizard model, next-token loss;
+
+and the peak memory of each, then projects the paper's recipe (20M stage-1 + 20M stage-2 tokens).
+An out-of-memory error (or any other failure) is recorded in its row and the run goes on::
+
+    python benchmarks/scale.py --out benchmarks/results                      # all shapes, 2K and 8K
+    python benchmarks/scale.py --shapes llama-3-8b --seqs 8192 --lizard-mode paper
+    python benchmarks/scale.py --quick                                       # tiny, CPU-friendly
+
+Writes ``<out>/scale-<device>.json``: ``{"runs": [...], "device": .., "versions": ..}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import peft
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import lizardlm
+from lizardlm.train.linearize import _lm_loss_fn, _transfer_loss_fn
+from result_names import device_slug
+
+RECIPE_TOKENS = 20_000_000  # per stage (the paper's 20M + 20M)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+_LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192, bos_token_id=128000)
+SHAPES: dict[str, tuple[type, type, dict[str, Any]]] = {
+    "smollm2-135m": (LlamaConfig, LlamaForCausalLM, dict(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)),
+    "llama-3.2-1b": (LlamaConfig, LlamaForCausalLM, dict(
+        _LLAMA3, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, tie_word_embeddings=True)),
+    "llama-3-8b": (LlamaConfig, LlamaForCausalLM, dict(
+        _LLAMA3, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, tie_word_embeddings=False)),
+    "mistral-7b": (MistralConfig, MistralForCausalLM, dict(  # v0.3: no sliding window
+        vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, rope_theta=1000000.0, max_position_embeddings=32768, sliding_window=None,
+        tie_word_embeddings=False)),
+    "qwen2-7b": (Qwen2Config, Qwen2ForCausalLM, dict(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, rope_theta=1000000.0, max_position_embeddings=32768, use_sliding_window=False,
+        tie_word_embeddings=False)),
+    "tiny": (LlamaConfig, LlamaForCausalLM, dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024)),
+}
+# Rows per step at 2K tokens (the issue's table); longer sequences keep the tokens per step.
+BATCH_AT_2K = {"smollm2-135m": 8, "llama-3.2-1b": 4, "llama-3-8b": 1, "mistral-7b": 1, "qwen2-7b": 1, "tiny": 2}
+
+
+def build_teacher(shape: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A random-weight teacher of ``shape`` made directly on ``device`` in ``dtype``."""
+    config_cls, model_cls, kw = SHAPES[shape]
+    config = config_cls(**kw, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = model_cls._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def default_batch(shape: str, seq: int) -> int:
+    return max(1, BATCH_AT_2K[shape] * 2048 // seq)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(loss_fn: Callable, params: list[torch.nn.Parameter], ids: torch.Tensor, *, warmup: int, steps: int,
+              device: str) -> dict[str, float]:
+    """Seconds per optimizer step of ``loss_fn(ids)`` (after ``warmup`` steps) and peak GiB."""
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+    def step() -> None:
+        with amp:
+            loss, _ = loss_fn(ids)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        for _ in range(warmup):
+            step()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        seconds = (time.perf_counter() - start) / steps
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return {"s_per_step": seconds, "peak_gib": peak}
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(name: str, row: dict[str, Any], fn: Callable[[], dict[str, float]], tokens: int, device: str) -> None:
+    """Run ``fn`` into ``row[name + ...]``; an OOM or other failure is recorded instead of raised."""
+    try:
+        result = fn()
+    except torch.OutOfMemoryError:
+        row[f"{name}_error"] = "out of memory"
+        row[f"{name}_tok_per_s"] = None
+    except Exception as err:  # noqa: BLE001: a failed row must not stop the others
+        row[f"{name}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        row[f"{name}_tok_per_s"] = None
+    else:
+        row[f"{name}_tok_per_s"] = tokens / result["s_per_step"]
+        row[f"{name}_s_per_step"] = result["s_per_step"]
+        row[f"{name}_peak_gib"] = result["peak_gib"]
+    free(device)
+
+
+def lora(model: torch.nn.Module) -> peft.PeftModel:
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS))
+
+
+def lora_step(model: torch.nn.Module, ids: torch.Tensor, **kw: Any) -> dict[str, float]:
+    """Time a LoRA step on ``model``, then take the adapters off again (``model`` is left unchanged)."""
+    model.requires_grad_(False)
+    peft_model = lora(model)
+    try:
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        return time_step(_lm_loss_fn(peft_model), params, ids, **kw)
+    finally:
+        peft_model.unload()
+
+
+def stage1_step(model: torch.nn.Module, ids: torch.Tensor, **kw: Any) -> dict[str, float]:
+    model.requires_grad_(False)
+    params = list(model.lizard_parameters())
+    for p in params:
+        p.requires_grad_(True)
+    model.train()
+    try:
+        return time_step(_transfer_loss_fn(model), params, ids, **kw)
+    finally:
+        model.eval().requires_grad_(False)
+
+
+def finish_row(row: dict[str, Any]) -> None:
+    """Overall peak, ratios to the teacher's LoRA step, projected minutes of the paper recipe."""
+    peaks = [row[k] for k in ("teacher_lora_peak_gib", "stage1_peak_gib", "stage2_peak_gib") if row.get(k) is not None]
+    row["peak_gib"] = max(peaks) if peaks else None
+    teacher, s1, s2 = row.get("teacher_lora_tok_per_s"), row.get("stage1_tok_per_s"), row.get("stage2_tok_per_s")
+    row["stage1_vs_teacher"] = s1 / teacher if s1 and teacher else None
+    row["stage2_vs_teacher"] = s2 / teacher if s2 and teacher else None
+    row["recipe_tokens"] = [RECIPE_TOKENS, RECIPE_TOKENS]
+    row["recipe_minutes"] = (RECIPE_TOKENS / s1 + RECIPE_TOKENS / s2) / 60 if s1 and s2 else None
+
+
+def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dtype, rows: list[dict[str, Any]]) -> None:
+    """Append the rows of one shape: per sequence length the teacher's LoRA step once, then each mode."""
+    teacher = build_teacher(shape, device, dtype)
+    kw = dict(warmup=args.warmup, steps=args.steps, device=device)
+    teacher_rows: dict[int, dict[str, Any]] = {}
+    for seq in args.seqs:
+        batch = args.batch or default_batch(shape, seq)
+        ids = torch.randint(0, teacher.config.vocab_size, (batch, seq), device=device)
+        teacher_rows[seq] = {"batch": batch}
+        measure("teacher_lora", teacher_rows[seq], lambda: lora_step(teacher, ids, **kw), batch * seq, device)
+    lizard_kw = {"window_size": args.window_size} if args.window_size else {}
+    for i, mode in enumerate(args.lizard_mode):
+        model = teacher if i == 0 else build_teacher(shape, device, dtype)  # convert works in place
+        teacher = None
+        free(device)
+        try:
+            config = lizardlm.LizardConfig(mode=mode, **lizard_kw)
+            lizardlm.convert(model, config)
+        except Exception as err:  # noqa: BLE001: e.g. a mode this checkout does not know
+            rows += [{"shape": shape, "batch": teacher_rows[seq]["batch"], "seq": seq, "mode": mode,
+                      "error": f"{type(err).__name__}: {str(err)[:300]}"} for seq in args.seqs]
+            continue
+        for seq in args.seqs:
+            base = teacher_rows[seq]
+            batch = base["batch"]
+            row = {"shape": shape, "batch": batch, "seq": seq, "mode": mode, "tokens_per_step": batch * seq,
+                   "lizard": config.to_dict(), **{k: v for k, v in base.items() if k != "batch"}}
+            ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
+            measure("stage1", row, lambda: stage1_step(model, ids, **kw), batch * seq, device)
+            measure("stage2", row, lambda: lora_step(model, ids, **kw), batch * seq, device)
+            finish_row(row)
+            rows.append(row)
+            print(json.dumps({k: row.get(k) for k in ("shape", "seq", "batch", "mode", "teacher_lora_tok_per_s",
+                                                      "stage1_tok_per_s", "stage2_tok_per_s", "peak_gib",
+                                                      "recipe_minutes")}), flush=True)
+        del model
+        free(device)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b,llama-3-8b,mistral-7b,qwen2-7b",
+                   help=f"comma-separated, of {', '.join(SHAPES)}")
+    p.add_argument("--seqs", default="2048,8192", help="comma-separated sequence lengths")
+    p.add_argument("--batch", type=int, default=None,
+                   help="rows per step for every shape (default: the issue's batch at 2K, same tokens at other lengths)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (Triton compilation, allocator)")
+    p.add_argument("--lizard-mode", default="lizard", help="comma-separated LizardConfig modes, e.g. lizard,paper")
+    p.add_argument("--window-size", type=int, default=None, help="LizardConfig.window_size (default: its default)")
+    p.add_argument("--quick", action="store_true", help="tiny shape, short sequences, one step: a smoke test")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shapes, args.seqs, args.steps, args.warmup = "tiny", "32,64", 1, 1
+        args.batch = args.batch or 1
+        args.window_size = args.window_size or 16
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        p.error(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
+    args.seqs = [int(s) for s in args.seqs.split(",") if s]
+    args.lizard_mode = [m for m in args.lizard_mode.split(",") if m]
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    for shape in args.shapes:
+        try:
+            run_shape(shape, args, device, dtype, runs)
+        except Exception as err:  # noqa: BLE001: e.g. the weights alone do not fit
+            runs.append({"shape": shape, "error": f"{type(err).__name__}: {str(err)[:300]}"})
+            free(device)
+    result = {
+        "runs": runs,
+        "device": name,
+        "versions": {"lizardlm": lizardlm.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "dtype": str(dtype).removeprefix("torch."),
+        "lora": {"rank": 8, "alpha": 16, "targets": LORA_TARGETS},
+        "steps": args.steps, "warmup": args.warmup,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"scale-{device_slug(name)}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
