@@ -170,10 +170,13 @@ def make_example(
 ) -> RetrievalExample:
     """A document of exactly ``length`` tokens: filler with ``keys`` needles, the question, then
     every answer (``ask=None``, training) or only the prompt for passkey number ``ask`` (evaluation,
-    the key is the continuation). ``depths`` places the needles (default: uniform random)."""
+    the key is the continuation). ``depths[i - 1]`` places passkey number i (default: uniform random)."""
     tok = pool.tokenizer
     secrets = {i: make_key(tok, rng, rng.randint(*key_tokens)) for i in range(1, keys + 1)}
-    numbers = rng.sample(range(1, keys + 1), keys)  # needle order in the text
+    wanted = dict(zip(rng.sample(range(1, keys + 1), keys), (rng.random() for _ in range(keys))))
+    if depths is not None:
+        wanted.update(zip(range(1, keys + 1), depths))
+    numbers = sorted(wanted, key=wanted.get)  # needle order in the text
     needles = [_encode(tok, NEEDLE.format(index=i, key=secrets[i])) for i in numbers]
     asked = rng.sample(range(1, keys + 1), keys) if ask is None else [ask]
     tail = _encode(tok, QUESTION)
@@ -183,8 +186,7 @@ def make_example(
     if n_filler < 1:
         raise DataError(f"retrieval: length {length} leaves no room for filler ({length - n_filler} tokens of needles and answers)")
     filler, words = pool.span(rng, n_filler)
-    depths = sorted(depths if depths is not None else [rng.random() for _ in range(keys)])
-    cuts = [_snap(words, round(d * n_filler), n_filler) for d in depths]
+    cuts = [_snap(words, round(wanted[i] * n_filler), n_filler) for i in numbers]
     ids: list[int] = []
     starts: dict[int, int] = {}
     placed: dict[int, float] = {}
