@@ -23,7 +23,7 @@ from lizardlm.cli.common import positive_int
 TASKS_HELP = (
     "wikitext2, wikitext2_valid, tinyshakespeare (perplexity); piqa, arc_easy, arc_challenge, hellaswag, "
     "winogrande (0-shot), mmlu (5-shot) (lm-eval on local files); mqar; passkey; position_ppl (perplexity "
-    "vs position). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
+    "vs position); passkey_train (training template, held-out books), ruler, longppl (long-docs books by position). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
     "position_ppl"
 )
 CPU_PASSKEY_LENGTHS = "1024,2048"
@@ -72,7 +72,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--window", type=positive_int, default=1024, help="perplexity window (tokens, non-overlapping)")
     p.add_argument("--passkey-lengths", type=_int_list, default=None,
                    help=f"comma-separated prompt lengths in tokens (default: {CPU_PASSKEY_LENGTHS} on cpu, {GPU_PASSKEY_LENGTHS} on cuda)")
-    p.add_argument("--passkey-trials", type=positive_int, default=5, help="prompts per length (random depth and key)")
+    p.add_argument("--passkey-trials", type=positive_int, default=50, help="prompts per length (seeded keys)")
+    p.add_argument("--passkey-depths", type=positive_int, default=10, help="needle depths the trials cycle through (0 to 1)")
+    p.add_argument("--chunk", type=positive_int, default=2048, help="prefill chunk: long inputs run through the model's cache")
+    p.add_argument("--ruler-lengths", type=_int_list, default=(1024, 2048), help="RULER prompt lengths (e.g. 4k,8k,16k,32k)")
+    p.add_argument("--ruler-trials", type=positive_int, default=20, help="prompts per RULER task and length")
+    p.add_argument("--longppl-len", type=positive_int, default=32768, help="window of the long-document perplexity")
+    p.add_argument("--longppl-windows", type=positive_int, default=4, help="held-out books averaged")
     p.add_argument("--passkey-time-budget", type=float, default=None,
                    help="seconds per passkey length; longer lengths estimated to exceed it are skipped (default: 900 on cpu)")
     p.add_argument("--mqar-pairs", type=_int_list, default=(2, 4, 8, 16, 32), help="numbers of key-value pairs")
@@ -172,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
         passkey_lengths=passkey_lengths,
         passkey_trials=args.passkey_trials,
         passkey_time_budget_s=budget,
+        passkey_depths=args.passkey_depths,
+        chunk=args.chunk,
+        ruler_lengths=args.ruler_lengths,
+        ruler_trials=args.ruler_trials,
+        longppl_len=args.longppl_len,
+        longppl_windows=args.longppl_windows,
         progress=not args.no_progress,
     )
     results = evaluate(models, tasks, config=cfg, sources=sources, reference="teacher" if args.teacher else None)

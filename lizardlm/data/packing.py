@@ -35,7 +35,8 @@ def pack_tokens(
     seq_len: int,
     max_tokens: int | None = None,
 ) -> torch.Tensor:
-    """Tokenize each document (no special tokens), append eos after each, concatenate, and cut into
+    """Tokenize each document (no special tokens; a :class:`Document` with ``token_ids`` keeps its own),
+    append eos after each, concatenate, and cut into
     non-overlapping ``(N, seq_len)`` rows, dropping the remainder; stop after ``max_tokens`` tokens."""
     if seq_len < 1:
         raise DataError(f"seq_len must be >= 1, got {seq_len}")
@@ -43,15 +44,20 @@ def pack_tokens(
     if eos is None:
         raise DataError("the tokenizer has no eos token to separate documents")
     texts = [doc.text if isinstance(doc, Document) else doc for doc in documents]
+    given = [doc.token_ids if isinstance(doc, Document) else None for doc in documents]
     chunks: list[torch.Tensor] = []
     total = 0
     chars = sum(map(len, texts))
     with tqdm(total=chars, desc="tokenizing", unit="char", unit_scale=True, disable=chars < PROGRESS_MIN_CHARS) as bar:
         for start in range(0, len(texts), BATCH_DOCS):
             batch = texts[start:start + BATCH_DOCS]
-            for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
-                chunks.append(torch.tensor([*ids, eos], dtype=torch.long))
-                total += len(ids) + 1
+            known = given[start:start + BATCH_DOCS]
+            todo = [text for text, ids in zip(batch, known) if ids is None]
+            fresh = iter(tokenizer(todo, add_special_tokens=False, verbose=False)["input_ids"] if todo else ())
+            for ids in known:
+                ids = torch.as_tensor(next(fresh) if ids is None else ids, dtype=torch.long)
+                chunks.append(torch.cat([ids, torch.tensor([eos])]))
+                total += ids.numel() + 1
             bar.update(sum(map(len, batch)))
             if max_tokens is not None and total >= max_tokens:
                 break
@@ -78,7 +84,12 @@ def build_splits(
     Each split takes ``ceil(tokens / seq_len)`` rows (at least 1). Validation rows are drawn first, so
     they do not change with ``train_tokens``. With less data than asked, the rows are shared in the
     asked proportion, with a warning and ``meta["shortfall"] = True``. ``kw`` goes to ``load_documents``.
+    A ``mix:`` spec packs each part to its weight (:mod:`lizardlm.data.mixture`).
     """
+    if spec.startswith("mix:"):
+        from lizardlm.data.mixture import build_mixture
+
+        return build_mixture(spec, tokenizer, seq_len, train_tokens, val_tokens, seed, **kw)
     documents = load_documents(spec, tokenizer=tokenizer, **kw)
     rows = pack_tokens(documents, tokenizer, seq_len)
     available = rows.shape[0]

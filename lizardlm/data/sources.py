@@ -4,12 +4,16 @@ A spec is one of
 
 * ``default``: WikiText-2 valid + TinyShakespeare from the shared data directory (or, when that is
   absent, the ~300 KB samples shipped in ``lizardlm/data/samples``, with a warning);
-* ``wikitext2-valid``, ``wikitext2-test``, ``tinyshakespeare``: one file of the shared data directory;
+* ``wikitext2-valid``, ``wikitext2-test``, ``tinyshakespeare``, ``alpaca``, ``alpaca-cleaned``, ``long-docs``
+  (100 Gutenberg books): one file of the shared data directory;
 * a path: ``.txt`` (split at WikiText `` = Title = `` headings when present, else one document),
   ``.jsonl`` / ``.json`` (records with ``text``, or Alpaca ``instruction``/``input``/``output``),
   ``.parquet`` (same columns), or a directory of such files (searched recursively);
 * ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face ``datasets`` dataset (split defaults to ``split``);
-* ``teacher-samples[:N]``: N texts sampled from the teacher, which must be passed as ``teacher=(model, tokenizer)``.
+* ``teacher-samples[:N]``: N texts sampled from the teacher, which must be passed as ``teacher=(model, tokenizer)``;
+* ``retrieval[:KEY=VALUE]...``: synthetic passkey documents (:mod:`lizardlm.data.retrieval`).
+
+``mix:SPEC=WEIGHT,...`` mixtures are packed by :func:`lizardlm.data.packing.build_splits`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ SHARED_FILES = {
     "wikitext2-valid": "wikitext-2/valid.txt",
     "wikitext2-test": "wikitext-2/test.txt",
     "tinyshakespeare": "tinyshakespeare/input.txt",
+    "alpaca": "alpaca/alpaca_data.jsonl",
+    "alpaca-cleaned": "alpaca/alpaca_data_cleaned_partial.jsonl",
+    "long-docs": "long-docs/gutenberg_books.jsonl",
 }
 DEFAULT_SETS = ("wikitext2-valid", "tinyshakespeare")
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -42,10 +49,12 @@ DEFAULT_TEACHER_SAMPLES = 256
 
 @dataclass(frozen=True)
 class Document:
-    """One document of text and where it came from (a file path, a spec or a dataset name)."""
+    """One document of text and where it came from (a file path, a spec or a dataset name);
+    ``token_ids``, when set, are its exact tokens (packing uses them instead of tokenizing ``text``)."""
 
     text: str
     source: str
+    token_ids: Any = None
 
 
 def find_shared_data_dir() -> Path | None:
@@ -80,11 +89,17 @@ def load_documents(
     if spec == "default":
         docs = [doc for name in DEFAULT_SETS for doc in _named_set(name, allow_sample=True)]
     elif spec in SHARED_FILES:
-        docs = _named_set(spec, allow_sample=False)
+        docs = _named_set(spec, allow_sample=False, tokenizer=tokenizer)
     elif spec.startswith("hf:"):
         docs = _load_hf(spec, tokenizer, split)
     elif spec == "teacher-samples" or spec.startswith("teacher-samples:"):
         docs = _teacher_samples(spec, teacher)
+    elif spec == "retrieval" or spec.startswith("retrieval:"):
+        from lizardlm.data.retrieval import retrieval_documents
+
+        docs = retrieval_documents(spec, tokenizer)
+    elif spec.startswith("mix:"):
+        raise DataError(f"data spec {spec!r} is a mixture: build_splits packs each part to its weight")
     else:
         docs = _load_path(spec, tokenizer)
     if not docs:
@@ -92,11 +107,11 @@ def load_documents(
     return docs
 
 
-def _named_set(name: str, allow_sample: bool) -> list[Document]:
+def _named_set(name: str, allow_sample: bool, tokenizer: Any = None) -> list[Document]:
     shared = find_shared_data_dir()
     path = shared / SHARED_FILES[name] if shared is not None else None
     if path is not None and path.is_file():
-        return _read_file(path, None)
+        return _read_file(path, tokenizer)
     if allow_sample:
         logger.warning(
             "shared data file %s not found; using the small sample shipped with lizardlm (set LIZARDLM_DATA_DIR)",
@@ -120,7 +135,7 @@ def _load_path(spec: str, tokenizer: Any) -> list[Document]:
         raise DataError(f"data file {spec}: no such file or directory")
     raise DataError(
         f"unknown data spec {spec!r}: expected default, {', '.join(SHARED_FILES)}, hf:NAME[:CONFIG][@SPLIT], "
-        f"teacher-samples[:N], or a {'/'.join(FILE_SUFFIXES)} file or directory"
+        f"teacher-samples[:N], retrieval[:KEY=VALUE]..., mix:SPEC=WEIGHT,..., or a {'/'.join(FILE_SUFFIXES)} file or directory"
     )
 
 

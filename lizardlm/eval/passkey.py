@@ -10,6 +10,12 @@ Prompt (token ids are concatenated piece by piece so the prompt has exactly ``le
     The grass is green. ...                                              (xM)
     What is the pass key? The pass key is
 
+That is the evaluation template (``template="eval"``). ``template="train"`` scores the training
+template of :mod:`lizardlm.data.retrieval` instead (5 numbered passkeys in held-out Gutenberg
+books, one asked for), so both can be reported. Trials run in batches of equal-length prompts,
+prefilled in chunks through the model's cache (:mod:`lizardlm.eval.streaming`: constant memory for
+Lizard models); ``depths`` spreads the trials over a grid of needle depths (a depth x length heat map).
+
 Long lengths are slow on CPU and full-attention teachers can run out of memory past their trained
 context; :func:`passkey_eval` records such lengths as ``"skipped (reason)"`` instead of failing.
 """
@@ -25,7 +31,6 @@ from typing import Any, Sequence
 import torch
 
 from lizardlm.eval._utils import (
-    call_logits,
     encode,
     free_memory,
     is_full_attention_hf_model,
@@ -33,6 +38,7 @@ from lizardlm.eval._utils import (
     model_device,
     progress,
 )
+from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_batch
 
 PREFIX = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -54,10 +60,13 @@ class PasskeyPrompt:
     needle_start: int  # token index where the needle starts
     filler_tokens: int  # filler tokens in the prompt (before + after the needle)
     prefix_len: int  # tokens of the instruction before the filler
+    placed_depth: float | None = None  # the depth as placed, where the template knows it
 
     @property
     def actual_depth(self) -> float:
         """Fraction of the filler that lies before the needle."""
+        if self.placed_depth is not None:
+            return self.placed_depth
         before = self.needle_start - self.prefix_len
         return before / self.filler_tokens if self.filler_tokens else 0.0
 
@@ -87,55 +96,37 @@ def make_prompt(tokenizer: Any, length: int, depth: float, key: str | int | None
     return PasskeyPrompt(ids, key, depth, len(prefix) + len(before), n_filler, len(prefix))
 
 
-def greedy_generate(model: Any, input_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
-    """Greedy continuation of one prompt: ``model.generate`` for Hugging Face models (uses the model's
-    own cache), else a plain loop of full forwards (for stubs)."""
-    dev = model_device(model)
-    x = input_ids.to(dev)
-    if hasattr(model, "generate") and hasattr(model, "generation_config"):
-        with torch.inference_mode():
-            out = model.generate(
-                x,
-                attention_mask=torch.ones_like(x),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=_pad_id(model),
-            )
-        return out[0, x.shape[1] :].tolist()
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = call_logits(model, x, last_only=True)
-        nxt = int(logits[0, -1].argmax())
-        new.append(nxt)
-        x = torch.cat([x, torch.tensor([[nxt]], device=x.device)], dim=1)
-    return new
-
-
-def _pad_id(model: Any) -> int | None:
-    cfg = getattr(model, "generation_config", None)
-    pad = getattr(cfg, "pad_token_id", None)
-    if pad is None:
-        eos = getattr(cfg, "eos_token_id", None)
-        pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
-    return pad
-
-
 def extract_digits(text: str) -> str:
     m = re.search(r"\d+", text)
     return m.group(0) if m else ""
 
 
-def run_prompt(model: Any, tokenizer: Any, prompt: PasskeyPrompt, extra_tokens: int = 4) -> dict:
-    ids = torch.tensor([prompt.input_ids], dtype=torch.long)
+def make_train_prompt(pool: Any, length: int, depth: float, rng: random.Random, keys: int = 5) -> PasskeyPrompt:
+    """A prompt in the training template (:func:`lizardlm.data.retrieval.make_example`): passkey
+    number 1 at ``depth``, the others at random depths, passkey number 1 asked for."""
+    from lizardlm.data.retrieval import make_example
+
+    example = make_example(pool, rng, length, keys=keys, ask=1, depths=[depth])
+    return PasskeyPrompt(example.input_ids, example.keys[1], depth, example.needle_starts[1], 1, 0, example.depths[1])
+
+
+def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[PasskeyPrompt], extra_tokens: int = 4, chunk: int = DEFAULT_CHUNK) -> list[dict]:
+    """Greedy answers of equal-length prompts in one batch, each scored by exact match of its digits."""
+    ids = torch.tensor([p.input_ids for p in prompts], dtype=torch.long)
     # enough tokens for the key even when every digit is its own token
-    new = greedy_generate(model, ids, max_new_tokens=len(prompt.key) + extra_tokens)
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    pred = extract_digits(text)
-    return {"depth": round(prompt.depth, 4), "key": prompt.key, "pred": pred, "output": text, "correct": pred == prompt.key}
+    new = greedy_batch(model, ids, max(len(p.key) for p in prompts) + extra_tokens, chunk=chunk)
+    out = []
+    for p, row in zip(prompts, new.tolist()):
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        pred = extract_digits(text)
+        out.append({"depth": round(p.depth, 4), "actual_depth": round(p.actual_depth, 4), "key": p.key,
+                    "pred": pred, "output": text, "correct": pred == p.key})
+    return out
+
+
+def depth_grid(n: int) -> tuple[float, ...]:
+    """``n`` evenly spaced needle depths from 0 to 1."""
+    return tuple(i / (n - 1) for i in range(n)) if n > 1 else (0.5,)
 
 
 def passkey_eval(
@@ -148,37 +139,54 @@ def passkey_eval(
     time_budget_s: float | None = None,
     max_memory_bytes: int | None = None,
     progress: bool = True,
+    depths: int | None = None,
+    batch_size: int = 1,
+    template: str = "eval",
+    filler: Any = None,
+    chunk: int = DEFAULT_CHUNK,
 ) -> dict:
-    """Accuracy per length over ``trials`` prompts with random depths and keys.
+    """Accuracy per length over ``trials`` prompts with random keys.
 
-    Per length: ``{"length", "status": "ok", "acc", "trials": [...], "seconds"}`` or
+    Depths are random (``depths=None``) or cycle through ``depth_grid(depths)``; ``template`` is
+    ``"eval"`` (the module's prompt) or ``"train"`` (the training template; ``filler`` is the
+    :class:`~lizardlm.data.retrieval.FillerPool` of held-out books). ``batch_size`` prompts run at once.
+
+    Per length: ``{"length", "status": "ok", "acc", "by_depth", "trials": [...], "seconds"}`` or
     ``{"length", "status": "skipped (reason)"}``. A length is skipped when it runs out of memory,
     when the time it would take (extrapolated from the previous length: linearly, or for stock
     full-attention models as the mean of linear and quadratic growth) exceeds ``time_budget_s``, or, for stock
     full-attention models with eager attention, when one layer's attention scores would not fit
     ``max_memory_bytes`` (default: available RAM on CPU). A length that exceeds the budget part-way keeps the trials done.
     """
+    if template not in ("eval", "train") or (template == "train" and filler is None):
+        raise ValueError("template is 'eval', or 'train' with a filler pool of held-out books")
     rng = random.Random(seed)
+    grid = depth_grid(depths) if depths else None
     full_attn = is_full_attention_hf_model(model)
     results = []
     prev: tuple[int, float] | None = None  # (length, seconds per trial)
     bar = _bar(len(lengths) * trials, progress)
     for L in lengths:
         rec: dict[str, Any] = {"length": int(L)}
-        plan = [(rng.random(), str(rng.randint(10 ** (digits - 1), 10**digits - 1))) for _ in range(trials)]
+        plan = [(grid[i % len(grid)] if grid else rng.random(), str(rng.randint(10 ** (digits - 1), 10**digits - 1)))
+                for i in range(trials)]
         reason = _precheck(model, L, full_attn, prev, trials, time_budget_s, max_memory_bytes)
         if reason:
             rec["status"] = f"skipped ({reason})"
             results.append(rec)
             bar.update(trials)
             continue
-        done = []
+        done: list[dict] = []
         t0 = time.perf_counter()
         try:
-            for depth, key in plan:
-                p = make_prompt(tokenizer, L, depth, key=key)
-                done.append(run_prompt(model, tokenizer, p))
-                bar.update(1)
+            for start in range(0, trials, batch_size):
+                part = plan[start:start + batch_size]
+                if template == "train":
+                    prompts = [make_train_prompt(filler, L, depth, rng) for depth, _ in part]
+                else:
+                    prompts = [make_prompt(tokenizer, L, depth, key=key) for depth, key in part]
+                done += run_prompts(model, tokenizer, prompts, chunk=chunk)
+                bar.update(len(part))
                 bar.set_postfix(length=L, acc=f"{sum(d['correct'] for d in done) / len(done):.2f}")
                 if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and len(done) < trials:
                     rec["note"] = f"time budget {time_budget_s:.0f}s reached after {len(done)} of {trials} trials"
@@ -198,6 +206,7 @@ def passkey_eval(
             rec.update(
                 acc=sum(d["correct"] for d in done) / len(done),
                 n=len(done),
+                by_depth=_by_depth(done),
                 trials=done,
                 seconds=round(secs, 2),
             )
@@ -206,7 +215,15 @@ def passkey_eval(
                 rec["note"] = (rec.get("note", "") + f" partial: {len(done)} trials before failure").strip()
         results.append(rec)
     bar.close()
-    return {"lengths": results, "trials": trials, "digits": digits}
+    return {"lengths": results, "trials": trials, "digits": digits, "template": template, "depths": list(grid or ())}
+
+
+def _by_depth(done: list[dict]) -> dict[str, float]:
+    """Accuracy per requested depth (a heat-map column)."""
+    groups: dict[float, list[bool]] = {}
+    for d in done:
+        groups.setdefault(d["depth"], []).append(d["correct"])
+    return {f"{depth:.4f}": sum(v) / len(v) for depth, v in sorted(groups.items())}
 
 
 def _precheck(model, L, full_attn, prev, trials, budget, max_mem) -> str | None:

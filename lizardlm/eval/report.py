@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 PPL_TASKS = ("wikitext2", "wikitext2_valid", "tinyshakespeare")
 DEFAULT_TASKS = ("wikitext2", *MC_TASKS, "mqar", "passkey", "position_ppl")
-ALL_TASKS = (*PPL_TASKS, *MC_TASKS, "mqar", "passkey", "position_ppl")
+LONG_TASKS = ("passkey_train", "ruler", "longppl")
+ALL_TASKS = (*PPL_TASKS, *MC_TASKS, "mqar", "passkey", "position_ppl", *LONG_TASKS)
 SCHEMA = "lizardlm.eval/1"
 
 
@@ -67,6 +68,12 @@ class EvalConfig:
     passkey_lengths: tuple[int, ...] = (1024, 2048)
     passkey_trials: int = 5
     passkey_time_budget_s: float | None = None
+    passkey_depths: int | None = None
+    chunk: int = 2048
+    ruler_lengths: tuple[int, ...] = (1024, 2048)
+    ruler_trials: int = 20
+    longppl_len: int = 32768
+    longppl_windows: int = 4
     progress: bool = True
 
 
@@ -124,11 +131,30 @@ def _run_mqar(model, tok, cfg: EvalConfig) -> dict:
     return out
 
 
-def _run_passkey(model, tok, cfg: EvalConfig) -> dict:
+def _held_out_books(cfg: EvalConfig) -> list:
+    """The held-out tenth of the long-docs books (never retrieval training filler)."""
+    from lizardlm.data import load_documents
+    from lizardlm.data.retrieval import filler_split
+
+    path = resolve_data_dir(cfg.data_dir) / "long-docs" / "gutenberg_books.jsonl"
+    path = Path(cfg.data_paths.get("long-docs", path))
+    if not path.is_file():
+        raise DataAbsentError(f"long-docs: data absent, looked for {path}", path)
+    return filler_split(load_documents(str(path)), "eval")
+
+
+def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
     from lizardlm.eval.passkey import passkey_eval
 
+    filler = None
+    if template == "train":
+        from lizardlm.data.retrieval import FillerPool
+
+        filler = FillerPool(_held_out_books(cfg), tok)
     r = passkey_eval(model, tok, lengths=cfg.passkey_lengths, trials=_capped(cfg.passkey_trials, cfg.limit),
-                     seed=cfg.seed, time_budget_s=cfg.passkey_time_budget_s, progress=cfg.progress)
+                     seed=cfg.seed, time_budget_s=cfg.passkey_time_budget_s, progress=cfg.progress,
+                     depths=cfg.passkey_depths, batch_size=cfg.batch_size, template=template, filler=filler,
+                     chunk=cfg.chunk)
     metrics: dict[str, Any] = {}
     status: dict[str, str] = {}
     for rec in r["lengths"]:
@@ -140,6 +166,36 @@ def _run_passkey(model, tok, cfg: EvalConfig) -> dict:
     if status:
         out["metric_status"] = status
     return out
+
+
+def _run_ruler(model, tok, cfg: EvalConfig) -> dict:
+    from lizardlm.eval.ruler import ruler_eval
+
+    r = ruler_eval(model, tok, lengths=cfg.ruler_lengths, trials=_capped(cfg.ruler_trials, cfg.limit), seed=cfg.seed,
+                   batch_size=cfg.batch_size, chunk=cfg.chunk, progress_bar=cfg.progress)
+    metrics = {f"score @ {L}": v for L, v in r["mean"].items()}
+    status = {k: "skipped (out of memory or too short)" for k, v in metrics.items() if v is None}
+    out = {"status": "ok", "metrics": metrics, "details": r}
+    if status:
+        out["metric_status"] = status
+    return out
+
+
+def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
+    from lizardlm.eval.longppl import longppl_eval
+    from lizardlm.eval._utils import free_memory, is_oom
+
+    books = [doc.text for doc in _held_out_books(cfg)]
+    try:
+        r = longppl_eval(model, tok, books, seq_len=cfg.longppl_len, max_windows=_capped(cfg.longppl_windows, cfg.limit),
+                         chunk=cfg.chunk, progress_bar=cfg.progress)
+    except (RuntimeError, MemoryError) as err:
+        if not is_oom(err):
+            raise
+        free_memory()
+        return {"status": "skipped (out of memory)"}
+    metrics = {f"ppl @ pos {s}-{e}": p for s, e, p in zip(r["bucket_start"], r["bucket_end"], r["ppl"])}
+    return {"status": "ok", "metrics": metrics, "curve": r}
 
 
 def _model_info(model: Any, source: str | None = None) -> dict:
@@ -273,6 +329,12 @@ def _run_one(task: str, model, tok, cfg: EvalConfig) -> dict[str, dict]:
         return {task: _run_mqar(model, tok, cfg)}
     if task == "passkey":
         return {task: _run_passkey(model, tok, cfg)}
+    if task == "passkey_train":
+        return {task: _run_passkey(model, tok, cfg, template="train")}
+    if task == "ruler":
+        return {task: _run_ruler(model, tok, cfg)}
+    if task == "longppl":
+        return {task: _run_longppl(model, tok, cfg)}
     raise LizardError(f"unknown eval task {task!r}")
 
 
@@ -304,7 +366,7 @@ def _default_metrics(task: str) -> list[str]:
         return list(METRICS[task])
     if task in PPL_TASKS:
         return ["ppl"]
-    return ["acc (mean)"] if task == "mqar" else ["acc"] if task == "passkey" else ["ppl"]
+    return ["acc (mean)"] if task == "mqar" else ["acc"] if task.startswith("passkey") else ["score"] if task == "ruler" else ["ppl"]
 
 
 def _rows(results: dict) -> list[tuple[str, str]]:
@@ -445,6 +507,24 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         ax.legend()
         written.append(_save(fig, out / "passkey.png"))
 
+    for task in ("passkey", "passkey_train"):
+        for n, e in ok_entries(task):
+            written.append(passkey_heatmap(e["details"], out / f"{task}_heatmap_{n}.png", f"{task} ({n})"))
+
+    if ok_entries("longppl"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n, e in ok_entries("longppl"):
+            c = e["curve"]
+            ax.plot([(s + t) / 2 for s, t in zip(c["bucket_start"], c["bucket_end"])], c["ppl"], marker="o", label=n)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("token position (held-out Gutenberg books)")
+        ax.set_ylabel("perplexity (bucket mean NLL)")
+        ax.set_title("Long-document perplexity")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+        written.append(_save(fig, out / "longppl.png"))
+
     if ok_entries("mqar"):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for n, e in ok_entries("mqar"):
@@ -488,6 +568,33 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         ax.legend()
         written.append(_save(fig, out / "ppl_position.png"))
     return written
+
+
+def passkey_heatmap(details: dict, path: str | os.PathLike, title: str) -> str:
+    """Depth x length heat map of passkey accuracy (10 depth bins; skipped lengths left blank)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    recs = details["lengths"]
+    bins = 10
+    grid = np.full((bins, len(recs)), np.nan)
+    for j, rec in enumerate(recs):
+        hits: dict[int, list[bool]] = {}
+        for t in rec.get("trials", []):
+            hits.setdefault(min(bins - 1, int(t["depth"] * bins)), []).append(t["correct"])
+        for i, v in hits.items():
+            grid[i, j] = 100 * sum(v) / len(v)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(recs), 4))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
+    ax.set_xticks(range(len(recs)))
+    ax.set_xticklabels([f"{r['length'] // 1024}K" if r["length"] >= 1024 else str(r["length"]) for r in recs])
+    ax.set_yticks(range(bins))
+    ax.set_yticklabels([f"{i / bins:.1f}" for i in range(bins)])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    return _save(fig, Path(path))
 
 
 def _log2_ticks(ax, values: list) -> None:

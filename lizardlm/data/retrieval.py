@@ -1,0 +1,228 @@
+"""Synthetic passkey-retrieval documents (the paper's training protocol), generated from a seed.
+
+Spec: ``retrieval[:KEY=VALUE]...`` (parameters joined by ``:`` so that they survive inside a
+``mix:`` spec, whose entries are joined by ``,``)::
+
+    retrieval                                  10,000 documents of 2048 tokens, 5 keys of 5-8 tokens
+    retrieval:count=700:length=4096:seed=3
+    retrieval:filler=my_books.jsonl:split=eval
+
+``count`` (10000), ``length`` (2048: tokens per document including the eos that packing appends,
+so a document fills one row when ``length == seq_len``), ``keys`` (5 passkeys per document),
+``key-tokens`` (5-8: the length of each key in tokens, drawn uniformly), ``seed`` (0), ``filler``
+(``long-docs``: the Gutenberg books of the shared data directory, or any data spec), ``split``
+(``train``: the filler documents without the held-out tenth; ``eval``: only the held-out tenth,
+see :func:`filler_split`).
+
+A document (the training template; the evaluation template of :mod:`lizardlm.eval.passkey` is
+another one)::
+
+    <book text> Passkey number 3 is 40918273. <book text> Passkey number 1 is 55102. <book text> ...
+    <book text>
+
+    What are the passkeys hidden in the text? Passkey number 2 is 7730461. Passkey number 5 is ...
+
+Needles sit at uniform random depths of a contiguous span of one book, cut at word boundaries;
+they are numbered in random order and asked for in another random order. Keys are digit strings.
+Documents carry their exact token ids (:attr:`Document.token_ids`), so ``length`` holds exactly.
+
+Loss: stage 2 trains on the plain next-token loss of every token, answers included. The pipeline
+packs rows for next-token loss without masks, and the filler is ordinary book text whose loss is
+ordinary language modelling; only the answer tokens (about 30 of 2048) teach retrieval, which is
+why all keys are asked for in every document.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from lizardlm.data.sources import Document, load_documents
+from lizardlm.errors import DataError
+
+NEEDLE = " Passkey number {index} is {key}."
+QUESTION = "\n\nWhat are the passkeys hidden in the text?"
+ANSWER_PROMPT = " Passkey number {index} is"
+SPLITS = ("train", "eval")
+WORD_STARTS = ("Ġ", "Ċ", "▁", " ", "\n")  # byte-level BPE, sentencepiece and plain spellings of a leading space
+
+
+@dataclass(frozen=True)
+class RetrievalSpec:
+    """Parameters of a ``retrieval`` data spec (see the module docstring)."""
+
+    count: int = 10_000
+    length: int = 2048
+    keys: int = 5
+    key_tokens: tuple[int, int] = (5, 8)
+    seed: int = 0
+    filler: str = "long-docs"
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.keys < 1 or self.length < 2:
+            raise DataError(f"retrieval: count and keys must be >= 1 and length >= 2, got {self}")
+        lo, hi = self.key_tokens
+        if not 1 <= lo <= hi:
+            raise DataError(f"retrieval: key-tokens must be LO-HI with 1 <= LO <= HI, got {lo}-{hi}")
+        if self.split not in SPLITS:
+            raise DataError(f"retrieval: split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+
+
+def is_retrieval_spec(spec: str) -> bool:
+    return spec == "retrieval" or spec.startswith("retrieval:")
+
+
+def parse_spec(spec: str) -> RetrievalSpec:
+    """``retrieval[:KEY=VALUE]...`` -> :class:`RetrievalSpec`; DataError on unknown or bad values."""
+    names = {f.name.replace("_", "-"): f.name for f in fields(RetrievalSpec)}
+    values: dict[str, Any] = {}
+    for part in spec.split(":")[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or key not in names:
+            raise DataError(f"data spec {spec!r}: expected KEY=VALUE with KEY one of {', '.join(names)}, got {part!r}")
+        name = names[key]
+        try:
+            if name == "key_tokens":
+                lo, _, hi = value.partition("-")
+                values[name] = (int(lo), int(hi or lo))
+            elif name in ("filler", "split"):
+                values[name] = value
+            else:
+                values[name] = int(value)
+        except ValueError:
+            raise DataError(f"data spec {spec!r}: {key} must be a whole number{' or LO-HI' if key == 'key-tokens' else ''}, got {value!r}") from None
+    return RetrievalSpec(**values)
+
+
+def filler_split(documents: list[Document], split: str) -> list[Document]:
+    """The held-out tenth (``eval``: the last ``max(1, n // 10)`` documents in file order; for
+    ``long-docs`` the last 10 books, among them the 4 of the PG-19 test split) or the rest (``train``)."""
+    if len(documents) < 2:
+        raise DataError("retrieval filler needs at least 2 documents: one to train on, one held out")
+    cut = len(documents) - max(1, len(documents) // 10)
+    return documents[cut:] if split == "eval" else documents[:cut]
+
+
+@dataclass
+class RetrievalExample:
+    """One document's token ids, its keys, where each needle starts and the share of the filler
+    before it (its depth), all by passkey number."""
+
+    input_ids: list[int]
+    keys: dict[int, str]
+    needle_starts: dict[int, int]
+    depths: dict[int, float]
+
+
+class FillerPool:
+    """Token streams of long documents to cut filler from, with the positions where words start."""
+
+    def __init__(self, documents: list[Document], tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        starts = torch.tensor([bool(t) and t.startswith(WORD_STARTS) for t in vocab])
+        self.streams: list[torch.Tensor] = []
+        self.word_starts: list[torch.Tensor] = []
+        encoded = tokenizer([doc.text for doc in documents], add_special_tokens=False, verbose=False)["input_ids"]
+        for ids in encoded:
+            ids = torch.tensor(ids, dtype=torch.long)
+            if ids.numel():
+                self.streams.append(ids)
+                self.word_starts.append(torch.nonzero(starts[ids]).flatten())
+        if not self.streams:
+            raise DataError("retrieval filler has no text")
+
+    def span(self, rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` consecutive tokens of one document starting at a word, and the word starts within
+        them (offsets from the span start); a document shorter than ``n`` is repeated."""
+        pick = rng.randrange(len(self.streams))
+        ids, words = self.streams[pick], self.word_starts[pick]
+        if ids.numel() < n + 1:
+            reps = n // ids.numel() + 2
+            ids = ids.repeat(reps)
+            words = torch.cat([words + i * self.streams[pick].numel() for i in range(reps)])
+        candidates = words[words <= ids.numel() - n]
+        start = int(candidates[rng.randrange(candidates.numel())]) if candidates.numel() else 0
+        inside = words[(words >= start) & (words < start + n)] - start
+        return ids[start:start + n], inside
+
+
+def make_key(tokenizer: Any, rng: random.Random, num_tokens: int) -> str:
+    """A random digit string of ``num_tokens`` tokens (counted without a leading space)."""
+    key = str(rng.randint(1, 9))
+    while len(_encode(tokenizer, key)) < num_tokens:
+        key += str(rng.randint(0, 9))
+    return key
+
+
+def make_example(
+    pool: FillerPool,
+    rng: random.Random,
+    length: int,
+    keys: int = 5,
+    key_tokens: tuple[int, int] = (5, 8),
+    ask: int | None = None,
+    depths: list[float] | None = None,
+) -> RetrievalExample:
+    """A document of exactly ``length`` tokens: filler with ``keys`` needles, the question, then
+    every answer (``ask=None``, training) or only the prompt for passkey number ``ask`` (evaluation,
+    the key is the continuation). ``depths[i - 1]`` places passkey number i (default: uniform random)."""
+    tok = pool.tokenizer
+    secrets = {i: make_key(tok, rng, rng.randint(*key_tokens)) for i in range(1, keys + 1)}
+    wanted = dict(zip(rng.sample(range(1, keys + 1), keys), (rng.random() for _ in range(keys))))
+    if depths is not None:
+        wanted.update(zip(range(1, keys + 1), depths))
+    numbers = sorted(wanted, key=wanted.get)  # needle order in the text
+    needles = [_encode(tok, NEEDLE.format(index=i, key=secrets[i])) for i in numbers]
+    asked = rng.sample(range(1, keys + 1), keys) if ask is None else [ask]
+    tail = _encode(tok, QUESTION)
+    for i in asked:
+        tail += _encode(tok, (NEEDLE if ask is None else ANSWER_PROMPT).format(index=i, key=secrets[i]))
+    n_filler = length - sum(map(len, needles)) - len(tail)
+    if n_filler < 1:
+        raise DataError(f"retrieval: length {length} leaves no room for filler ({length - n_filler} tokens of needles and answers)")
+    filler, words = pool.span(rng, n_filler)
+    cuts = [_snap(words, round(wanted[i] * n_filler), n_filler) for i in numbers]
+    ids: list[int] = []
+    starts: dict[int, int] = {}
+    placed: dict[int, float] = {}
+    prev = 0
+    for number, needle, cut in zip(numbers, needles, cuts):
+        ids += filler[prev:cut].tolist()
+        starts[number] = len(ids)
+        placed[number] = cut / n_filler
+        ids += needle
+        prev = cut
+    ids += filler[prev:].tolist() + tail
+    return RetrievalExample(ids, secrets, starts, placed)
+
+
+def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:
+    """The documents of a ``retrieval`` spec, each with exact token ids (``length - 1`` of them:
+    packing appends the eos)."""
+    if tokenizer is None:
+        raise DataError(f"data spec {spec!r} is generated in tokens: pass a tokenizer")
+    params = parse_spec(spec)
+    pool = FillerPool(filler_split(load_documents(params.filler), params.split), tokenizer)
+    rng = random.Random(params.seed)
+    docs = []
+    for _ in range(params.count):
+        example = make_example(pool, rng, params.length - 1, params.keys, params.key_tokens)
+        ids = torch.tensor(example.input_ids, dtype=torch.long)
+        docs.append(Document(tokenizer.decode(example.input_ids), spec, token_ids=ids))
+    return docs
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _snap(words: torch.Tensor, pos: int, n: int) -> int:
+    """The word start nearest ``pos`` (``pos`` itself at either end or without word starts)."""
+    if pos <= 0 or pos >= n or words.numel() == 0:
+        return max(0, min(pos, n))
+    return int(words[(words - pos).abs().argmin()])

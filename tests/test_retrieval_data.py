@@ -1,0 +1,114 @@
+"""The synthetic retrieval data spec, its held-out filler split, and weighted mixtures of specs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from lizardlm.data import build_splits, load_documents, pack_tokens
+from lizardlm.data.mixture import parse_mixture
+from lizardlm.data.retrieval import FillerPool, filler_split, make_example, parse_spec
+from lizardlm.errors import DataError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def books(tmp_path) -> Path:
+    """Ten "books" (the fixture slices, rotated) in the long-docs format, one title per book."""
+    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8") + (FIXTURES / "shakespeare_slice.txt").read_text(encoding="utf-8")
+    path = tmp_path / "books.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(10):
+            cut = len(text) * i // 10
+            f.write(json.dumps({"id": i, "title": f"book {i}", "text": f"BOOK{i} " + text[cut:] + text[:cut]}) + "\n")
+    return path
+
+
+def _spec(books: Path, extra: str = "") -> str:
+    return f"retrieval:count=6:length=256:seed=1:filler={books}{extra}"
+
+
+def test_documents_have_exact_length_and_answers(books, tiny_tokenizer):
+    docs = load_documents(_spec(books), tokenizer=tiny_tokenizer)
+    assert len(docs) == 6
+    for doc in docs:
+        assert doc.token_ids.shape == (255,)  # + the eos packing appends = 256
+        text = tiny_tokenizer.decode(doc.token_ids.tolist())
+        assert text == doc.text and "What are the passkeys hidden in the text?" in text
+        head, _, answers = text.partition("What are the passkeys hidden in the text?")
+        for number in range(1, 6):
+            needle = head.split(f"Passkey number {number} is ")[1].split(".")[0]
+            assert needle.isdigit() and f"Passkey number {number} is {needle}." in answers
+    rows = pack_tokens(docs, tiny_tokenizer, seq_len=256)
+    assert rows.shape == (6, 256) and (rows[:, -1] == tiny_tokenizer.eos_token_id).all()
+
+
+def test_seeded_and_filler_split(books, tiny_tokenizer):
+    first = load_documents(_spec(books), tokenizer=tiny_tokenizer)
+    again = load_documents(_spec(books), tokenizer=tiny_tokenizer)
+    other = load_documents(_spec(books).replace("seed=1", "seed=2"), tokenizer=tiny_tokenizer)
+    assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(first, again))
+    assert not all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(first, other))
+    assert not any("BOOK9" in doc.text for doc in first)  # the held-out tenth never fills training documents
+    held_out = load_documents(_spec(books, ":split=eval"), tokenizer=tiny_tokenizer)
+    assert not any(f"BOOK{i}" in doc.text for doc in held_out for i in range(9))
+    titles = [doc.text[:6] for doc in filler_split(load_documents(str(books)), "eval")]
+    assert titles == ["BOOK9 "]
+
+
+def test_keys_and_depths(books, tiny_tokenizer):
+    pool = FillerPool(load_documents(str(books)), tiny_tokenizer)
+    example = make_example(pool, random.Random(0), 400, keys=3, key_tokens=(6, 6), ask=2, depths=[0.0, 0.5, 1.0])
+    assert len(example.input_ids) == 400
+    assert sorted(example.depths.values()) == pytest.approx([0.0, 0.5, 1.0], abs=0.05)
+    assert all(len(tiny_tokenizer(key, add_special_tokens=False)["input_ids"]) == 6 for key in example.keys.values())
+    assert tiny_tokenizer.decode(example.input_ids).endswith(" Passkey number 2 is")
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [("retrieval:count=x", "whole number"), ("retrieval:colour=red", "KEY=VALUE"), ("retrieval:keys=0", ">= 1"),
+     ("retrieval:key-tokens=8-5", "LO-HI"), ("retrieval:split=test", "split")],
+)
+def test_bad_specs(spec, match):
+    with pytest.raises(DataError, match=match):
+        parse_spec(spec)
+
+
+def test_defaults_are_the_paper_protocol():
+    spec = parse_spec("retrieval")
+    assert (spec.count, spec.length, spec.keys, spec.key_tokens, spec.filler) == (10_000, 2048, 5, (5, 8), "long-docs")
+
+
+def test_needs_a_tokenizer(books):
+    with pytest.raises(DataError, match="tokenizer"):
+        load_documents(_spec(books))
+
+
+def test_parse_mixture():
+    assert parse_mixture("mix:alpaca-cleaned=0.9,retrieval:count=7:length=64=0.1") == [
+        ("alpaca-cleaned", 0.9), ("retrieval:count=7:length=64", pytest.approx(0.1))]
+    assert parse_mixture("mix:a=3,b=1") == [("a", 0.75), ("b", 0.25)]
+    for bad in ("mix:a", "mix:a=0,b=1", "mix:a=x", "mix:a=1,a=2"):
+        with pytest.raises(DataError):
+            parse_mixture(bad)
+    with pytest.raises(DataError, match="mixture"):
+        load_documents("mix:a=1")
+
+
+def test_mixture_splits(books, tiny_tokenizer):
+    wiki = str(FIXTURES / "wikitext_slice.txt")
+    spec = f"mix:{wiki}=0.5,{_spec(books).replace('count=6', 'count=8')}=0.5"
+    splits = build_splits(spec, tiny_tokenizer, seq_len=256, train_tokens=1024, val_tokens=512, seed=0)
+    parts = splits.meta["parts"]
+    assert [p["share"] for p in parts] == [0.5, 0.5] and parts[1]["meta"]["num_documents"] == 8
+    assert splits.meta["train_rows"] == sum(p["meta"]["train_rows"] for p in parts) == splits.train.shape[0]
+    passkey_rows = [row for row in splits.train if "Passkey number" in tiny_tokenizer.decode(row.tolist())]
+    assert len(passkey_rows) == parts[1]["meta"]["train_rows"] == 2
+    again = build_splits(spec, tiny_tokenizer, seq_len=256, train_tokens=1024, val_tokens=512, seed=0)
+    assert torch.equal(again.train, splits.train) and torch.equal(again.val, splits.val)
