@@ -178,7 +178,8 @@ def _read_utf8(path: Path) -> str:
 
 
 def _json_lines(path: Path, text: str) -> Iterator[Any]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    """Records of JSON-lines text, split at ``\n`` only (JSON strings may hold U+0085, U+2028, U+2029)."""
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 yield json.loads(line)

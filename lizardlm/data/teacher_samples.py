@@ -80,7 +80,7 @@ def sample_teacher_corpus(
     cache_file = Path(cache_path) / f"{key}.jsonl"
     source = f"teacher-samples:{num_samples}"
     if cache_file.is_file():
-        lines = cache_file.read_text(encoding="utf-8").splitlines()
+        lines = cache_file.read_text(encoding="utf-8").split("\n")  # texts may hold U+2028 etc.
         return [Document(json.loads(line)["text"], source) for line in lines if line.strip()]
     texts = _generate(model, tokenizer, num_samples, max_new_tokens, seed, batch_size)
     _write_jsonl(cache_file, texts)

@@ -188,7 +188,7 @@ def _read_rows(path: Path, task: str) -> list[dict]:
             raise DataError(f"{task}: {path} must hold a JSON list of objects")
         return obj
     rows = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):  # not splitlines(): strings may hold U+2028 etc.
         if not line.strip():
             continue
         try:
