@@ -1,8 +1,11 @@
-"""Lizard attention (Triton path, and the torch chunked op at small T) vs SDPA causal (flash).
+"""Lizard attention (Triton path, and the torch chunked op at small T) vs SDPA causal (flash, cuDNN).
 
-bf16, 32 heads, head dim 128, feature dim 128, window 64, 4 meta tokens; B*T = 32K tokens at
-T = 2K, 8K, 32K (fwd and fwd+bwd), forward only at T = 128K (B = 1). Peak memory of each.
-A correctness check against a float64 reference runs first, in the same process.
+bf16, 32 heads, head dim 128, feature dim 128, 4 meta tokens; B*T = 32K tokens at T = 2K, 8K, 32K
+(fwd and fwd+bwd), forward only at T = 128K (B = 1). Peak memory of each. Every form in FORMS
+(``--forms``): ``lizard`` = our form at window 64 (meta key/value slots, shared normaliser),
+``lizard-w128`` = the same at window 128, ``paper`` = the paper's sum form at window 128 (sink
+logits, alpha). A correctness check of each form against a float64 reference runs first, in the
+same process.
 
     python benchmarks/attention.py [--out DIR] [--profile] [--quick]
 
@@ -29,6 +32,9 @@ from result_names import device_slug  # noqa: E402
 
 H, D, FD, W, M = 32, 128, 128, 64, 4
 TOKENS = 32 * 1024
+FORMS = {"lizard": {"combine": "shared", "window": 64}, "lizard-w128": {"combine": "shared", "window": 128},
+         "paper": {"combine": "sum", "window": 128}}
+"""op name -> (combination, window); meta key/value slots in the shared form, sink logits in the sum form."""
 
 
 def inputs(B, T, dtype=torch.bfloat16, requires_grad=False, seed=0, H=H, Hk=H, D=D, FD=FD, M=M):
@@ -40,6 +46,7 @@ def inputs(B, T, dtype=torch.bfloat16, requires_grad=False, seed=0, H=H, Hk=H, D
         fk=(torch.rand(B, Hk, T, FD, generator=gen, device="cuda") * 2 / FD**0.5).to(dtype),
         g=F.logsigmoid(torch.randn(B, H, T, generator=gen, device="cuda") + 4.0),
         meta_k=r(H, M, D), meta_v=r(H, M, D),
+        sinks=torch.randn(H, M, generator=gen, device="cuda"), alpha=torch.rand(H, generator=gen, device="cuda") + 0.5,
     )
     if requires_grad:
         for t in x.values():
@@ -47,14 +54,16 @@ def inputs(B, T, dtype=torch.bfloat16, requires_grad=False, seed=0, H=H, Hk=H, D
     return x
 
 
-def lizard(x, backend="triton"):
+def lizard(x, backend="triton", form="lizard"):
+    f = FORMS[form]
+    if f["combine"] == "sum":
+        kw = dict(window=f["window"], scale=D**-0.5, meta_bias=x["sinks"], combine="sum", alpha=x["alpha"])
+    else:
+        kw = dict(window=f["window"], scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"])
+    args = (x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"])
     if backend == "torch-chunk":
-        y, _ = lizard_attention_chunk(x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"], window=W, scale=D**-0.5,
-                                      meta_k=x["meta_k"], meta_v=x["meta_v"])
-        return y
-    y, _ = lizard_attention(x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"], window=W, scale=D**-0.5,
-                            meta_k=x["meta_k"], meta_v=x["meta_v"], backend=backend)
-    return y
+        return lizard_attention_chunk(*args, **kw)[0]
+    return lizard_attention(*args, **kw, backend=backend)[0]
 
 
 def sdpa(x):
@@ -251,27 +260,28 @@ CHECK_CASES = ((torch.bfloat16, (2, 8, 4, 1000, 128)), (torch.float32, (1, 4, 4,
                (torch.bfloat16, (1, 4, 4, 777, 64)), (torch.bfloat16, (8, 32, 32, 321, 128)))
 
 
-def correctness(cases=CHECK_CASES):
-    """Output and all gradients vs float64 (torch chunked op), bf16 and fp32, odd T, GQA."""
+def correctness(cases=CHECK_CASES, forms=tuple(FORMS)):
+    """Output and all gradients vs float64 (torch chunked op), bf16 and fp32, odd T, GQA, each form."""
     out = {}
-    for dtype, (B, Hq, Hk, T, Dh) in cases:
-        x = inputs(B, T, dtype=torch.float32, seed=1, H=Hq, Hk=Hk, D=Dh, FD=Dh)
-        ref = {n: t.double().requires_grad_() for n, t in x.items()}
-        y_ref = lizard(ref, backend="torch-chunk")
-        dy = torch.randn_like(y_ref)
-        (y_ref * dy).sum().backward()
-        inp = {n: (t.to(dtype) if n != "g" else t).requires_grad_() for n, t in x.items()}
-        import lizardlm.ops.triton.lizard as tlz
-        tlz.POISON = True
-        y = lizard(inp, backend="triton")
-        (y.double() * dy).sum().backward()
-        tlz.POISON = False
-        rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
-        errs = {"y": rel(y, y_ref), **{"d" + n: rel(inp[n].grad, ref[n].grad) for n in x}}
-        key = f"{str(dtype).split('.')[-1]} B{B} H{Hq}/{Hk} T{T} D{Dh}"
-        tol = 1e-3 if dtype == torch.float32 else 1e-2
-        out[key] = {"errors": errs, "tol": tol, "pass": all(v <= tol for v in errs.values())}
-        print(f"check {key}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f"  pass={out[key]['pass']}")
+    for form in forms:
+        for dtype, (B, Hq, Hk, T, Dh) in cases:
+            x = inputs(B, T, dtype=torch.float32, seed=1, H=Hq, Hk=Hk, D=Dh, FD=Dh)
+            ref = {n: t.double().requires_grad_() for n, t in x.items()}
+            y_ref = lizard(ref, backend="torch-chunk", form=form)
+            dy = torch.randn_like(y_ref)
+            (y_ref * dy).sum().backward()
+            inp = {n: (t.to(dtype) if n not in ("g", "sinks", "alpha") else t).requires_grad_() for n, t in x.items()}
+            import lizardlm.ops.triton.lizard as tlz
+            tlz.POISON = True
+            y = lizard(inp, backend="triton", form=form)
+            (y.double() * dy).sum().backward()
+            tlz.POISON = False
+            rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
+            errs = {"y": rel(y, y_ref), **{"d" + n: rel(inp[n].grad, ref[n].grad) for n in x if ref[n].grad is not None}}
+            key = f"{form} {str(dtype).split('.')[-1]} B{B} H{Hq}/{Hk} T{T} D{Dh}"
+            tol = 1e-3 if dtype == torch.float32 else 1e-2
+            out[key] = {"errors": errs, "tol": tol, "pass": all(v <= tol for v in errs.values())}
+            print(f"check {key}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f"  pass={out[key]['pass']}", flush=True)
     return out
 
 
@@ -303,6 +313,7 @@ def main():
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="skip 128K and the torch reference")
     ap.add_argument("--seqs", default="2048,8192,32768")
+    ap.add_argument("--forms", default=",".join(FORMS), help=f"comma-separated, of {', '.join(FORMS)}")
     ap.add_argument("--tune", action="store_true", help="pick per-kernel launch settings first (sets them for this run)")
     ap.add_argument("--tune-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -314,13 +325,15 @@ def main():
     slug = device_slug(dev)
     import lizardlm.ops.triton.lizard as tlz
 
+    forms = [f for f in args.forms.split(",") if f]
     res = {"device": dev, "torch": torch.__version__, "triton": triton.__version__,
            "config": {"heads": H, "head_dim": D, "feature_dim": FD, "window": W, "meta": M, "dtype": "bfloat16",
-                      "tokens_per_batch": TOKENS}}
+                      "tokens_per_batch": TOKENS, "forms": {f: FORMS[f] for f in forms},
+                      "window_by_form": {f: FORMS[f]["window"] for f in forms}}}
     if args.tune:
         res["tune"] = tune()
     res["launch_cfg"] = dict(tlz.CFG)
-    res["correctness"] = correctness()
+    res["correctness"] = correctness(forms=forms)
     res["runs"] = []
     if args.profile:
         res["profile"] = {"T2048": profile(16, 2048), "T32768": profile(1, 32768)}
@@ -333,27 +346,28 @@ def main():
         B = TOKENS // T
         x = inputs(B, T, requires_grad=True)
         for mode in ("fwd", "fwd+bwd"):
-            for name, fn in (("sdpa", sdpa), ("sdpa-cudnn", sdpa_cudnn), ("lizard", lizard)):
+            ops = [("sdpa", sdpa), ("sdpa-cudnn", sdpa_cudnn)] + [(f, lambda x, f=f: lizard(x, form=f)) for f in forms]
+            for name, fn in ops:
                 try:
                     record(name, T, B, mode, *bench(fn, x, mode == "fwd+bwd"))
                 except RuntimeError as e:  # a backend that refuses this shape
                     print(f"{name} T={T} {mode}: {str(e)[:120]}")
-            if T <= 2048 and not args.quick:
+            if T <= 2048 and not args.quick and "lizard" in forms:
                 record("torch-chunk", T, B, mode, *bench(lambda x: lizard(x, "torch-chunk"), x, mode == "fwd+bwd"))
         del x
         torch.cuda.empty_cache()
     if not args.quick:
         T = 128 * 1024
         x = inputs(1, T)
-        for name, fn in (("sdpa", sdpa), ("lizard", lizard)):
+        for name, fn in [("sdpa", sdpa)] + [(f, lambda x, f=f: lizard(x, form=f)) for f in forms]:
             record(name, T, 1, "fwd", *bench(fn, x, False))
         del x
     # ratios
     t = {(r["op"], r["T"], r["mode"]): r["ms"] for r in res["runs"]}
-    res["speedup_vs_sdpa"] = {f"{mode} T={T}": t[("sdpa", T, mode)] / t[("lizard", T, mode)]
-                              for (op, T, mode) in t if op == "lizard"}
-    res["speedup_vs_sdpa_cudnn"] = {f"{mode} T={T}": t[("sdpa-cudnn", T, mode)] / t[("lizard", T, mode)]
-                                    for (op, T, mode) in t if op == "lizard" and ("sdpa-cudnn", T, mode) in t}
+    res["speedup_vs_sdpa"] = {f"{op} {mode} T={T}": t[("sdpa", T, mode)] / ms
+                              for (op, T, mode), ms in t.items() if op in forms}
+    res["speedup_vs_sdpa_cudnn"] = {f"{op} {mode} T={T}": t[("sdpa-cudnn", T, mode)] / ms
+                                    for (op, T, mode), ms in t.items() if op in forms and ("sdpa-cudnn", T, mode) in t}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"attention-{slug}.json")
     with open(path, "w") as f:
@@ -362,12 +376,12 @@ def main():
         plot(res, os.path.join(args.out, f"attention-{slug}.png"))
     except Exception as e:  # a missing matplotlib must not lose the numbers
         print("plot failed:", e)
-    print("\nT       mode     sdpa_ms  cudnn_ms  lizard_ms  sdpa/lizard  cudnn/lizard")
-    for (op, T, mode), ms in sorted(t.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-        if op == "lizard":
+    print("\nform         T       mode     sdpa_ms  cudnn_ms  form_ms  sdpa/form  cudnn/form")
+    for (op, T, mode), ms in sorted(t.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        if op in forms:
             c = t.get(("sdpa-cudnn", T, mode), float("nan"))
-            print(f"{T:<7d} {mode:8s} {t[('sdpa', T, mode)]:8.3f} {c:9.3f} {ms:9.3f} "
-                  f"{t[('sdpa', T, mode)] / ms:10.2f}x {c / ms:10.2f}x")
+            print(f"{op:12s} {T:<7d} {mode:8s} {t[('sdpa', T, mode)]:8.3f} {c:9.3f} {ms:8.3f} "
+                  f"{t[('sdpa', T, mode)] / ms:9.2f}x {c / ms:9.2f}x")
     ok = all(c["pass"] for c in res["correctness"].values())
     print("correctness:", "PASS" if ok else "FAIL", "->", path)
 
@@ -382,7 +396,7 @@ def plot(res, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
         Ts = sorted({r["T"] for r in runs if r["mode"] == mode})
-        ops = [o for o in ("sdpa", "sdpa-cudnn", "lizard", "torch-chunk") if any(r["op"] == o and r["mode"] == mode for r in runs)]
+        ops = [o for o in ("sdpa", "sdpa-cudnn", *FORMS, "torch-chunk") if any(r["op"] == o and r["mode"] == mode for r in runs)]
         wdt = 0.8 / len(ops)
         for i, op in enumerate(ops):
             xs, ys = [], []

@@ -7,20 +7,25 @@ import torch
 
 from lizardlm.ops.lizard import lizard_attention_naive
 
-NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias")
+NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias", "alpha")
+FORMS = ("shared", "paper")
+"""``shared``: our form (shared normaliser, meta key/value slots); ``paper``: sum form with sink logits."""
 
 
-def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cpu") -> dict[str, torch.Tensor | None]:
-    """float32 inputs from a generator seeded with ``seed`` on ``device``; gates and meta slots optional."""
+def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cpu", form="shared") -> dict[str, torch.Tensor | None]:
+    """float32 inputs from a generator seeded with ``seed`` on ``device``; gates and meta slots
+    optional; ``form="paper"`` gives sink logits (meta_bias alone) and a per-head alpha."""
     gen = torch.Generator(device=device).manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, device=device)  # noqa: E731
     u = lambda *s: torch.rand(*s, generator=gen, device=device)  # noqa: E731
+    paper = form == "paper"
     return {
         "q": r(B, H, T, D), "k": r(B, Hk, T, D), "v": r(B, Hk, T, V),
         "fq": u(B, H, T, F) * 2 / F**0.5, "fk": u(B, Hk, T, F) * 2 / F**0.5,
         "g": torch.nn.functional.logsigmoid(r(B, H, T) + 3.0) if use_g else None,
-        "meta_k": r(H, m, D) if m else None, "meta_v": r(H, m, V) if m else None,
+        "meta_k": r(H, m, D) if m and not paper else None, "meta_v": r(H, m, V) if m and not paper else None,
         "meta_bias": r(H, m) if m else None,
+        "alpha": r(H) if paper else None,
     }
 
 
@@ -29,7 +34,8 @@ def reference(x: dict, window: int, scale: float, dy: torch.Tensor | None = None
     ``randn_like(y)`` when None)."""
     ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
     y = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=window, scale=scale,
-                               meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"])
+                               meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"],
+                               combine="shared" if ref["alpha"] is None else "sum", alpha=ref["alpha"])
     dy = torch.randn_like(y) if dy is None else dy
     (y * dy).sum().backward()
     return y, dy, ref

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from kernel_check import NAMES, make_inputs, reference, relerr
+from kernel_check import FORMS, NAMES, make_inputs, reference, relerr
 
 pytest.importorskip("triton")
 
@@ -32,22 +32,22 @@ VARIANTS = {
     "scan-tiles-32x128": {"h_block": (32, 128), "dh_block": (32, 128)},
 }
 TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
+PAPER_VARIANTS = ("split-backward", "one-launch-backward")  # the sum form shares every other kernel path
 
 
-def errors(case: tuple, seed: int) -> dict[str, float]:
+def errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     """Relative errors of the Triton op (interpreted, float32) against float64, output and gradients."""
     import lizardlm.ops.triton.lizard as tlz
 
     B, H, Hk, T, D, V, F, w, m, use_g = case
-    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed)
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form)
     dy = torch.randn(B, H, T, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     y_ref, dy, ref = reference(x, w, D**-0.5, dy)
     inp = {n: (t.clone().requires_grad_() if t is not None else None) for n, t in x.items()}
-    g = inp["g"] if use_g else torch.zeros(B, H, T)
     tlz.POISON = True
-    try:  # the autograd function itself: the public entry point refuses CPU tensors
-        y = tlz.LizardAttentionFunction.apply(inp["q"], inp["k"], inp["v"], inp["fq"], inp["fk"], g, inp["meta_k"],
-                                              inp["meta_v"], inp["meta_bias"], w, D**-0.5, 64, use_g)
+    try:  # below the public entry point, which refuses CPU tensors
+        y = tlz.apply_op(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
+                         meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64, alpha=inp["alpha"])
         (y.double() * dy).sum().backward()
     finally:
         tlz.POISON = False
@@ -61,10 +61,14 @@ def child() -> None:
     import lizardlm.ops.triton.lizard as tlz
 
     for seed, (case_name, case) in enumerate(CASES.items()):
-        for variant, cfg in VARIANTS.items():
-            tlz.CFG.clear()
-            tlz.CFG.update({**TILES, **cfg})
-            print(json.dumps({"case": case_name, "variant": variant, "errors": errors(case, seed)}), flush=True)
+        for form in FORMS:
+            for variant, cfg in VARIANTS.items():
+                if form == "paper" and variant not in PAPER_VARIANTS:
+                    continue
+                tlz.CFG.clear()
+                tlz.CFG.update({**TILES, **cfg})
+                errs = errors(case, seed, form)
+                print(json.dumps({"case": case_name, "form": form, "variant": variant, "errors": errs}), flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +77,16 @@ def interpreted() -> dict[tuple[str, str], dict[str, float]]:
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    return {(row["case"], row["variant"]): row["errors"] for row in rows}
+    return {(row["case"], row["form"], row["variant"]): row["errors"] for row in rows}
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("form, variant", [("shared", v) for v in VARIANTS] + [("paper", v) for v in PAPER_VARIANTS])
 @pytest.mark.parametrize("case", CASES)
-def test_kernels_match_float64_in_the_interpreter(interpreted, case, variant):
-    errs = interpreted[(case, variant)]
-    assert set(errs) >= {"y", "dq", "dk", "dv", "dfq", "dfk"}, errs
+def test_kernels_match_float64_in_the_interpreter(interpreted, case, form, variant):
+    errs = interpreted[(case, form, variant)]
+    assert set(errs) >= {"y", "dq", "dk", "dv", "dfq", "dfk"} | ({"dalpha"} if form == "paper" else set()), errs
     bad = {k: v for k, v in errs.items() if not v <= 1e-5}  # float32 arithmetic throughout
-    assert not bad, f"{case} {variant}: {bad}"
+    assert not bad, f"{case} {form} {variant}: {bad}"
 
 
 if __name__ == "__main__":

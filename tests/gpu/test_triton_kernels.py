@@ -19,17 +19,19 @@ from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 
 
-def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0):
-    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cuda")
+def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0, form="shared"):
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cuda", form=form)
     scale = D**-0.5
     y_ref, dy, ref = reference(x, w, scale)
     inp = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in x.items()}
-    if inp["g"] is not None:  # log-decays usually stay float32
-        inp["g"] = x["g"].float().requires_grad_()
+    for n in ("g", "alpha"):  # log-decays and alpha usually stay float32
+        if inp[n] is not None:
+            inp[n] = x[n].float().requires_grad_()
     tl_lizard.POISON = True
     try:
         y, state = lizard_attention(*(inp[n] for n in NAMES[:6]), window=w, scale=scale, meta_k=inp["meta_k"],
-                                    meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], backend="triton")
+                                    meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], backend="triton",
+                                    combine="shared" if form == "shared" else "sum", alpha=inp["alpha"])
         (y.double() * dy).sum().backward()
     finally:
         tl_lizard.POISON = False
@@ -54,13 +56,21 @@ CASES = [
 ]
 
 
+PAPER_CASES = [
+    (2, 4, 4, 300, 128, 128, 128, 128, 4, True),  # the paper's window, feature dim and sinks
+    (1, 4, 2, 257, 64, 64, 128, 64, 4, True),  # window 64: the pair window backward in 16-bit dtypes
+    (2, 4, 1, 193, 32, 64, 32, 100, 0, False),  # no sinks, no gate
+    (1, 2, 1, 50, 64, 64, 64, 128, 4, True),  # shorter than the window
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", CASES)
-def test_matches_float64_reference(case, dtype):
-    errs = check(*case, dtype=dtype)
+@pytest.mark.parametrize("form, case", [("shared", c) for c in CASES] + [("paper", c) for c in PAPER_CASES])
+def test_matches_float64_reference(form, case, dtype):
+    errs = check(*case, dtype=dtype, form=form)
     bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
-    print(case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
-    assert not bad, f"{case} {dtype}: {bad}"
+    print(form, case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    assert not bad, f"{form} {case} {dtype}: {bad}"
 
 
 @contextlib.contextmanager

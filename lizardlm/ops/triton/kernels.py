@@ -5,7 +5,8 @@ Layout: every tensor is contiguous ``(B, heads, T, dim)``; query head ``h`` read
 per *query* head and summed over the group by the caller.
 
 Linear branch = chunked gated linear attention over shifted keys ``k'_s = exp(gw_s) fk_{s-w}``,
-``v'_s = v_{s-w}`` (zero for ``s < w``), with ``gw_s = G_s - G_{s-w}`` and the chunk-local
+``v'_s = v_{s-w}`` (zero for ``s < w``), with ``gw_s = G_s - G_{s-w}`` (in these kernels ``W`` is
+that shift: the window in the shared form, 0 in the sum form, where gw = 0) and the chunk-local
 inclusive cumulative log-decay ``gl`` (``B_c`` its value at the chunk's last row). ``h_c`` is the
 state entering chunk ``c``; the normaliser's state ``hz_c`` is an extra F-vector.
 """
@@ -122,12 +123,13 @@ def _lin_fwd_h(
 
 @triton.jit
 def _lin_fwd_o(
-    FQ, FK, Vv, GL, GW, Hs, HZ, O, Y, ZB,
+    FQ, FK, Vv, GL, GW, Hs, HZ, O, Y, ZB, ALPHA,
     T, TP, H, G, NT,
     W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BVL: tl.constexpr, BT: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, SUM: tl.constexpr,
 ):
-    """Linear branch of one chunk, combined with the window output: y = (o + N) / (1 + Z)."""
+    """Linear branch of one chunk, combined with the window output: y = (o + N) / (1 + Z), or with
+    SUM y = N / Z + alpha_h o (ALPHA per head, float32)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -151,7 +153,11 @@ def _lin_fwd_o(
     hz = tl.load(HZ + (pid_bh * NT + c) * F + offs_f, mask=fmask, other=0.0)
     qe = fq.to(tl.float32) * tl.exp(gl)[:, None]
     z = tl.sum(qe * hz[None, :], 1) + tl.sum(A, 1)
-    rz = 1.0 / (1.0 + z)
+    if SUM:
+        rz = 1.0 / z
+        a = tl.load(ALPHA + h)
+    else:
+        rz = 1.0 / (1.0 + z)
     qe = qe.to(fq.dtype)
     A = A.to(fq.dtype)
     for i in range(0, tl.cdiv(DV, BVL)):
@@ -163,17 +169,22 @@ def _lin_fwd_o(
         n = tl.dot(qe, hb.to(fq.dtype), input_precision=PREC) + tl.dot(A, v, input_precision=PREC)
         omask = tmask[:, None] & vmask[None, :]
         o = tl.load(O + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=omask, other=0.0)
-        y = (o.to(tl.float32) + n) * rz[:, None]
+        if SUM:
+            y = n * rz[:, None] + a * o.to(tl.float32)
+        else:
+            y = (o.to(tl.float32) + n) * rz[:, None]
         tl.store(Y + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], y.to(Y.dtype.element_ty), mask=omask)
     tl.store(ZB + pid_bh * T + offs_t, z, mask=tmask)
 
 
 @triton.jit
 def _bwd_pre(
-    DY, Y, O, ZB, DO, DZ, DELTA,
-    T, DV: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
+    DY, Y, O, ZB, DO, DZ, DELTA, DOW, DA, ALPHA,
+    T, H, DV: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr, SUM: tl.constexpr,
 ):
-    """do = dy / (1 + Z) (the gradient of both o and N), dZ = -(dy . y) / (1 + Z), Delta = do . o."""
+    """Shared form: do = dy / (1 + Z) (the gradient of both o and N), dZ = -(dy . y) / (1 + Z),
+    Delta = do . o. SUM (y = N / Z + alpha o): do = dy / Z (gradient of N), dZ = -(dy . (y - alpha o)) / Z,
+    dow = alpha dy (gradient of o), Delta = dow . o, and da = dy . o (summed into d alpha by the caller)."""
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     offs_t = pid_t * BT + tl.arange(0, BT)
@@ -184,12 +195,23 @@ def _bwd_pre(
     dy = tl.load(DY + ptrs, mask=m2, other=0.0).to(tl.float32)
     y = tl.load(Y + ptrs, mask=m2, other=0.0).to(tl.float32)
     o = tl.load(O + ptrs, mask=m2, other=0.0).to(tl.float32)
-    z = tl.load(ZB + pid_bh * T + offs_t, mask=tmask, other=0.0)
-    r = 1.0 / (1.0 + z)
-    do = dy * r[:, None]
-    tl.store(DO + ptrs, do.to(DO.dtype.element_ty), mask=m2)
-    tl.store(DZ + pid_bh * T + offs_t, -r * tl.sum(dy * y, 1), mask=tmask)
-    tl.store(DELTA + pid_bh * T + offs_t, tl.sum(do * o, 1), mask=tmask)
+    z = tl.load(ZB + pid_bh * T + offs_t, mask=tmask, other=1.0)
+    if SUM:
+        a = tl.load(ALPHA + pid_bh % H)
+        r = 1.0 / z
+        do = dy * r[:, None]
+        tl.store(DO + ptrs, do.to(DO.dtype.element_ty), mask=m2)
+        tl.store(DZ + pid_bh * T + offs_t, -r * tl.sum(dy * (y - a * o), 1), mask=tmask)
+        tl.store(DOW + ptrs, (a * dy).to(DOW.dtype.element_ty), mask=m2)
+        da = tl.sum(dy * o, 1)
+        tl.store(DA + pid_bh * T + offs_t, da, mask=tmask)
+        tl.store(DELTA + pid_bh * T + offs_t, a * da, mask=tmask)
+    else:
+        r = 1.0 / (1.0 + z)
+        do = dy * r[:, None]
+        tl.store(DO + ptrs, do.to(DO.dtype.element_ty), mask=m2)
+        tl.store(DZ + pid_bh * T + offs_t, -r * tl.sum(dy * y, 1), mask=tmask)
+        tl.store(DELTA + pid_bh * T + offs_t, tl.sum(do * o, 1), mask=tmask)
 
 
 @triton.jit
@@ -334,12 +356,13 @@ def _win_bwd(
     Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr, LS: tl.constexpr,
 ):
     """Window-branch gradients. Program j: dk, dv of key block j (dv plus the linear branch's DVL,
-    rows n < T - W); dq of query block j; partial meta gradients of query block j
+    rows n < T - LS); dq of query block j; partial meta gradients of query block j
     (DMETA (B, NB, H, M * (D + DV + 1)): dmk and dmv unscaled, then the meta logit biases; summed
-    over the leading two dimensions by the caller, one contiguous reduction)."""
+    over the leading two dimensions by the caller, one contiguous reduction). DVL rows n < T - LS
+    hold the linear branch's dv (LS: its shift)."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -377,7 +400,7 @@ def _win_bwd(
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     tl.store(DK + pid_bh * T * D + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=nmask[:, None] & dmask[None, :])
-    lmask = (offs_n < T - W)[:, None] & dvmask[None, :]
+    lmask = (offs_n < T - LS)[:, None] & dvmask[None, :]
     dv += tl.load(DVL + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
     tl.store(DVW + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
              mask=nmask[:, None] & dvmask[None, :])
@@ -413,11 +436,11 @@ def _win_bwd_pairs(
     Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    BM: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr, LS: tl.constexpr,
 ):
     """Window-branch gradients when the window reaches at most one block back (W <= BM + 1).
     Program p (0 <= p <= NB) evaluates the block pairs (query, key) = (p-1, p-1), (p, p-1), (p, p):
-    dk, dv of key block p - 1 (dv plus the linear branch's DVL, rows n < T - W) and dq (+ meta
+    dk, dv of key block p - 1 (dv plus the linear branch's DVL, rows n < T - LS) and dq (+ meta
     partials, as in ``_win_bwd``) of query block p. The shared pair (p, p-1) is computed once:
     12 block products per program instead of ``_win_bwd``'s 14, 8 tile loads instead of 12.
     Blocks -1 and NB are empty (masked), so the code runs straight through."""
@@ -468,7 +491,7 @@ def _win_bwd_pairs(
     dk += tl.dot(tl.trans(dsb), q, input_precision=PREC)
     tl.store(DK + pid_bh * T * D + rows_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=nmask[:, None] & dmask[None, :])
-    lmask = (nmask & (offs_n < T - W))[:, None] & dvmask[None, :]
+    lmask = (nmask & (offs_n < T - LS))[:, None] & dvmask[None, :]
     dv += tl.load(DVL + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
     tl.store(DVW + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
              mask=nmask[:, None] & dvmask[None, :])

@@ -1,10 +1,18 @@
 """Autograd function and entry point of the Triton (CUDA) Lizard attention op.
 
 Forward: window kernel (o, lse) -> chunk states of the linear branch -> per-chunk output kernel
-that adds the linear branch and normalises, y = (o + N) / (1 + Z).
-Backward: prelude (do, dZ, Delta) -> reverse chunk-state gradients -> linear-branch gradients
--> window-branch gradients; the log-decay gradient is a reverse cumulative sum of
-``fq.dfq - fk.dfk`` (done in torch), group sums for grouped-query attention likewise.
+that adds the linear branch and normalises, y = (o + N) / (1 + Z) (shared form) or
+y = N / Z + alpha o (sum form: the same kernels with shift 0, no extra pass).
+Backward: prelude (do, dZ, Delta; in the sum form also alpha dy for the window branch and dy . o
+for d alpha) -> reverse chunk-state gradients -> linear-branch gradients -> window-branch
+gradients; the log-decay gradient is a reverse cumulative sum of ``fq.dfq - fk.dfk`` (done in
+torch), group sums for grouped-query attention likewise. Sink logits run as meta slots with zero
+keys and values (their gradient is the meta-bias gradient).
+
+The paper folds the cumulative log-gate into the exponent of the feature map so the gated product
+is one bf16 GEMM per chunk; these kernels do the equivalent chunked log-space scheme: the
+chunk-local cumulative log-decay scales fq and fk by exp(+-gl) in float32 registers before each
+16-bit GEMM, and the state crosses chunks in float32.
 """
 
 from __future__ import annotations
@@ -87,7 +95,7 @@ def _gates(g: torch.Tensor, window: int, chunk: int):
     return gl.view(BH, nt * chunk), gw
 
 
-def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk):
+def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
     B, H, T, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     G = H // Hk
@@ -105,7 +113,7 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk):
         W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BN=BM, NBW=triton.cdiv(window - 1, BM), BMETA=_pow2(max(M, 1)),
         HAS_META=has_meta, PREC=prec, **_cfg("win_fwd", num_warps=4, num_stages=1),
     )
-    gl, gw = _gates(g.reshape(BH, T), window, chunk)
+    gl, gw = _gates(g.reshape(BH, T), shift, chunk)
     TP = gl.shape[1]
     NT = TP // chunk
     hs = _empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
@@ -113,13 +121,14 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk):
     BK, BV = CFG.get("h_block") or _scan_blocks(BH, Fd, DV, q.device)
     K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
         fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
-        W=window, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
+        W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
     )
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._lin_fwd_o[(NT, BH)](
-        fq, fk, v, gl, gw, hs, hz, o, y, zb, T, TP, H, G, NT,
-        W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec, **_cfg("lin_o", num_warps=4, num_stages=1),
+        fq, fk, v, gl, gw, hs, hz, o, y, zb, alpha if alpha is not None else dummy, T, TP, H, G, NT,
+        W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec,
+        SUM=alpha is not None, **_cfg("lin_o", num_warps=4, num_stages=1),
     )
     return y, o, lse, gl, gw, hs, hz, zb
 
@@ -131,17 +140,20 @@ def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
 
 class LizardAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk, g_given):
+    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, alpha, window, scale, chunk, g_given):
+        """``alpha`` None: shared form (linear shift w); a float32 ``(H,)`` tensor: sum form (shift 0)."""
         ctx.g_dtype = g.dtype
-        y, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, mb, window, scale, chunk)
-        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, y, o, lse, gl, gw, hs, hz, zb)
-        ctx.cfg = (window, scale, chunk, g_given)
+        shift = window if alpha is None else 0
+        y, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk)
+        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, alpha, y, o, lse, gl, gw, hs, hz, zb)
+        ctx.cfg = (window, shift, scale, chunk, g_given)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, fq, fk, mk, mv, mb, y, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
-        window, scale, chunk, g_given = ctx.cfg
+        q, k, v, fq, fk, mk, mv, mb, alpha, y, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
+        window, shift, scale, chunk, g_given = ctx.cfg
+        summed = alpha is not None
         B, H, T, D = q.shape
         Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
         G = H // Hk
@@ -156,7 +168,13 @@ class LizardAttentionFunction(torch.autograd.Function):
         do = _empty(*o.shape, device=o.device, dtype=o.dtype)
         dz = _empty(BH, T, device=dev, dtype=f32)
         delta = _empty(BH, T, device=dev, dtype=f32)
-        K._bwd_pre[(triton.cdiv(T, 64), BH)](dy, y, o, zb, do, dz, delta, T, DV=DV, BDV=_pow2(DV), BT=64, **_cfg("pre", num_warps=8))
+        dummy = q.new_empty(1)
+        dow = _empty(*o.shape, device=o.device, dtype=o.dtype) if summed else None  # window branch's do
+        da = _empty(BH, T, device=dev, dtype=f32) if summed else None
+        K._bwd_pre[(triton.cdiv(T, 64), BH)](
+            dy, y, o, zb, do, dz, delta, dow if summed else dummy, da if summed else dummy, alpha if summed else dummy,
+            T, H, DV=DV, BDV=_pow2(DV), BT=64, SUM=summed, **_cfg("pre", num_warps=8),
+        )
         # linear branch
         dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
         dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
@@ -167,18 +185,18 @@ class LizardAttentionFunction(torch.autograd.Function):
         )
         gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
         dfq = _empty(*fq.shape, device=dev, dtype=fq.dtype)
-        # rows t >= T - w of the key-side linear gradients get nothing from the linear branch
-        tail = max(T - window, 0)
+        # rows t >= T - shift of the key-side linear gradients get nothing from the linear branch
+        tail = max(T - shift, 0)
         dfk = _empty(B, H, T, Fd, device=dev, dtype=gdt)
         dfk[:, :, tail:].zero_()
-        dvl = _empty(B, H, T, DV, device=dev, dtype=gdt)  # rows >= T - w are never read
+        dvl = _empty(B, H, T, DV, device=dev, dtype=gdt)  # rows >= T - shift are never read
         dgq = _empty(BH, T, device=dev, dtype=f32)
         dgk = _empty(BH, T, device=dev, dtype=f32)
         dgk[:, tail:].zero_()
         lin_args = (fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT)
         # whole value rows per step in 16-bit dtypes (H200, 2K: 1.30 -> 1.28 ms); float32 keeps 64
         bvl = CFG.get("bvl_bwd", 64 if q.dtype == torch.float32 else 128)
-        lin_meta = dict(W=window, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec)
+        lin_meta = dict(W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec)
         if CFG.get("lin_bwd_split", True):  # one launch per side: about 0.27 ms less at 2K on the H200
             K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", num_warps=4, num_stages=2))
             K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=False, KS=True, **_cfg("lin_bwd_k", num_warps=4, num_stages=2))
@@ -195,10 +213,10 @@ class LizardAttentionFunction(torch.autograd.Function):
         dvw = _empty(B, H, T, DV, device=dev, dtype=gdt)
         # per (query block, head) partial meta gradients [dmk | dmv | dmb], summed below
         dmeta_p = _empty(B * NB, H, M * (D + DV + 1), device=dev, dtype=f32) if has_meta else q.new_empty(1)
-        dummy = q.new_empty(1)
         args = (q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy,
-                do, lse, delta, dvl, dq, dk, dvw, dmeta_p, T, H, G, M, NB, scale)
-        meta = dict(W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BMETA=BMETA, HAS_META=has_meta, PREC=prec)
+                dow if summed else do, lse, delta, dvl, dq, dk, dvw, dmeta_p, T, H, G, M, NB, scale)
+        meta = dict(W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BMETA=BMETA, HAS_META=has_meta, PREC=prec,
+                    LS=shift)
         if _pairs_window_bwd(window, BM, q.dtype) and not CFG.get("win_bwd_general"):
             K._win_bwd_pairs[(NB + 1, BH)](*args, **meta, **_cfg("win_pairs", num_warps=4, num_stages=1))
         else:
@@ -216,19 +234,24 @@ class LizardAttentionFunction(torch.autograd.Function):
             dmk = (dmk.reshape(H, M, D) * scale).to(mk.dtype)
             dmv = dmv.reshape(H, M, DV).to(mv.dtype)
             dmb = dmb.to(mb.dtype)
-        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, None, None, None, None
+        dalpha = da.view(B, H, T).sum((0, 2)) if summed else None
+        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None
 
 
 def lizard_attention_cuda(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state=None,
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, combine: str = "shared", alpha=None,
 ) -> torch.Tensor:
     """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk` for ``state=None``;
-    returns y only. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias."""
+    returns y only. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits
+    when given alone) and alpha (``combine="sum"``)."""
     if state is not None:
         raise ValueError("lizard_attention_cuda starts a sequence (state=None); use the torch op to continue one")
     if not q.is_cuda:
         raise ValueError("lizard_attention_cuda needs CUDA tensors")
+    if combine not in ("shared", "sum") or (combine == "sum") != (alpha is not None):
+        raise ValueError(f"combine={combine!r} with alpha {'given' if alpha is not None else 'None'}: "
+                         "'sum' needs alpha, 'shared' takes none")
     B, H, T, D = q.shape
     if chunk_size is None:  # the chunk size changes only rounding; the kernels pick theirs
         chunk_size = CFG.get("chunk", 64)
@@ -236,15 +259,27 @@ def lizard_attention_cuda(
         raise ValueError(f"chunk_size must be 16, 32, 64 or 128 on the Triton path, got {chunk_size}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    return apply_op(q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
+                    meta_bias=meta_bias, chunk_size=chunk_size, alpha=alpha)
+
+
+def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias, chunk_size: int, alpha):
+    """The autograd function on checked arguments (Triton's CPU interpreter calls this directly):
+    contiguous inputs in q's dtype, zero log-decays for no gate, sink logits as zero-key/value slots."""
+    B, H, T, D = q.shape
     dt = q.dtype
     k, v, fq, fk = (x.to(dt).contiguous() for x in (k, v, fq, fk))
     q = q.contiguous()
     g_given = g is not None
     gg = g.contiguous() if g_given else q.new_zeros(B, H, T, dtype=torch.float32)
+    if meta_k is None and meta_bias is not None and meta_bias.shape[-1] > 0:  # sink logits: slots with zero keys/values
+        m = meta_bias.shape[-1]
+        meta_k, meta_v = q.new_zeros(H, m, D), q.new_zeros(H, m, v.shape[-1])
     has_meta = meta_k is not None and meta_k.shape[-2] > 0
     mk = meta_k.contiguous() if has_meta else None
     mv = meta_v.contiguous() if has_meta else None
     if has_meta and meta_bias is None:
         meta_bias = q.new_zeros(H, meta_k.shape[-2], dtype=torch.float32)
     mb = meta_bias.contiguous() if has_meta else None
-    return LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, mb, window, float(scale), chunk_size, g_given)
+    a = alpha.float().contiguous() if alpha is not None else None
+    return LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, mb, a, window, float(scale), chunk_size, g_given)
