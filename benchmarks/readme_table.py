@@ -15,22 +15,51 @@ def attention(path: Path) -> str:
     d = json.loads(path.read_text())
     c = d["config"]
     ms = {(r["op"], r["T"], r["mode"]): r["ms"] for r in d["runs"]}
+    forms = c.get("forms", {"lizard": {"combine": "shared", "window": c["window"]}})
+    passed = "pass" if all(v["pass"] for v in d["correctness"].values()) else "FAIL"
+    label = {"shared": "our form", "sum": "paper form"}
+    cols = [f"{name} ({label[f['combine']]}, w{f['window']})" for name, f in forms.items()]
     rows = [
         f"Attention op, {d['device']} (`{path.name}`): {c['dtype']}, {c['heads']} heads, head dim {c['head_dim']}, "
-        f"{c['tokens_per_batch'] // 1024}K tokens per batch, window {c['window']}, {c['meta']} meta slots; "
-        f"correctness vs float64 in the same run: {'pass' if all(v['pass'] for v in d['correctness'].values()) else 'FAIL'}.",
+        f"feature dim {c['feature_dim']}, {c['tokens_per_batch'] // 1024}K tokens per batch, {c['meta']} meta slots "
+        f"(sink logits in the paper form); correctness of every form vs float64 in the same run: {passed}.",
         "",
-        "| T | pass | SDPA flash (ms) | SDPA cuDNN (ms) | Lizard (ms) | flash / Lizard | cuDNN / Lizard |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| T | pass | SDPA flash (ms) | SDPA cuDNN (ms) | " + " | ".join(f"{x} (ms)" for x in cols)
+        + " | " + " | ".join(f"cuDNN / {name}" for name in forms) + " |",
+        "|---|---|---:|---:|" + "---:|" * (2 * len(forms)),
     ]
+    fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
     for T in sorted({t for (_, t, _) in ms}):
         for mode in ("fwd", "fwd+bwd"):
-            if ("lizard", T, mode) not in ms:
+            if not any((f, T, mode) in ms for f in forms):
                 continue
-            liz, sd, cu = ms[("lizard", T, mode)], ms.get(("sdpa", T, mode)), ms.get(("sdpa-cudnn", T, mode))
-            fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
-            ratio = lambda x: "–" if x is None else f"{x / liz:.2f}x"  # noqa: E731
-            rows.append(f"| {T // 1024}K | {mode} | {fmt(sd)} | {fmt(cu)} | {liz:.2f} | {ratio(sd)} | {ratio(cu)} |")
+            cu = ms.get(("sdpa-cudnn", T, mode))
+            liz = [ms.get((f, T, mode)) for f in forms]
+            ratios = ["–" if cu is None or x is None else f"{cu / x:.2f}x" for x in liz]
+            rows.append(f"| {T // 1024}K | {mode} | {fmt(ms.get(('sdpa', T, mode)))} | {fmt(cu)} | "
+                        + " | ".join(fmt(x) for x in liz) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(rows)
+
+
+def scale(path: Path) -> str:
+    d = json.loads(path.read_text())
+    rows = [
+        f"Training steps at scale, {d['device']} (`{path.name}`): random-weight models of real shapes, "
+        f"{d['dtype']}, LoRA rank {d['lora']['rank']} on {'/'.join(t[0] for t in d['lora']['targets'])}; teacher = "
+        f"the same model's own LoRA step; {d['steps']} timed steps after {d['warmup']} warm-up; projected minutes "
+        "of the 20M + 20M recipe at these rates.",
+        "",
+        "| shape | batch x seq | Lizard form | teacher LoRA tok/s | stage 1 tok/s | stage 2 tok/s | peak GiB | recipe min |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["runs"]:
+        if "stage1_tok_per_s" not in r:
+            rows.append(f"| {r['shape']} | {r['batch']} x {r['seq']} | {r['mode']} | {r.get('error', 'failed')} |||||")
+            continue
+        form = f"{r['mode']} (w{r['lizard']['window_size']})"
+        rows.append(f"| {r['shape']} | {r['batch']} x {r['seq']} | {form} | {r['teacher_lora_tok_per_s'] / 1e3:.1f}K | "
+                    f"{r['stage1_tok_per_s'] / 1e3:.1f}K | {r['stage2_tok_per_s'] / 1e3:.1f}K | {r['peak_gib']:.1f} | "
+                    f"{r['recipe_minutes']:.0f} |")
     return "\n".join(rows)
 
 
@@ -156,6 +185,8 @@ def main() -> None:
             parts.append(stitch(path))
         elif not path.stem.endswith("-v1"):
             parts.append(attention(path))
+    for path in sorted(RESULTS.glob("scale-*.json")):
+        parts.append(scale(path))
     for path in sorted(RESULTS.glob("linearize-*.json")):
         parts.append(linearize(path))
     for path in sorted(RESULTS.glob("decode-*.json")):

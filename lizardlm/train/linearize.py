@@ -120,7 +120,8 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     log = MetricsLog(run)
     train_kw = dict(
         batch_size=settings.batch_size, seed=settings.seed, warmup_fraction=settings.warmup_fraction,
-        weight_decay=settings.weight_decay, checkpoint_every=settings.checkpoint_every, run=run,
+        weight_decay=settings.weight_decay, checkpoint_every=settings.checkpoint_every, adam_betas=settings.adam_betas,
+        run=run,
         accelerator=accelerator, log=log,
     )
 

@@ -96,13 +96,14 @@ def run_stage(
     warmup_fraction: float,
     weight_decay: float,
     checkpoint_every: int,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
     run: RunDir,
     accelerator: Accelerator,
     log: MetricsLog,
 ) -> None:
     """Train ``stage`` to its last step, resuming from ``run.checkpoint`` if it belongs to this stage."""
     params = [p for p in stage.params.values()]
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.steps, warmup_fraction))
     step = _resume(stage, optimizer, scheduler, run)
     log.truncate(stage.name, step)
