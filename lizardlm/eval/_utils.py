@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any, Iterable
 
 import torch
@@ -70,6 +72,24 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+OOM_SKIP = "skipped (out of memory)"
+
+
+@contextlib.contextmanager
+def skip_length(rec: dict) -> Iterator[None]:
+    """Run one context length's trials: a ValueError (no prompt fits that length) or running out of
+    memory ends them and marks ``rec["status"]`` skipped, instead of ending the whole evaluation."""
+    try:
+        yield
+    except ValueError as err:
+        rec["status"] = f"skipped ({err})"
+    except (RuntimeError, MemoryError) as err:
+        if not is_oom(err):
+            raise
+        free_memory()
+        rec["status"] = OOM_SKIP
 
 
 def progress(iterable: Iterable | None = None, *, enable: bool = True, **kwargs: Any):

@@ -32,11 +32,10 @@ import torch
 
 from lizardlm.eval._utils import (
     encode,
-    free_memory,
     is_full_attention_hf_model,
-    is_oom,
     model_device,
     progress,
+    skip_length,
 )
 from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_batch
 
@@ -178,7 +177,7 @@ def passkey_eval(
             continue
         done: list[dict] = []
         t0 = time.perf_counter()
-        try:
+        with skip_length(rec):
             for start in range(0, trials, batch_size):
                 part = plan[start:start + batch_size]
                 if template == "train":
@@ -192,13 +191,6 @@ def passkey_eval(
                     rec["note"] = f"time budget {time_budget_s:.0f}s reached after {len(done)} of {trials} trials"
                     bar.update(trials - len(done))
                     break
-        except ValueError as err:
-            rec["status"] = f"skipped ({err})"
-        except (RuntimeError, MemoryError) as err:
-            if not is_oom(err):
-                raise
-            free_memory()
-            rec["status"] = "skipped (out of memory)"
         secs = time.perf_counter() - t0
         if "status" not in rec:
             rec["status"] = "ok"

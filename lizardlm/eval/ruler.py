@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from lizardlm.eval._utils import encode, free_memory, is_oom, progress
+from lizardlm.eval._utils import OOM_SKIP, encode, progress, skip_length
 from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_batch
 
 TASKS = ("single_needle", "multi_key", "multi_value", "multi_query", "variable_tracking")
@@ -111,11 +111,11 @@ def ruler_eval(
         for L in lengths:
             rec: dict[str, Any] = {"length": int(L)}
             if oom_from is not None and L >= oom_from:
-                out[task].append({**rec, "status": "skipped (out of memory)"})
+                out[task].append({**rec, "status": OOM_SKIP})
                 bar.update(trials)
                 continue
             t0, done = time.perf_counter(), []
-            try:
+            with skip_length(rec):
                 prompts = [make_prompt(tokenizer, task, L, rng) for _ in range(trials)]
                 for start in range(0, trials, batch_size):
                     part = prompts[start:start + batch_size]
@@ -128,14 +128,8 @@ def ruler_eval(
                                      "score": sum(a in text for a in answers) / len(answers)})
                     bar.update(len(part))
                 rec.update(status="ok", score=sum(d["score"] for d in done) / len(done), n=len(done), trials=done)
-            except ValueError as err:
-                rec["status"] = f"skipped ({err})"
-            except (RuntimeError, MemoryError) as err:
-                if not is_oom(err):
-                    raise
-                free_memory()
+            if rec["status"] == OOM_SKIP:
                 oom_from = L
-                rec["status"] = "skipped (out of memory)"
             rec["seconds"] = round(time.perf_counter() - t0, 2)
             out[task].append(rec)
     bar.close()
