@@ -108,13 +108,14 @@ class LizardConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
-        for name in ("window_size", "feature_dim", "chunk_size", "num_meta_tokens"):
+        for name, minimum in (("window_size", 1), ("feature_dim", 1), ("chunk_size", 1), ("num_meta_tokens", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+            whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+            if isinstance(value, bool) or not whole:
                 raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
             setattr(self, name, int(value))
-            if getattr(self, name) < (0 if name == "num_meta_tokens" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'num_meta_tokens' else 1}, got {value}")
         if not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"gate_init must lie in (0, 1), got {self.gate_init}")
         if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):

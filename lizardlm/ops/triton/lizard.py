@@ -82,8 +82,8 @@ def _pairs_window_bwd(window: int, block: int, dtype: torch.dtype) -> bool:
     return window <= block + 1 and dtype in (torch.bfloat16, torch.float16)
 
 
-def _gates(g: torch.Tensor, window: int, chunk: int):
-    """Chunk-local inclusive cumsum gl (padded to whole chunks) and window sums gw_t = G_t - G_{t-w}
+def _gates(g: torch.Tensor, shift: int, chunk: int):
+    """Chunk-local inclusive cumsum gl (padded to whole chunks) and shift sums gw_t = G_t - G_{t-shift}
     of G = cumsum(g). G is formed in float64 (over a long sequence it grows large, and the
     difference would cancel in float32) as the earlier chunks' totals plus gl: no sequence-long scan."""
     BH, T = g.shape
@@ -91,7 +91,7 @@ def _gates(g: torch.Tensor, window: int, chunk: int):
     gl = F.pad(g.float(), (0, nt * chunk - T)).view(BH, nt, chunk).cumsum(-1)
     before = F.pad(gl[:, :-1, -1].double().cumsum(-1), (1, 0))  # sum of the chunks before each chunk
     G = (before[:, :, None] + gl).view(BH, nt * chunk)[:, :T]
-    gw = (G - F.pad(G, (window, 0))[:, :T]).float()
+    gw = (G - F.pad(G, (shift, 0))[:, :T]).float()
     return gl.view(BH, nt * chunk), gw
 
 
@@ -252,7 +252,6 @@ def lizard_attention_cuda(
     if combine not in ("shared", "sum") or (combine == "sum") != (alpha is not None):
         raise ValueError(f"combine={combine!r} with alpha {'given' if alpha is not None else 'None'}: "
                          "'sum' needs alpha, 'shared' takes none")
-    B, H, T, D = q.shape
     if chunk_size is None:  # the chunk size changes only rounding; the kernels pick theirs
         chunk_size = CFG.get("chunk", 64)
     if chunk_size not in (16, 32, 64, 128):
