@@ -123,13 +123,14 @@ def _lin_fwd_h(
 
 @triton.jit
 def _lin_fwd_o(
-    FQ, FK, Vv, GL, GW, Hs, HZ, O, Y, ZB, ALPHA,
+    FQ, FK, Vv, GL, GW, Hs, HZ, O, Y, YG, ZB, ALPHA,
     T, TP, H, G, NT,
     W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BVL: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, SUM: tl.constexpr,
 ):
     """Linear branch of one chunk, combined with the window output: y = (o + N) / (1 + Z), or with
-    SUM y = N / Z + alpha_h o (ALPHA per head, float32)."""
+    SUM y = N / Z + alpha_h o (ALPHA per head, float32) and the linear branch y_gla = N / Z in YG (the
+    backward's dZ reads it: forming it as y - alpha o from two 16-bit tensors cancels)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -170,7 +171,9 @@ def _lin_fwd_o(
         omask = tmask[:, None] & vmask[None, :]
         o = tl.load(O + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], mask=omask, other=0.0)
         if SUM:
-            y = n * rz[:, None] + a * o.to(tl.float32)
+            yg = n * rz[:, None]
+            tl.store(YG + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], yg.to(YG.dtype.element_ty), mask=omask)
+            y = yg + a * o.to(tl.float32)
         else:
             y = (o.to(tl.float32) + n) * rz[:, None]
         tl.store(Y + pid_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], y.to(Y.dtype.element_ty), mask=omask)
@@ -183,8 +186,9 @@ def _bwd_pre(
     T, H, DV: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr, SUM: tl.constexpr,
 ):
     """Shared form: do = dy / (1 + Z) (the gradient of both o and N), dZ = -(dy . y) / (1 + Z),
-    Delta = do . o. SUM (y = N / Z + alpha o): do = dy / Z (gradient of N), dZ = -(dy . (y - alpha o)) / Z,
-    dow = alpha dy (gradient of o), Delta = dow . o, and da = dy . o (summed into d alpha by the caller)."""
+    Delta = do . o. SUM (y = N / Z + alpha o; Y holds y_gla = N / Z): do = dy / Z (gradient of N),
+    dZ = -(dy . y_gla) / Z, dow = alpha dy (gradient of o), Delta = dow . o, and da = dy . o (summed
+    into d alpha by the caller)."""
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     offs_t = pid_t * BT + tl.arange(0, BT)
@@ -201,7 +205,7 @@ def _bwd_pre(
         r = 1.0 / z
         do = dy * r[:, None]
         tl.store(DO + ptrs, do.to(DO.dtype.element_ty), mask=m2)
-        tl.store(DZ + pid_bh * T + offs_t, -r * tl.sum(dy * (y - a * o), 1), mask=tmask)
+        tl.store(DZ + pid_bh * T + offs_t, -r * tl.sum(dy * y, 1), mask=tmask)
         tl.store(DOW + ptrs, (a * dy).to(DOW.dtype.element_ty), mask=m2)
         da = tl.sum(dy * o, 1)
         tl.store(DA + pid_bh * T + offs_t, da, mask=tmask)

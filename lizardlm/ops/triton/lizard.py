@@ -124,13 +124,14 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
         W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
     )
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
+    yg = _empty(*o.shape, device=o.device, dtype=o.dtype) if alpha is not None else dummy  # sum form: y_gla
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._lin_fwd_o[(NT, BH)](
-        fq, fk, v, gl, gw, hs, hz, o, y, zb, alpha if alpha is not None else dummy, T, TP, H, G, NT,
+        fq, fk, v, gl, gw, hs, hz, o, y, yg, zb, alpha if alpha is not None else dummy, T, TP, H, G, NT,
         W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec,
         SUM=alpha is not None, **_cfg("lin_o", num_warps=4, num_stages=1),
     )
-    return y, o, lse, gl, gw, hs, hz, zb
+    return y, yg if alpha is not None else y, o, lse, gl, gw, hs, hz, zb
 
 
 def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
@@ -144,14 +145,15 @@ class LizardAttentionFunction(torch.autograd.Function):
         """``alpha`` None: shared form (linear shift w); a float32 ``(H,)`` tensor: sum form (shift 0)."""
         ctx.g_dtype = g.dtype
         shift = window if alpha is None else 0
-        y, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk)
-        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, alpha, y, o, lse, gl, gw, hs, hz, zb)
+        y, yz, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk)
+        # yz: what dZ is formed from: y in the shared form, the linear branch y_gla in the sum form
+        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb)
         ctx.cfg = (window, shift, scale, chunk, g_given)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, fq, fk, mk, mv, mb, alpha, y, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
+        q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
         window, shift, scale, chunk, g_given = ctx.cfg
         summed = alpha is not None
         B, H, T, D = q.shape
@@ -172,7 +174,7 @@ class LizardAttentionFunction(torch.autograd.Function):
         dow = _empty(*o.shape, device=o.device, dtype=o.dtype) if summed else None  # window branch's do
         da = _empty(BH, T, device=dev, dtype=f32) if summed else None
         K._bwd_pre[(triton.cdiv(T, 64), BH)](
-            dy, y, o, zb, do, dz, delta, dow if summed else dummy, da if summed else dummy, alpha if summed else dummy,
+            dy, yz, o, zb, do, dz, delta, dow if summed else dummy, da if summed else dummy, alpha if summed else dummy,
             T, H, DV=DV, BDV=_pow2(DV), BT=64, SUM=summed, **_cfg("pre", num_warps=8),
         )
         # linear branch
