@@ -167,7 +167,9 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     model.requires_grad_(False)
     lizard_params = dict(model.lizard_named_parameters())
     if "stage1" in manifest["completed"]:
-        run.check_output(manifest, "lizard")
+        # with --stage2-train-lizard, a kill just before stage 2 completes leaves its Lizard weights, unrecorded;
+        # the stage-2 checkpoint holds them too, so only their presence is checked then
+        run.check_output(manifest, "lizard", verify="stage2" in manifest["completed"] or not settings.stage2_train_lizard)
         copy_params(lizard_params, load_checked(run.lizard_weights)[0], run.lizard_weights)
     else:
         t0 = time.perf_counter()
@@ -197,21 +199,20 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     if "stage2" in manifest["completed"]:  # only --merge still needs the trained adapter
         run.check_output(manifest, "adapter")
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
-        set_peft_model_state_dict(peft_model, load_file(str(run.outputs("adapter")[-1])))
+        set_peft_model_state_dict(peft_model, load_checked(run.outputs("adapter")[-1])[0])
     else:
         t0 = time.perf_counter()
         peft_model.train()
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model))
         _train(stage, splits.train, run, manifest, train_kw)
         peft_model.eval()
+        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
+        results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         with writing(run.adapter):
             peft_model.save_pretrained(str(run.adapter))
         if settings.stage2_train_lizard:
             atomic_save(lizard_params, run.lizard_weights)
-        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
-        results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         _complete("stage2", ("adapter", "lizard"), run, manifest)
         with writing(run.path / "stage2_loss.png"):
             plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png", "Stage 2: LoRA fine-tuning (next-token loss)")

@@ -76,6 +76,8 @@ class RunDir:
         delete temp files that interrupted writes left. Uses ``fcntl.flock`` (Linux, macOS; not Windows)."""
         import fcntl  # POSIX only: imported here so that loading models works everywhere
 
+        if self._lock_fd is not None:
+            return
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
@@ -178,8 +180,8 @@ class RunDir:
                 "numbers: restore the data, or start a new run"
             )
 
-    def check_output(self, manifest: dict[str, Any], name: str) -> None:
-        """CheckpointError unless stage output ``name`` exists and is the one this run wrote."""
+    def check_output(self, manifest: dict[str, Any], name: str, verify: bool = True) -> None:
+        """CheckpointError unless stage output ``name`` exists and (``verify``) is the one this run wrote."""
         paths = self.outputs(name)
         found = files_fingerprint(*paths)
         if found is None:
@@ -189,7 +191,7 @@ class RunDir:
                 "restore it, or start a new run"
             )
         recorded = manifest.get("fingerprints", {}).get(name)
-        if recorded is not None and found != recorded:
+        if verify and recorded is not None and found != recorded:
             raise CheckpointError(
                 f"{paths[-1]} changed since this run wrote it (its fingerprint differs from {MANIFEST}: "
                 "corrupt, or copied from another run?)"
