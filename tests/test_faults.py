@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_file
 
 from lizardlm.cli import main as cli_main
 from lizardlm.errors import CheckpointError, LizardError, TrainingError
