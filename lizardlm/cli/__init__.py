@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LizardError as err:
-        print(f"lizardlm: error: {err}", file=sys.stderr)
+        print("lizardlm: error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("lizardlm: interrupted", file=sys.stderr)

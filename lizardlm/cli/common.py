@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from lizardlm.config import MODES, LizardConfig
 
@@ -17,6 +18,8 @@ def _number(cast: type, minimum: float, inclusive: bool):
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"expected {noun} {relation} {minimum}, got {value}")
         return value
@@ -27,6 +30,23 @@ def _number(cast: type, minimum: float, inclusive: bool):
 positive_int = _number(int, 1, inclusive=True)
 non_negative_int = _number(int, 0, inclusive=True)
 positive_float = _number(float, 0, inclusive=False)
+non_negative_float = _number(float, 0, inclusive=True)
+
+
+def seed(text: str) -> int:
+    """An argparse type: a random seed, a whole number in [0, 2**64) (what torch accepts)."""
+    value = non_negative_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"expected a seed below 2**64, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1] (nucleus sampling's top-p)."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
 
 
 def int_list(text: str) -> list[int]:

@@ -9,7 +9,14 @@ import torch
 from transformers import TextStreamer
 
 from lizardlm.cache import CACHE_KWARG, LizardCache
-from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args, positive_int
+from lizardlm.cli.common import (
+    add_lizard_arguments,
+    lizard_config_from_args,
+    non_negative_float,
+    positive_int,
+    probability,
+    seed,
+)
 from lizardlm.models import is_lizard_model
 
 
@@ -23,9 +30,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m", help="run dir, saved Lizard model dir, or teacher name/path")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=probability, default=0.95, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the tokenizer's chat template")
     p.add_argument("--convert", action="store_true", help="convert a teacher to Lizard (untrained) before generating")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -40,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cuda_graph and args.device != "cuda":
         raise lizardlm.errors.LizardError("--cuda-graph needs --device cuda (CUDA graphs record GPU kernels)")
+    from lizardlm.devices import pick_device
+
     torch.manual_seed(args.seed)
-    model, tokenizer = lizardlm.load_any(args.model, device=args.device)
+    model, tokenizer = lizardlm.load_any(args.model, device=pick_device(args.device))
     if args.convert and not is_lizard_model(model):
         model = lizardlm.convert(model, lizard_config_from_args(args))
     if tokenizer is None:
@@ -53,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = args.prompt
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw).input_ids.to(args.device)
+    if ids.shape[1] == 0:
+        raise lizardlm.errors.LizardError("the prompt is empty (no tokens to start from): give a --prompt with text")
     sample = args.temperature > 0
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     if args.cuda_graph:

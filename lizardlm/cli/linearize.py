@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lizardlm.cli.common import add_lizard_arguments, lizard_overrides, non_negative_int, positive_float, positive_int
+from lizardlm.cli.common import add_lizard_arguments, lizard_overrides, non_negative_int, positive_float, positive_int, seed
 from lizardlm.errors import LizardError
 from lizardlm.train.settings import PRESETS
 
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stage2-train-lizard", action="store_true", default=None,
                    help="keep training the stage-1 parameters during stage 2")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--merge", action="store_true", help="also write full merged weights to OUT/merged")

@@ -1,13 +1,16 @@
 """Training checkpoints: one safetensors file (tensors + JSON metadata), written atomically.
 
 Holds only what trains (Lizard parameters, LoRA weights), the optimizer's tensors, RNG states,
-and in the metadata the step, scheduler and optimizer hyperparameters. No pickle anywhere.
+and in the metadata the step, scheduler and optimizer hyperparameters, and a checksum of the tensors
+(a flipped bit is reported, not loaded). No pickle anywhere.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +20,77 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from lizardlm.errors import CheckpointError
+from lizardlm.train.fingerprint import tensors_fingerprint
 
 _META_KEY = "lizardlm"
+_CHECKSUM_KEY = "lizardlm.checksum"
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Report an OSError while writing ``path`` (disk full, no permission) as one CheckpointError line."""
+    try:
+        yield
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write {path}: {err.strerror or err}; the files written before are kept "
+            "(free space, then continue with --resume)"
+        ) from None
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, Any] | None = None) -> None:
-    """Write ``tensors`` (+ JSON ``meta``) to ``path`` via a temporary file and a rename."""
+    """Write ``tensors`` (+ JSON ``meta`` and a checksum) to ``path`` via a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta or {})})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    metadata = {_META_KEY: json.dumps(meta or {}), _CHECKSUM_KEY: tensors_fingerprint(tensors)}
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata=metadata)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checked(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a file written by :func:`atomic_save`; CheckpointError if missing or corrupt."""
+    """Read a file written by :func:`atomic_save`; CheckpointError if missing, corrupt or its checksum differs."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
-        return load_file(str(path)), meta
+            metadata = f.metadata() or {}
+        meta = json.loads(metadata.get(_META_KEY, "{}"))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({err})") from None
+    expected = metadata.get(_CHECKSUM_KEY)  # files written before checksums existed have none
+    if expected is not None and tensors_fingerprint(tensors) != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt (checksum mismatch): restore it, or delete it to redo its stage"
+        )
+    return tensors, meta
+
+
+def copy_params(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: os.PathLike | str) -> None:
+    """Copy ``tensors`` into ``params`` in place; CheckpointError unless names and shapes all match."""
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match this model/config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, param in params.items():
+        if param.shape != tensors[name].shape:
+            raise CheckpointError(
+                f"{source}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(param.shape)} "
+                "(written with another config?)"
+            )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name])
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -79,7 +126,10 @@ def rng_state() -> dict[str, torch.Tensor]:
 
 
 def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    try:
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"the checkpoint's random-number state is unusable ({err})") from None

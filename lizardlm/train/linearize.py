@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -16,23 +17,18 @@ from tqdm.auto import tqdm
 
 import lizardlm
 from lizardlm.convert import check_convertible, convert
-from lizardlm.errors import LizardError
+from lizardlm.devices import pick_device
+from lizardlm.errors import LizardError, TrainingError
 from lizardlm.layers import attention_transfer
-from lizardlm.train.checkpoint import atomic_save, load_checked
+from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
+from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
+from lizardlm.train.launch import check_single_process
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
-from lizardlm.train.rundir import RunDir, load_lizard_state
+from lizardlm.train.rundir import RunDir
 from lizardlm.train.settings import TrainSettings
 
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return name
+logger = logging.getLogger(__name__)
 
 
 def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
@@ -80,42 +76,77 @@ def _ppl(loss: float) -> float:
 
 
 def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False, merge: bool = False) -> dict[str, Any]:
-    """Run (or resume) the whole job into ``out``; returns the summary also written to summary.json."""
+    """Run (or resume) the whole job into ``out``; returns the summary also written to summary.json.
+
+    The run directory is locked while this runs (a second process into it is refused)."""
+    check_single_process()
+    run = RunDir(out)
+    if resume and run.is_empty():
+        logger.warning("nothing to resume in %s (no %s, only temp files of an interrupted start): starting the run",
+                       run.path, run.manifest.name)
+        resume = False
+    try:
+        return _linearize(settings, run, resume, merge)
+    finally:
+        run.unlock()
+
+
+def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) -> dict[str, Any]:
     from lizardlm.data import build_splits
     from lizardlm.teachers import load_teacher, resolve_teacher
 
-    run = RunDir(out)
     teacher_ref = resolve_teacher(settings.teacher).to_dict()
-    manifest = run.check_resumable(settings, teacher_ref) if resume else None
-    if not resume:
+    if resume:
+        run.read_manifest()  # a directory that holds no run fails here, before lock() would create it
+        run.lock()
+        manifest = run.check_resumable(settings)
+    else:
         run.check_new()
+        manifest = None
     device = pick_device(settings.device)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no")
     torch.manual_seed(settings.seed)
 
     started = time.perf_counter()
     model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
+    lizard_config = settings.lizard_config()
     try:
-        check_convertible(model, settings.lizard_config())
+        check_convertible(model, lizard_config)
     except ValueError as err:
         raise LizardError(str(err)) from None
+    num_layers = model.config.num_hidden_layers
+    if set(range(num_layers)) <= set(lizard_config.softmax_layers):
+        raise LizardError(
+            f"--softmax-layers keeps softmax in all {num_layers} layers: nothing to linearize; leave at least one out"
+        )
+    fingerprints = {"teacher": model_fingerprint(model)}
     splits = build_splits(
         settings.data, tokenizer, settings.seq_len,
         train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
         val_tokens=settings.val_tokens, seed=settings.seed, teacher=(model, tokenizer),
     )
+    fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val})
     if manifest is None:  # inputs are valid: only now does the run directory come into being
+        run.lock()
+        run.check_new()  # again, under the lock: another process may have started a run here meanwhile
         manifest = {
             "teacher": teacher_ref,
             "settings": settings.to_dict(),
             "data": splits.meta,
+            "fingerprints": fingerprints,
             "completed": [],
             "results": {},
             "versions": {"lizardlm": lizardlm.__version__, "torch": torch.__version__,
                          "transformers": transformers.__version__},
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         }
-        run.write_manifest(manifest)
+    else:
+        run.check_teacher(manifest, fingerprints["teacher"], teacher_ref["path"])
+        run.check_data(manifest, fingerprints["data"], settings.data)
+        # same teacher and data (by fingerprint), maybe spelled otherwise; settings that may change, changed
+        manifest["teacher"], manifest["settings"] = teacher_ref, settings.to_dict()
+        manifest.setdefault("fingerprints", {}).update(fingerprints)
+    run.write_manifest(manifest)
     results = manifest["results"]
     log = MetricsLog(run)
     train_kw = dict(
@@ -136,22 +167,25 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     model.requires_grad_(False)
     lizard_params = dict(model.lizard_named_parameters())
     if "stage1" in manifest["completed"]:
-        load_lizard_state(model, load_checked(run.lizard_weights)[0], source=run.lizard_weights)
+        # with --stage2-train-lizard, a kill just before stage 2 completes leaves its Lizard weights, unrecorded;
+        # the stage-2 checkpoint holds them too, so only their presence is checked then
+        run.check_output(manifest, "lizard", verify="stage2" in manifest["completed"] or not settings.stage2_train_lizard)
+        copy_params(lizard_params, load_checked(run.lizard_weights)[0], run.lizard_weights)
     else:
         t0 = time.perf_counter()
         for p in lizard_params.values():
             p.requires_grad_(True)
         model.train()
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model))
-        run_stage(stage, splits.train, **train_kw)
+        _train(stage, splits.train, run, manifest, train_kw)
         model.eval()
         atomic_save(lizard_params, run.lizard_weights)
         results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
         results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
         results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
-        manifest["completed"].append("stage1")
-        run.write_manifest(manifest)
-        plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png", "Stage 1: attention transfer (sum of layer MSE)")
+        _complete("stage1", ("lizard",), run, manifest)
+        with writing(run.path / "stage1_loss.png"):
+            plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png", "Stage 1: attention transfer (sum of layer MSE)")
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
     peft_model = get_peft_model(
@@ -162,25 +196,32 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     for p in lizard_params.values():
         p.requires_grad_(settings.stage2_train_lizard)
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
-    if "stage2" not in manifest["completed"]:
+    if "stage2" in manifest["completed"]:  # only --merge still needs the trained adapter
+        run.check_output(manifest, "adapter")
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(peft_model, load_checked(run.outputs("adapter")[-1])[0])
+    else:
         t0 = time.perf_counter()
         peft_model.train()
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model))
-        run_stage(stage, splits.train, **train_kw)
+        _train(stage, splits.train, run, manifest, train_kw)
         peft_model.eval()
-        peft_model.save_pretrained(str(run.adapter))
-        if settings.stage2_train_lizard:
-            atomic_save(lizard_params, run.lizard_weights)
         results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
-        manifest["completed"].append("stage2")
-        run.write_manifest(manifest)
-        plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png", "Stage 2: LoRA fine-tuning (next-token loss)")
+        with writing(run.adapter):
+            peft_model.save_pretrained(str(run.adapter))
+        if settings.stage2_train_lizard:
+            atomic_save(lizard_params, run.lizard_weights)
+        _complete("stage2", ("adapter", "lizard"), run, manifest)
+        with writing(run.path / "stage2_loss.png"):
+            plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png", "Stage 2: LoRA fine-tuning (next-token loss)")
 
     if merge:
         merged = peft_model.merge_and_unload()
-        merged.save_pretrained(str(run.merged))
-        tokenizer.save_pretrained(str(run.merged))
+        with writing(run.merged):
+            merged.save_pretrained(str(run.merged))
+            tokenizer.save_pretrained(str(run.merged))
 
     summary = {
         "teacher": teacher_ref["name"],
@@ -199,5 +240,25 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         "wall_seconds_this_call": time.perf_counter() - started,
         "device": manifest["device"],
     }
-    run.summary.write_text(json.dumps(summary, indent=2))
+    with writing(run.summary):
+        run.summary.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _train(stage: Stage, rows: torch.Tensor, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any]) -> None:
+    """:func:`run_stage`; a NaN/inf stop is recorded in the manifest, so that the resume may lower the learning rate."""
+    try:
+        run_stage(stage, rows, **train_kw)
+    except TrainingError:
+        manifest["diverged"] = stage.name
+        run.write_manifest(manifest)
+        raise
+
+
+def _complete(stage: str, outputs: tuple[str, ...], run: RunDir, manifest: dict[str, Any]) -> None:
+    """Mark ``stage`` complete in the manifest, with the fingerprints of the outputs it wrote."""
+    for name in outputs:
+        manifest["fingerprints"][name] = files_fingerprint(*run.outputs(name))
+    manifest.pop("diverged", None)
+    manifest["completed"].append(stage)
+    run.write_manifest(manifest)

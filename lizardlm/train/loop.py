@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,14 +13,16 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from lizardlm.errors import CheckpointError, TrainingError
+from lizardlm.errors import TrainingError
 from lizardlm.train.checkpoint import (
     atomic_save,
+    copy_params,
     load_checked,
     optimizer_state,
     restore_optimizer,
     restore_rng,
     rng_state,
+    writing,
 )
 from lizardlm.train.rundir import RunDir
 
@@ -43,7 +46,7 @@ def batch_at(rows: torch.Tensor, step: int, batch_size: int, seed: int) -> torch
     idx = []
     for i in range(step * batch_size, (step + 1) * batch_size):
         epoch, pos = divmod(i, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**64))
         idx.append(perm[pos])
     return rows[torch.stack(idx)]
 
@@ -61,30 +64,40 @@ def warmup_cosine(steps: int, warmup_fraction: float) -> Callable[[int], float]:
 
 
 class MetricsLog:
-    """Append-only JSONL of per-step metrics; on resume, entries past the checkpoint are dropped."""
+    """Append-only JSONL of per-step metrics; on resume, entries past the checkpoint are dropped.
+
+    A line torn by a kill or a full disk is skipped when read and dropped by :meth:`truncate`."""
 
     def __init__(self, run: RunDir) -> None:
         self.path = run.metrics
 
-    def truncate(self, stage: str, step: int) -> None:
+    def _entries(self) -> list[dict]:
         if not self.path.is_file():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("stage") != stage or entry.get("step", 0) <= step:
-                keep.append(line)
-        self.path.write_text("".join(f"{line}\n" for line in keep))
+            return []
+        entries = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    def truncate(self, stage: str, step: int) -> None:
+        """Drop ``stage``'s entries after ``step`` (and torn lines), rewriting the file atomically."""
+        keep = [e for e in self._entries() if e.get("stage") != stage or e.get("step", 0) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with writing(self.path):
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in keep))
+            os.replace(tmp, self.path)
 
     def write(self, entry: dict) -> None:
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     def read(self, stage: str) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        entries = (json.loads(line) for line in self.path.read_text().splitlines())
-        return [e for e in entries if e.get("stage") == stage and "loss" in e]
+        return [e for e in self._entries() if e.get("stage") == stage and "loss" in e]
 
 
 def run_stage(
@@ -116,9 +129,10 @@ def run_stage(
         with accelerator.autocast():
             loss, extra = stage.loss_fn(batch)
         if not torch.isfinite(loss):
+            kept = f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good else "step 0 (no checkpoint yet)"
             raise TrainingError(
-                f"{stage.name} loss became {loss.item()} at step {step + 1}; stopped. The last good checkpoint "
-                f"(step {last_good}) is kept in {run.checkpoint}: lower the learning rate and resume"
+                f"{stage.name} loss became {loss.item()} at step {step + 1}; stopped. To go on from {kept}, rerun "
+                f"the same command with --resume and a lower --{stage.name}-lr (now {stage.lr:g}; e.g. {stage.lr / 10:g})"
             )
         accelerator.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -153,13 +167,14 @@ def _resume(stage: Stage, optimizer, scheduler, run: RunDir) -> int:
     tensors, meta = load_checked(run.checkpoint)
     if meta.get("stage") != stage.name:
         return 0
-    names = {k.removeprefix("param.") for k in tensors if k.startswith("param.")}
-    if names != set(stage.params):
-        raise CheckpointError(f"{run.checkpoint} holds other parameters than this {stage.name} trains")
-    with torch.no_grad():
-        for name, param in stage.params.items():
-            param.copy_(tensors[f"param.{name}"])
+    params = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
+    copy_params(stage.params, params, run.checkpoint)
     restore_optimizer(optimizer, tensors, meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
+    if scheduler.base_lrs != [stage.lr] * len(scheduler.base_lrs):  # a new learning rate (resume after a NaN stop)
+        scheduler.base_lrs = [stage.lr] * len(scheduler.base_lrs)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = stage.lr
+            group["lr"] = stage.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
     restore_rng(tensors)
     return int(meta["step"])

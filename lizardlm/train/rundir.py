@@ -1,16 +1,21 @@
-"""Layout of a run directory, its manifest, and loading a finished run as a model.
+"""Layout of a run directory, its manifest, its lock, and loading a finished run as a model.
 
-    run.json                  teacher reference, settings, Lizard config, status, versions
+    run.json                  teacher reference, settings, Lizard config, status, fingerprints, versions
     lizard.safetensors        trained Lizard parameters (feature maps, gates, meta memory, beta)
     adapter/                  LoRA adapter of stage 2 (peft format, safetensors)
     checkpoints/last.safetensors   in-progress state of the current stage (resume)
     metrics.jsonl, stage1_loss.png, stage2_loss.png, summary.json
     merged/                   full weights, with --merge
+    .lock                     held (flock) by the process writing the run
+
+``run.json`` records fingerprints (:mod:`lizardlm.train.fingerprint`) of the teacher, the data and
+each stage's output; resuming and loading check them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,14 +23,29 @@ from typing import Any
 import torch
 
 from lizardlm.errors import CheckpointError
-from lizardlm.train.checkpoint import load_checked
+from lizardlm.train.checkpoint import copy_params, load_checked, writing
+from lizardlm.train.fingerprint import files_fingerprint, same_model
 from lizardlm.train.settings import TrainSettings
 
+logger = logging.getLogger(__name__)
+
 MANIFEST = "run.json"
+LOCK = ".lock"
+# Settings a resume may change: how the run is executed, not what it computes. Teacher and data are
+# compared by fingerprint (so ./teacher and its absolute path are the same), the learning rates may
+# change after a NaN stop.
+NON_SEMANTIC = ("device", "checkpoint_every")
+BY_FINGERPRINT = ("teacher", "data")
+LEARNING_RATES = ("stage1_lr", "stage2_lr")
+
+
+def _is_leftover(name: str) -> bool:
+    """Temp files of an interrupted write (``.run.json.tmp``, ``.last.safetensors.tmp-PID``) or the lock file."""
+    return name == LOCK or (name.startswith(".") and ".tmp" in name)
 
 
 class RunDir:
-    """Paths and manifest of one linearization run."""
+    """Paths, manifest and lock of one linearization run."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -36,50 +56,146 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.summary = self.path / "summary.json"
         self.merged = self.path / "merged"
+        self._lock_fd: int | None = None
 
     def is_run(self) -> bool:
         return self.manifest.is_file()
 
+    def is_empty(self) -> bool:
+        """An existing directory with nothing in it but temp files of an interrupted start."""
+        return self.path.is_dir() and all(_is_leftover(p.name) for p in self.path.iterdir())
+
+    def outputs(self, name: str) -> tuple[Path, ...]:
+        """The files of a stage output: ``lizard`` (stage 1, and stage 2 with --stage2-train-lizard) or ``adapter``."""
+        if name == "lizard":
+            return (self.lizard_weights,)
+        return (self.adapter / "adapter_config.json", self.adapter / "adapter_model.safetensors")
+
+    def lock(self) -> None:
+        """Create the directory if needed and lock it for this process until :meth:`unlock` or exit, then
+        delete temp files that interrupted writes left. Uses ``fcntl.flock`` (Linux, macOS; not Windows)."""
+        import fcntl  # POSIX only: imported here so that loading models works everywhere
+
+        if self._lock_fd is not None:
+            return
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CheckpointError(
+                f"another lizardlm process is writing {self.path}: wait for it to end, or choose another --out"
+            ) from None
+        self._lock_fd = fd
+        for folder in (self.path, self.checkpoint.parent):
+            for leftover in folder.glob(".*.tmp*"):
+                leftover.unlink(missing_ok=True)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def read_manifest(self) -> dict[str, Any]:
         try:
-            return json.loads(self.manifest.read_text())
+            manifest = json.loads(self.manifest.read_text())
         except FileNotFoundError:
             raise CheckpointError(f"{self.path} is not a lizardlm run directory (no {MANIFEST})") from None
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{self.manifest} is corrupt ({err})") from None
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("teacher"), dict)
+                and isinstance(manifest.get("settings"), dict)):
+            raise CheckpointError(f"{self.manifest} is corrupt (no teacher or settings record)")
+        return manifest
+
+    def settings(self, manifest: dict[str, Any]) -> TrainSettings:
+        """The run's settings from its manifest; CheckpointError if they are not valid settings."""
+        try:
+            return TrainSettings.from_dict(manifest["settings"])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{self.manifest} has unusable settings: {err}") from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.manifest.with_name(f".{MANIFEST}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, self.manifest)
+        with writing(self.manifest):
+            tmp.write_text(json.dumps(manifest, indent=2))
+            os.replace(tmp, self.manifest)
 
     def check_new(self) -> None:
-        """A fresh run needs an absent or empty directory."""
+        """A fresh run needs an absent or empty directory (temp files of an interrupted start do not count)
+        that can be created."""
         if self.is_run():
             raise CheckpointError(
                 f"output directory {self.path} already holds a run: pass --resume to continue it, or choose another --out"
             )
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        if self.is_empty():
+            return
+        if self.path.is_dir():
             raise CheckpointError(f"output directory {self.path} exists and is not empty: choose another --out")
+        if self.path.exists():
+            raise CheckpointError(f"output path {self.path} is a file, not a directory: choose another --out")
+        ancestor = next(p for p in self.path.absolute().parents if p.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            why = "not a directory" if not ancestor.is_dir() else "not writable"
+            raise CheckpointError(f"cannot create output directory {self.path}: {ancestor} is {why}")
 
-    def check_resumable(self, settings: TrainSettings, teacher: dict[str, Any]) -> dict[str, Any]:
-        """The manifest of the run to resume; CheckpointError if it was made with other settings."""
+    def check_resumable(self, settings: TrainSettings) -> dict[str, Any]:
+        """The manifest of the run to resume; CheckpointError if it was made with other settings.
+
+        Teacher and data are compared later, by fingerprint (:meth:`check_teacher`, :meth:`check_data`)."""
         manifest = self.read_manifest()
-        if manifest.get("teacher") != teacher:
-            raise CheckpointError(
-                f"cannot resume {self.path}: it was made from teacher {manifest.get('teacher', {}).get('name')!r}, "
-                f"not {teacher.get('name')!r}"
-            )
-        ours, theirs = _flatten(settings.to_dict()), _flatten(manifest.get("settings", {}))
+        may_change = {*NON_SEMANTIC, *BY_FINGERPRINT, *(LEARNING_RATES if manifest.get("diverged") else ())}
+        ours, theirs = _flatten(settings.to_dict()), _flatten(self.settings(manifest).to_dict())
         differing = [
             f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}"
             for k in sorted(set(ours) | set(theirs))
-            if ours.get(k) != theirs.get(k) and k != "device"
+            if ours.get(k) != theirs.get(k) and k not in may_change
         ]
         if differing:
             raise CheckpointError(f"cannot resume {self.path}: settings differ from the original run ({'; '.join(differing)})")
         return manifest
+
+    def check_teacher(self, manifest: dict[str, Any], fingerprint: dict[str, Any], where: str) -> None:
+        """CheckpointError unless the teacher loaded from ``where`` is the one this run was made from."""
+        recorded = manifest.get("fingerprints", {}).get("teacher")
+        if recorded is None:  # a run made before fingerprints: the teacher's resolved path must match
+            same = manifest["teacher"].get("path") == where
+        else:
+            same = same_model(recorded, fingerprint)
+        if not same:
+            raise CheckpointError(
+                f"the teacher at {where} is not the one {self.path} was made from (its weights or shapes differ "
+                f"from the fingerprint in {MANIFEST})"
+            )
+
+    def check_data(self, manifest: dict[str, Any], fingerprint: str, spec: str) -> None:
+        """CheckpointError unless the packed data are the rows this run was trained and validated on."""
+        recorded = manifest.get("fingerprints", {}).get("data")
+        if recorded is not None and recorded != fingerprint:
+            raise CheckpointError(
+                f"cannot resume {self.path}: the data ({spec!r}) changed since the run started (its token rows differ "
+                f"from the fingerprint in {MANIFEST}); resuming would train on other data and mix validation "
+                "numbers: restore the data, or start a new run"
+            )
+
+    def check_output(self, manifest: dict[str, Any], name: str, verify: bool = True) -> None:
+        """CheckpointError unless stage output ``name`` exists and (``verify``) is the one this run wrote."""
+        paths = self.outputs(name)
+        found = files_fingerprint(*paths)
+        if found is None:
+            missing = next(p for p in paths if not p.is_file())
+            raise CheckpointError(
+                f"{missing} is missing, though {MANIFEST} lists {', '.join(manifest.get('completed', []))} as complete: "
+                "restore it, or start a new run"
+            )
+        recorded = manifest.get("fingerprints", {}).get(name)
+        if verify and recorded is not None and found != recorded:
+            raise CheckpointError(
+                f"{paths[-1]} changed since this run wrote it (its fingerprint differs from {MANIFEST}: "
+                "corrupt, or copied from another run?)"
+            )
 
 
 def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
@@ -93,36 +209,38 @@ def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Rebuild a trained Lizard model from a run directory: teacher + trained Lizard parameters
-    + merged LoRA. Returns ``(model, tokenizer)``."""
+    + merged LoRA. Returns ``(model, tokenizer)``.
+
+    Refuses a run whose stage 1 has not finished, or whose teacher or outputs differ from the
+    fingerprints in ``run.json``; warns when stage 2 has not finished (the stage-1 model is loaded)."""
     from lizardlm.convert import convert
     from lizardlm.teachers import TeacherRef, load_teacher
+    from lizardlm.train.fingerprint import model_fingerprint
 
     run = RunDir(path)
     manifest = run.read_manifest()
+    settings = run.settings(manifest)
+    completed = manifest.get("completed", [])
+    if "stage1" not in completed:
+        raise CheckpointError(
+            f"{run.path}: stage 1 has not finished (stopped, or still running), so its Lizard parameters are "
+            f"untrained; continue it with `lizardlm linearize --out {run.path} --resume` and the run's other flags"
+        )
     ref = TeacherRef.from_dict(manifest["teacher"])
     model, tokenizer = load_teacher(ref, dtype=dtype, device=device)
-    settings = TrainSettings.from_dict(manifest["settings"])
+    run.check_teacher(manifest, model_fingerprint(model), ref.path)
     model = convert(model, settings.lizard_config())
-    if run.lizard_weights.is_file():
-        tensors, _ = load_checked(run.lizard_weights)
-        load_lizard_state(model, tensors, source=run.lizard_weights)
-    if (run.adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
+    run.check_output(manifest, "lizard")
+    copy_params(dict(model.lizard_named_parameters()), load_checked(run.lizard_weights)[0], run.lizard_weights)
+    if "stage2" not in completed:
+        logger.warning("%s: stage 2 (LoRA) has not finished; loading the stage-1 model without an adapter", run.path)
+        return model.eval(), tokenizer
+    run.check_output(manifest, "adapter")
+    from peft import PeftModel
 
+    try:
         model = PeftModel.from_pretrained(model, str(run.adapter)).merge_and_unload()
+    except Exception as err:  # peft raises many kinds of errors on a corrupt or mismatched adapter
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"the adapter in {run.adapter} is corrupt or does not fit this model ({first})") from None
     return model.eval(), tokenizer
-
-
-def load_lizard_state(model, tensors: dict[str, torch.Tensor], source: os.PathLike | str) -> None:
-    """Copy trained Lizard parameters into ``model``; every name and shape must match."""
-    params = dict(model.lizard_named_parameters())
-    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source} does not match this model/config (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    with torch.no_grad():
-        for name, param in params.items():
-            if param.shape != tensors[name].shape:
-                raise CheckpointError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(param.shape)}")
-            param.copy_(tensors[name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,8 @@ from lizardlm.config import LizardConfig
 class TrainSettings:
     """Everything that defines a linearization run (recorded in ``run.json``).
 
-    Token budgets count training tokens (``steps = tokens // (batch_size * seq_len)``).
+    Token budgets count training tokens (``steps = tokens // (batch_size * seq_len)``); a budget is 0
+    (skip the stage's training) or at least one batch.
     """
 
     teacher: str = "smollm2-135m"
@@ -41,12 +43,22 @@ class TrainSettings:
         for name in ("seq_len", "batch_size", "val_tokens", "lora_rank", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        batch_tokens = int(self.batch_size) * int(self.seq_len)
         for name in ("stage1_tokens", "stage2_tokens"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            tokens = int(getattr(self, name))
+            if tokens < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {tokens}")
+            if 0 < tokens < batch_tokens:
+                raise ValueError(
+                    f"{name.replace('_', '-')} {tokens} is less than one batch (batch-size {self.batch_size} x "
+                    f"seq-len {self.seq_len} = {batch_tokens} tokens), which trains 0 steps: give at least "
+                    f"{batch_tokens}, or 0 to skip the stage"
+                )
         for name in ("stage1_lr", "stage2_lr"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+            if not 0 < float(getattr(self, name)) < math.inf:
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 <= int(self.seed) < 2**64:
+            raise ValueError(f"seed must be a whole number in [0, 2**64), got {self.seed}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam-betas must be two numbers in [0, 1), got {self.adam_betas}")
         self.adam_betas = [float(b) for b in self.adam_betas]
@@ -71,6 +83,9 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)} (written by another lizardlm version?)")
         return cls(**data)
 
 
