@@ -19,6 +19,7 @@ from lizardlm.convert import check_convertible, convert
 from lizardlm.errors import LizardError
 from lizardlm.layers import attention_transfer
 from lizardlm.train.checkpoint import atomic_save, load_checked
+from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir, load_lizard_state
@@ -35,27 +36,41 @@ def pick_device(name: str) -> str:
     return name
 
 
+def _rank_rows(rows: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    return shard(rows, accelerator.process_index, accelerator.num_processes)
+
+
 def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
-    """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window)."""
+    """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window), the rows
+    shared out over the processes."""
     from lizardlm.eval.perplexity import perplexity
 
-    with accelerator.autocast():
-        return perplexity(model, None, rows.reshape(-1), window=rows.shape[1], batch_size=batch_size)["nll"]
+    mine = _rank_rows(rows, accelerator)
+    nll_sum, tokens = 0.0, 0
+    if mine.shape[0]:
+        with accelerator.autocast():
+            res = perplexity(model, None, mine.reshape(-1), window=rows.shape[1], batch_size=batch_size,
+                             progress=accelerator.is_main_process)
+        nll_sum, tokens = res["nll"] * res["tokens"], res["tokens"]
+    nll_sum, tokens = sum_over_ranks([nll_sum, tokens])
+    return nll_sum / tokens
 
 
 @torch.no_grad()
 def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> list[float]:
-    """Per-layer validation MSE between Lizard and teacher attention outputs."""
-    sums: list[float] = []
-    batches = 0
+    """Per-layer validation MSE between Lizard and teacher attention outputs (mean over rows, the rows
+    shared out over the processes)."""
+    mine = _rank_rows(rows, accelerator)
     with attention_transfer(model) as layers:
-        for start in tqdm(range(0, rows.shape[0], batch_size), desc="val mse", leave=False):
+        sums = [0.0] * len(layers)
+        for start in tqdm(range(0, mine.shape[0], batch_size), desc="val mse", leave=False,
+                          disable=not accelerator.is_main_process):
+            batch = mine[start : start + batch_size]
             with accelerator.autocast():
-                model.model(input_ids=rows[start : start + batch_size].to(accelerator.device), use_cache=False)
-            losses = [layer.transfer_loss.item() for layer in layers]
-            sums = [a + b for a, b in zip(sums, losses)] if sums else losses
-            batches += 1
-    return [s / batches for s in sums]
+                model.model(input_ids=batch.to(accelerator.device), use_cache=False)
+            sums = [s + layer.transfer_loss.item() * batch.shape[0] for s, layer in zip(sums, layers)]
+    *sums, count = sum_over_ranks([*sums, mine.shape[0]])
+    return [s / count for s in sums]
 
 
 def _transfer_loss_fn(model):
@@ -80,30 +95,37 @@ def _ppl(loss: float) -> float:
 
 
 def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False, merge: bool = False) -> dict[str, Any]:
-    """Run (or resume) the whole job into ``out``; returns the summary also written to summary.json."""
+    """Run (or resume) the whole job into ``out``; returns the summary also written to summary.json.
+
+    Launched by ``torchrun``/``accelerate launch``, every process runs this: the global batch is
+    shared out, gradients are averaged (:mod:`lizardlm.train.distributed`), and rank 0 alone reads
+    and writes ``out``.
+    """
     from lizardlm.data import build_splits
     from lizardlm.teachers import load_teacher, resolve_teacher
 
     run = RunDir(out)
     teacher_ref = resolve_teacher(settings.teacher).to_dict()
-    manifest = run.check_resumable(settings, teacher_ref) if resume else None
-    if not resume:
-        run.check_new()
     device = pick_device(settings.device)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no")
+    main = accelerator.is_main_process
+    micro_batch_size(settings.batch_size, accelerator.num_processes)
+    manifest = on_main(lambda: run.check_resumable(settings, teacher_ref) if resume else run.check_new())
     torch.manual_seed(settings.seed)
 
     started = time.perf_counter()
-    model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
+    with accelerator.main_process_first():  # rank 0 fills any download / conversion cache first
+        model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
     try:
         check_convertible(model, settings.lizard_config())
     except ValueError as err:
         raise LizardError(str(err)) from None
-    splits = build_splits(
-        settings.data, tokenizer, settings.seq_len,
-        train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
-        val_tokens=settings.val_tokens, seed=settings.seed, teacher=(model, tokenizer),
-    )
+    with accelerator.main_process_first():
+        splits = build_splits(
+            settings.data, tokenizer, settings.seq_len,
+            train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
+            val_tokens=settings.val_tokens, seed=settings.seed, teacher=(model, tokenizer),
+        )
     if manifest is None:  # inputs are valid: only now does the run directory come into being
         manifest = {
             "teacher": teacher_ref,
@@ -115,7 +137,8 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
                          "transformers": transformers.__version__},
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         }
-        run.write_manifest(manifest)
+        if main:
+            run.write_manifest(manifest)
     results = manifest["results"]
     log = MetricsLog(run)
     train_kw = dict(
@@ -130,13 +153,14 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     model = convert(model, settings.lizard_config())
     if "stage1_val_mse_init" not in results:
         results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
-        run.write_manifest(manifest)
+        if main:
+            run.write_manifest(manifest)
 
     # Stage 1: attention transfer, only the Lizard parameters train.
     model.requires_grad_(False)
     lizard_params = dict(model.lizard_named_parameters())
     if "stage1" in manifest["completed"]:
-        load_lizard_state(model, load_checked(run.lizard_weights)[0], source=run.lizard_weights)
+        load_lizard_state(model, on_main(lambda: load_checked(run.lizard_weights)[0]), source=run.lizard_weights)
     else:
         t0 = time.perf_counter()
         for p in lizard_params.values():
@@ -145,13 +169,16 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model))
         run_stage(stage, splits.train, **train_kw)
         model.eval()
-        atomic_save(lizard_params, run.lizard_weights)
+        if main:
+            atomic_save(lizard_params, run.lizard_weights)
         results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
         results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
         results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
         manifest["completed"].append("stage1")
-        run.write_manifest(manifest)
-        plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png", "Stage 1: attention transfer (sum of layer MSE)")
+        if main:
+            run.write_manifest(manifest)
+            plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png",
+                              "Stage 1: attention transfer (sum of layer MSE)")
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
     peft_model = get_peft_model(
@@ -168,16 +195,19 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model))
         run_stage(stage, splits.train, **train_kw)
         peft_model.eval()
-        peft_model.save_pretrained(str(run.adapter))
-        if settings.stage2_train_lizard:
-            atomic_save(lizard_params, run.lizard_weights)
+        if main:
+            peft_model.save_pretrained(str(run.adapter))
+            if settings.stage2_train_lizard:
+                atomic_save(lizard_params, run.lizard_weights)
         results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         manifest["completed"].append("stage2")
-        run.write_manifest(manifest)
-        plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png", "Stage 2: LoRA fine-tuning (next-token loss)")
+        if main:
+            run.write_manifest(manifest)
+            plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png",
+                              "Stage 2: LoRA fine-tuning (next-token loss)")
 
-    if merge:
+    if merge and main:
         merged = peft_model.merge_and_unload()
         merged.save_pretrained(str(run.merged))
         tokenizer.save_pretrained(str(run.merged))
@@ -198,6 +228,8 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         "stage2_seconds": results["stage2_seconds"],
         "wall_seconds_this_call": time.perf_counter() - started,
         "device": manifest["device"],
+        "processes": accelerator.num_processes,
     }
-    run.summary.write_text(json.dumps(summary, indent=2))
+    if main:
+        run.summary.write_text(json.dumps(summary, indent=2))
     return summary
