@@ -67,6 +67,23 @@ def tiny_llama(tiny_tokenizer):
 
 
 @pytest.fixture
+def teacher_dir(tmp_path, tiny_llama, tiny_tokenizer):
+    """``tiny_llama`` and ``tiny_tokenizer`` saved as a local teacher directory."""
+    path = tmp_path / "teacher"
+    tiny_llama.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    """A copy of the WikiText slice fixture as a training text file."""
+    path = tmp_path / "train.txt"
+    path.write_text((FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
 def hf_offline(monkeypatch):
     """Make Hugging Face hub and datasets calls fail fast instead of trying the network."""
     import huggingface_hub.constants

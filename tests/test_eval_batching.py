@@ -1,4 +1,6 @@
-"""Batched lm-eval scoring (``batch_size="auto"``) gives the same loglikelihoods as one request at a time."""
+"""Batched evaluation: lm-eval scoring with ``batch_size="auto"`` gives the same loglikelihoods as one
+request at a time, and perplexity, MQAR and passkey give the same results at any batch size (also
+when batches are split after running out of memory); ``lizardlm eval --batch-size`` takes ``auto``."""
 
 from __future__ import annotations
 
@@ -6,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-from eval_stubs import tiny_llama, tiny_tokenizer  # noqa: E402
+from eval_stubs import DATA_DIR, tiny_llama, tiny_tokenizer  # noqa: E402
 
 import lizardlm  # noqa: E402
+from lizardlm.eval import evaluate  # noqa: E402
 from lizardlm.eval.harness import make_lm  # noqa: E402
 
 pytest.importorskip("lm_eval")
@@ -34,3 +39,60 @@ def test_auto_batch_scores_match_batch_one(lizard):
     assert [g for _, g in one] == [g for _, g in auto]
     assert [ll for ll, _ in auto] == pytest.approx([ll for ll, _ in one], abs=1e-5)
     assert len({round(ll, 4) for ll, _ in one}) > 2  # the requests really differ
+
+
+def test_cli_batch_size_takes_auto_and_defaults_to_it(capsys):
+    from lizardlm.cli import build_parser
+
+    def parse(*extra: str):
+        return build_parser().parse_args(["eval", "--model", "m", *extra])
+
+    assert parse().batch_size == "auto" and parse().dtype is None  # dtype: bfloat16 on cuda, float32 on cpu
+    assert parse("--batch-size", "auto").batch_size == "auto"
+    assert parse("--batch-size", "3").batch_size == 3
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit):
+            parse("--batch-size", bad)
+        assert "expected auto or a whole number >= 1" in capsys.readouterr().err
+
+
+class _OOMAbove(nn.Module):
+    """``model``, except that a batch of more than ``rows`` rows runs out of memory."""
+
+    def __init__(self, model: nn.Module, rows: int):
+        super().__init__()
+        self.model, self.rows = model, rows
+        self.generation_config = model.generation_config  # decodes through a cache, as the model does
+
+    def forward(self, input_ids, **kw):
+        if input_ids.shape[0] > self.rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return self.model(input_ids=input_ids, **kw)
+
+
+TASKS = ["wikitext2", "mqar", "passkey"]
+SMALL = dict(data_dir=DATA_DIR, limit=7, ppl_window=48, mqar_pairs=(2, 4), mqar_lengths=(96,), mqar_length_pairs=4,
+             mqar_n=5, passkey_lengths=(128,), passkey_trials=5, progress=False)
+
+
+def _outcome(model, tok, batch_size) -> dict:
+    res = evaluate({"m": (model, tok)}, TASKS, batch_size=batch_size, **SMALL)["tasks"]
+    out = {t: res[t]["m"]["metrics"] for t in TASKS}
+    out["passkey answers"] = [d["output"] for d in res["passkey"]["m"]["details"]["lengths"][0]["trials"]]
+    return out
+
+
+@pytest.mark.parametrize("lizard", [False, True])
+def test_eval_results_do_not_depend_on_batch_size(lizard):
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok)).eval()
+    if lizard:
+        model = lizardlm.convert(model, lizardlm.LizardConfig(window_size=8, feature_dim=8, chunk_size=8)).eval()
+    one = _outcome(model, tok, 1)
+    assert len(set(one["passkey answers"])) > 1  # the prompts really differ
+    others = [_outcome(model, tok, 3), _outcome(model, tok, "auto")]
+    if not lizard:  # batches of 5 split into 2 + 3, then 1 + 2 (the splitting does not depend on the model)
+        others.append(_outcome(_OOMAbove(model, 2), tok, 5))
+    for other in others:
+        assert other["wikitext2"] == pytest.approx(one["wikitext2"], rel=1e-5)
+        assert {k: v for k, v in other.items() if k != "wikitext2"} == {k: v for k, v in one.items() if k != "wikitext2"}

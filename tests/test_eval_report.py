@@ -112,9 +112,12 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def test_cli_eval_side_by_side(model_dir, tmp_path, capsys):
+def test_cli_eval_side_by_side(model_dir, tmp_path, capsys, monkeypatch):
+    from lizardlm.cli import eval as cli_eval
     from lizardlm.cli import main
 
+    loads, load = [], cli_eval.load_model_for_eval
+    monkeypatch.setattr(cli_eval, "load_model_for_eval", lambda spec, **kw: loads.append(spec) or load(spec, **kw))
     out = tmp_path / "out"
     rc = main(["eval", "--model", str(model_dir), "--teacher", str(model_dir), "--tasks", "wikitext2,piqa,winogrande,mqar,passkey",
                "--data-dir", str(DATA_DIR), "--limit", "2", "--window", "64", "--passkey-lengths", "128",
@@ -128,6 +131,7 @@ def test_cli_eval_side_by_side(model_dir, tmp_path, capsys):
     assert data["models"]["student"]["source"] == str(model_dir)
     assert data["tasks"]["piqa"]["teacher"]["metrics"] == data["tasks"]["piqa"]["student"]["metrics"]
     assert (out / "eval.md").read_text().startswith("# lizardlm eval")
+    assert loads == [str(model_dir)] * 2  # teacher and student loaded once each for all five tasks
 
 
 def test_cli_default_out_dir_and_absent(model_dir, tmp_path, capsys):

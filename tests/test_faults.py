@@ -253,12 +253,6 @@ def test_a_locked_run_directory_is_refused(base, run_copy, tmp_path):
     assert json.loads((run_copy / "run.json").read_text())["completed"] == ["stage1", "stage2"]
 
 
-def test_a_multi_process_launch_is_refused(base, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    _fails(_linearize_argv(base, tmp_path / "out"), capsys, "runs in one process")
-    assert not (tmp_path / "out").exists()
-
-
 def test_loading_an_unfinished_or_foreign_run(base, run_copy, caplog):
     manifest = json.loads((run_copy / "run.json").read_text())
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,23 +19,7 @@ from lizardlm.train import RunDir, TrainSettings, linearize, load_run
 from lizardlm.train.checkpoint import load_checked
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 
-FIXTURES = Path(__file__).parent / "fixtures"
 LIZARD = {"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}
-
-
-@pytest.fixture
-def teacher_dir(tmp_path, tiny_llama, tiny_tokenizer):
-    path = tmp_path / "teacher"
-    tiny_llama.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "train.txt"
-    path.write_text((FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8"), encoding="utf-8")
-    return path
 
 
 def settings(teacher_dir, data_file, **kw) -> TrainSettings:

@@ -40,6 +40,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _batch_size(text: str) -> int | str:
+    """``auto`` or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}") from None
+
+
 def _task_data(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -65,9 +75,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $LIZARDLM_DATA_DIR, ../shared/data, ./shared/data)")
     p.add_argument("--task-data", type=_task_data, action="append", default=[], metavar="TASK=PATH",
                    help="a task's own directory or file, overriding <data-dir>/<task>/ (repeatable)")
-    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="N or auto (default): lm-eval finds the largest batch that fits on CUDA (16 on CPU); "
+                   "perplexity, MQAR, passkey and RULER start at 16 on CUDA (4 on CPU) and split a batch that "
+                   "runs out of memory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=positive_int, default=1024, help="perplexity window (tokens, non-overlapping)")
     p.add_argument("--passkey-lengths", type=_int_list, default=None,
@@ -139,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
         raise LizardError("--tasks is empty")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise LizardError("--device cuda asked for, but no CUDA device is available")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     on_gpu = args.device == "cuda"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.dtype or ("bfloat16" if on_gpu else "float32")]
     passkey_lengths = args.passkey_lengths or _int_list(GPU_PASSKEY_LENGTHS if on_gpu else CPU_PASSKEY_LENGTHS)
     budget = args.passkey_time_budget if args.passkey_time_budget is not None else (None if on_gpu else 900.0)
     out_dir = Path(args.out) if args.out else default_out_dir(args.model)

@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lizardlm.train import linearize
+    from lizardlm.train.distributed import is_main, shutdown
     from lizardlm.train.settings import settings_from_preset
 
     overrides = {
@@ -54,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), **overrides)
     except ValueError as err:
         raise LizardError(str(err)) from None
-    summary = linearize(settings, args.out, resume=args.resume, merge=args.merge)
+    try:
+        summary = linearize(settings, args.out, resume=args.resume, merge=args.merge)
+        main = is_main()  # torchrun / accelerate launch: rank 0 alone reports
+    finally:
+        shutdown()
+    if not main:
+        return 0
     print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_per_layer")}, indent=2))
     before, after = sum(summary["stage1_val_mse_init_per_layer"]), sum(summary["stage1_val_mse_per_layer"])
     print(f"attention-transfer validation MSE (sum over layers): {before:.4g} at conversion -> {after:.4g}")

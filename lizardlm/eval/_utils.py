@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
-from typing import Any, Iterable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Iterable, TypeVar
 
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# ``batch_size="auto"`` for lizardlm's own batched evals (perplexity, MQAR, passkey, RULER): the
+# first batch size tried; on CUDA a batch that runs out of memory is split (:func:`split_on_oom`).
+AUTO_BATCH_CUDA = 16
+AUTO_BATCH_CPU = 4
 
 
 def model_device(model: Any) -> torch.device:
@@ -90,6 +98,28 @@ def skip_length(rec: dict) -> Iterator[None]:
             raise
         free_memory()
         rec["status"] = OOM_SKIP
+
+
+def resolve_batch_size(batch_size: int | str, model: Any) -> int:
+    """An int batch size: ``batch_size`` itself, or for ``"auto"`` :data:`AUTO_BATCH_CUDA` /
+    :data:`AUTO_BATCH_CPU` by the model's device."""
+    if batch_size != "auto":
+        return int(batch_size)
+    return AUTO_BATCH_CUDA if model_device(model).type == "cuda" else AUTO_BATCH_CPU
+
+
+def split_on_oom(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> list[R]:
+    """``fn(items)``, one result per item; if that runs out of memory, each half of ``items`` the same
+    way (down to one item, whose error is raised). Right for independent items only: the results
+    do not depend on how the items are grouped."""
+    try:
+        return fn(items)
+    except (RuntimeError, MemoryError) as err:
+        if not is_oom(err) or len(items) < 2:
+            raise
+    free_memory()
+    half = len(items) // 2
+    return split_on_oom(fn, items[:half]) + split_on_oom(fn, items[half:])
 
 
 def progress(iterable: Iterable | None = None, *, enable: bool = True, **kwargs: Any):

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import torch
 
-from lizardlm.eval._utils import call_logits, encode, is_oom, model_device, progress
+from lizardlm.eval._utils import call_logits, encode, is_oom, model_device, progress, split_on_oom
 
 FILLER_TEXT = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 HEADER = "Memorize each word and its partner.\n"
@@ -229,10 +229,21 @@ def make_prompts(
     return [make_prompt(vocab, num_pairs, rng, seq_len, num_queries) for _ in range(n)]
 
 
+def _correct_per_prompt(model: Any, prompts: Sequence[MQARPrompt]) -> list[int]:
+    """Correct greedy predictions of each of ``prompts`` (equal lengths), in one forward."""
+    x = torch.tensor([p.input_ids for p in prompts], dtype=torch.long, device=model_device(model))
+    logits = call_logits(model, x)
+    out = []
+    for b, p in enumerate(prompts):
+        pred = logits[b, torch.tensor(p.query_positions, device=logits.device)].argmax(-1).tolist()
+        out.append(sum(int(a == t) for a, t in zip(pred, p.targets)))
+    return out
+
+
 def score_prompts(model: Any, prompts: Sequence[MQARPrompt], batch_size: int = 8, progress_bar: bool = False, desc: str = "mqar") -> dict:
-    """Greedy next-token accuracy at the query positions of ``prompts`` (one forward per batch)."""
+    """Greedy next-token accuracy at the query positions of ``prompts``: one forward per batch of
+    equal-length prompts (a batch that runs out of memory is split)."""
     correct = total = 0
-    dev = model_device(model)
     by_len: dict[int, list[MQARPrompt]] = {}
     for p in prompts:
         by_len.setdefault(len(p.input_ids), []).append(p)
@@ -240,14 +251,8 @@ def score_prompts(model: Any, prompts: Sequence[MQARPrompt], batch_size: int = 8
     for _, group in sorted(by_len.items()):
         for i in range(0, len(group), max(1, batch_size)):
             chunk = group[i : i + batch_size]
-            x = torch.tensor([p.input_ids for p in chunk], dtype=torch.long, device=dev)
-            logits = call_logits(model, x)
-            for b, p in enumerate(chunk):
-                pos = torch.tensor(p.query_positions, device=logits.device)
-                pred = logits[b, pos].argmax(-1).tolist()
-                c = sum(int(a == t) for a, t in zip(pred, p.targets))
-                correct += c
-                total += len(p.targets)
+            correct += sum(split_on_oom(lambda ps: _correct_per_prompt(model, ps), chunk))
+            total += sum(len(p.targets) for p in chunk)
             bar.update(len(chunk))
     bar.close()
     return {"acc": correct / total if total else float("nan"), "correct": correct, "queries": total, "prompts": len(prompts)}

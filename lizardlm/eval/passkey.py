@@ -36,6 +36,7 @@ from lizardlm.eval._utils import (
     model_device,
     progress,
     skip_length,
+    split_on_oom,
 )
 from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_batch
 
@@ -184,7 +185,7 @@ def passkey_eval(
                     prompts = [make_train_prompt(filler, L, depth, rng) for depth, _ in part]
                 else:
                     prompts = [make_prompt(tokenizer, L, depth, key=key) for depth, key in part]
-                done += run_prompts(model, tokenizer, prompts, chunk=chunk)
+                done += split_on_oom(lambda ps: run_prompts(model, tokenizer, ps, chunk=chunk), prompts)
                 bar.update(len(part))
                 bar.set_postfix(length=L, acc=f"{sum(d['correct'] for d in done) / len(done):.2f}")
                 if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and len(done) < trials:

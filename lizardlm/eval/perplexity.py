@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from lizardlm.eval._utils import call_logits, encode, model_device, progress
+from lizardlm.eval._utils import call_logits, encode, model_device, progress, split_on_oom
 
 
 def _to_ids(tokenizer: Any, text_or_ids: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def perplexity(
     count = 0
     bar = _progress_bar(len(windows), progress, "perplexity")
     for b in batches:
-        nll = _token_nll(model, b)
+        nll = torch.stack(split_on_oom(lambda rows: list(_token_nll(model, rows)), b))
         total += float(nll.double().sum())
         count += nll.numel()
         bar.update(b.size(0))

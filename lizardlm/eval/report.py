@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from lizardlm.errors import DataError, LizardError
+from lizardlm.eval._utils import resolve_batch_size
 from lizardlm.eval.data import DataAbsentError, read_text, resolve_data_dir, text_corpus_path
 from lizardlm.eval.tasks import MC_TASKS, METRICS
 
@@ -48,12 +49,14 @@ SCHEMA = "lizardlm.eval/1"
 @dataclass
 class EvalConfig:
     """Settings of :func:`evaluate` (``limit`` caps examples per task: perplexity windows, lm-eval
-    documents per task/MMLU subject, MQAR prompts per setting, passkey trials per length)."""
+    documents per task/MMLU subject, MQAR prompts per setting, passkey trials per length).
+    ``batch_size="auto"``: lm-eval's own search on CUDA; for perplexity, MQAR, passkey and RULER a
+    start size by device (:func:`lizardlm.eval._utils.resolve_batch_size`)."""
 
     data_dir: str | None = None
     data_paths: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
-    batch_size: int = 1
+    batch_size: int | str = 1
     seed: int = 0
     ppl_window: int = 1024
     position_corpus: str = "wikitext2"
@@ -88,8 +91,8 @@ def _run_ppl(task: str, model, tok, cfg: EvalConfig) -> dict:
     from lizardlm.eval.perplexity import perplexity
 
     path = text_corpus_path(task, cfg.data_dir, cfg.data_paths.get(task))
-    r = perplexity(model, tok, read_text(path), window=cfg.ppl_window, batch_size=cfg.batch_size,
-                   progress=cfg.progress, max_windows=cfg.limit)
+    r = perplexity(model, tok, read_text(path), window=cfg.ppl_window,
+                   batch_size=resolve_batch_size(cfg.batch_size, model), progress=cfg.progress, max_windows=cfg.limit)
     return {"status": "ok", "metrics": {"ppl": r["ppl"], "nll": r["nll"]}, "tokens": r["tokens"],
             "windows": r["windows"], "window": r["window"], "path": str(path)}
 
@@ -112,7 +115,7 @@ def _run_mqar(model, tok, cfg: EvalConfig) -> dict:
 
     r = mqar_eval(model, tok, pairs=cfg.mqar_pairs, lengths=cfg.mqar_lengths, length_pairs=cfg.mqar_length_pairs,
                   n=_capped(cfg.mqar_n, cfg.limit), fmt=cfg.mqar_format, seed=cfg.seed,
-                  batch_size=max(1, cfg.batch_size), progress=cfg.progress)
+                  batch_size=resolve_batch_size(cfg.batch_size, model), progress=cfg.progress)
     metrics: dict[str, Any] = {"acc (mean)": r["mean_acc"]}
     status: dict[str, str] = {}
     for rec in r["by_pairs"]:
@@ -153,8 +156,8 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
         filler = FillerPool(_held_out_books(cfg), tok)
     r = passkey_eval(model, tok, lengths=cfg.passkey_lengths, trials=_capped(cfg.passkey_trials, cfg.limit),
                      seed=cfg.seed, time_budget_s=cfg.passkey_time_budget_s, progress=cfg.progress,
-                     depths=cfg.passkey_depths, batch_size=cfg.batch_size, template=template, filler=filler,
-                     chunk=cfg.chunk)
+                     depths=cfg.passkey_depths, batch_size=resolve_batch_size(cfg.batch_size, model),
+                     template=template, filler=filler, chunk=cfg.chunk)
     metrics: dict[str, Any] = {}
     status: dict[str, str] = {}
     for rec in r["lengths"]:
@@ -172,7 +175,7 @@ def _run_ruler(model, tok, cfg: EvalConfig) -> dict:
     from lizardlm.eval.ruler import ruler_eval
 
     r = ruler_eval(model, tok, lengths=cfg.ruler_lengths, trials=_capped(cfg.ruler_trials, cfg.limit), seed=cfg.seed,
-                   batch_size=cfg.batch_size, chunk=cfg.chunk, progress_bar=cfg.progress)
+                   batch_size=resolve_batch_size(cfg.batch_size, model), chunk=cfg.chunk, progress_bar=cfg.progress)
     metrics = {f"score @ {L}": v for L, v in r["mean"].items()}
     status = {k: "skipped (out of memory or too short)" for k, v in metrics.items() if v is None}
     out = {"status": "ok", "metrics": metrics, "details": r}

@@ -21,8 +21,8 @@ from lizardlm.devices import pick_device
 from lizardlm.errors import LizardError, TrainingError
 from lizardlm.layers import attention_transfer
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
+from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
-from lizardlm.train.launch import check_single_process
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir
@@ -31,27 +31,41 @@ from lizardlm.train.settings import TrainSettings
 logger = logging.getLogger(__name__)
 
 
+def _rank_rows(rows: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    return shard(rows, accelerator.process_index, accelerator.num_processes)
+
+
 def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
-    """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window)."""
+    """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window), the rows
+    shared out over the processes."""
     from lizardlm.eval.perplexity import perplexity
 
-    with accelerator.autocast():
-        return perplexity(model, None, rows.reshape(-1), window=rows.shape[1], batch_size=batch_size)["nll"]
+    mine = _rank_rows(rows, accelerator)
+    nll_sum, tokens = 0.0, 0
+    if mine.shape[0]:
+        with accelerator.autocast():
+            res = perplexity(model, None, mine.reshape(-1), window=rows.shape[1], batch_size=batch_size,
+                             progress=accelerator.is_main_process)
+        nll_sum, tokens = res["nll"] * res["tokens"], res["tokens"]
+    nll_sum, tokens = sum_over_ranks([nll_sum, tokens])
+    return nll_sum / tokens
 
 
 @torch.no_grad()
 def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> list[float]:
-    """Per-layer validation MSE between Lizard and teacher attention outputs."""
-    sums: list[float] = []
-    batches = 0
+    """Per-layer validation MSE between Lizard and teacher attention outputs (mean over rows, the rows
+    shared out over the processes)."""
+    mine = _rank_rows(rows, accelerator)
     with attention_transfer(model) as layers:
-        for start in tqdm(range(0, rows.shape[0], batch_size), desc="val mse", leave=False):
+        sums = [0.0] * len(layers)
+        for start in tqdm(range(0, mine.shape[0], batch_size), desc="val mse", leave=False,
+                          disable=not accelerator.is_main_process):
+            batch = mine[start : start + batch_size]
             with accelerator.autocast():
-                model.model(input_ids=rows[start : start + batch_size].to(accelerator.device), use_cache=False)
-            losses = [layer.transfer_loss.item() for layer in layers]
-            sums = [a + b for a, b in zip(sums, losses)] if sums else losses
-            batches += 1
-    return [s / batches for s in sums]
+                model.model(input_ids=batch.to(accelerator.device), use_cache=False)
+            sums = [s + layer.transfer_loss.item() * batch.shape[0] for s, layer in zip(sums, layers)]
+    *sums, count = sum_over_ranks([*sums, mine.shape[0]])
+    return [s / count for s in sums]
 
 
 def _transfer_loss_fn(model):
@@ -78,8 +92,11 @@ def _ppl(loss: float) -> float:
 def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False, merge: bool = False) -> dict[str, Any]:
     """Run (or resume) the whole job into ``out``; returns the summary also written to summary.json.
 
-    The run directory is locked while this runs (a second process into it is refused)."""
-    check_single_process()
+    The run directory is locked while this runs (a second process into it is refused). Launched by
+    ``torchrun``/``accelerate launch``, every process runs this: the global batch is shared out,
+    gradients are averaged (:mod:`lizardlm.train.distributed`), and rank 0 alone locks, reads and
+    writes ``out``.
+    """
     run = RunDir(out)
     if resume and run.is_empty():
         logger.warning("nothing to resume in %s (no %s, only temp files of an interrupted start): starting the run",
@@ -96,19 +113,25 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     from lizardlm.teachers import load_teacher, resolve_teacher
 
     teacher_ref = resolve_teacher(settings.teacher).to_dict()
-    if resume:
-        run.read_manifest()  # a directory that holds no run fails here, before lock() would create it
-        run.lock()
-        manifest = run.check_resumable(settings)
-    else:
-        run.check_new()
-        manifest = None
     device = pick_device(settings.device)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no")
+    main = accelerator.is_main_process
+    micro_batch_size(settings.batch_size, accelerator.num_processes)
+
+    def open_run() -> dict[str, Any] | None:
+        if not resume:
+            run.check_new()
+            return None
+        run.read_manifest()  # a directory that holds no run fails here, before lock() would create it
+        run.lock()
+        return run.check_resumable(settings)
+
+    manifest = on_main(open_run)
     torch.manual_seed(settings.seed)
 
     started = time.perf_counter()
-    model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
+    with accelerator.main_process_first():  # rank 0 fills any download / conversion cache first
+        model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
     lizard_config = settings.lizard_config()
     try:
         check_convertible(model, lizard_config)
@@ -120,15 +143,20 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             f"--softmax-layers keeps softmax in all {num_layers} layers: nothing to linearize; leave at least one out"
         )
     fingerprints = {"teacher": model_fingerprint(model)}
-    splits = build_splits(
-        settings.data, tokenizer, settings.seq_len,
-        train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
-        val_tokens=settings.val_tokens, seed=settings.seed, teacher=(model, tokenizer),
-    )
+    with accelerator.main_process_first():
+        splits = build_splits(
+            settings.data, tokenizer, settings.seq_len,
+            train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
+            val_tokens=settings.val_tokens, seed=settings.seed, teacher=(model, tokenizer),
+        )
     fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val})
     if manifest is None:  # inputs are valid: only now does the run directory come into being
-        run.lock()
-        run.check_new()  # again, under the lock: another process may have started a run here meanwhile
+
+        def claim() -> None:
+            run.lock()
+            run.check_new()  # again, under the lock: another process may have started a run here meanwhile
+
+        on_main(claim)
         manifest = {
             "teacher": teacher_ref,
             "settings": settings.to_dict(),
@@ -140,13 +168,14 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
                          "transformers": transformers.__version__},
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         }
-    else:
+    else:  # every rank checks (the same manifest and fingerprints): all raise alike
         run.check_teacher(manifest, fingerprints["teacher"], teacher_ref["path"])
         run.check_data(manifest, fingerprints["data"], settings.data)
         # same teacher and data (by fingerprint), maybe spelled otherwise; settings that may change, changed
         manifest["teacher"], manifest["settings"] = teacher_ref, settings.to_dict()
         manifest.setdefault("fingerprints", {}).update(fingerprints)
-    run.write_manifest(manifest)
+    if main:
+        run.write_manifest(manifest)
     results = manifest["results"]
     log = MetricsLog(run)
     train_kw = dict(
@@ -161,7 +190,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     model = convert(model, settings.lizard_config())
     if "stage1_val_mse_init" not in results:
         results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
-        run.write_manifest(manifest)
+        if main:
+            run.write_manifest(manifest)
 
     # Stage 1: attention transfer, only the Lizard parameters train.
     model.requires_grad_(False)
@@ -169,23 +199,31 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     if "stage1" in manifest["completed"]:
         # with --stage2-train-lizard, a kill just before stage 2 completes leaves its Lizard weights, unrecorded;
         # the stage-2 checkpoint holds them too, so only their presence is checked then
-        run.check_output(manifest, "lizard", verify="stage2" in manifest["completed"] or not settings.stage2_train_lizard)
-        copy_params(lizard_params, load_checked(run.lizard_weights)[0], run.lizard_weights)
+        verify = "stage2" in manifest["completed"] or not settings.stage2_train_lizard
+
+        def read_lizard() -> dict[str, torch.Tensor]:
+            run.check_output(manifest, "lizard", verify=verify)
+            return load_checked(run.lizard_weights)[0]
+
+        copy_params(lizard_params, on_main(read_lizard), run.lizard_weights)
     else:
         t0 = time.perf_counter()
         for p in lizard_params.values():
             p.requires_grad_(True)
         model.train()
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model))
-        _train(stage, splits.train, run, manifest, train_kw)
+        _train(stage, splits.train, run, manifest, train_kw, main)
         model.eval()
-        atomic_save(lizard_params, run.lizard_weights)
+        if main:
+            atomic_save(lizard_params, run.lizard_weights)
         results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
         results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
         results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
-        _complete("stage1", ("lizard",), run, manifest)
-        with writing(run.path / "stage1_loss.png"):
-            plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png", "Stage 1: attention transfer (sum of layer MSE)")
+        _complete("stage1", ("lizard",), run, manifest, main)
+        if main:
+            with writing(run.path / "stage1_loss.png"):
+                plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png",
+                                  "Stage 1: attention transfer (sum of layer MSE)")
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
     peft_model = get_peft_model(
@@ -197,27 +235,33 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         p.requires_grad_(settings.stage2_train_lizard)
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
     if "stage2" in manifest["completed"]:  # only --merge still needs the trained adapter
-        run.check_output(manifest, "adapter")
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(peft_model, load_checked(run.outputs("adapter")[-1])[0])
+        def read_adapter() -> dict[str, torch.Tensor]:
+            run.check_output(manifest, "adapter")
+            return load_checked(run.outputs("adapter")[-1])[0]
+
+        set_peft_model_state_dict(peft_model, on_main(read_adapter))
     else:
         t0 = time.perf_counter()
         peft_model.train()
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model))
-        _train(stage, splits.train, run, manifest, train_kw)
+        _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()
         results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
-        with writing(run.adapter):
-            peft_model.save_pretrained(str(run.adapter))
-        if settings.stage2_train_lizard:
-            atomic_save(lizard_params, run.lizard_weights)
-        _complete("stage2", ("adapter", "lizard"), run, manifest)
-        with writing(run.path / "stage2_loss.png"):
-            plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png", "Stage 2: LoRA fine-tuning (next-token loss)")
+        if main:
+            with writing(run.adapter):
+                peft_model.save_pretrained(str(run.adapter))
+            if settings.stage2_train_lizard:
+                atomic_save(lizard_params, run.lizard_weights)
+        _complete("stage2", ("adapter", "lizard"), run, manifest, main)
+        if main:
+            with writing(run.path / "stage2_loss.png"):
+                plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png",
+                                  "Stage 2: LoRA fine-tuning (next-token loss)")
 
-    if merge:
+    if merge and main:
         merged = peft_model.merge_and_unload()
         with writing(run.merged):
             merged.save_pretrained(str(run.merged))
@@ -239,26 +283,33 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         "stage2_seconds": results["stage2_seconds"],
         "wall_seconds_this_call": time.perf_counter() - started,
         "device": manifest["device"],
+        "processes": accelerator.num_processes,
     }
-    with writing(run.summary):
-        run.summary.write_text(json.dumps(summary, indent=2))
+    if main:
+        with writing(run.summary):
+            run.summary.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _train(stage: Stage, rows: torch.Tensor, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any]) -> None:
-    """:func:`run_stage`; a NaN/inf stop is recorded in the manifest, so that the resume may lower the learning rate."""
+def _train(stage: Stage, rows: torch.Tensor, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any],
+           main: bool) -> None:
+    """:func:`run_stage`; a NaN/inf stop is recorded in the manifest (by rank 0), so that the resume may
+    lower the learning rate."""
     try:
         run_stage(stage, rows, **train_kw)
     except TrainingError:
         manifest["diverged"] = stage.name
-        run.write_manifest(manifest)
+        if main:
+            run.write_manifest(manifest)
         raise
 
 
-def _complete(stage: str, outputs: tuple[str, ...], run: RunDir, manifest: dict[str, Any]) -> None:
-    """Mark ``stage`` complete in the manifest, with the fingerprints of the outputs it wrote."""
-    for name in outputs:
-        manifest["fingerprints"][name] = files_fingerprint(*run.outputs(name))
+def _complete(stage: str, outputs: tuple[str, ...], run: RunDir, manifest: dict[str, Any], main: bool) -> None:
+    """Mark ``stage`` complete in the manifest, with the fingerprints of the outputs it wrote (rank 0
+    holds the files and writes the manifest)."""
     manifest.pop("diverged", None)
     manifest["completed"].append(stage)
-    run.write_manifest(manifest)
+    if main:
+        for name in outputs:
+            manifest["fingerprints"][name] = files_fingerprint(*run.outputs(name))
+        run.write_manifest(manifest)

@@ -1,4 +1,5 @@
-"""One training stage: deterministic batches, AdamW + warmup/cosine, checkpoints, resume."""
+"""One training stage: deterministic batches, AdamW + warmup/cosine, checkpoints, resume; data parallel
+over the processes of a ``torchrun`` launch (:mod:`lizardlm.train.distributed`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from lizardlm.train.checkpoint import (
     rng_state,
     writing,
 )
+from lizardlm.train.distributed import average_gradients, broadcast_parameters, micro_batch_size, on_main, shard
 from lizardlm.train.rundir import RunDir
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -114,42 +116,53 @@ def run_stage(
     accelerator: Accelerator,
     log: MetricsLog,
 ) -> None:
-    """Train ``stage`` to its last step, resuming from ``run.checkpoint`` if it belongs to this stage."""
+    """Train ``stage`` to its last step, resuming from ``run.checkpoint`` if it belongs to this stage.
+
+    ``batch_size`` is the global batch: with several processes each takes its share of every batch
+    and the gradients are averaged; rank 0 alone writes checkpoints and metrics.
+    """
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    micro_batch_size(batch_size, world)
     params = [p for p in stage.params.values()]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.steps, warmup_fraction))
-    step = _resume(stage, optimizer, scheduler, run)
-    log.truncate(stage.name, step)
+    step = _resume(stage, optimizer, scheduler, on_main(lambda: _read_checkpoint(stage, run)), run.checkpoint)
+    broadcast_parameters(params)  # identical start on every rank, whatever each one's random init
+    if main:
+        log.truncate(stage.name, step)
     last_good = step
     tokens_per_step = batch_size * rows.shape[1]
-    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, unit="step", dynamic_ncols=True, disable=not main)
     while step < stage.steps:
         started = time.perf_counter()
-        batch = batch_at(rows, step, batch_size, seed).to(accelerator.device)
+        batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
         with accelerator.autocast():
             loss, extra = stage.loss_fn(batch)
-        if not torch.isfinite(loss):
+        accelerator.backward(loss)
+        loss_value, extra = average_gradients(params, loss, extra)
+        if not math.isfinite(loss_value):
             kept = f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good else "step 0 (no checkpoint yet)"
             raise TrainingError(
-                f"{stage.name} loss became {loss.item()} at step {step + 1}; stopped. To go on from {kept}, rerun "
+                f"{stage.name} loss became {loss_value} at step {step + 1}; stopped. To go on from {kept}, rerun "
                 f"the same command with --resume and a lower --{stage.name}-lr (now {stage.lr:g}; e.g. {stage.lr / 10:g})"
             )
-        accelerator.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         elapsed = time.perf_counter() - started
-        log.write(
-            {"stage": stage.name, "step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-             "tokens_per_s": tokens_per_step / elapsed, **extra}
-        )
-        bar.set_postfix(loss=f"{loss.item():.4g}", tok_s=f"{tokens_per_step / elapsed:.0f}")
+        if main:
+            log.write(
+                {"stage": stage.name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                 "tokens_per_s": tokens_per_step / elapsed, **extra}
+            )
+        bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{tokens_per_step / elapsed:.0f}")
         bar.update(1)
         if step % checkpoint_every == 0 or step == stage.steps:
             if all(torch.isfinite(p).all() for p in params):
-                _save(stage, optimizer, scheduler, step, run)
+                if main:
+                    _save(stage, optimizer, scheduler, step, run)
                 last_good = step
     bar.close()
 
@@ -161,14 +174,25 @@ def _save(stage: Stage, optimizer, scheduler, step: int, run: RunDir) -> None:
     atomic_save(tensors, run.checkpoint, meta)
 
 
-def _resume(stage: Stage, optimizer, scheduler, run: RunDir) -> int:
+def _read_checkpoint(stage: Stage, run: RunDir) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The checkpoint's tensors and metadata if it belongs to ``stage``, else None."""
     if not run.checkpoint.is_file():
-        return 0
+        return None
     tensors, meta = load_checked(run.checkpoint)
     if meta.get("stage") != stage.name:
+        return None
+    return tensors, meta
+
+
+def _resume(stage: Stage, optimizer, scheduler, checkpoint: tuple[dict[str, torch.Tensor], dict] | None,
+            source: os.PathLike | str) -> int:
+    """Load ``checkpoint`` (from :func:`_read_checkpoint` of ``source``) into the stage; returns the step
+    to go on from."""
+    if checkpoint is None:
         return 0
+    tensors, meta = checkpoint
     params = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
-    copy_params(stage.params, params, run.checkpoint)
+    copy_params(stage.params, params, source)
     restore_optimizer(optimizer, tensors, meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     if scheduler.base_lrs != [stage.lr] * len(scheduler.base_lrs):  # a new learning rate (resume after a NaN stop)
