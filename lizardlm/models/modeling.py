@@ -3,8 +3,9 @@
 For each supported teacher architecture ``X`` there is ``LizardXConfig`` (the teacher's config
 plus a ``lizard`` dict holding a :class:`~lizardlm.config.LizardConfig`, ``model_type``
 ``lizard_x``) and ``LizardXForCausalLM`` (the teacher's class with Lizard attention in every
-layer not listed in ``softmax_layers``). Both are registered with the ``Auto*`` classes when
-:mod:`lizardlm` is imported, so ``AutoModelForCausalLM.from_pretrained(dir)`` loads them.
+layer not listed in ``softmax_layers``). Both are registered with the ``Auto*`` classes when this
+module is imported (any use of a Lizard model does), so ``AutoModelForCausalLM.from_pretrained(dir)``
+loads them; a saved model also loads without it, through ``trust_remote_code`` (:mod:`lizardlm.remote`).
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ def register_auto_classes() -> None:
     for arch in ARCHITECTURES.values():
         AutoConfig.register(arch.config_class.model_type, arch.config_class, exist_ok=True)
         AutoModelForCausalLM.register(arch.config_class, arch.model_class, exist_ok=True)
+
+
+register_auto_classes()
 
 
 def is_lizard_model(model: object) -> bool:
