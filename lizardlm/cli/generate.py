@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.convert and not is_lizard_model(model):
         model = lizardlm.convert(model, lizard_config_from_args(args))
     if tokenizer is None:
-        raise CheckpointError(f"{args.model} has no tokenizer to encode the prompt with")
+        raise CheckpointError(f"{args.model} has no tokenizer to encode the prompt with: save one next to the model (tokenizer.save_pretrained)")
     if not args.raw and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True

@@ -10,8 +10,12 @@ loads them; a saved model also loads without it, through ``trust_remote_code`` (
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,9 +34,11 @@ from transformers import (
 
 from lizardlm.cache import CACHE_KWARG, LizardCache, given_cache
 from lizardlm.config import LizardConfig
+from lizardlm.errors import UnsupportedInputError
 from lizardlm.layers import LizardAttention
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+REMOTE_CODE = Path(__file__).with_name("modeling_lizard.py")
 
 
 class LizardModelMixin:
@@ -70,6 +76,12 @@ class LizardModelMixin:
         if isinstance(module, LizardAttention):  # after its children got the generic init
             module.reset_lizard_parameters()
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``, plus the remote code (:mod:`lizardlm.models.modeling_lizard`)
+        and ``auto_map`` that let transformers load the directory with ``trust_remote_code=True``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(save_directory, type(self))
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not create a DynamicCache: forward creates a LizardCache
@@ -78,7 +90,7 @@ class LizardModelMixin:
         """Like the teacher's forward; a :class:`LizardCache` is made only when ``use_cache=True`` is
         passed (``generate`` does): plain scoring calls keep the fast stateless (Triton) path. The
         cache may come as ``cache`` or ``past_key_values`` (the name changed in transformers 5.24)."""
-        cache = given_cache(past_key_values, cache)
+        cache = _checked_cache(given_cache(past_key_values, cache))
         use_cache = bool(use_cache) or cache is not None
         if use_cache and cache is None:
             cache = LizardCache.for_model(self)
@@ -91,6 +103,29 @@ class LizardModelMixin:
         )
 
 
+def write_remote_code(directory: str | os.PathLike, model_class: type) -> None:
+    """Copy the remote-code file into ``directory`` and name its classes in ``config.json``'s ``auto_map``."""
+    directory = Path(directory)
+    shutil.copyfile(REMOTE_CODE, directory / REMOTE_CODE.name)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    module = REMOTE_CODE.stem
+    config["auto_map"] = {
+        "AutoConfig": f"{module}.{model_class.config_class.__name__}",
+        "AutoModelForCausalLM": f"{module}.{model_class.__name__}",
+    }
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _checked_cache(cache: object) -> LizardCache | None:
+    """A Lizard model keeps constant-size states, not keys and values: any other cache is refused."""
+    if cache is None or isinstance(cache, LizardCache):
+        return cache
+    raise UnsupportedInputError(
+        f"a Lizard model cannot use a {type(cache).__name__}: pass lizardlm.LizardCache.for_model(model), or no cache"
+    )
+
+
 def _checked_attention_mask(attention_mask: torch.Tensor | None) -> None:
     """Lizard layers are causal by construction; padding is only allowed at the end of a row.
 
@@ -101,9 +136,10 @@ def _checked_attention_mask(attention_mask: torch.Tensor | None) -> None:
         return None
     seen_pad = (attention_mask == 0).cumsum(-1) > 0
     if bool((seen_pad & (attention_mask != 0)).any()):
-        raise ValueError(
-            "Lizard models do not support left (or middle) padding yet: pad on the right, "
-            "or run prompts of different lengths one at a time"
+        raise UnsupportedInputError(
+            "Lizard models do not support left (or middle) padding: generate prompts of different lengths one at "
+            "a time (batch size 1) or group prompts of equal length; to score a batch, pad on the right "
+            "(tokenizer.padding_side = 'right')"
         )
     return None
 
