@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lizardlm.progress import progress  # noqa: F401  (the eval modules import it from here)
+
 import contextlib
 import inspect
 from collections.abc import Iterator
@@ -90,13 +92,6 @@ def skip_length(rec: dict) -> Iterator[None]:
             raise
         free_memory()
         rec["status"] = OOM_SKIP
-
-
-def progress(iterable: Iterable | None = None, *, enable: bool = True, **kwargs: Any):
-    """A tqdm progress bar (a no-op wrapper when ``enable`` is false)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, disable=not enable, dynamic_ncols=True, **kwargs)
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

@@ -45,13 +45,14 @@ def perplexity(
     progress: bool = True,
     max_windows: int | None = None,
     drop_last: bool = False,
+    desc: str = "perplexity",
 ) -> dict:
     """Perplexity of ``model`` on a text (or token ids) in non-overlapping windows.
 
     Returns ``{"nll", "ppl", "tokens", "windows", "window"}`` where ``nll`` is the mean negative
     log-likelihood per predicted token (nats), ``ppl = exp(nll)`` and ``tokens`` is the number of
     predicted tokens (each window of n tokens predicts n-1). ``max_windows`` keeps only the first
-    windows (for quick runs).
+    windows (for quick runs). ``desc`` labels the progress bar.
     """
     if window < 2:
         raise ValueError("window must be >= 2")
@@ -73,7 +74,7 @@ def perplexity(
 
     total = 0.0
     count = 0
-    bar = _progress_bar(len(windows), progress, "perplexity")
+    bar = _progress_bar(len(windows), progress, desc)
     for b in batches:
         nll = _token_nll(model, b)
         total += float(nll.double().sum())

@@ -76,6 +76,11 @@ class LizardModelMixin:
         if isinstance(module, LizardAttention):  # after its children got the generic init
             module.reset_lizard_parameters()
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """transformers' deprecated name, which peft still reads: answered without its FutureWarning."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``, plus the remote code (:mod:`lizardlm.models.modeling_lizard`)
         and ``auto_map`` that let transformers load the directory with ``trust_remote_code=True``."""

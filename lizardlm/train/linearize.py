@@ -12,12 +12,12 @@ import torch
 import transformers
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
-from tqdm.auto import tqdm
 
 import lizardlm
 from lizardlm.convert import check_convertible, convert
 from lizardlm.errors import LizardError
 from lizardlm.layers import attention_transfer
+from lizardlm.progress import progress
 from lizardlm.train.checkpoint import atomic_save, load_checked
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
@@ -35,21 +35,21 @@ def pick_device(name: str) -> str:
     return name
 
 
-def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
+def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator, desc: str = "val perplexity") -> float:
     """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window)."""
     from lizardlm.eval.perplexity import perplexity
 
     with accelerator.autocast():
-        return perplexity(model, None, rows.reshape(-1), window=rows.shape[1], batch_size=batch_size)["nll"]
+        return perplexity(model, None, rows.reshape(-1), window=rows.shape[1], batch_size=batch_size, desc=desc)["nll"]
 
 
 @torch.no_grad()
-def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> list[float]:
+def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator, desc: str = "val attention MSE") -> list[float]:
     """Per-layer validation MSE between Lizard and teacher attention outputs."""
     sums: list[float] = []
     batches = 0
     with attention_transfer(model) as layers:
-        for start in tqdm(range(0, rows.shape[0], batch_size), desc="val mse", leave=False):
+        for start in progress(range(0, rows.shape[0], batch_size), desc=desc, leave=False):
             with accelerator.autocast():
                 model.model(input_ids=rows[start : start + batch_size].to(accelerator.device), use_cache=False)
             losses = [layer.transfer_loss.item() for layer in layers]
@@ -126,10 +126,11 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     )
 
     if "teacher_val_loss" not in results:
-        results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
+        results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "teacher: val perplexity")
     model = convert(model, settings.lizard_config())
     if "stage1_val_mse_init" not in results:
-        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
+        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                                      "converted: val attention MSE")
         run.write_manifest(manifest)
 
     # Stage 1: attention transfer, only the Lizard parameters train.
@@ -142,12 +143,14 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
         for p in lizard_params.values():
             p.requires_grad_(True)
         model.train()
-        stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model))
+        stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
+                      label="stage 1/2: attention transfer")
         run_stage(stage, splits.train, **train_kw)
         model.eval()
         atomic_save(lizard_params, run.lizard_weights)
-        results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
-        results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
+        results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                                 "stage 1: val attention MSE")
+        results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "stage 1: val perplexity")
         results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
         manifest["completed"].append("stage1")
         run.write_manifest(manifest)
@@ -165,13 +168,14 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     if "stage2" not in manifest["completed"]:
         t0 = time.perf_counter()
         peft_model.train()
-        stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model))
+        stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model),
+                      label="stage 2/2: LoRA")
         run_stage(stage, splits.train, **train_kw)
         peft_model.eval()
-        peft_model.save_pretrained(str(run.adapter))
+        peft_model.save_pretrained(str(run.adapter), save_embedding_layers=False)  # embeddings are not trained
         if settings.stage2_train_lizard:
             atomic_save(lizard_params, run.lizard_weights)
-        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
+        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator, "stage 2: val perplexity")
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         manifest["completed"].append("stage2")
         run.write_manifest(manifest)
