@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from lizardlm.data import packing
-from lizardlm.data.sources import Document
+from lizardlm.data.sources import Document, load_documents
 
 TEXT = (Path(__file__).parent / "fixtures" / "wikitext_slice.txt").read_text(encoding="utf-8")
 
@@ -58,6 +58,7 @@ def test_build_splits_is_unchanged_for_data_that_fits_the_pool(tiny_tokenizer, t
     corpus = tmp_path / "small.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     splits = packing.build_splits(str(corpus), tiny_tokenizer, 32, train_tokens=256, val_tokens=64, seed=3)
-    rows = whole_documents([TEXT], tiny_tokenizer, 32)  # the whole corpus, as before streaming
+    docs = [doc.text for doc in load_documents(str(corpus))]
+    rows = whole_documents(docs, tiny_tokenizer, 32)  # the whole corpus, as before streaming
     order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(3))
     assert torch.equal(splits.val, rows[order[:2]]) and torch.equal(splits.train, rows[order[2:10]])
