@@ -99,7 +99,7 @@ def linearize(path: Path) -> str:
     lead = next(iter(modes))
     header = ["teacher"] + list(modes)
     rows = [
-        f"Linearization of the embedded teacher, {d['device']} (`{path.name}`): preset {d['preset']}, "
+        f"Linearization of the embedded teacher {d['teacher']}, {d['device']} (`{path.name}`): preset {d['preset']}, "
         f"{d['stage1_tokens'] / 2**20:.0f}M + {d['stage2_tokens'] / 2**20:.0f}M tokens (stage 1 + stage 2) of {d['data']}.",
         "",
         "| metric | " + " | ".join(header) + " |",
@@ -125,9 +125,12 @@ def linearize(path: Path) -> str:
                 + f"{s[lead]['teacher_val_ppl']:.2f} | " + " | ".join(f"{s[m]['student_val_ppl']:.2f}" for m in modes) + " |")
     rows.append("| wall time stage 1 + stage 2 (s) | – | "
                 + " | ".join(f"{s[m]['stage1_seconds']:.0f} + {s[m]['stage2_seconds']:.0f}" for m in modes) + " |")
-    flags = [f"`{m}` = `lizardlm linearize --preset gpu {e['flags']}`" for m, e in modes.items() if e.get("flags")]
-    if flags:
-        rows += ["", "Accuracy cells show (recovery % of the teacher). Runs: " + "; ".join(flags) + "."]
+    budget = f"--stage1-tokens {d['stage1_tokens']} --stage2-tokens {d['stage2_tokens']}"
+    runs = [f"`{m}` = `lizardlm linearize --preset {d['preset']} {budget} {e.get('flags') or '--mode ' + m} --out runs/{m}`"
+            for m, e in modes.items()]
+    rows += ["", "Accuracy cells show (recovery % of the teacher). Runs: " + "; ".join(runs) + "; each then "
+             f"`lizardlm eval --model runs/NAME --teacher smollm2-135m --tasks {d['eval_tasks']} --device cuda "
+             "--passkey-lengths 1024,2048,4096,8192,16384 --passkey-trials 5`."]
     return "\n".join(rows)
 
 
