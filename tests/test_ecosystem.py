@@ -95,3 +95,33 @@ def test_left_padded_batch_generation_is_refused_naming_the_way_out():
     mask[0, :5] = 0
     with pytest.raises(LizardError, match="one at a time"):
         model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
+
+
+def test_a_run_adapter_is_self_contained_for_auto_peft(tmp_path, tiny_llama, tiny_tokenizer):
+    """The adapter names the run directory as its base: AutoPeftModelForCausalLM rebuilds teacher + the
+    trained Lizard parameters under it, in a fresh process, matching ``lizardlm.load(run)``."""
+    from lizardlm.train import TrainSettings, linearize
+
+    teacher = tmp_path / "teacher"
+    tiny_llama.save_pretrained(teacher)
+    tiny_tokenizer.save_pretrained(teacher)
+    data = tmp_path / "train.txt"
+    data.write_text((ROOT / "tests" / "fixtures" / "wikitext_slice.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    settings = TrainSettings(teacher=str(teacher), data=str(data), seq_len=32, batch_size=2, stage1_tokens=32 * 2 * 3,
+                             stage2_tokens=32 * 2 * 3, val_tokens=64, stage2_lr=1e-2, device="cpu",
+                             lizard={"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8})
+    linearize(settings, tmp_path / "run")
+    ids = IDS % len(tiny_tokenizer)
+    with torch.no_grad():
+        expected = lizardlm.load(tmp_path / "run")(ids).logits
+    code = f"""
+import torch
+from peft import AutoPeftModelForCausalLM
+from safetensors.torch import save_file
+model = AutoPeftModelForCausalLM.from_pretrained({str(tmp_path / 'run' / 'adapter')!r}, trust_remote_code=True)
+with torch.no_grad():
+    save_file({{"logits": model(torch.tensor({ids.tolist()})).logits.contiguous()}}, {str(tmp_path / 'peft.safetensors')!r})
+"""
+    done = run_fresh(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert torch.allclose(load_file(tmp_path / "peft.safetensors")["logits"], expected, atol=1e-4)

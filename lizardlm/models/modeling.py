@@ -81,6 +81,18 @@ class LizardModelMixin:
         """transformers' deprecated name, which peft still reads: answered without its FutureWarning."""
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; a lizardlm run directory gives the teacher with the trained
+        Lizard parameters, the base its ``adapter/`` applies to (``AutoPeftModelForCausalLM`` loads it so)."""
+        path = Path(str(pretrained_model_name_or_path))
+        if (path / "run.json").is_file():
+            from lizardlm.train.rundir import load_run
+
+            dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+            return load_run(path, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32, adapter=False)[0]
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``, plus the remote code (:mod:`lizardlm.models.modeling_lizard`)
         and ``auto_map`` that let transformers load the directory with ``trust_remote_code=True``."""

@@ -75,6 +75,21 @@ def _lm_loss_fn(model):
     return loss_fn
 
 
+def save_adapter(peft_model, run: RunDir) -> None:
+    """Save the LoRA adapter so that it names its real base: the run directory, which gets the Lizard
+    ``config.json`` and remote code, so ``AutoPeftModelForCausalLM.from_pretrained(run/adapter,
+    trust_remote_code=True)`` rebuilds teacher + Lizard parameters under it (not the plain teacher)."""
+    from lizardlm.models.modeling import write_remote_code
+
+    base = peft_model.get_base_model()
+    config = peft_model.peft_config["default"]
+    config.base_model_name_or_path = str(run.path.resolve())
+    config.task_type = "CAUSAL_LM"  # loaded through AutoModelForCausalLM (else peft imports our class by name)
+    peft_model.save_pretrained(str(run.adapter), save_embedding_layers=False)  # embeddings are not trained
+    base.config.save_pretrained(str(run.path))
+    write_remote_code(run.path, type(base))
+
+
 def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
@@ -172,7 +187,7 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
                       label="stage 2/2: LoRA")
         run_stage(stage, splits.train, **train_kw)
         peft_model.eval()
-        peft_model.save_pretrained(str(run.adapter), save_embedding_layers=False)  # embeddings are not trained
+        save_adapter(peft_model, run)
         if settings.stage2_train_lizard:
             atomic_save(lizard_params, run.lizard_weights)
         results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator, "stage 2: val perplexity")

@@ -91,9 +91,10 @@ def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             adapter: bool = True):
     """Rebuild a trained Lizard model from a run directory: teacher + trained Lizard parameters
-    + merged LoRA. Returns ``(model, tokenizer)``."""
+    + merged LoRA (unless ``adapter`` is False: the base the adapter applies to). Returns ``(model, tokenizer)``."""
     from lizardlm.convert import convert
     from lizardlm.teachers import TeacherRef, load_teacher
 
@@ -106,7 +107,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     if run.lizard_weights.is_file():
         tensors, _ = load_checked(run.lizard_weights)
         load_lizard_state(model, tensors, source=run.lizard_weights)
-    if (run.adapter / "adapter_config.json").is_file():
+    if adapter and (run.adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(run.adapter)).merge_and_unload()
