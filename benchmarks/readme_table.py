@@ -99,7 +99,7 @@ def linearize(path: Path) -> str:
     lead = next(iter(modes))
     header = ["teacher"] + list(modes)
     rows = [
-        f"Linearization of the embedded teacher, {d['device']} (`{path.name}`): preset {d['preset']}, "
+        f"Linearization of the embedded teacher {d['teacher']}, {d['device']} (`{path.name}`): preset {d['preset']}, "
         f"{d['stage1_tokens'] / 2**20:.0f}M + {d['stage2_tokens'] / 2**20:.0f}M tokens (stage 1 + stage 2) of {d['data']}.",
         "",
         "| metric | " + " | ".join(header) + " |",
@@ -125,9 +125,12 @@ def linearize(path: Path) -> str:
                 + f"{s[lead]['teacher_val_ppl']:.2f} | " + " | ".join(f"{s[m]['student_val_ppl']:.2f}" for m in modes) + " |")
     rows.append("| wall time stage 1 + stage 2 (s) | – | "
                 + " | ".join(f"{s[m]['stage1_seconds']:.0f} + {s[m]['stage2_seconds']:.0f}" for m in modes) + " |")
-    flags = [f"`{m}` = `lizardlm linearize --preset gpu {e['flags']}`" for m, e in modes.items() if e.get("flags")]
-    if flags:
-        rows += ["", "Accuracy cells show (recovery % of the teacher). Runs: " + "; ".join(flags) + "."]
+    budget = f"--stage1-tokens {d['stage1_tokens']} --stage2-tokens {d['stage2_tokens']}"
+    runs = [f"`{m}` = `lizardlm linearize --preset {d['preset']} {budget} {e.get('flags') or '--mode ' + m} --out runs/{m}`"
+            for m, e in modes.items()]
+    rows += ["", "Accuracy cells show (recovery % of the teacher). Runs: " + "; ".join(runs) + "; each then "
+             f"`lizardlm eval --model runs/NAME --teacher smollm2-135m --tasks {d['eval_tasks']} --device cuda "
+             "--passkey-lengths 1024,2048,4096,8192,16384 --passkey-trials 5`."]
     return "\n".join(rows)
 
 
@@ -168,6 +171,58 @@ def decode(path: Path) -> str:
     return "\n".join(rows)
 
 
+PRESET_METRICS = (("piqa", "acc", "PIQA acc"), ("arc_easy", "acc", "ARC-e acc"), ("arc_challenge", "acc_norm", "ARC-c acc_norm"),
+                  ("hellaswag", "acc_norm", "HellaSwag acc_norm"), ("winogrande", "acc", "WinoGrande acc"),
+                  ("mmlu", "acc", "MMLU 5-shot acc"))
+
+
+def preset_runs(path: Path) -> str:
+    """Runs of ``linearize_gpu.py`` whose evaluations ran as task groups (e.g. ``--preset paper``)."""
+    d = json.loads(path.read_text())
+    runs = {name: e for name, e in d["modes"].items() if e.get("status") == "done"}
+    scores: dict[str, dict] = {}
+    for name, e in runs.items():
+        for group in e["eval"]["groups"]:
+            for task, by_model in group["tasks"].items():
+                scores.setdefault(name, {})[task] = next(iter(by_model.values()))
+    names = ["teacher"] + [n for n in runs if n != "teacher"]
+    flags = {n: runs[n]["flags"] for n in names if n != "teacher"}
+    rows = [
+        f"Linearization of the embedded teacher, {d['device']} (`{path.name}`): `lizardlm linearize --preset "
+        f"{d['preset']}` ({d['data']} data) at {d['stage1_tokens'] / 2**20:.0f}M + {d['stage2_tokens'] / 2**20:.0f}M "
+        "tokens (stage 1 + stage 2); runs: " + ", ".join(f"`{n}` = `{f}`" for n, f in flags.items())
+        + "; evaluated with `lizardlm eval` on the full local splits, bf16. Scores in %, stderr in brackets; "
+        "(recovery vs teacher).",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    val = {n: runs[n]["summary"] for n in names if n != "teacher"}
+    teacher_ppl = next(iter(val.values()))["teacher_val_ppl"] if val else None
+    rows.append("| held-out Alpaca val perplexity | " + " | ".join(
+        f"{teacher_ppl:.2f}" if n == "teacher" else f"{val[n]['student_val_ppl']:.2f}" for n in names) + " |")
+    for task, metric, label in PRESET_METRICS:
+        cells = []
+        for n in names:
+            r = scores.get(n, {}).get(task, {})
+            if r.get("status") != "ok":
+                cells.append(r.get("status", "–"))
+                continue
+            x, se = 100 * r["metrics"][metric], 100 * r["metrics"].get(f"{metric}_stderr", 0.0)
+            t = scores["teacher"].get(task, {}).get("metrics", {}).get(metric)
+            rec = f" ({x / (100 * t):.0%})" if n != "teacher" and t else ""
+            cells.append(f"{x:.1f} ({se:.1f}){rec}")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    lengths = sorted({int(k.split("@")[1]) for n in names for k in scores.get(n, {}).get("passkey", {}).get("metrics", {})})
+    for L in lengths:
+        cells = [f"{scores[n]['passkey']['metrics'].get(f'acc @ {L}', float('nan')):.2f}" for n in names]
+        rows.append(f"| passkey acc @ {L} ({scores[names[0]]['passkey']['details']['lengths'][0]['n']} trials) | "
+                    + " | ".join(cells) + " |")
+    rows.append("| stage 1 + stage 2 minutes | – | " + " | ".join(
+        f"{(val[n]['stage1_seconds'] + val[n]['stage2_seconds']) / 60:.1f}" for n in names if n != "teacher") + " |")
+    return "\n".join(rows)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -189,6 +244,8 @@ def main() -> None:
         parts.append(scale(path))
     for path in sorted(RESULTS.glob("linearize-*.json")):
         parts.append(linearize(path))
+    for path in sorted(RESULTS.glob("paper-preset-*.json")):
+        parts.append(preset_runs(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
         parts.append(decode(path))
     for path in sorted(RESULTS.glob("cpu-demo-*.json")):

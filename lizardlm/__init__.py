@@ -2,22 +2,23 @@
 
     import lizardlm
     model = lizardlm.convert(teacher, lizardlm.LizardConfig(window_size=64))
+
+Names are imported on first use (``import lizardlm`` and the CLI stay fast); using any model class
+registers the Lizard types with transformers' ``Auto*`` classes.
 """
 
-from lizardlm.cache import LizardCache
-from lizardlm.config import LizardConfig
-from lizardlm.convert import convert
-from lizardlm.loading import load, load_any
-from lizardlm.models import register_auto_classes
-
-register_auto_classes()
+from lizardlm._lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["LizardCache", "LizardConfig", "__version__", "convert", "load", "load_any", "load_teacher"]
+__all__ = ["LizardCache", "LizardConfig", "__version__", "convert", "load", "load_any", "load_teacher",
+           "register_auto_classes"]
 
-
-def load_teacher(name_or_path: str, **kwargs):
-    """``(model, tokenizer)`` of a teacher: see :func:`lizardlm.teachers.load_teacher`."""
-    from lizardlm.teachers import load_teacher as _load_teacher
-
-    return _load_teacher(name_or_path, **kwargs)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "LizardCache": "lizardlm.cache",
+    "LizardConfig": "lizardlm.config",
+    "convert": "lizardlm.convert",
+    "load": "lizardlm.loading",
+    "load_any": "lizardlm.loading",
+    "load_teacher": "lizardlm.teachers",
+    "register_auto_classes": "lizardlm.models.modeling",
+})

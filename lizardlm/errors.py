@@ -23,3 +23,7 @@ class CheckpointError(LizardError):
 
 class TrainingError(LizardError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
+
+
+class UnsupportedInputError(LizardError, ValueError):
+    """A model input Lizard layers cannot take (a foreign cache, left padding)."""

@@ -31,7 +31,8 @@ def pair():
 def results(pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     tasks = ["wikitext2", "tinyshakespeare", "piqa", "hellaswag", "mqar", "passkey", "position_ppl"]
-    res = evaluate(pair, tasks, out_dir=out, data_dir=DATA_DIR, **SMALL)
+    absent = {"tinyshakespeare": str(DATA_DIR / "tinyshakespeare" / "input.txt")}  # explicit: no sample fallback
+    res = evaluate(pair, tasks, out_dir=out, data_dir=DATA_DIR, data_paths=absent, **SMALL)
     return res, out
 
 
@@ -154,20 +155,42 @@ def test_cli_rejects_unknown_task(model_dir, capsys):
     assert "unknown task(s) bogus" in capsys.readouterr().err
 
 
-def test_loader_falls_back_to_load_teacher(model_dir, monkeypatch):
-    import lizardlm
+def test_cli_falls_back_to_the_shipped_samples(model_dir, tmp_path, capsys):
+    from lizardlm.cli import main
+
+    rc = main(["eval", "--model", str(model_dir), "--tasks", "wikitext2_valid,tinyshakespeare", "--data-dir", str(tmp_path),
+               "--limit", "1", "--window", "64", "--out", str(tmp_path / "out"), "--no-plots", "--no-progress"])
+    assert rc == 0
+    data = json.loads((tmp_path / "out" / "eval.json").read_text())
+    for task in ("wikitext2_valid", "tinyshakespeare"):
+        entry = data["tasks"][task]["model"]
+        assert entry["status"] == "ok" and entry["sample"] and "lizardlm/data/samples" in entry["path"]
+    assert "small sample shipped with lizardlm" in capsys.readouterr().out
+
+
+def test_cli_fails_when_no_task_ran(model_dir, tmp_path, capsys):
+    from lizardlm.cli import main
+
+    rc = main(["eval", "--model", str(model_dir), "--tasks", "wikitext2,hellaswag", "--data-dir", str(tmp_path),
+               "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 1
+    assert "no task ran" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--task-data", "--data-dir", "--out"])
+def test_cli_checks_paths_before_loading(flag, model_dir, tmp_path, capsys, monkeypatch):
     from lizardlm.cli import eval as cli_eval
+    from lizardlm.cli import main
 
-    calls = []
-    import lizardlm.teachers as teachers
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the paths were checked")
 
-    real = teachers.load_teacher
-
-    def spy(spec, **kw):
-        calls.append(spec)
-        return real(spec, **kw)
-
-    monkeypatch.delattr(lizardlm, "load_any", raising=False)
-    monkeypatch.setattr(teachers, "load_teacher", spy)
-    model, tok = cli_eval.load_model_for_eval(str(model_dir))
-    assert calls == [str(model_dir)] and tok is not None and not model.training
+    monkeypatch.setattr(cli_eval, "load_model_for_eval", no_load)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = {"--task-data": ["--task-data", f"piqa={tmp_path / 'missing'}"], "--data-dir": ["--data-dir", str(tmp_path / "missing")],
+           "--out": ["--out", str(blocker / "out")]}[flag]
+    rc = main(["eval", "--model", str(model_dir), "--tasks", "piqa", *bad, "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lizardlm: error:") and len(err.strip().splitlines()) == 1

@@ -30,5 +30,6 @@ def main(argv: list[str] | None = None) -> int:
         print("lizardlm: error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
-        print("lizardlm: interrupted", file=sys.stderr)
+        hint = " (run the same command with --resume to continue from the last checkpoint)" if args.command == "linearize" else ""
+        print(f"lizardlm: interrupted{hint}", file=sys.stderr)
         return 130

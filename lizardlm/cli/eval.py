@@ -12,12 +12,12 @@ position) into ``--out`` (default: ``RUN_DIR/eval`` when ``--model`` is a direct
 from __future__ import annotations
 
 import argparse
-import inspect
+import os
 import sys
 from pathlib import Path
 
-from lizardlm.errors import CheckpointError, LizardError
 from lizardlm.cli.common import positive_int
+from lizardlm.errors import CheckpointError, DataError, LizardError
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
 TASKS_HELP = (
@@ -63,7 +63,9 @@ def add_parser(subparsers) -> None:
         help="evaluate a model (perplexity, benchmarks, MQAR, passkey) against its teacher",
         description="Evaluate a Lizard run/model or a teacher; with --teacher, both side by side with recovery %. "
         "Benchmark files are read from the data directory (--data-dir, $LIZARDLM_DATA_DIR, ../shared/data or "
-        "./shared/data); missing sets are reported as absent.",
+        "./shared/data; layout in lizardlm.eval.data); wikitext2_valid and tinyshakespeare fall back to the samples "
+        "shipped with lizardlm; mqar and passkey need no files; other missing sets are reported as absent, and the "
+        "command fails when no task ran.",
     )
     p.add_argument("--model", required=True, help="run dir, saved Lizard model dir, or teacher name/path (e.g. smollm2-135m)")
     p.add_argument("--teacher", default=None, help="teacher name/path to evaluate alongside (column 'teacher')")
@@ -108,36 +110,33 @@ def add_parser(subparsers) -> None:
 
 
 def load_model_for_eval(spec: str, device: str = "cpu", dtype=None):
-    """``(model, tokenizer)`` for a run dir / saved Lizard model / teacher name or path: through
-    ``lizardlm.load_any`` when the package has it, else ``lizardlm.teachers.load_teacher``."""
+    """``(model, tokenizer)`` in eval mode for a run dir / saved Lizard model / teacher name or path."""
     import torch
 
-    import lizardlm
+    from lizardlm.loading import load_any
 
-    dtype = dtype or torch.float32
-    loader = getattr(lizardlm, "load_any", None)
-    if loader is None:
-        try:
-            from lizardlm.teachers import load_teacher as loader
-        except ImportError as err:
-            raise LizardError(f"cannot load {spec!r}: no model loader available ({err})") from err
-    try:
-        params = inspect.signature(loader).parameters
-    except (TypeError, ValueError):
-        params = {}
-    kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if k in params}
-    model, tokenizer = loader(spec, **kw)
-    if "dtype" not in kw:
-        model = model.to(dtype)
-    if "device" not in kw:
-        model = model.to(device)
-    model.eval()
-    return model, tokenizer
+    model, tokenizer = load_any(spec, device=device, dtype=dtype or torch.float32)
+    return model.eval(), tokenizer
 
 
 def default_out_dir(model_spec: str) -> Path:
     p = Path(model_spec).expanduser()
     return p / "eval" if p.is_dir() else Path("eval-out")
+
+
+def check_paths(args: argparse.Namespace, out_dir: Path) -> None:
+    """Before any model loads: explicit data paths exist, and the output directory can be written."""
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise DataError(f"--data-dir {args.data_dir}: no such directory")
+    for task, path in args.task_data:
+        if not Path(path).expanduser().exists():
+            raise DataError(f"--task-data {task}={path}: no such file or directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LizardError(f"cannot create output directory {out_dir}: {err.strerror or err}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise LizardError(f"output directory {out_dir} is not writable")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     passkey_lengths = args.passkey_lengths or _int_list(GPU_PASSKEY_LENGTHS if on_gpu else CPU_PASSKEY_LENGTHS)
     budget = args.passkey_time_budget if args.passkey_time_budget is not None else (None if on_gpu else 900.0)
     out_dir = Path(args.out) if args.out else default_out_dir(args.model)
+    check_paths(args, out_dir)
 
     models = {}
     sources = {}
@@ -206,6 +206,10 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(results))
     print("wrote " + ", ".join(paths.values()), file=sys.stderr)
     failed = [t for t, per in results["tasks"].items() if any(e.get("status") == "error" for e in per.values())]
+    if not any(e.get("status") == "ok" for per in results["tasks"].values() for e in per.values()):
+        print("lizardlm eval: no task ran (see the notes above): give --data-dir or --task-data, "
+              "or choose tasks that need no files (mqar, passkey, wikitext2_valid)", file=sys.stderr)
+        return 1
     if failed:
         print(f"lizardlm eval: task(s) failed: {', '.join(failed)} (see eval.json)", file=sys.stderr)
         return 1

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
-import torch
-from transformers import TextStreamer
-
-from lizardlm.cache import CACHE_KWARG, LizardCache
 from lizardlm.cli.common import (
     add_lizard_arguments,
     lizard_config_from_args,
@@ -17,7 +14,7 @@ from lizardlm.cli.common import (
     probability,
     seed,
 )
-from lizardlm.models import is_lizard_model
+from lizardlm.errors import CheckpointError, LizardError
 
 
 def add_parser(subparsers) -> None:
@@ -43,10 +40,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import TextStreamer
+
     import lizardlm
+    from lizardlm.cache import CACHE_KWARG, LizardCache
+    from lizardlm.models import is_lizard_model
 
     if args.cuda_graph and args.device != "cuda":
-        raise lizardlm.errors.LizardError("--cuda-graph needs --device cuda (CUDA graphs record GPU kernels)")
+        raise LizardError("--cuda-graph needs --device cuda (CUDA graphs record GPU kernels)")
     from lizardlm.devices import pick_device
 
     torch.manual_seed(args.seed)
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.convert and not is_lizard_model(model):
         model = lizardlm.convert(model, lizard_config_from_args(args))
     if tokenizer is None:
-        raise lizardlm.errors.CheckpointError(f"{args.model} has no tokenizer to encode the prompt with")
+        raise CheckpointError(f"{args.model} has no tokenizer to encode the prompt with: save one next to the model (tokenizer.save_pretrained)")
     if not args.raw and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True
@@ -63,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
         text = args.prompt
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw).input_ids.to(args.device)
     if ids.shape[1] == 0:
-        raise lizardlm.errors.LizardError("the prompt is empty (no tokens to start from): give a --prompt with text")
+        raise LizardError("the prompt is empty (no tokens to start from): give a --prompt with text")
     sample = args.temperature > 0
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     if args.cuda_graph:
         return _generate_graphed(model, ids, args, streamer, tokenizer.eos_token_id)
     cache = LizardCache.for_model(model) if is_lizard_model(model) else None
+    started = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
             ids,
@@ -81,17 +84,21 @@ def run(args: argparse.Namespace) -> int:
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
             streamer=streamer,
         )
-    if cache is not None:
-        print(
-            f"[{type(model).__name__}: {out.shape[1]} tokens, cache {cache.nbytes() / 2**20:.2f} MiB "
-            "(constant in context length)]",
-            file=sys.stderr,
-        )
+    seconds = time.perf_counter() - started
+    memory = f", cache {cache.nbytes() / 2**20:.2f} MiB (constant in context length)" if cache is not None else ""
+    print(f"[{type(model).__name__}: {_counts(ids.shape[1], out.shape[1], seconds)}{memory}]", file=sys.stderr)
     return 0
 
 
-def _generate_graphed(model, ids: torch.Tensor, args: argparse.Namespace, streamer: TextStreamer, eos: int | None) -> int:
+def _counts(prompt: int, total: int, seconds: float) -> str:
+    """``"12 prompt + 64 new tokens, 9.1 new tokens/s"`` (the rate includes the prefill)."""
+    new = total - prompt
+    return f"{prompt} prompt + {new} new tokens in {seconds:.1f} s ({new / max(seconds, 1e-9):.1f} new tokens/s)"
+
+
+def _generate_graphed(model, ids, args: argparse.Namespace, streamer, eos: int | None) -> int:
     """Prefill, then decoding steps replayed as a CUDA graph (:mod:`lizardlm.graph_decode`)."""
+    import torch
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
     from lizardlm import graph_decode
@@ -104,9 +111,11 @@ def _generate_graphed(model, ids: torch.Tensor, args: argparse.Namespace, stream
         def sample(logits: torch.Tensor) -> torch.Tensor:
             return torch.multinomial(warp(None, logits.float()).softmax(-1), 1)
 
+    started = time.perf_counter()
     streamer.put(ids.cpu())
     out = graph_decode.generate(model, ids, args.max_new_tokens, sample, on_token=lambda t: streamer.put(t.cpu()),
                                 eos_token_id=eos)
     streamer.end()
-    print(f"[{type(model).__name__}: {out.shape[1]} tokens, decoding steps replayed as one CUDA graph]", file=sys.stderr)
+    counts = _counts(ids.shape[1], out.shape[1], time.perf_counter() - started)
+    print(f"[{type(model).__name__}: {counts}, decoding steps replayed as one CUDA graph]", file=sys.stderr)
     return 0

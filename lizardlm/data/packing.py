@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from lizardlm.data.sources import Document, load_documents
 from lizardlm.errors import DataError
+from lizardlm.progress import progress
 
 logger = logging.getLogger(__name__)
 
 BATCH_DOCS = 32
+BATCH_CHARS = 1_000_000
+PIECE_CHARS = 100_000
 PROGRESS_MIN_CHARS = 1_000_000
+POOL_MIN_TOKENS = 1 << 20
+"""Rows are drawn from the first ``max(POOL_MIN_TOKENS, tokens asked for)`` tokens of a corpus."""
 
 
 @dataclass
@@ -37,28 +41,26 @@ def pack_tokens(
 ) -> torch.Tensor:
     """Tokenize each document (no special tokens; a :class:`Document` with ``token_ids`` keeps its own),
     append eos after each, concatenate, and cut into
-    non-overlapping ``(N, seq_len)`` rows, dropping the remainder; stop after ``max_tokens`` tokens."""
+    non-overlapping ``(N, seq_len)`` rows, dropping the remainder; stop after ``max_tokens`` tokens.
+
+    Documents are tokenized in batches of at most ``BATCH_DOCS`` documents and ``BATCH_CHARS``
+    characters, and stop as soon as ``max_tokens`` are there, so memory follows ``max_tokens``, not
+    the corpus; a text longer than ``PIECE_CHARS`` is tokenized in pieces cut before a space (where
+    the byte-level pre-tokenizers split anyway)."""
     if seq_len < 1:
         raise DataError(f"seq_len must be >= 1, got {seq_len}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos token to separate documents")
-    texts = [doc.text if isinstance(doc, Document) else doc for doc in documents]
-    given = [doc.token_ids if isinstance(doc, Document) else None for doc in documents]
     chunks: list[torch.Tensor] = []
     total = 0
-    chars = sum(map(len, texts))
-    with tqdm(total=chars, desc="tokenizing", unit="char", unit_scale=True, disable=chars < PROGRESS_MIN_CHARS) as bar:
-        for start in range(0, len(texts), BATCH_DOCS):
-            batch = texts[start:start + BATCH_DOCS]
-            known = given[start:start + BATCH_DOCS]
-            todo = [text for text, ids in zip(batch, known) if ids is None]
-            fresh = iter(tokenizer(todo, add_special_tokens=False, verbose=False)["input_ids"] if todo else ())
-            for ids in known:
-                ids = torch.as_tensor(next(fresh) if ids is None else ids, dtype=torch.long)
-                chunks.append(torch.cat([ids, torch.tensor([eos])]))
-                total += ids.numel() + 1
-            bar.update(sum(map(len, batch)))
+    chars = sum(len(doc.text if isinstance(doc, Document) else doc) for doc in documents)
+    with progress(total=chars, desc="tokenizing", unit="char", unit_scale=True, enable=chars >= PROGRESS_MIN_CHARS) as bar:
+        for batch in _batches(_units(documents, eos)):
+            for ids in _encode(batch, tokenizer):
+                chunks.append(ids)
+                total += ids.numel()
+            bar.update(sum(len(unit) for unit in batch if isinstance(unit, str)))
             if max_tokens is not None and total >= max_tokens:
                 break
     tokens = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
@@ -68,6 +70,59 @@ def pack_tokens(
     if rows == 0:
         raise DataError(f"only {tokens.numel()} tokens of data, fewer than one row of seq_len {seq_len}")
     return tokens[: rows * seq_len].view(rows, seq_len)
+
+
+def _units(documents: Sequence[Document | str], eos: int) -> Iterator[str | torch.Tensor]:
+    """The corpus as a stream: pieces of text to tokenize, and token ids (a document's own, and eos
+    after each document), whose concatenation in order is the packed token stream."""
+    for doc in documents:
+        given = doc.token_ids if isinstance(doc, Document) else None
+        if given is not None:
+            yield torch.as_tensor(given, dtype=torch.long)
+        else:
+            yield from _pieces(doc.text if isinstance(doc, Document) else doc)
+        yield torch.tensor([eos])
+
+
+def _batches(units: Iterator[str | torch.Tensor]) -> Iterator[list[str | torch.Tensor]]:
+    """Consecutive units holding at most ``BATCH_DOCS`` texts and (unless one alone is longer)
+    ``BATCH_CHARS`` characters."""
+    batch: list[str | torch.Tensor] = []
+    texts = chars = 0
+    for unit in units:
+        size = len(unit) if isinstance(unit, str) else 0
+        if size and batch and (texts == BATCH_DOCS or chars + size > BATCH_CHARS):
+            yield batch
+            batch, texts, chars = [], 0, 0
+        batch.append(unit)
+        texts += bool(size)
+        chars += size
+    if batch:
+        yield batch
+
+
+def _encode(batch: list[str | torch.Tensor], tokenizer: Any) -> Iterator[torch.Tensor]:
+    """The token ids of each unit of ``batch`` in order (texts tokenized in one call, no special tokens)."""
+    texts = [unit for unit in batch if isinstance(unit, str)]
+    encoded = iter(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else ())
+    for unit in batch:
+        yield torch.as_tensor(next(encoded), dtype=torch.long) if isinstance(unit, str) else unit
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut into pieces of at most about ``PIECE_CHARS`` characters, each cut just before a
+    space that follows a non-space (a text without such spaces is cut at ``PIECE_CHARS``)."""
+    pieces = []
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        cut = text.rfind(" ", start + 1, start + PIECE_CHARS)
+        while cut > start and text[cut - 1].isspace():
+            cut = text.rfind(" ", start + 1, cut)
+        cut = cut if cut > start else start + PIECE_CHARS
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def build_splits(
@@ -81,8 +136,10 @@ def build_splits(
 ) -> PackedSplits:
     """Packed train and held-out validation rows of a data spec, split by a seeded permutation of rows.
 
-    Each split takes ``ceil(tokens / seq_len)`` rows (at least 1). Validation rows are drawn first, so
-    they do not change with ``train_tokens``. With less data than asked, the rows are shared in the
+    Each split takes ``ceil(tokens / seq_len)`` rows (at least 1), drawn from the rows of the first
+    ``max(POOL_MIN_TOKENS, rows asked for x seq_len)`` tokens (memory and time follow the budget, not
+    the corpus). Validation rows are drawn first, so they do not change with ``train_tokens`` (while
+    the corpus fits in the pool). With less data than asked, the rows are shared in the
     asked proportion, with a warning and ``meta["shortfall"] = True``. ``kw`` goes to ``load_documents``.
     A ``mix:`` spec packs each part to its weight (:mod:`lizardlm.data.mixture`).
     """
@@ -91,10 +148,11 @@ def build_splits(
 
         return build_mixture(spec, tokenizer, seq_len, train_tokens, val_tokens, seed, **kw)
     documents = load_documents(spec, tokenizer=tokenizer, **kw)
-    rows = pack_tokens(documents, tokenizer, seq_len)
-    available = rows.shape[0]
     want_val = max(1, math.ceil(val_tokens / seq_len))
     want_train = max(1, math.ceil(train_tokens / seq_len))
+    pool = max(POOL_MIN_TOKENS, (want_val + want_train) * seq_len)
+    rows = pack_tokens(documents, tokenizer, seq_len, max_tokens=pool)
+    available = rows.shape[0]
     if available < 2:
         raise DataError(
             f"data {spec!r} packs into {available} row of {seq_len} tokens; need at least 2 (1 train, 1 validation)"

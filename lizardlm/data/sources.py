@@ -117,9 +117,14 @@ def _named_set(name: str, allow_sample: bool, tokenizer: Any = None) -> list[Doc
             "shared data file %s not found; using the small sample shipped with lizardlm (set LIZARDLM_DATA_DIR)",
             SHARED_FILES[name],
         )
-        return _read_file(SAMPLES_DIR / SAMPLE_FILES[name], None)
+        return _read_file(sample_file(name), None)
     where = f"in {shared}" if shared is not None else "(no shared data directory; set LIZARDLM_DATA_DIR)"
     raise DataError(f"data set {name!r}: {SHARED_FILES[name]} not found {where}")
+
+
+def sample_file(name: str) -> Path:
+    """The sample of data set ``name`` shipped in the package (``wikitext2-valid``, ``tinyshakespeare``)."""
+    return SAMPLES_DIR / SAMPLE_FILES[name]
 
 
 def _load_path(spec: str, tokenizer: Any) -> list[Document]:

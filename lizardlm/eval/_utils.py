@@ -122,13 +122,6 @@ def split_on_oom(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> li
     return split_on_oom(fn, items[:half]) + split_on_oom(fn, items[half:])
 
 
-def progress(iterable: Iterable | None = None, *, enable: bool = True, **kwargs: Any):
-    """A tqdm progress bar (a no-op wrapper when ``enable`` is false)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, disable=not enable, dynamic_ncols=True, **kwargs)
-
-
 def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` without special tokens (no BOS/EOS)."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if callable(tokenizer) else list(

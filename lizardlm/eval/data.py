@@ -14,14 +14,20 @@ Layout (see :mod:`lizardlm.eval.tasks` for the multiple-choice file formats)::
     <data_dir>/hellaswag/validation.jsonl
     <data_dir>/winogrande/validation.jsonl
     <data_dir>/mmlu/test.jsonl + <data_dir>/mmlu/dev.jsonl
+
+``wikitext2_valid`` and ``tinyshakespeare`` fall back to the samples shipped in the package (as the
+``default`` training data does), with a warning; every other set must be in the data directory.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from lizardlm.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 ENV_VAR = "LIZARDLM_DATA_DIR"
 
@@ -39,6 +45,8 @@ TEXT_CORPORA = {
     "wikitext2_valid": "wikitext-2/valid.txt",
     "tinyshakespeare": "tinyshakespeare/input.txt",
 }
+# perplexity corpora with a sample shipped in the package: task name -> data set name
+SAMPLE_SETS = {"wikitext2_valid": "wikitext2-valid", "tinyshakespeare": "tinyshakespeare"}
 
 
 def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -66,16 +74,29 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def text_corpus_path(name: str, data_dir: str | os.PathLike | None = None, override: str | os.PathLike | None = None) -> Path:
-    """Path of a perplexity corpus; raises :class:`DataError` naming the path looked for."""
+    """Path of a perplexity corpus: ``override``, else the data directory's file, else the shipped
+    sample (when there is one, with a warning); raises :class:`DataError` naming the path looked for."""
     if override is not None:
         p = Path(override).expanduser()
     else:
         if name not in TEXT_CORPORA:
             raise DataError(f"unknown text corpus {name!r}; known: {', '.join(TEXT_CORPORA)}")
         p = resolve_data_dir(data_dir) / TEXT_CORPORA[name]
+        if not p.is_file() and name in SAMPLE_SETS:
+            from lizardlm.data.sources import sample_file
+
+            logger.warning("%s: %s not found; using the small sample shipped with lizardlm (give --data-dir)", name, p)
+            return sample_file(SAMPLE_SETS[name])
     if not p.is_file():
         raise DataAbsentError(f"{name}: data absent, looked for {p}", p)
     return p
+
+
+def is_sample(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of the samples shipped in the package."""
+    from lizardlm.data.sources import SAMPLES_DIR
+
+    return Path(path).resolve().parent == SAMPLES_DIR.resolve()
 
 
 def read_text(path: str | os.PathLike) -> str:

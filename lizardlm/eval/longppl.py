@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from lizardlm.eval._utils import encode, progress
+from lizardlm.eval._utils import encode
 from lizardlm.eval.streaming import DEFAULT_CHUNK, token_nll
+from lizardlm.progress import progress
 
 
 def bucket_edges(seq_len: int, first: int) -> list[int]:

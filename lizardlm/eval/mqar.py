@@ -38,7 +38,8 @@ from typing import Any, Sequence
 
 import torch
 
-from lizardlm.eval._utils import call_logits, encode, is_oom, model_device, progress, split_on_oom
+from lizardlm.eval._utils import call_logits, encode, is_oom, model_device, split_on_oom
+from lizardlm.progress import progress
 
 FILLER_TEXT = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 HEADER = "Memorize each word and its partner.\n"

@@ -34,11 +34,11 @@ from lizardlm.eval._utils import (
     encode,
     is_full_attention_hf_model,
     model_device,
-    progress,
     skip_length,
     split_on_oom,
 )
 from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_batch
+from lizardlm.progress import progress
 
 PREFIX = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from lizardlm.eval._utils import call_logits, encode, model_device, progress, split_on_oom
+from lizardlm.eval._utils import call_logits, encode, model_device, split_on_oom
+from lizardlm.progress import progress
 
 
 def _to_ids(tokenizer: Any, text_or_ids: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -45,13 +46,14 @@ def perplexity(
     progress: bool = True,
     max_windows: int | None = None,
     drop_last: bool = False,
+    desc: str = "perplexity",
 ) -> dict:
     """Perplexity of ``model`` on a text (or token ids) in non-overlapping windows.
 
     Returns ``{"nll", "ppl", "tokens", "windows", "window"}`` where ``nll`` is the mean negative
     log-likelihood per predicted token (nats), ``ppl = exp(nll)`` and ``tokens`` is the number of
     predicted tokens (each window of n tokens predicts n-1). ``max_windows`` keeps only the first
-    windows (for quick runs).
+    windows (for quick runs). ``desc`` labels the progress bar.
     """
     if window < 2:
         raise ValueError("window must be >= 2")
@@ -73,7 +75,7 @@ def perplexity(
 
     total = 0.0
     count = 0
-    bar = _progress_bar(len(windows), progress, "perplexity")
+    bar = _progress_bar(len(windows), progress, desc)
     for b in batches:
         nll = torch.stack(split_on_oom(lambda rows: list(_token_nll(model, rows)), b))
         total += float(nll.double().sum())

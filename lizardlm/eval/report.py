@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from lizardlm.errors import DataError, LizardError
 from lizardlm.eval._utils import resolve_batch_size
-from lizardlm.eval.data import DataAbsentError, read_text, resolve_data_dir, text_corpus_path
+from lizardlm.eval.data import DataAbsentError, is_sample, read_text, resolve_data_dir, text_corpus_path
 from lizardlm.eval.tasks import MC_TASKS, METRICS
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _run_ppl(task: str, model, tok, cfg: EvalConfig) -> dict:
     r = perplexity(model, tok, read_text(path), window=cfg.ppl_window,
                    batch_size=resolve_batch_size(cfg.batch_size, model), progress=cfg.progress, max_windows=cfg.limit)
     return {"status": "ok", "metrics": {"ppl": r["ppl"], "nll": r["nll"]}, "tokens": r["tokens"],
-            "windows": r["windows"], "window": r["window"], "path": str(path)}
+            "windows": r["windows"], "window": r["window"], "path": str(path), "sample": is_sample(path)}
 
 
 def _run_position(model, tok, cfg: EvalConfig) -> dict:
@@ -447,6 +447,8 @@ def markdown_table(results: dict) -> str:
                 notes.append(f"- {task} ({n}): absent, looked for `{e.get('path')}`")
             elif st != "ok":
                 notes.append(f"- {task} ({n}): {st}: {e.get('reason', '')}")
+            if e.get("sample"):
+                notes.append(f"- {task}: the small sample shipped with lizardlm (`{e.get('path')}`), not the full set")
             for m, s in e.get("metric_status", {}).items():
                 notes.append(f"- {task} {m} ({n}): {s}")
     # one note per distinct absent path is enough

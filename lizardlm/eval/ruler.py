@@ -23,8 +23,9 @@ from typing import Any, Sequence
 
 import torch
 
-from lizardlm.eval._utils import OOM_SKIP, encode, progress, skip_length
+from lizardlm.eval._utils import OOM_SKIP, encode, skip_length
 from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_batch
+from lizardlm.progress import progress
 
 TASKS = ("single_needle", "multi_key", "multi_value", "multi_query", "variable_tracking")
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)

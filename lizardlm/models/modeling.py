@@ -3,14 +3,19 @@
 For each supported teacher architecture ``X`` there is ``LizardXConfig`` (the teacher's config
 plus a ``lizard`` dict holding a :class:`~lizardlm.config.LizardConfig`, ``model_type``
 ``lizard_x``) and ``LizardXForCausalLM`` (the teacher's class with Lizard attention in every
-layer not listed in ``softmax_layers``). Both are registered with the ``Auto*`` classes when
-:mod:`lizardlm` is imported, so ``AutoModelForCausalLM.from_pretrained(dir)`` loads them.
+layer not listed in ``softmax_layers``). Both are registered with the ``Auto*`` classes when this
+module is imported (any use of a Lizard model does), so ``AutoModelForCausalLM.from_pretrained(dir)``
+loads them; a saved model also loads without it, through ``trust_remote_code`` (:mod:`lizardlm.remote`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,9 +34,11 @@ from transformers import (
 
 from lizardlm.cache import CACHE_KWARG, LizardCache, given_cache
 from lizardlm.config import LizardConfig
+from lizardlm.errors import UnsupportedInputError
 from lizardlm.layers import LizardAttention
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+REMOTE_CODE = Path(__file__).with_name("modeling_lizard.py")
 
 
 class LizardModelMixin:
@@ -69,6 +76,29 @@ class LizardModelMixin:
         if isinstance(module, LizardAttention):  # after its children got the generic init
             module.reset_lizard_parameters()
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """transformers' deprecated name, which peft still reads: answered without its FutureWarning."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; a lizardlm run directory gives the teacher with the trained
+        Lizard parameters, the base its ``adapter/`` applies to (``AutoPeftModelForCausalLM`` loads it so)."""
+        path = Path(str(pretrained_model_name_or_path))
+        if (path / "run.json").is_file():
+            from lizardlm.train.rundir import load_run
+
+            dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+            return load_run(path, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32, adapter=False)[0]
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``, plus the remote code (:mod:`lizardlm.models.modeling_lizard`)
+        and ``auto_map`` that let transformers load the directory with ``trust_remote_code=True``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(save_directory, type(self))
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not create a DynamicCache: forward creates a LizardCache
@@ -77,7 +107,7 @@ class LizardModelMixin:
         """Like the teacher's forward; a :class:`LizardCache` is made only when ``use_cache=True`` is
         passed (``generate`` does): plain scoring calls keep the fast stateless (Triton) path. The
         cache may come as ``cache`` or ``past_key_values`` (the name changed in transformers 5.24)."""
-        cache = given_cache(past_key_values, cache)
+        cache = _checked_cache(given_cache(past_key_values, cache))
         use_cache = bool(use_cache) or cache is not None
         if use_cache and cache is None:
             cache = LizardCache.for_model(self)
@@ -90,6 +120,29 @@ class LizardModelMixin:
         )
 
 
+def write_remote_code(directory: str | os.PathLike, model_class: type) -> None:
+    """Copy the remote-code file into ``directory`` and name its classes in ``config.json``'s ``auto_map``."""
+    directory = Path(directory)
+    shutil.copyfile(REMOTE_CODE, directory / REMOTE_CODE.name)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    module = REMOTE_CODE.stem
+    config["auto_map"] = {
+        "AutoConfig": f"{module}.{model_class.config_class.__name__}",
+        "AutoModelForCausalLM": f"{module}.{model_class.__name__}",
+    }
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _checked_cache(cache: object) -> LizardCache | None:
+    """A Lizard model keeps constant-size states, not keys and values: any other cache is refused."""
+    if cache is None or isinstance(cache, LizardCache):
+        return cache
+    raise UnsupportedInputError(
+        f"a Lizard model cannot use a {type(cache).__name__}: pass lizardlm.LizardCache.for_model(model), or no cache"
+    )
+
+
 def _checked_attention_mask(attention_mask: torch.Tensor | None) -> None:
     """Lizard layers are causal by construction; padding is only allowed at the end of a row.
 
@@ -100,9 +153,10 @@ def _checked_attention_mask(attention_mask: torch.Tensor | None) -> None:
         return None
     seen_pad = (attention_mask == 0).cumsum(-1) > 0
     if bool((seen_pad & (attention_mask != 0)).any()):
-        raise ValueError(
-            "Lizard models do not support left (or middle) padding yet: pad on the right, "
-            "or run prompts of different lengths one at a time"
+        raise UnsupportedInputError(
+            "Lizard models do not support left (or middle) padding: generate prompts of different lengths one at "
+            "a time (batch size 1) or group prompts of equal length; to score a batch, pad on the right "
+            "(tokenizer.padding_side = 'right')"
         )
     return None
 
@@ -158,6 +212,9 @@ def register_auto_classes() -> None:
     for arch in ARCHITECTURES.values():
         AutoConfig.register(arch.config_class.model_type, arch.config_class, exist_ok=True)
         AutoModelForCausalLM.register(arch.config_class, arch.model_class, exist_ok=True)
+
+
+register_auto_classes()
 
 
 def is_lizard_model(model: object) -> bool:

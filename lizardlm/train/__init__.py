@@ -1,7 +1,14 @@
-"""Two-stage linearization: attention transfer, then LoRA fine-tuning."""
+"""Two-stage linearization: attention transfer, then LoRA fine-tuning (names imported on first use)."""
 
-from lizardlm.train.linearize import linearize
-from lizardlm.train.rundir import RunDir, load_run
-from lizardlm.train.settings import PRESETS, TrainSettings, settings_from_preset
+from lizardlm._lazy import lazy_exports
 
 __all__ = ["PRESETS", "RunDir", "TrainSettings", "linearize", "load_run", "settings_from_preset"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "linearize": "lizardlm.train.linearize",
+    "RunDir": "lizardlm.train.rundir",
+    "load_run": "lizardlm.train.rundir",
+    "PRESETS": "lizardlm.train.settings",
+    "TrainSettings": "lizardlm.train.settings",
+    "settings_from_preset": "lizardlm.train.settings",
+})

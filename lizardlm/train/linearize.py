@@ -13,13 +13,13 @@ import torch
 import transformers
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
-from tqdm.auto import tqdm
 
 import lizardlm
 from lizardlm.convert import check_convertible, convert
 from lizardlm.devices import pick_device
 from lizardlm.errors import LizardError, TrainingError
 from lizardlm.layers import attention_transfer
+from lizardlm.progress import progress
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
 from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
@@ -35,7 +35,7 @@ def _rank_rows(rows: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
     return shard(rows, accelerator.process_index, accelerator.num_processes)
 
 
-def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> float:
+def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator, desc: str = "val perplexity") -> float:
     """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window), the rows
     shared out over the processes."""
     from lizardlm.eval.perplexity import perplexity
@@ -45,21 +45,22 @@ def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator
     if mine.shape[0]:
         with accelerator.autocast():
             res = perplexity(model, None, mine.reshape(-1), window=rows.shape[1], batch_size=batch_size,
-                             progress=accelerator.is_main_process)
+                             progress=accelerator.is_main_process, desc=desc)
         nll_sum, tokens = res["nll"] * res["tokens"], res["tokens"]
     nll_sum, tokens = sum_over_ranks([nll_sum, tokens])
     return nll_sum / tokens
 
 
 @torch.no_grad()
-def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> list[float]:
+def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator,
+                 desc: str = "val attention MSE") -> list[float]:
     """Per-layer validation MSE between Lizard and teacher attention outputs (mean over rows, the rows
     shared out over the processes)."""
     mine = _rank_rows(rows, accelerator)
     with attention_transfer(model) as layers:
         sums = [0.0] * len(layers)
-        for start in tqdm(range(0, mine.shape[0], batch_size), desc="val mse", leave=False,
-                          disable=not accelerator.is_main_process):
+        for start in progress(range(0, mine.shape[0], batch_size), desc=desc, leave=False,
+                              enable=accelerator.is_main_process):
             batch = mine[start : start + batch_size]
             with accelerator.autocast():
                 model.model(input_ids=batch.to(accelerator.device), use_cache=False)
@@ -83,6 +84,21 @@ def _lm_loss_fn(model):
         return model(input_ids=batch, labels=batch, use_cache=False).loss, {}
 
     return loss_fn
+
+
+def save_adapter(peft_model, run: RunDir) -> None:
+    """Save the LoRA adapter so that it names its real base: the run directory, which gets the Lizard
+    ``config.json`` and remote code, so ``AutoPeftModelForCausalLM.from_pretrained(run/adapter,
+    trust_remote_code=True)`` rebuilds teacher + Lizard parameters under it (not the plain teacher)."""
+    from lizardlm.models.modeling import write_remote_code
+
+    base = peft_model.get_base_model()
+    config = peft_model.peft_config["default"]
+    config.base_model_name_or_path = str(run.path.resolve())
+    config.task_type = "CAUSAL_LM"  # loaded through AutoModelForCausalLM (else peft imports our class by name)
+    peft_model.save_pretrained(str(run.adapter), save_embedding_layers=False)  # embeddings are not trained
+    base.config.save_pretrained(str(run.path))
+    write_remote_code(run.path, type(base))
 
 
 def _ppl(loss: float) -> float:
@@ -186,10 +202,11 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     )
 
     if "teacher_val_loss" not in results:
-        results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
+        results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "teacher: val perplexity")
     model = convert(model, settings.lizard_config())
     if "stage1_val_mse_init" not in results:
-        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
+        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                                      "converted: val attention MSE")
         if main:
             run.write_manifest(manifest)
 
@@ -211,13 +228,15 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         for p in lizard_params.values():
             p.requires_grad_(True)
         model.train()
-        stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model))
+        stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
+                      label="stage 1/2: attention transfer")
         _train(stage, splits.train, run, manifest, train_kw, main)
         model.eval()
         if main:
             atomic_save(lizard_params, run.lizard_weights)
-        results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
-        results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator)
+        results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                                 "stage 1: val attention MSE")
+        results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "stage 1: val perplexity")
         results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
         _complete("stage1", ("lizard",), run, manifest, main)
         if main:
@@ -245,14 +264,15 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     else:
         t0 = time.perf_counter()
         peft_model.train()
-        stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model))
+        stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model),
+                      label="stage 2/2: LoRA")
         _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()
-        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator)
+        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator, "stage 2: val perplexity")
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         if main:
             with writing(run.adapter):
-                peft_model.save_pretrained(str(run.adapter))
+                save_adapter(peft_model, run)
             if settings.stage2_train_lizard:
                 atomic_save(lizard_params, run.lizard_weights)
         _complete("stage2", ("adapter", "lizard"), run, manifest, main)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from lizardlm.errors import TrainingError
+from lizardlm.progress import progress
 from lizardlm.train.checkpoint import (
     atomic_save,
     copy_params,
@@ -40,6 +40,8 @@ class Stage:
     lr: float
     params: dict[str, torch.nn.Parameter]
     loss_fn: LossFn
+    label: str = ""
+    """What the progress bar says (default: ``name``)."""
 
 
 def batch_at(rows: torch.Tensor, step: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -132,7 +134,8 @@ def run_stage(
         log.truncate(stage.name, step)
     last_good = step
     tokens_per_step = batch_size * rows.shape[1]
-    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, unit="step", dynamic_ncols=True, disable=not main)
+    bar = progress(total=stage.steps, initial=step, desc=stage.label or stage.name, unit="step", dynamic_ncols=True,
+                   enable=main)
     while step < stage.steps:
         started = time.perf_counter()
         batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)

@@ -207,9 +207,10 @@ def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             adapter: bool = True):
     """Rebuild a trained Lizard model from a run directory: teacher + trained Lizard parameters
-    + merged LoRA. Returns ``(model, tokenizer)``.
+    + merged LoRA (unless ``adapter`` is False: the base the adapter applies to). Returns ``(model, tokenizer)``.
 
     Refuses a run whose stage 1 has not finished, or whose teacher or outputs differ from the
     fingerprints in ``run.json``; warns when stage 2 has not finished (the stage-1 model is loaded)."""
@@ -232,6 +233,8 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     model = convert(model, settings.lizard_config())
     run.check_output(manifest, "lizard")
     copy_params(dict(model.lizard_named_parameters()), load_checked(run.lizard_weights)[0], run.lizard_weights)
+    if not adapter:
+        return model.eval(), tokenizer
     if "stage2" not in completed:
         logger.warning("%s: stage 2 (LoRA) has not finished; loading the stage-1 model without an adapter", run.path)
         return model.eval(), tokenizer
