@@ -18,6 +18,7 @@ import lizardlm
 from lizardlm.convert import check_convertible, convert
 from lizardlm.errors import LizardError
 from lizardlm.layers import attention_transfer
+from lizardlm.train.activations import checkpoint_decoder_layers, checkpointed_attention
 from lizardlm.train.checkpoint import atomic_save, load_checked
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
@@ -143,7 +144,8 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
             p.requires_grad_(True)
         model.train()
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model))
-        run_stage(stage, splits.train, **train_kw)
+        with checkpointed_attention(model, settings.gradient_checkpointing):
+            run_stage(stage, splits.train, **train_kw)
         model.eval()
         atomic_save(lizard_params, run.lizard_weights)
         results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator)
@@ -162,6 +164,8 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     for p in lizard_params.values():
         p.requires_grad_(settings.stage2_train_lizard)
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    if settings.gradient_checkpointing:
+        checkpoint_decoder_layers(peft_model)
     if "stage2" not in manifest["completed"]:
         t0 = time.perf_counter()
         peft_model.train()

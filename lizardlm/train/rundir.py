@@ -75,7 +75,7 @@ class RunDir:
         differing = [
             f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}"
             for k in sorted(set(ours) | set(theirs))
-            if ours.get(k) != theirs.get(k) and k != "device"
+            if ours.get(k) != theirs.get(k) and k not in ("device", "gradient_checkpointing")
         ]
         if differing:
             raise CheckpointError(f"cannot resume {self.path}: settings differ from the original run ({'; '.join(differing)})")
