@@ -161,7 +161,7 @@ def diagnostics_eval(
     progress_bar: bool = True,
 ) -> dict:
     """Measurements (a)-(c) of the module docstring on ``trials`` passkey prompts per length (needle
-    depths cycling through ``depth_grid(depths)``, ``batch_size`` prompts per forward).
+    depths cycling through ``depth_grid(min(depths, trials))``, ``batch_size`` prompts per forward).
 
     ``{"status": "ok", "form", "window", "layers", "lengths": [{"length", "status", "n", "bucket_start",
     "bucket_end", "linear_share": [layer][bucket], "needle": {"trials", "weight", "weight_no_decay",
@@ -173,7 +173,7 @@ def diagnostics_eval(
         return {"status": "skipped (not a Lizard model)"}
     cfg = layers[0].lizard
     rng = random.Random(seed)
-    grid = depth_grid(depths)
+    grid = depth_grid(min(depths, trials))
     device = model_device(model)
     gate_sum: list[torch.Tensor | None] = [None] * len(layers)
     gate_count = 0
