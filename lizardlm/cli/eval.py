@@ -23,7 +23,7 @@ from lizardlm.errors import CheckpointError, DataError, LizardError
 TASKS_HELP = (
     "wikitext2, wikitext2_valid, tinyshakespeare (perplexity); piqa, arc_easy, arc_challenge, hellaswag, "
     "winogrande (0-shot), mmlu (5-shot) (lm-eval on local files); mqar; passkey; position_ppl (perplexity "
-    "vs position); passkey_train (training template, held-out books), ruler, longppl (long-docs books by position). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
+    "vs position); passkey_train (training template, held-out books), ruler, longppl (long-docs books by position), diagnostics (Lizard models: linear-branch share, needle weight, gate decay per layer). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
     "position_ppl"
 )
 CPU_PASSKEY_LENGTHS = "1024,2048"
@@ -95,6 +95,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ruler-trials", type=positive_int, default=20, help="prompts per RULER task and length")
     p.add_argument("--longppl-len", type=positive_int, default=32768, help="window of the long-document perplexity")
     p.add_argument("--longppl-windows", type=positive_int, default=4, help="held-out books averaged")
+    p.add_argument("--diagnostics-lengths", type=_int_list, default=(1024,), help="passkey prompt lengths of the diagnostics")
+    p.add_argument("--diagnostics-trials", type=positive_int, default=8, help="passkey prompts per diagnostics length")
     p.add_argument("--passkey-time-budget", type=float, default=None,
                    help="seconds per passkey length; longer lengths estimated to exceed it are skipped (default: 900 on cpu)")
     p.add_argument("--mqar-pairs", type=_int_list, default=(2, 4, 8, 16, 32), help="numbers of key-value pairs")
@@ -199,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
         ruler_trials=args.ruler_trials,
         longppl_len=args.longppl_len,
         longppl_windows=args.longppl_windows,
+        diagnostics_lengths=args.diagnostics_lengths,
+        diagnostics_trials=args.diagnostics_trials,
         progress=not args.no_progress,
     )
     results = evaluate(models, tasks, config=cfg, sources=sources, reference="teacher" if args.teacher else None)

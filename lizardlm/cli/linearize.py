@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stage2-train-lizard", action="store_true", default=None,
                    help="keep training the stage-1 parameters during stage 2")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in the backward (each Lizard attention in stage 1, each decoder "
+                   "layer in stage 2): less memory for long sequences, same results")
     p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
-                     "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device")
+                     "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
+                     "gradient_checkpointing")
     }
     try:
         settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), **overrides)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PPL_TASKS = ("wikitext2", "wikitext2_valid", "tinyshakespeare")
 DEFAULT_TASKS = ("wikitext2", *MC_TASKS, "mqar", "passkey", "position_ppl")
-LONG_TASKS = ("passkey_train", "ruler", "longppl")
+LONG_TASKS = ("passkey_train", "ruler", "longppl", "diagnostics")
 ALL_TASKS = (*PPL_TASKS, *MC_TASKS, "mqar", "passkey", "position_ppl", *LONG_TASKS)
 SCHEMA = "lizardlm.eval/1"
 
@@ -77,6 +77,8 @@ class EvalConfig:
     ruler_trials: int = 20
     longppl_len: int = 32768
     longppl_windows: int = 4
+    diagnostics_lengths: tuple[int, ...] = (1024,)
+    diagnostics_trials: int = 8
     progress: bool = True
 
 
@@ -199,6 +201,17 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
         return {"status": "skipped (out of memory)"}
     metrics = {f"ppl @ pos {s}-{e}": p for s, e, p in zip(r["bucket_start"], r["bucket_end"], r["ppl"])}
     return {"status": "ok", "metrics": metrics, "curve": r}
+
+
+def _run_diagnostics(model, tok, cfg: EvalConfig) -> dict:
+    from lizardlm.eval.diagnostics import diagnostics_eval, summary_metrics
+
+    r = diagnostics_eval(model, tok, lengths=cfg.diagnostics_lengths, trials=_capped(cfg.diagnostics_trials, cfg.limit),
+                         depths=cfg.passkey_depths or 4, batch_size=cfg.batch_size, seed=cfg.seed,
+                         progress_bar=cfg.progress)
+    if r["status"] != "ok":
+        return {"status": r["status"]}
+    return {"status": "ok", "metrics": summary_metrics(r), "details": r}
 
 
 def _model_info(model: Any, source: str | None = None) -> dict:
@@ -338,6 +351,8 @@ def _run_one(task: str, model, tok, cfg: EvalConfig) -> dict[str, dict]:
         return {task: _run_ruler(model, tok, cfg)}
     if task == "longppl":
         return {task: _run_longppl(model, tok, cfg)}
+    if task == "diagnostics":
+        return {task: _run_diagnostics(model, tok, cfg)}
     raise LizardError(f"unknown eval task {task!r}")
 
 
@@ -476,7 +491,8 @@ def _save(fig, path: Path) -> str:
 
 
 def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
-    """Write passkey.png, mqar.png and ppl_position.png for the tasks present; returns the paths."""
+    """Write passkey.png, mqar.png, ppl_position.png, longppl.png, heat maps and diagnostics_<model>.png for
+    the tasks present; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -529,6 +545,12 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         written.append(_save(fig, out / "longppl.png"))
+
+    if ok_entries("diagnostics"):
+        from lizardlm.eval.diagnostics import plot_diagnostics
+
+        for n, e in ok_entries("diagnostics"):
+            written.append(plot_diagnostics(e["details"], out / f"diagnostics_{n}.png", f"Lizard diagnostics ({n})"))
 
     if ok_entries("mqar"):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))

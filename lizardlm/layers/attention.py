@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ class LizardAttention(nn.Module):
     or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
     or ``alpha`` (per-head weight of the window branch, sum form). ``q_proj``/``k_proj``/``v_proj``/
     ``o_proj`` keep the teacher's names, shapes and biases, so teacher checkpoints load unchanged.
+
+    ``capture`` (None by default) is called as ``capture(layer, inputs)`` with the exact inputs of the
+    attention op on every forward (``q``, ``k``, ``v``, ``fq``, ``fk``, ``g`` and the op's keyword
+    arguments); :mod:`lizardlm.eval.diagnostics` reads them. It changes nothing the layer computes.
 
     In *attention transfer* mode (see :func:`attention_transfer`) the layer also computes the
     teacher's softmax attention on the same input, stores ``mse(student, teacher)`` in
@@ -81,6 +85,7 @@ class LizardAttention(nn.Module):
         self.alpha = None if shared else nn.Parameter(torch.empty(self.num_heads, **factory))
         self.attention_transfer = False
         self.transfer_loss: torch.Tensor | None = None
+        self.capture: Callable[[LizardAttention, dict], None] | None = None
         self.reset_lizard_parameters()
 
     def _new_projections(self, config) -> dict[str, nn.Linear]:
@@ -148,6 +153,8 @@ class LizardAttention(nn.Module):
             meta_bias=self.meta_bias if self.sink_logits is None else self.sink_logits,
             combine=self.lizard.combine, alpha=self.alpha,
         )
+        if self.capture is not None:
+            self.capture(self, dict(q=q_win, k=k_win, v=v, fq=fq, fk=fk, g=g, **kw))
 
         cache = given_cache(past_key_values, cache)
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None

@@ -20,6 +20,7 @@ from lizardlm.devices import pick_device
 from lizardlm.errors import LizardError, TrainingError
 from lizardlm.layers import attention_transfer
 from lizardlm.progress import progress
+from lizardlm.train.activations import checkpoint_decoder_layers, checkpointed_attention
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
 from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
@@ -230,7 +231,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         model.train()
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
                       label="stage 1/2: attention transfer")
-        _train(stage, splits.train, run, manifest, train_kw, main)
+        with checkpointed_attention(model, settings.gradient_checkpointing):
+            _train(stage, splits.train, run, manifest, train_kw, main)
         model.eval()
         if main:
             atomic_save(lizard_params, run.lizard_weights)
@@ -253,6 +255,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     for p in lizard_params.values():
         p.requires_grad_(settings.stage2_train_lizard)
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    if settings.gradient_checkpointing:
+        checkpoint_decoder_layers(peft_model)
     if "stage2" in manifest["completed"]:  # only --merge still needs the trained adapter
         from peft import set_peft_model_state_dict
 

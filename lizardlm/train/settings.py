@@ -15,7 +15,9 @@ class TrainSettings:
     """Everything that defines a linearization run (recorded in ``run.json``).
 
     Token budgets count training tokens (``steps = tokens // (batch_size * seq_len)``); a budget is 0
-    (skip the stage's training) or at least one batch.
+    (skip the stage's training) or at least one batch. ``gradient_checkpointing`` recomputes
+    activations in the backward (:mod:`lizardlm.train.activations`): less memory, same losses and
+    gradients.
     """
 
     teacher: str = "smollm2-135m"
@@ -35,6 +37,7 @@ class TrainSettings:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     stage2_train_lizard: bool = False
     checkpoint_every: int = 25
+    gradient_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"
     lizard: dict[str, Any] = field(default_factory=dict)

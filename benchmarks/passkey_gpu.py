@@ -1,0 +1,178 @@
+"""Linearize the embedded teacher with one mode and data spec, then measure long-context memory.
+
+One run per call, through the real CLI (``lizardlm linearize``, then ``lizardlm eval --tasks
+passkey,ruler,longppl,diagnostics``), on one GPU::
+
+    python benchmarks/passkey_gpu.py --out benchmarks/results --name lizard-mix --mode lizard \\
+        --data mix:alpaca-cleaned=0.8,retrieval=0.2 --stage1-tokens 2097152 --stage2-tokens 2097152 \\
+        --seq-len 2048 --with-teacher
+
+writes ``<out>/passkey-<device>.json``::
+
+    {"passkey": {run: {length: accuracy}}, "ruler": {run: {length: mean score}},
+     "longppl": {run: {"bucket_start", "bucket_end", "ppl"}}, "diagnostics": {run: per-layer details},
+     "runs": {run: {mode, data, budgets, commands, wall seconds, status, summary}}, "device", "versions"}
+
+(``"teacher"`` is a run when ``--with-teacher``; a length that did not run holds its status string),
+beside ``passkey-<device>-<run>-heatmap.png`` (depth x length) and ``-diagnostics.png``. ``--merge
+FILE`` keeps an earlier call's runs, so runs spread over several 10-minute device calls;
+``--eval-only`` evaluates a run already under ``--runs`` again. ``--quick`` is a CPU smoke run on tiny
+budgets (any ``--teacher``, e.g. a small local model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from linearize_gpu import run
+from result_names import device_slug
+
+EVAL_TASKS = "passkey,ruler,longppl,diagnostics"
+FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batch_size=8, val_tokens=131_072,
+            passkey_lengths="1024,2048,4096,8192,16384,32768", passkey_trials=50, passkey_depths=10,
+            ruler_lengths="1024,4096,16384", ruler_trials=20, longppl_len=32768, longppl_windows=4,
+            diagnostics_lengths="1024,4096,16384", diagnostics_trials=8, batch=8)
+QUICK = dict(stage1_tokens=1024, stage2_tokens=1024, seq_len=128, batch_size=2, val_tokens=256,
+             passkey_lengths="256", passkey_trials=2, passkey_depths=2, ruler_lengths="256", ruler_trials=1,
+             longppl_len=512, longppl_windows=1, diagnostics_lengths="256", diagnostics_trials=2, batch=2)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--runs", default=Path("/tmp/lizard-passkey-runs"), type=Path)
+    p.add_argument("--name", default=None, help="run name (default: the mode)")
+    p.add_argument("--teacher", default="smollm2-135m")
+    p.add_argument("--mode", default="lizard")
+    p.add_argument("--data", default="mix:alpaca-cleaned=0.8,retrieval=0.2")
+    p.add_argument("--flags", default="", help="more `lizardlm linearize` flags, e.g. '--window-size 128'")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--with-teacher", action="store_true", help="evaluate the teacher too (run 'teacher')")
+    p.add_argument("--data-dir", default=None, help="eval data directory (held-out long-docs books)")
+    p.add_argument("--deadline", type=float, default=560.0, help="seconds for everything")
+    p.add_argument("--merge", type=Path, help="earlier result JSON whose other runs are kept")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
+    p.add_argument("--quick", action="store_true", help="CPU smoke run on tiny budgets")
+    for key, value in FULL.items():
+        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None,
+                       help=f"default {value} ({QUICK[key]} with --quick)")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.name = args.name or args.mode
+    args.device = "cpu" if args.quick else "cuda"
+    return args
+
+
+def linearize_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "lizardlm", "linearize", "--teacher", args.teacher, "--data", args.data,
+           "--mode", args.mode, "--out", str(run_dir), "--device", args.device]
+    cmd += ["--preset", "gpu"] if not args.quick else []
+    for key in ("stage1_tokens", "stage2_tokens", "seq_len", "batch_size", "val_tokens"):
+        cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    return cmd + args.flags.split()
+
+
+def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "lizardlm", "eval", "--model", str(run_dir), "--tasks", EVAL_TASKS,
+           "--device", args.device, "--out", str(run_dir / "eval"), "--no-progress", "--batch-size", str(args.batch)]
+    cmd += ["--teacher", args.teacher] if args.with_teacher else []
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    for key in ("passkey_lengths", "passkey_trials", "passkey_depths", "ruler_lengths", "ruler_trials",
+                "longppl_len", "longppl_windows", "diagnostics_lengths", "diagnostics_trials"):
+        cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    return cmd
+
+
+def _by_length(entry: dict, key: str) -> dict[str, Any]:
+    """``{length: value}`` of a passkey entry's records (the status where a length did not run)."""
+    return {str(r["length"]): r.get(key, r["status"]) for r in entry["details"]["lengths"]}
+
+
+def assemble(result: dict, run_name: str, eval_json: dict) -> None:
+    """Put one ``eval.json``'s numbers into ``result``: the student's under ``run_name``, a teacher's
+    under ``"teacher"``; a task that did not run holds its status."""
+    for model, per_task in _by_model(eval_json).items():
+        name = "teacher" if model == "teacher" else run_name
+        for task, entry in per_task.items():
+            section = result.setdefault(task, {})
+            if entry.get("status") != "ok":
+                section[name] = entry.get("status")
+            elif task == "passkey":
+                section[name] = _by_length(entry, "acc")
+            elif task == "ruler":
+                section[name] = entry["details"]["mean"]
+            elif task == "longppl":
+                section[name] = {k: entry["curve"][k] for k in ("bucket_start", "bucket_end", "ppl")}
+            else:
+                section[name] = entry["details"]
+
+
+def _by_model(eval_json: dict) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for task, per_model in eval_json["tasks"].items():
+        for model, entry in per_model.items():
+            out.setdefault(model, {})[task] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    slug = device_slug(device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    log = args.out / f"passkey-{slug}.log"
+    out = args.out / f"passkey-{slug}.json"
+    result: dict[str, Any] = {"passkey": {}, "ruler": {}, "longppl": {}, "diagnostics": {}, "runs": {}}
+    if args.merge is not None and args.merge.exists():
+        result.update(json.loads(args.merge.read_text()))
+    result.update(device=device, teacher=args.teacher, eval_tasks=EVAL_TASKS,
+                  versions={"torch": torch.__version__, "transformers": transformers.__version__})
+    run_dir = args.runs / args.name
+    entry: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": args.mode, "data": args.data,
+                             "flags": args.flags, "gradient_checkpointing": args.gradient_checkpointing,
+                             **{k: getattr(args, k) for k in FULL}}
+    if args.eval_only:
+        entry = {**result["runs"].get(args.name, {}), **entry}
+    result["runs"][args.name] = entry
+    if not args.eval_only:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        cmd = linearize_command(args, run_dir)
+        entry["linearize_command"] = " ".join(["python", *cmd[1:]])
+        entry["linearize_rc"], entry["linearize_seconds"] = run(cmd, log, timeout=args.deadline - 60)
+    if (run_dir / "summary.json").exists():
+        entry["summary"] = json.loads((run_dir / "summary.json").read_text())
+        cmd = eval_command(args, run_dir)
+        entry["eval_command"] = " ".join(["python", *cmd[1:]])
+        left = args.deadline - (time.perf_counter() - start)
+        entry["eval_rc"], entry["eval_seconds"] = run(cmd, log, timeout=max(left - 10, 30))
+        eval_json = run_dir / "eval" / "eval.json"
+        if entry["eval_rc"] == 0 and eval_json.exists():
+            assemble(result, args.name, json.loads(eval_json.read_text()))
+            for png in (run_dir / "eval").glob("*.png"):
+                shutil.copy(png, args.out / f"passkey-{slug}-{args.name}-{png.stem}.png")
+        entry["status"] = "done" if entry["eval_rc"] == 0 else f"eval failed (exit {entry['eval_rc']}); see the log"
+    else:
+        entry["status"] = f"linearize failed (exit {entry.get('linearize_rc')}); see the log"
+    entry["wall_seconds"] = time.perf_counter() - start
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"status": entry["status"], "passkey": result["passkey"].get(args.name)}))
+    return 0 if entry["status"] == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""lizardlm.eval.diagnostics on a tiny random Llama converted in both forms: the measured pieces put the
+op's output back together, shares and weights lie in range, and the gate statistics match a hand computation."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
+from eval_stubs import tiny_llama, tiny_tokenizer  # noqa: E402
+
+import lizardlm  # noqa: E402
+from lizardlm.eval.diagnostics import (  # noqa: E402
+    decay_stats,
+    diagnostics_eval,
+    linear_branch,
+    needle_weights,
+)
+from lizardlm.eval.report import evaluate  # noqa: E402
+from lizardlm.ops.lizard import lizard_attention_naive  # noqa: E402
+from lizardlm.ops.utils import expand_heads  # noqa: E402
+from lizardlm.ops.window import window_attention_naive  # noqa: E402
+
+FORMS = {"shared": {"mode": "lizard", "window_size": 16}, "sum": {"mode": "paper", "window_size": 16, "feature_dim": 16}}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _student(tok, form: str, perturb: bool = False):
+    model = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(**FORMS[form])).eval()
+    if perturb:  # move every Lizard parameter off its initial value (data-dependent gates, alpha, beta, meta)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for p in model.lizard_parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def _captured(model, ids) -> dict:
+    layer = next(m for m in model.modules() if hasattr(m, "capture"))
+    seen = {}
+    layer.capture = lambda _, inputs: seen.update(inputs)
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    layer.capture = None
+    return seen
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_pieces_rebuild_the_op_output(tok, form):
+    model = _student(tok, form, perturb=True)
+    x = _captured(model, torch.randint(0, len(tok), (2, 70), generator=torch.Generator().manual_seed(0)))
+    y = lizard_attention_naive(**x).double()
+    shift = x["window"] if form == "shared" else 0
+    N, Z = linear_branch(x["fq"], x["fk"], x["v"], x["g"], shift, chunk_size=8)
+    o, _ = window_attention_naive(x["q"], x["k"], x["v"], x["window"], x["scale"], x["meta_k"], x["meta_v"], x["meta_bias"])
+    o, N, Z = o.double(), N.double(), Z.double()
+    if form == "shared":
+        rebuilt = (o + N) / (1 + Z[..., None])
+        assert torch.all(Z[..., :shift] == 0) and torch.all(Z[..., shift:] > 0)
+    else:
+        rebuilt = N / Z[..., None] + x["alpha"].double().view(1, -1, 1, 1) * o
+    assert torch.allclose(rebuilt, y, atol=1e-5)
+
+
+def test_needle_weight_matches_the_explicit_sum():
+    g = torch.Generator().manual_seed(0)
+    fq, fk = torch.rand(1, 2, 40, 6, generator=g), torch.rand(1, 1, 40, 6, generator=g)
+    lg = -0.1 * torch.rand(1, 2, 40, generator=g)
+    t, shift, span = 39, 8, (5, 9)
+    w = needle_weights(fq, fk, lg, t, shift, [span])
+    G = lg.double().cumsum(-1)
+    a = [[math.exp(G[0, h, t] - G[0, h, j]) * float(fq[0, h, t].double() @ fk[0, 0, j].double()) for j in range(t - shift + 1)]
+         for h in range(2)]
+    expected = torch.tensor([[sum(r[span[0]:span[1]]) / sum(r) for r in a]], dtype=torch.float64)
+    assert torch.allclose(w["weight"], expected)
+    assert torch.allclose(w["weight_no_decay"], needle_weights(fq, fk, None, t, shift, [span])["weight"])
+
+
+def test_decay_formulas_by_hand(tok):
+    a = 0.995  # the default gate: W = 0, so every token decays by exactly a
+    stats = decay_stats(math.log(a), steps=(1024, 32768))
+    assert stats["half_life"] == pytest.approx(138.28, abs=0.01)  # a ** 138.28 = 1/2
+    assert stats["retained"]["1024"] == pytest.approx(a**1024) and stats["retained"]["32768"] == pytest.approx(a**32768)
+    assert decay_stats(0.0)["half_life"] is None
+    r = diagnostics_eval(_student(tok, "shared"), tok, lengths=(160,), trials=2, depths=2, progress_bar=False)
+    gate = r["gate"]
+    assert gate["mean_log_gate"] == pytest.approx([math.log(a)] * 2, rel=1e-5)
+    assert gate["half_life"] == pytest.approx([138.28] * 2, abs=0.01)
+    assert gate["longest_head_half_life"] == pytest.approx(gate["half_life"], rel=1e-5)
+    assert gate["retained"]["1024"] == pytest.approx([a**1024] * 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_values_in_range(tok, form):
+    r = diagnostics_eval(_student(tok, form, perturb=True), tok, lengths=(160, 10), trials=3, depths=3, batch_size=2,
+                         progress_bar=False)
+    assert r["status"] == "ok" and r["form"] == form and r["layers"] == [0, 1]
+    rec, short = r["lengths"]
+    assert short["status"].startswith("skipped") and rec["n"] == 3
+    assert rec["bucket_start"] == [0, 16, 32, 64, 128] and rec["bucket_end"] == [16, 32, 64, 128, 160]
+    share = torch.tensor(rec["linear_share"])
+    assert share.shape == (2, 5) and torch.all((share >= 0) & (share <= 1))
+    if form == "shared":  # nothing has left the window in the first bucket
+        assert torch.all(share[:, 0] == 0) and torch.all(share[:, 1:] > 0)
+    needle = rec["needle"]
+    assert 1 <= needle["trials"] <= 3  # the needle at depth 1 sits inside the window (shared form)
+    for key in ("weight", "weight_no_decay", "best_head_weight", "uniform"):
+        assert all(0 < v < 1 for v in needle[key])
+    assert all(b >= w for b, w in zip(needle["best_head_weight"], needle["weight"]))
+    assert all(0 < h for h in r["gate"]["half_life"])
+
+
+def test_eval_task_json_and_plot(tok, tmp_path):
+    models = {"teacher": (tiny_llama(len(tok)), tok), "student": (_student(tok, "sum"), tok)}
+    results = evaluate(models, ["diagnostics"], out_dir=tmp_path, diagnostics_lengths=(128,), diagnostics_trials=2,
+                       progress=False)
+    per = results["tasks"]["diagnostics"]
+    assert per["teacher"]["status"] == "skipped (not a Lizard model)"
+    metrics = per["student"]["metrics"]
+    assert 0 <= metrics["linear share @ 128 (last bucket)"] <= 1 and metrics["gate half-life (tokens)"] > 0
+    assert (tmp_path / "diagnostics_student.png").stat().st_size > 0
+    assert "diagnostics" in (tmp_path / "eval.md").read_text()

@@ -1,0 +1,53 @@
+"""benchmarks/passkey_gpu.py: the commands it runs and the JSON it assembles from a real eval.json (tiny
+models in process; the end-to-end --quick run takes minutes on a shared 2-core CPU, too long for CI)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
+import passkey_gpu  # noqa: E402
+from eval_stubs import tiny_llama, tiny_tokenizer  # noqa: E402
+
+import lizardlm  # noqa: E402
+from lizardlm.eval.report import evaluate  # noqa: E402
+from lizardlm.eval.ruler import ruler_eval  # noqa: E402
+
+
+def test_commands(tmp_path):
+    args = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--gradient-checkpointing", "--with-teacher",
+                                   "--flags", "--window-size 16", "--passkey-trials", "3"])
+    lin = passkey_gpu.linearize_command(args, tmp_path / "run")
+    assert "--preset" not in lin and lin[-3:] == ["--gradient-checkpointing", "--window-size", "16"]
+    assert lin[lin.index("--data") + 1] == "mix:alpaca-cleaned=0.8,retrieval=0.2" and args.name == "lizard"
+    ev = passkey_gpu.eval_command(args, tmp_path / "run")
+    assert ev[ev.index("--tasks") + 1] == "passkey,ruler,longppl,diagnostics"
+    assert ev[ev.index("--passkey-trials") + 1] == "3" and ev[ev.index("--teacher") + 1] == "smollm2-135m"
+    full = passkey_gpu.parse_args(["--out", str(tmp_path), "--mode", "paper", "--name", "p"])
+    assert full.passkey_trials >= 50 and full.device == "cuda" and full.name == "p"
+    lin = passkey_gpu.linearize_command(full, tmp_path)
+    assert lin[lin.index("--preset") + 1] == "gpu" and "--gradient-checkpointing" not in lin
+
+
+def test_assemble_from_a_real_eval_json(tmp_path):
+    tok = tiny_tokenizer()
+    teacher = tiny_llama(len(tok))
+    student = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).eval()
+    results = evaluate({"teacher": (teacher, tok), "student": (student, tok)}, ["passkey", "longppl", "diagnostics"],
+                       passkey_lengths=(128, 10), passkey_trials=2, diagnostics_lengths=(128,), diagnostics_trials=2,
+                       data_paths={"long-docs": str(tmp_path / "absent.jsonl")}, progress=False)
+    # RULER's five tasks decode slowly on CPU: one task for the teacher, a failed entry for the student
+    ruler = ruler_eval(teacher, tok, tasks=("single_needle",), lengths=(256,), trials=1, progress_bar=False)
+    results["tasks"]["ruler"] = {"teacher": {"status": "ok", "details": ruler}, "student": {"status": "error"}}
+    result: dict = {"runs": {}}
+    passkey_gpu.assemble(result, "lizard-mix", results)
+    for name in ("teacher", "lizard-mix"):
+        acc, short = result["passkey"][name]["128"], result["passkey"][name]["10"]
+        assert 0 <= acc <= 1 and short.startswith("skipped")
+        assert result["longppl"][name] == "absent"
+    assert 0 <= result["ruler"]["teacher"]["256"] <= 1 and result["ruler"]["lizard-mix"] == "error"
+    assert result["diagnostics"]["teacher"] == "skipped (not a Lizard model)"
+    diag = result["diagnostics"]["lizard-mix"]
+    assert diag["form"] == "shared" and len(diag["gate"]["half_life"]) == 2
