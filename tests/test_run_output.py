@@ -57,3 +57,35 @@ def test_an_interrupted_linearize_names_resume(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(lizardlm.train, "linearize", interrupted)
     assert main(["linearize", "--out", str(tmp_path / "run")]) == 130
     assert "--resume" in capsys.readouterr().err
+
+
+def test_stage_bar_shows_the_whole_jobs_time_left(tmp_path, monkeypatch):
+    """The stage-1 bar's ``all`` counts the steps of stage 2 too (at stage 1's pace)."""
+    from accelerate import Accelerator
+
+    from lizardlm.train import loop
+    from lizardlm.train.rundir import RunDir
+
+    ticks = iter(range(1000))
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(ticks)))  # every step takes 1 s
+    shown: list[str] = []
+
+    class Bar:
+        def set_postfix(self, **kw):
+            shown.append(kw["all"])
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(loop, "progress", lambda *a, **kw: Bar())
+    run = RunDir(tmp_path)
+    weight = torch.nn.Parameter(torch.ones(3))
+    stage = loop.Stage("stage1", steps=4, lr=0.1, params={"w": weight},
+                       loss_fn=lambda b: ((weight * b.float().mean()).sum(), {}), steps_after=60)
+    loop.run_stage(stage, torch.arange(40).view(10, 4), batch_size=2, seed=0, warmup_fraction=0.0, weight_decay=0.0,
+                   checkpoint_every=100, run=run, accelerator=Accelerator(cpu=True), log=loop.MetricsLog(run))
+    assert shown == ["~1m03s left", "~1m02s left", "~1m01s left", "~1m00s left"]
+    assert loop._eta(3725) == "~1h02m left"

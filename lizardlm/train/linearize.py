@@ -230,7 +230,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             p.requires_grad_(True)
         model.train()
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
-                      label="stage 1/2: attention transfer")
+                      label="stage 1/2: attention transfer", steps_after=settings.steps(2))
         with checkpointed_attention(model, settings.gradient_checkpointing):
             _train(stage, splits.train, run, manifest, train_kw, main)
         model.eval()

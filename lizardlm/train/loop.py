@@ -42,6 +42,15 @@ class Stage:
     loss_fn: LossFn
     label: str = ""
     """What the progress bar says (default: ``name``)."""
+    steps_after: int = 0
+    """Steps of the stages still to come: the bar's ``all`` ETA counts them at this stage's pace."""
+
+
+def _eta(seconds: float) -> str:
+    """``"~1h05m left"`` / ``"~4m12s left"``: the whole job's time to go, for the progress bar."""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"~{h}h{m:02d}m left" if h else f"~{m}m{s:02d}s left"
 
 
 def batch_at(rows: torch.Tensor, step: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -136,6 +145,7 @@ def run_stage(
     tokens_per_step = batch_size * rows.shape[1]
     bar = progress(total=stage.steps, initial=step, desc=stage.label or stage.name, unit="step", dynamic_ncols=True,
                    enable=main)
+    first, timed = step, 0.0
     while step < stage.steps:
         started = time.perf_counter()
         batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
@@ -160,7 +170,9 @@ def run_stage(
                 {"stage": stage.name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                  "tokens_per_s": tokens_per_step / elapsed, **extra}
             )
-        bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{tokens_per_step / elapsed:.0f}")
+        timed += elapsed
+        left = (stage.steps - step + stage.steps_after) * timed / (step - first)
+        bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{tokens_per_step / elapsed:.0f}", all=_eta(left))
         bar.update(1)
         if step % checkpoint_every == 0 or step == stage.steps:
             if all(torch.isfinite(p).all() for p in params):
