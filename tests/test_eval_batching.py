@@ -21,14 +21,20 @@ from lizardlm.eval.harness import make_lm  # noqa: E402
 pytest.importorskip("lm_eval")
 
 
-@pytest.mark.parametrize("lizard", [False, True])
-def test_auto_batch_scores_match_batch_one(lizard):
-    from lm_eval.api.instance import Instance
-
+def _model_and_tokenizer(lizard: bool):
+    """The tiny Llama, or its Lizard conversion, with its tokenizer."""
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok)).eval()
     if lizard:
         model = lizardlm.convert(model, lizardlm.LizardConfig(window_size=8, feature_dim=8, chunk_size=8)).eval()
+    return model, tok
+
+
+@pytest.mark.parametrize("lizard", [False, True])
+def test_auto_batch_scores_match_batch_one(lizard):
+    from lm_eval.api.instance import Instance
+
+    model, tok = _model_and_tokenizer(lizard)
     contexts = ["The cat sat", "Question: how long is a piece of string that is not short?\nAnswer:", "A"]
     conts = [" on the mat.", " very long indeed, as long as it is", " b c d e f g"]
     requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(zip(contexts * 3, conts * 3))]
@@ -84,10 +90,7 @@ def _outcome(model, tok, batch_size) -> dict:
 
 @pytest.mark.parametrize("lizard", [False, True])
 def test_eval_results_do_not_depend_on_batch_size(lizard):
-    tok = tiny_tokenizer()
-    model = tiny_llama(len(tok)).eval()
-    if lizard:
-        model = lizardlm.convert(model, lizardlm.LizardConfig(window_size=8, feature_dim=8, chunk_size=8)).eval()
+    model, tok = _model_and_tokenizer(lizard)
     one = _outcome(model, tok, 1)
     assert len(set(one["passkey answers"])) > 1  # the prompts really differ
     others = [_outcome(model, tok, 3), _outcome(model, tok, "auto")]

@@ -27,11 +27,9 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def model_dir(tmp_path, tiny_llama, tiny_tokenizer):
-    path = tmp_path / "tiny-model"
-    tiny_llama.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+def model_dir(teacher_dir):
+    """The conftest's tiny teacher directory, named ``tiny-model`` (the name the tests resolve)."""
+    return teacher_dir.rename(teacher_dir.parent / "tiny-model")
 
 
 # --- resolution -----------------------------------------------------------------------------------
