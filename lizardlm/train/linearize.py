@@ -70,8 +70,11 @@ def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accele
 
 
 def _transfer_loss_fn(model):
+    """Stage 1's loss ``sum_l mse_l``, each layer's term backpropagated as soon as it is computed
+    (one layer's graph alive at a time); returns it detached (:attr:`Stage.backward` is False)."""
+
     def loss_fn(batch: torch.Tensor):
-        with attention_transfer(model) as layers:
+        with attention_transfer(model, backward=True) as layers:
             model.model(input_ids=batch, use_cache=False)
             losses = torch.stack([layer.transfer_loss for layer in layers])
         return losses.sum(), {"mse_mean": losses.mean().item()}
@@ -229,7 +232,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             p.requires_grad_(True)
         model.train()
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
-                      label="stage 1/2: attention transfer")
+                      label="stage 1/2: attention transfer", backward=False)
         _train(stage, splits.train, run, manifest, train_kw, main)
         model.eval()
         if main:

@@ -42,6 +42,8 @@ class Stage:
     loss_fn: LossFn
     label: str = ""
     """What the progress bar says (default: ``name``)."""
+    backward: bool = True
+    """Whether :func:`run_stage` backpropagates the loss; False: ``loss_fn`` already did."""
 
 
 def batch_at(rows: torch.Tensor, step: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -141,7 +143,8 @@ def run_stage(
         batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
         with accelerator.autocast():
             loss, extra = stage.loss_fn(batch)
-        accelerator.backward(loss)
+        if stage.backward:
+            accelerator.backward(loss)
         loss_value, extra = average_gradients(params, loss, extra)
         if not math.isfinite(loss_value):
             kept = f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good else "step 0 (no checkpoint yet)"
