@@ -96,7 +96,8 @@ def time_step(loss_fn: Callable, params: list[torch.nn.Parameter], ids: torch.Te
     def step() -> None:
         with amp:
             loss, _ = loss_fn(ids)
-        loss.backward()
+        if loss.requires_grad:  # stage 1's loss_fn backpropagates each layer's loss itself
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -34,8 +34,8 @@ def add_parser(subparsers) -> None:
                    help="keep training the stage-1 parameters during stage 2")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute activations in the backward (each Lizard attention in stage 1, each decoder "
-                   "layer in stage 2): less memory for long sequences, same results")
+                   help="stage 2 recomputes each decoder layer's activations in the backward: less memory "
+                   "for long sequences, same results (stage 1 keeps one layer's activations at a time anyway)")
     p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -27,14 +27,14 @@ def _to_ids(tokenizer: Any, text_or_ids: str | Sequence[int] | torch.Tensor) -> 
 
 
 def _token_nll(model: Any, batch: torch.Tensor) -> torch.Tensor:
-    """Per-token NLL [B, T-1] (float32) of ``batch`` [B, T] under the model."""
-    dev = model_device(model)
-    x = batch.to(dev)
+    """Per-token NLL [B, T-1] (float32) of ``batch`` [B, T] under the model:
+    ``nll_bt = logsumexp(z_bt) - z_bt[x_{b,t+1}]``, one row at a time, so that beside the logits only
+    one row's [T-1, vocab] log-softmax exists (not a copy of all the logits and their log-softmax)."""
+    x = batch.to(model_device(model))
     logits = call_logits(model, x)
-    logits = logits[:, :-1].float()
-    tgt = x[:, 1:]
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none")
-    return nll.view(tgt.shape).cpu()
+    with torch.inference_mode():
+        nll = torch.stack([F.cross_entropy(z[:-1].float(), t[1:], reduction="none") for z, t in zip(logits, x)])
+    return nll.cpu()
 
 
 def perplexity(

@@ -44,6 +44,9 @@ class LizardAttention(nn.Module):
     In *attention transfer* mode (see :func:`attention_transfer`) the layer also computes the
     teacher's softmax attention on the same input, stores ``mse(student, teacher)`` in
     ``self.transfer_loss`` and passes the teacher's output on, so every layer sees teacher inputs.
+    No graph crosses layers, so ``d(sum_l loss_l)/d theta_l = d loss_l / d theta_l``: with
+    ``transfer_backward`` the layer backpropagates its own loss at once and keeps it detached, and
+    only one layer's intermediates are alive at a time.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class LizardAttention(nn.Module):
         self.beta = nn.Parameter(torch.empty(self.num_heads, **factory)) if shared else None
         self.alpha = None if shared else nn.Parameter(torch.empty(self.num_heads, **factory))
         self.attention_transfer = False
+        self.transfer_backward = False
         self.transfer_loss: torch.Tensor | None = None
         self.capture: Callable[[LizardAttention, dict], None] | None = None
         self.reset_lizard_parameters()
@@ -174,7 +178,12 @@ class LizardAttention(nn.Module):
             return out, None
         with torch.no_grad():
             target = self.o_proj(self._teacher_attention(q_rope, k_rope, v).transpose(1, 2).reshape(B, T, -1))
-        self.transfer_loss = F.mse_loss(out.float(), target.float())
+        loss = F.mse_loss(out.float(), target.float())
+        if self.transfer_backward and loss.requires_grad:
+            with torch.autocast(out.device.type, enabled=False):  # backward runs outside autocast
+                loss.backward()
+            loss = loss.detach()
+        self.transfer_loss = loss
         return target, None
 
     def _teacher_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -185,14 +194,20 @@ class LizardAttention(nn.Module):
 
 
 @contextlib.contextmanager
-def attention_transfer(model: nn.Module) -> Iterator[list[LizardAttention]]:
-    """Put every Lizard layer of ``model`` in attention-transfer mode; yields the layers."""
+def attention_transfer(model: nn.Module, backward: bool = False) -> Iterator[list[LizardAttention]]:
+    """Put every Lizard layer of ``model`` in attention-transfer mode; yields the layers.
+
+    ``backward``: each layer backpropagates its ``transfer_loss`` during the forward pass (gradients
+    accumulate into ``.grad`` as ``loss.backward()`` on the sum would put them) and keeps it detached.
+    """
     layers = [m for m in model.modules() if isinstance(m, LizardAttention)]
     for layer in layers:
         layer.attention_transfer = True
+        layer.transfer_backward = backward
     try:
         yield layers
     finally:
         for layer in layers:
             layer.attention_transfer = False
+            layer.transfer_backward = False
             layer.transfer_loss = None

@@ -1,60 +1,16 @@
-"""Activation checkpointing (``TrainSettings.gradient_checkpointing``): the forward keeps only each
-block's inputs, the backward recomputes the rest, so long sequences (8K tokens) fit in memory.
-
-Stage 1 checkpoints every :class:`~lizardlm.layers.LizardAttention`: its loss is a side output (the
-attention-transfer MSE, computed inside the layer), so the layer is wrapped rather than the decoder
-layers, and the wrapper returns that loss from the checkpointed function. Stage 2 uses Hugging
-Face's per-decoder-layer checkpointing. Both are non-reentrant (``use_reentrant=False``).
+"""Activation checkpointing (``TrainSettings.gradient_checkpointing``) for stage 2: Hugging Face's
+per-decoder-layer checkpointing, non-reentrant (``use_reentrant=False``); the forward keeps only
+each decoder layer's input, the backward recomputes the rest, so long sequences (8K tokens) fit.
+Stage 1 needs none: each layer backpropagates its own transfer loss as it arises
+(:func:`lizardlm.layers.attention_transfer` with ``backward=True``), so one layer's activations are
+alive at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-
-from lizardlm.layers import LizardAttention
 
 KWARGS = {"use_reentrant": False}
-
-
-def _checkpointed(layer: LizardAttention):
-    """``layer.forward`` recomputed in the backward; attention-transfer mode and loss carried through."""
-    forward = layer.forward
-
-    def run(transfer: bool, *args, **kwargs):
-        saved = layer.attention_transfer, layer.transfer_loss
-        layer.attention_transfer = transfer  # the recompute runs after attention_transfer() has exited
-        try:
-            return forward(*args, **kwargs)[0], layer.transfer_loss
-        finally:
-            layer.attention_transfer, layer.transfer_loss = saved
-
-    def wrapped(*args, **kwargs):
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        out, loss = checkpoint(run, layer.attention_transfer, *args, **KWARGS, **kwargs)
-        if layer.attention_transfer:
-            layer.transfer_loss = loss
-        return out, None
-
-    return wrapped
-
-
-@contextlib.contextmanager
-def checkpointed_attention(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Within the block, every Lizard attention of ``model`` recomputes its forward in the backward."""
-    layers = [m for m in model.modules() if isinstance(m, LizardAttention)] if enabled else []
-    for layer in layers:
-        layer.forward = _checkpointed(layer)  # an instance attribute shadows the method
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward
 
 
 def checkpoint_decoder_layers(model: nn.Module) -> None:

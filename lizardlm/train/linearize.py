@@ -20,7 +20,7 @@ from lizardlm.devices import pick_device
 from lizardlm.errors import LizardError, TrainingError
 from lizardlm.layers import attention_transfer
 from lizardlm.progress import progress
-from lizardlm.train.activations import checkpoint_decoder_layers, checkpointed_attention
+from lizardlm.train.activations import checkpoint_decoder_layers
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
 from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
@@ -71,8 +71,11 @@ def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accele
 
 
 def _transfer_loss_fn(model):
+    """Stage 1's loss ``sum_l mse_l``, each layer's term backpropagated as soon as it is computed
+    (one layer's graph alive at a time); returns it detached (:attr:`Stage.backward` is False)."""
+
     def loss_fn(batch: torch.Tensor):
-        with attention_transfer(model) as layers:
+        with attention_transfer(model, backward=True) as layers:
             model.model(input_ids=batch, use_cache=False)
             losses = torch.stack([layer.transfer_loss for layer in layers])
         return losses.sum(), {"mse_mean": losses.mean().item()}
@@ -230,9 +233,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             p.requires_grad_(True)
         model.train()
         stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
-                      label="stage 1/2: attention transfer", steps_after=settings.steps(2))
-        with checkpointed_attention(model, settings.gradient_checkpointing):
-            _train(stage, splits.train, run, manifest, train_kw, main)
+                      label="stage 1/2: attention transfer", steps_after=settings.steps(2), backward=False)
+        _train(stage, splits.train, run, manifest, train_kw, main)
         model.eval()
         if main:
             atomic_save(lizard_params, run.lizard_weights)

@@ -44,6 +44,8 @@ class Stage:
     """What the progress bar says (default: ``name``)."""
     steps_after: int = 0
     """Steps of the stages still to come: the bar's ``all`` ETA counts them at this stage's pace."""
+    backward: bool = True
+    """Whether :func:`run_stage` backpropagates the loss; False: ``loss_fn`` already did."""
 
 
 def _eta(seconds: float) -> str:
@@ -151,7 +153,8 @@ def run_stage(
         batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
         with accelerator.autocast():
             loss, extra = stage.loss_fn(batch)
-        accelerator.backward(loss)
+        if stage.backward:
+            accelerator.backward(loss)
         loss_value, extra = average_gradients(params, loss, extra)
         if not math.isfinite(loss_value):
             kept = f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good else "step 0 (no checkpoint yet)"

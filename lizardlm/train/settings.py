@@ -16,8 +16,8 @@ class TrainSettings:
 
     Token budgets count training tokens (``steps = tokens // (batch_size * seq_len)``); a budget is 0
     (skip the stage's training) or at least one batch. ``gradient_checkpointing`` recomputes
-    activations in the backward (:mod:`lizardlm.train.activations`): less memory, same losses and
-    gradients.
+    stage 2's activations in the backward (:mod:`lizardlm.train.activations`): less memory, same
+    losses and gradients.
     """
 
     teacher: str = "smollm2-135m"
