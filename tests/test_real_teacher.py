@@ -7,6 +7,7 @@ import torch
 
 import lizardlm
 from lizardlm import LizardCache, LizardConfig
+from lizardlm.cache import CACHE_KWARG
 from lizardlm.train import TrainSettings, linearize, load_run
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def test_convert_and_generate_real_teacher(smollm2_teacher):
     assert type(model).__name__ == "LizardLlamaForCausalLM" and len(model.model.layers) == 30
     cache = LizardCache.for_model(model)
     with torch.no_grad():
-        out = model.generate(ids, past_key_values=cache, max_new_tokens=12, do_sample=False)
+        out = model.generate(ids, **{CACHE_KWARG: cache}, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert "Paris" in text  # short prompts sit inside the window: the teacher's own answer
     assert cache.nbytes() < 16 * 2**20
