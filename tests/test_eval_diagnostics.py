@@ -22,7 +22,6 @@ from lizardlm.eval.diagnostics import (  # noqa: E402
 )
 from lizardlm.eval.report import evaluate  # noqa: E402
 from lizardlm.ops.lizard import lizard_attention_naive  # noqa: E402
-from lizardlm.ops.utils import expand_heads  # noqa: E402
 from lizardlm.ops.window import window_attention_naive  # noqa: E402
 
 FORMS = {"shared": {"mode": "lizard", "window_size": 16}, "sum": {"mode": "paper", "window_size": 16, "feature_dim": 16}}

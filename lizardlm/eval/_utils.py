@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 

@@ -5,7 +5,8 @@ plus a ``lizard`` dict holding a :class:`~lizardlm.config.LizardConfig`, ``model
 ``lizard_x``) and ``LizardXForCausalLM`` (the teacher's class with Lizard attention in every
 layer not listed in ``softmax_layers``). Both are registered with the ``Auto*`` classes when this
 module is imported (any use of a Lizard model does), so ``AutoModelForCausalLM.from_pretrained(dir)``
-loads them; a saved model also loads without it, through ``trust_remote_code`` (:mod:`lizardlm.remote`).
+loads them; a saved model also loads without it, through ``trust_remote_code``
+(:mod:`lizardlm.models.modeling_lizard`).
 """
 
 from __future__ import annotations

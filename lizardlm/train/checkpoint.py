@@ -38,6 +38,14 @@ def writing(path: Path) -> Iterator[None]:
         ) from None
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with writing(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, Any] | None = None) -> None:
     """Write ``tensors`` (+ JSON ``meta`` and a checksum) to ``path`` via a temporary file and a rename."""
     path = Path(path)

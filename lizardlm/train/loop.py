@@ -17,6 +17,7 @@ from lizardlm.errors import TrainingError
 from lizardlm.progress import progress
 from lizardlm.train.checkpoint import (
     atomic_save,
+    atomic_write_text,
     copy_params,
     load_checked,
     optimizer_state,
@@ -102,10 +103,7 @@ class MetricsLog:
     def truncate(self, stage: str, step: int) -> None:
         """Drop ``stage``'s entries after ``step`` (and torn lines), rewriting the file atomically."""
         keep = [e for e in self._entries() if e.get("stage") != stage or e.get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with writing(self.path):
-            tmp.write_text("".join(json.dumps(e) + "\n" for e in keep))
-            os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in keep))
 
     def write(self, entry: dict) -> None:
         with writing(self.path), open(self.path, "a") as f:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lizardlm.errors import CheckpointError
-from lizardlm.train.checkpoint import copy_params, load_checked, writing
+from lizardlm.train.checkpoint import atomic_write_text, copy_params, load_checked, writing
 from lizardlm.train.fingerprint import files_fingerprint, same_model
 from lizardlm.train.settings import TrainSettings
 
@@ -118,10 +118,7 @@ class RunDir:
             raise CheckpointError(f"{self.manifest} has unusable settings: {err}") from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        tmp = self.manifest.with_name(f".{MANIFEST}.tmp")
-        with writing(self.manifest):
-            tmp.write_text(json.dumps(manifest, indent=2))
-            os.replace(tmp, self.manifest)
+        atomic_write_text(self.manifest, json.dumps(manifest, indent=2))
 
     def check_new(self) -> None:
         """A fresh run needs an absent or empty directory (temp files of an interrupted start do not count)
