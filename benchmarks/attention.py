@@ -79,11 +79,12 @@ def sdpa_cudnn(x):
 # CFG key of each launch -> its kernel's name in the profile (the linear backward's two launches,
 # query side and key side, are one kernel: they are tuned together)
 KNAME = {"win_fwd": "win_fwd", "lin_h": "lin_fwd_h", "lin_o": "lin_fwd_o", "pre": "bwd_pre",
-         "lin_dh": "lin_bwd_dh", "lin_bwd_q": "lin_bwd", "lin_bwd_k": "lin_bwd", "win_pairs": "win_bwd_pairs"}
+         "lin_dh": "lin_bwd_dh", "lin_bwd_q": "lin_bwd", "lin_bwd_k": "lin_bwd", "win_pairs": "win_bwd_pairs",
+         "win_bwd": "win_bwd"}
 KERNELS = tuple(KNAME)
 
 
-def kernel_times(B, T, iters=5):
+def kernel_times(B, T, iters=5, form="lizard"):
     """ms per fwd+bwd of each Triton kernel (torch profiler), plus the whole op with do_bench."""
     from triton.testing import do_bench
 
@@ -92,7 +93,7 @@ def kernel_times(B, T, iters=5):
     grads = list(x.values())
 
     def step():
-        lizard(x).backward(dy)
+        lizard(x, form=form).backward(dy)
 
     step()
     torch.cuda.synchronize()

@@ -7,8 +7,9 @@ time of the op at each T (B*T = 32K tokens, the shape of ``attention.py``), with
 same process, and a per-kernel profile. The first variant is timed again at the end (drift).
 
     python benchmarks/variants.py --variants '{"base": {}, "one-launch": {"lin_bwd_split": false}}' [--seqs 2048,8192]
+        [--form paper] [--name variants-paper]
 
-Writes DIR/variants-<device>.json (DIR defaults to benchmarks/results).
+Writes DIR/<name>-<device>.json (DIR defaults to benchmarks/results, name to ``variants``).
 """
 
 from __future__ import annotations
@@ -28,19 +29,19 @@ from result_names import device_slug  # noqa: E402
 import lizardlm.ops.triton.lizard as tlz  # noqa: E402
 
 
-def run_variant(name: str, cfg: dict, seqs: list[int], fp32: bool) -> dict:
+def run_variant(name: str, cfg: dict, seqs: list[int], fp32: bool, form: str) -> dict:
     tlz.CFG.clear()
     tlz.CFG.update(cfg)
     cases = [c for c in A.CHECK_CASES if fp32 or c[0] != torch.float32]
-    out = {"cfg": cfg, "correctness": A.correctness(cases), "runs": {}, "kernels": {}}
+    out = {"cfg": cfg, "form": form, "correctness": A.correctness(cases, forms=(form,)), "runs": {}, "kernels": {}}
     for T in seqs:
         B = A.TOKENS // T
         x = A.inputs(B, T, requires_grad=True)
         for mode in ("fwd", "fwd+bwd"):
-            out["runs"][f"{mode} T={T}"] = A.bench(A.lizard, x, mode == "fwd+bwd")[0]
+            out["runs"][f"{mode} T={T}"] = A.bench(lambda x: A.lizard(x, form=form), x, mode == "fwd+bwd")[0]
         del x
         torch.cuda.empty_cache()
-        out["kernels"][f"T={T}"] = A.kernel_times(B, T)[0]
+        out["kernels"][f"T={T}"] = A.kernel_times(B, T, form=form)[0]
     out["resources"] = {k: [list(r) for r in v] for k, v in A.compiled_resources().items()}
     print(f"{name}: " + "  ".join(f"{k} {v:.3f}" for k, v in out["runs"].items()), flush=True)
     return out
@@ -50,6 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--variants", required=True, help="JSON object: name -> CFG overrides (or a .json file holding one)")
     ap.add_argument("--seqs", default="2048,8192")
+    ap.add_argument("--form", default="lizard", choices=list(A.FORMS), help="the op's form and window (attention.FORMS)")
+    ap.add_argument("--name", default="variants", help="result file stem: DIR/<name>-<device>.json")
     ap.add_argument("--fp32", action="store_true", help="also check each variant's float32 build (slow to compile)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
@@ -67,10 +70,10 @@ def main() -> None:
         del x
     print("sdpa-cudnn: " + "  ".join(f"{k} {v:.3f}" for k, v in res["sdpa_cudnn"].items()), flush=True)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"variants-{device_slug(dev)}.json")
+    path = os.path.join(args.out, f"{args.name}-{device_slug(dev)}.json")
     first = next(iter(variants))
     for name, cfg in [*variants.items(), (first + " (again)", variants[first])]:
-        res["variants"][name] = run_variant(name, cfg, seqs, args.fp32 and name in variants)
+        res["variants"][name] = run_variant(name, cfg, seqs, args.fp32 and name in variants, args.form)
         with open(path, "w") as f:  # after every variant: a run cut short keeps what it measured
             json.dump(res, f, indent=1)
     print("->", path)

@@ -24,15 +24,19 @@ CASES = {
     "wide-window-no-gate-no-meta": (2, 2, 1, 70, 16, 96, 16, 100, 0, False),
     "shorter-than-window": (1, 1, 1, 40, 16, 16, 16, 64, 2, True),
 }
-# lizardlm.ops.triton.lizard.CFG per variant; the scans' tiles are forced (picking them asks the GPU)
+# lizardlm.ops.triton.lizard.CFG per variant, and the forms it runs in (the sum form shares every
+# other kernel path); the scans' tiles are forced (picking them asks the GPU)
 VARIANTS = {
-    "split-backward": {},
-    "one-launch-backward": {"lin_bwd_split": False},
-    "whole-value-rows": {"bvl_bwd": 128},
-    "scan-tiles-32x128": {"h_block": (32, 128), "dh_block": (32, 128)},
+    "split-backward": ({}, ("shared", "paper")),
+    "one-launch-backward": ({"lin_bwd_split": False}, ("shared", "paper")),
+    "whole-value-rows": ({"bvl_bwd": 128}, ("shared",)),
+    "scan-tiles-32x128": ({"h_block": (32, 128), "dh_block": (32, 128)}, ("shared",)),
+    "window-backward-per-side": ({"win_bwd_split": True}, ("shared", "paper")),
+    "window-backward-128-rows": ({"win_bwd_bm": 128}, ("paper",)),
+    "scan-segments-of-1": ({"scan_chunks": 1}, ("shared",)),
+    "scan-segments-of-2": ({"scan_chunks": 2}, ("paper",)),
 }
 TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
-PAPER_VARIANTS = ("split-backward", "one-launch-backward")  # the sum form shares every other kernel path
 
 
 def errors(case: tuple, seed: int, form: str) -> dict[str, float]:
@@ -62,8 +66,8 @@ def child() -> None:
 
     for seed, (case_name, case) in enumerate(CASES.items()):
         for form in FORMS:
-            for variant, cfg in VARIANTS.items():
-                if form == "paper" and variant not in PAPER_VARIANTS:
+            for variant, (cfg, forms) in VARIANTS.items():
+                if form not in forms:
                     continue
                 tlz.CFG.clear()
                 tlz.CFG.update({**TILES, **cfg})
@@ -80,7 +84,7 @@ def interpreted() -> dict[tuple[str, str], dict[str, float]]:
     return {(row["case"], row["form"], row["variant"]): row["errors"] for row in rows}
 
 
-@pytest.mark.parametrize("form, variant", [("shared", v) for v in VARIANTS] + [("paper", v) for v in PAPER_VARIANTS])
+@pytest.mark.parametrize("form, variant", [(f, v) for v, (_, forms) in VARIANTS.items() for f in forms])
 @pytest.mark.parametrize("case", CASES)
 def test_kernels_match_float64_in_the_interpreter(interpreted, case, form, variant):
     errs = interpreted[(case, form, variant)]

@@ -82,15 +82,23 @@ def _win_fwd(
 
 @triton.jit
 def _lin_fwd_h(
-    FK, Vv, GL, GW, Hs, HZ,
-    T, TP, H, G, NT,
+    FK, Vv, GL, GW, Hs, HZ, ST, STZ,
+    T, TP, H, G, NT, NS, NSEG,
     W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, TOTALS: tl.constexpr, ENTER: tl.constexpr,
 ):
-    """States entering each chunk: Hs (B*H, NT, F, DV), HZ (B*H, NT, F) (normaliser)."""
+    """States entering each chunk: Hs (B*H, NT, F, DV), HZ (B*H, NT, F) (normaliser).
+
+    Segments of NS chunks scan in parallel (program axis 2 is (b * H + h) * NSEG + segment). TOTALS:
+    each segment's own final state, scanned from zero, into ST (B*H, NSEG, F, DV) and STZ
+    (B*H, NSEG, F), float32, nothing else stored. ENTER: each segment starts from ST / STZ (the
+    state entering it, which the caller forms from the totals) and stores its chunks' states.
+    NSEG = 1 with neither flag is the plain sequential scan."""
     pid_k = tl.program_id(0)
     pid_v = tl.program_id(1)
-    pid_bh = tl.program_id(2).to(tl.int64)
+    pid = tl.program_id(2).to(tl.int64)
+    pid_bh = pid // NSEG
+    seg = pid % NSEG
     b = pid_bh // H
     h = pid_bh % H
     kvh = b * (H // G) + h // G
@@ -98,13 +106,20 @@ def _lin_fwd_h(
     offs_v = pid_v * BV + tl.arange(0, BV)
     kmask = offs_k < F
     vmask = offs_v < DV
+    smask = kmask[:, None] & vmask[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
     sz = tl.zeros([BK], dtype=tl.float32)
-    for c in range(0, NT):
-        h_ptr = Hs + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :]
-        tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=kmask[:, None] & vmask[None, :])
-        if pid_v == 0:
-            tl.store(HZ + (pid_bh * NT + c) * F + offs_k, sz, mask=kmask)
+    if ENTER:
+        S = tl.load(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], mask=smask, other=0.0)
+        sz = tl.load(STZ + pid * F + offs_k, mask=kmask, other=0.0)
+    c0 = seg * NS
+    c1 = tl.minimum(c0 + NS, NT)
+    for c in range(c0, c1):
+        if not TOTALS:
+            h_ptr = Hs + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :]
+            tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=smask)
+            if pid_v == 0:
+                tl.store(HZ + (pid_bh * NT + c) * F + offs_k, sz, mask=kmask)
         offs_t = c * BT + tl.arange(0, BT)
         tmask = offs_t < T
         gl = tl.load(GL + pid_bh * TP + offs_t)
@@ -119,6 +134,10 @@ def _lin_fwd_h(
         eb = tl.exp(bc)
         S = S * eb + tl.dot(tl.trans(kd.to(v.dtype)), v, input_precision=PREC)
         sz = sz * eb + tl.sum(kd, 0)
+    if TOTALS:
+        tl.store(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], S, mask=smask)
+        if pid_v == 0:
+            tl.store(STZ + pid * F + offs_k, sz, mask=kmask)
 
 
 @triton.jit
@@ -182,13 +201,13 @@ def _lin_fwd_o(
 
 @triton.jit
 def _bwd_pre(
-    DY, Y, O, ZB, DO, DZ, DELTA, DOW, DA, ALPHA,
+    DY, Y, O, ZB, DO, DZ, DELTA,
     T, H, DV: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr, SUM: tl.constexpr,
 ):
     """Shared form: do = dy / (1 + Z) (the gradient of both o and N), dZ = -(dy . y) / (1 + Z),
     Delta = do . o. SUM (y = N / Z + alpha o; Y holds y_gla = N / Z): do = dy / Z (gradient of N),
-    dZ = -(dy . y_gla) / Z, dow = alpha dy (gradient of o), Delta = dow . o, and da = dy . o (summed
-    into d alpha by the caller)."""
+    dZ = -(dy . y_gla) / Z and Delta = dy . o: the window backward reads dy itself and scales its
+    gradients by alpha_h (the gradient of o is alpha dy), and Delta summed is d alpha."""
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     offs_t = pid_t * BT + tl.arange(0, BT)
@@ -201,15 +220,11 @@ def _bwd_pre(
     o = tl.load(O + ptrs, mask=m2, other=0.0).to(tl.float32)
     z = tl.load(ZB + pid_bh * T + offs_t, mask=tmask, other=1.0)
     if SUM:
-        a = tl.load(ALPHA + pid_bh % H)
         r = 1.0 / z
         do = dy * r[:, None]
         tl.store(DO + ptrs, do.to(DO.dtype.element_ty), mask=m2)
         tl.store(DZ + pid_bh * T + offs_t, -r * tl.sum(dy * y, 1), mask=tmask)
-        tl.store(DOW + ptrs, (a * dy).to(DOW.dtype.element_ty), mask=m2)
-        da = tl.sum(dy * o, 1)
-        tl.store(DA + pid_bh * T + offs_t, da, mask=tmask)
-        tl.store(DELTA + pid_bh * T + offs_t, a * da, mask=tmask)
+        tl.store(DELTA + pid_bh * T + offs_t, tl.sum(dy * o, 1), mask=tmask)
     else:
         r = 1.0 / (1.0 + z)
         do = dy * r[:, None]
@@ -220,26 +235,39 @@ def _bwd_pre(
 
 @triton.jit
 def _lin_bwd_dh(
-    FQ, DO, DZ, GL, DH, DHZ,
-    T, TP, NT,
+    FQ, DO, DZ, GL, DH, DHZ, ST, STZ,
+    T, TP, NT, NS, NSEG,
     F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    TOTALS: tl.constexpr, ENTER: tl.constexpr,
 ):
-    """Gradient with respect to the state *leaving* each chunk: DH (B*H, NT, F, DV), DHZ (B*H, NT, F)."""
+    """Gradient with respect to the state *leaving* each chunk: DH (B*H, NT, F, DV), DHZ (B*H, NT, F).
+    Segments as in ``_lin_fwd_h``, scanned in reverse: TOTALS stores the gradient each segment alone
+    puts on the state entering its first chunk; ENTER starts a segment from the gradient on the
+    state leaving its last chunk."""
     pid_k = tl.program_id(0)
     pid_v = tl.program_id(1)
-    pid_bh = tl.program_id(2).to(tl.int64)
+    pid = tl.program_id(2).to(tl.int64)
+    pid_bh = pid // NSEG
+    seg = pid % NSEG
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
     kmask = offs_k < F
     vmask = offs_v < DV
+    smask = kmask[:, None] & vmask[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     dsz = tl.zeros([BK], dtype=tl.float32)
-    for i in range(0, NT):
-        c = NT - 1 - i
-        tl.store(DH + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :], dS.to(DH.dtype.element_ty),
-                 mask=kmask[:, None] & vmask[None, :])
-        if pid_v == 0:
-            tl.store(DHZ + (pid_bh * NT + c) * F + offs_k, dsz, mask=kmask)
+    if ENTER:
+        dS = tl.load(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], mask=smask, other=0.0)
+        dsz = tl.load(STZ + pid * F + offs_k, mask=kmask, other=0.0)
+    c0 = seg * NS
+    c1 = tl.minimum(c0 + NS, NT)
+    for i in range(0, c1 - c0):
+        c = c1 - 1 - i
+        if not TOTALS:
+            tl.store(DH + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :], dS.to(DH.dtype.element_ty),
+                     mask=smask)
+            if pid_v == 0:
+                tl.store(DHZ + (pid_bh * NT + c) * F + offs_k, dsz, mask=kmask)
         offs_t = c * BT + tl.arange(0, BT)
         tmask = offs_t < T
         gl = tl.load(GL + pid_bh * TP + offs_t)
@@ -251,6 +279,10 @@ def _lin_bwd_dh(
         eb = tl.exp(bc)
         dS = dS * eb + tl.dot(tl.trans(qe.to(do.dtype)), do, input_precision=PREC)
         dsz = dsz * eb + tl.sum(qe * dz[:, None], 0)
+    if TOTALS:
+        tl.store(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], dS, mask=smask)
+        if pid_v == 0:
+            tl.store(STZ + pid * F + offs_k, dsz, mask=kmask)
 
 
 @triton.jit
@@ -330,11 +362,12 @@ def _lin_bwd(
 
 @triton.jit
 def _meta_bwd(
-    q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, slot, nstore, qk_scale, offs_d, offs_dv, dmask, dvmask,
+    q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, slot, nstore, qk_scale, a, offs_d, offs_dv, dmask, dvmask,
     D: tl.constexpr, DV: tl.constexpr, BMETA: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Meta-slot part of one query block's window backward: returns its dq term (unscaled) and
-    stores the block's partial dmk, dmv (unscaled) and dmb in row ``slot`` of DMETA (rows of
+    """Meta-slot part of one query block's window backward: returns its dq term (unscaled, without
+    the factor ``a``) and stores the block's partial dmk, dmv (unscaled) and dmb, each times ``a``
+    (the branch weight alpha_h of the sum form, else 1), in row ``slot`` of DMETA (rows of
     M * (D + DV + 1): dmk, dmv, dmb; first ``nstore`` meta slots)."""
     offs_e = tl.arange(0, BMETA)
     emask = offs_e < M
@@ -349,24 +382,27 @@ def _meta_bwd(
     dmv = tl.dot(tl.trans(p_e.to(do.dtype)), do, input_precision=PREC)
     smask = offs_e < nstore
     row = DMETA + slot * M * (D + DV + 1)
-    tl.store(row + offs_e[:, None] * D + offs_d[None, :], dmk, mask=smask[:, None] & dmask[None, :])
-    tl.store(row + M * D + offs_e[:, None] * DV + offs_dv[None, :], dmv, mask=smask[:, None] & dvmask[None, :])
-    tl.store(row + M * (D + DV) + offs_e, tl.sum(ds_e, 0), mask=smask)
+    tl.store(row + offs_e[:, None] * D + offs_d[None, :], dmk * a, mask=smask[:, None] & dmask[None, :])
+    tl.store(row + M * D + offs_e[:, None] * DV + offs_dv[None, :], dmv * a, mask=smask[:, None] & dvmask[None, :])
+    tl.store(row + M * (D + DV) + offs_e, tl.sum(ds_e, 0) * a, mask=smask)
     return tl.dot(ds_e.to(q.dtype), mk, input_precision=PREC)
 
 
 @triton.jit
 def _win_bwd(
-    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA,
+    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA, ALPHA,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr, LS: tl.constexpr,
+    SUM: tl.constexpr, KVS: tl.constexpr, QS: tl.constexpr,
 ):
-    """Window-branch gradients. Program j: dk, dv of key block j (dv plus the linear branch's DVL,
-    rows n < T - LS); dq of query block j; partial meta gradients of query block j
+    """Window-branch gradients. Program j: with KVS, dk, dv of key block j (dv plus the linear
+    branch's DVL, rows n < T - LS); with QS, dq of query block j and its partial meta gradients
     (DMETA (B, NB, H, M * (D + DV + 1)): dmk and dmv unscaled, then the meta logit biases; summed
-    over the leading two dimensions by the caller, one contiguous reduction). DVL rows n < T - LS
-    hold the linear branch's dv (LS: its shift)."""
+    over the leading two dimensions by the caller, one contiguous reduction). One launch with both
+    sides, or one per side (fewer live tiles, more programs per SM). SUM: DO holds dy and DELTA
+    dy . o; the branch weight alpha_h multiplies every window gradient as it is stored
+    (y = y_gla + alpha o, so d o = alpha dy and every window gradient is linear in d o)."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -381,73 +417,77 @@ def _win_bwd(
     dmask = offs_d < D
     dvmask = offs_dv < DV
     qk_scale = scale * 1.4426950408889634
-    # ---- key block j: dk, dv
-    offs_n = j * BM + tl.arange(0, BM)
-    nmask = offs_n < T
-    k = tl.load(k_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
-    dk = tl.zeros([BM, BD], dtype=tl.float32)
-    dv = tl.zeros([BM, BDV], dtype=tl.float32)
-    for i in range(0, NBW + 1):
-        offs_m = (j + i) * BM + tl.arange(0, BM)
+    a = 1.0
+    if SUM:
+        a = tl.load(ALPHA + h)
+    if KVS:  # ---- key block j: dk, dv
+        offs_n = j * BM + tl.arange(0, BM)
+        nmask = offs_n < T
+        k = tl.load(k_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        dk = tl.zeros([BM, BD], dtype=tl.float32)
+        dv = tl.zeros([BM, BDV], dtype=tl.float32)
+        for i in range(0, NBW + 1):
+            offs_m = (j + i) * BM + tl.arange(0, BM)
+            mmask = offs_m < T
+            q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
+            lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
+            delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+            valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :] & mmask[:, None]
+            p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        tl.store(DK + pid_bh * T * D + offs_n[:, None] * D + offs_d[None, :], (dk * (scale * a)).to(DK.dtype.element_ty),
+                 mask=nmask[:, None] & dmask[None, :])
+        lmask = (offs_n < T - LS)[:, None] & dvmask[None, :]
+        dv = dv * a + tl.load(DVL + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
+        tl.store(DVW + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
+                 mask=nmask[:, None] & dvmask[None, :])
+    if QS:  # ---- query block j: dq (+ meta)
+        offs_m = j * BM + tl.arange(0, BM)
         mmask = offs_m < T
         q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
         do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
         lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
         delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :] & mmask[:, None]
-        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-    tl.store(DK + pid_bh * T * D + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=nmask[:, None] & dmask[None, :])
-    lmask = (offs_n < T - LS)[:, None] & dvmask[None, :]
-    dv += tl.load(DVL + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
-    tl.store(DVW + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
-             mask=nmask[:, None] & dvmask[None, :])
-    # ---- query block j: dq (+ meta)
-    offs_m = j * BM + tl.arange(0, BM)
-    mmask = offs_m < T
-    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
-    do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
-    lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
-    delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
-    dq = tl.zeros([BM, BD], dtype=tl.float32)
-    if HAS_META:
-        dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + j) * H + h, M, qk_scale,
-                        offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
-    for i in range(0, NBW + 1):
-        offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
-        nmask2 = (offs_n2 < T) & (offs_n2 >= 0)
-        rows2 = tl.maximum(offs_n2, 0)
-        k2 = tl.load(k_base + rows2[:, None] * D + offs_d[None, :], mask=nmask2[:, None] & dmask[None, :], other=0.0)
-        v2 = tl.load(v_base + rows2[:, None] * DV + offs_dv[None, :], mask=nmask2[:, None] & dvmask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
-        valid = (offs_n2[None, :] <= offs_m[:, None]) & (offs_n2[None, :] > offs_m[:, None] - W) & nmask2[None, :] & mmask[:, None]
-        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v2), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
-    tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=mmask[:, None] & dmask[None, :])
+        dq = tl.zeros([BM, BD], dtype=tl.float32)
+        if HAS_META:
+            dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + j) * H + h, M, qk_scale, a,
+                            offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
+        for i in range(0, NBW + 1):
+            offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
+            nmask2 = (offs_n2 < T) & (offs_n2 >= 0)
+            rows2 = tl.maximum(offs_n2, 0)
+            k2 = tl.load(k_base + rows2[:, None] * D + offs_d[None, :], mask=nmask2[:, None] & dmask[None, :], other=0.0)
+            v2 = tl.load(v_base + rows2[:, None] * DV + offs_dv[None, :], mask=nmask2[:, None] & dvmask[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
+            valid = (offs_n2[None, :] <= offs_m[:, None]) & (offs_n2[None, :] > offs_m[:, None] - W) & nmask2[None, :] & mmask[:, None]
+            p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v2), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
+        tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * (scale * a)).to(DQ.dtype.element_ty),
+                 mask=mmask[:, None] & dmask[None, :])
 
 
 @triton.jit
 def _win_bwd_pairs(
-    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA,
+    Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA, ALPHA,
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr, LS: tl.constexpr,
+    SUM: tl.constexpr,
 ):
     """Window-branch gradients when the window reaches at most one block back (W <= BM + 1).
     Program p (0 <= p <= NB) evaluates the block pairs (query, key) = (p-1, p-1), (p, p-1), (p, p):
     dk, dv of key block p - 1 (dv plus the linear branch's DVL, rows n < T - LS) and dq (+ meta
     partials, as in ``_win_bwd``) of query block p. The shared pair (p, p-1) is computed once:
     12 block products per program instead of ``_win_bwd``'s 14, 8 tile loads instead of 12.
-    Blocks -1 and NB are empty (masked), so the code runs straight through."""
+    Blocks -1 and NB are empty (masked), so the code runs straight through. SUM as in ``_win_bwd``."""
     p = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -462,6 +502,9 @@ def _win_bwd_pairs(
     dmask = offs_d < D
     dvmask = offs_dv < DV
     qk_scale = scale * 1.4426950408889634
+    a = 1.0
+    if SUM:
+        a = tl.load(ALPHA + h)
     # ---- key block p - 1 against its own query block
     offs_n = (p - 1) * BM + tl.arange(0, BM)
     nmask = (offs_n >= 0) & (offs_n < T)
@@ -493,17 +536,17 @@ def _win_bwd_pairs(
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
     dsb = (pr * (dp - delta[:, None])).to(q.dtype)
     dk += tl.dot(tl.trans(dsb), q, input_precision=PREC)
-    tl.store(DK + pid_bh * T * D + rows_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+    tl.store(DK + pid_bh * T * D + rows_n[:, None] * D + offs_d[None, :], (dk * (scale * a)).to(DK.dtype.element_ty),
              mask=nmask[:, None] & dmask[None, :])
     lmask = (nmask & (offs_n < T - LS))[:, None] & dvmask[None, :]
-    dv += tl.load(DVL + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
+    dv = dv * a + tl.load(DVL + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
     tl.store(DVW + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
              mask=nmask[:, None] & dvmask[None, :])
     dq = tl.dot(dsb, k, input_precision=PREC)
     # ---- query block p: meta partials and the diagonal pair (p, p)
     if HAS_META:  # program NB has no query block: its (zero) partials are not stored
         dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + tl.minimum(p, NB - 1)) * H + h,
-                        tl.where(p < NB, M, 0), qk_scale, offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
+                        tl.where(p < NB, M, 0), qk_scale, a, offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
     k2 = tl.load(k_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
     v2 = tl.load(v_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
     s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
@@ -512,5 +555,5 @@ def _win_bwd_pairs(
     dp = tl.dot(do, tl.trans(v2), input_precision=PREC)
     ds = pr * (dp - delta[:, None])
     dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
-    tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+    tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * (scale * a)).to(DQ.dtype.element_ty),
              mask=mmask[:, None] & dmask[None, :])

@@ -3,10 +3,11 @@
 Forward: window kernel (o, lse) -> chunk states of the linear branch -> per-chunk output kernel
 that adds the linear branch and normalises, y = (o + N) / (1 + Z) (shared form) or
 y = N / Z + alpha o (sum form: the same kernels with shift 0, no extra pass).
-Backward: prelude (do, dZ, Delta; in the sum form also alpha dy for the window branch and dy . o
-for d alpha) -> reverse chunk-state gradients -> linear-branch gradients -> window-branch
-gradients; the log-decay gradient is a reverse cumulative sum of ``fq.dfq - fk.dfk`` (done in
-torch), group sums for grouped-query attention likewise. Sink logits run as meta slots with zero
+Backward: prelude (do, dZ, Delta; in the sum form Delta = dy . o, also d alpha's summand) ->
+reverse chunk-state gradients -> linear-branch gradients -> window-branch gradients (the sum
+form's window kernels read dy and scale what they store by alpha_h); the log-decay gradient is a
+reverse cumulative sum of ``fq.dfq - fk.dfk`` (done in torch), group sums for grouped-query
+attention likewise. Sink logits run as meta slots with zero
 keys and values (their gradient is the meta-bias gradient).
 
 The paper folds the cumulative log-gate into the exponent of the feature map so the gated product
@@ -82,6 +83,51 @@ def _pairs_window_bwd(window: int, block: int, dtype: torch.dtype) -> bool:
     return window <= block + 1 and dtype in (torch.bfloat16, torch.float16)
 
 
+def _scan_chunks(programs: int, NT: int, device) -> int:
+    """Chunks per segment of the state scans (``CFG["scan_chunks"]``, else NT: one sequential scan)."""
+    ns = CFG.get("scan_chunks")
+    return NT if ns is None else max(1, min(int(ns), NT))
+
+
+def _scan(kernel, bufs: tuple, ints: tuple, gl: torch.Tensor, chunk: int, reverse: bool, **meta) -> None:
+    """Run a chunk-state scan (``_lin_fwd_h``, or ``_lin_bwd_dh`` with ``reverse``) over (B*H, NT) chunks.
+
+    One sequential scan per (b, h, tile), or in segments of NS chunks: a first launch stores each
+    segment's own total T_s (scanned from zero), the states entering the segments follow from them
+    in one batched product (P_s: log-decay of the chunks before segment s):
+
+        forward  E_s = sum_{s' < s} exp(P_s - P_{s'+1}) T_{s'}
+        reverse  R_s = sum_{s' > s} exp(P_{s'} - P_{s+1}) U_{s'}   (gradient leaving segment s)
+
+    and a second launch rescans each segment from its entering state, storing every chunk's state.
+    Twice the chunk products, NSEG times the programs: pays where B*H leaves SMs idle (long T)."""
+    F_, DV = meta["F"], meta["DV"]
+    BH, TP = gl.shape
+    NT = TP // chunk
+    tiles = (triton.cdiv(F_, meta["BK"]), triton.cdiv(DV, meta["BV"]))
+    NS = _scan_chunks(BH * tiles[0] * tiles[1], NT, gl.device)
+    NSEG = triton.cdiv(NT, NS)
+    if NSEG == 1:
+        dummy = gl.new_empty(1)
+        kernel[(*tiles, BH)](*bufs, dummy, dummy, *ints, NT, NT, 1, **meta, TOTALS=False, ENTER=False)
+        return
+    st = _empty(BH, NSEG, F_, DV, device=gl.device, dtype=torch.float32)
+    stz = _empty(BH, NSEG, F_, device=gl.device, dtype=torch.float32)
+    kernel[(*tiles, BH * NSEG)](*bufs, st, stz, *ints, NT, NS, NSEG, **meta, TOTALS=True, ENTER=False)
+    last = F.pad(gl.view(BH, NT, chunk)[:, :, -1].double(), (0, NSEG * NS - NT))  # chunk log-decays b_c
+    P = F.pad(last.view(BH, NSEG, NS).sum(-1).cumsum(-1), (1, 0))  # (BH, NSEG + 1)
+    idx = torch.arange(NSEG, device=gl.device)
+    if reverse:
+        w, keep = P[:, None, :-1] - P[:, 1:, None], idx[None, :] > idx[:, None]
+    else:
+        w, keep = P[:, :-1, None] - P[:, None, 1:], idx[None, :] < idx[:, None]
+    w = w.masked_fill(~keep, float("-inf")).exp().float()
+    enter = torch.bmm(w, torch.cat([st.view(BH, NSEG, -1), stz], -1))
+    st.view(BH, NSEG, -1).copy_(enter[..., : F_ * DV])
+    stz.copy_(enter[..., F_ * DV:])
+    kernel[(*tiles, BH * NSEG)](*bufs, st, stz, *ints, NT, NS, NSEG, **meta, TOTALS=False, ENTER=True)
+
+
 def _gates(g: torch.Tensor, shift: int, chunk: int):
     """Chunk-local inclusive cumsum gl (padded to whole chunks) and shift sums gw_t = G_t - G_{t-shift}
     of G = cumsum(g). G is formed in float64 (over a long sequence it grows large, and the
@@ -119,10 +165,8 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
     hs = _empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
     hz = _empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
     BK, BV = CFG.get("h_block") or _scan_blocks(BH, Fd, DV, q.device)
-    K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
-        fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
-        W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
-    )
+    _scan(K._lin_fwd_h, (fk, v, gl, gw, hs, hz), (T, TP, H, G), gl, chunk, reverse=False,
+          W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3))
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
     yg = _empty(*o.shape, device=o.device, dtype=o.dtype) if alpha is not None else dummy  # sum form: y_gla
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
@@ -171,20 +215,15 @@ class LizardAttentionFunction(torch.autograd.Function):
         dz = _empty(BH, T, device=dev, dtype=f32)
         delta = _empty(BH, T, device=dev, dtype=f32)
         dummy = q.new_empty(1)
-        dow = _empty(*o.shape, device=o.device, dtype=o.dtype) if summed else None  # window branch's do
-        da = _empty(BH, T, device=dev, dtype=f32) if summed else None
         K._bwd_pre[(triton.cdiv(T, 64), BH)](
-            dy, yz, o, zb, do, dz, delta, dow if summed else dummy, da if summed else dummy, alpha if summed else dummy,
-            T, H, DV=DV, BDV=_pow2(DV), BT=64, SUM=summed, **_cfg("pre", num_warps=8),
+            dy, yz, o, zb, do, dz, delta, T, H, DV=DV, BDV=_pow2(DV), BT=64, SUM=summed, **_cfg("pre", num_warps=8),
         )
         # linear branch
         dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
         dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
         BK, BV = CFG.get("dh_block") or _scan_blocks(BH, Fd, DV, dev, narrow_features=True)
-        K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
-            fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
-            **_cfg("lin_dh", num_warps=4, num_stages=3),
-        )
+        _scan(K._lin_bwd_dh, (fq, do, dz, gl, dh, dhz), (T, TP), gl, chunk, reverse=True,
+              F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_dh", num_warps=4, num_stages=3))
         gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
         dfq = _empty(*fq.shape, device=dev, dtype=fq.dtype)
         # rows t >= T - shift of the key-side linear gradients get nothing from the linear branch
@@ -207,7 +246,7 @@ class LizardAttentionFunction(torch.autograd.Function):
         # window branch
         has_meta = mk is not None and mk.shape[1] > 0
         M = mk.shape[1] if has_meta else 0
-        BM = 64
+        BM = CFG.get("win_bwd_bm", 64)
         NB = triton.cdiv(T, BM)
         BMETA = _pow2(max(M, 1))
         dq = _empty(*q.shape, device=dev, dtype=q.dtype)
@@ -215,14 +254,21 @@ class LizardAttentionFunction(torch.autograd.Function):
         dvw = _empty(B, H, T, DV, device=dev, dtype=gdt)
         # per (query block, head) partial meta gradients [dmk | dmv | dmb], summed below
         dmeta_p = _empty(B * NB, H, M * (D + DV + 1), device=dev, dtype=f32) if has_meta else q.new_empty(1)
+        # the sum form's window branch reads dy and scales its gradients by alpha_h in the kernel
         args = (q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy,
-                dow if summed else do, lse, delta, dvl, dq, dk, dvw, dmeta_p, T, H, G, M, NB, scale)
+                dy if summed else do, lse, delta, dvl, dq, dk, dvw, dmeta_p, alpha if summed else dummy,
+                T, H, G, M, NB, scale)
         meta = dict(W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BMETA=BMETA, HAS_META=has_meta, PREC=prec,
-                    LS=shift)
+                    LS=shift, SUM=summed)
         if _pairs_window_bwd(window, BM, q.dtype) and not CFG.get("win_bwd_general"):
             K._win_bwd_pairs[(NB + 1, BH)](*args, **meta, **_cfg("win_pairs", num_warps=4, num_stages=1))
+        elif CFG.get("win_bwd_split", False):  # one launch per side
+            meta["NBW"] = triton.cdiv(window - 1, BM)
+            K._win_bwd[(NB, BH)](*args, **meta, KVS=True, QS=False, **_cfg("win_bwd_kv", num_warps=4, num_stages=1))
+            K._win_bwd[(NB, BH)](*args, **meta, KVS=False, QS=True, **_cfg("win_bwd_q", num_warps=4, num_stages=1))
         else:
-            K._win_bwd[(NB, BH)](*args, **meta, NBW=triton.cdiv(window - 1, BM), **_cfg("win_bwd", num_warps=4, num_stages=1))
+            K._win_bwd[(NB, BH)](*args, **meta, NBW=triton.cdiv(window - 1, BM), KVS=True, QS=True,
+                                 **_cfg("win_bwd", num_warps=4, num_stages=1))
         dk = _group_sum(dk, Hk).to(k.dtype)
         dv = _group_sum(dvw, Hk).to(v.dtype)
         dfk_out = _group_sum(dfk, Hk).to(fk.dtype)
@@ -236,7 +282,7 @@ class LizardAttentionFunction(torch.autograd.Function):
             dmk = (dmk.reshape(H, M, D) * scale).to(mk.dtype)
             dmv = dmv.reshape(H, M, DV).to(mv.dtype)
             dmb = dmb.to(mb.dtype)
-        dalpha = da.view(B, H, T).sum((0, 2)) if summed else None
+        dalpha = delta.view(B, H, T).sum((0, 2)) if summed else None
         return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None
 
 
