@@ -31,10 +31,8 @@ VARIANTS = {
     "one-launch-backward": ({"lin_bwd_split": False}, ("shared", "paper")),
     "whole-value-rows": ({"bvl_bwd": 128}, ("shared",)),
     "scan-tiles-32x128": ({"h_block": (32, 128), "dh_block": (32, 128)}, ("shared",)),
-    "window-backward-per-side": ({"win_bwd_split": True}, ("shared", "paper")),
+    "window-backward-one-launch": ({"win_bwd_split": False}, ("shared", "paper")),
     "window-backward-128-rows": ({"win_bwd_bm": 128}, ("paper",)),
-    "scan-segments-of-1": ({"scan_chunks": 1}, ("shared",)),
-    "scan-segments-of-2": ({"scan_chunks": 2}, ("paper",)),
 }
 TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
 

@@ -82,23 +82,15 @@ def _win_fwd(
 
 @triton.jit
 def _lin_fwd_h(
-    FK, Vv, GL, GW, Hs, HZ, ST, STZ,
-    T, TP, H, G, NT, NS, NSEG,
+    FK, Vv, GL, GW, Hs, HZ,
+    T, TP, H, G, NT,
     W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, TOTALS: tl.constexpr, ENTER: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    """States entering each chunk: Hs (B*H, NT, F, DV), HZ (B*H, NT, F) (normaliser).
-
-    Segments of NS chunks scan in parallel (program axis 2 is (b * H + h) * NSEG + segment). TOTALS:
-    each segment's own final state, scanned from zero, into ST (B*H, NSEG, F, DV) and STZ
-    (B*H, NSEG, F), float32, nothing else stored. ENTER: each segment starts from ST / STZ (the
-    state entering it, which the caller forms from the totals) and stores its chunks' states.
-    NSEG = 1 with neither flag is the plain sequential scan."""
+    """States entering each chunk: Hs (B*H, NT, F, DV), HZ (B*H, NT, F) (normaliser)."""
     pid_k = tl.program_id(0)
     pid_v = tl.program_id(1)
-    pid = tl.program_id(2).to(tl.int64)
-    pid_bh = pid // NSEG
-    seg = pid % NSEG
+    pid_bh = tl.program_id(2).to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     kvh = b * (H // G) + h // G
@@ -106,20 +98,13 @@ def _lin_fwd_h(
     offs_v = pid_v * BV + tl.arange(0, BV)
     kmask = offs_k < F
     vmask = offs_v < DV
-    smask = kmask[:, None] & vmask[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
     sz = tl.zeros([BK], dtype=tl.float32)
-    if ENTER:
-        S = tl.load(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], mask=smask, other=0.0)
-        sz = tl.load(STZ + pid * F + offs_k, mask=kmask, other=0.0)
-    c0 = seg * NS
-    c1 = tl.minimum(c0 + NS, NT)
-    for c in range(c0, c1):
-        if not TOTALS:
-            h_ptr = Hs + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :]
-            tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=smask)
-            if pid_v == 0:
-                tl.store(HZ + (pid_bh * NT + c) * F + offs_k, sz, mask=kmask)
+    for c in range(0, NT):
+        h_ptr = Hs + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :]
+        tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=kmask[:, None] & vmask[None, :])
+        if pid_v == 0:
+            tl.store(HZ + (pid_bh * NT + c) * F + offs_k, sz, mask=kmask)
         offs_t = c * BT + tl.arange(0, BT)
         tmask = offs_t < T
         gl = tl.load(GL + pid_bh * TP + offs_t)
@@ -134,10 +119,6 @@ def _lin_fwd_h(
         eb = tl.exp(bc)
         S = S * eb + tl.dot(tl.trans(kd.to(v.dtype)), v, input_precision=PREC)
         sz = sz * eb + tl.sum(kd, 0)
-    if TOTALS:
-        tl.store(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], S, mask=smask)
-        if pid_v == 0:
-            tl.store(STZ + pid * F + offs_k, sz, mask=kmask)
 
 
 @triton.jit
@@ -235,39 +216,26 @@ def _bwd_pre(
 
 @triton.jit
 def _lin_bwd_dh(
-    FQ, DO, DZ, GL, DH, DHZ, ST, STZ,
-    T, TP, NT, NS, NSEG,
+    FQ, DO, DZ, GL, DH, DHZ,
+    T, TP, NT,
     F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-    TOTALS: tl.constexpr, ENTER: tl.constexpr,
 ):
-    """Gradient with respect to the state *leaving* each chunk: DH (B*H, NT, F, DV), DHZ (B*H, NT, F).
-    Segments as in ``_lin_fwd_h``, scanned in reverse: TOTALS stores the gradient each segment alone
-    puts on the state entering its first chunk; ENTER starts a segment from the gradient on the
-    state leaving its last chunk."""
+    """Gradient with respect to the state *leaving* each chunk: DH (B*H, NT, F, DV), DHZ (B*H, NT, F)."""
     pid_k = tl.program_id(0)
     pid_v = tl.program_id(1)
-    pid = tl.program_id(2).to(tl.int64)
-    pid_bh = pid // NSEG
-    seg = pid % NSEG
+    pid_bh = tl.program_id(2).to(tl.int64)
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
     kmask = offs_k < F
     vmask = offs_v < DV
-    smask = kmask[:, None] & vmask[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     dsz = tl.zeros([BK], dtype=tl.float32)
-    if ENTER:
-        dS = tl.load(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], mask=smask, other=0.0)
-        dsz = tl.load(STZ + pid * F + offs_k, mask=kmask, other=0.0)
-    c0 = seg * NS
-    c1 = tl.minimum(c0 + NS, NT)
-    for i in range(0, c1 - c0):
-        c = c1 - 1 - i
-        if not TOTALS:
-            tl.store(DH + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :], dS.to(DH.dtype.element_ty),
-                     mask=smask)
-            if pid_v == 0:
-                tl.store(DHZ + (pid_bh * NT + c) * F + offs_k, dsz, mask=kmask)
+    for i in range(0, NT):
+        c = NT - 1 - i
+        tl.store(DH + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :], dS.to(DH.dtype.element_ty),
+                 mask=kmask[:, None] & vmask[None, :])
+        if pid_v == 0:
+            tl.store(DHZ + (pid_bh * NT + c) * F + offs_k, dsz, mask=kmask)
         offs_t = c * BT + tl.arange(0, BT)
         tmask = offs_t < T
         gl = tl.load(GL + pid_bh * TP + offs_t)
@@ -279,10 +247,6 @@ def _lin_bwd_dh(
         eb = tl.exp(bc)
         dS = dS * eb + tl.dot(tl.trans(qe.to(do.dtype)), do, input_precision=PREC)
         dsz = dsz * eb + tl.sum(qe * dz[:, None], 0)
-    if TOTALS:
-        tl.store(ST + pid * F * DV + offs_k[:, None] * DV + offs_v[None, :], dS, mask=smask)
-        if pid_v == 0:
-            tl.store(STZ + pid * F + offs_k, dsz, mask=kmask)
 
 
 @triton.jit

@@ -83,51 +83,6 @@ def _pairs_window_bwd(window: int, block: int, dtype: torch.dtype) -> bool:
     return window <= block + 1 and dtype in (torch.bfloat16, torch.float16)
 
 
-def _scan_chunks(programs: int, NT: int, device) -> int:
-    """Chunks per segment of the state scans (``CFG["scan_chunks"]``, else NT: one sequential scan)."""
-    ns = CFG.get("scan_chunks")
-    return NT if ns is None else max(1, min(int(ns), NT))
-
-
-def _scan(kernel, bufs: tuple, ints: tuple, gl: torch.Tensor, chunk: int, reverse: bool, **meta) -> None:
-    """Run a chunk-state scan (``_lin_fwd_h``, or ``_lin_bwd_dh`` with ``reverse``) over (B*H, NT) chunks.
-
-    One sequential scan per (b, h, tile), or in segments of NS chunks: a first launch stores each
-    segment's own total T_s (scanned from zero), the states entering the segments follow from them
-    in one batched product (P_s: log-decay of the chunks before segment s):
-
-        forward  E_s = sum_{s' < s} exp(P_s - P_{s'+1}) T_{s'}
-        reverse  R_s = sum_{s' > s} exp(P_{s'} - P_{s+1}) U_{s'}   (gradient leaving segment s)
-
-    and a second launch rescans each segment from its entering state, storing every chunk's state.
-    Twice the chunk products, NSEG times the programs: pays where B*H leaves SMs idle (long T)."""
-    F_, DV = meta["F"], meta["DV"]
-    BH, TP = gl.shape
-    NT = TP // chunk
-    tiles = (triton.cdiv(F_, meta["BK"]), triton.cdiv(DV, meta["BV"]))
-    NS = _scan_chunks(BH * tiles[0] * tiles[1], NT, gl.device)
-    NSEG = triton.cdiv(NT, NS)
-    if NSEG == 1:
-        dummy = gl.new_empty(1)
-        kernel[(*tiles, BH)](*bufs, dummy, dummy, *ints, NT, NT, 1, **meta, TOTALS=False, ENTER=False)
-        return
-    st = _empty(BH, NSEG, F_, DV, device=gl.device, dtype=torch.float32)
-    stz = _empty(BH, NSEG, F_, device=gl.device, dtype=torch.float32)
-    kernel[(*tiles, BH * NSEG)](*bufs, st, stz, *ints, NT, NS, NSEG, **meta, TOTALS=True, ENTER=False)
-    last = F.pad(gl.view(BH, NT, chunk)[:, :, -1].double(), (0, NSEG * NS - NT))  # chunk log-decays b_c
-    P = F.pad(last.view(BH, NSEG, NS).sum(-1).cumsum(-1), (1, 0))  # (BH, NSEG + 1)
-    idx = torch.arange(NSEG, device=gl.device)
-    if reverse:
-        w, keep = P[:, None, :-1] - P[:, 1:, None], idx[None, :] > idx[:, None]
-    else:
-        w, keep = P[:, :-1, None] - P[:, None, 1:], idx[None, :] < idx[:, None]
-    w = w.masked_fill(~keep, float("-inf")).exp().float()
-    enter = torch.bmm(w, torch.cat([st.view(BH, NSEG, -1), stz], -1))
-    st.view(BH, NSEG, -1).copy_(enter[..., : F_ * DV])
-    stz.copy_(enter[..., F_ * DV:])
-    kernel[(*tiles, BH * NSEG)](*bufs, st, stz, *ints, NT, NS, NSEG, **meta, TOTALS=False, ENTER=True)
-
-
 def _gates(g: torch.Tensor, shift: int, chunk: int):
     """Chunk-local inclusive cumsum gl (padded to whole chunks) and shift sums gw_t = G_t - G_{t-shift}
     of G = cumsum(g). G is formed in float64 (over a long sequence it grows large, and the
@@ -165,8 +120,10 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
     hs = _empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
     hz = _empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
     BK, BV = CFG.get("h_block") or _scan_blocks(BH, Fd, DV, q.device)
-    _scan(K._lin_fwd_h, (fk, v, gl, gw, hs, hz), (T, TP, H, G), gl, chunk, reverse=False,
-          W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3))
+    K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
+        fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
+        W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
+    )
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
     yg = _empty(*o.shape, device=o.device, dtype=o.dtype) if alpha is not None else dummy  # sum form: y_gla
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
@@ -222,8 +179,10 @@ class LizardAttentionFunction(torch.autograd.Function):
         dh = _empty(*hs.shape, device=dev, dtype=hs.dtype)
         dhz = _empty(*hz.shape, device=dev, dtype=hz.dtype)
         BK, BV = CFG.get("dh_block") or _scan_blocks(BH, Fd, DV, dev, narrow_features=True)
-        _scan(K._lin_bwd_dh, (fq, do, dz, gl, dh, dhz), (T, TP), gl, chunk, reverse=True,
-              F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_dh", num_warps=4, num_stages=3))
+        K._lin_bwd_dh[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
+            fq, do, dz, gl, dh, dhz, T, TP, NT, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec,
+            **_cfg("lin_dh", num_warps=4, num_stages=3),
+        )
         gdt = f32 if G > 1 else q.dtype  # per-query-head key-side gradients are summed in float32
         dfq = _empty(*fq.shape, device=dev, dtype=fq.dtype)
         # rows t >= T - shift of the key-side linear gradients get nothing from the linear branch
@@ -262,10 +221,10 @@ class LizardAttentionFunction(torch.autograd.Function):
                     LS=shift, SUM=summed)
         if _pairs_window_bwd(window, BM, q.dtype) and not CFG.get("win_bwd_general"):
             K._win_bwd_pairs[(NB + 1, BH)](*args, **meta, **_cfg("win_pairs", num_warps=4, num_stages=1))
-        elif CFG.get("win_bwd_split", False):  # one launch per side
+        elif CFG.get("win_bwd_split", True):  # one launch per side (H200, paper w128: 1.45 -> 1.40 ms at 2K-32K)
             meta["NBW"] = triton.cdiv(window - 1, BM)
-            K._win_bwd[(NB, BH)](*args, **meta, KVS=True, QS=False, **_cfg("win_bwd_kv", num_warps=4, num_stages=1))
-            K._win_bwd[(NB, BH)](*args, **meta, KVS=False, QS=True, **_cfg("win_bwd_q", num_warps=4, num_stages=1))
+            K._win_bwd[(NB, BH)](*args, **meta, KVS=True, QS=False, **_cfg("win_bwd_kv", num_warps=4, num_stages=2))
+            K._win_bwd[(NB, BH)](*args, **meta, KVS=False, QS=True, **_cfg("win_bwd_q", num_warps=4, num_stages=2))
         else:
             K._win_bwd[(NB, BH)](*args, **meta, NBW=triton.cdiv(window - 1, BM), KVS=True, QS=True,
                                  **_cfg("win_bwd", num_warps=4, num_stages=1))
