@@ -84,7 +84,7 @@ def forced(**cfg):
             tl_lizard.CFG.pop(key)
 
 
-@pytest.mark.parametrize("blocks", [(64, 64), (64, 128), (32, 128)])
+@pytest.mark.parametrize("blocks", [(64, 64), (64, 128), (32, 128), (16, 128)])
 def test_scan_tiles(blocks):
     """Every (feature, value) tile the chunk scans may pick, forced on a small case."""
     with forced(h_block=blocks, dh_block=blocks):

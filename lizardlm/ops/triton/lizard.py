@@ -59,14 +59,17 @@ def _scan_blocks(BH: int, Fd: int, DV: int, device, narrow_features: bool = Fals
     """(feature, value) tile of one program of the sequential chunk scans: whole value rows (each
     chunk's rows are loaded once per feature tile) while that leaves two programs per SM, else
     64 x 64 (more programs: the scans are sequential over chunks, parallel only over tiles and b, h).
-    With ``narrow_features`` the fallback keeps whole value rows and takes 32 features instead: on
-    the H200 the state-gradient scan at T = 8K (B * H = 128) ran in 0.49 ms that way against 0.67 ms
-    with 64 x 64 tiles, and tied at 32K."""
+    With ``narrow_features`` the fallback keeps whole value rows and takes 32 features instead, 16
+    where 32 still leaves fewer than two programs per SM: on the H200 the state-gradient scan at
+    T = 8K (B * H = 128) ran in 0.49 ms with 32 features against 0.67 ms with 64 x 64 tiles, and at
+    32K (B * H = 32, F = 128) in 0.94 ms with 16 features against 1.09 with 32."""
     bk, bv = min(64, _pow2(Fd)), _pow2(DV)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if bv > 128 or BH * triton.cdiv(Fd, bk) < 2 * sms:
         if narrow_features and bv <= 128:
             bk = min(32, bk)
+            if BH * triton.cdiv(Fd, bk) < 2 * sms:
+                bk = 16
         else:
             bv = min(64, bv)
     return bk, bv
