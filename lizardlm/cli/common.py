@@ -61,14 +61,16 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Lizard attention")
     g.add_argument("--mode", choices=MODES, default=None,
                    help="lizard (default: our form), paper (the paper's layer), or an ablation preset")
-    g.add_argument("--window-size", type=positive_int, default=None)
+    g.add_argument("--window-size", type=non_negative_int, default=None,
+                   help="window of exact softmax; 0 (sum form only) drops the window branch")
     g.add_argument("--num-meta-tokens", type=non_negative_int, default=None)
     g.add_argument("--feature-dim", type=positive_int, default=None)
     g.add_argument("--softmax-layers", type=int_list, default=None, help="layers that keep softmax attention, e.g. 0,15")
     g.add_argument("--combine", choices=("shared", "sum"), default=None, help="shared normaliser, or the paper's sum")
     g.add_argument("--rope", choices=("window", "none", "both"), default=None, help="which branches rotate q/k")
     g.add_argument("--meta", choices=("kv", "sink"), default=None, help="meta key/value slots, or sink logits")
-    g.add_argument("--gate", choices=("scalar", "token", "none"), default=None, help="per-head, per-token or no decay gate")
+    g.add_argument("--gate", choices=("scalar", "token", "mamba2", "pooled_key", "none"), default=None,
+                   help="decay gate: per-head sigmoid, the paper's per-token sigmoid, Mamba-2 style, Liger's pooled key, or none")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
