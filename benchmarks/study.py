@@ -9,6 +9,8 @@ its flags (the grid rows at the ``--grid-*`` budget), then ``lizardlm eval`` of 
 HellaSwag, WinoGrande, MMLU 5-shot, passkey, MQAR and long-document perplexity, as three concurrent
 processes (``EVAL_GROUPS``). At most ``--jobs`` processes (trainings and evaluations) share the GPU
 at once: a 135M model's steps are bound by kernel launches, so concurrent processes fill the device.
+A free slot goes to an evaluation before a training, and to rows in table order, so that a call cut
+by its deadline leaves finished rows rather than many trained, unevaluated ones.
 
 Resumable: a row whose record exists (``<runs>/<row>/study-row.json``, or ``done`` in the output
 JSON at the same budget) is kept; a training cut by ``--deadline`` continues with
@@ -20,19 +22,28 @@ which the teacher is above chance by more than 3 stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import heapq
+import itertools
 import json
+import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import transformers
 
-from linearize_gpu import run as run_logged
-from result_names import device_slug
-from study_rows import CHANCE, EVAL_GROUPS, MC_TASKS, Row, discriminative, row_scores, select_rows, study_rows
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's lizardlm, here and (PYTHONPATH) in every linearize/eval process
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+from linearize_gpu import run as run_logged  # noqa: E402
+from result_names import device_slug  # noqa: E402
+from study_rows import CHANCE, EVAL_GROUPS, MC_TASKS, Row, discriminative, row_scores, select_rows, study_rows  # noqa: E402
 
 KV_CONTEXT = 32768
 
@@ -118,25 +129,57 @@ def train_record(run_dir: Path, summary: dict) -> dict:
             "softmax_layers": summary["softmax_layers"]}
 
 
+class Slots:
+    """At most ``n`` holders at once; waiters are served by lowest ``priority``, then arrival."""
+
+    def __init__(self, n: int) -> None:
+        self.free, self.waiting = n, []
+        self.cond = threading.Condition()
+        self.arrival = itertools.count()
+
+    @contextlib.contextmanager
+    def hold(self, priority: tuple) -> Iterator[None]:
+        with self.cond:
+            ticket = (priority, next(self.arrival))
+            heapq.heappush(self.waiting, ticket)
+            self.cond.wait_for(lambda: self.free > 0 and self.waiting[0] == ticket)
+            heapq.heappop(self.waiting)
+            self.free -= 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.free += 1
+                self.cond.notify_all()
+
+
 class Study:
     """Runs rows against one deadline, at most ``jobs`` GPU processes at a time."""
 
-    def __init__(self, args: argparse.Namespace, teacher_config, log: Path) -> None:
-        self.args, self.teacher_config, self.log = args, teacher_config, log
-        self.slots = threading.Semaphore(args.jobs)
+    def __init__(self, args: argparse.Namespace, teacher_config, log: Path, order: list[str]) -> None:
+        self.args, self.teacher_config, self.log, self.order = args, teacher_config, log, order
+        self.slots = Slots(args.jobs)
         self.started = time.perf_counter()
 
     def left(self) -> float:
         return self.args.deadline - (time.perf_counter() - self.started)
 
-    def gpu(self, cmd: list[str]) -> tuple[int, float]:
-        """Run ``cmd`` in a free slot; exit 124 when the deadline leaves no time for it."""
-        with self.slots:
+    def gpu(self, cmd: list[str], row: Row) -> tuple[int, float]:
+        """Run ``cmd`` in a free slot (evaluations first, then by row); exit 124 when the deadline leaves
+        no time for it."""
+        with self.slots.hold((cmd[3] != "eval", self.order.index(row.name))):
             if self.left() < 60:
                 return 124, 0.0
             return run_logged(cmd, self.log, timeout=self.left() - 10)
 
     def row(self, row: Row) -> dict:
+        """Train (unless done), evaluate (groups not done yet) and score one row; its record."""
+        try:
+            return self._row(row)
+        except Exception as err:  # one broken row must not cost the others their results
+            return {"group": row.group, "flags": " ".join(row.flags), "status": f"error: {type(err).__name__}: {err}"}
+
+    def _row(self, row: Row) -> dict:
         run_dir = self.args.runs / row.name
         saved = run_dir / "study-row.json"
         if saved.exists():
@@ -145,7 +188,7 @@ class Study:
         summary = None
         if row.budget != "none":
             if not (run_dir / "summary.json").exists():
-                rc, secs = self.gpu(linearize_command(self.args, row, run_dir))
+                rc, secs = self.gpu(linearize_command(self.args, row, run_dir), row)
                 record["linearize_seconds"] = secs
                 if rc != 0:
                     return {**record, "status": f"linearize exit {rc} (124: deadline); see the log"}
@@ -157,7 +200,7 @@ class Study:
 
         def one(i: int, tasks: str) -> tuple[int, dict | None]:
             got = run_dir / "eval" / f"group{i}" / "eval.json"
-            rc = 0 if got.exists() else self.gpu(eval_command(self.args, model, tasks, got.parent))[0]
+            rc = 0 if got.exists() else self.gpu(eval_command(self.args, model, tasks, got.parent), row)[0]
             return rc, json.loads(got.read_text()) if rc == 0 and got.exists() else None
 
         with ThreadPoolExecutor(len(EVAL_GROUPS)) as pool:
@@ -196,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                   "choose another --out or move it away", file=sys.stderr)
             return 2
         result["rows"], result["calls"] = earlier["rows"], earlier["calls"]
-    study = Study(args, teacher_config, args.out / f"study-{device_slug(device)}.log")
+    study = Study(args, teacher_config, args.out / f"study-{device_slug(device)}.log", list(rows))
     todo = [r for r in chosen if result["rows"].get(r.name, {}).get("status") != "done"]
     with ThreadPoolExecutor(max(1, len(todo))) as pool:
         for row, record in zip(todo, pool.map(study.row, todo)):

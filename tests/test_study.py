@@ -99,3 +99,23 @@ def test_readme_study_table_from_a_synthetic_json(tmp_path):
     assert lines["teacher"].split(" | ")[8:10] == ["100%", "92%"]
     assert cells[-3] == "3.0" and cells[-2] == "2.0" and cells[-1] == "1.5 |"
     assert "`hybrid-auto-25` = `--mode hybrid-auto-25` (softmax layers [3, 7])" in table
+
+
+def test_slots_serve_the_lowest_priority_first():
+    import threading
+    import time
+
+    slots, order = study.Slots(1), []
+
+    def take(priority):
+        with slots.hold(priority):
+            order.append(priority)
+
+    with slots.hold((0, 0)):  # the slot is busy while three wait
+        threads = [threading.Thread(target=take, args=(p,)) for p in ((True, 1), (False, 5), (True, 0))]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert order == [(False, 5), (True, 0), (True, 1)]  # evaluations (False) before trainings
