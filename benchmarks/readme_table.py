@@ -249,7 +249,7 @@ def study(path: Path) -> str:
         f"Benchmark study, {d['device']} (`{path.name}`): teacher {b['teacher']}, `lizardlm linearize --preset "
         f"{b['preset']} --seed {b['seed']}`, {b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens "
         f"(stage 1 + stage 2; `grid-*` rows {b['grid_stage1_tokens'] / 2**20:g}M + {b['grid_stage2_tokens'] / 2**20:g}M), "
-        f"each row's flags below; eval limit {b['limit'] or 'none'}. Scores in % (stderr); * = discriminative (the "
+        f"each row's flags below; eval limit {b['limit'] or 'none'} (MMLU {b.get('mmlu_limit') or 'all'} per subject). Scores in % (stderr); * = discriminative (the "
         "teacher above chance by more than 3 stderr); mean* = their mean, recovered against `teacher` and "
         f"`teacher-lora`; passkey = mean accuracy over {b['passkey_lengths']} tokens; long ppl = perplexity of "
         f"{b['longppl_len']}-token held-out books; KV = one sequence's generation cache at {d['kv_context'] // 1024}K "

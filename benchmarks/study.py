@@ -1,14 +1,16 @@
 """The benchmark study (issue 17) on one GPU: every row of ``study_rows.py`` trained with one budget
 and seed, evaluated alike, into ``<out>/study-<device>.json``::
 
-    python benchmarks/study.py --out benchmarks/results --runs /tmp/study-runs --jobs 4 \\
-        --stage1-tokens 1048576 --stage2-tokens 1048576 --grid-stage1-tokens 262144 --grid-stage2-tokens 262144
+    python benchmarks/study.py --out benchmarks/results --runs /tmp/study-runs --jobs 6 --train-jobs 3 \\
+        --stage1-tokens 1048576 --stage2-tokens 1048576 --grid-stage1-tokens 262144 --grid-stage2-tokens 262144 \\
+        --limit 500 --mmlu-limit 20
 
 Each row is ``lizardlm linearize --preset paper --seed S --stage1-tokens N1 --stage2-tokens N2`` plus
 its flags (the grid rows at the ``--grid-*`` budget), then ``lizardlm eval`` of PIQA, ARC-e, ARC-c,
 HellaSwag, WinoGrande, MMLU 5-shot, passkey, MQAR and long-document perplexity, as three concurrent
-processes (``EVAL_GROUPS``). At most ``--jobs`` processes (trainings and evaluations) share the GPU
-at once: a 135M model's steps are bound by kernel launches, so concurrent processes fill the device.
+processes (``EVAL_GROUPS``). At most ``--jobs`` processes (trainings and evaluations, of which at
+most ``--train-jobs`` trainings) share the GPU at once: a 135M model's steps are bound by kernel
+launches, so concurrent processes fill the device.
 A free slot goes to an evaluation before a training, and to rows in table order, so that a call cut
 by its deadline leaves finished rows rather than many trained, unevaluated ones.
 
@@ -63,13 +65,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-stage2-tokens", type=int, default=262_144)
     p.add_argument("--linearize-flags", default="", help="extra `lizardlm linearize` flags for every row "
                    "(a CPU smoke run: --seq-len 256 --batch-size 2 --val-tokens 1024)")
-    p.add_argument("--limit", type=int, default=None, help="lizardlm eval --limit (examples per task)")
+    p.add_argument("--limit", type=int, default=None, help="lizardlm eval --limit of the 0-shot and long-context groups "
+                   "(documents per task, passkey trials, MQAR prompts)")
+    p.add_argument("--mmlu-limit", type=int, default=None, help="lizardlm eval --limit of MMLU (questions per subject: "
+                   "20 = 1,140 questions)")
     p.add_argument("--passkey-lengths", default="1024,2048,4096,8192")
     p.add_argument("--passkey-trials", type=int, default=20)
     p.add_argument("--longppl-len", type=int, default=8192, help="long-document window (the teacher's context: 8K)")
     p.add_argument("--longppl-windows", type=int, default=4)
     p.add_argument("--eval-flags", default="", help="extra `lizardlm eval` flags for every evaluation")
-    p.add_argument("--jobs", type=int, default=4, help="GPU processes (trainings and evaluations) at once")
+    p.add_argument("--jobs", type=int, default=6, help="GPU processes (trainings and evaluations) at once")
+    p.add_argument("--train-jobs", type=int, default=3, help="of which trainings (each ~30 GiB at 8 x 2048 tokens)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--deadline", type=float, default=570.0, help="seconds for this call; unfinished rows resume next call")
     return p.parse_args(argv)
@@ -78,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def budget(args: argparse.Namespace) -> dict:
     """What every row shares; a study JSON at another budget is not resumed."""
     keys = ("teacher", "preset", "data", "seed", "stage1_tokens", "stage2_tokens", "grid_stage1_tokens",
-            "grid_stage2_tokens", "linearize_flags", "limit", "passkey_lengths", "passkey_trials",
+            "grid_stage2_tokens", "linearize_flags", "limit", "mmlu_limit", "passkey_lengths", "passkey_trials",
             "longppl_len", "longppl_windows", "eval_flags")
     return {k: getattr(args, k) for k in keys}
 
@@ -101,7 +107,8 @@ def eval_command(args: argparse.Namespace, model: str, tasks: str, out: Path) ->
            "--passkey-lengths", args.passkey_lengths, "--passkey-trials", str(args.passkey_trials),
            "--longppl-len", str(args.longppl_len), "--longppl-windows", str(args.longppl_windows),
            "--out", str(out), "--no-progress", "--no-plots", *args.eval_flags.split()]
-    return cmd + (["--limit", str(args.limit)] if args.limit else [])
+    limit = args.mmlu_limit if tasks == "mmlu" else args.limit
+    return cmd + (["--limit", str(limit)] if limit else [])
 
 
 def kv_bytes(teacher_config, run_dir: Path | None, summary: dict | None) -> int:
@@ -158,7 +165,7 @@ class Study:
 
     def __init__(self, args: argparse.Namespace, teacher_config, log: Path, order: list[str]) -> None:
         self.args, self.teacher_config, self.log, self.order = args, teacher_config, log, order
-        self.slots = Slots(args.jobs)
+        self.slots, self.train_slots = Slots(args.jobs), threading.Semaphore(args.train_jobs)
         self.started = time.perf_counter()
 
     def left(self) -> float:
@@ -167,7 +174,9 @@ class Study:
     def gpu(self, cmd: list[str], row: Row) -> tuple[int, float]:
         """Run ``cmd`` in a free slot (evaluations first, then by row); exit 124 when the deadline leaves
         no time for it."""
-        with self.slots.hold((cmd[3] != "eval", self.order.index(row.name))):
+        training = cmd[3] != "eval"
+        with self.train_slots if training else contextlib.nullcontext(), \
+                self.slots.hold((training, self.order.index(row.name))):
             if self.left() < 60:
                 return 124, 0.0
             return run_logged(cmd, self.log, timeout=self.left() - 10)

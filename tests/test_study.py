@@ -39,6 +39,9 @@ def test_rows_cover_the_issue_and_their_commands(tmp_path):
     assert "--resume" in cmd("lizard")  # a run cut by the deadline continues
     ev = study.eval_command(args, "runs/x", "mmlu", tmp_path / "e")
     assert value(ev, "--tasks") == "mmlu" and "--limit" not in ev
+    args = study.parse_args(["--limit", "500", "--mmlu-limit", "20"])
+    assert value(study.eval_command(args, "runs/x", "mmlu", tmp_path), "--limit") == "20"
+    assert value(study.eval_command(args, "runs/x", study_rows.EVAL_GROUPS[0], tmp_path), "--limit") == "500"
     assert study_rows.select_rows(rows, "reference,grid-w32-m2")[-1].name == "grid-w32-m2"
     assert len(study_rows.select_rows(rows, "hybrids")) == 4
     with pytest.raises(ValueError, match="unknown study row"):
