@@ -1,14 +1,19 @@
 """Print the README's results tables from the committed files under benchmarks/results/.
 
-    python benchmarks/readme_table.py
+    python benchmarks/readme_table.py            # the results section
+    python benchmarks/readme_table.py --study    # the study section (between the README's study markers)
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+STUDY_START = "<!-- study table: python benchmarks/readme_table.py --study; tests/test_readme.py checks it -->"
+STUDY_END = "<!-- end of study table -->"
+NO_STUDY = "No study result yet: `python benchmarks/study.py` on a GPU writes `benchmarks/results/study-<device>.json` (issue 17)."
 
 
 def attention(path: Path) -> str:
@@ -223,6 +228,57 @@ def preset_runs(path: Path) -> str:
     return "\n".join(rows)
 
 
+STUDY_TASKS = {"piqa": "PIQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
+               "winogrande": "WinoGrande", "mmlu": "MMLU"}
+
+
+def study(path: Path) -> str:
+    """The study table (``benchmarks/study.py``): scores in % (stderr), the mean of the discriminative
+    tasks (*) and its recovery % against ``teacher`` and ``teacher-lora``."""
+    d = json.loads(path.read_text())
+    b, disc = d["budget"], d["discriminative"]
+    rows = {n: r for n, r in d["rows"].items() if r.get("status") == "done"}
+
+    def mean(r: dict) -> float | None:
+        return sum(r[t] for t in disc) / len(disc) if disc and all(t in r for t in disc) else None
+
+    refs = {n: mean(rows[n]) if n in rows else None for n in ("teacher", "teacher-lora")}
+    pct = lambda x: "–" if x is None else f"{100 * x:.1f}"  # noqa: E731
+    tasks = [f"{label}{'*' if t in disc else ''}" for t, label in STUDY_TASKS.items()]
+    out = [
+        f"Benchmark study, {d['device']} (`{path.name}`): teacher {b['teacher']}, `lizardlm linearize --preset "
+        f"{b['preset']} --seed {b['seed']}`, {b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens "
+        f"(stage 1 + stage 2; `grid-*` rows {b['grid_stage1_tokens'] / 2**20:g}M + {b['grid_stage2_tokens'] / 2**20:g}M), "
+        f"each row's flags below; eval limit {b['limit'] or 'none'} (MMLU {b.get('mmlu_limit') or 'all'} per subject). Scores in % (stderr); * = discriminative (the "
+        "teacher above chance by more than 3 stderr); mean* = their mean, recovered against `teacher` and "
+        f"`teacher-lora`; passkey = mean accuracy over {b['passkey_lengths']} tokens; long ppl = perplexity of "
+        f"{b['longppl_len']}-token held-out books; KV = one sequence's generation cache at {d['kv_context'] // 1024}K "
+        "tokens (bf16).",
+        "",
+        "| row | " + " | ".join(tasks) + " | mean* | vs teacher | vs teacher-lora | passkey | MQAR | long ppl "
+        "| KV @ 32K (MiB) | tokens (M) | train min |",
+        "|---|" + "---:|" * (len(tasks) + 9),
+    ]
+    for name, r in rows.items():
+        m = mean(r)
+        rec = ["–" if m is None or not ref else f"{100 * m / ref:.0f}%" for ref in refs.values()]
+        cells = [f"{pct(r.get(t))} ({pct(r['stderr'].get(t))})" if t in r else "–" for t in STUDY_TASKS]
+        cells += [pct(m), *rec, pct(r.get("passkey")), pct(r.get("mqar")),
+                  f"{r['longppl']:.2f}" if "longppl" in r else "–", f"{r['kv_cache_bytes_32k'] / 2**20:.1f}",
+                  f"{r['tokens'] / 2**20:.1f}" if "tokens" in r else "–",
+                  f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "–"]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "Rows: " + "; ".join(f"`{n}` = `{r['flags'] or '(the teacher as it is)'}`"
+                                     + (f" (softmax layers {r['softmax_layers']})" if n.startswith("hybrid") else "")
+                                     for n, r in rows.items()) + "."]
+    return "\n".join(out)
+
+
+def study_tables() -> str:
+    """Every study JSON's table, or the placeholder when there is none."""
+    return "\n\n".join(study(p) for p in sorted(RESULTS.glob("study-*.json"))) or NO_STUDY
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -234,6 +290,9 @@ def cpu_demo(path: Path) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--study"]:
+        print(study_tables())
+        return
     parts = []
     for path in sorted(RESULTS.glob("attention-*.json")):
         if "-stitch-" in path.name:

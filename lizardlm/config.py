@@ -7,11 +7,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Mode = Literal["lizard", "lolcats", "no_gate", "no_meta", "paper", "paper_no_gate", "paper_no_sink"]
+Mode = Literal["lizard", "lolcats", "no_gate", "no_meta", "paper", "paper_no_gate", "paper_no_sink", "paper_no_window"]
 Combine = Literal["shared", "sum"]
 Rope = Literal["window", "none", "both"]
 Meta = Literal["kv", "sink"]
-GateKind = Literal["scalar", "token", "none"]
+GateKind = Literal["scalar", "token", "mamba2", "pooled_key", "none"]
 Backend = Literal["auto", "triton", "torch"]
 
 OURS: dict[str, Any] = dict(combine="shared", rope="window", meta="kv", gate="scalar",
@@ -31,6 +31,7 @@ MODE_FORMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "paper": (PAPER, {}),
     "paper_no_gate": (PAPER, dict(gate="none")),
     "paper_no_sink": (PAPER, dict(num_meta_tokens=0)),
+    "paper_no_window": (PAPER, dict(window_size=0, num_meta_tokens=0)),  # y = y_gla: pure gated linear attention
 }
 MODES: tuple[str, ...] = tuple(MODE_FORMS)
 
@@ -39,7 +40,7 @@ ALPHA_INIT = 0.25
 after a short stage 1 of 0, 0.1, 0.25, 0.5, 1 (``benchmarks/alpha_init.py``, docs/method.md)."""
 
 _CHOICES = dict(combine=("shared", "sum"), rope=("window", "none", "both"), meta=("kv", "sink"),
-                gate=("scalar", "token", "none"), backend=("auto", "triton", "torch"))
+                gate=("scalar", "token", "mamba2", "pooled_key", "none"), backend=("auto", "triton", "torch"))
 
 
 @dataclass
@@ -67,12 +68,16 @@ class LizardConfig:
         rope: where the teacher's RoPE rotates q/k: the ``window`` branch only, ``none``, or ``both``.
         meta: ``kv`` = learned key/value slots with a logit bias; ``sink`` = scalar logits in the
             window's denominator only (no keys, no values).
-        window_size: tokens of exact softmax attention (the current token included).
+        window_size: tokens of exact softmax attention (the current token included); 0 (sum form
+            only, mode ``paper_no_window``) drops the window branch: ``y_t = N_t / Z_t``.
         num_meta_tokens: meta slots / sink logits per head.
         feature_dim: Hedgehog projection width per half; phi has ``2 * feature_dim`` features.
         gate: ``scalar`` = one decay per head and token, ``a = sigmoid(x W + b) ** (1 / tau)``;
-            ``token`` = one decay per token shared by all heads, ``a = sigmoid(x w + b)``; ``none``.
-        gate_temperature: tau of the ``scalar`` gate.
+            ``token`` = one decay per token shared by all heads, ``a = sigmoid(x w + b)``;
+            ``mamba2`` = ``log a = -exp(A_log) softplus(x W + dt_bias)`` per head; ``pooled_key`` =
+            Liger's gate from the key projection, ``a = sigmoid(mean_d k + b) ** (1 / tau)`` per head;
+            ``none`` (see :mod:`lizardlm.layers.gate`).
+        gate_temperature: tau of the ``scalar`` and ``pooled_key`` gates.
         gate_init: initial decay (bias set so that the gate starts at this value for every input).
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
@@ -108,7 +113,8 @@ class LizardConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
-        for name, minimum in (("window_size", 1), ("feature_dim", 1), ("chunk_size", 1), ("num_meta_tokens", 0)):
+        window_min = 0 if self.combine == "sum" else 1  # the sum form's linear branch stands alone
+        for name, minimum in (("window_size", window_min), ("feature_dim", 1), ("chunk_size", 1), ("num_meta_tokens", 0)):
             value = getattr(self, name)
             whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
             if isinstance(value, bool) or not whole:
@@ -116,6 +122,9 @@ class LizardConfig:
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
             setattr(self, name, int(value))
+        if self.window_size == 0 and self.num_meta_tokens:
+            raise ValueError("window_size 0 (no window branch) leaves the sink logits nothing to act on: "
+                             "set num_meta_tokens 0")
         if not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"gate_init must lie in (0, 1), got {self.gate_init}")
         if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):

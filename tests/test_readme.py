@@ -21,3 +21,20 @@ def test_readme_results_match_the_committed_result_files():
     tables = out.getvalue().strip()
     assert tables, "no result files found"
     assert tables in (ROOT / "README.md").read_text(), "README results are stale: run python benchmarks/readme_table.py"
+
+
+def _readme_table():
+    spec = importlib.util.spec_from_file_location("readme_table", ROOT / "benchmarks" / "readme_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_study_section_matches_the_study_files():
+    """Between the README's study markers: the table of every benchmarks/results/study-*.json, or the
+    placeholder while there is none."""
+    module = _readme_table()
+    readme = (ROOT / "README.md").read_text()
+    assert module.STUDY_START in readme and module.STUDY_END in readme
+    section = readme.split(module.STUDY_START)[1].split(module.STUDY_END)[0].strip()
+    assert section == module.study_tables(), "README study table is stale: run python benchmarks/readme_table.py --study"

@@ -56,30 +56,60 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
+def softmax_layers(text: str) -> list[int] | str:
+    """An argparse type: layer indices ``0,15``, or a selection ``even:K`` / ``auto:K`` (kept as text)."""
+    if ":" not in text:
+        return int_list(text)
+    from lizardlm.train.hybrid import parse_select
+
+    try:
+        parse_select(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of :class:`~lizardlm.config.LizardConfig` (unset ones keep the config defaults)."""
     g = p.add_argument_group("Lizard attention")
     g.add_argument("--mode", choices=MODES, default=None,
                    help="lizard (default: our form), paper (the paper's layer), or an ablation preset")
-    g.add_argument("--window-size", type=positive_int, default=None)
+    g.add_argument("--window-size", type=non_negative_int, default=None,
+                   help="window of exact softmax; 0 (sum form only) drops the window branch")
     g.add_argument("--num-meta-tokens", type=non_negative_int, default=None)
     g.add_argument("--feature-dim", type=positive_int, default=None)
-    g.add_argument("--softmax-layers", type=int_list, default=None, help="layers that keep softmax attention, e.g. 0,15")
+    g.add_argument("--softmax-layers", type=softmax_layers, default=None,
+                   help="layers that keep softmax attention: e.g. 0,15; even:K (K evenly spaced); auto:K (linearize "
+                   "only: the K layers with the highest attention-transfer error after stage 1)")
     g.add_argument("--combine", choices=("shared", "sum"), default=None, help="shared normaliser, or the paper's sum")
     g.add_argument("--rope", choices=("window", "none", "both"), default=None, help="which branches rotate q/k")
     g.add_argument("--meta", choices=("kv", "sink"), default=None, help="meta key/value slots, or sink logits")
-    g.add_argument("--gate", choices=("scalar", "token", "none"), default=None, help="per-head, per-token or no decay gate")
+    g.add_argument("--gate", choices=("scalar", "token", "mamba2", "pooled_key", "none"), default=None,
+                   help="decay gate: per-head sigmoid, the paper's per-token sigmoid, Mamba-2 style, Liger's pooled key, or none")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
+    """The LizardConfig fields given as flags (a ``--softmax-layers`` selection is not one: see
+    :func:`softmax_select`)."""
     names = ("mode", "combine", "rope", "meta", "gate", "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if softmax_select(args) is not None:
+        del given["softmax_layers"]
+    return given
+
+
+def softmax_select(args: argparse.Namespace) -> str | None:
+    """``--softmax-layers even:K`` / ``auto:K`` (None for an explicit list or no flag)."""
+    value = getattr(args, "softmax_layers", None)
+    return value if isinstance(value, str) else None
 
 
 def lizard_config_from_args(args: argparse.Namespace) -> LizardConfig:
+    from lizardlm.errors import LizardError
+
+    if softmax_select(args) is not None:
+        raise LizardError(f"--softmax-layers {softmax_select(args)} is resolved by `lizardlm linearize`; give layer indices here")
     try:
         return LizardConfig(**lizard_overrides(args))
     except ValueError as err:
-        from lizardlm.errors import LizardError
-
         raise LizardError(str(err)) from None

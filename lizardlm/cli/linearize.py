@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from lizardlm.cli.common import add_lizard_arguments, lizard_overrides, non_negative_int, positive_float, positive_int, seed
+from lizardlm.cli.common import (
+    add_lizard_arguments,
+    lizard_overrides,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+    softmax_select,
+)
 from lizardlm.errors import LizardError
-from lizardlm.train.settings import PRESETS
+from lizardlm.train.settings import BASELINES, PRESETS
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +48,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--merge", action="store_true", help="also write full merged weights to OUT/merged")
+    p.add_argument("--baseline", choices=BASELINES, default=None,
+                   help="teacher-lora: no conversion and no stage 1, the same stage-2 LoRA (data, tokens, targets, "
+                   "schedule, seed) on the teacher itself: the fair quality ceiling of a linearization")
     add_lizard_arguments(p)
     p.set_defaults(func=run)
 
@@ -56,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                      "gradient_checkpointing")
     }
     try:
-        settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), **overrides)
+        settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), baseline=args.baseline,
+                                        softmax_select=softmax_select(args), **overrides)
     except ValueError as err:
         raise LizardError(str(err)) from None
     try:
@@ -67,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if not main:
         return 0
     print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_per_layer")}, indent=2))
+    if summary["baseline"] is not None:
+        print(f"teacher val ppl {summary['teacher_val_ppl']:.2f} | {summary['baseline']} val ppl "
+              f"{summary['student_val_ppl']:.2f}  ->  {args.out}")
+        return 0
     before, after = sum(summary["stage1_val_mse_init_per_layer"]), sum(summary["stage1_val_mse_per_layer"])
     print(f"attention-transfer validation MSE (sum over layers): {before:.4g} at conversion -> {after:.4g}")
     print(

@@ -183,7 +183,7 @@ def diagnostics_eval(
     try:
         for L in lengths:
             rec: dict[str, Any] = {"length": int(L)}
-            col = _Collector(layers, bucket_edges(int(L), cfg.window_size))
+            col = _Collector(layers, bucket_edges(int(L), cfg.window_size or 1))
             for layer in layers:
                 layer.capture = col
             with skip_length(rec):

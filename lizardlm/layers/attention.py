@@ -30,11 +30,12 @@ class LizardAttention(nn.Module):
     """Gated linear attention + sliding-window softmax with meta memory, on the teacher's q/k/v/o.
 
     Every form is configuration (:class:`~lizardlm.config.LizardConfig`). Parameters of its own (all
-    small): ``feature_map_q`` (per head) / ``feature_map_k`` (per key/value head); ``gate.proj``
-    (hidden -> heads for the ``scalar`` gate, hidden -> 1 for the paper's ``token`` gate); meta memory,
+    small): ``feature_map_q`` (per head) / ``feature_map_k`` (per key/value head); ``gate`` (a
+    :class:`~lizardlm.layers.gate.DecayGate` of the configured design); meta memory,
     either ``meta_k``/``meta_v``/``meta_bias`` (``m`` key/value slots per head with a logit bias each)
     or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
-    or ``alpha`` (per-head weight of the window branch, sum form). ``q_proj``/``k_proj``/``v_proj``/
+    or ``alpha`` (per-head weight of the window branch, sum form; with ``window_size`` 0 it is a fixed
+    zero buffer, so ``y = y_gla`` exactly). ``q_proj``/``k_proj``/``v_proj``/
     ``o_proj`` keep the teacher's names, shapes and biases, so teacher checkpoints load unchanged.
 
     ``capture`` (None by default) is called as ``capture(layer, inputs)`` with the exact inputs of the
@@ -70,12 +71,10 @@ class LizardAttention(nn.Module):
 
         self.feature_map_q = HedgehogFeatureMap(self.num_heads, self.head_dim, lizard.feature_dim).to(**factory)
         self.feature_map_k = HedgehogFeatureMap(self.num_kv_heads, self.head_dim, lizard.feature_dim).to(**factory)
-        gates = {"scalar": (self.num_heads, lizard.gate_temperature), "token": (1, 1.0)}
-        self.gate = (
-            DecayGate(config.hidden_size, *gates[lizard.gate], lizard.gate_init).to(**factory)
-            if lizard.gate in gates
-            else None
-        )
+        self.gate = None if lizard.gate == "none" else DecayGate(
+            lizard.gate, config.hidden_size, self.num_heads, self.num_kv_heads, lizard.gate_temperature,
+            lizard.gate_init,
+        ).to(**factory)
         m = lizard.num_meta_tokens
         kv_slots = bool(m) and lizard.meta == "kv"
         self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
@@ -85,7 +84,12 @@ class LizardAttention(nn.Module):
         self.sink_logits = nn.Parameter(torch.empty(self.num_heads, m, **factory)) if sinks else None
         shared = lizard.combine == "shared"
         self.beta = nn.Parameter(torch.empty(self.num_heads, **factory)) if shared else None
-        self.alpha = None if shared else nn.Parameter(torch.empty(self.num_heads, **factory))
+        if shared:
+            self.alpha = None
+        elif lizard.window_size:
+            self.alpha = nn.Parameter(torch.empty(self.num_heads, **factory))
+        else:  # no window branch: the op runs a one-token window weighted by a fixed alpha = 0
+            self.register_buffer("alpha", torch.zeros(self.num_heads, **factory), persistent=False)
         self.attention_transfer = False
         self.transfer_backward = False
         self.transfer_loss: torch.Tensor | None = None
@@ -112,7 +116,7 @@ class LizardAttention(nn.Module):
     def reset_lizard_parameters(self) -> None:
         """Feature maps at identity, gate at ``gate_init``, meta keys small and random, meta values
         zero and meta logits 0 (slots start as attention sinks that add nothing), sink logits 0,
-        linear-branch scale e^0 = 1 (shared form), alpha at ``alpha_init`` (sum form)."""
+        linear-branch scale e^0 = 1 (shared form), alpha at ``alpha_init`` (sum form; 0 without a window)."""
         self.feature_map_q.reset_parameters()
         self.feature_map_k.reset_parameters()
         if self.gate is not None:
@@ -121,7 +125,7 @@ class LizardAttention(nn.Module):
             if self.beta is not None:
                 self.beta.zero_()
             if self.alpha is not None:
-                self.alpha.fill_(self.lizard.alpha_init)
+                self.alpha.fill_(self.lizard.alpha_init if self.lizard.window_size else 0.0)
             if self.sink_logits is not None:
                 self.sink_logits.zero_()
             if self.meta_k is not None:
@@ -151,9 +155,9 @@ class LizardAttention(nn.Module):
         if self.beta is not None:
             fq = fq * self.beta.exp().to(q.dtype)[:, None, None]
         fk = self.feature_map_k(k_lin)
-        g = self.gate(hidden_states).expand(B, self.num_heads, T) if self.gate is not None else None
+        g = self.gate(hidden_states, k).expand(B, self.num_heads, T) if self.gate is not None else None
         kw = dict(
-            window=self.lizard.window_size, scale=self.scaling, meta_k=self.meta_k, meta_v=self.meta_v,
+            window=self.lizard.window_size or 1, scale=self.scaling, meta_k=self.meta_k, meta_v=self.meta_v,
             meta_bias=self.meta_bias if self.sink_logits is None else self.sink_logits,
             combine=self.lizard.combine, alpha=self.alpha,
         )

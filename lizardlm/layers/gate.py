@@ -1,4 +1,21 @@
-"""Data-dependent decay gate of the linear branch."""
+"""Data-dependent decay gate of the linear branch: one module, four designs (``LizardConfig.gate``).
+
+Every design returns log-decays ``log a_t <= 0`` for each head (or one shared by all heads) and
+starts, for a zero input, at ``a = a0`` (``gate_init``, close to 1: little forgetting):
+
+* ``scalar`` (ours): ``a_{t,h} = sigmoid(x_t . W_h + b_h) ** (1 / tau)``, one per head.
+* ``token`` (the paper): ``a_t = sigmoid(x_t . w + b)``, one per token shared by all heads.
+* ``mamba2``: ``log a_{t,h} = -exp(A_log_h) * softplus(x_t . W_h + dt_bias_h)`` (Mamba-2's
+  discretised decay ``exp(-dt A)``, scalar per head); ``A_log = 0`` and ``dt_bias`` set so that
+  ``softplus(dt_bias) = -log a0``.
+* ``pooled_key`` (Liger, arXiv 2503.01496, gate built from the key projection):
+  ``a_{t,h} = sigmoid(mean_d k_{t,h,d} + b_h) ** (1 / tau)`` with ``k`` the teacher's key
+  projection before RoPE, averaged over the head dimension (each key/value head feeding its
+  query heads). Liger's gate has no parameter at all; the per-head bias ``b`` here (one number per
+  head) is what lets it start near ``a0`` like the other designs.
+
+``W`` starts at zero, so every design but ``pooled_key`` begins at exactly ``a0`` for every input.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +25,60 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+GATES = ("scalar", "token", "mamba2", "pooled_key")
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
 
 class DecayGate(nn.Module):
-    """Scalar decay ``a_t = sigmoid(x_t W + b) ** (1 / tau)`` per output (one per head, or a single
-    one per token shared by all heads: the paper's gate, ``tau = 1``), returned as ``log a_t``.
+    """Log-decays ``(B, heads, T)`` (``heads`` = 1 for ``token``) from the hidden states ``x`` and the
+    un-rotated keys ``k``; see the module docstring for each ``kind``'s equation.
 
-    ``W`` starts at zero and ``b`` at ``logit(a0 ** tau)`` so every head begins with decay ``a0``
-    (close to 1: little forgetting), independent of the input.
+    Parameters: ``proj`` (hidden -> heads, with bias ``b``) for ``scalar`` / ``token``; ``dt_proj``
+    (hidden -> heads, no bias), ``dt_bias`` and ``A_log`` (per head) for ``mamba2``; ``key_bias``
+    (per head) for ``pooled_key``.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, temperature: float, init: float) -> None:
+    def __init__(self, kind: str, hidden_size: int, num_heads: int, num_kv_heads: int, temperature: float,
+                 init: float) -> None:
         super().__init__()
-        self.proj = nn.Linear(hidden_size, num_heads)
-        self.temperature = temperature
+        if kind not in GATES:
+            raise ValueError(f"unknown gate {kind!r}; choose one of {', '.join(GATES)}")
+        self.kind = kind
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.temperature = temperature if kind in ("scalar", "pooled_key") else 1.0
         self.init = init
+        if kind in ("scalar", "token"):
+            self.proj = nn.Linear(hidden_size, num_heads if kind == "scalar" else 1)
+        elif kind == "mamba2":
+            self.dt_proj = nn.Linear(hidden_size, num_heads, bias=False)
+            self.dt_bias = nn.Parameter(torch.empty(num_heads))
+            self.A_log = nn.Parameter(torch.empty(num_heads))
+        else:
+            self.key_bias = nn.Parameter(torch.empty(num_heads))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            self.proj.weight.zero_()
-            p = self.init**self.temperature
-            self.proj.bias.fill_(math.log(p / (1.0 - p)))
+            if self.kind in ("scalar", "token"):
+                self.proj.weight.zero_()
+                self.proj.bias.fill_(_logit(self.init**self.temperature))
+            elif self.kind == "mamba2":
+                self.dt_proj.weight.zero_()
+                self.A_log.zero_()
+                self.dt_bias.fill_(math.log(math.expm1(-math.log(self.init))))  # softplus^-1(-log a0)
+            else:
+                self.key_bias.fill_(_logit(self.init**self.temperature))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, T, hidden)`` -> log-decays ``(B, outputs, T)``, all <= 0."""
-        return (F.logsigmoid(self.proj(x).float()) / self.temperature).transpose(1, 2)
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, T, hidden)``, ``k`` ``(B, Hk, T, D)`` -> log-decays ``(B, heads, T)``, all <= 0."""
+        if self.kind in ("scalar", "token"):
+            return (F.logsigmoid(self.proj(x).float()) / self.temperature).transpose(1, 2)
+        if self.kind == "mamba2":
+            dt = F.softplus(self.dt_proj(x).float() + self.dt_bias.float())
+            return (-self.A_log.float().exp() * dt).transpose(1, 2)
+        pooled = k.float().mean(-1).repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        return F.logsigmoid(pooled + self.key_bias.float()[:, None]) / self.temperature

@@ -11,6 +11,7 @@ loads them; a saved model also loads without it, through ``trust_remote_code``
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -171,6 +172,7 @@ class Architecture:
     teacher_model: type
     config_class: type
     model_class: type
+    teacher_attention: type
 
 
 def _make_architecture(model_type: str, teacher_config: type, teacher_model: type) -> Architecture:
@@ -193,7 +195,8 @@ def _make_architecture(model_type: str, teacher_config: type, teacher_model: typ
         {"config_class": config_class, "__init__": __init__, "__module__": __name__},
     )
     config_class.__module__ = __name__
-    return Architecture(model_type, teacher_config, teacher_model, config_class, model_class)
+    attention = getattr(importlib.import_module(teacher_model.__module__), f"{name}Attention")
+    return Architecture(model_type, teacher_config, teacher_model, config_class, model_class, attention)
 
 
 ARCHITECTURES: dict[str, Architecture] = {

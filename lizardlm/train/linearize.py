@@ -24,6 +24,7 @@ from lizardlm.train.activations import checkpoint_decoder_layers
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
 from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
+from lizardlm.train.hybrid import even_layers, lizard_layer_ids, parse_select, revert_to_softmax, worst_layers
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir
@@ -90,19 +91,21 @@ def _lm_loss_fn(model):
     return loss_fn
 
 
-def save_adapter(peft_model, run: RunDir) -> None:
+def save_adapter(peft_model, run: RunDir, teacher_path: str | None = None) -> None:
     """Save the LoRA adapter so that it names its real base: the run directory, which gets the Lizard
     ``config.json`` and remote code, so ``AutoPeftModelForCausalLM.from_pretrained(run/adapter,
-    trust_remote_code=True)`` rebuilds teacher + Lizard parameters under it (not the plain teacher)."""
+    trust_remote_code=True)`` rebuilds teacher + Lizard parameters under it (not the plain teacher);
+    for a baseline run (nothing converted), the teacher at ``teacher_path`` itself."""
     from lizardlm.models.modeling import write_remote_code
 
     base = peft_model.get_base_model()
     config = peft_model.peft_config["default"]
-    config.base_model_name_or_path = str(run.path.resolve())
+    config.base_model_name_or_path = teacher_path or str(run.path.resolve())
     config.task_type = "CAUSAL_LM"  # loaded through AutoModelForCausalLM (else peft imports our class by name)
     peft_model.save_pretrained(str(run.adapter), save_embedding_layers=False)  # embeddings are not trained
-    base.config.save_pretrained(str(run.path))
-    write_remote_code(run.path, type(base))
+    if teacher_path is None:
+        base.config.save_pretrained(str(run.path))
+        write_remote_code(run.path, type(base))
 
 
 def _ppl(loss: float) -> float:
@@ -153,11 +156,16 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     with accelerator.main_process_first():  # rank 0 fills any download / conversion cache first
         model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
     lizard_config = settings.lizard_config()
+    num_layers = model.config.num_hidden_layers
     try:
-        check_convertible(model, lizard_config)
+        if settings.softmax_select is not None:
+            kind, count = parse_select(settings.softmax_select)
+            spaced = even_layers(num_layers, count)  # also checks that count fits
+            lizard_config.softmax_layers = spaced if kind == "even" else []
+        if settings.baseline is None:
+            check_convertible(model, lizard_config)
     except ValueError as err:
         raise LizardError(str(err)) from None
-    num_layers = model.config.num_hidden_layers
     if set(range(num_layers)) <= set(lizard_config.softmax_layers):
         raise LizardError(
             f"--softmax-layers keeps softmax in all {num_layers} layers: nothing to linearize; leave at least one out"
@@ -207,46 +215,15 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
 
     if "teacher_val_loss" not in results:
         results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "teacher: val perplexity")
-    model = convert(model, settings.lizard_config())
-    if "stage1_val_mse_init" not in results:
-        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
-                                                      "converted: val attention MSE")
-        if main:
-            run.write_manifest(manifest)
-
-    # Stage 1: attention transfer, only the Lizard parameters train.
-    model.requires_grad_(False)
-    lizard_params = dict(model.lizard_named_parameters())
-    if "stage1" in manifest["completed"]:
-        # with --stage2-train-lizard, a kill just before stage 2 completes leaves its Lizard weights, unrecorded;
-        # the stage-2 checkpoint holds them too, so only their presence is checked then
-        verify = "stage2" in manifest["completed"] or not settings.stage2_train_lizard
-
-        def read_lizard() -> dict[str, torch.Tensor]:
-            run.check_output(manifest, "lizard", verify=verify)
-            return load_checked(run.lizard_weights)[0]
-
-        copy_params(lizard_params, on_main(read_lizard), run.lizard_weights)
-    else:
-        t0 = time.perf_counter()
-        for p in lizard_params.values():
-            p.requires_grad_(True)
-        model.train()
-        stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
-                      label="stage 1/2: attention transfer", steps_after=settings.steps(2), backward=False)
-        _train(stage, splits.train, run, manifest, train_kw, main)
-        model.eval()
-        if main:
-            atomic_save(lizard_params, run.lizard_weights)
-        results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
-                                                 "stage 1: val attention MSE")
-        results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "stage 1: val perplexity")
-        results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
-        _complete("stage1", ("lizard",), run, manifest, main)
-        if main:
-            with writing(run.path / "stage1_loss.png"):
-                plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png",
-                                  "Stage 1: attention transfer (sum of layer MSE)")
+    lizard_params: dict[str, torch.nn.Parameter] = {}
+    if settings.baseline is None:
+        if "softmax_layers" in results:  # auto:K chose them in an earlier call
+            lizard_config.softmax_layers = results["softmax_layers"]
+        elif settings.softmax_select is not None and lizard_config.softmax_layers:  # even:K
+            results["softmax_layers"] = lizard_config.softmax_layers
+        model = convert(model, lizard_config)
+        model.requires_grad_(False)
+        lizard_params = _stage1(model, settings, splits, run, manifest, train_kw, accelerator, log)
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
     peft_model = get_peft_model(
@@ -278,10 +255,10 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         if main:
             with writing(run.adapter):
-                save_adapter(peft_model, run)
+                save_adapter(peft_model, run, teacher_ref["path"] if settings.baseline else None)
             if settings.stage2_train_lizard:
                 atomic_save(lizard_params, run.lizard_weights)
-        _complete("stage2", ("adapter", "lizard"), run, manifest, main)
+        _complete("stage2", ("adapter", "lizard") if lizard_params else ("adapter",), run, manifest, main)
         if main:
             with writing(run.path / "stage2_loss.png"):
                 plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png",
@@ -293,19 +270,22 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             merged.save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
 
+    stage1 = settings.baseline is None
     summary = {
         "teacher": teacher_ref["name"],
-        "mode": settings.lizard_config().mode,
+        "mode": settings.baseline or lizard_config.mode,
+        "baseline": settings.baseline,
+        "softmax_layers": model.config.lizard["softmax_layers"] if stage1 else list(range(num_layers)),
         "val_tokens": int(splits.val[:, 1:].numel()),
         "teacher_val_loss": results["teacher_val_loss"],
         "teacher_val_ppl": _ppl(results["teacher_val_loss"]),
-        "stage1_val_loss": results["stage1_val_loss"],
-        "stage1_val_ppl": _ppl(results["stage1_val_loss"]),
+        "stage1_val_loss": results["stage1_val_loss"] if stage1 else None,
+        "stage1_val_ppl": _ppl(results["stage1_val_loss"]) if stage1 else None,
         "student_val_loss": results["stage2_val_loss"],
         "student_val_ppl": _ppl(results["stage2_val_loss"]),
-        "stage1_val_mse_init_per_layer": results["stage1_val_mse_init"],
-        "stage1_val_mse_per_layer": results["stage1_val_mse"],
-        "stage1_seconds": results["stage1_seconds"],
+        "stage1_val_mse_init_per_layer": results["stage1_val_mse_init"] if stage1 else None,
+        "stage1_val_mse_per_layer": results["stage1_val_mse"] if stage1 else None,
+        "stage1_seconds": results["stage1_seconds"] if stage1 else 0.0,
         "stage2_seconds": results["stage2_seconds"],
         "wall_seconds_this_call": time.perf_counter() - started,
         "device": manifest["device"],
@@ -315,6 +295,56 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         with writing(run.summary):
             run.summary.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _stage1(model, settings: TrainSettings, splits, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any],
+            accelerator: Accelerator, log: MetricsLog) -> dict[str, torch.nn.Parameter]:
+    """Stage 1 (attention transfer, only the Lizard parameters train), or its recorded result; with
+    ``softmax_select`` ``auto:K``, the K layers of highest validation transfer MSE after it revert to
+    softmax attention (:mod:`lizardlm.train.hybrid`). Returns the Lizard parameters of the model."""
+    results, main = manifest["results"], accelerator.is_main_process
+    if "stage1_val_mse_init" not in results:
+        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                                      "converted: val attention MSE")
+        if main:
+            run.write_manifest(manifest)
+    lizard_params = dict(model.lizard_named_parameters())
+    if "stage1" in manifest["completed"]:
+        # with --stage2-train-lizard, a kill just before stage 2 completes leaves its Lizard weights, unrecorded;
+        # the stage-2 checkpoint holds them too, so only their presence is checked then
+        verify = "stage2" in manifest["completed"] or not settings.stage2_train_lizard
+
+        def read_lizard() -> dict[str, torch.Tensor]:
+            run.check_output(manifest, "lizard", verify=verify)
+            return load_checked(run.lizard_weights)[0]
+
+        copy_params(lizard_params, on_main(read_lizard), run.lizard_weights)
+        return lizard_params
+    t0 = time.perf_counter()
+    for p in lizard_params.values():
+        p.requires_grad_(True)
+    model.train()
+    stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
+                  label="stage 1/2: attention transfer", steps_after=settings.steps(2), backward=False)
+    _train(stage, splits.train, run, manifest, train_kw, main)
+    model.eval()
+    results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                             "stage 1: val attention MSE")
+    if settings.softmax_select is not None and parse_select(settings.softmax_select)[0] == "auto":
+        chosen = worst_layers(results["stage1_val_mse"], lizard_layer_ids(model), parse_select(settings.softmax_select)[1])
+        revert_to_softmax(model, chosen)
+        results["softmax_layers"] = chosen
+        lizard_params = dict(model.lizard_named_parameters())
+    if main:
+        atomic_save(lizard_params, run.lizard_weights)
+    results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "stage 1: val perplexity")
+    results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
+    _complete("stage1", ("lizard",), run, manifest, main)
+    if main:
+        with writing(run.path / "stage1_loss.png"):
+            plot_stage_losses(log.read("stage1"), run.path / "stage1_loss.png",
+                              "Stage 1: attention transfer (sum of layer MSE)")
+    return lizard_params
 
 
 def _train(stage: Stage, rows: torch.Tensor, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any],

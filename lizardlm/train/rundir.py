@@ -207,7 +207,8 @@ def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              adapter: bool = True):
     """Rebuild a trained Lizard model from a run directory: teacher + trained Lizard parameters
-    + merged LoRA (unless ``adapter`` is False: the base the adapter applies to). Returns ``(model, tokenizer)``.
+    + merged LoRA (unless ``adapter`` is False: the base the adapter applies to); a ``baseline`` run
+    (``teacher-lora``) gives the teacher with its LoRA merged. Returns ``(model, tokenizer)``.
 
     Refuses a run whose stage 1 has not finished, or whose teacher or outputs differ from the
     fingerprints in ``run.json``; warns when stage 2 has not finished (the stage-1 model is loaded)."""
@@ -219,7 +220,12 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     manifest = run.read_manifest()
     settings = run.settings(manifest)
     completed = manifest.get("completed", [])
-    if "stage1" not in completed:
+    if settings.baseline is not None and "stage2" not in completed:
+        raise CheckpointError(
+            f"{run.path}: this {settings.baseline} baseline's stage 2 has not finished (stopped, or still running); "
+            f"continue it with `lizardlm linearize --out {run.path} --resume` and the run's other flags"
+        )
+    if settings.baseline is None and "stage1" not in completed:
         raise CheckpointError(
             f"{run.path}: stage 1 has not finished (stopped, or still running), so its Lizard parameters are "
             f"untrained; continue it with `lizardlm linearize --out {run.path} --resume` and the run's other flags"
@@ -227,9 +233,13 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     ref = TeacherRef.from_dict(manifest["teacher"])
     model, tokenizer = load_teacher(ref, dtype=dtype, device=device)
     run.check_teacher(manifest, model_fingerprint(model), ref.path)
-    model = convert(model, settings.lizard_config())
-    run.check_output(manifest, "lizard")
-    copy_params(dict(model.lizard_named_parameters()), load_checked(run.lizard_weights)[0], run.lizard_weights)
+    if settings.baseline is None:
+        lizard = settings.lizard_config()
+        if settings.softmax_select is not None:  # the layers even:K / auto:K chose
+            lizard.softmax_layers = manifest["results"]["softmax_layers"]
+        model = convert(model, lizard)
+        run.check_output(manifest, "lizard")
+        copy_params(dict(model.lizard_named_parameters()), load_checked(run.lizard_weights)[0], run.lizard_weights)
     if not adapter:
         return model.eval(), tokenizer
     if "stage2" not in completed:

@@ -9,6 +9,10 @@ from typing import Any
 
 from lizardlm.config import LizardConfig
 
+BASELINES = ("teacher-lora",)
+"""Runs that train no Lizard layer: ``teacher-lora`` = stage 2 alone (same LoRA, data, tokens, schedule
+and seed) on the unconverted teacher, the fair quality ceiling of a linearization."""
+
 
 @dataclass
 class TrainSettings:
@@ -17,7 +21,9 @@ class TrainSettings:
     Token budgets count training tokens (``steps = tokens // (batch_size * seq_len)``); a budget is 0
     (skip the stage's training) or at least one batch. ``gradient_checkpointing`` recomputes
     stage 2's activations in the backward (:mod:`lizardlm.train.activations`): less memory, same
-    losses and gradients.
+    losses and gradients. ``baseline`` (one of :data:`BASELINES`) skips conversion and stage 1;
+    ``softmax_select`` (``auto:K`` / ``even:K``, :mod:`lizardlm.train.hybrid`) picks the hybrid's
+    softmax layers during the run instead of ``lizard["softmax_layers"]``.
     """
 
     teacher: str = "smollm2-135m"
@@ -40,6 +46,8 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"
+    baseline: str | None = None
+    softmax_select: str | None = None
     lizard: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,8 +75,16 @@ class TrainSettings:
         self.adam_betas = [float(b) for b in self.adam_betas]
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        if self.softmax_select is not None:
+            from lizardlm.train.hybrid import parse_select
+
+            parse_select(self.softmax_select)
         lizard = self.lizard_config()  # validates the Lizard fields too
-        if self.seq_len < lizard.window_size:
+        if self.softmax_select is not None and lizard.softmax_layers:
+            raise ValueError(f"softmax layers given twice: {lizard.softmax_layers} and {self.softmax_select!r}")
+        if self.baseline is None and self.seq_len < lizard.window_size:
             raise ValueError(
                 f"seq-len {self.seq_len} is shorter than the window ({lizard.window_size}): "
                 "the linear branch would never be trained"

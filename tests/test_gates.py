@@ -1,0 +1,87 @@
+"""Every gate design (``LizardConfig.gate``): its initial decay, its equation, the same output in the
+naive / chunked / recurrent op forms, and token-by-token decoding equal to the full forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lizardlm import LizardConfig
+from lizardlm.layers import LizardAttention
+from lizardlm.layers.gate import GATES, DecayGate
+from lizardlm.ops import lizard_attention_chunk, lizard_attention_naive, lizard_attention_recurrent
+from test_model import decode_token_by_token, lizard_model
+
+FORMS = ("shared", "sum")
+
+
+def small(gate: str, combine: str) -> LizardConfig:
+    return LizardConfig(combine=combine, gate=gate, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+
+
+@pytest.mark.parametrize("kind", GATES)
+def test_every_gate_starts_at_gate_init(kind):
+    """Zero input (and zero keys): decay a0 exactly; random inputs: near a0 (pooled_key reads k)."""
+    gate = DecayGate(kind, hidden_size=16, num_heads=6, num_kv_heads=2, temperature=16.0, init=0.995)
+    heads = 1 if kind == "token" else 6
+    g0 = gate(torch.zeros(2, 5, 16), torch.zeros(2, 2, 5, 4))
+    assert g0.shape == (2, heads, 5)
+    torch.testing.assert_close(g0.exp(), torch.full_like(g0, 0.995))
+    g = gate(torch.randn(2, 5, 16), 0.3 * torch.randn(2, 2, 5, 4))
+    assert bool((g <= 0).all()) and bool((g.exp() - 0.995).abs().max() < 2e-3)
+
+
+def test_gate_equations():
+    torch.manual_seed(0)
+    x, k = torch.randn(1, 3, 8), torch.randn(1, 2, 3, 4)
+    mamba = DecayGate("mamba2", 8, num_heads=4, num_kv_heads=2, temperature=16.0, init=0.99)
+    with torch.no_grad():
+        mamba.dt_proj.weight.normal_()
+        mamba.A_log.normal_()
+    want = -mamba.A_log.exp()[:, None] * F.softplus(x[0] @ mamba.dt_proj.weight.T + mamba.dt_bias).T
+    torch.testing.assert_close(mamba(x, k)[0], want)
+    pooled = DecayGate("pooled_key", 8, num_heads=4, num_kv_heads=2, temperature=16.0, init=0.99)
+    b = pooled.key_bias.detach()
+    assert math.isclose(torch.sigmoid(b[0]).item() ** (1 / 16), 0.99, rel_tol=1e-6)
+    heads = k.mean(-1)[0][[0, 0, 1, 1]]  # query heads 0, 1 read key head 0; 2, 3 read key head 1
+    torch.testing.assert_close(pooled(x, k)[0], F.logsigmoid(heads + b[:, None]) / 16)
+    names = {n for n, _ in mamba.named_parameters()} | {n for n, _ in pooled.named_parameters()}
+    assert names == {"dt_proj.weight", "dt_bias", "A_log", "key_bias"}
+
+
+def test_unknown_gate_fails():
+    with pytest.raises(ValueError, match="unknown gate"):
+        LizardConfig(gate="lstm")
+
+
+@pytest.mark.parametrize("combine", FORMS)
+@pytest.mark.parametrize("kind", GATES)
+def test_gate_gives_the_same_output_in_every_op_form(kind, combine):
+    """The op inputs a layer with this gate produces: naive == chunked == recurrent (float64)."""
+    model = lizard_model("llama", small(kind, combine)).double()
+    layer = model.model.layers[1].self_attn
+    seen = {}
+    layer.capture = lambda _, inputs: seen.update(inputs)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (2, 29)), use_cache=False)
+    assert seen["g"] is not None and seen["g"].shape == (2, 6, 29)
+    ref = lizard_attention_naive(**seen)
+    chunk, _ = lizard_attention_chunk(**seen, chunk_size=8)
+    rec, _ = lizard_attention_recurrent(**seen)
+    torch.testing.assert_close(chunk, ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(rec, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("combine", FORMS)
+@pytest.mark.parametrize("kind", GATES)
+def test_gate_decodes_like_the_full_forward(kind, combine):
+    model = lizard_model("mistral", small(kind, combine))
+    assert all(layer.gate.kind == kind for layer in model.modules() if isinstance(layer, LizardAttention))
+    ids = torch.randint(0, 97, (2, 23))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+    step, _ = decode_token_by_token(model, ids, prefill=7)
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
