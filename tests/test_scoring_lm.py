@@ -93,8 +93,10 @@ def test_fast_scores_equal_hflm_on_every_task(model_and_tok, requests, max_lengt
     assert set(MC_TASKS) - {"mmlu"} <= tasks and any(t.startswith("mmlu_") for t in tasks)
     assert len({round(ll, 3) for ll, _ in ref}) > len(ref) // 2  # the requests really differ
     assert any(g for _, g in ref)  # the greedy continuation is flagged
-    for bs in (1, 3, "auto"):
-        fast = _scores(make_lm(model, tok, batch_size=bs, max_length=max_length), requests)
+    for bs, pad in ((1, 1), (3, 64), ("auto", 64), ("auto", 1)):  # right padding to multiples of 64, as on CUDA
+        lm = make_lm(model, tok, batch_size=bs, max_length=max_length)
+        lm.pad_multiple = pad
+        fast = _scores(lm, requests)
         assert [g for _, g in fast] == [g for _, g in ref], bs
         assert [ll for ll, _ in fast] == pytest.approx([ll for ll, _ in ref], abs=1e-4), bs
 
@@ -141,6 +143,8 @@ def test_batches_pad_to_multiples_of_64_within_budget(model_and_tok):
     model, tok = model_and_tok
     rows = [_Row(list(range(n)), [(i, [1])]) for i, n in enumerate(range(300, 0, -7))]
     lm = make_lm(model, tok)
+    assert lm.pad_multiple == 1  # on CPU
+    lm.pad_multiple = 64
     batches = list(lm._batches(rows))
     assert sum(len(b) for b in batches) == len(rows) and len(batches) > 1
     for b in batches:

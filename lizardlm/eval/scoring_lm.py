@@ -14,10 +14,10 @@ with ``h`` the decoder's last hidden states and ``W`` the LM head. Only the work
   once, not once per answer);
 * requests with the same row ``x`` share one forward (all one-token answers of a question);
 * ``W`` and a float32 log-softmax run only at the scored positions, not at every position;
-* rows, longest first, are right-padded to a multiple of :data:`PAD_MULTIPLE` tokens (a causal
-  model's outputs at real positions do not depend on right padding), so few shapes occur and
-  shape-specialised kernels compile rarely; ``batch_size="auto"`` fills each batch up to a token
-  and memory budget, and a batch that runs out of memory is split.
+* rows, longest first, are right-padded (a causal model's outputs at real positions do not depend
+  on right padding), on CUDA to a multiple of :data:`PAD_MULTIPLE` tokens, so few shapes occur
+  and shape-specialised (Triton) kernels compile rarely; ``batch_size="auto"`` fills each batch up
+  to a token and memory budget, and a batch that runs out of memory is split.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from lizardlm.errors import LizardError
 from lizardlm.eval._utils import free_memory, model_device, split_on_oom
 from lizardlm.progress import progress
 
-PAD_MULTIPLE = 64
+PAD_MULTIPLE = 64  # on CUDA; on CPU padding would only add work
 TOKEN_CAP = {"cuda": 1 << 18, "cpu": 1 << 13}  # tokens (rows x padded length) in one "auto" batch
 CPU_BYTES = 2 << 30  # memory budget of one "auto" batch on CPU; on CUDA half the free memory
 ENCODE_CHUNK = 4096  # strings per batched tokenizer call
@@ -64,6 +64,7 @@ class ScoringLM(TemplateLM):
         self.batch_size = batch_size
         self.max_length = max_length or resolve_max_length(model.config, tokenizer, default=DEFAULT_MAX_LENGTH)
         self._device = model_device(model)
+        self.pad_multiple = PAD_MULTIPLE if self._device.type == "cuda" else 1
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._bos_text = tokenizer.decode(self.prefix_token_id)
         self._encoded: dict[str, list[int]] = {}
@@ -139,7 +140,7 @@ class ScoringLM(TemplateLM):
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def _padded(self, n: int) -> int:
-        return min(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE, max(n, self.max_length))
+        return min(-(-n // self.pad_multiple) * self.pad_multiple, max(n, self.max_length))
 
     def _rows(self, requests: list[tuple[Any, list[int], list[int]]]) -> list[_Row]:
         """Requests grouped by model input, longest first (HFLM's left truncation)."""
