@@ -12,7 +12,7 @@ runs alone through ``run_harness`` (full sets unless ``--limit``), fast backend 
 backend again at that limit so that each slow run has a fast twin to compare. Writes
 ``<out>/eval-speed-<device>.json``::
 
-    {"device", "config", "runs": [{"model", "backend", "task", "limit", "seconds", "metrics", "n"}],
+    {"device", "config", "runs": [{"model", "backend", "task", "limit", "seconds", "cpu_seconds", "metrics", "n"}],
      "comparisons": [{"model", "task", "limit", "max_abs_diff"}], "agree", "seconds": {...}}
 
 ``agree``: every metric of every fast/slow pair within ``--tolerance`` (default 0 in float32; in
@@ -96,13 +96,13 @@ def load_models(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, tuple
 
 def run_one(model: Any, tok: Any, task: str, backend: str, limit: int | None, args: argparse.Namespace) -> dict:
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     entry = run_harness(model, tok, [task], data_dir=args.data_dir, limit=limit, batch_size=batch, lm_backend=backend)[task]
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     if entry["status"] != "ok":
         raise SystemExit(f"{task}: {entry['status']}: {entry.get('reason')}")
     return {"backend": backend, "task": task, "limit": limit, "seconds": round(seconds, 2),
-            "metrics": entry["metrics"], "n": entry["n"]}
+            "cpu_seconds": round(cpu_seconds, 2), "metrics": entry["metrics"], "n": entry["n"]}
 
 
 def max_abs_diff(a: dict[str, float], b: dict[str, float]) -> float:
@@ -137,14 +137,15 @@ def main(argv: list[str] | None = None) -> int:
             run = {"model": name, **run_one(model, tok, task, backend, limit, args)}
             runs.append(run)
             shown = ", ".join(f"{k}={v:.4f}" for k, v in run["metrics"].items() if not k.endswith("_stderr"))
-            print(f"[{name}/{backend}] {task} (limit {limit}): {run['seconds']:.1f} s, n={run['n']}, {shown}", flush=True)
+            print(f"[{name}/{backend}] {task} (limit {limit}): {run['seconds']:.1f} s ({run['cpu_seconds']:.1f} s CPU), "
+                  f"n={run['n']}, {shown}", flush=True)
 
     fast = {(r["model"], r["task"], r["limit"]): r for r in runs if r["backend"] == "fast"}
     comparisons = [{"model": r["model"], "task": r["task"], "limit": r["limit"],
                     "max_abs_diff": max_abs_diff(r["metrics"], fast[r["model"], r["task"], r["limit"]]["metrics"])}
                    for r in runs if r["backend"] == "hflm"]
     agree = all(c["max_abs_diff"] <= tolerance for c in comparisons)
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {}  # wall seconds per model/backend (the fast twins of slow runs left out)
     for r in runs:
         if r["limit"] == limits[r["task"]] or r["backend"] == "hflm":
             key = f"{r['model']}/{r['backend']}"

@@ -64,8 +64,8 @@ def model_and_tok():
 @pytest.fixture(scope="module")
 def requests(model_and_tok):
     """Every task's requests on 3 documents (MMLU: 3 per subject, 5-shot), plus hand-made ones:
-    shared contexts with multi-token continuations, an empty context, a context ending in spaces,
-    and a continuation the model itself would generate (greedy)."""
+    shared contexts with multi-token continuations, a repeated request, an empty context, a context
+    ending in spaces, and a continuation the model itself would generate (greedy)."""
     from lm_eval.api.instance import Instance
 
     rec = _recorder()
@@ -76,7 +76,8 @@ def requests(model_and_tok):
     out = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
     greedy = tok.decode(out[0, ids.shape[1]:])
     assert tok(ctx + greedy).input_ids == out[0].tolist()  # the text encodes back to the generated tokens
-    extra = [(ctx, greedy), (ctx, " the dog sat on it"), (ctx, " the dog"), ("", "An empty context."), ("Ends in spaces  ", "x y")]
+    extra = [(ctx, greedy), (ctx, " the dog sat on it"), (ctx, " the dog"), (ctx, " the dog"), ("", "An empty context."),
+             ("Ends in spaces  ", "x y")]
     made = [Instance("loglikelihood", {}, args, i, metadata=("extra", 0, 1)) for i, args in enumerate(extra)]
     return rec.requests + made
 
@@ -143,15 +144,17 @@ def test_batches_pad_to_multiples_of_64_within_budget(model_and_tok):
     model, tok = model_and_tok
     rows = [_Row(list(range(n)), [(i, [1])]) for i, n in enumerate(range(300, 0, -7))]
     lm = make_lm(model, tok)
-    assert lm.pad_multiple == 1  # on CPU
+    assert lm.pad_multiple == 8  # on CPU
     lm.pad_multiple = 64
-    batches = list(lm._batches(rows))
-    assert sum(len(b) for b in batches) == len(rows) and len(batches) > 1
-    for b in batches:
-        width = lm._padded(len(b[0].tokens))
-        assert width % 64 == 0 and width >= len(b[0].tokens) and len(b) * width <= TOKEN_CAP["cpu"]
-    lm.batch_size = 5
-    assert [len(b) for b in lm._batches(rows)] == [5] * (len(rows) // 5) + ([len(rows) % 5] if len(rows) % 5 else [])
+    for batch_size in ("auto", 5):
+        lm.batch_size = batch_size
+        batches = list(lm._batches(rows))
+        assert [r for b in batches for r in b] == rows
+        for b in batches:
+            width = lm._padded(len(b[0].tokens))
+            assert width % 64 == 0 and {lm._padded(len(r.tokens)) for r in b} == {width}
+            assert len(b) * width <= TOKEN_CAP["cpu"] and (batch_size == "auto" or len(b) <= 5)
+        assert len(batches) == (5 if batch_size == "auto" else 10)
 
 
 def test_a_model_whose_logits_are_not_the_head_of_the_hidden_states_is_refused(model_and_tok):

@@ -14,10 +14,11 @@ with ``h`` the decoder's last hidden states and ``W`` the LM head. Only the work
   once, not once per answer);
 * requests with the same row ``x`` share one forward (all one-token answers of a question);
 * ``W`` and a float32 log-softmax run only at the scored positions, not at every position;
-* rows, longest first, are right-padded (a causal model's outputs at real positions do not depend
-  on right padding), on CUDA to a multiple of :data:`PAD_MULTIPLE` tokens, so few shapes occur
-  and shape-specialised (Triton) kernels compile rarely; ``batch_size="auto"`` fills each batch up
-  to a token and memory budget, and a batch that runs out of memory is split.
+* rows, longest first, are right-padded to a multiple of :data:`PAD_MULTIPLE` tokens (64 on CUDA,
+  so few shapes occur and shape-specialised Triton kernels compile rarely; a causal model's outputs
+  at real positions do not depend on right padding); a batch holds rows of one padded length only
+  (little padding), up to ``batch_size`` rows or, for ``"auto"``, up to a token and memory budget;
+  a batch that runs out of memory is split.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lizardlm.errors import LizardError
 from lizardlm.eval._utils import free_memory, model_device, split_on_oom
 from lizardlm.progress import progress
 
-PAD_MULTIPLE = 64  # on CUDA; on CPU padding would only add work
+PAD_MULTIPLE = {"cuda": 64, "cpu": 8}  # tokens; on CPU no kernel specialises on shapes, padding only adds work
 TOKEN_CAP = {"cuda": 1 << 18, "cpu": 1 << 13}  # tokens (rows x padded length) in one "auto" batch
 CPU_BYTES = 2 << 30  # memory budget of one "auto" batch on CPU; on CUDA half the free memory
 ENCODE_CHUNK = 4096  # strings per batched tokenizer call
@@ -64,7 +65,7 @@ class ScoringLM(TemplateLM):
         self.batch_size = batch_size
         self.max_length = max_length or resolve_max_length(model.config, tokenizer, default=DEFAULT_MAX_LENGTH)
         self._device = model_device(model)
-        self.pad_multiple = PAD_MULTIPLE if self._device.type == "cuda" else 1
+        self.pad_multiple = PAD_MULTIPLE["cuda" if self._device.type == "cuda" else "cpu"]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._bos_text = tokenizer.decode(self.prefix_token_id)
         self._encoded: dict[str, list[int]] = {}
@@ -98,7 +99,7 @@ class ScoringLM(TemplateLM):
         for s in strings:
             by_kwargs.setdefault(has_bos_prefix(s, self._bos_text), []).append(s)
         out: dict[str, list[int]] = {}
-        for has_bos, group in by_kwargs.items():
+        for group in by_kwargs.values():
             kw = self._special_kwargs(group[0], None)
             for i in range(0, len(group), ENCODE_CHUNK):
                 chunk = group[i : i + ENCODE_CHUNK]
@@ -112,7 +113,7 @@ class ScoringLM(TemplateLM):
         for context, continuation in (r.args for r in requests):
             if context:  # TemplateLM._encode_pair encodes these two
                 strings.update((context.rstrip(), context + continuation))
-        self._encoded = self._encode_many(sorted(strings))
+        self._encoded = self._encode_many(list(strings))
         try:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         finally:
@@ -128,7 +129,7 @@ class ScoringLM(TemplateLM):
 
     def _check_decomposition(self) -> None:
         """The premise: the model's logits are ``head(decoder(ids).last_hidden_state)`` (no soft-capping etc.)."""
-        ids = (torch.arange(PAD_MULTIPLE, device=self._device) % self.head.weight.shape[0])[None]
+        ids = (torch.arange(64, device=self._device) % self.head.weight.shape[0])[None]
         with torch.inference_mode():
             full = self.model(input_ids=ids, use_cache=False).logits.float()
             split = self.head(self._hidden(ids)).float()
@@ -155,24 +156,24 @@ class ScoringLM(TemplateLM):
         return sorted(rows.values(), key=lambda r: -len(r.tokens))
 
     def _batches(self, rows: list[_Row]) -> Iterator[list[_Row]]:
-        """Consecutive rows: ``batch_size`` of them, or for ``"auto"`` as many as fit the token cap and
-        the memory budget (per row: padded length x activation bytes per token + scored positions x
-        vocab x 12 bytes of logits and float32 log-probs)."""
+        """Consecutive rows of one padded length: at most ``batch_size`` of them, or for ``"auto"`` as many
+        as fit the token cap and the memory budget (per row: padded length x activation bytes per token
+        + scored positions x vocab x 12 bytes of logits and float32 log-probs)."""
         auto = self.batch_size == "auto"
         if auto:
             free_memory()
             on_cuda = self._device.type == "cuda"
             budget = torch.cuda.mem_get_info(self._device)[0] // 2 if on_cuda else CPU_BYTES
             cap = TOKEN_CAP["cuda" if on_cuda else "cpu"]
-            cfg = self.model.config
-            hidden = cfg.hidden_size
-            per_token = next(self.model.parameters()).element_size() * (16 * hidden + 4 * getattr(cfg, "intermediate_size", 4 * hidden))
+            hidden = self.model.config.hidden_size
+            inter = getattr(self.model.config, "intermediate_size", 4 * hidden)
+            per_token = self.head.weight.element_size() * (16 * hidden + 4 * inter)
             per_scored = 12 * self.head.weight.shape[0]
         i = 0
         while i < len(rows):
             width = self._padded(len(rows[i].tokens))
             n, used = 0, 0
-            while i + n < len(rows):
+            while i + n < len(rows) and self._padded(len(rows[i + n].tokens)) == width:
                 if not auto and n == int(self.batch_size):
                     break
                 if auto:
@@ -204,8 +205,8 @@ class ScoringLM(TemplateLM):
                 idx.append(i)
         dev = self._device
         with torch.inference_mode():
-            h = self._hidden(ids.to(dev))
-            logp = torch.log_softmax(self.head(h[torch.tensor(pos_b, device=dev), torch.tensor(pos_t, device=dev)]).float(), -1)
+            h = self._hidden(ids.to(dev))[torch.tensor(pos_b, device=dev), torch.tensor(pos_t, device=dev)]
+            logp = torch.log_softmax(self.head(h).float(), -1)
             sel_t, tgt_t = torch.tensor(sel, device=dev), torch.tensor(tgt, device=dev)
             lp = logp[sel_t, tgt_t].double().cpu()
             miss = (logp.argmax(-1)[sel_t] != tgt_t).long().cpu()
