@@ -1,5 +1,5 @@
-"""Batched evaluation: lm-eval scoring with ``batch_size="auto"`` gives the same loglikelihoods as one
-request at a time, and perplexity, MQAR and passkey give the same results at any batch size (also
+"""Batched evaluation: lm-eval scoring (fast and HFLM backends, teacher and Lizard model) with
+``batch_size="auto"`` gives the same loglikelihoods as one request at a time, and perplexity, MQAR and passkey give the same results at any batch size (also
 when batches are split after running out of memory); ``lizardlm eval --batch-size`` takes ``auto``."""
 
 from __future__ import annotations
@@ -30,18 +30,22 @@ def _model_and_tokenizer(lizard: bool):
     return model, tok
 
 
+@pytest.mark.parametrize("backend", ["fast", "hflm"])
 @pytest.mark.parametrize("lizard", [False, True])
-def test_auto_batch_scores_match_batch_one(lizard):
+def test_auto_batch_scores_match_batch_one(lizard, backend):
     from lm_eval.api.instance import Instance
 
     model, tok = _model_and_tokenizer(lizard)
     contexts = ["The cat sat", "Question: how long is a piece of string that is not short?\nAnswer:", "A"]
     conts = [" on the mat.", " very long indeed, as long as it is", " b c d e f g"]
     requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(zip(contexts * 3, conts * 3))]
-    one = make_lm(model, tok, batch_size=1).loglikelihood(requests, disable_tqdm=True)
-    auto_lm = make_lm(model, tok, batch_size="auto")
-    assert auto_lm.batch_size > 1
-    auto = auto_lm.loglikelihood(requests, disable_tqdm=True)
+    forwards = []
+    hook = model.get_decoder().register_forward_hook(lambda *_: forwards.append(1))
+    one = make_lm(model, tok, batch_size=1, backend=backend).loglikelihood(requests, disable_tqdm=True)
+    n_one = len(forwards)
+    auto = make_lm(model, tok, batch_size="auto", backend=backend).loglikelihood(requests, disable_tqdm=True)
+    hook.remove()
+    assert len(forwards) - n_one < n_one  # "auto" really batches
     assert [g for _, g in one] == [g for _, g in auto]
     assert [ll for ll, _ in auto] == pytest.approx([ll for ll, _ in one], abs=1e-5)
     assert len({round(ll, 4) for ll, _ in one}) > 2  # the requests really differ

@@ -26,6 +26,7 @@ TASKS_HELP = (
     "vs position); passkey_train (training template, held-out books), ruler, longppl (long-docs books by position), diagnostics (Lizard models: linear-branch share, needle weight, gate decay per layer). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
     "position_ppl"
 )
+LM_BACKENDS = ("fast", "hflm")  # lizardlm.eval.harness.LM_BACKENDS (not imported: the parser must load fast)
 CPU_PASSKEY_LENGTHS = "1024,2048"
 GPU_PASSKEY_LENGTHS = "1024,2048,4096,8192,16384,32768"
 
@@ -78,9 +79,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--task-data", type=_task_data, action="append", default=[], metavar="TASK=PATH",
                    help="a task's own directory or file, overriding <data-dir>/<task>/ (repeatable)")
     p.add_argument("--batch-size", type=_batch_size, default="auto",
-                   help="N or auto (default): lm-eval finds the largest batch that fits on CUDA (16 on CPU); "
-                   "perplexity, MQAR, passkey and RULER start at 16 on CUDA (4 on CPU) and split a batch that "
-                   "runs out of memory")
+                   help="N or auto (default): multiple-choice batches fill a token and memory budget (--lm hflm: "
+                   "lm-eval finds the largest batch that fits on CUDA, 16 on CPU); perplexity, MQAR, passkey and "
+                   "RULER start at 16 on CUDA (4 on CPU) and split a batch that runs out of memory")
+    p.add_argument("--lm", dest="lm_backend", default="fast", choices=LM_BACKENDS,
+                   help="multiple-choice scorer: fast (default; lizardlm's, one forward per shared context, LM head "
+                   "at the answer positions only) or hflm (lm-eval's HFLM wrapper); the same scores")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
@@ -204,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         diagnostics_lengths=args.diagnostics_lengths,
         diagnostics_trials=args.diagnostics_trials,
         progress=not args.no_progress,
+        lm_backend=args.lm_backend,
     )
     results = evaluate(models, tasks, config=cfg, sources=sources, reference="teacher" if args.teacher else None)
     paths = write_outputs(results, out_dir, plots=not args.no_plots)

@@ -1,7 +1,8 @@
 """Multiple-choice benchmarks through lm-evaluation-harness, on local files only.
 
-``run_harness(model, tokenizer, ["piqa", "mmlu", ...])`` wraps the already-loaded model in
-``lm_eval.models.huggingface.HFLM`` and runs the local task definitions of
+``run_harness(model, tokenizer, ["piqa", "mmlu", ...])`` wraps the already-loaded model in an
+lm-eval ``LM`` (:class:`lizardlm.eval.scoring_lm.ScoringLM` by default, lm-eval's ``HFLM`` with
+``lm_backend="hflm"``: the same scores) and runs the local task definitions of
 :mod:`lizardlm.eval.tasks` (same prompts and metrics as lm-eval's own YAMLs; see that module for
 the file layout). Zero-shot for PIQA, ARC-e/c, HellaSwag, WinoGrande; 5-shot for MMLU.
 
@@ -20,7 +21,7 @@ import logging
 import os
 from typing import Any, Iterable
 
-from lizardlm.errors import DataError
+from lizardlm.errors import DataError, LizardError
 from lizardlm.eval.data import DataAbsentError, resolve_data_dir
 from lizardlm.eval.tasks import MC_TASKS, METRICS, NUM_FEWSHOT, find_task_files, read_split, task_configs
 
@@ -53,20 +54,29 @@ def _quiet_lm_eval(verbose: bool) -> None:
             lg.addFilter(_DropNoise())
 
 
-CPU_AUTO_BATCH = 16  # ``batch_size="auto"`` off CUDA, where lm-eval's OOM-driven search does not apply
+CPU_AUTO_BATCH = 16  # HFLM's ``batch_size="auto"`` off CUDA, where lm-eval's OOM-driven search does not apply
+LM_BACKENDS = ("fast", "hflm")
 
 
-def make_lm(model: Any, tokenizer: Any, batch_size: int | str = 1, max_length: int | None = None):
-    """An lm-eval ``LM`` for ``model``: the model itself when it is one, else an ``HFLM`` wrapper.
+def make_lm(model: Any, tokenizer: Any, batch_size: int | str = 1, max_length: int | None = None, backend: str = "fast"):
+    """An lm-eval ``LM`` for ``model``: the model itself when it is one, else a wrapper.
 
-    ``batch_size="auto"``: on CUDA lm-eval's own search for the largest batch that fits (requests
-    are already scored longest first, so the first batch is the largest); elsewhere
-    :data:`CPU_AUTO_BATCH`. Right padding inside a batch does not change any score.
+    ``backend="fast"``: :class:`lizardlm.eval.scoring_lm.ScoringLM` (HFLM's scores, far less work;
+    ``batch_size="auto"`` fills batches up to a token and memory budget). ``backend="hflm"``: lm-eval's
+    ``HFLM``, whose ``"auto"`` is lm-eval's own search for the largest batch on CUDA (requests are
+    scored longest first, so the first batch is the largest) and :data:`CPU_AUTO_BATCH` elsewhere.
+    Right padding inside a batch does not change any score.
     """
     from lm_eval.api.model import LM
 
     if isinstance(model, LM):
         return model
+    if backend not in LM_BACKENDS:
+        raise LizardError(f"unknown lm backend {backend!r}; known: {', '.join(LM_BACKENDS)}")
+    if backend == "fast":
+        from lizardlm.eval.scoring_lm import ScoringLM
+
+        return ScoringLM(model, tokenizer, batch_size=batch_size, max_length=max_length)
     from lm_eval.models.huggingface import HFLM
 
     kw: dict[str, Any] = {"pretrained": model, "tokenizer": tokenizer, "batch_size": batch_size, "backend": "causal"}
@@ -112,11 +122,12 @@ def run_harness(
     seed: int = 1234,
     verbose: bool = False,
     lm: Any = None,
+    lm_backend: str = "fast",
 ) -> dict[str, dict]:
     """Run local multiple-choice benchmarks; returns ``{task: entry}`` (see module docstring).
 
-    ``model`` may be a ``transformers`` model (wrapped in ``HFLM``) or any ``lm_eval.api.model.LM``
-    (used as is, e.g. a test stub); ``lm`` overrides both. ``data_paths`` maps a task to its own
+    ``model`` may be a ``transformers`` model (wrapped by :func:`make_lm` with ``lm_backend``) or any
+    ``lm_eval.api.model.LM`` (used as is, e.g. a test stub); ``lm`` overrides both. ``data_paths`` maps a task to its own
     directory or evaluation file, overriding ``<data_dir>/<task>/``.
     """
     tasks = list(dict.fromkeys(tasks))
@@ -145,7 +156,7 @@ def run_harness(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    lm_obj = lm if lm is not None else make_lm(model, tokenizer, batch_size=batch_size, max_length=max_length)
+    lm_obj = lm if lm is not None else make_lm(model, tokenizer, batch_size=batch_size, max_length=max_length, backend=lm_backend)
     tm = TaskManager(include_defaults=False)
     all_cfgs = [c for t in configs for c in configs[t]]
     import datasets

@@ -50,8 +50,9 @@ SCHEMA = "lizardlm.eval/1"
 class EvalConfig:
     """Settings of :func:`evaluate` (``limit`` caps examples per task: perplexity windows, lm-eval
     documents per task/MMLU subject, MQAR prompts per setting, passkey trials per length).
-    ``batch_size="auto"``: lm-eval's own search on CUDA; for perplexity, MQAR, passkey and RULER a
-    start size by device (:func:`lizardlm.eval._utils.resolve_batch_size`)."""
+    ``batch_size="auto"``: for the multiple-choice tasks batches filled up to a token and memory
+    budget (``lm_backend="fast"``) or lm-eval's own search on CUDA (``"hflm"``); for perplexity,
+    MQAR, passkey and RULER a start size by device (:func:`lizardlm.eval._utils.resolve_batch_size`)."""
 
     data_dir: str | None = None
     data_paths: dict[str, str] = field(default_factory=dict)
@@ -80,6 +81,7 @@ class EvalConfig:
     diagnostics_lengths: tuple[int, ...] = (1024,)
     diagnostics_trials: int = 8
     progress: bool = True
+    lm_backend: str = "fast"
 
 
 # ----------------------------------------------------------------------------- running
@@ -333,7 +335,7 @@ def _run_mc(mc: list[str], model, tok, cfg: EvalConfig) -> dict[str, dict]:
     from lizardlm.eval.harness import run_harness
 
     return run_harness(model, tok, mc, data_dir=cfg.data_dir, data_paths=cfg.data_paths, limit=cfg.limit,
-                       batch_size=cfg.batch_size, seed=cfg.seed)
+                       batch_size=cfg.batch_size, seed=cfg.seed, lm_backend=cfg.lm_backend)
 
 
 def _run_one(task: str, model, tok, cfg: EvalConfig) -> dict[str, dict]:
