@@ -12,7 +12,8 @@ with ``h`` the decoder's last hidden states and ``W`` the LM head. Only the work
 
 * each distinct string is tokenized once, in batched tokenizer calls (a 5-shot MMLU context
   once, not once per answer);
-* requests with the same row ``x`` share one forward (all one-token answers of a question);
+* requests with the same row ``x`` share one forward (all one-token answers of a question; HFLM's
+  logits cache groups these too);
 * ``W`` and a float32 log-softmax run only at the scored positions, not at every position;
 * rows, longest first, are right-padded to a multiple of :data:`PAD_MULTIPLE` tokens (64 on CUDA,
   so few shapes occur and shape-specialised Triton kernels compile rarely; a causal model's outputs
