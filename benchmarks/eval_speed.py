@@ -127,50 +127,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lizardlm {lizardlm.__file__}; device {device}, {dtype_name}", flush=True)
 
     models = load_models(args, DTYPES[dtype_name])
+    # every model's full fast runs first, then the slow comparisons: a run cut short keeps the timings
+    plan = [(name, "fast", t, limits[t]) for name in models for t in tasks]
+    if args.slow:
+        for name in models:
+            plan += [(name, "fast", t, slow_limits[t]) for t in tasks if slow_limits[t] != limits[t]]
+            plan += [(name, "hflm", t, slow_limits[t]) for t in tasks]
+    config = {"teacher": args.teacher, "student": args.student or ("none" if args.no_student else "convert(teacher)"),
+              "dtype": dtype_name, "batch_size": args.batch_size, "tasks": tasks, "limits": limits,
+              "slow": args.slow, "slow_limits": slow_limits, "tolerance": tolerance,
+              "torch": torch.__version__, "lm_eval": _version("lm_eval"), "transformers": _version("transformers")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"eval-speed-{device_slug(device)}.json"
     runs: list[dict] = []
-    for name, (model, tok) in models.items():
-        plan = [("fast", t, limits[t]) for t in tasks]
-        if args.slow:
-            plan += [("fast", t, slow_limits[t]) for t in tasks if slow_limits[t] != limits[t]]
-            plan += [("hflm", t, slow_limits[t]) for t in tasks]
-        for backend, task, limit in plan:
-            run = {"model": name, **run_one(model, tok, task, backend, limit, args)}
-            runs.append(run)
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in run["metrics"].items() if not k.endswith("_stderr"))
-            print(f"[{name}/{backend}] {task} (limit {limit}): {run['seconds']:.1f} s ({run['cpu_seconds']:.1f} s CPU), "
-                  f"n={run['n']}, {shown}", flush=True)
+    for name, backend, task, limit in plan:
+        model, tok = models[name]
+        run = {"model": name, **run_one(model, tok, task, backend, limit, args)}
+        runs.append(run)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in run["metrics"].items() if not k.endswith("_stderr"))
+        print(f"[{name}/{backend}] {task} (limit {limit}): {run['seconds']:.1f} s ({run['cpu_seconds']:.1f} s CPU), "
+              f"n={run['n']}, {shown}", flush=True)
+        result = summarize(runs, limits, tolerance, device, config, complete=len(runs) == len(plan))
+        path.write_text(json.dumps(result, indent=2) + "\n")  # after every run
+    print(f"seconds per model/backend: {result['seconds']}", flush=True)
+    if result["comparisons"]:
+        worst = max(result["comparisons"], key=lambda c: c["max_abs_diff"])
+        print(f"agree: {result['agree']} (largest metric difference {worst['max_abs_diff']:.4g}: {worst['model']} "
+              f"{worst['task']}; tolerance {tolerance})", flush=True)
+    print(f"wrote {path}", flush=True)
+    return 0 if result["agree"] else 1
 
+
+def summarize(runs: list[dict], limits: dict, tolerance: float, device: str, config: dict, complete: bool) -> dict:
+    """The result file: runs, fast/slow comparisons at equal limits, ``agree``, wall seconds per
+    model/backend (the fast twins of slow runs left out); ``complete`` False while runs remain."""
     fast = {(r["model"], r["task"], r["limit"]): r for r in runs if r["backend"] == "fast"}
     comparisons = [{"model": r["model"], "task": r["task"], "limit": r["limit"],
                     "max_abs_diff": max_abs_diff(r["metrics"], fast[r["model"], r["task"], r["limit"]]["metrics"])}
                    for r in runs if r["backend"] == "hflm"]
-    agree = all(c["max_abs_diff"] <= tolerance for c in comparisons)
-    seconds: dict[str, float] = {}  # wall seconds per model/backend (the fast twins of slow runs left out)
+    seconds: dict[str, float] = {}
     for r in runs:
         if r["limit"] == limits[r["task"]] or r["backend"] == "hflm":
             key = f"{r['model']}/{r['backend']}"
             seconds[key] = round(seconds.get(key, 0.0) + r["seconds"], 2)
-    result = {
-        "device": device,
-        "config": {"teacher": args.teacher, "student": args.student or ("none" if args.no_student else "convert(teacher)"),
-                   "dtype": dtype_name, "batch_size": args.batch_size, "tasks": tasks, "limits": limits,
-                   "slow": args.slow, "slow_limits": slow_limits, "tolerance": tolerance,
-                   "torch": torch.__version__, "lm_eval": _version("lm_eval"), "transformers": _version("transformers")},
-        "runs": runs,
-        "comparisons": comparisons,
-        "agree": agree,
-        "seconds": seconds,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"eval-speed-{device_slug(device)}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"seconds per model/backend: {seconds}", flush=True)
-    if comparisons:
-        worst = max(comparisons, key=lambda c: c["max_abs_diff"])
-        print(f"agree: {agree} (largest metric difference {worst['max_abs_diff']:.4g}: {worst['model']} {worst['task']}; "
-              f"tolerance {tolerance})", flush=True)
-    print(f"wrote {path}", flush=True)
-    return 0 if agree else 1
+    return {"device": device, "config": config, "runs": runs, "comparisons": comparisons,
+            "agree": all(c["max_abs_diff"] <= tolerance for c in comparisons), "seconds": seconds, "complete": complete}
 
 
 def _version(module: str) -> str:
