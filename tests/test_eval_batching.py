@@ -38,7 +38,10 @@ def test_auto_batch_scores_match_batch_one(lizard, backend):
     model, tok = _model_and_tokenizer(lizard)
     contexts = ["The cat sat", "Question: how long is a piece of string that is not short?\nAnswer:", "A"]
     conts = [" on the mat.", " very long indeed, as long as it is", " b c d e f g"]
-    requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(zip(contexts * 3, conts * 3))]
+    pairs = list(zip(contexts * 3, conts * 3))
+    # rows of about the same length: the fast backend batches rows of one padded length together
+    pairs += [("The cat sat", x) for x in (" on the rug.", " on a hat.", " by the door.", " in the sun.", " on my lap.")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     forwards = []
     hook = model.get_decoder().register_forward_hook(lambda *_: forwards.append(1))
     one = make_lm(model, tok, batch_size=1, backend=backend).loglikelihood(requests, disable_tqdm=True)

@@ -74,8 +74,8 @@ def test_cli_flag_reaches_the_settings(monkeypatch, tmp_path, flag, expected):
 
     def fake_linearize(settings, out, **_):
         seen["settings"] = settings.to_dict()
-        return {"stage1_val_mse_init_per_layer": [1.0], "stage1_val_mse_per_layer": [0.5], "teacher_val_ppl": 1.0,
-                "stage1_val_ppl": 1.0, "student_val_ppl": 1.0}
+        return {"baseline": None, "stage1_val_mse_init_per_layer": [1.0], "stage1_val_mse_per_layer": [0.5],
+                "teacher_val_ppl": 1.0, "stage1_val_ppl": 1.0, "student_val_ppl": 1.0}
 
     monkeypatch.setattr(lizardlm.train, "linearize", fake_linearize)
     assert cli_main(["linearize", "--out", str(tmp_path / "run"), *flag]) == 0
