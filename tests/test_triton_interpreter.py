@@ -2,7 +2,8 @@
 op's kernels on fresh random float32 inputs, and the output and every gradient are checked against
 the float64 naive reference, output buffers poisoned with NaN. The kernels run in a child process,
 since the interpreter is chosen when they are defined. Skipped where triton is not installed; the
-bfloat16 builds (``_win_bwd_pairs``) and real launches are checked on a GPU by ``tests/gpu``."""
+pair window backward (``_win_bwd_pairs``, bfloat16 builds only on a device) is forced here in
+float32; real launches are checked on a GPU by ``tests/gpu``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ VARIANTS = {
     "scan-tiles-32x128": ({"h_block": (32, 128), "dh_block": (32, 128)}, ("shared",)),
     "window-backward-one-launch": ({"win_bwd_split": False}, ("shared", "paper")),
     "window-backward-128-rows": ({"win_bwd_bm": 128}, ("paper",)),
+    "window-backward-pairs": ({"win_bwd_pairs": True}, ("shared", "paper")),
 }
 TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
 

@@ -353,6 +353,25 @@ def _meta_bwd(
 
 
 @triton.jit
+def _dq_block(
+    q, do, lse, delta, offs_m, mmask, offs_n, k_base, v_base, T, qk_scale, offs_d, offs_dv, dmask, dvmask,
+    W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq term (unscaled) of query rows ``offs_m`` from the window keys among rows ``offs_n`` (rows
+    outside [0, T) masked): ds = p (dp - Delta), p = exp2(s - lse), dq += ds k."""
+    nmask = (offs_n < T) & (offs_n >= 0)
+    rows = tl.maximum(offs_n, 0)  # masked rows keep in-bounds addresses
+    k = tl.load(k_base + rows[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+    v = tl.load(v_base + rows[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :] & mmask[:, None]
+    p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+
+
+@triton.jit
 def _win_bwd(
     Q, K, Vv, MK, MV, MB, DO, LSE, DELTA, DVL, DQ, DK, DVW, DMETA, ALPHA,
     T, H, G, M, NB, scale,
@@ -423,17 +442,8 @@ def _win_bwd(
             dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + j) * H + h, M, qk_scale, a,
                             offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
         for i in range(0, NBW + 1):
-            offs_n2 = (j - NBW + i) * BM + tl.arange(0, BM)
-            nmask2 = (offs_n2 < T) & (offs_n2 >= 0)
-            rows2 = tl.maximum(offs_n2, 0)
-            k2 = tl.load(k_base + rows2[:, None] * D + offs_d[None, :], mask=nmask2[:, None] & dmask[None, :], other=0.0)
-            v2 = tl.load(v_base + rows2[:, None] * DV + offs_dv[None, :], mask=nmask2[:, None] & dvmask[None, :], other=0.0)
-            s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
-            valid = (offs_n2[None, :] <= offs_m[:, None]) & (offs_n2[None, :] > offs_m[:, None] - W) & nmask2[None, :] & mmask[:, None]
-            p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v2), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
+            dq += _dq_block(q, do, lse, delta, offs_m, mmask, (j - NBW + i) * BM + tl.arange(0, BM), k_base, v_base, T,
+                            qk_scale, offs_d, offs_dv, dmask, dvmask, W=W, D=D, DV=DV, PREC=PREC)
         tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * (scale * a)).to(DQ.dtype.element_ty),
                  mask=mmask[:, None] & dmask[None, :])
 
@@ -511,13 +521,7 @@ def _win_bwd_pairs(
     if HAS_META:  # program NB has no query block: its (zero) partials are not stored
         dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + tl.minimum(p, NB - 1)) * H + h,
                         tl.where(p < NB, M, 0), qk_scale, a, offs_d, offs_dv, dmask, dvmask, D=D, DV=DV, BMETA=BMETA, PREC=PREC)
-    k2 = tl.load(k_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
-    v2 = tl.load(v_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
-    s = tl.dot(q, tl.trans(k2), input_precision=PREC) * qk_scale
-    valid = (offs_m[None, :] <= offs_m[:, None]) & (offs_m[None, :] > offs_m[:, None] - W) & mmask[None, :] & mmask[:, None]
-    pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-    dp = tl.dot(do, tl.trans(v2), input_precision=PREC)
-    ds = pr * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k2.dtype), k2, input_precision=PREC)
+    dq += _dq_block(q, do, lse, delta, offs_m, mmask, offs_m, k_base, v_base, T, qk_scale, offs_d, offs_dv, dmask, dvmask,
+                    W=W, D=D, DV=DV, PREC=PREC)
     tl.store(DQ + pid_bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * (scale * a)).to(DQ.dtype.element_ty),
              mask=mmask[:, None] & dmask[None, :])

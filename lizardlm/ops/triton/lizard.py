@@ -79,7 +79,8 @@ def _pairs_window_bwd(window: int, block: int, dtype: torch.dtype) -> bool:
     """Whether the window backward takes ``_win_bwd_pairs`` (the block pair that serves both dk/dv
     and dq is evaluated once; about 0.1 ms less than ``_win_bwd`` at 32K tokens x 32 heads on an
     H100). It covers windows reaching one block back (the Lizard default w = 64) in 16-bit dtypes;
-    ``_win_bwd`` serves the rest (``CFG["win_bwd_general"]`` forces it). Measured on the H100
+    ``_win_bwd`` serves the rest (``CFG["win_bwd_general"]`` forces it; ``CFG["win_bwd_pairs"]``
+    takes the pair kernel in any dtype, which the interpreter tests do in float32). Measured on the H100
     (Triton 3.6, benchmarks/NOTES.md): the pair-sharing form generalised to any window gave wrong
     dq in bfloat16 with two blocks back (exact in the interpreter), and its float32 build (dots on
     FMA units, about 5700 registers spilled) did not finish compiling a D = 128 case in 8 minutes."""
@@ -222,7 +223,8 @@ class LizardAttentionFunction(torch.autograd.Function):
                 T, H, G, M, NB, scale)
         meta = dict(W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BMETA=BMETA, HAS_META=has_meta, PREC=prec,
                     LS=shift, SUM=summed)
-        if _pairs_window_bwd(window, BM, q.dtype) and not CFG.get("win_bwd_general"):
+        pairs = window <= BM + 1 if CFG.get("win_bwd_pairs") else _pairs_window_bwd(window, BM, q.dtype)
+        if pairs and not CFG.get("win_bwd_general"):
             K._win_bwd_pairs[(NB + 1, BH)](*args, **meta, **_cfg("win_pairs", num_warps=4, num_stages=1))
         elif CFG.get("win_bwd_split", True):  # one launch per side (H200, paper w128: 1.45 -> 1.40 ms at 2K-32K)
             meta["NBW"] = triton.cdiv(window - 1, BM)
