@@ -353,6 +353,17 @@ def _meta_bwd(
 
 
 @triton.jit
+def _query_rows(q_base, do_base, lse_base, delta_base, rows, mask, offs_d, offs_dv, dmask, dvmask,
+                D: tl.constexpr, DV: tl.constexpr):
+    """q, do, lse and Delta of the query ``rows`` (in-bounds addresses) where ``mask``, zeros elsewhere."""
+    q = tl.load(q_base + rows[:, None] * D + offs_d[None, :], mask=mask[:, None] & dmask[None, :], other=0.0)
+    do = tl.load(do_base + rows[:, None] * DV + offs_dv[None, :], mask=mask[:, None] & dvmask[None, :], other=0.0)
+    lse = tl.load(lse_base + rows, mask=mask, other=0.0)
+    delta = tl.load(delta_base + rows, mask=mask, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _dq_block(
     q, do, lse, delta, offs_m, mmask, offs_n, k_base, v_base, T, qk_scale, offs_d, offs_dv, dmask, dvmask,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr,
@@ -413,10 +424,8 @@ def _win_bwd(
         for i in range(0, NBW + 1):
             offs_m = (j + i) * BM + tl.arange(0, BM)
             mmask = offs_m < T
-            q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
-            lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
-            delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
+            q, do, lse, delta = _query_rows(q_base, do_base, LSE + pid_bh * T, DELTA + pid_bh * T, offs_m, mmask,
+                                            offs_d, offs_dv, dmask, dvmask, D=D, DV=DV)
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
             valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :] & mmask[:, None]
             p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
@@ -433,10 +442,8 @@ def _win_bwd(
     if QS:  # ---- query block j: dq (+ meta)
         offs_m = j * BM + tl.arange(0, BM)
         mmask = offs_m < T
-        q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
-        lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
-        delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
+        q, do, lse, delta = _query_rows(q_base, do_base, LSE + pid_bh * T, DELTA + pid_bh * T, offs_m, mmask,
+                                        offs_d, offs_dv, dmask, dvmask, D=D, DV=DV)
         dq = tl.zeros([BM, BD], dtype=tl.float32)
         if HAS_META:
             dq += _meta_bwd(q, do, lse, delta, mmask, MK, MV, MB, DMETA, h, M, (b * NB + j) * H + h, M, qk_scale, a,
@@ -485,10 +492,8 @@ def _win_bwd_pairs(
     rows_n = tl.maximum(offs_n, 0)  # masked rows keep in-bounds addresses
     k = tl.load(k_base + rows_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
     v = tl.load(v_base + rows_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
-    qi = tl.load(q_base + rows_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
-    doi = tl.load(do_base + rows_n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
-    lse_i = tl.load(LSE + pid_bh * T + rows_n, mask=nmask, other=0.0)
-    delta_i = tl.load(DELTA + pid_bh * T + rows_n, mask=nmask, other=0.0)
+    qi, doi, lse_i, delta_i = _query_rows(q_base, do_base, LSE + pid_bh * T, DELTA + pid_bh * T, rows_n, nmask,
+                                          offs_d, offs_dv, dmask, dvmask, D=D, DV=DV)
     s = tl.dot(qi, tl.trans(k), input_precision=PREC) * qk_scale
     valid = (offs_n[None, :] <= offs_n[:, None]) & (offs_n[None, :] > offs_n[:, None] - W) & nmask[None, :] & nmask[:, None]
     pr = tl.where(valid, tl.exp2(s - lse_i[:, None]), 0.0)
@@ -499,10 +504,8 @@ def _win_bwd_pairs(
     # ---- query block p against key block p - 1 (shared by dk, dv and dq)
     offs_m = p * BM + tl.arange(0, BM)
     mmask = offs_m < T
-    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
-    do = tl.load(do_base + offs_m[:, None] * DV + offs_dv[None, :], mask=mmask[:, None] & dvmask[None, :], other=0.0)
-    lse = tl.load(LSE + pid_bh * T + offs_m, mask=mmask, other=0.0)
-    delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mmask, other=0.0)
+    q, do, lse, delta = _query_rows(q_base, do_base, LSE + pid_bh * T, DELTA + pid_bh * T, offs_m, mmask,
+                                    offs_d, offs_dv, dmask, dvmask, D=D, DV=DV)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     valid = (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :] & mmask[:, None]
     pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
