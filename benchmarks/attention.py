@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F

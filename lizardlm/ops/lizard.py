@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
 from lizardlm.ops.gla import gla_chunk
 from lizardlm.ops.utils import compute_dtype, expand_heads
