@@ -47,6 +47,7 @@ class LizardModelMixin:
     """What every Lizard causal LM adds to its teacher class."""
 
     config: object
+    teacher_attention_class: type  # the teacher's attention module (set per architecture)
 
     @property
     def lizard_config(self) -> LizardConfig:
@@ -72,6 +73,21 @@ class LizardModelMixin:
             teacher = layer.self_attn
             projections = {n: getattr(teacher, n) for n in PROJECTIONS} if reuse_projections else None
             layer.self_attn = LizardAttention(self.config, idx, lizard, projections)
+
+    def revert_to_softmax(self, layers: list[int]) -> None:
+        """Give ``layers`` back the teacher's softmax attention (sharing the q/k/v/o projections, the
+        Lizard parameters dropped) and record them in ``config.lizard["softmax_layers"]``, so that the
+        saved model rebuilds the same hybrid."""
+        for idx in layers:
+            decoder = self.model.layers[idx]
+            lizard = decoder.self_attn
+            if not isinstance(lizard, LizardAttention):
+                raise ValueError(f"layer {idx} is not a Lizard layer")
+            softmax = self.teacher_attention_class(self.config, idx)
+            for name in PROJECTIONS:
+                setattr(softmax, name, getattr(lizard, name))
+            decoder.self_attn = softmax.to(lizard.q_proj.weight.device)
+        self.config.lizard["softmax_layers"] = sorted({*self.config.lizard["softmax_layers"], *layers})
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
@@ -172,7 +188,6 @@ class Architecture:
     teacher_model: type
     config_class: type
     model_class: type
-    teacher_attention: type
 
 
 def _make_architecture(model_type: str, teacher_config: type, teacher_model: type) -> Architecture:
@@ -189,14 +204,14 @@ def _make_architecture(model_type: str, teacher_config: type, teacher_model: typ
         teacher_model.__init__(self, config)
         self._install_lizard_attention(LizardConfig.from_dict(config.lizard), reuse_projections=True)
 
+    attention = getattr(importlib.import_module(teacher_model.__module__), f"{name}Attention")
     model_class = type(
         f"Lizard{name}ForCausalLM",
         (LizardModelMixin, teacher_model),
-        {"config_class": config_class, "__init__": __init__, "__module__": __name__},
+        {"config_class": config_class, "__init__": __init__, "__module__": __name__, "teacher_attention_class": attention},
     )
     config_class.__module__ = __name__
-    attention = getattr(importlib.import_module(teacher_model.__module__), f"{name}Attention")
-    return Architecture(model_type, teacher_config, teacher_model, config_class, model_class, attention)
+    return Architecture(model_type, teacher_config, teacher_model, config_class, model_class)
 
 
 ARCHITECTURES: dict[str, Architecture] = {

@@ -3,7 +3,7 @@
 ``softmax_select`` specs: ``even:K`` = K evenly spaced layers (the centres of K equal slices of the
 stack, ``floor((i + 1/2) L / K)``), fixed before conversion; ``auto:K`` = the K layers whose
 attention-transfer validation MSE is highest after stage 1 (the pass that measures it anyway),
-which then revert to softmax before stage 2.
+which then revert to softmax before stage 2 (``LizardModelMixin.revert_to_softmax``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from torch import nn
 
 from lizardlm.config import LizardConfig
 from lizardlm.layers import LizardAttention
-from lizardlm.models.modeling import PROJECTIONS
 
 SELECTIONS = ("even", "auto")
 
@@ -43,33 +42,6 @@ def worst_layers(mse: list[float], layers: list[int], count: int) -> list[int]:
 def lizard_layer_ids(model: nn.Module) -> list[int]:
     """Layer indices of the Lizard attentions, in the order of :func:`~lizardlm.train.linearize.transfer_mse`."""
     return [m.layer_idx for m in model.modules() if isinstance(m, LizardAttention)]
-
-
-def revert_to_softmax(model: nn.Module, layers: list[int]) -> None:
-    """Give ``layers`` of a converted ``model`` back their teacher softmax attention (the shared q/k/v/o
-    projections, the Lizard parameters dropped) and record them in ``config.lizard["softmax_layers"]``,
-    so that the saved model rebuilds the same hybrid."""
-    arch = find_architecture_of(model)
-    for idx in layers:
-        decoder = model.model.layers[idx]
-        lizard = decoder.self_attn
-        if not isinstance(lizard, LizardAttention):
-            raise ValueError(f"layer {idx} is not a Lizard layer")
-        softmax = arch.teacher_attention(model.config, idx)
-        for name in PROJECTIONS:
-            setattr(softmax, name, getattr(lizard, name))
-        decoder.self_attn = softmax.to(lizard.q_proj.weight.device)
-    model.config.lizard["softmax_layers"] = sorted({*model.config.lizard["softmax_layers"], *layers})
-
-
-def find_architecture_of(model: nn.Module):
-    """The :class:`~lizardlm.models.modeling.Architecture` of a converted model."""
-    from lizardlm.models import ARCHITECTURES
-
-    arch = ARCHITECTURES.get(model.config.model_type.removeprefix("lizard_"))
-    if arch is None or not isinstance(model, arch.model_class):
-        raise ValueError(f"{type(model).__name__} is not a converted Lizard model")
-    return arch
 
 
 def kv_cache_bytes(config, lizard: LizardConfig | None, context: int, value_bytes: int = 2) -> int:

@@ -24,7 +24,7 @@ from lizardlm.train.activations import checkpoint_decoder_layers
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
 from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
-from lizardlm.train.hybrid import even_layers, lizard_layer_ids, parse_select, revert_to_softmax, worst_layers
+from lizardlm.train.hybrid import even_layers, lizard_layer_ids, parse_select, worst_layers
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir
@@ -330,9 +330,10 @@ def _stage1(model, settings: TrainSettings, splits, run: RunDir, manifest: dict[
     model.eval()
     results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
                                              "stage 1: val attention MSE")
-    if settings.softmax_select is not None and parse_select(settings.softmax_select)[0] == "auto":
-        chosen = worst_layers(results["stage1_val_mse"], lizard_layer_ids(model), parse_select(settings.softmax_select)[1])
-        revert_to_softmax(model, chosen)
+    select = parse_select(settings.softmax_select) if settings.softmax_select is not None else None
+    if select is not None and select[0] == "auto":
+        chosen = worst_layers(results["stage1_val_mse"], lizard_layer_ids(model), select[1])
+        model.revert_to_softmax(chosen)
         results["softmax_layers"] = chosen
         lizard_params = dict(model.lizard_named_parameters())
     if main:
