@@ -7,8 +7,8 @@ Backward: prelude (do, dZ, Delta; in the sum form Delta = dy . o, also d alpha's
 reverse chunk-state gradients -> linear-branch gradients -> window-branch gradients (the sum
 form's window kernels read dy and scale what they store by alpha_h); the log-decay gradient is a
 reverse cumulative sum of ``fq.dfq - fk.dfk`` (done in torch), group sums for grouped-query
-attention likewise. Sink logits run as meta slots with zero
-keys and values (their gradient is the meta-bias gradient).
+attention likewise. Sink logits run as meta slots with zero keys and values (their gradient is
+the meta-bias gradient).
 
 The paper folds the cumulative log-gate into the exponent of the feature map so the gated product
 is one bf16 GEMM per chunk; these kernels do the equivalent chunked log-space scheme: the
@@ -226,13 +226,13 @@ class LizardAttentionFunction(torch.autograd.Function):
         pairs = window <= BM + 1 if CFG.get("win_bwd_pairs") else _pairs_window_bwd(window, BM, q.dtype)
         if pairs and not CFG.get("win_bwd_general"):
             K._win_bwd_pairs[(NB + 1, BH)](*args, **meta, **_cfg("win_pairs", num_warps=4, num_stages=1))
-        elif CFG.get("win_bwd_split", True):  # one launch per side (H200, paper w128: 1.45 -> 1.40 ms at 2K-32K)
-            meta["NBW"] = triton.cdiv(window - 1, BM)
-            K._win_bwd[(NB, BH)](*args, **meta, KVS=True, QS=False, **_cfg("win_bwd_kv", num_warps=4, num_stages=2))
-            K._win_bwd[(NB, BH)](*args, **meta, KVS=False, QS=True, **_cfg("win_bwd_q", num_warps=4, num_stages=2))
         else:
-            K._win_bwd[(NB, BH)](*args, **meta, NBW=triton.cdiv(window - 1, BM), KVS=True, QS=True,
-                                 **_cfg("win_bwd", num_warps=4, num_stages=1))
+            meta["NBW"] = triton.cdiv(window - 1, BM)  # key blocks behind each query block
+            if CFG.get("win_bwd_split", True):  # one launch per side (H200, paper w128: 1.45 -> 1.40 ms at 2K-32K)
+                K._win_bwd[(NB, BH)](*args, **meta, KVS=True, QS=False, **_cfg("win_bwd_kv", num_warps=4, num_stages=2))
+                K._win_bwd[(NB, BH)](*args, **meta, KVS=False, QS=True, **_cfg("win_bwd_q", num_warps=4, num_stages=2))
+            else:
+                K._win_bwd[(NB, BH)](*args, **meta, KVS=True, QS=True, **_cfg("win_bwd", num_warps=4, num_stages=1))
         dk = _group_sum(dk, Hk).to(k.dtype)
         dv = _group_sum(dvw, Hk).to(v.dtype)
         dfk_out = _group_sum(dfk, Hk).to(fk.dtype)
