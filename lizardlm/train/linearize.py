@@ -158,10 +158,12 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     lizard_config = settings.lizard_config()
     num_layers = model.config.num_hidden_layers
     try:
+        auto_count = None  # auto:K: K layers chosen after stage 1
         if settings.softmax_select is not None:
             kind, count = parse_select(settings.softmax_select)
             spaced = even_layers(num_layers, count)  # also checks that count fits
             lizard_config.softmax_layers = spaced if kind == "even" else []
+            auto_count = count if kind == "auto" else None
         if settings.baseline is None:
             check_convertible(model, lizard_config)
     except ValueError as err:
@@ -223,7 +225,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             results["softmax_layers"] = lizard_config.softmax_layers
         model = convert(model, lizard_config)
         model.requires_grad_(False)
-        lizard_params = _stage1(model, settings, splits, run, manifest, train_kw, accelerator, log)
+        lizard_params = _stage1(model, settings, splits, run, manifest, train_kw, accelerator, log, auto_count)
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
     peft_model = get_peft_model(
@@ -298,10 +300,11 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
 
 
 def _stage1(model, settings: TrainSettings, splits, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any],
-            accelerator: Accelerator, log: MetricsLog) -> dict[str, torch.nn.Parameter]:
+            accelerator: Accelerator, log: MetricsLog, auto_count: int | None) -> dict[str, torch.nn.Parameter]:
     """Stage 1 (attention transfer, only the Lizard parameters train), or its recorded result; with
-    ``softmax_select`` ``auto:K``, the K layers of highest validation transfer MSE after it revert to
-    softmax attention (:mod:`lizardlm.train.hybrid`). Returns the Lizard parameters of the model."""
+    ``auto_count`` K (``--softmax-layers auto:K``), the K layers of highest validation transfer MSE
+    after it revert to softmax attention (:mod:`lizardlm.train.hybrid`). Returns the Lizard
+    parameters of the model."""
     results, main = manifest["results"], accelerator.is_main_process
     if "stage1_val_mse_init" not in results:
         results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
@@ -330,9 +333,8 @@ def _stage1(model, settings: TrainSettings, splits, run: RunDir, manifest: dict[
     model.eval()
     results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
                                              "stage 1: val attention MSE")
-    select = parse_select(settings.softmax_select) if settings.softmax_select is not None else None
-    if select is not None and select[0] == "auto":
-        chosen = worst_layers(results["stage1_val_mse"], lizard_layer_ids(model), select[1])
+    if auto_count is not None:
+        chosen = worst_layers(results["stage1_val_mse"], lizard_layer_ids(model), auto_count)
         model.revert_to_softmax(chosen)
         results["softmax_layers"] = chosen
         lizard_params = dict(model.lizard_named_parameters())
