@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"eval-speed-{device_slug(device)}.json"
     runs: list[dict] = []
+    result = summarize(runs, limits, tolerance, device, config, complete=not plan)
     for name, backend, task, limit in plan:
         model, tok = models[name]
         run = {"model": name, **run_one(model, tok, task, backend, limit, args)}
