@@ -22,8 +22,7 @@ SETTINGS += [dict(mode="paper", gate=g) for g in ("scalar", "mamba2", "pooled_ke
 def run(settings: dict, backend: str):
     torch.manual_seed(0)
     m = lizardlm.convert(LlamaForCausalLM(LlamaConfig(**CONFIG)),
-                         LizardConfig(**settings, window_size=16 if settings["mode"] != "paper_no_window" else None,
-                                      num_meta_tokens=2, feature_dim=32, backend=backend))
+                         LizardConfig(**settings, window_size=16, num_meta_tokens=2, feature_dim=32, backend=backend))
     with torch.no_grad():
         for n, p in m.named_parameters():  # move the new parameters away from their init
             if p.requires_grad:
