@@ -12,12 +12,13 @@ Combine = Literal["shared", "sum"]
 Rope = Literal["window", "none", "both"]
 Meta = Literal["kv", "sink"]
 GateKind = Literal["scalar", "token", "mamba2", "pooled_key", "none"]
+WriteGateKind = Literal["none", "head"]
 Backend = Literal["auto", "triton", "torch"]
 
-OURS: dict[str, Any] = dict(combine="shared", rope="window", meta="kv", gate="scalar",
+OURS: dict[str, Any] = dict(combine="shared", rope="window", meta="kv", gate="scalar", write_gate="none",
                             window_size=64, feature_dim=64, num_meta_tokens=4)
 """Our reading (LoLCATs-style): shared normaliser, shifted linear state, RoPE in the window, meta key/value slots."""
-PAPER: dict[str, Any] = dict(combine="sum", rope="none", meta="sink", gate="token",
+PAPER: dict[str, Any] = dict(combine="sum", rope="none", meta="sink", gate="token", write_gate="none",
                              window_size=128, feature_dim=128, num_meta_tokens=4)
 """The paper's layer (arXiv 2507.09025 and ``docs/method.md``): y = y_gla + alpha * y_win, no RoPE,
 sink logits, one sigmoid gate per token, window 128, feature dim 128."""
@@ -40,7 +41,8 @@ ALPHA_INIT = 0.25
 after a short stage 1 of 0, 0.1, 0.25, 0.5, 1 (``benchmarks/alpha_init.py``, docs/method.md)."""
 
 _CHOICES = dict(combine=("shared", "sum"), rope=("window", "none", "both"), meta=("kv", "sink"),
-                gate=("scalar", "token", "mamba2", "pooled_key", "none"), backend=("auto", "triton", "torch"))
+                gate=("scalar", "token", "mamba2", "pooled_key", "none"), write_gate=("none", "head"),
+                backend=("auto", "triton", "torch"))
 
 
 @dataclass
@@ -79,6 +81,10 @@ class LizardConfig:
             ``none`` (see :mod:`lizardlm.layers.gate`).
         gate_temperature: tau of the ``scalar`` and ``pooled_key`` gates.
         gate_init: initial decay (bias set so that the gate starts at this value for every input).
+        write_gate: ``none``, or ``head`` = a learned write strength per token and key/value head,
+            ``s = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(k)`` in the state and the
+            normaliser alike, so a token can write more or less than another
+            (:class:`~lizardlm.layers.gate.WriteGate`).
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
@@ -96,6 +102,7 @@ class LizardConfig:
     gate: GateKind | None = None
     gate_temperature: float = 16.0
     gate_init: float = 0.995
+    write_gate: WriteGateKind | None = None
     alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
     chunk_size: int = 64

@@ -3,17 +3,21 @@ naive / chunked / recurrent op forms, and token-by-token decoding equal to the f
 
 from __future__ import annotations
 
+import argparse
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import lizardlm
 from lizardlm import LizardConfig
+from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args
 from lizardlm.layers import LizardAttention
 from lizardlm.layers.gate import GATES, DecayGate
 from lizardlm.ops import lizard_attention_chunk, lizard_attention_naive, lizard_attention_recurrent
-from test_model import decode_token_by_token, lizard_model
+from test_model import TEACHERS, decode_token_by_token, lizard_model
 
 FORMS = ("shared", "sum")
 
@@ -85,3 +89,71 @@ def test_gate_decodes_like_the_full_forward(kind, combine):
         full = model(ids, use_cache=False).logits
     step, _ = decode_token_by_token(model, ids, prefill=7)
     torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("combine", FORMS)
+def test_write_gate_starts_as_the_identity(combine):
+    """write_gate='head' at init (s = 1) gives the same logits as no write gate, in both forms."""
+    torch.manual_seed(0)
+    teacher = TEACHERS["llama"]().eval()
+    ids = torch.randint(0, 97, (2, 19))
+    models = [lizardlm.convert(copy.deepcopy(teacher), LizardConfig(
+        combine=combine, write_gate=write, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8))
+        for write in ("none", "head")]
+    missing, unexpected = models[1].load_state_dict(models[0].state_dict(), strict=False)
+    assert not unexpected and missing and all(".write_gate." in name for name in missing)
+    with torch.no_grad():
+        logits = [m(ids, use_cache=False).logits for m in models]
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+
+
+def test_write_gate_scales_what_each_token_writes():
+    """s = 2 sigmoid(x W + b) per key/value head scales phi(k): the op sees fk * s."""
+    torch.manual_seed(0)
+    config = LizardConfig(mode="paper", write_gate="head", window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+    model = lizard_model("llama", config).double()
+    layer = model.model.layers[0].self_attn
+    seen, hidden = {}, {}
+    layer.capture = lambda _, inputs: seen.update(inputs)
+    layer.register_forward_pre_hook(lambda _, args, kwargs: hidden.update(x=kwargs["hidden_states"]), with_kwargs=True)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (2, 11)), use_cache=False)
+        x = hidden["x"]
+        B, T, _ = x.shape
+        k = layer.k_proj(x).view(B, T, layer.num_kv_heads, layer.head_dim).transpose(1, 2)
+        s = 2 * torch.sigmoid(x @ layer.write_gate.proj.weight.T + layer.write_gate.proj.bias).transpose(1, 2)
+    assert bool(((s > 0) & (s < 2)).all()) and float((s - 1).abs().max()) > 1e-3
+    torch.testing.assert_close(seen["fk"], layer.feature_map_k(k) * s[..., None])
+
+
+@pytest.mark.parametrize("combine", FORMS)
+def test_write_gate_agrees_in_every_op_form_and_decodes_like_the_forward(combine):
+    config = LizardConfig(combine=combine, write_gate="head", window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+    model = lizard_model("mistral", config).double()
+    layer = model.model.layers[1].self_attn
+    seen = {}
+    layer.capture = lambda _, inputs: seen.update(inputs)
+    ids = torch.randint(0, 97, (2, 23))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+    ref = lizard_attention_naive(**seen)
+    chunk, _ = lizard_attention_chunk(**seen, chunk_size=8)
+    rec, _ = lizard_attention_recurrent(**seen)
+    torch.testing.assert_close(chunk, ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(rec, ref, rtol=1e-9, atol=1e-9)
+    layer.capture = None
+    step, _ = decode_token_by_token(model, ids, prefill=7)
+    torch.testing.assert_close(step, full, rtol=1e-6, atol=1e-6)  # the gates compute in float32
+    grads = torch.autograd.grad(model(ids, labels=ids).loss, layer.write_gate.proj.weight)
+    assert float(grads[0].abs().max()) > 0
+
+
+def test_gate_flags_reach_the_config():
+    parser = argparse.ArgumentParser()
+    add_lizard_arguments(parser)
+    config = lizard_config_from_args(parser.parse_args(["--mode", "paper", "--write-gate", "head", "--gate-init", "0.999"]))
+    assert (config.write_gate, config.gate_init, config.gate) == ("head", 0.999, "token")
+    assert lizard_config_from_args(parser.parse_args([])).write_gate == "none"
+    for bad in ("1", "0", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--gate-init", bad])

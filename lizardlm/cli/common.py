@@ -49,6 +49,14 @@ def probability(text: str) -> float:
     return value
 
 
+def open_unit(text: str) -> float:
+    """An argparse type: a number in (0, 1) (a decay)."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -86,12 +94,17 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--meta", choices=("kv", "sink"), default=None, help="meta key/value slots, or sink logits")
     g.add_argument("--gate", choices=("scalar", "token", "mamba2", "pooled_key", "none"), default=None,
                    help="decay gate: per-head sigmoid, the paper's per-token sigmoid, Mamba-2 style, Liger's pooled key, or none")
+    g.add_argument("--gate-init", type=open_unit, default=None,
+                   help="the decay gate's initial value (default 0.995: a half-life of ~140 tokens)")
+    g.add_argument("--write-gate", choices=("none", "head"), default=None,
+                   help="head: a learned write strength per token and key/value head scales phi(k) (default none)")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
     """The LizardConfig fields given as flags (a ``--softmax-layers`` selection is not one: see
     :func:`softmax_select`)."""
-    names = ("mode", "combine", "rope", "meta", "gate", "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
+    names = ("mode", "combine", "rope", "meta", "gate", "gate_init", "write_gate", "window_size", "num_meta_tokens",
+             "feature_dim", "softmax_layers")
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if softmax_select(args) is not None:
         del given["softmax_layers"]

@@ -2,6 +2,6 @@
 
 from lizardlm.layers.attention import LizardAttention, attention_transfer
 from lizardlm.layers.feature_map import HedgehogFeatureMap
-from lizardlm.layers.gate import DecayGate
+from lizardlm.layers.gate import DecayGate, WriteGate
 
-__all__ = ["DecayGate", "HedgehogFeatureMap", "LizardAttention", "attention_transfer"]
+__all__ = ["DecayGate", "HedgehogFeatureMap", "LizardAttention", "WriteGate", "attention_transfer"]

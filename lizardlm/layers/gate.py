@@ -1,4 +1,5 @@
-"""Data-dependent decay gate of the linear branch: one module, four designs (``LizardConfig.gate``).
+"""Data-dependent gates of the linear branch: the decay gate (one module, four designs,
+``LizardConfig.gate``) and the write gate (``LizardConfig.write_gate``).
 
 Every design returns log-decays ``log a_t <= 0`` for each head (or one shared by all heads) and
 starts, for a zero input, at ``a = a0`` (``gate_init``, close to 1: little forgetting):
@@ -15,6 +16,14 @@ starts, for a zero input, at ``a = a0`` (``gate_init``, close to 1: little forge
   head) is what lets it start near ``a0`` like the other designs.
 
 ``W`` starts at zero, so every design but ``pooled_key`` begins at exactly ``a0`` for every input.
+
+The write gate scales what a token writes: ``phi_k(k_t) -> s_t phi_k(k_t)`` with
+``s_{t,h} = 2 sigmoid(x_t . W_h + b_h)`` per key/value head, ``W = 0`` and ``b = 0`` at start
+(``s = 1``, the layer unchanged). Hedgehog features sum to 2 for every token, so without it every
+token writes the same mass into the state and its normaliser, and one needle among n filler tokens
+can hold at most its similarity advantage over 1/n of the read-out; with it a token can write almost
+nothing (filler) or twice the default (a fact worth keeping), the role Mamba's step size ``dt``
+plays for its input. It does not touch the decay, so what is written stays as long as before.
 """
 
 from __future__ import annotations
@@ -82,3 +91,21 @@ class DecayGate(nn.Module):
             return (-self.A_log.float().exp() * dt).transpose(1, 2)
         pooled = k.float().mean(-1).repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
         return F.logsigmoid(pooled + self.key_bias.float()[:, None]) / self.temperature
+
+
+class WriteGate(nn.Module):
+    """Write strengths ``s = 2 sigmoid(x W + b)`` ``(B, Hk, T)`` in (0, 2), one per token and
+    key/value head (``proj``: hidden -> Hk, zero at start so ``s = 1``); see the module docstring."""
+
+    def __init__(self, hidden_size: int, num_kv_heads: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, num_kv_heads)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (2.0 * torch.sigmoid(self.proj(x).float())).transpose(1, 2)
