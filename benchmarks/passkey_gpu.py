@@ -16,7 +16,9 @@ writes ``<out>/passkey-<device>.json``::
 (``"teacher"`` is a run when ``--with-teacher``; a length that did not run holds its status string),
 beside ``passkey-<device>-<run>-heatmap.png`` (depth x length) and ``-diagnostics.png``. ``--merge
 FILE`` keeps an earlier call's runs, so runs spread over several 10-minute device calls;
-``--eval-only`` evaluates a run already under ``--runs`` again. ``--quick`` is a CPU smoke run on tiny
+``--eval-only`` evaluates a run already under ``--runs`` again; ``--combine A.json B.json ...`` only
+merges result files of runs made at once in separate processes (each with its own ``--out``) into
+``<out>/passkey-<device>.json``. ``--quick`` is a CPU smoke run on tiny
 budgets (any ``--teacher``, e.g. a small local model).
 """
 
@@ -60,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="eval data directory (held-out long-docs books)")
     p.add_argument("--deadline", type=float, default=560.0, help="seconds for everything")
     p.add_argument("--merge", type=Path, help="earlier result JSON whose other runs are kept")
+    p.add_argument("--combine", type=Path, nargs="+", help="only merge these result JSONs (later runs win) into --out")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
     p.add_argument("--quick", action="store_true", help="CPU smoke run on tiny budgets")
     for key, value in FULL.items():
@@ -127,8 +130,30 @@ def _by_model(eval_json: dict) -> dict[str, dict[str, dict]]:
     return out
 
 
+def merge(result: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add ``other``'s runs to ``result`` section by section (``other`` wins for a run in both)."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict) and key != "versions":
+            result[key].update(value)
+        else:
+            result[key] = value
+
+
+def combine(out_dir: Path, files: list[Path]) -> Path:
+    result: dict[str, Any] = {}
+    for f in files:
+        merge(result, json.loads(f.read_text()))
+    out = out_dir / f"passkey-{device_slug(result['device'])}.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        print(combine(args.out, args.combine))
+        return 0
     start = time.perf_counter()
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     slug = device_slug(device)
@@ -138,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out / f"passkey-{slug}.json"
     result: dict[str, Any] = {"passkey": {}, "ruler": {}, "longppl": {}, "diagnostics": {}, "runs": {}}
     if args.merge is not None and args.merge.exists():
-        result.update(json.loads(args.merge.read_text()))
+        merge(result, json.loads(args.merge.read_text()))
     result.update(device=device, teacher=args.teacher, eval_tasks=EVAL_TASKS,
                   versions={"torch": torch.__version__, "transformers": transformers.__version__})
     run_dir = args.runs / args.name

@@ -3,6 +3,7 @@ models in process; the end-to-end --quick run takes minutes on a shared 2-core C
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -51,3 +52,16 @@ def test_assemble_from_a_real_eval_json(tmp_path):
     assert result["diagnostics"]["teacher"] == "skipped (not a Lizard model)"
     diag = result["diagnostics"]["lizard-mix"]
     assert diag["form"] == "shared" and len(diag["gate"]["half_life"]) == 2
+
+
+def test_combine_merges_runs_section_by_section(tmp_path):
+    a = {"device": "NVIDIA H200", "passkey": {"teacher": {"1024": 1.0}, "a": {"1024": 0.2}}, "runs": {"a": {"status": "done"}}}
+    b = {"device": "NVIDIA H200", "passkey": {"b": {"1024": 0.9}}, "ruler": {"b": {"1024": 0.5}}, "runs": {"b": {"status": "done"}}}
+    files = []
+    for name, data in (("a", a), ("b", b)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(data))
+    assert passkey_gpu.main(["--out", str(tmp_path / "out"), "--combine", *map(str, files)]) == 0
+    merged = json.loads((tmp_path / "out" / "passkey-nvidia-h200.json").read_text())
+    assert merged["passkey"] == {"teacher": {"1024": 1.0}, "a": {"1024": 0.2}, "b": {"1024": 0.9}}
+    assert set(merged["runs"]) == {"a", "b"} and merged["ruler"] == {"b": {"1024": 0.5}}
