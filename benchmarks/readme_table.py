@@ -279,6 +279,48 @@ def study_tables() -> str:
     return "\n\n".join(study(p) for p in sorted(RESULTS.glob("study-*.json"))) or NO_STUDY
 
 
+def passkey(path: Path) -> str:
+    """Long-context retrieval (``benchmarks/passkey_gpu.py``): passkey accuracy by length, the RULER
+    mean by length and the long-document perplexity of the last position bucket, one row per run."""
+    d = json.loads(path.read_text())
+    names = ["teacher"] * ("teacher" in d["passkey"]) + [n for n in d["runs"] if n in d["passkey"]]
+    pk_lengths = sorted({int(k) for n in names if isinstance(d["passkey"][n], dict) for k in d["passkey"][n]})
+    ru_lengths = sorted({int(k) for n in names if isinstance(d["ruler"].get(n), dict) for k in d["ruler"][n]})
+    kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
+
+    def cell(value) -> str:
+        return f"{value:.2f}" if isinstance(value, (int, float)) else ("OOM" if "memory" in str(value) else "–")
+
+    def last_ppl(curve) -> str:
+        if not isinstance(curve, dict) or not curve.get("ppl"):
+            return "–"
+        return f"{curve['ppl'][-1]:.2f} @ {kib(curve['bucket_start'][-1])}-{kib(curve['bucket_end'][-1])}"
+
+    first = d["runs"][next(n for n in names if n in d["runs"])]
+    out = [
+        f"Long-context retrieval, {d['device']} (`{path.name}`): teacher {d['teacher']}; each run is `lizardlm "
+        f"linearize` with the data and flags below ({first['stage1_tokens'] / 2**20:g}M + "
+        f"{first['stage2_tokens'] / 2**20:g}M tokens of {first['seq_len']}, the same for every run), then "
+        f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {first['passkey_trials']} trials per length over "
+        f"{first['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one); "
+        "RULER: mean exact match of its five tasks; long ppl: perplexity of the last position bucket of "
+        "held-out books. – = not run; OOM = the teacher ran out of memory.",
+        "",
+        "| run | " + " | ".join(f"passkey @ {kib(L)}" for L in pk_lengths) + " | "
+        + " | ".join(f"RULER @ {kib(L)}" for L in ru_lengths) + " | long ppl |",
+        "|---|" + "---:|" * (len(pk_lengths) + len(ru_lengths) + 1),
+    ]
+    for n in names:
+        pk, ru = d["passkey"].get(n), d["ruler"].get(n)
+        cells = [cell(pk.get(str(L))) if isinstance(pk, dict) else "–" for L in pk_lengths]
+        cells += [cell(ru.get(str(L))) if isinstance(ru, dict) else "–" for L in ru_lengths]
+        out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d["longppl"].get(n))]) + " |")
+    out += ["", "Runs: " + "; ".join(f"`{n}` = `--mode {r['mode']} --data {r['data']}"
+                                     + (f" {r['flags']}" if r["flags"] else "") + "`"
+                                     for n, r in d["runs"].items() if n in names) + "."]
+    return "\n".join(out)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -305,6 +347,8 @@ def main() -> None:
         parts.append(linearize(path))
     for path in sorted(RESULTS.glob("paper-preset-*.json")):
         parts.append(preset_runs(path))
+    for path in sorted(RESULTS.glob("passkey-*.json")):
+        parts.append(passkey(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
         parts.append(decode(path))
     for path in sorted(RESULTS.glob("cpu-demo-*.json")):
