@@ -44,6 +44,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="stage 2 recomputes each decoder layer's activations in the backward: less memory "
                    "for long sequences, same results (stage 1 keeps one layer's activations at a time anyway)")
+    p.add_argument("--fsdp", action="store_true", default=None,
+                   help="under torchrun, shard the teacher's weights over the processes (FSDP2, one unit per "
+                   "decoder layer): for teachers that do not fit one device; same results")
     p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing")
+                     "gradient_checkpointing", "fsdp")
     }
     try:
         settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), baseline=args.baseline,

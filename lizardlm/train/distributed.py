@@ -15,10 +15,13 @@ which is the gradient of the mean loss over all B rows because every rank holds 
 equal length. Clipping and AdamW then see what one process with batch B sees, so the losses match
 one process up to float rounding, and the global batch (hence the run's settings) does not depend
 on W. Only rank 0 touches the run directory: it reads what a resume needs and broadcasts it.
+With ``--fsdp`` the frozen weights are sharded on top of this (:mod:`lizardlm.train.sharding`); the
+trainable parameters and their all-reduce stay as they are.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -52,6 +55,20 @@ def micro_batch_size(batch_size: int, world_size: int) -> int:
 def shard(rows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """Rank ``rank``'s rows of ``rows``: indices ``rank, rank + world_size, ...`` (a pure function: resumable)."""
     return rows[rank::world_size]
+
+
+def batches_behind(rows: int, batch_size: int) -> int:
+    """How many fewer batches of ``batch_size`` this rank's share of ``rows`` (:func:`shard`) makes than
+    rank 0's, the largest: under ``--fsdp`` every forward all-gathers weights with all ranks, so a rank
+    that is behind runs that many more (their results dropped) to keep in step."""
+    if not is_distributed():
+        return 0
+    world = dist.get_world_size()
+
+    def batches(rank: int) -> int:
+        return math.ceil(len(range(rank, rows, world)) / batch_size)
+
+    return batches(0) - batches(dist.get_rank())
 
 
 def _reduce_device() -> torch.device:

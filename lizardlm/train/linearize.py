@@ -22,19 +22,29 @@ from lizardlm.layers import attention_transfer
 from lizardlm.progress import progress
 from lizardlm.train.activations import checkpoint_decoder_layers
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
-from lizardlm.train.distributed import micro_batch_size, on_main, shard, sum_over_ranks
+from lizardlm.train.distributed import batches_behind, micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
 from lizardlm.train.hybrid import even_layers, lizard_layer_ids, parse_select, worst_layers
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
-from lizardlm.train.rundir import RunDir
+from lizardlm.train.rundir import RunDir, load_run
 from lizardlm.train.settings import TrainSettings
+from lizardlm.train.sharding import held_fraction, shard_model
 
 logger = logging.getLogger(__name__)
 
 
 def _rank_rows(rows: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
     return shard(rows, accelerator.process_index, accelerator.num_processes)
+
+
+@torch.no_grad()
+def _keep_in_step(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator) -> None:
+    """One-row forwards, results dropped, for the batches of ``rows`` this rank makes fewer of than
+    rank 0 (:func:`batches_behind`: FSDP's all-gathers pair every rank's forwards)."""
+    for _ in range(batches_behind(rows.shape[0], batch_size)):
+        with accelerator.autocast():
+            model(input_ids=rows[:1].to(accelerator.device), use_cache=False, logits_to_keep=1)
 
 
 def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator, desc: str = "val perplexity") -> float:
@@ -49,6 +59,7 @@ def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator
             res = perplexity(model, None, mine.reshape(-1), window=rows.shape[1], batch_size=batch_size,
                              progress=accelerator.is_main_process, desc=desc)
         nll_sum, tokens = res["nll"] * res["tokens"], res["tokens"]
+    _keep_in_step(model, rows, batch_size, accelerator)
     nll_sum, tokens = sum_over_ranks([nll_sum, tokens])
     return nll_sum / tokens
 
@@ -65,19 +76,22 @@ def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accele
                               enable=accelerator.is_main_process):
             batch = mine[start : start + batch_size]
             with accelerator.autocast():
-                model.model(input_ids=batch.to(accelerator.device), use_cache=False)
+                model(input_ids=batch.to(accelerator.device), use_cache=False, logits_to_keep=1)
             sums = [s + layer.transfer_loss.item() * batch.shape[0] for s, layer in zip(sums, layers)]
+        _keep_in_step(model, rows, batch_size, accelerator)
     *sums, count = sum_over_ranks([*sums, mine.shape[0]])
     return [s / count for s in sums]
 
 
 def _transfer_loss_fn(model):
     """Stage 1's loss ``sum_l mse_l``, each layer's term backpropagated as soon as it is computed
-    (one layer's graph alive at a time); returns it detached (:attr:`Stage.backward` is False)."""
+    (one layer's graph alive at a time); returns it detached (:attr:`Stage.backward` is False).
+    The whole model runs (the LM head on the last position only): under ``--fsdp`` a forward must
+    enter through the root unit."""
 
     def loss_fn(batch: torch.Tensor):
         with attention_transfer(model, backward=True) as layers:
-            model.model(input_ids=batch, use_cache=False)
+            model(input_ids=batch, use_cache=False, logits_to_keep=1)
             losses = torch.stack([layer.transfer_loss for layer in layers])
         return losses.sum(), {"mse_mean": losses.mean().item()}
 
@@ -118,7 +132,8 @@ def linearize(settings: TrainSettings, out: str | Path, *, resume: bool = False,
     The run directory is locked while this runs (a second process into it is refused). Launched by
     ``torchrun``/``accelerate launch``, every process runs this: the global batch is shared out,
     gradients are averaged (:mod:`lizardlm.train.distributed`), and rank 0 alone locks, reads and
-    writes ``out``.
+    writes ``out``; with ``settings.fsdp`` the frozen weights are sharded over the processes
+    (:mod:`lizardlm.train.sharding`; the summary's ``params_held`` is rank 0's share of them all).
     """
     run = RunDir(out)
     if resume and run.is_empty():
@@ -140,6 +155,9 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no")
     main = accelerator.is_main_process
     micro_batch_size(settings.batch_size, accelerator.num_processes)
+    if settings.fsdp and accelerator.num_processes == 1:
+        raise LizardError("--fsdp shards the model over the processes of a launch, and this is one process: "
+                          "launch with torchrun --nproc_per_node N (N >= 2), or drop --fsdp")
 
     def open_run() -> dict[str, Any] | None:
         if not resume:
@@ -154,7 +172,9 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
 
     started = time.perf_counter()
     with accelerator.main_process_first():  # rank 0 fills any download / conversion cache first
-        model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32, device=accelerator.device)
+        # --fsdp: each process loads the teacher into host memory; sharding moves its share to the device
+        model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32,
+                                        device="cpu" if settings.fsdp else accelerator.device)
     lizard_config = settings.lizard_config()
     num_layers = model.config.num_hidden_layers
     try:
@@ -215,16 +235,22 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         accelerator=accelerator, log=log,
     )
 
-    if "teacher_val_loss" not in results:
-        results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "teacher: val perplexity")
     lizard_params: dict[str, torch.nn.Parameter] = {}
     if settings.baseline is None:
         if "softmax_layers" in results:  # auto:K chose them in an earlier call
             lizard_config.softmax_layers = results["softmax_layers"]
         elif settings.softmax_select is not None and lizard_config.softmax_layers:  # even:K
             results["softmax_layers"] = lizard_config.softmax_layers
-        model = convert(model, lizard_config)
-        model.requires_grad_(False)
+        model = convert(model, lizard_config)  # before sharding: it changes the model's class, as FSDP does
+        lizard_params = dict(model.lizard_named_parameters())
+    model.requires_grad_(False)
+    if settings.fsdp:
+        shard_model(model, lizard_params.values(), accelerator.device)
+    if "teacher_val_loss" not in results:
+        with attention_transfer(model):  # every Lizard layer passes its teacher's attention on: the teacher's loss
+            results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator,
+                                                  "teacher: val perplexity")
+    if settings.baseline is None:
         lizard_params = _stage1(model, settings, splits, run, manifest, train_kw, accelerator, log, auto_count)
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
@@ -238,15 +264,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
     if settings.gradient_checkpointing:
         checkpoint_decoder_layers(peft_model)
-    if "stage2" in manifest["completed"]:  # only --merge still needs the trained adapter
-        from peft import set_peft_model_state_dict
-
-        def read_adapter() -> dict[str, torch.Tensor]:
-            run.check_output(manifest, "adapter")
-            return load_checked(run.outputs("adapter")[-1])[0]
-
-        set_peft_model_state_dict(peft_model, on_main(read_adapter))
-    else:
+    if "stage2" not in manifest["completed"]:
         t0 = time.perf_counter()
         peft_model.train()
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model),
@@ -266,8 +284,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
                 plot_stage_losses(log.read("stage2"), run.path / "stage2_loss.png",
                                   "Stage 2: LoRA fine-tuning (next-token loss)")
 
-    if merge and main:
-        merged = peft_model.merge_and_unload()
+    if merge and main:  # from the files written: the model lizardlm.load gives (whole, also after --fsdp)
+        merged = load_run(run.path)[0]
         with writing(run.merged):
             merged.save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
@@ -292,6 +310,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         "wall_seconds_this_call": time.perf_counter() - started,
         "device": manifest["device"],
         "processes": accelerator.num_processes,
+        "params_held": held_fraction(peft_model),
     }
     if main:
         with writing(run.summary):

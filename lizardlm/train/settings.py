@@ -21,9 +21,11 @@ class TrainSettings:
     Token budgets count training tokens (``steps = tokens // (batch_size * seq_len)``); a budget is 0
     (skip the stage's training) or at least one batch. ``gradient_checkpointing`` recomputes
     stage 2's activations in the backward (:mod:`lizardlm.train.activations`): less memory, same
-    losses and gradients. ``baseline`` (one of :data:`BASELINES`) skips conversion and stage 1;
-    ``softmax_select`` (``auto:K`` / ``even:K``, :mod:`lizardlm.train.hybrid`) picks the hybrid's
-    softmax layers during the run instead of ``lizard["softmax_layers"]``.
+    losses and gradients. ``fsdp`` shards the frozen weights over the processes of a multi-process
+    launch (:mod:`lizardlm.train.sharding`): less memory per device, same losses. ``baseline`` (one
+    of :data:`BASELINES`) skips conversion and stage 1; ``softmax_select`` (``auto:K`` / ``even:K``,
+    :mod:`lizardlm.train.hybrid`) picks the hybrid's softmax layers during the run instead of
+    ``lizard["softmax_layers"]``.
     """
 
     teacher: str = "smollm2-135m"
@@ -44,6 +46,7 @@ class TrainSettings:
     stage2_train_lizard: bool = False
     checkpoint_every: int = 25
     gradient_checkpointing: bool = False
+    fsdp: bool = False
     seed: int = 0
     device: str = "auto"
     baseline: str | None = None
