@@ -16,7 +16,12 @@ writes ``<out>/passkey-<device>.json``::
 (``"teacher"`` is a run when ``--with-teacher``; a length that did not run holds its status string),
 beside ``passkey-<device>-<run>-heatmap.png`` (depth x length) and ``-diagnostics.png``. ``--merge
 FILE`` keeps an earlier call's runs, so runs spread over several 10-minute device calls;
-``--eval-only`` evaluates a run already under ``--runs`` again; ``--combine A.json B.json ...`` only
+A run directory already under ``--runs`` (a call cut by its deadline) is continued with
+``linearize --resume`` (``--fresh`` starts it again); ``--eval-only`` evaluates a run already under
+``--runs`` again. ``--variant 'NAME|MODE|FLAGS'`` (repeated) trains and evaluates several runs at
+once, one process each sharing the GPU (a 135M model's steps are launch-bound), with every other
+option in common (``--with-teacher`` evaluates the teacher beside the first), and writes their
+merged result; ``--combine A.json B.json ...`` only
 merges result files of runs made at once in separate processes (each with its own ``--out``) into
 ``<out>/passkey-<device>.json``. ``--quick`` is a CPU smoke run on tiny
 budgets (any ``--teacher``, e.g. a small local model).
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", type=Path, help="earlier result JSON whose other runs are kept")
     p.add_argument("--combine", type=Path, nargs="+", help="only merge these result JSONs (later runs win) into --out")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
+    p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS",
+                   help="a run of its own (repeat: all at once, one process each); FLAGS as in --flags")
     p.add_argument("--quick", action="store_true", help="CPU smoke run on tiny budgets")
     for key, value in FULL.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None,
@@ -84,6 +93,7 @@ def linearize_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     for key in ("stage1_tokens", "stage2_tokens", "seq_len", "batch_size", "val_tokens"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    cmd += ["--resume"] if (run_dir / "run.json").exists() and not args.fresh else []
     return cmd + args.flags.split()
 
 
@@ -149,11 +159,46 @@ def combine(out_dir: Path, files: list[Path]) -> Path:
     return out
 
 
+def variant_command(args: argparse.Namespace, argv: list[str], variant: str, first: bool) -> list[str]:
+    """This script's command for one ``NAME|MODE|FLAGS`` variant: ``argv`` without the variants, the
+    teacher's evaluation and the output, then the variant's name, mode, flags and its own ``--out``."""
+    name, mode, flags = (variant.split("|", 2) + ["", ""])[:3]
+    if not name or not mode:
+        raise SystemExit(f"--variant expects NAME|MODE|FLAGS, got {variant!r}")
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--variant", "--out", "--merge", "--name", "--mode", "--flags"):
+            skip = True
+        elif a.split("=", 1)[0] in ("--variant", "--out", "--merge", "--name", "--mode", "--flags") or a == "--with-teacher":
+            pass
+        else:
+            rest.append(a)
+    cmd = [sys.executable, __file__, *rest, "--out", str(args.out / "parts" / name), "--name", name, "--mode", mode,
+           "--flags", flags]
+    return cmd + (["--with-teacher"] if first and args.with_teacher else [])
+
+
+def run_variants(args: argparse.Namespace, argv: list[str]) -> int:
+    """Every ``--variant`` at once, each as its own process of this script; then their result files
+    (and ``--merge``'s) merged into ``<out>/passkey-<device>.json``."""
+    procs = [subprocess.Popen(variant_command(args, argv, v, i == 0)) for i, v in enumerate(args.variant)]
+    codes = [p.wait() for p in procs]
+    parts = sorted((args.out / "parts").glob("*/passkey-*.json"))
+    if parts:
+        print(combine(args.out, ([args.merge] if args.merge and args.merge.exists() else []) + parts))
+    return 0 if parts and not any(codes) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.combine:
         print(combine(args.out, args.combine))
         return 0
+    if args.variant:
+        return run_variants(args, argv)
     start = time.perf_counter()
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     slug = device_slug(device)
@@ -174,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {**result["runs"].get(args.name, {}), **entry}
     result["runs"][args.name] = entry
     if not args.eval_only:
-        if run_dir.exists():
+        if run_dir.exists() and (args.fresh or not (run_dir / "run.json").exists()):
             shutil.rmtree(run_dir)
         cmd = linearize_command(args, run_dir)
         entry["linearize_command"] = " ".join(["python", *cmd[1:]])

@@ -82,3 +82,28 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     assert "| run | passkey @ 1K | passkey @ 32K | RULER @ 1K | long ppl |" in table
     assert "| teacher | 0.90 | OOM | – | – |" in table and "| a | 0.25 | 0.00 | 0.50 | 8.50 @ 512-1K |" in table
     assert "`a` = `--mode paper --data retrieval --write-gate head`" in table and "2M + 2M tokens of 2048" in table
+
+
+def test_variants_share_every_option_but_their_own(tmp_path):
+    argv = ["--out", str(tmp_path), "--quick", "--with-teacher", "--data", "retrieval:count=4", "--flags", "--feature-dim 8",
+            "--variant", "a|paper|--write-gate head --gate-init 0.999", "--variant", "b|lolcats|"]
+    args = passkey_gpu.parse_args(argv)
+    first = passkey_gpu.variant_command(args, argv, args.variant[0], first=True)
+    second = passkey_gpu.variant_command(args, argv, args.variant[1], first=False)
+    for cmd, name, mode, flags in ((first, "a", "paper", "--write-gate head --gate-init 0.999"), (second, "b", "lolcats", "")):
+        assert cmd[cmd.index("--name") + 1] == name and cmd[cmd.index("--mode") + 1] == mode
+        assert cmd[cmd.index("--flags") + 1] == flags and cmd.count("--flags") == 1 and "--variant" not in cmd
+        assert cmd[cmd.index("--out") + 1] == str(tmp_path / "parts" / name) and cmd.count("--out") == 1
+        assert cmd[cmd.index("--data") + 1] == "retrieval:count=4" and "--quick" in cmd
+    assert "--with-teacher" in first and "--with-teacher" not in second
+
+
+def test_a_cut_run_is_resumed_unless_fresh(tmp_path):
+    run_dir = tmp_path / "runs" / "a"
+    args = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a"])
+    assert "--resume" not in passkey_gpu.linearize_command(args, run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    assert "--resume" in passkey_gpu.linearize_command(args, run_dir)
+    fresh = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a", "--fresh"])
+    assert "--resume" not in passkey_gpu.linearize_command(fresh, run_dir)
