@@ -38,7 +38,7 @@ MODES: tuple[str, ...] = tuple(MODE_FORMS)
 
 ALPHA_INIT = 0.25
 """Initial alpha of the ``sum`` form (the paper does not state it): the lowest attention-transfer MSE
-after a short stage 1 of 0, 0.1, 0.25, 0.5, 1 (``benchmarks/alpha_init.py``, docs/method.md)."""
+after a short stage 1 of 0, 0.1, 0.25, 0.5, 1 (``benchmarks/stage1_sweep.py --name alpha-init``, docs/method.md)."""
 
 _CHOICES = dict(combine=("shared", "sum"), rope=("window", "none", "both"), meta=("kv", "sink"),
                 gate=("scalar", "token", "mamba2", "pooled_key", "none"), write_gate=("none", "head"),
