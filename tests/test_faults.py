@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -209,6 +211,47 @@ def test_bit_flipped_checkpoint_fails_its_checksum(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupt \\(checksum mismatch\\)"):
         load_checked(path)
+
+
+@pytest.mark.parametrize("cut", [1, 32, 300])
+def test_truncated_checkpoint_is_one_clear_error(tmp_path, cut):
+    """A checkpoint cut short (a copy interrupted, a full disk outside lizardlm): one CheckpointError."""
+    path = tmp_path / "last.safetensors"
+    atomic_save({"w": torch.ones(64), "v": torch.zeros(3)}, path, {"step": 3})
+    assert load_checked(path)[1] == {"step": 3}
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        load_checked(path)
+
+
+def test_checkpoint_read_while_the_trainer_replaces_it(tmp_path):
+    """A reader polling ``last.safetensors`` while training rewrites it (what a supervisor, or the
+    SIGKILL test, does) always gets one whole version: the file is read once, never opened twice."""
+    path = tmp_path / "last.safetensors"
+    versions = [({"w": torch.full((5000,), float(i))}, {"step": 10**i}) for i in range(4)]  # meta lengths differ
+    atomic_save(versions[0][0], path, versions[0][1])
+    stop = threading.Event()
+
+    def trainer():
+        i = 0
+        while not stop.is_set():
+            i = (i + 1) % len(versions)
+            atomic_save(versions[i][0], path, versions[i][1])
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    try:
+        deadline = time.time() + 3
+        reads = 0
+        while time.time() < deadline:
+            tensors, meta = load_checked(path)
+            i = len(str(meta["step"])) - 1
+            assert meta == versions[i][1] and torch.equal(tensors["w"], versions[i][0]["w"])
+            reads += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert reads > 10
 
 
 def test_seed_beyond_64_bits(base, tmp_path, capsys):

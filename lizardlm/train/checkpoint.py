@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors.torch import load, save_file
 
 from lizardlm.errors import CheckpointError
 from lizardlm.train.fingerprint import tensors_fingerprint
@@ -68,12 +67,13 @@ def load_checked(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+    try:  # one read: a file replaced meanwhile (a running trainer's next checkpoint) cannot mix two versions
+        data = path.read_bytes()
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])  # safetensors: u64 length, JSON
+        metadata = header.get("__metadata__") or {}
         meta = json.loads(metadata.get(_META_KEY, "{}"))
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError, AttributeError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({err})") from None
     expected = metadata.get(_CHECKSUM_KEY)  # files written before checksums existed have none
     if expected is not None and tensors_fingerprint(tensors) != expected:
