@@ -112,3 +112,33 @@ def test_mixture_splits(books, tiny_tokenizer):
     assert len(passkey_rows) == parts[1]["meta"]["train_rows"] == 2
     again = build_splits(spec, tiny_tokenizer, seq_len=256, train_tokens=1024, val_tokens=512, seed=0)
     assert torch.equal(again.train, splits.train) and torch.equal(again.val, splits.val)
+
+
+def test_filler_tokens_are_cached_and_a_bad_cache_is_passed_by(tmp_path, monkeypatch, tiny_tokenizer):
+    """The books' token ids are computed once per (texts, vocabulary) and read back identically; a
+    corrupt cache file is recomputed; other texts get their own entry."""
+    from lizardlm.data.sources import Document
+
+    monkeypatch.setenv("LIZARDLM_CACHE", str(tmp_path))
+    tok = tiny_tokenizer
+    calls = []
+    real = type(tok).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tok), "__call__", counting)
+    docs = [Document("The quick brown fox jumps over the lazy dog. " * 20, "x"), Document("Another book, shorter.", "x")]
+    first = FillerPool(docs, tok)
+    (entry,) = (tmp_path / "filler").iterdir()
+    assert len(calls) == 1
+    second = FillerPool(docs, tok)
+    assert len(calls) == 1
+    assert all(torch.equal(a, b) for a, b in zip(first.streams, second.streams, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(first.word_starts, second.word_starts, strict=True))
+    entry.write_bytes(entry.read_bytes()[:-7])
+    third = FillerPool(docs, tok)
+    assert len(calls) == 2 and all(torch.equal(a, b) for a, b in zip(first.streams, third.streams, strict=True))
+    FillerPool(docs[:1], tok)
+    assert len(list((tmp_path / "filler").iterdir())) == 2

@@ -34,6 +34,7 @@ why all keys are asked for in every document.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, fields
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 
 from lizardlm.data.sources import Document, load_documents
-from lizardlm.errors import DataError
+from lizardlm.errors import CheckpointError, DataError
 
 NEEDLE = " Passkey number {index} is {key}."
 QUESTION = "\n\nWhat are the passkeys hidden in the text?"
@@ -125,14 +126,8 @@ class FillerPool:
         self.tokenizer = tokenizer
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         starts = torch.tensor([bool(t) and t.startswith(WORD_STARTS) for t in vocab])
-        self.streams: list[torch.Tensor] = []
-        self.word_starts: list[torch.Tensor] = []
-        encoded = tokenizer([doc.text for doc in documents], add_special_tokens=False, verbose=False)["input_ids"]
-        for ids in encoded:
-            ids = torch.tensor(ids, dtype=torch.long)
-            if ids.numel():
-                self.streams.append(ids)
-                self.word_starts.append(torch.nonzero(starts[ids]).flatten())
+        self.streams = [ids for ids in _encoded_streams(documents, tokenizer, vocab) if ids.numel()]
+        self.word_starts = [torch.nonzero(starts[ids]).flatten() for ids in self.streams]
         if not self.streams:
             raise DataError("retrieval filler has no text")
 
@@ -149,6 +144,35 @@ class FillerPool:
         start = int(candidates[rng.randrange(candidates.numel())]) if candidates.numel() else 0
         inside = words[(words >= start) & (words < start + n)] - start
         return ids[start:start + n], inside
+
+
+def _encoded_streams(documents: list[Document], tokenizer: Any, vocab: list[str]) -> list[torch.Tensor]:
+    """Each document's token ids (no special tokens), cached under ``<lizardlm cache>/filler/``: the
+    books take tens of seconds to tokenize and every run, resumed run and evaluation needs them again.
+    The key hashes the texts and the tokenizer's vocabulary; a cache that cannot be read or written
+    is passed by (the ids are computed)."""
+    from lizardlm.teachers import cache_dir
+    from lizardlm.train.checkpoint import atomic_save, load_checked
+
+    digest = hashlib.sha256("\x00".join(map(str, vocab)).encode())
+    for doc in documents:
+        digest.update(hashlib.sha256(doc.text.encode()).digest())
+    path = cache_dir() / "filler" / f"{digest.hexdigest()[:32]}.safetensors"
+    try:
+        tensors = load_checked(path)[0]
+        return list(tensors["ids"].long().split(tensors["lengths"].tolist()))
+    except (CheckpointError, KeyError, RuntimeError):
+        pass
+    encoded = tokenizer([doc.text for doc in documents], add_special_tokens=False, verbose=False)["input_ids"]
+    streams = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+    if not streams:
+        return streams
+    lengths = torch.tensor([ids.numel() for ids in streams], dtype=torch.long)
+    try:
+        atomic_save({"ids": torch.cat(streams).to(torch.int32), "lengths": lengths}, path)
+    except CheckpointError:
+        pass
+    return streams
 
 
 def make_key(tokenizer: Any, rng: random.Random, num_tokens: int) -> str:
