@@ -159,6 +159,10 @@ def combine(out_dir: Path, files: list[Path]) -> Path:
     return out
 
 
+PER_VARIANT = ("--variant", "--out", "--merge", "--name", "--mode", "--flags")
+"""Options each variant's process gets its own value of (the rest of the command line is shared)."""
+
+
 def variant_command(args: argparse.Namespace, argv: list[str], variant: str, first: bool) -> list[str]:
     """This script's command for one ``NAME|MODE|FLAGS`` variant: ``argv`` without the variants, the
     teacher's evaluation and the output, then the variant's name, mode, flags and its own ``--out``."""
@@ -169,11 +173,9 @@ def variant_command(args: argparse.Namespace, argv: list[str], variant: str, fir
     for a in argv:
         if skip:
             skip = False
-        elif a in ("--variant", "--out", "--merge", "--name", "--mode", "--flags"):
+        elif a in PER_VARIANT:  # its value follows
             skip = True
-        elif a.split("=", 1)[0] in ("--variant", "--out", "--merge", "--name", "--mode", "--flags") or a == "--with-teacher":
-            pass
-        else:
+        elif a.split("=", 1)[0] not in PER_VARIANT and a != "--with-teacher":
             rest.append(a)
     cmd = [sys.executable, __file__, *rest, "--out", str(args.out / "parts" / name), "--name", name, "--mode", mode,
            "--flags", flags]
@@ -219,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         entry = {**result["runs"].get(args.name, {}), **entry}
     result["runs"][args.name] = entry
     if not args.eval_only:
-        if run_dir.exists() and (args.fresh or not (run_dir / "run.json").exists()):
-            shutil.rmtree(run_dir)
         cmd = linearize_command(args, run_dir)
+        if "--resume" not in cmd and run_dir.exists():
+            shutil.rmtree(run_dir)
         entry["linearize_command"] = " ".join(["python", *cmd[1:]])
         entry["linearize_rc"], entry["linearize_seconds"] = run(cmd, log, timeout=args.deadline - 60)
     if (run_dir / "summary.json").exists():
