@@ -251,7 +251,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator,
                                                   "teacher: val perplexity")
     if settings.baseline is None:
-        lizard_params = _stage1(model, settings, splits, run, manifest, train_kw, accelerator, log, auto_count)
+        lizard_params = _stage1(model, lizard_params, settings, splits, run, manifest, train_kw, accelerator, log, auto_count)
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
     peft_model = get_peft_model(
@@ -318,19 +318,19 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     return summary
 
 
-def _stage1(model, settings: TrainSettings, splits, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any],
-            accelerator: Accelerator, log: MetricsLog, auto_count: int | None) -> dict[str, torch.nn.Parameter]:
+def _stage1(model, lizard_params: dict[str, torch.nn.Parameter], settings: TrainSettings, splits, run: RunDir,
+            manifest: dict[str, Any], train_kw: dict[str, Any], accelerator: Accelerator, log: MetricsLog,
+            auto_count: int | None) -> dict[str, torch.nn.Parameter]:
     """Stage 1 (attention transfer, only the Lizard parameters train), or its recorded result; with
     ``auto_count`` K (``--softmax-layers auto:K``), the K layers of highest validation transfer MSE
-    after it revert to softmax attention (:mod:`lizardlm.train.hybrid`). Returns the Lizard
-    parameters of the model."""
+    after it revert to softmax attention (:mod:`lizardlm.train.hybrid`). ``lizard_params`` are the
+    converted model's Lizard parameters; returns them (those left after a revert)."""
     results, main = manifest["results"], accelerator.is_main_process
     if "stage1_val_mse_init" not in results:
         results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
                                                       "converted: val attention MSE")
         if main:
             run.write_manifest(manifest)
-    lizard_params = dict(model.lizard_named_parameters())
     if "stage1" in manifest["completed"]:
         # with --stage2-train-lizard, a kill just before stage 2 completes leaves its Lizard weights, unrecorded;
         # the stage-2 checkpoint holds them too, so only their presence is checked then
