@@ -31,9 +31,14 @@ def settings(teacher_dir, data_file, **kw) -> TrainSettings:
     return TrainSettings(**{**base, **kw})
 
 
-def test_both_stages_learn_and_the_run_loads(tmp_path, teacher_dir, data_file):
+def test_both_stages_learn_and_the_run_loads(tmp_path, teacher_dir, data_file, capsys):
     out = tmp_path / "run"
     summary = linearize(settings(teacher_dir, data_file), out, merge=True)
+    phases = summary["phase_seconds_this_call"]  # where the call's time went, each phase also said on stderr
+    assert list(phases) == ["teacher loaded", "data built", "converted", "teacher validated", "converted model validated",
+                            "stage 1 trained", "stage 1 validated", "stage 2 trained", "stage 2 validated"]
+    assert all(s >= 0 for s in phases.values()) and sum(phases.values()) <= summary["wall_seconds_this_call"]
+    assert "lizardlm: stage 1 trained: " in capsys.readouterr().err
     assert len(MetricsLog(RunDir(out)).read("stage1")) == 30
     before, after = summary["stage1_val_mse_init_per_layer"], summary["stage1_val_mse_per_layer"]
     assert sum(after) < 0.9 * sum(before)  # attention transfer brings each layer closer to its teacher

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +126,17 @@ def save_adapter(peft_model, run: RunDir, teacher_path: str | None = None) -> No
         write_remote_code(run.path, type(base))
 
 
+@contextmanager
+def _phase(name: str, *, seconds: dict[str, float], main: bool) -> Iterator[None]:
+    """Time one phase of this call into ``seconds[name]`` and say it on stderr (rank 0): where a call's
+    minutes went, also with progress bars off."""
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - t0, 2)
+    if main:
+        print(f"lizardlm: {name}: {seconds[name]:.1f} s", file=sys.stderr, flush=True)
+
+
 def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
@@ -171,8 +186,11 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     torch.manual_seed(settings.seed)
 
     started = time.perf_counter()
-    with accelerator.main_process_first():  # rank 0 fills any download / conversion cache first
-        # --fsdp: each process loads the teacher into host memory; sharding moves its share to the device
+    phase_seconds: dict[str, float] = {}
+    phase = partial(_phase, seconds=phase_seconds, main=main)
+    with accelerator.main_process_first(), phase("teacher loaded"):
+        # rank 0 fills any download / conversion cache first; --fsdp: each process loads the teacher into
+        # host memory, and sharding moves its share to the device
         model, tokenizer = load_teacher(settings.teacher, dtype=torch.float32,
                                         device="cpu" if settings.fsdp else accelerator.device)
     lizard_config = settings.lizard_config()
@@ -193,7 +211,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             f"--softmax-layers keeps softmax in all {num_layers} layers: nothing to linearize; leave at least one out"
         )
     fingerprints = {"teacher": model_fingerprint(model)}
-    with accelerator.main_process_first():
+    with accelerator.main_process_first(), phase("data built"):
         splits = build_splits(
             settings.data, tokenizer, settings.seq_len,
             train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
@@ -241,17 +259,20 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             lizard_config.softmax_layers = results["softmax_layers"]
         elif settings.softmax_select is not None and lizard_config.softmax_layers:  # even:K
             results["softmax_layers"] = lizard_config.softmax_layers
-        model = convert(model, lizard_config)  # before sharding: it changes the model's class, as FSDP does
+        with phase("converted"):
+            model = convert(model, lizard_config)  # before sharding: it changes the model's class, as FSDP does
         lizard_params = dict(model.lizard_named_parameters())
     model.requires_grad_(False)
     if settings.fsdp:
         shard_model(model, lizard_params.values(), accelerator.device)
     if "teacher_val_loss" not in results:
-        with attention_transfer(model):  # every Lizard layer passes its teacher's attention on: the teacher's loss
+        # every Lizard layer passes its teacher's attention on: the teacher's loss
+        with attention_transfer(model), phase("teacher validated"):
             results["teacher_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator,
                                                   "teacher: val perplexity")
     if settings.baseline is None:
-        lizard_params = _stage1(model, lizard_params, settings, splits, run, manifest, train_kw, accelerator, log, auto_count)
+        lizard_params = _stage1(model, lizard_params, settings, splits, run, manifest, train_kw, accelerator, log,
+                                auto_count, phase)
 
     # Stage 2: LoRA on next-token loss (Lizard parameters optionally keep training).
     peft_model = get_peft_model(
@@ -269,9 +290,12 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         peft_model.train()
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model),
                       label="stage 2/2: LoRA")
-        _train(stage, splits.train, run, manifest, train_kw, main)
+        with phase("stage 2 trained"):
+            _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()
-        results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator, "stage 2: val perplexity")
+        with phase("stage 2 validated"):
+            results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator,
+                                                 "stage 2: val perplexity")
         results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
         if main:
             with writing(run.adapter):
@@ -308,6 +332,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         "stage1_seconds": results["stage1_seconds"] if stage1 else 0.0,
         "stage2_seconds": results["stage2_seconds"],
         "wall_seconds_this_call": time.perf_counter() - started,
+        "phase_seconds_this_call": phase_seconds,
         "device": manifest["device"],
         "processes": accelerator.num_processes,
         "params_held": held_fraction(peft_model),
@@ -320,15 +345,17 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
 
 def _stage1(model, lizard_params: dict[str, torch.nn.Parameter], settings: TrainSettings, splits, run: RunDir,
             manifest: dict[str, Any], train_kw: dict[str, Any], accelerator: Accelerator, log: MetricsLog,
-            auto_count: int | None) -> dict[str, torch.nn.Parameter]:
+            auto_count: int | None, phase) -> dict[str, torch.nn.Parameter]:
     """Stage 1 (attention transfer, only the Lizard parameters train), or its recorded result; with
     ``auto_count`` K (``--softmax-layers auto:K``), the K layers of highest validation transfer MSE
     after it revert to softmax attention (:mod:`lizardlm.train.hybrid`). ``lizard_params`` are the
-    converted model's Lizard parameters; returns them (those left after a revert)."""
+    converted model's Lizard parameters; returns them (those left after a revert). ``phase(name)``
+    times a phase (:func:`_phase`)."""
     results, main = manifest["results"], accelerator.is_main_process
     if "stage1_val_mse_init" not in results:
-        results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
-                                                      "converted: val attention MSE")
+        with phase("converted model validated"):
+            results["stage1_val_mse_init"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                                          "converted: val attention MSE")
         if main:
             run.write_manifest(manifest)
     if "stage1" in manifest["completed"]:
@@ -348,10 +375,12 @@ def _stage1(model, lizard_params: dict[str, torch.nn.Parameter], settings: Train
     model.train()
     stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
                   label="stage 1/2: attention transfer", steps_after=settings.steps(2), backward=False)
-    _train(stage, splits.train, run, manifest, train_kw, main)
+    with phase("stage 1 trained"):
+        _train(stage, splits.train, run, manifest, train_kw, main)
     model.eval()
-    results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
-                                             "stage 1: val attention MSE")
+    with phase("stage 1 validated"):
+        results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
+                                                 "stage 1: val attention MSE")
     if auto_count is not None:
         chosen = worst_layers(results["stage1_val_mse"], lizard_layer_ids(model), auto_count)
         model.revert_to_softmax(chosen)
