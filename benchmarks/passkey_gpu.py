@@ -41,10 +41,10 @@ from typing import Any
 import torch
 import transformers
 
-from linearize_gpu import run
+from linearize_gpu import run, share_cpus
 from result_names import device_slug
 
-EVAL_TASKS = "passkey,ruler,longppl,diagnostics"
+EVAL_TASKS = "passkey,passkey_train,ruler,longppl,diagnostics"
 FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batch_size=8, val_tokens=131_072,
             passkey_lengths="1024,2048,4096,8192,16384,32768", passkey_trials=50, passkey_depths=10,
             ruler_lengths="1024,4096,16384", ruler_trials=20, longppl_len=32768, longppl_windows=4,
@@ -122,7 +122,7 @@ def assemble(result: dict, run_name: str, eval_json: dict) -> None:
             section = result.setdefault(task, {})
             if entry.get("status") != "ok":
                 section[name] = entry.get("status")
-            elif task == "passkey":
+            elif task in ("passkey", "passkey_train"):
                 section[name] = _by_length(entry, "acc")
             elif task == "ruler":
                 section[name] = entry["details"]["mean"]
@@ -185,6 +185,7 @@ def variant_command(args: argparse.Namespace, argv: list[str], variant: str, fir
 def run_variants(args: argparse.Namespace, argv: list[str]) -> int:
     """Every ``--variant`` at once, each as its own process of this script; then their result files
     (and ``--merge``'s) merged into ``<out>/passkey-<device>.json``."""
+    share_cpus(len(args.variant))
     procs = [subprocess.Popen(variant_command(args, argv, v, i == 0)) for i, v in enumerate(args.variant)]
     codes = [p.wait() for p in procs]
     parts = sorted((args.out / "parts").glob("*/passkey-*.json"))

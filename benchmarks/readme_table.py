@@ -280,11 +280,14 @@ def study_tables() -> str:
 
 
 def passkey(path: Path) -> str:
-    """Long-context retrieval (``benchmarks/passkey_gpu.py``): passkey accuracy by length, the RULER
-    mean by length and the long-document perplexity of the last position bucket, one row per run."""
+    """Long-context retrieval (``benchmarks/passkey_gpu.py``): passkey accuracy by length (the
+    evaluation template, then the training template where it ran), the RULER mean by length and the
+    long-document perplexity of the last position bucket, one row per run."""
     d = json.loads(path.read_text())
     names = ["teacher"] * ("teacher" in d["passkey"]) + [n for n in d["runs"] if n in d["passkey"]]
     pk_lengths = sorted({int(k) for n in names if isinstance(d["passkey"][n], dict) for k in d["passkey"][n]})
+    trained = d.get("passkey_train", {})
+    tr_lengths = sorted({int(k) for n in names if isinstance(trained.get(n), dict) for k in trained[n]})
     ru_lengths = sorted({int(k) for n in names if isinstance(d["ruler"].get(n), dict) for k in d["ruler"][n]})
     kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
 
@@ -302,17 +305,21 @@ def passkey(path: Path) -> str:
         f"linearize` with the data and flags below ({first['stage1_tokens'] / 2**20:g}M + "
         f"{first['stage2_tokens'] / 2**20:g}M tokens of {first['seq_len']}, the same for every run), then "
         f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {first['passkey_trials']} trials per length over "
-        f"{first['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one); "
+        f"{first['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
+        "train-template: the training template, five numbered keys in held-out books, one asked for); "
         "RULER: mean exact match of its five tasks; long ppl: perplexity of the last position bucket of "
         "held-out books. – = not run; OOM = the teacher ran out of memory.",
         "",
         "| run | " + " | ".join(f"passkey @ {kib(L)}" for L in pk_lengths) + " | "
+        + "".join(f"train-template @ {kib(L)} | " for L in tr_lengths)
         + " | ".join(f"RULER @ {kib(L)}" for L in ru_lengths) + " | long ppl |",
-        "|---|" + "---:|" * (len(pk_lengths) + len(ru_lengths) + 1),
+        "|---|" + "---:|" * (len(pk_lengths) + len(tr_lengths) + len(ru_lengths) + 1),
     ]
     for n in names:
         pk, ru = d["passkey"].get(n), d["ruler"].get(n)
+        tr = trained.get(n)
         cells = [cell(pk.get(str(L))) if isinstance(pk, dict) else "–" for L in pk_lengths]
+        cells += [cell(tr.get(str(L))) if isinstance(tr, dict) else "–" for L in tr_lengths]
         cells += [cell(ru.get(str(L))) if isinstance(ru, dict) else "–" for L in ru_lengths]
         out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d["longppl"].get(n))]) + " |")
     out += ["", "Runs: " + "; ".join(f"`{n}` = `--mode {r['mode']} --data {r['data']}"

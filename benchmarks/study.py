@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lizardlm, here and (PYTHONPATH) in every linearize/eval process
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-from linearize_gpu import run as run_logged  # noqa: E402
+from linearize_gpu import run as run_logged, share_cpus  # noqa: E402
 from result_names import device_slug  # noqa: E402
 from study_rows import CHANCE, EVAL_GROUPS, MC_TASKS, Row, discriminative, row_scores, select_rows, study_rows  # noqa: E402
 
@@ -227,6 +227,7 @@ class Study:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    share_cpus(args.jobs)
     from lizardlm.teachers import load_teacher
 
     teacher_config = load_teacher(args.teacher)[0].config

@@ -24,7 +24,7 @@ def test_commands(tmp_path):
     assert "--preset" not in lin and lin[-3:] == ["--gradient-checkpointing", "--window-size", "16"]
     assert lin[lin.index("--data") + 1] == "mix:alpaca-cleaned=0.8,retrieval=0.2" and args.name == "lizard"
     ev = passkey_gpu.eval_command(args, tmp_path / "run")
-    assert ev[ev.index("--tasks") + 1] == "passkey,ruler,longppl,diagnostics"
+    assert ev[ev.index("--tasks") + 1] == "passkey,passkey_train,ruler,longppl,diagnostics"
     assert ev[ev.index("--passkey-trials") + 1] == "3" and ev[ev.index("--teacher") + 1] == "smollm2-135m"
     full = passkey_gpu.parse_args(["--out", str(tmp_path), "--mode", "paper", "--name", "p"])
     assert full.passkey_trials >= 50 and full.device == "cuda" and full.name == "p"
@@ -36,7 +36,8 @@ def test_assemble_from_a_real_eval_json(tmp_path):
     tok = tiny_tokenizer()
     teacher = tiny_llama(len(tok))
     student = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).eval()
-    results = evaluate({"teacher": (teacher, tok), "student": (student, tok)}, ["passkey", "longppl", "diagnostics"],
+    results = evaluate({"teacher": (teacher, tok), "student": (student, tok)},
+                       ["passkey", "passkey_train", "longppl", "diagnostics"],
                        passkey_lengths=(128, 10), passkey_trials=2, diagnostics_lengths=(128,), diagnostics_trials=2,
                        data_paths={"long-docs": str(tmp_path / "absent.jsonl")}, progress=False)
     # RULER's five tasks decode slowly on CPU: one task for the teacher, a failed entry for the student
@@ -47,11 +48,27 @@ def test_assemble_from_a_real_eval_json(tmp_path):
     for name in ("teacher", "lizard-mix"):
         acc, short = result["passkey"][name]["128"], result["passkey"][name]["10"]
         assert 0 <= acc <= 1 and short.startswith("skipped")
-        assert result["longppl"][name] == "absent"
+        assert result["longppl"][name] == "absent" and result["passkey_train"][name] == "absent"  # no books
     assert 0 <= result["ruler"]["teacher"]["256"] <= 1 and result["ruler"]["lizard-mix"] == "error"
     assert result["diagnostics"]["teacher"] == "skipped (not a Lizard model)"
     diag = result["diagnostics"]["lizard-mix"]
     assert diag["form"] == "shared" and len(diag["gate"]["half_life"]) == 2
+
+
+def test_concurrent_jobs_share_the_cores(monkeypatch):
+    """Children of a multi-process driver inherit a share of the cores (four unshared linearize
+    processes built their data 20x slower on a 16-core host); a value already set wins."""
+    import linearize_gpu
+
+    for var in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(linearize_gpu.os, "cpu_count", lambda: 16)
+    linearize_gpu.share_cpus(1)
+    assert "RAYON_NUM_THREADS" not in linearize_gpu.os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    linearize_gpu.share_cpus(4)
+    env = linearize_gpu.os.environ
+    assert (env["TOKENIZERS_PARALLELISM"], env["RAYON_NUM_THREADS"], env["OMP_NUM_THREADS"]) == ("false", "4", "2")
 
 
 def test_combine_merges_runs_section_by_section(tmp_path):
