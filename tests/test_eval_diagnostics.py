@@ -19,6 +19,7 @@ from lizardlm.eval.diagnostics import (  # noqa: E402
     diagnostics_eval,
     linear_branch,
     needle_weights,
+    write_mass,
 )
 from lizardlm.eval.report import evaluate  # noqa: E402
 from lizardlm.ops.lizard import lizard_attention_naive  # noqa: E402
@@ -83,6 +84,34 @@ def test_needle_weight_matches_the_explicit_sum():
     assert torch.allclose(w["weight_no_decay"], needle_weights(fq, fk, None, t, shift, [span])["weight"])
 
 
+def test_write_mass_matches_the_explicit_means():
+    g = torch.Generator().manual_seed(0)
+    fk = torch.rand(2, 3, 40, 6, generator=g)
+    t, shift, spans = 39, 8, [(5, 9), (0, 2)]
+    got = write_mass(fk, t, shift, spans)
+    for b, (start, end) in enumerate(spans):
+        mass = [float(fk[b, :, j].double().sum()) / 3 for j in range(t - shift + 1)]
+        needle = sum(mass[start:end]) / (end - start)
+        rest = (sum(mass) - sum(mass[start:end])) / (len(mass) - (end - start))
+        assert got[b].item() == pytest.approx(needle / rest, rel=1e-12)
+
+
+def test_write_mass_is_one_without_and_selective_with_a_write_gate(tok):
+    """Hedgehog keys all carry L1 mass 2, so the needle writes as much as the filler; a write gate that
+    scales tokens differently moves the ratio off 1."""
+    plain = diagnostics_eval(_student(tok, "shared"), tok, lengths=(160,), trials=2, depths=2, progress_bar=False)
+    assert plain["lengths"][0]["needle"]["write_mass"] == pytest.approx([1.0, 1.0], rel=1e-5)
+    model = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(**FORMS["shared"], write_gate="head")).eval()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for layer in (m for m in model.modules() if hasattr(m, "write_gate")):
+            for p in layer.write_gate.parameters():
+                p.add_(torch.randn_like(p))
+    gated = diagnostics_eval(model, tok, lengths=(160,), trials=2, depths=2, progress_bar=False)
+    masses = gated["lengths"][0]["needle"]["write_mass"]
+    assert all(m > 0 and abs(m - 1) > 1e-3 for m in masses)
+
+
 def test_decay_formulas_by_hand(tok):
     a = 0.995  # the default gate: W = 0, so every token decays by exactly a
     stats = decay_stats(math.log(a), steps=(1024, 32768))
@@ -113,6 +142,7 @@ def test_values_in_range(tok, form):
     assert 1 <= needle["trials"] <= 3  # the needle at depth 1 sits inside the window (shared form)
     for key in ("weight", "weight_no_decay", "best_head_weight", "uniform"):
         assert all(0 < v < 1 for v in needle[key])
+    assert all(m > 0 for m in needle["write_mass"])
     assert all(b >= w for b, w in zip(needle["best_head_weight"], needle["weight"]))
     assert all(0 < h for h in r["gate"]["half_life"])
 
@@ -125,5 +155,6 @@ def test_eval_task_json_and_plot(tok, tmp_path):
     assert per["teacher"]["status"] == "skipped (not a Lizard model)"
     metrics = per["student"]["metrics"]
     assert 0 <= metrics["linear share @ 128 (last bucket)"] <= 1 and metrics["gate half-life (tokens)"] > 0
+    assert metrics["needle write mass / filler @ 128"] > 0
     assert (tmp_path / "diagnostics_student.png").stat().st_size > 0
     assert "diagnostics" in (tmp_path / "eval.md").read_text()

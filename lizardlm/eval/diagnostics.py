@@ -14,7 +14,10 @@ form) and ``fk_j``. With ``a_tj = exp(G_t - G_j) fq_t . fk_j`` over the linear b
     feature maps single the needle out) and for the best head; trials whose needle has not yet left the
     window (shared form) are left out and counted;
 (c) the **gate**: mean log-decay per token ``gbar``, half-life ``ln(1/2) / gbar`` tokens and the decay
-    ``exp(n gbar)`` a token keeps after ``n`` steps (``n`` = 1K ... 32K); also the longest head's half-life.
+    ``exp(n gbar)`` a token keeps after ``n`` steps (``n`` = 1K ... 32K); also the longest head's half-life;
+(d) the needle's **write mass**: the mean ``|fk_j|_1`` of its tokens over that of the other tokens of
+    ``J_t`` (what each token writes into the state and the normaliser; Hedgehog features give every
+    token mass 2, so this is 1 unless a write gate, ``write_gate="head"``, learned to select).
 
 (a) and (b) use the torch ops (:func:`~lizardlm.ops.gla.gla_chunk`,
 :func:`~lizardlm.ops.window.window_attention_chunk`) on the captured tensors, one forward per batch of
@@ -95,6 +98,18 @@ def needle_weights(fq: torch.Tensor, fk: torch.Tensor, g: torch.Tensor | None, t
     return {"weight": (decayed * mask).sum(-1) / decayed.sum(-1), "weight_no_decay": (dots * mask).sum(-1) / dots.sum(-1)}
 
 
+def write_mass(fk: torch.Tensor, t: int, shift: int, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Per row ``(B,)``: mean ``|fk_j|_1`` over the needle ``spans[b]`` divided by its mean over the other
+    keys ``j <= t - shift`` (heads averaged); the spans must lie in ``J_t``."""
+    mass = fk[:, :, : t - shift + 1].double().abs().sum(-1).mean(1)  # (B, keys)
+    mask = torch.zeros_like(mass, dtype=torch.bool)
+    for b, (start, end) in enumerate(spans):
+        mask[b, start:end] = True
+    needle = (mass * mask).sum(-1) / mask.sum(-1)
+    rest = (mass * ~mask).sum(-1) / (~mask).sum(-1).clamp_min(1)
+    return needle / rest
+
+
 def decay_stats(mean_log_gate: float, steps: Sequence[int] = RETAIN_STEPS) -> dict[str, Any]:
     """``{"half_life", "retained": {n: exp(n gbar)}}``; half-life None when nothing decays (``gbar = 0``)."""
     half = math.log(0.5) / mean_log_gate if mean_log_gate < 0 else None
@@ -110,8 +125,9 @@ class _Collector:
         self.edges = edges
         self.share = torch.zeros(n, len(edges) - 1, dtype=torch.float64)
         self.rows = 0
-        self.needle: dict[str, list[list[float]]] = {k: [[] for _ in range(n)] for k in
-                                                     ("weight", "weight_no_decay", "best_head_weight", "uniform")}
+        self.needle: dict[str, list[list[float]]] = {
+            k: [[] for _ in range(n)] for k in ("weight", "weight_no_decay", "best_head_weight", "uniform", "write_mass")
+        }
         self.spans: list[tuple[int, int]] = []
         self.gate_sum = [None] * n  # per head
         self.gate_count = 0
@@ -130,6 +146,7 @@ class _Collector:
             self.needle["weight_no_decay"][i] += w["weight_no_decay"].mean(1).tolist()
             self.needle["best_head_weight"][i] += w["weight"].max(1).values.tolist()
             self.needle["uniform"][i] += [(self.spans[b][1] - self.spans[b][0]) / (t - shift + 1) for b in rows]
+            self.needle["write_mass"][i] += write_mass(inputs["fk"][rows], t, shift, [self.spans[b] for b in rows]).tolist()
         g = inputs["g"]
         heads = inputs["fq"].shape[1]
         gsum = torch.zeros(heads, dtype=torch.float64) if g is None else g.double().sum((0, 2)).cpu()
@@ -166,7 +183,7 @@ def diagnostics_eval(
 
     ``{"status": "ok", "form", "window", "layers", "lengths": [{"length", "status", "n", "bucket_start",
     "bucket_end", "linear_share": [layer][bucket], "needle": {"trials", "weight", "weight_no_decay",
-    "best_head_weight", "uniform": [layer]}}], "gate": {"mean_log_gate", "half_life",
+    "best_head_weight", "uniform", "write_mass": [layer]}}], "gate": {"mean_log_gate", "half_life",
     "longest_head_half_life", "retained": {n: [layer]}}}``; a model without Lizard layers is skipped.
     """
     layers = _lizard_layers(model)
@@ -230,8 +247,9 @@ def diagnostics_eval(
 
 
 def summary_metrics(r: dict) -> dict[str, float | None]:
-    """Table numbers: layer means of the last bucket's linear share and of the needle lift (weight /
-    uniform) at the longest length measured, the gate half-life and the decay kept after 1K tokens."""
+    """Table numbers: layer means of the last bucket's linear share, of the needle lift (weight /
+    uniform) and of the needle's write mass at the longest length measured, the gate half-life and the
+    decay kept after 1K tokens."""
     metrics: dict[str, float | None] = {}
     ok = [rec for rec in r.get("lengths", []) if rec.get("status") == "ok"]
     if ok:
@@ -240,6 +258,8 @@ def summary_metrics(r: dict) -> dict[str, float | None]:
         n = rec["needle"]
         lifts = [w / u for w, u in zip(n["weight"], n["uniform"]) if w is not None]
         metrics[f"needle weight / uniform @ {rec['length']}"] = _mean(lifts)
+        if "write_mass" in n:
+            metrics[f"needle write mass / filler @ {rec['length']}"] = _mean([m for m in n["write_mass"] if m is not None])
     gate = r.get("gate")
     if gate:
         lives = [h for h in gate["half_life"] if h is not None]
