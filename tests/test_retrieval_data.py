@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from lizardlm.data import build_splits, load_documents, pack_tokens
 from lizardlm.data.mixture import parse_mixture
+from lizardlm.data.packing import IGNORE_INDEX, inputs_and_labels, without_loss
 from lizardlm.data.retrieval import FillerPool, filler_split, make_example, parse_spec
 from lizardlm.errors import DataError
 
@@ -48,6 +50,36 @@ def test_documents_have_exact_length_and_answers(books, tiny_tokenizer):
     assert rows.shape == (6, 256) and (rows[:, -1] == tiny_tokenizer.eos_token_id).all()
 
 
+def test_answer_only_loss_keeps_the_tokens_and_targets_only_the_keys(books, tiny_tokenizer):
+    """``loss=answers``: the same tokens as ``loss=all``, and after packing and splitting the labels
+    are -100 everywhere except each key and its full stop in the question part (and the closing eos)."""
+    plain = load_documents(_spec(books), tokenizer=tiny_tokenizer)
+    masked = load_documents(_spec(books, ":loss=answers"), tokenizer=tiny_tokenizer)
+    for a, b in zip(plain, masked):
+        ids, labels = inputs_and_labels(b.token_ids)
+        assert torch.equal(ids, a.token_ids) and b.text == a.text
+        head, _, question = a.text.partition("What are the passkeys hidden in the text?")
+        keys = sorted(head.split(f"Passkey number {n} is ")[1].split(".")[0] for n in range(1, 6))
+        spans = tiny_tokenizer.decode(labels[labels != IGNORE_INDEX].tolist())
+        assert sorted(spans.replace(".", " ").split()) == keys  # exactly the five keys, each with its "."
+        assert spans.count(".") == 5
+        first_target = int((labels != IGNORE_INDEX).nonzero()[0])
+        before = tiny_tokenizer.decode(ids[:first_target].tolist())
+        assert "What are the passkeys hidden in the text?" in before  # targets only in the question part
+    splits = build_splits(_spec(books, ":loss=answers").replace("count=6", "count=8"), tiny_tokenizer, seq_len=256,
+                          train_tokens=1024, val_tokens=256, seed=0)
+    ids, labels = inputs_and_labels(splits.train)
+    assert (ids >= 0).all() and ((labels != IGNORE_INDEX).sum(1) <= 5 * 8 + 5 + 1).all()
+    assert (labels[:, -1] == tiny_tokenizer.eos_token_id).all()  # packing's eos stays a target
+
+
+def test_without_loss_round_trip():
+    ids = torch.randint(0, 1000, (3, 17), generator=torch.Generator().manual_seed(0))
+    targets = torch.rand(3, 17, generator=torch.Generator().manual_seed(1)) < 0.3
+    back, labels = inputs_and_labels(without_loss(ids, targets))
+    assert torch.equal(back, ids) and torch.equal(labels, torch.where(targets, ids, IGNORE_INDEX))
+
+
 def test_seeded_and_filler_split(books, tiny_tokenizer):
     first = load_documents(_spec(books), tokenizer=tiny_tokenizer)
     again = load_documents(_spec(books), tokenizer=tiny_tokenizer)
@@ -73,7 +105,7 @@ def test_keys_and_depths(books, tiny_tokenizer):
 @pytest.mark.parametrize(
     "spec, match",
     [("retrieval:count=x", "whole number"), ("retrieval:colour=red", "KEY=VALUE"), ("retrieval:keys=0", ">= 1"),
-     ("retrieval:key-tokens=8-5", "LO-HI"), ("retrieval:split=test", "split")],
+     ("retrieval:key-tokens=8-5", "LO-HI"), ("retrieval:split=test", "split"), ("retrieval:loss=keys", "loss")],
 )
 def test_bad_specs(spec, match):
     with pytest.raises(DataError, match=match):
@@ -142,3 +174,30 @@ def test_filler_tokens_are_cached_and_a_bad_cache_is_passed_by(tmp_path, monkeyp
     assert len(calls) == 2 and all(torch.equal(a, b) for a, b in zip(first.streams, third.streams, strict=True))
     FillerPool(docs[:1], tok)
     assert len(list((tmp_path / "filler").iterdir())) == 2
+
+
+def test_stage2_loss_counts_only_the_tokens_with_loss(tiny_llama):
+    from lizardlm.train.linearize import _lm_loss_fn
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, tiny_llama.config.vocab_size, (2, 24), generator=gen)
+    targets = torch.rand(2, 24, generator=gen) < 0.3
+    loss, _ = _lm_loss_fn(tiny_llama)(without_loss(ids, targets))
+    logits = tiny_llama(ids).logits.double()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    assert loss.item() == pytest.approx(nll[targets[:, 1:]].mean().item(), rel=1e-5)
+    none, _ = _lm_loss_fn(tiny_llama)(without_loss(ids, torch.zeros_like(targets)))
+    assert none.item() == 0.0 and none.requires_grad  # a batch without targets steps nothing, and does not stop
+
+
+def test_linearize_on_answer_only_retrieval_mixture(books, teacher_dir, data_file, tmp_path):
+    from lizardlm.train import TrainSettings, linearize
+
+    spec = f"mix:{data_file}=0.5,{_spec(books, ':keys=1:key-tokens=3:loss=answers').replace('length=256', 'length=128')}=0.5"
+    out = tmp_path / "run"
+    summary = linearize(TrainSettings(
+        teacher=str(teacher_dir), data=spec, seq_len=128, batch_size=4, stage1_tokens=128 * 4 * 3,
+        stage2_tokens=128 * 4 * 3, val_tokens=128 * 4, checkpoint_every=2, device="cpu",
+        lizard={"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}), out)
+    assert all(map(math.isfinite, (summary["teacher_val_loss"], summary["stage1_val_loss"], summary["student_val_loss"])))
+    assert json.loads((out / "run.json").read_text())["data"]["parts"][1]["spec"].endswith("loss=answers")

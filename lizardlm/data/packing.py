@@ -1,4 +1,11 @@
-"""Pack documents into fixed-length token rows, and split the rows into train and validation sets."""
+"""Pack documents into fixed-length token rows, and split the rows into train and validation sets.
+
+A token that is input only, not a target of the next-token loss (e.g. the filler and questions of
+``retrieval:loss=answers`` documents), is stored as ``-id - 1`` (:func:`without_loss`), so that the
+rows stay one int64 tensor through packing, mixtures, splits, batches and shards;
+:func:`inputs_and_labels` reads them back as Hugging Face ``input_ids`` and ``labels`` (-100 where
+no loss). A consumer that forgot to read them back fails loudly (a negative embedding index).
+"""
 
 from __future__ import annotations
 
@@ -24,9 +31,31 @@ POOL_MIN_TOKENS = 1 << 20
 """Rows are drawn from the first ``max(POOL_MIN_TOKENS, tokens asked for)`` tokens of a corpus."""
 
 
+IGNORE_INDEX = -100
+"""The label of a token without loss (Hugging Face's and torch's cross-entropy ``ignore_index``)."""
+
+
+def without_loss(ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``ids`` with every token where ``targets`` (bool, same shape) is False marked input-only."""
+    return torch.where(targets, ids, -ids - 1)
+
+
+def inputs_and_labels(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)`` of packed rows: the token ids, and the labels (``IGNORE_INDEX`` where a
+    token is input-only; Hugging Face models shift labels themselves)."""
+    free = rows < 0
+    return torch.where(free, -rows - 1, rows), torch.where(free, torch.full_like(rows, IGNORE_INDEX), rows)
+
+
+def input_ids(rows: torch.Tensor) -> torch.Tensor:
+    """The token ids of packed rows (every token, also the input-only ones)."""
+    return torch.where(rows < 0, -rows - 1, rows)
+
+
 @dataclass
 class PackedSplits:
-    """Train and validation rows, each ``(rows, seq_len)`` int64, and a record of how they were made."""
+    """Train and validation rows, each ``(rows, seq_len)`` int64 (input-only tokens negative, see the
+    module docstring), and a record of how they were made."""
 
     train: torch.Tensor
     val: torch.Tensor

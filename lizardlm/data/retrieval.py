@@ -12,7 +12,7 @@ so a document fills one row when ``length == seq_len``), ``keys`` (5 passkeys pe
 ``key-tokens`` (5-8: the length of each key in tokens, drawn uniformly), ``seed`` (0), ``filler``
 (``long-docs``: the Gutenberg books of the shared data directory, or any data spec), ``split``
 (``train``: the filler documents without the held-out tenth; ``eval``: only the held-out tenth,
-see :func:`filler_split`).
+see :func:`filler_split`), ``loss`` (``all`` or ``answers``, below).
 
 A document (the training template; the evaluation template of :mod:`lizardlm.eval.passkey` is
 another one)::
@@ -26,21 +26,25 @@ Needles sit at uniform random depths of a contiguous span of one book, cut at wo
 they are numbered in random order and asked for in another random order. Keys are digit strings.
 Documents carry their exact token ids (:attr:`Document.token_ids`), so ``length`` holds exactly.
 
-Loss: stage 2 trains on the plain next-token loss of every token, answers included. The pipeline
-packs rows for next-token loss without masks, and the filler is ordinary book text whose loss is
-ordinary language modelling; only the answer tokens (about 30 of 2048) teach retrieval, which is
-why all keys are asked for in every document.
+Loss: with ``loss=all`` (the default) stage 2 trains on the next-token loss of every token: the
+filler is ordinary book text whose loss is ordinary language modelling, and only the answer tokens
+(about 30 of 2048) teach retrieval, which is why all keys are asked for in every document. In a
+mixture that is about 1% of the loss. ``loss=answers`` keeps only the answers (each key and its
+full stop, after "Passkey number j is") as targets and marks every other token input-only
+(:func:`lizardlm.data.packing.without_loss`): all of the document's gradient then teaches retrieval,
+and the filler still passes through the model (and stage 1's attention transfer) as input.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
+from lizardlm.data.packing import without_loss
 from lizardlm.data.sources import Document, load_documents
 from lizardlm.errors import CheckpointError, DataError
 
@@ -48,6 +52,7 @@ NEEDLE = " Passkey number {index} is {key}."
 QUESTION = "\n\nWhat are the passkeys hidden in the text?"
 ANSWER_PROMPT = " Passkey number {index} is"
 SPLITS = ("train", "eval")
+LOSSES = ("all", "answers")
 WORD_STARTS = ("Ġ", "Ċ", "▁", " ", "\n")  # byte-level BPE, sentencepiece and plain spellings of a leading space
 
 
@@ -62,6 +67,7 @@ class RetrievalSpec:
     seed: int = 0
     filler: str = "long-docs"
     split: str = "train"
+    loss: str = "all"
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.keys < 1 or self.length < 2:
@@ -71,6 +77,8 @@ class RetrievalSpec:
             raise DataError(f"retrieval: key-tokens must be LO-HI with 1 <= LO <= HI, got {lo}-{hi}")
         if self.split not in SPLITS:
             raise DataError(f"retrieval: split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.loss not in LOSSES:
+            raise DataError(f"retrieval: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 def is_retrieval_spec(spec: str) -> bool:
@@ -90,7 +98,7 @@ def parse_spec(spec: str) -> RetrievalSpec:
             if name == "key_tokens":
                 lo, _, hi = value.partition("-")
                 values[name] = (int(lo), int(hi or lo))
-            elif name in ("filler", "split"):
+            elif name in ("filler", "split", "loss"):
                 values[name] = value
             else:
                 values[name] = int(value)
@@ -111,12 +119,14 @@ def filler_split(documents: list[Document], split: str) -> list[Document]:
 @dataclass
 class RetrievalExample:
     """One document's token ids, its keys, where each needle starts and the share of the filler
-    before it (its depth), all by passkey number."""
+    before it (its depth), all by passkey number; ``answers``: the ``[start, end)`` token span of each
+    asked key's answer in the question part (the training template's; empty for a prompt)."""
 
     input_ids: list[int]
     keys: dict[int, str]
     needle_starts: dict[int, int]
     depths: dict[int, float]
+    answers: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class FillerPool:
@@ -204,8 +214,14 @@ def make_example(
     needles = [_encode(tok, NEEDLE.format(index=i, key=secrets[i])) for i in numbers]
     asked = rng.sample(range(1, keys + 1), keys) if ask is None else [ask]
     tail = _encode(tok, QUESTION)
+    answers: dict[int, tuple[int, int]] = {}  # offsets in the tail for now
     for i in asked:
-        tail += _encode(tok, (NEEDLE if ask is None else ANSWER_PROMPT).format(index=i, key=secrets[i]))
+        piece = _encode(tok, (NEEDLE if ask is None else ANSWER_PROMPT).format(index=i, key=secrets[i]))
+        if ask is None:
+            prompt = _encode(tok, ANSWER_PROMPT.format(index=i))
+            given = len(prompt) if piece[: len(prompt)] == prompt else 0  # else the whole sentence is the answer
+            answers[i] = (len(tail) + given, len(tail) + len(piece))
+        tail += piece
     n_filler = length - sum(map(len, needles)) - len(tail)
     if n_filler < 1:
         raise DataError(f"retrieval: length {length} leaves no room for filler ({length - n_filler} tokens of needles and answers)")
@@ -221,13 +237,15 @@ def make_example(
         placed[number] = cut / n_filler
         ids += needle
         prev = cut
-    ids += filler[prev:].tolist() + tail
-    return RetrievalExample(ids, secrets, starts, placed)
+    ids += filler[prev:].tolist()
+    answers = {i: (len(ids) + a, len(ids) + b) for i, (a, b) in answers.items()}
+    ids += tail
+    return RetrievalExample(ids, secrets, starts, placed, answers)
 
 
 def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:
     """The documents of a ``retrieval`` spec, each with exact token ids (``length - 1`` of them:
-    packing appends the eos)."""
+    packing appends the eos); with ``loss=answers`` all but the answers are input-only."""
     if tokenizer is None:
         raise DataError(f"data spec {spec!r} is generated in tokens: pass a tokenizer")
     params = parse_spec(spec)
@@ -237,6 +255,11 @@ def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:
     for _ in range(params.count):
         example = make_example(pool, rng, params.length - 1, params.keys, params.key_tokens)
         ids = torch.tensor(example.input_ids, dtype=torch.long)
+        if params.loss == "answers":
+            targets = torch.zeros_like(ids, dtype=torch.bool)
+            for start, end in example.answers.values():
+                targets[start:end] = True
+            ids = without_loss(ids, targets)
         docs.append(Document(tokenizer.decode(example.input_ids), spec, token_ids=ids))
     return docs
 

@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 
 import lizardlm
 from lizardlm.convert import check_convertible, convert
+from lizardlm.data.packing import IGNORE_INDEX, input_ids, inputs_and_labels
 from lizardlm.devices import pick_device
 from lizardlm.errors import LizardError, TrainingError
 from lizardlm.layers import attention_transfer
@@ -48,19 +49,20 @@ def _keep_in_step(model, rows: torch.Tensor, batch_size: int, accelerator: Accel
     rank 0 (:func:`batches_behind`: FSDP's all-gathers pair every rank's forwards)."""
     for _ in range(batches_behind(rows.shape[0], batch_size)):
         with accelerator.autocast():
-            model(input_ids=rows[:1].to(accelerator.device), use_cache=False, logits_to_keep=1)
+            model(input_ids=input_ids(rows[:1]).to(accelerator.device), use_cache=False, logits_to_keep=1)
 
 
 def lm_loss(model, rows: torch.Tensor, batch_size: int, accelerator: Accelerator, desc: str = "val perplexity") -> float:
-    """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window), the rows
-    shared out over the processes."""
+    """Mean next-token negative log-likelihood over ``rows`` (each row one scoring window; every token
+    scored, input-only ones too, so validation losses compare across data options), the rows shared
+    out over the processes."""
     from lizardlm.eval.perplexity import perplexity
 
     mine = _rank_rows(rows, accelerator)
     nll_sum, tokens = 0.0, 0
     if mine.shape[0]:
         with accelerator.autocast():
-            res = perplexity(model, None, mine.reshape(-1), window=rows.shape[1], batch_size=batch_size,
+            res = perplexity(model, None, input_ids(mine).reshape(-1), window=rows.shape[1], batch_size=batch_size,
                              progress=accelerator.is_main_process, desc=desc)
         nll_sum, tokens = res["nll"] * res["tokens"], res["tokens"]
     _keep_in_step(model, rows, batch_size, accelerator)
@@ -80,7 +82,7 @@ def transfer_mse(model, rows: torch.Tensor, batch_size: int, accelerator: Accele
                               enable=accelerator.is_main_process):
             batch = mine[start : start + batch_size]
             with accelerator.autocast():
-                model(input_ids=batch.to(accelerator.device), use_cache=False, logits_to_keep=1)
+                model(input_ids=input_ids(batch).to(accelerator.device), use_cache=False, logits_to_keep=1)
             sums = [s + layer.transfer_loss.item() * batch.shape[0] for s, layer in zip(sums, layers)]
         _keep_in_step(model, rows, batch_size, accelerator)
     *sums, count = sum_over_ranks([*sums, mine.shape[0]])
@@ -95,7 +97,7 @@ def _transfer_loss_fn(model):
 
     def loss_fn(batch: torch.Tensor):
         with attention_transfer(model, backward=True) as layers:
-            model(input_ids=batch, use_cache=False, logits_to_keep=1)
+            model(input_ids=input_ids(batch), use_cache=False, logits_to_keep=1)
             losses = torch.stack([layer.transfer_loss for layer in layers])
         return losses.sum(), {"mse_mean": losses.mean().item()}
 
@@ -103,8 +105,14 @@ def _transfer_loss_fn(model):
 
 
 def _lm_loss_fn(model):
+    """Stage 2's loss: mean next-token cross-entropy over the tokens that carry loss (all but the
+    input-only ones); 0 with a gradient path for a batch without any."""
+
     def loss_fn(batch: torch.Tensor):
-        return model(input_ids=batch, labels=batch, use_cache=False).loss, {}
+        ids, labels = inputs_and_labels(batch)
+        if not (labels[:, 1:] != IGNORE_INDEX).any():
+            return model(input_ids=ids, use_cache=False, logits_to_keep=1).logits.sum() * 0.0, {}
+        return model(input_ids=ids, labels=labels, use_cache=False).loss, {}
 
     return loss_fn
 
