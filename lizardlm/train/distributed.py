@@ -14,7 +14,8 @@ all-reduce::
 which is the gradient of the mean loss over all B rows because every rank holds as many rows of
 equal length. Clipping and AdamW then see what one process with batch B sees, so the losses match
 one process up to float rounding, and the global batch (hence the run's settings) does not depend
-on W. Only rank 0 touches the run directory: it reads what a resume needs and broadcasts it.
+on W. Only rank 0 touches the run directory (it reads what a resume needs and broadcasts it) and
+builds the data rows, which every rank then receives.
 With ``--fsdp`` the frozen weights are sharded on top of this (:mod:`lizardlm.train.sharding`); the
 trainable parameters and their all-reduce stay as they are.
 """

@@ -219,12 +219,12 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             f"--softmax-layers keeps softmax in all {num_layers} layers: nothing to linearize; leave at least one out"
         )
     fingerprints = {"teacher": model_fingerprint(model)}
-    with accelerator.main_process_first(), phase("data built"):
-        splits = build_splits(
+    with phase("data built"):  # on rank 0 alone, handed to every rank: ranks tokenizing at once slow each other
+        splits = on_main(lambda: build_splits(
             settings.data, tokenizer, settings.seq_len,
             train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
             val_tokens=settings.val_tokens, seed=settings.seed, teacher=(model, tokenizer),
-        )
+        ))
     fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val})
     if manifest is None:  # inputs are valid: only now does the run directory come into being
 
