@@ -41,6 +41,8 @@ from result_names import device_slug
 EVAL_TASKS = "wikitext2,mqar,passkey"
 TEACHER = "smollm2-135m"
 _LOG_LOCK = threading.Lock()
+GRACE_S = 20.0
+"""Seconds a process past its timeout gets between SIGTERM and SIGKILL."""
 
 
 def share_cpus(jobs: int) -> None:
@@ -54,15 +56,22 @@ def share_cpus(jobs: int) -> None:
             os.environ.setdefault(var, value)
 
 
-def run(cmd: list[str], log: Path, timeout: float) -> tuple[int, float]:
+def run(cmd: list[str], log: Path, timeout: float, grace: float = GRACE_S) -> tuple[int, float]:
     """Run ``cmd`` with its output kept in memory, appended to ``log`` whole when it ends (concurrent
-    runs' lines stay apart); exit 124 past ``timeout``."""
+    runs' lines stay apart). Past ``timeout`` it gets SIGTERM, on which ``lizardlm linearize`` saves the
+    step it reached (nothing to redo on resume), and SIGKILL ``grace`` seconds later; exit 124 then."""
     started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=max(timeout, 1), text=True)
-        rc, text = proc.returncode, proc.stdout
-    except subprocess.TimeoutExpired as err:
-        rc, text = 124, (err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or "") + "\n[timed out]"
+        text, rc = proc.communicate(timeout=max(timeout, 1))[0], proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            text = proc.communicate(timeout=grace)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text = proc.communicate()[0]
+        rc, text = 124, (text or "") + "\n[timed out]"
     secs = time.perf_counter() - started
     with _LOG_LOCK, open(log, "a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n[exit {rc} after {secs:.0f} s]\n{text[-20000:]}\n")

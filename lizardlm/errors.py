@@ -25,5 +25,13 @@ class TrainingError(LizardError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
 
 
+class TrainingStopped(TrainingError):
+    """Training stopped on a signal (SIGTERM, Ctrl-C) after saving a checkpoint at the step it reached."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class UnsupportedInputError(LizardError, ValueError):
     """A model input Lizard layers cannot take (a foreign cache, left padding)."""

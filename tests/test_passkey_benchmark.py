@@ -124,3 +124,20 @@ def test_a_cut_run_is_resumed_unless_fresh(tmp_path):
     assert "--resume" in passkey_gpu.linearize_command(args, run_dir)
     fresh = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a", "--fresh"])
     assert "--resume" not in passkey_gpu.linearize_command(fresh, run_dir)
+
+
+def test_a_run_past_its_timeout_is_asked_to_stop_then_killed(tmp_path):
+    """The drivers' runner sends SIGTERM at the timeout (linearize then saves its step) and SIGKILL a
+    grace period later; both end as exit 124 with the output kept in the log."""
+    import linearize_gpu
+
+    log = tmp_path / "log"
+    polite = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *a: (print('saved step', flush=True), sys.exit(143)))\n"
+              "print('started', flush=True)\ntime.sleep(60)")
+    rc, secs = linearize_gpu.run([sys.executable, "-c", polite], log, timeout=5, grace=30)
+    assert rc == 124 and secs < 20 and "saved step" in log.read_text()
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('deaf', flush=True)\ntime.sleep(60)"
+    rc, secs = linearize_gpu.run([sys.executable, "-c", stubborn], log, timeout=5, grace=1)
+    assert rc == 124 and secs < 20 and "deaf" in log.read_text()
+    assert linearize_gpu.run([sys.executable, "-c", "print('fine')"], log, timeout=30)[0] == 0

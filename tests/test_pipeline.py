@@ -14,7 +14,7 @@ import torch
 
 import lizardlm
 from lizardlm.cli import main as cli_main
-from lizardlm.errors import CheckpointError, LizardError, TrainingError
+from lizardlm.errors import CheckpointError, LizardError, TrainingError, TrainingStopped
 from lizardlm.train import RunDir, TrainSettings, linearize, load_run
 from lizardlm.train.checkpoint import load_checked
 from lizardlm.train.loop import MetricsLog, Stage, run_stage
@@ -96,6 +96,39 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, teacher_dir,
     assert [e["step"] for e in MetricsLog(RunDir(out)).read("stage2")] == list(range(1, 31))
 
 
+def test_sigterm_saves_the_step_reached_and_resume_matches(tmp_path, teacher_dir, data_file):
+    """SIGTERM (a scheduler's preemption, ``timeout``) stops after the current step with a checkpoint
+    of that step (no work lost), exits 143 with a one-line hint, and --resume finishes like a run
+    that was never stopped."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    ref_out, out = tmp_path / "ref", tmp_path / "stopped"
+    longer = ("--stage2-tokens", str(32 * 4 * 120))  # 120 steps: the signal lands inside stage 2 even on a slow host
+    subprocess.run(_cli(ref_out, teacher_dir, data_file, *longer), check=True, env=env, capture_output=True)
+    ref = json.loads((ref_out / "summary.json").read_text())
+
+    proc = subprocess.Popen(_cli(out, teacher_dir, data_file, *longer), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = RunDir(out).path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # stop in the middle of stage 2
+        if metrics.is_file() and any('"stage2"' in line for line in metrics.read_text().splitlines()[-1:]):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM after step" in err and "--resume" in err and len(err.strip().splitlines()[-1]) > 40
+    stopped = load_checked(RunDir(out).checkpoint)[1]
+    logged = [e["step"] for e in MetricsLog(RunDir(out)).read("stage2")]
+    assert stopped["stage"] == "stage2" and stopped["step"] == max(logged) < 120  # the step reached, not the last multiple of 4
+
+    subprocess.run(_cli(out, teacher_dir, data_file, *longer, "--resume"), check=True, env=env, capture_output=True)
+    resumed = json.loads((out / "summary.json").read_text())
+    for key in ("teacher_val_loss", "stage1_val_loss", "student_val_loss"):
+        assert resumed[key] == pytest.approx(ref[key], rel=0.01), key
+    assert [e["step"] for e in MetricsLog(RunDir(out)).read("stage2")] == list(range(1, 121))
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     run = RunDir(tmp_path)
     weight = torch.nn.Parameter(torch.ones(3))
@@ -113,6 +146,34 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
         run_stage(stage, torch.arange(40).view(10, 4), **kw)
     tensors, meta = load_checked(run.checkpoint)
     assert meta["step"] == 5 and torch.isfinite(tensors["param.w"]).all()
+
+
+def test_ctrl_c_stops_after_the_step_and_a_second_one_at_once(tmp_path):
+    run = RunDir(tmp_path)
+    weight = torch.nn.Parameter(torch.ones(3))
+    presses = {3: 1, 13: 2}  # step -> Ctrl-C count during it (the second run: twice)
+
+    def stage_with(at: dict[int, int]) -> Stage:
+        calls = []
+
+        def loss_fn(batch):
+            calls.append(1)
+            for _ in range(at.get(len(calls), 0)):
+                signal.raise_signal(signal.SIGINT)
+            return (weight * batch.float().mean()).sum(), {}
+
+        return Stage("stage1", steps=20, lr=0.1, params={"w": weight}, loss_fn=loss_fn)
+
+    kw = dict(batch_size=2, seed=0, warmup_fraction=0.0, weight_decay=0.0, checkpoint_every=5, run=run,
+              accelerator=__import__("accelerate").Accelerator(cpu=True), log=MetricsLog(run))
+    rows = torch.arange(80).view(20, 4)
+    with pytest.raises(TrainingStopped, match="SIGINT after step 3 of 20") as stopped:
+        run_stage(stage_with({3: presses[3]}), rows, **kw)
+    assert stopped.value.signum == signal.SIGINT and load_checked(run.checkpoint)[1]["step"] == 3
+    with pytest.raises(KeyboardInterrupt):  # resumed at step 3; the 10th call is step 13, pressed twice
+        run_stage(stage_with({10: presses[13]}), rows, **kw)
+    assert load_checked(run.checkpoint)[1]["step"] == 10  # the last regular checkpoint
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
 def _fails(argv: list[str], capsys, match: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from lizardlm.errors import LizardError
+from lizardlm.errors import LizardError, TrainingStopped
 
 SUBCOMMANDS = ("generate", "linearize", "eval")
 
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except TrainingStopped as err:
+        print("lizardlm: " + " ".join(str(err).split()), file=sys.stderr)
+        return 128 + err.signum  # the shell's code for death by that signal, as a scheduler expects
     except LizardError as err:
         print("lizardlm: error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, always
         return 2

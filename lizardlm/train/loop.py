@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 
-from lizardlm.errors import TrainingError
+from lizardlm.errors import TrainingError, TrainingStopped
 from lizardlm.progress import progress
 from lizardlm.train.checkpoint import (
     atomic_save,
@@ -26,7 +29,15 @@ from lizardlm.train.checkpoint import (
     rng_state,
     writing,
 )
-from lizardlm.train.distributed import average_gradients, broadcast_parameters, micro_batch_size, on_main, shard
+from lizardlm.train.distributed import (
+    average_gradients,
+    broadcast_parameters,
+    is_distributed,
+    micro_batch_size,
+    on_main,
+    shard,
+    sum_over_ranks,
+)
 from lizardlm.train.rundir import RunDir
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -113,6 +124,38 @@ class MetricsLog:
         return [e for e in self._entries() if e.get("stage") == stage and "loss" in e]
 
 
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """While training: SIGTERM or a first Ctrl-C asks to stop after the current step (the list gets
+    the signal number) instead of killing it mid-step; a second Ctrl-C interrupts at once. Only the
+    main thread can take signals; elsewhere nothing is installed."""
+    asked: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def ask(signum, frame) -> None:
+        if asked and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        asked.append(signum)
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield asked
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_signal(asked: list[int]) -> int:
+    """The signal this process was asked to stop by, or SIGTERM where only another rank was; 0 for
+    none. One tiny all-reduce per step under data parallel, so that every rank stops at the same step."""
+    mine = asked[0] if asked else 0
+    if not is_distributed():
+        return mine
+    return mine or (int(signal.SIGTERM) if sum_over_ranks([float(mine)])[0] else 0)
+
+
 def run_stage(
     stage: Stage,
     rows: torch.Tensor,
@@ -146,40 +189,49 @@ def run_stage(
     bar = progress(total=stage.steps, initial=step, desc=stage.label or stage.name, unit="step", dynamic_ncols=True,
                    enable=main)
     first, timed = step, 0.0
-    while step < stage.steps:
-        started = time.perf_counter()
-        batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
-        with accelerator.autocast():
-            loss, extra = stage.loss_fn(batch)
-        if stage.backward:
-            accelerator.backward(loss)
-        loss_value, extra = average_gradients(params, loss, extra)
-        if not math.isfinite(loss_value):
-            kept = f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good else "step 0 (no checkpoint yet)"
-            raise TrainingError(
-                f"{stage.name} loss became {loss_value} at step {step + 1}; stopped. To go on from {kept}, rerun "
-                f"the same command with --resume and a lower --{stage.name}-lr (now {stage.lr:g}; e.g. {stage.lr / 10:g})"
-            )
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        elapsed = time.perf_counter() - started
-        if main:
-            log.write(
-                {"stage": stage.name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                 "tokens_per_s": tokens_per_step / elapsed, **extra}
-            )
-        timed += elapsed
-        left = (stage.steps - step + stage.steps_after) * timed / (step - first)
-        bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{tokens_per_step / elapsed:.0f}", all=_eta(left))
-        bar.update(1)
-        if step % checkpoint_every == 0 or step == stage.steps:
-            if all(torch.isfinite(p).all() for p in params):
-                if main:
-                    _save(stage, optimizer, scheduler, step, run)
-                last_good = step
+    with _stop_requests() as asked:
+        while step < stage.steps:
+            started = time.perf_counter()
+            batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
+            with accelerator.autocast():
+                loss, extra = stage.loss_fn(batch)
+            if stage.backward:
+                accelerator.backward(loss)
+            loss_value, extra = average_gradients(params, loss, extra)
+            if not math.isfinite(loss_value):
+                kept = (f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good
+                        else "step 0 (no checkpoint yet)")
+                raise TrainingError(
+                    f"{stage.name} loss became {loss_value} at step {step + 1}; stopped. To go on from {kept}, rerun "
+                    f"the same command with --resume and a lower --{stage.name}-lr (now {stage.lr:g}; e.g. {stage.lr / 10:g})"
+                )
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed = time.perf_counter() - started
+            if main:
+                log.write(
+                    {"stage": stage.name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                     "tokens_per_s": tokens_per_step / elapsed, **extra}
+                )
+            timed += elapsed
+            left = (stage.steps - step + stage.steps_after) * timed / (step - first)
+            bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{tokens_per_step / elapsed:.0f}", all=_eta(left))
+            bar.update(1)
+            sig = _stop_signal(asked)  # a stop request saves the step reached
+            if step % checkpoint_every == 0 or step == stage.steps or sig:
+                if all(torch.isfinite(p).all() for p in params):
+                    if main:
+                        _save(stage, optimizer, scheduler, step, run)
+                    last_good = step
+            if sig:
+                bar.close()
+                raise TrainingStopped(
+                    f"stopped by {signal.Signals(sig).name} after step {step} of {stage.steps} of {stage.name}; "
+                    f"its checkpoint is at step {last_good} ({run.checkpoint}): run the same command with --resume "
+                    "to continue", sig)
     bar.close()
 
 
