@@ -12,14 +12,14 @@ Combine = Literal["shared", "sum"]
 Rope = Literal["window", "none", "both"]
 Meta = Literal["kv", "sink"]
 GateKind = Literal["scalar", "token", "mamba2", "pooled_key", "none"]
-WriteGateKind = Literal["none", "head"]
+StrengthKind = Literal["none", "head"]
 Backend = Literal["auto", "triton", "torch"]
 
 OURS: dict[str, Any] = dict(combine="shared", rope="window", meta="kv", gate="scalar", write_gate="none",
-                            window_size=64, feature_dim=64, num_meta_tokens=4)
+                            read_gate="none", window_size=64, feature_dim=64, num_meta_tokens=4)
 """Our reading (LoLCATs-style): shared normaliser, shifted linear state, RoPE in the window, meta key/value slots."""
 PAPER: dict[str, Any] = dict(combine="sum", rope="none", meta="sink", gate="token", write_gate="none",
-                             window_size=128, feature_dim=128, num_meta_tokens=4)
+                             read_gate="none", window_size=128, feature_dim=128, num_meta_tokens=4)
 """The paper's layer (arXiv 2507.09025 and ``docs/method.md``): y = y_gla + alpha * y_win, no RoPE,
 sink logits, one sigmoid gate per token, window 128, feature dim 128."""
 
@@ -42,6 +42,7 @@ after a short stage 1 of 0, 0.1, 0.25, 0.5, 1 (``benchmarks/stage1_sweep.py --na
 
 _CHOICES = dict(combine=("shared", "sum"), rope=("window", "none", "both"), meta=("kv", "sink"),
                 gate=("scalar", "token", "mamba2", "pooled_key", "none"), write_gate=("none", "head"),
+                read_gate=("none", "head"),
                 backend=("auto", "triton", "torch"))
 
 
@@ -84,7 +85,10 @@ class LizardConfig:
         write_gate: ``none``, or ``head`` = a learned write strength per token and key/value head,
             ``s = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(k)`` in the state and the
             normaliser alike, so a token can write more or less than another
-            (:class:`~lizardlm.layers.gate.WriteGate`).
+            (:class:`~lizardlm.layers.gate.StrengthGate`).
+        read_gate: ``none``, or ``head`` (shared form only) = a learned read strength per token and
+            query head, ``r = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(q)``, so a token can
+            turn to the linear memory more or less than another.
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
@@ -102,7 +106,8 @@ class LizardConfig:
     gate: GateKind | None = None
     gate_temperature: float = 16.0
     gate_init: float = 0.995
-    write_gate: WriteGateKind | None = None
+    write_gate: StrengthKind | None = None
+    read_gate: StrengthKind | None = None
     alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
     chunk_size: int = 64
@@ -120,6 +125,9 @@ class LizardConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+        if self.read_gate == "head" and self.combine == "sum":
+            raise ValueError("read_gate 'head' needs combine 'shared': in the sum form y_gla = N / Z does not change "
+                             "when phi(q) is scaled")
         window_min = 0 if self.combine == "sum" else 1  # the sum form's linear branch stands alone
         for name, minimum in (("window_size", window_min), ("feature_dim", 1), ("chunk_size", 1), ("num_meta_tokens", 0)):
             value = getattr(self, name)

@@ -91,28 +91,38 @@ def test_gate_decodes_like_the_full_forward(kind, combine):
     torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("combine", FORMS)
-def test_write_gate_starts_as_the_identity(combine):
-    """write_gate='head' at init (s = 1) gives the same logits as no write gate, in both forms."""
+STRENGTHS = [("write_gate", "shared"), ("write_gate", "sum"), ("read_gate", "shared")]
+"""Each strength gate with each form it works in (the read gate cancels in the sum form's N / Z)."""
+
+
+@pytest.mark.parametrize("gate, combine", STRENGTHS)
+def test_strength_gates_start_as_the_identity(gate, combine):
+    """A write or read gate at init (s = 1) gives the same logits as none, bit for bit."""
     torch.manual_seed(0)
     teacher = TEACHERS["llama"]().eval()
     ids = torch.randint(0, 97, (2, 19))
     models = [lizardlm.convert(copy.deepcopy(teacher), LizardConfig(
-        combine=combine, write_gate=write, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8))
-        for write in ("none", "head")]
+        combine=combine, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8, **{gate: kind}))
+        for kind in ("none", "head")]
     missing, unexpected = models[1].load_state_dict(models[0].state_dict(), strict=False)
-    assert not unexpected and missing and all(".write_gate." in name for name in missing)
+    assert not unexpected and missing and all(f".{gate}." in name for name in missing)
     with torch.no_grad():
         logits = [m(ids, use_cache=False).logits for m in models]
     torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
 
 
-def test_write_gate_scales_what_each_token_writes():
-    """s = 2 sigmoid(x W + b) per key/value head scales phi(k): the op sees fk * s."""
+@pytest.mark.parametrize("gate", ["write_gate", "read_gate"])
+def test_strength_gates_scale_what_each_token_writes_or_reads(gate):
+    """s = 2 sigmoid(x W + b) per head scales phi(k) (write, key/value heads) or phi(q) (read, query
+    heads, after the shared form's e^beta): the op sees fk * s or fq * s."""
     torch.manual_seed(0)
-    config = LizardConfig(mode="paper", write_gate="head", window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+    config = (LizardConfig(mode="paper", write_gate="head", window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+              if gate == "write_gate" else
+              LizardConfig(read_gate="head", window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8))
     model = lizard_model("llama", config).double()
     layer = model.model.layers[0].self_attn
+    with torch.no_grad():
+        layer.beta.normal_() if layer.beta is not None else None
     seen, hidden = {}, {}
     layer.capture = lambda _, inputs: seen.update(inputs)
     layer.register_forward_pre_hook(lambda _, args, kwargs: hidden.update(x=kwargs["hidden_states"]), with_kwargs=True)
@@ -120,15 +130,22 @@ def test_write_gate_scales_what_each_token_writes():
         model(torch.randint(0, 97, (2, 11)), use_cache=False)
         x = hidden["x"]
         B, T, _ = x.shape
-        k = layer.k_proj(x).view(B, T, layer.num_kv_heads, layer.head_dim).transpose(1, 2)
-        s = 2 * torch.sigmoid(x @ layer.write_gate.proj.weight.T + layer.write_gate.proj.bias).transpose(1, 2)
+        proj = getattr(layer, gate).proj
+        s = 2 * torch.sigmoid(x @ proj.weight.T + proj.bias).transpose(1, 2)
+        if gate == "write_gate":
+            k = layer.k_proj(x).view(B, T, layer.num_kv_heads, layer.head_dim).transpose(1, 2)
+            name, expected = "fk", layer.feature_map_k(k) * s[..., None]
+        else:
+            q = layer.q_proj(x).view(B, T, layer.num_heads, layer.head_dim).transpose(1, 2)
+            name, expected = "fq", layer.feature_map_q(q) * layer.beta.exp()[:, None, None] * s[..., None]
     assert bool(((s > 0) & (s < 2)).all()) and float((s - 1).abs().max()) > 1e-3
-    torch.testing.assert_close(seen["fk"], layer.feature_map_k(k) * s[..., None])
+    torch.testing.assert_close(seen[name], expected)
 
 
-@pytest.mark.parametrize("combine", FORMS)
-def test_write_gate_agrees_in_every_op_form_and_decodes_like_the_forward(combine):
-    config = LizardConfig(combine=combine, write_gate="head", window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+@pytest.mark.parametrize("gate, combine", STRENGTHS)
+def test_strength_gates_agree_in_every_op_form_and_decode_like_the_forward(gate, combine):
+    config = LizardConfig(combine=combine, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8,
+                          **{gate: "head"})
     model = lizard_model("mistral", config).double()
     layer = model.model.layers[1].self_attn
     seen = {}
@@ -144,7 +161,7 @@ def test_write_gate_agrees_in_every_op_form_and_decodes_like_the_forward(combine
     layer.capture = None
     step, _ = decode_token_by_token(model, ids, prefill=7)
     torch.testing.assert_close(step, full, rtol=1e-6, atol=1e-6)  # the gates compute in float32
-    grads = torch.autograd.grad(model(ids, labels=ids).loss, layer.write_gate.proj.weight)
+    grads = torch.autograd.grad(model(ids, labels=ids).loss, getattr(layer, gate).proj.weight)
     assert float(grads[0].abs().max()) > 0
 
 
@@ -154,6 +171,10 @@ def test_gate_flags_reach_the_config():
     config = lizard_config_from_args(parser.parse_args(["--mode", "paper", "--write-gate", "head", "--gate-init", "0.999"]))
     assert (config.write_gate, config.gate_init, config.gate) == ("head", 0.999, "token")
     assert lizard_config_from_args(parser.parse_args([])).write_gate == "none"
+    config = lizard_config_from_args(parser.parse_args(["--read-gate", "head", "--write-gate", "head"]))
+    assert (config.read_gate, config.write_gate, config.combine) == ("head", "head", "shared")
+    with pytest.raises(ValueError, match="read_gate 'head' needs combine 'shared'"):
+        LizardConfig(mode="paper", read_gate="head")
     for bad in ("1", "0", "nan"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--gate-init", bad])

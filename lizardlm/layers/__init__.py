@@ -2,6 +2,6 @@
 
 from lizardlm.layers.attention import LizardAttention, attention_transfer
 from lizardlm.layers.feature_map import HedgehogFeatureMap
-from lizardlm.layers.gate import DecayGate, WriteGate
+from lizardlm.layers.gate import DecayGate, StrengthGate
 
-__all__ = ["DecayGate", "HedgehogFeatureMap", "LizardAttention", "WriteGate", "attention_transfer"]
+__all__ = ["DecayGate", "HedgehogFeatureMap", "LizardAttention", "StrengthGate", "attention_transfer"]

@@ -13,7 +13,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from lizardlm.cache import given_cache
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
-from lizardlm.layers.gate import DecayGate, WriteGate
+from lizardlm.layers.gate import DecayGate, StrengthGate
 from lizardlm.ops import window_attention_chunk
 from lizardlm.ops.dispatch import lizard_attention, lizard_step
 
@@ -31,8 +31,8 @@ class LizardAttention(nn.Module):
 
     Every form is configuration (:class:`~lizardlm.config.LizardConfig`). Parameters of its own (all
     small): ``feature_map_q`` (per head) / ``feature_map_k`` (per key/value head); ``gate`` (a
-    :class:`~lizardlm.layers.gate.DecayGate` of the configured design); ``write_gate`` (a
-    :class:`~lizardlm.layers.gate.WriteGate` or None); meta memory,
+    :class:`~lizardlm.layers.gate.DecayGate` of the configured design); ``write_gate`` and
+    ``read_gate`` (:class:`~lizardlm.layers.gate.StrengthGate` or None); meta memory,
     either ``meta_k``/``meta_v``/``meta_bias`` (``m`` key/value slots per head with a logit bias each)
     or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
     or ``alpha`` (per-head weight of the window branch, sum form; with ``window_size`` 0 it is a fixed
@@ -76,7 +76,9 @@ class LizardAttention(nn.Module):
             lizard.gate, config.hidden_size, self.num_heads, self.num_kv_heads, lizard.gate_temperature,
             lizard.gate_init,
         ).to(**factory)
-        self.write_gate = WriteGate(config.hidden_size, self.num_kv_heads).to(**factory) if lizard.write_gate == "head" else None
+        self.write_gate = (StrengthGate(config.hidden_size, self.num_kv_heads).to(**factory)
+                           if lizard.write_gate == "head" else None)
+        self.read_gate = StrengthGate(config.hidden_size, self.num_heads).to(**factory) if lizard.read_gate == "head" else None
         m = lizard.num_meta_tokens
         kv_slots = bool(m) and lizard.meta == "kv"
         self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
@@ -123,8 +125,9 @@ class LizardAttention(nn.Module):
         self.feature_map_k.reset_parameters()
         if self.gate is not None:
             self.gate.reset_parameters()
-        if self.write_gate is not None:
-            self.write_gate.reset_parameters()
+        for strength in (self.write_gate, self.read_gate):
+            if strength is not None:
+                strength.reset_parameters()
         with torch.no_grad():
             if self.beta is not None:
                 self.beta.zero_()
@@ -158,6 +161,8 @@ class LizardAttention(nn.Module):
         fq = self.feature_map_q(q_lin)
         if self.beta is not None:
             fq = fq * self.beta.exp().to(q.dtype)[:, None, None]
+        if self.read_gate is not None:
+            fq = fq * self.read_gate(hidden_states).to(fq.dtype)[..., None]
         fk = self.feature_map_k(k_lin)
         if self.write_gate is not None:
             fk = fk * self.write_gate(hidden_states).to(fk.dtype)[..., None]

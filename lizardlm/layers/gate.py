@@ -1,5 +1,6 @@
 """Data-dependent gates of the linear branch: the decay gate (one module, four designs,
-``LizardConfig.gate``) and the write gate (``LizardConfig.write_gate``).
+``LizardConfig.gate``), and the write and read gates (``LizardConfig.write_gate`` /
+``read_gate``, one module: :class:`StrengthGate`).
 
 Every design returns log-decays ``log a_t <= 0`` for each head (or one shared by all heads) and
 starts, for a zero input, at ``a = a0`` (``gate_init``, close to 1: little forgetting):
@@ -24,6 +25,13 @@ token writes the same mass into the state and its normaliser, and one needle amo
 can hold at most its similarity advantage over 1/n of the read-out; with it a token can write almost
 nothing (filler) or twice the default (a fact worth keeping), the role Mamba's step size ``dt``
 plays for its input. It does not touch the decay, so what is written stays as long as before.
+
+The read gate (shared form) scales what a token reads: ``phi_q(q_t) -> r_t phi_q(q_t)`` with
+``r_{t,h} = 2 sigmoid(x_t . W_h + b_h)`` per query head, 1 at start. In the shared normaliser
+``y = (o + N) / (1 + Z)`` this moves the linear memory's share ``Z / (1 + Z)`` per token: without
+it that share is set by per-head constants (``beta``) and the similarity mass, so a question cannot
+turn to the memory more than any other token does. (In the sum form ``N / Z`` does not change when
+``phi_q`` is scaled, so there it would do nothing.)
 """
 
 from __future__ import annotations
@@ -93,13 +101,14 @@ class DecayGate(nn.Module):
         return F.logsigmoid(pooled + self.key_bias.float()[:, None]) / self.temperature
 
 
-class WriteGate(nn.Module):
-    """Write strengths ``s = 2 sigmoid(x W + b)`` ``(B, Hk, T)`` in (0, 2), one per token and
-    key/value head (``proj``: hidden -> Hk, zero at start so ``s = 1``); see the module docstring."""
+class StrengthGate(nn.Module):
+    """Strengths ``s = 2 sigmoid(x W + b)`` ``(B, heads, T)`` in (0, 2), one per token and head
+    (``proj``: hidden -> heads, zero at start so ``s = 1``): the write gate (key/value heads, scaling
+    ``phi_k``) and the read gate (query heads, scaling ``phi_q``); see the module docstring."""
 
-    def __init__(self, hidden_size: int, num_kv_heads: int) -> None:
+    def __init__(self, hidden_size: int, heads: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(hidden_size, num_kv_heads)
+        self.proj = nn.Linear(hidden_size, heads)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
