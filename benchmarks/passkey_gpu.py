@@ -18,8 +18,8 @@ beside ``passkey-<device>-<run>-heatmap.png`` (depth x length) and ``-diagnostic
 FILE`` keeps an earlier call's runs, so runs spread over several 10-minute device calls;
 A run directory already under ``--runs`` (a call cut by its deadline) is continued with
 ``linearize --resume`` (``--fresh`` starts it again); ``--eval-only`` evaluates a run already under
-``--runs`` again. ``--variant 'NAME|MODE|FLAGS'`` (repeated) trains and evaluates several runs at
-once, one process each sharing the GPU (a 135M model's steps are launch-bound), with every other
+``--runs`` again. ``--variant 'NAME|MODE|FLAGS[|DATA]'`` (repeated; DATA replaces ``--data``, e.g.
+to compare data options on one budget) trains and evaluates several runs at once, one process each sharing the GPU (a 135M model's steps are launch-bound), with every other
 option in common (``--with-teacher`` evaluates the teacher beside the first), and writes their
 merged result; ``--combine A.json B.json ...`` only
 merges result files of runs made at once in separate processes (each with its own ``--out``) into
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--combine", type=Path, nargs="+", help="only merge these result JSONs (later runs win) into --out")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
     p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS",
+    p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS[|DATA]",
                    help="a run of its own (repeat: all at once, one process each); FLAGS as in --flags")
     p.add_argument("--quick", action="store_true", help="CPU smoke run on tiny budgets")
     for key, value in FULL.items():
@@ -159,16 +159,17 @@ def combine(out_dir: Path, files: list[Path]) -> Path:
     return out
 
 
-PER_VARIANT = ("--variant", "--out", "--merge", "--name", "--mode", "--flags")
+PER_VARIANT = ("--variant", "--out", "--merge", "--name", "--mode", "--flags", "--data")
 """Options each variant's process gets its own value of (the rest of the command line is shared)."""
 
 
 def variant_command(args: argparse.Namespace, argv: list[str], variant: str, first: bool) -> list[str]:
-    """This script's command for one ``NAME|MODE|FLAGS`` variant: ``argv`` without the variants, the
-    teacher's evaluation and the output, then the variant's name, mode, flags and its own ``--out``."""
-    name, mode, flags = (variant.split("|", 2) + ["", ""])[:3]
+    """This script's command for one ``NAME|MODE|FLAGS[|DATA]`` variant: ``argv`` without the variants,
+    the teacher's evaluation and the output, then the variant's name, mode, flags, data (its own, else
+    ``--data``) and its own ``--out``."""
+    name, mode, flags, data = (variant.split("|", 3) + ["", "", ""])[:4]
     if not name or not mode:
-        raise SystemExit(f"--variant expects NAME|MODE|FLAGS, got {variant!r}")
+        raise SystemExit(f"--variant expects NAME|MODE|FLAGS[|DATA], got {variant!r}")
     rest, skip = [], False
     for a in argv:
         if skip:
@@ -178,7 +179,7 @@ def variant_command(args: argparse.Namespace, argv: list[str], variant: str, fir
         elif a.split("=", 1)[0] not in PER_VARIANT and a != "--with-teacher":
             rest.append(a)
     cmd = [sys.executable, __file__, *rest, "--out", str(args.out / "parts" / name), "--name", name, "--mode", mode,
-           "--flags", flags]
+           "--flags", flags, "--data", data or args.data]
     return cmd + (["--with-teacher"] if first and args.with_teacher else [])
 
 

@@ -103,16 +103,19 @@ def test_readme_table_of_a_passkey_result(tmp_path):
 
 def test_variants_share_every_option_but_their_own(tmp_path):
     argv = ["--out", str(tmp_path), "--quick", "--with-teacher", "--data", "retrieval:count=4", "--flags", "--feature-dim 8",
-            "--variant", "a|paper|--write-gate head --gate-init 0.999", "--variant", "b|lolcats|"]
+            "--variant", "a|paper|--write-gate head --gate-init 0.999", "--variant", "b|lolcats|",
+            "--variant", "c|lizard||retrieval:count=4:loss=answers"]
     args = passkey_gpu.parse_args(argv)
-    first = passkey_gpu.variant_command(args, argv, args.variant[0], first=True)
-    second = passkey_gpu.variant_command(args, argv, args.variant[1], first=False)
-    for cmd, name, mode, flags in ((first, "a", "paper", "--write-gate head --gate-init 0.999"), (second, "b", "lolcats", "")):
+    cmds = [passkey_gpu.variant_command(args, argv, v, first=i == 0) for i, v in enumerate(args.variant)]
+    expected = (("a", "paper", "--write-gate head --gate-init 0.999", "retrieval:count=4"),
+                ("b", "lolcats", "", "retrieval:count=4"), ("c", "lizard", "", "retrieval:count=4:loss=answers"))
+    for cmd, (name, mode, flags, data) in zip(cmds, expected):
         assert cmd[cmd.index("--name") + 1] == name and cmd[cmd.index("--mode") + 1] == mode
         assert cmd[cmd.index("--flags") + 1] == flags and cmd.count("--flags") == 1 and "--variant" not in cmd
         assert cmd[cmd.index("--out") + 1] == str(tmp_path / "parts" / name) and cmd.count("--out") == 1
-        assert cmd[cmd.index("--data") + 1] == "retrieval:count=4" and "--quick" in cmd
-    assert "--with-teacher" in first and "--with-teacher" not in second
+        assert cmd[cmd.index("--data") + 1] == data and cmd.count("--data") == 1 and "--quick" in cmd
+        assert passkey_gpu.parse_args(cmd[2:]).data == data  # what the variant's process records
+    assert "--with-teacher" in cmds[0] and "--with-teacher" not in cmds[1]
 
 
 def test_a_cut_run_is_resumed_unless_fresh(tmp_path):
