@@ -328,6 +328,24 @@ def passkey(path: Path) -> str:
     return "\n".join(out)
 
 
+def toy_needle(path: Path) -> str:
+    """The from-scratch needle lookup (``benchmarks/toy_needle.py``): accuracy by length, one row per run."""
+    d = json.loads(path.read_text())
+    s = d["settings"]
+    lengths = [str(L) for L in s["lengths"]]
+    out = [
+        f"Needle lookup learned from scratch, {d['device']} (`{path.name}`): {s['model']}, {s['steps']} steps of "
+        f"{s['batch']} x {s['length']} tokens (seed {s['seed']}); one marker + value at least {s['gap']} tokens "
+        f"before the query (outside the {s['base']['window_size']}-token window); exact match of the value on "
+        "128 rows per length. Can the layer retrieve beyond its window at all, and does it extrapolate?",
+        "",
+        "| run | " + " | ".join(f"acc @ {L}" for L in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    out += [f"| {name} | " + " | ".join(f"{run['acc'][L]:.2f}" for L in lengths) + " |" for name, run in d["runs"].items()]
+    return "\n".join(out)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -356,6 +374,8 @@ def main() -> None:
         parts.append(preset_runs(path))
     for path in sorted(RESULTS.glob("passkey-*.json")):
         parts.append(passkey(path))
+    for path in sorted(RESULTS.glob("toy-needle-*.json")):
+        parts.append(toy_needle(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
         parts.append(decode(path))
     for path in sorted(RESULTS.glob("cpu-demo-*.json")):
