@@ -337,7 +337,9 @@ def toy_needle(path: Path) -> str:
         f"Needle lookup learned from scratch, {d['device']} (`{path.name}`): {s['model']}, {s['steps']} steps of "
         f"{s['batch']} x {s['length']} tokens (seed {s['seed']}); one marker + value at least {s['gap']} tokens "
         f"before the query (outside the {s['base']['window_size']}-token window); exact match of the value on "
-        "128 rows per length. Can the layer retrieve beyond its window at all, and does it extrapolate?",
+        f"128 rows per length; `converted:<form>` = the softmax run as teacher, linearized by "
+        f"{s['stage1_steps']} steps of attention transfer and {s['stage2_steps']} of LoRA. Can the layer retrieve "
+        "beyond its window at all, does it extrapolate, and does linearization keep it?",
         "",
         "| run | " + " | ".join(f"acc @ {L}" for L in lengths) + " |",
         "|---|" + "---:|" * len(lengths),

@@ -14,11 +14,18 @@ writes ``<out>/toy-needle-cpu.json`` (``{"runs": {name: {"config", "curve": [[st
 "acc": {length: accuracy}, "seconds"}}, "settings"}``; written after every run, and a run already
 in it is kept) and ``toy-needle-cpu.png``. A converted teacher's failure to retrieve (the passkey
 table) is a question of training when this works, and of the layer when it does not.
+
+The ``converted:`` runs ask the pipeline's question at this scale: the trained softmax model is the
+teacher, converted to a form, then stage 1 (attention transfer: the summed per-layer MSE to the
+teacher's attention outputs, only the Lizard parameters train, ``--stage1-steps``, LR 1e-2) and
+stage 2 (LoRA rank 8 on q/k/v/o, next-token loss on the answer, ``--stage2-steps``, LR 1e-3),
+as ``lizardlm linearize`` does with a pretrained teacher.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -31,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lizardlm  # noqa: E402
+from lizardlm.layers import attention_transfer  # noqa: E402
 
 VOCAB, MARKER, QUERY = 256, 1, 2
 VALUES, FILLER = (4, 68), (68, 256)
@@ -47,6 +55,9 @@ RUNS: dict[str, dict | None] = {
     "paper": dict(mode="paper"),
 }
 """Run name -> LizardConfig fields on top of ``BASE`` (None: the softmax model unconverted)."""
+CONVERTED = ("lizard", "lizard+write+read", "lolcats", "paper")
+"""Forms also run as ``converted:<form>``: the trained softmax model linearized by stage 1 + stage 2."""
+ALL_RUNS = (*RUNS, *(f"converted:{form}" for form in CONVERTED))
 
 
 def rows(batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
@@ -83,24 +94,78 @@ def accuracy(model: torch.nn.Module, length: int, n: int = 128, batch: int = 32)
     return hits / n
 
 
-def train(config: dict | None, args: argparse.Namespace) -> dict:
-    model = make_model(config, args.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    gen, curve, started = torch.Generator().manual_seed(args.seed + 1), [], time.perf_counter()
-    for step in range(1, args.steps + 1):
-        ids = rows(args.batch, args.length, gen)
+def answer_loss(model: torch.nn.Module):
+    """Next-token loss on the answer after ``QUERY`` only."""
+
+    def loss_fn(ids: torch.Tensor) -> torch.Tensor:
         labels = torch.full_like(ids, -100)
         labels[:, -1] = ids[:, -1]
-        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        return model(input_ids=ids, labels=labels, use_cache=False).loss
+
+    return loss_fn
+
+
+def transfer_loss(model: torch.nn.Module):
+    """Stage 1's loss, as in ``lizardlm linearize``: the summed per-layer MSE to the teacher's attention
+    outputs, each layer's term backpropagated as it arises (returned detached)."""
+
+    def loss_fn(ids: torch.Tensor) -> torch.Tensor:
+        with attention_transfer(model, backward=True) as layers:
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            return torch.stack([layer.transfer_loss for layer in layers]).sum()
+
+    return loss_fn
+
+
+def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn, steps: int, lr: float,
+        args: argparse.Namespace, curve: list, backward: bool = True) -> None:
+    """``steps`` AdamW steps on fresh task rows, appending ``[step, loss, acc@T]`` to ``curve`` (steps
+    counted on from its last entry)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    first = curve[-1][0] if curve else 0
+    gen = torch.Generator().manual_seed(args.seed + 1 + first)
+    for step in range(1, steps + 1):
+        loss = loss_fn(rows(args.batch, args.length, gen))
+        if backward:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            curve.append([step, round(loss.item(), 4), accuracy(model, args.length, n=64)])
-            print(f"  step {step}: loss {loss.item():.3f}, acc@{args.length} {curve[-1][2]:.3f}", flush=True)
-    return {"config": config, "curve": curve, "acc": {str(L): accuracy(model, L) for L in args.lengths},
-            "seconds": round(time.perf_counter() - started, 1)}
+        if step % args.eval_every == 0 or step == steps:
+            curve.append([first + step, round(loss.item(), 4), accuracy(model, args.length, n=64)])
+            print(f"  step {first + step}: loss {loss.item():.3f}, acc@{args.length} {curve[-1][2]:.3f}", flush=True)
+
+
+def train(config: dict | None, args: argparse.Namespace) -> tuple[dict, torch.nn.Module]:
+    """A model of ``config`` (None: softmax) trained from scratch; its record and the model."""
+    started, curve = time.perf_counter(), []
+    model = make_model(config, args.seed)
+    fit(model, list(model.parameters()), answer_loss(model), args.steps, args.lr, args, curve)
+    record = {"config": config, "curve": curve, "acc": {str(L): accuracy(model, L) for L in args.lengths},
+              "seconds": round(time.perf_counter() - started, 1)}
+    return record, model
+
+
+def linearize(teacher: torch.nn.Module, config: dict, args: argparse.Namespace) -> dict:
+    """``teacher`` converted to ``config``, then stage 1 and stage 2 (module docstring)."""
+    from peft import LoraConfig, get_peft_model
+
+    started, curve = time.perf_counter(), []
+    model = lizardlm.convert(copy.deepcopy(teacher), lizardlm.LizardConfig(**BASE, **config)).requires_grad_(False)
+    lizard = list(model.lizard_parameters())
+    for p in lizard:
+        p.requires_grad_(True)
+    fit(model, lizard, transfer_loss(model), args.stage1_steps, 1e-2, args, curve, backward=False)
+    after_stage1 = {str(L): accuracy(model, L) for L in args.lengths}
+    for p in lizard:
+        p.requires_grad_(False)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    lora = [p for p in peft.parameters() if p.requires_grad]
+    fit(peft, lora, answer_loss(peft), args.stage2_steps, 1e-3, args, curve)
+    return {"config": config, "teacher": "softmax", "stage1_steps": args.stage1_steps,
+            "stage2_steps": args.stage2_steps, "curve": curve, "acc_after_stage1": after_stage1,
+            "acc": {str(L): accuracy(peft, L) for L in args.lengths}, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -112,9 +177,9 @@ def plot(result: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, run in result["runs"].items():
         steps, _, acc = zip(*run["curve"])
-        left.plot(steps, acc, marker=".", label=name)
+        left.plot(steps, acc, marker=".", label=name, ls="--" if name.startswith("converted:") else "-")
     s = result["settings"]
-    left.set(title=f"accuracy at the training length ({s['length']} tokens) while training", xlabel="step",
+    left.set(title=f"accuracy at {s['length']} tokens while training (dashed: stage 1 then 2)", xlabel="step",
              ylabel="exact match", ylim=(-0.02, 1.02))
     left.axhline(1 / (VALUES[1] - VALUES[0]), color="grey", ls=":", label="chance")
     left.legend(fontsize=7)
@@ -134,31 +199,43 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated names of RUNS")
+    p.add_argument("--runs", default=",".join(ALL_RUNS), help="comma-separated run names (default: all)")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=256, help="training length")
     p.add_argument("--lengths", default="256,1024,4096", help="evaluation lengths")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--stage1-steps", type=int, default=300, help="converted runs: attention-transfer steps")
+    p.add_argument("--stage2-steps", type=int, default=300, help="converted runs: LoRA steps")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.lengths = [int(L) for L in args.lengths.split(",")]
-    unknown = [n for n in args.runs.split(",") if n not in RUNS]
+    unknown = [n for n in args.runs.split(",") if n not in ALL_RUNS]
     if unknown:
-        p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+        p.error(f"unknown runs {unknown}; choose from {', '.join(ALL_RUNS)}")
     out = args.out / "toy-needle-cpu.json"
-    settings = {k: getattr(args, k) for k in ("steps", "batch", "length", "lengths", "lr", "seed")}
+    settings = {k: getattr(args, k) for k in ("steps", "batch", "length", "lengths", "lr", "seed", "stage1_steps",
+                                              "stage2_steps")}
     settings.update(gap=GAP, base=BASE, model="2-layer Llama, hidden 128, 4 heads, 2 kv heads, all parameters trained")
     result = json.loads(out.read_text()) if out.exists() else {}
     if result.get("settings") != settings:
         result = {"settings": settings, "device": "cpu", "runs": {}}
     args.out.mkdir(parents=True, exist_ok=True)
+    teacher = None
     for name in args.runs.split(","):
         if name in result["runs"]:
             continue
         print(f"{name}:", flush=True)
-        result["runs"][name] = train(RUNS[name], args)
+        form = name.removeprefix("converted:")
+        if form != name:
+            if teacher is None:  # the softmax run is deterministic: trained again when resumed
+                print("  (the teacher: softmax)", flush=True)
+                teacher = train(None, args)[1]
+            result["runs"][name] = linearize(teacher, RUNS[form], args)
+        else:
+            result["runs"][name], model = train(RUNS[name], args)
+            teacher = model if name == "softmax" else teacher
         print(f"  {name}: {result['runs'][name]['acc']} in {result['runs'][name]['seconds']} s", flush=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         plot(result, args.out / "toy-needle-cpu.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import toy_needle  # noqa: E402
+
+
+def test_stage1_trains_only_the_lizard_parameters_toward_the_teacher():
+    """The converted runs' stage 1 is attention transfer: its loss (the summed layer MSE to the
+    teacher's attention) falls, and only the Lizard parameters move."""
+    import argparse
+
+    teacher = toy_needle.make_model(None, seed=0)
+    model = toy_needle.lizardlm.convert(copy.deepcopy(teacher), toy_needle.lizardlm.LizardConfig(
+        **toy_needle.BASE, mode="lizard")).requires_grad_(False)
+    lizard = list(model.lizard_parameters())
+    for p in lizard:
+        p.requires_grad_(True)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    args = argparse.Namespace(seed=0, batch=8, length=64, eval_every=10)
+    curve: list = []
+    loss_fn = toy_needle.transfer_loss(model)
+    first = loss_fn(toy_needle.rows(8, 64, torch.Generator().manual_seed(5))).item()
+    toy_needle.fit(model, lizard, loss_fn, 20, 1e-2, args, curve, backward=False)
+    assert loss_fn(toy_needle.rows(8, 64, torch.Generator().manual_seed(5))).item() < first
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
 
 def test_rows_hide_one_needle_beyond_the_window_and_ask_for_it():
@@ -25,10 +47,13 @@ def test_rows_hide_one_needle_beyond_the_window_and_ask_for_it():
 
 def test_a_tiny_run_writes_plots_and_keeps_finished_runs(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--steps", "2", "--eval-every", "1", "--length", "48", "--lengths", "48,96",
-            "--runs", "softmax,lizard+read"]
+            "--stage1-steps", "2", "--stage2-steps", "2", "--runs", "softmax,lizard+read,converted:paper"]
     assert toy_needle.main(argv) == 0
     result = json.loads((tmp_path / "toy-needle-cpu.json").read_text())
-    assert list(result["runs"]) == ["softmax", "lizard+read"] and (tmp_path / "toy-needle-cpu.png").stat().st_size
+    assert list(result["runs"]) == ["softmax", "lizard+read", "converted:paper"]
+    assert (tmp_path / "toy-needle-cpu.png").stat().st_size
+    converted = result["runs"]["converted:paper"]
+    assert [c[0] for c in converted["curve"]] == [1, 2, 3, 4] and set(converted["acc_after_stage1"]) == {"48", "96"}
     run = result["runs"]["lizard+read"]
     assert run["config"] == {"mode": "lizard", "read_gate": "head"} and [c[0] for c in run["curve"]] == [1, 2]
     assert set(run["acc"]) == {"48", "96"} and all(0 <= a <= 1 for a in run["acc"].values())
