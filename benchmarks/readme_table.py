@@ -339,12 +339,15 @@ def toy_needle(path: Path) -> str:
         f"before the query (outside the {s['base']['window_size']}-token window); exact match of the value on "
         f"128 rows per length; `converted:<form>` = the softmax run as teacher, linearized by "
         f"{s['stage1_steps']} steps of attention transfer and {s['stage2_steps']} of LoRA. Can the layer retrieve "
-        "beyond its window at all, does it extrapolate, and does linearization keep it?",
+        "beyond its window at all, does it extrapolate, and does linearization keep it? The last column puts the "
+        f"needle {s['inside']} tokens back, inside the window, a distance training never used; for the softmax "
+        "model it is the share of values it can emit at all.",
         "",
-        "| run | " + " | ".join(f"acc @ {L}" for L in lengths) + " |",
-        "|---|" + "---:|" * len(lengths),
+        "| run | " + " | ".join(f"acc @ {L}" for L in lengths) + f" | needle inside the window @ {s['length']} |",
+        "|---|" + "---:|" * (len(lengths) + 1),
     ]
-    out += [f"| {name} | " + " | ".join(f"{run['acc'][L]:.2f}" for L in lengths) + " |" for name, run in d["runs"].items()]
+    out += [f"| {name} | " + " | ".join(f"{run['acc'][L]:.2f}" for L in lengths) + f" | {run['ceiling']:.2f} |"
+            for name, run in d["runs"].items()]
     return "\n".join(out)
 
 

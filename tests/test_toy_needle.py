@@ -43,6 +43,9 @@ def test_rows_hide_one_needle_beyond_the_window_and_ask_for_it():
         assert row[marks[0] + 1] == row[-1] and toy_needle.VALUES[0] <= row[-1] < toy_needle.VALUES[1]
         filler = torch.cat([row[: marks[0]], row[marks[0] + 2 : -2]])
         assert ((filler >= toy_needle.FILLER[0]) & (filler < toy_needle.FILLER[1])).all()
+    inside = toy_needle.rows(8, 100, torch.Generator().manual_seed(0), inside=True)
+    assert (inside[:, 100 - toy_needle.INSIDE] == toy_needle.MARKER).all()  # the in-window probe
+    assert (inside[:, 101 - toy_needle.INSIDE] == inside[:, -1]).all()
 
 
 def test_a_tiny_run_writes_plots_and_keeps_finished_runs(tmp_path, capsys):
@@ -56,6 +59,6 @@ def test_a_tiny_run_writes_plots_and_keeps_finished_runs(tmp_path, capsys):
     assert [c[0] for c in converted["curve"]] == [1, 2, 3, 4] and set(converted["acc_after_stage1"]) == {"48", "96"}
     run = result["runs"]["lizard+read"]
     assert run["config"] == {"mode": "lizard", "read_gate": "head"} and [c[0] for c in run["curve"]] == [1, 2]
-    assert set(run["acc"]) == {"48", "96"} and all(0 <= a <= 1 for a in run["acc"].values())
+    assert set(run["acc"]) == {"48", "96"} and all(0 <= a <= 1 for a in [*run["acc"].values(), run["ceiling"]])
     capsys.readouterr()
     assert toy_needle.main(argv) == 0 and "lizard+read:" not in capsys.readouterr().out  # kept, not retrained
