@@ -172,3 +172,39 @@ def test_fsdp_shards_the_teacher_and_matches_one_process(tmp_path, teacher_dir, 
         for path in ("", "merged"):
             ours, theirs = lizardlm.load(out / path), lizardlm.load(tmp_path / "ref" / path)
             assert torch.allclose(ours(ids, use_cache=False).logits, theirs(ids, use_cache=False).logits, atol=1e-5)
+
+
+def _stop_signal_worker(rank: int, port: int, asked: list[int], results) -> None:
+    import torch.distributed as dist
+
+    from lizardlm.train.loop import _stop_signal
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results.put((rank, _stop_signal(asked)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step():
+    """Only rank 0 got SIGTERM: both ranks must answer from the same all-reduce (rank 0 taking a
+    shortcut would leave rank 1 waiting in it forever)."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_stop_signal_worker, args=(r, port, [int(signal.SIGTERM)] if r == 0 else [], results))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung in the stop all-reduce"
+    assert sorted(results.get(timeout=5) for _ in procs) == [(0, signal.SIGTERM), (1, signal.SIGTERM)]

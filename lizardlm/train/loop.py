@@ -153,7 +153,8 @@ def _stop_signal(asked: list[int]) -> int:
     mine = asked[0] if asked else 0
     if not is_distributed():
         return mine
-    return mine or (int(signal.SIGTERM) if sum_over_ranks([float(mine)])[0] else 0)
+    anyone = sum_over_ranks([float(mine)])[0]  # on every rank, whatever its own answer: none may skip it
+    return mine or (int(signal.SIGTERM) if anyone else 0)
 
 
 def run_stage(
