@@ -40,16 +40,15 @@ def without_loss(ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(targets, ids, -ids - 1)
 
 
-def inputs_and_labels(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, labels)`` of packed rows: the token ids, and the labels (``IGNORE_INDEX`` where a
-    token is input-only; Hugging Face models shift labels themselves)."""
-    free = rows < 0
-    return torch.where(free, -rows - 1, rows), torch.where(free, torch.full_like(rows, IGNORE_INDEX), rows)
-
-
 def input_ids(rows: torch.Tensor) -> torch.Tensor:
     """The token ids of packed rows (every token, also the input-only ones)."""
     return torch.where(rows < 0, -rows - 1, rows)
+
+
+def inputs_and_labels(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)`` of packed rows: the token ids, and the labels (``IGNORE_INDEX`` where a
+    token is input-only; Hugging Face models shift labels themselves)."""
+    return input_ids(rows), torch.where(rows < 0, torch.full_like(rows, IGNORE_INDEX), rows)
 
 
 @dataclass
