@@ -232,45 +232,72 @@ STUDY_TASKS = {"piqa": "PIQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "h
                "winogrande": "WinoGrande", "mmlu": "MMLU"}
 
 
-def study(path: Path) -> str:
-    """The study table (``benchmarks/study.py``): scores in % (stderr), the mean of the discriminative
-    tasks (*) and its recovery % against ``teacher`` and ``teacher-lora``."""
-    d = json.loads(path.read_text())
-    b, disc = d["budget"], d["discriminative"]
-    rows = {n: r for n, r in d["rows"].items() if r.get("status") == "done"}
+def _study_table(rows: dict[str, dict], disc: list[str], teacher_val_ppl: float | None) -> list[str]:
+    """One study table: scores in % (stderr), mean* of the discriminative tasks and its recovery %
+    against the ``teacher`` and ``teacher-lora`` rows of ``rows``."""
 
     def mean(r: dict) -> float | None:
         return sum(r[t] for t in disc) / len(disc) if disc and all(t in r for t in disc) else None
 
-    refs = {n: mean(rows[n]) if n in rows else None for n in ("teacher", "teacher-lora")}
+    refs = [mean(rows[n]) if n in rows else None for n in ("teacher", "teacher-lora")]
     pct = lambda x: "–" if x is None else f"{100 * x:.1f}"  # noqa: E731
     tasks = [f"{label}{'*' if t in disc else ''}" for t, label in STUDY_TASKS.items()]
+    out = ["| row | " + " | ".join(tasks) + " | mean* | vs teacher | vs teacher-lora | passkey | MQAR | long ppl "
+           "| val ppl | KV @ 32K (MiB) | tokens (M) | train min |",
+           "|---|" + "---:|" * (len(tasks) + 10)]
+    for name, r in rows.items():
+        m = mean(r)
+        rec = ["–" if m is None or not ref else f"{100 * m / ref:.0f}%" for ref in refs]
+        val_ppl = r.get("val_ppl", teacher_val_ppl if name == "teacher" else None)
+        cells = [f"{pct(r.get(t))} ({pct(r['stderr'].get(t))})" if t in r else "–" for t in STUDY_TASKS]
+        cells += [pct(m), *rec, pct(r.get("passkey")), pct(r.get("mqar")),
+                  f"{r['longppl']:.2f}" if "longppl" in r else "–", "–" if val_ppl is None else f"{val_ppl:.2f}",
+                  f"{r['kv_cache_bytes_32k'] / 2**20:.1f}", f"{r['tokens'] / 2**20:.1f}" if "tokens" in r else "–",
+                  f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "–"]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def study(path: Path) -> str:
+    """The study tables (``benchmarks/study.py``): the rows scored on the whole zero-shot sets (their
+    ``full`` scores), then the other rows (the grid) on the ``--limit`` subsets beside the reference
+    rows on the same subsets; one table when no row has whole-set scores."""
+    d = json.loads(path.read_text())
+    b, disc = d["budget"], d["discriminative"]
+    rows = {n: r for n, r in d["rows"].items() if r.get("status") == "done"}
+    teacher_val_ppl = next((r["teacher_val_ppl"] for r in rows.values() if "teacher_val_ppl" in r), None)
+    whole = {n: {**r, **r["full"], "stderr": {**r["stderr"], **r["full"]["stderr"]}} for n, r in rows.items() if "full" in r}
+    subset = {n: r for n, r in rows.items() if "full" not in r}
+    if whole and subset:
+        subset = {**{n: rows[n] for n in ("teacher", "teacher-lora") if n in rows}, **subset}
+    limit = f"the first {b['limit']} documents of each task" if b["limit"] else "the whole sets"
+    mmlu = f"MMLU 5-shot on {b['mmlu_limit']} questions per subject" if b.get("mmlu_limit") else "MMLU 5-shot, all"
     out = [
         f"Benchmark study, {d['device']} (`{path.name}`): teacher {b['teacher']}, `lizardlm linearize --preset "
         f"{b['preset']} --seed {b['seed']}`, {b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens "
         f"(stage 1 + stage 2; `grid-*` rows {b['grid_stage1_tokens'] / 2**20:g}M + {b['grid_stage2_tokens'] / 2**20:g}M), "
-        f"each row's flags below; eval limit {b['limit'] or 'none'} (MMLU {b.get('mmlu_limit') or 'all'} per subject). Scores in % (stderr); * = discriminative (the "
+        "each row's flags below. Scores in % (stderr); * = discriminative (the "
         "teacher above chance by more than 3 stderr); mean* = their mean, recovered against `teacher` and "
         f"`teacher-lora`; passkey = mean accuracy over {b['passkey_lengths']} tokens; long ppl = perplexity of "
-        f"{b['longppl_len']}-token held-out books; KV = one sequence's generation cache at {d['kv_context'] // 1024}K "
-        "tokens (bf16).",
-        "",
-        "| row | " + " | ".join(tasks) + " | mean* | vs teacher | vs teacher-lora | passkey | MQAR | long ppl "
-        "| KV @ 32K (MiB) | tokens (M) | train min |",
-        "|---|" + "---:|" * (len(tasks) + 9),
-    ]
-    for name, r in rows.items():
-        m = mean(r)
-        rec = ["–" if m is None or not ref else f"{100 * m / ref:.0f}%" for ref in refs.values()]
-        cells = [f"{pct(r.get(t))} ({pct(r['stderr'].get(t))})" if t in r else "–" for t in STUDY_TASKS]
-        cells += [pct(m), *rec, pct(r.get("passkey")), pct(r.get("mqar")),
-                  f"{r['longppl']:.2f}" if "longppl" in r else "–", f"{r['kv_cache_bytes_32k'] / 2**20:.1f}",
-                  f"{r['tokens'] / 2**20:.1f}" if "tokens" in r else "–",
-                  f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "–"]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out += ["", "Rows: " + "; ".join(f"`{n}` = `{r['flags'] or '(the teacher as it is)'}`"
-                                     + (f" (softmax layers {r['softmax_layers']})" if n.startswith("hybrid") else "")
-                                     for n, r in rows.items()) + "."]
+        f"{b['longppl_len']}-token held-out books; val ppl = the run's validation perplexity (its training data); "
+        f"KV = one sequence's generation cache at {d['kv_context'] // 1024}K tokens (bf16).",
+        ""]
+    if whole:
+        sizes = ", ".join(f"{STUDY_TASKS[t]} {n}" for t, n in next(iter(whole.values())).get("n", {}).items())
+        out += [f"Zero-shot tasks on the whole sets{f' ({sizes} documents)' if sizes else ''}, {mmlu}:", "",
+                *_study_table(whole, disc, teacher_val_ppl), ""]
+    if subset:
+        if whole:
+            out += [f"Rows without whole-set scores (every task on {limit}, {mmlu}), beside the reference rows "
+                    "on the same subsets:", ""]
+        else:
+            out[0] += f" Eval: {limit}, {mmlu}."
+        out += [*_study_table(subset, disc, teacher_val_ppl), ""]
+    no_stage1 = lambda r: r.get("stage1_tokens") == 0 and "--baseline" not in r["flags"]  # noqa: E731
+    out += ["Rows: " + "; ".join(f"`{n}` = `{r['flags'] or '(the teacher as it is)'}"
+                                 f"{' --stage1-tokens 0' if no_stage1(r) else ''}`"
+                                 + (f" (softmax layers {r['softmax_layers']})" if n.startswith("hybrid") else "")
+                                 for n, r in rows.items()) + "."]
     return "\n".join(out)
 
 

@@ -8,7 +8,9 @@ and seed, evaluated alike, into ``<out>/study-<device>.json``::
 Each row is ``lizardlm linearize --preset paper --seed S --stage1-tokens N1 --stage2-tokens N2`` plus
 its flags (the grid rows at the ``--grid-*`` budget), then ``lizardlm eval`` of PIQA, ARC-e, ARC-c,
 HellaSwag, WinoGrande, MMLU 5-shot, passkey, MQAR and long-document perplexity, as three concurrent
-processes (``EVAL_GROUPS``). At most ``--jobs`` processes (trainings and evaluations, of which at
+processes (``EVAL_GROUPS``); the rows of ``--full-sets`` (default: every row at the main budget) also
+score the five zero-shot tasks on their whole evaluation sets (``FULL_GROUP``, no ``--limit``), which
+the README table reports for them. At most ``--jobs`` processes (trainings and evaluations, of which at
 most ``--train-jobs`` trainings) share the GPU at once: a 135M model's steps are bound by kernel
 launches, so concurrent processes fill the device.
 A free slot goes to an evaluation before a training, and to rows in table order, so that a call cut
@@ -45,7 +47,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 
 from linearize_gpu import run as run_logged, share_cpus  # noqa: E402
 from result_names import device_slug  # noqa: E402
-from study_rows import CHANCE, EVAL_GROUPS, MC_TASKS, Row, discriminative, row_scores, select_rows, study_rows  # noqa: E402
+from study_rows import (CHANCE, EVAL_GROUPS, FULL_GROUP, MC_TASKS, Row, discriminative, full_scores,  # noqa: E402
+                        row_scores, select_rows, study_rows)  # noqa: E402
 
 KV_CONTEXT = 32768
 
@@ -69,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(documents per task, passkey trials, MQAR prompts)")
     p.add_argument("--mmlu-limit", type=int, default=None, help="lizardlm eval --limit of MMLU (questions per subject: "
                    "20 = 1,140 questions)")
+    p.add_argument("--full-sets", default="reference,forms,ablations,gates,hybrids",
+                   help="rows and/or groups that also score the zero-shot tasks on the whole sets ('' for none)")
     p.add_argument("--passkey-lengths", default="1024,2048,4096,8192")
     p.add_argument("--passkey-trials", type=int, default=20)
     p.add_argument("--longppl-len", type=int, default=8192, help="long-document window (the teacher's context: 8K)")
@@ -84,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def budget(args: argparse.Namespace) -> dict:
     """What every row shares; a study JSON at another budget is not resumed."""
     keys = ("teacher", "preset", "data", "seed", "stage1_tokens", "stage2_tokens", "grid_stage1_tokens",
-            "grid_stage2_tokens", "linearize_flags", "limit", "mmlu_limit", "passkey_lengths", "passkey_trials",
+            "grid_stage2_tokens", "linearize_flags", "limit", "mmlu_limit", "full_sets", "passkey_lengths", "passkey_trials",
             "longppl_len", "longppl_windows", "eval_flags")
     return {k: getattr(args, k) for k in keys}
 
@@ -102,13 +107,20 @@ def linearize_command(args: argparse.Namespace, row: Row, run_dir: Path) -> list
     return cmd + list(row.flags)
 
 
-def eval_command(args: argparse.Namespace, model: str, tasks: str, out: Path) -> list[str]:
+def eval_command(args: argparse.Namespace, model: str, tasks: str, out: Path, limit: int | None) -> list[str]:
     cmd = [sys.executable, "-m", "lizardlm", "eval", "--model", model, "--tasks", tasks, "--device", args.device,
            "--passkey-lengths", args.passkey_lengths, "--passkey-trials", str(args.passkey_trials),
            "--longppl-len", str(args.longppl_len), "--longppl-windows", str(args.longppl_windows),
            "--out", str(out), "--no-progress", "--no-plots", *args.eval_flags.split()]
-    limit = args.mmlu_limit if tasks == "mmlu" else args.limit
     return cmd + (["--limit", str(limit)] if limit else [])
+
+
+def row_evals(args: argparse.Namespace, full: bool) -> list[tuple[str, str, int | None]]:
+    """``(folder, tasks, limit)`` of each evaluation process of a row: the ``EVAL_GROUPS`` at ``--limit``
+    (MMLU at ``--mmlu-limit``), then, when ``full``, the zero-shot tasks on the whole sets."""
+    evals = [(f"group{i}", tasks, args.mmlu_limit if tasks == "mmlu" else args.limit)
+             for i, tasks in enumerate(EVAL_GROUPS)]
+    return evals + [("full", FULL_GROUP, None)] if full else evals
 
 
 def kv_bytes(teacher_config, run_dir: Path | None, summary: dict | None) -> int:
@@ -163,8 +175,10 @@ class Slots:
 class Study:
     """Runs rows against one deadline, at most ``jobs`` GPU processes at a time."""
 
-    def __init__(self, args: argparse.Namespace, teacher_config, log: Path, order: list[str]) -> None:
+    def __init__(self, args: argparse.Namespace, teacher_config, log: Path, order: list[str],
+                 full_sets: set[str]) -> None:
         self.args, self.teacher_config, self.log, self.order = args, teacher_config, log, order
+        self.full_sets = full_sets
         self.slots, self.train_slots = Slots(args.jobs), threading.Semaphore(args.train_jobs)
         self.started = time.perf_counter()
 
@@ -207,16 +221,21 @@ class Study:
         model = str(run_dir) if summary is not None else self.args.teacher
         t0 = time.perf_counter()
 
-        def one(i: int, tasks: str) -> tuple[int, dict | None]:
-            got = run_dir / "eval" / f"group{i}" / "eval.json"
-            rc = 0 if got.exists() else self.gpu(eval_command(self.args, model, tasks, got.parent), row)[0]
-            return rc, json.loads(got.read_text()) if rc == 0 and got.exists() else None
+        evals = row_evals(self.args, row.name in self.full_sets)
 
-        with ThreadPoolExecutor(len(EVAL_GROUPS)) as pool:
-            groups = list(pool.map(lambda a: one(*a), enumerate(EVAL_GROUPS)))
+        def one(folder: str, tasks: str, limit: int | None) -> dict | None:
+            got = run_dir / "eval" / folder / "eval.json"
+            if not got.exists():
+                self.gpu(eval_command(self.args, model, tasks, got.parent, limit), row)
+            return json.loads(got.read_text()) if got.exists() else None
+
+        with ThreadPoolExecutor(len(evals)) as pool:
+            groups = list(pool.map(lambda a: one(*a), evals))
         record["eval_seconds"] = time.perf_counter() - t0
-        failed = [EVAL_GROUPS[i] for i, (rc, g) in enumerate(groups) if g is None]
-        record.update(row_scores([g for _, g in groups if g is not None]))
+        failed = [tasks for (_, tasks, _), g in zip(evals, groups) if g is None]
+        record.update(row_scores([g for (folder, _, _), g in zip(evals, groups) if g is not None and folder != "full"]))
+        if row.name in self.full_sets and groups[-1] is not None:
+            record["full"] = full_scores(groups[-1])
         record["kv_cache_bytes_32k"] = kv_bytes(self.teacher_config, run_dir, summary)
         if failed:
             return {**record, "status": f"eval failed for {failed}; see the log"}
@@ -234,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = study_rows(teacher_config.num_hidden_layers)
     try:
         chosen = select_rows(rows, args.rows)
+        full_sets = {r.name for r in select_rows(rows, args.full_sets)} if args.full_sets else set()
     except ValueError as err:
         print(f"study.py: error: {err}", file=sys.stderr)
         return 2
@@ -249,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                   "choose another --out or move it away", file=sys.stderr)
             return 2
         result["rows"], result["calls"] = earlier["rows"], earlier["calls"]
-    study = Study(args, teacher_config, args.out / f"study-{device_slug(device)}.log", list(rows))
+    study = Study(args, teacher_config, args.out / f"study-{device_slug(device)}.log", list(rows), full_sets)
     todo = [r for r in chosen if result["rows"].get(r.name, {}).get("status") != "done"]
     with ThreadPoolExecutor(max(1, len(todo))) as pool:
         for row, record in zip(todo, pool.map(study.row, todo)):
@@ -260,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "metrics": MC_TASKS, "chance": CHANCE, "kv_context": KV_CONTEXT,
-        "discriminative": discriminative(teacher) if teacher.get("status") == "done" else [],
+        "discriminative": discriminative(teacher.get("full", teacher)) if teacher.get("status") == "done" else [],
     })
     result["calls"].append({"rows": [r.name for r in todo], "wall_seconds": time.perf_counter() - study.started})
     out.write_text(json.dumps(result, indent=2) + "\n")

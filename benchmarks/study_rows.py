@@ -24,6 +24,8 @@ CHANCE = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.2
 LONG_TASKS = ("passkey", "mqar", "longppl")
 EVAL_GROUPS = ("piqa,arc_easy,arc_challenge,hellaswag,winogrande", "mmlu", "passkey,mqar,longppl")
 """One ``lizardlm eval`` process per group, run concurrently."""
+FULL_GROUP = EVAL_GROUPS[0]
+"""The zero-shot tasks, scored again on their whole sets (no ``--limit``) for the ``--full-sets`` rows."""
 GROUPS = ("reference", "forms", "ablations", "gates", "grid", "hybrids")
 
 
@@ -113,6 +115,13 @@ def row_scores(groups: list[dict]) -> dict:
         elif task == "longppl":
             scores["longppl"] = long_ppl(entry["curve"])
     return scores
+
+
+def full_scores(group: dict) -> dict:
+    """The ``FULL_GROUP`` scores of one row (each task's metric, ``stderr`` and ``n``, the documents scored)."""
+    scores = row_scores([group])
+    scores["n"] = {t: e["n"] for t, e in _entries([group]).items() if t in scores and "n" in e}
+    return {k: v for k, v in scores.items() if k != "status"}
 
 
 def discriminative(teacher: dict, sigmas: float = 3.0) -> list[str]:

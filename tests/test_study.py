@@ -37,11 +37,14 @@ def test_rows_cover_the_issue_and_their_commands(tmp_path):
     (tmp_path / "lizard").mkdir()
     (tmp_path / "lizard" / "run.json").write_text("{}")
     assert "--resume" in cmd("lizard")  # a run cut by the deadline continues
-    ev = study.eval_command(args, "runs/x", "mmlu", tmp_path / "e")
+    ev = study.eval_command(args, "runs/x", "mmlu", tmp_path / "e", None)
     assert value(ev, "--tasks") == "mmlu" and "--limit" not in ev
     args = study.parse_args(["--limit", "500", "--mmlu-limit", "20"])
-    assert value(study.eval_command(args, "runs/x", "mmlu", tmp_path), "--limit") == "20"
-    assert value(study.eval_command(args, "runs/x", study_rows.EVAL_GROUPS[0], tmp_path), "--limit") == "500"
+    assert [limit for _, _, limit in study.row_evals(args, full=False)] == [500, 20, 500]
+    full = study.row_evals(args, full=True)
+    assert full[-1] == ("full", study_rows.FULL_GROUP, None) and len(full) == 4
+    assert value(study.eval_command(args, "runs/x", "mmlu", tmp_path, 20), "--limit") == "20"
+    assert "--limit" not in study.eval_command(args, "runs/x", study_rows.FULL_GROUP, tmp_path, None)
     assert study_rows.select_rows(rows, "reference,grid-w32-m2")[-1].name == "grid-w32-m2"
     assert len(study_rows.select_rows(rows, "hybrids")) == 4
     with pytest.raises(ValueError, match="unknown study row"):
@@ -122,3 +125,62 @@ def test_slots_serve_the_lowest_priority_first():
     for t in threads:
         t.join()
     assert order == [(False, 5), (True, 0), (True, 1)]  # evaluations (False) before trainings
+
+
+def test_a_row_with_whole_set_scores_runs_four_evaluations_and_keeps_both(tmp_path, monkeypatch):
+    from transformers import LlamaConfig
+
+    args = study.parse_args(["--runs", str(tmp_path), "--limit", "500", "--mmlu-limit", "20", "--device", "cpu"])
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    rows = study_rows.study_rows(2)
+    ran = []
+
+    def fake_gpu(cmd, row):  # an evaluation writes its eval.json: 0.60 on the subsets, 0.64 on the whole sets
+        out, limit = Path(cmd[cmd.index("--out") + 1]), cmd[cmd.index("--limit") + 1] if "--limit" in cmd else None
+        ran.append((out.name, limit))
+        out.mkdir(parents=True)
+        score = 0.60 if limit else 0.64
+        (out / "eval.json").write_text(json.dumps(_eval_json({t: score for t in cmd[cmd.index("--tasks") + 1].split(",")})))
+        return 0, 1.0
+
+    full = study.Study(args, config, tmp_path / "log", list(rows), full_sets={"teacher"})
+    monkeypatch.setattr(full, "gpu", fake_gpu)
+    record = full.row(rows["teacher"])
+    assert record["status"] == "done" and sorted(ran) == [("full", None), ("group0", "500"), ("group1", "20"),
+                                                          ("group2", "500")]
+    assert record["piqa"] == 0.60 and record["full"]["piqa"] == 0.64 and record["full"]["stderr"]["piqa"] == 0.01
+    assert "mmlu" not in record["full"] and "passkey" in record
+    assert full.row(rows["teacher"]) == record and len(ran) == 4  # kept: nothing runs again
+
+    ran.clear()
+    subset = study.Study(args, config, tmp_path / "log", list(rows), full_sets=set())
+    monkeypatch.setattr(subset, "gpu", fake_gpu)
+    record = subset.row(study_rows.Row("teacher-2", "reference", budget="none"))
+    assert sorted(d for d, _ in ran) == ["group0", "group1", "group2"] and "full" not in record
+
+
+def test_readme_study_tables_whole_sets_first_then_the_subset_rows(tmp_path):
+    spec = importlib.util.spec_from_file_location("readme_table", ROOT / "benchmarks" / "readme_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = {}
+    for name, sub, whole in (("teacher", 0.60, 0.50), ("teacher-lora", 0.62, 0.55), ("lizard", 0.40, 0.45),
+                             ("grid-w32-m2", 0.30, None)):
+        r = study_rows.row_scores([_eval_json({"piqa": sub, "arc_easy": sub, "mmlu": 0.25})])
+        r.update(status="done", flags="" if name == "teacher" else f"--mode {name}", kv_cache_bytes_32k=2**20)
+        if whole is not None:
+            r["full"] = study_rows.full_scores(_eval_json({"piqa": whole, "arc_easy": whole}, stderr=0.005))
+        rows[name] = r
+    budget = dict(teacher="t", preset="paper", seed=0, stage1_tokens=2**20, stage2_tokens=2**20, grid_stage1_tokens=2**18,
+                  grid_stage2_tokens=2**18, limit=500, mmlu_limit=20, passkey_lengths="1024", longppl_len=8192)
+    path = tmp_path / "study-test.json"
+    path.write_text(json.dumps({"device": "test", "budget": budget, "rows": rows, "kv_context": 32768,
+                                "discriminative": ["piqa", "arc_easy"]}))
+    table = module.study(path)
+    whole_part, subset_part = table.split("Rows without whole-set scores")
+    line = lambda part, name: next(x for x in part.splitlines() if x.startswith(f"| {name} |")).split(" | ")  # noqa: E731
+    assert line(whole_part, "lizard")[1] == "45.0 (0.5)" and line(whole_part, "lizard")[8:10] == ["90%", "82%"]
+    assert line(whole_part, "lizard")[6] == "25.0 (1.0)"  # MMLU from its subset run
+    assert "| grid-w32-m2 |" not in whole_part
+    assert line(subset_part, "teacher")[1] == "60.0 (1.0)" and line(subset_part, "grid-w32-m2")[8:10] == ["50%", "48%"]
+    assert "| lizard |" not in subset_part
