@@ -9,6 +9,8 @@ loss functions, one optimizer step (forward, backward, gradient clipping, AdamW)
 * ``stage2``: LoRA rank 8 on q/k/v/o of the Lizard model, next-token loss;
 
 and the peak memory of each, then projects the paper's recipe (20M stage-1 + 20M stage-2 tokens).
+With ``--cuda-graphs`` each step is timed again replayed from a CUDA graph (``*_graph_*`` keys), from
+the same starting weights, with the largest relative difference of the two runs' losses.
 An out-of-memory error (or any other failure) is recorded in its row and the run goes on::
 
     python benchmarks/scale.py --out benchmarks/results                      # all shapes, 2K and 8K
@@ -36,6 +38,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 
 import lizardlm
 from lizardlm.train.linearize import _lm_loss_fn, _transfer_loss_fn
+from lizardlm.train.step import EagerStep, GraphedStep
 from result_names import device_slug
 
 RECIPE_TOKENS = 20_000_000  # per stage (the paper's 20M + 20M)
@@ -87,20 +90,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_step(loss_fn: Callable, params: list[torch.nn.Parameter], ids: torch.Tensor, *, warmup: int, steps: int,
-              device: str) -> dict[str, float]:
-    """Seconds per optimizer step of ``loss_fn(ids)`` (after ``warmup`` steps) and peak GiB."""
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+def time_step(loss_fn: Callable, params: list[torch.nn.Parameter], ids: torch.Tensor, *, backward: bool, warmup: int,
+              steps: int, device: str, graph: bool = False) -> dict[str, Any]:
+    """Seconds per optimizer step of ``loss_fn(ids)`` (after ``warmup`` steps), peak GiB and the loss of
+    every step, taken as the trainer takes it (:mod:`lizardlm.train.step`: eager, or replayed from a
+    CUDA graph when ``graph``; the loss read back every step)."""
+    optimizer = torch.optim.AdamW(params, lr=1e-5, capturable=graph)
+    autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda",  # noqa: E731
+                                      cache_enabled=not graph)
+    runner = (GraphedStep if graph else EagerStep)(loss_fn, params, optimizer, backward=backward, autocast=autocast)
+    losses: list[float] = []
 
     def step() -> None:
-        with amp:
-            loss, _ = loss_fn(ids)
-        if loss.requires_grad:  # stage 1's loss_fn backpropagates each layer's loss itself
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses.append(runner.forward_backward(ids)[0])
+        runner.update()
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -114,10 +117,11 @@ def time_step(loss_fn: Callable, params: list[torch.nn.Parameter], ids: torch.Te
         sync(device)
         seconds = (time.perf_counter() - start) / steps
     finally:
+        runner.close()
         optimizer.zero_grad(set_to_none=True)
-        del optimizer
+        del optimizer, runner
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return {"s_per_step": seconds, "peak_gib": peak}
+    return {"s_per_step": seconds, "peak_gib": peak, "losses": losses}
 
 
 def free(device: str) -> None:
@@ -126,7 +130,7 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def measure(name: str, row: dict[str, Any], fn: Callable[[], dict[str, float]], tokens: int, device: str) -> None:
+def measure(name: str, row: dict[str, Any], fn: Callable[[], dict[str, Any]], tokens: int, device: str) -> None:
     """Run ``fn`` into ``row[name + ...]``; an OOM or other failure is recorded instead of raised."""
     try:
         result = fn()
@@ -140,32 +144,52 @@ def measure(name: str, row: dict[str, Any], fn: Callable[[], dict[str, float]], 
         row[f"{name}_tok_per_s"] = tokens / result["s_per_step"]
         row[f"{name}_s_per_step"] = result["s_per_step"]
         row[f"{name}_peak_gib"] = result["peak_gib"]
+        row[f"{name}_losses"] = result.get("losses")
     free(device)
+
+
+def measure_modes(name: str, row: dict[str, Any], loss_fn: Callable, params: list[torch.nn.Parameter],
+                  ids: torch.Tensor, *, backward: bool, graph: bool, **kw: Any) -> None:
+    """``name`` eager and, when ``graph``, ``name_graph`` from the same starting weights, with the
+    largest relative difference of their per-step losses (``name_graph_loss_max_rel_diff``)."""
+    start = [p.detach().clone() for p in params]
+    tokens = ids.numel()
+    measure(name, row, lambda: time_step(loss_fn, params, ids, backward=backward, **kw), tokens, kw["device"])
+    if not graph:
+        return
+    with torch.no_grad():
+        for p, p0 in zip(params, start):
+            p.copy_(p0)
+    measure(f"{name}_graph", row, lambda: time_step(loss_fn, params, ids, backward=backward, graph=True, **kw), tokens,
+            kw["device"])
+    eager, graphed = row.get(f"{name}_losses"), row.get(f"{name}_graph_losses")
+    if eager and graphed:
+        row[f"{name}_graph_loss_max_rel_diff"] = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(eager, graphed))
 
 
 def lora(model: torch.nn.Module) -> peft.PeftModel:
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS))
 
 
-def lora_step(model: torch.nn.Module, ids: torch.Tensor, **kw: Any) -> dict[str, float]:
-    """Time a LoRA step on ``model``, then take the adapters off again (``model`` is left unchanged)."""
+def lora_steps(name: str, row: dict[str, Any], model: torch.nn.Module, ids: torch.Tensor, **kw: Any) -> None:
+    """Time LoRA steps on ``model`` into ``row``, then take the adapters off again (``model`` unchanged)."""
     model.requires_grad_(False)
     peft_model = lora(model)
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        return time_step(_lm_loss_fn(peft_model), params, ids, **kw)
+        measure_modes(name, row, _lm_loss_fn(peft_model), params, ids, backward=True, **kw)
     finally:
         peft_model.unload()
 
 
-def stage1_step(model: torch.nn.Module, ids: torch.Tensor, **kw: Any) -> dict[str, float]:
+def stage1_steps(row: dict[str, Any], model: torch.nn.Module, ids: torch.Tensor, **kw: Any) -> None:
     model.requires_grad_(False)
     params = list(model.lizard_parameters())
     for p in params:
         p.requires_grad_(True)
     model.train()
     try:
-        return time_step(_transfer_loss_fn(model), params, ids, **kw)
+        measure_modes("stage1", row, _transfer_loss_fn(model), params, ids, backward=False, **kw)
     finally:
         model.eval().requires_grad_(False)
 
@@ -177,6 +201,10 @@ def finish_row(row: dict[str, Any]) -> None:
     teacher, s1, s2 = row.get("teacher_lora_tok_per_s"), row.get("stage1_tok_per_s"), row.get("stage2_tok_per_s")
     row["stage1_vs_teacher"] = s1 / teacher if s1 and teacher else None
     row["stage2_vs_teacher"] = s2 / teacher if s2 and teacher else None
+    for stage in ("stage1", "stage2"):  # graphed steps against the teacher's eager LoRA step (what users run)
+        graphed = row.get(f"{stage}_graph_tok_per_s")
+        if graphed and teacher:
+            row[f"{stage}_graph_vs_teacher"] = graphed / teacher
     row["recipe_tokens"] = [RECIPE_TOKENS, RECIPE_TOKENS]
     row["recipe_minutes"] = (RECIPE_TOKENS / s1 + RECIPE_TOKENS / s2) / 60 if s1 and s2 else None
 
@@ -184,13 +212,13 @@ def finish_row(row: dict[str, Any]) -> None:
 def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dtype, rows: list[dict[str, Any]]) -> None:
     """Append the rows of one shape: per sequence length the teacher's LoRA step once, then each mode."""
     teacher = build_teacher(shape, device, dtype)
-    kw = dict(warmup=args.warmup, steps=args.steps, device=device)
+    kw = dict(warmup=args.warmup, steps=args.steps, device=device, graph=args.cuda_graphs)
     teacher_rows: dict[int, dict[str, Any]] = {}
     for seq in args.seqs:
         batch = args.batch or default_batch(shape, seq)
         ids = torch.randint(0, teacher.config.vocab_size, (batch, seq), device=device)
         teacher_rows[seq] = {"batch": batch}
-        measure("teacher_lora", teacher_rows[seq], lambda: lora_step(teacher, ids, **kw), batch * seq, device)
+        lora_steps("teacher_lora", teacher_rows[seq], teacher, ids, **kw)
     lizard_kw = {"window_size": args.window_size} if args.window_size else {}
     for i, mode in enumerate(args.lizard_mode):
         model = teacher if i == 0 else build_teacher(shape, device, dtype)  # convert works in place
@@ -209,13 +237,15 @@ def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dt
             row = {"shape": shape, "batch": batch, "seq": seq, "mode": mode, "tokens_per_step": batch * seq,
                    "lizard": config.to_dict(), **{k: v for k, v in base.items() if k != "batch"}}
             ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
-            measure("stage1", row, lambda: stage1_step(model, ids, **kw), batch * seq, device)
-            measure("stage2", row, lambda: lora_step(model, ids, **kw), batch * seq, device)
+            stage1_steps(row, model, ids, **kw)
+            lora_steps("stage2", row, model, ids, **kw)
             finish_row(row)
             rows.append(row)
             print(json.dumps({k: row.get(k) for k in ("shape", "seq", "batch", "mode", "teacher_lora_tok_per_s",
-                                                      "stage1_tok_per_s", "stage2_tok_per_s", "peak_gib",
-                                                      "recipe_minutes")}), flush=True)
+                                                      "stage1_tok_per_s", "stage2_tok_per_s", "teacher_lora_graph_tok_per_s",
+                                                      "stage1_graph_tok_per_s", "stage2_graph_tok_per_s",
+                                                      "stage1_graph_loss_max_rel_diff", "stage1_graph_error",
+                                                      "stage2_graph_error", "peak_gib", "recipe_minutes")}), flush=True)
         del model
         free(device)
 
@@ -232,6 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (Triton compilation, allocator)")
     p.add_argument("--lizard-mode", default="lizard", help="comma-separated LizardConfig modes, e.g. lizard,paper")
     p.add_argument("--window-size", type=int, default=None, help="LizardConfig.window_size (default: its default)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time every step replayed from a CUDA graph (lizardlm linearize --cuda-graphs), from "
+                   "the same starting weights, and compare the losses")
     p.add_argument("--quick", action="store_true", help="tiny shape, short sequences, one step: a smoke test")
     args = p.parse_args(argv)
     if args.quick:
@@ -267,7 +300,7 @@ def main(argv: list[str] | None = None) -> Path:
                      "transformers": transformers.__version__, "peft": peft.__version__},
         "dtype": str(dtype).removeprefix("torch."),
         "lora": {"rank": 8, "alpha": 16, "targets": LORA_TARGETS},
-        "steps": args.steps, "warmup": args.warmup,
+        "steps": args.steps, "warmup": args.warmup, "cuda_graphs": args.cuda_graphs,
         "wall_seconds": time.perf_counter() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)

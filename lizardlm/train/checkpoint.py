@@ -101,6 +101,17 @@ def copy_params(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor
             param.copy_(tensors[name])
 
 
+def plain(value: Any) -> Any:
+    """``value`` with every one-element tensor inside it (a CUDA-graphed step's learning rate) as a float."""
+    if torch.is_tensor(value):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors and JSON-able hyperparameters."""
     state = optimizer.state_dict()
@@ -111,7 +122,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
                 tensors[f"optim.{idx}.{name}"] = value
             else:
                 scalars[f"{idx}.{name}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": plain(state["param_groups"]), "scalars": scalars}
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

@@ -99,20 +99,20 @@ def _transfer_loss_fn(model):
         with attention_transfer(model, backward=True) as layers:
             model(input_ids=input_ids(batch), use_cache=False, logits_to_keep=1)
             losses = torch.stack([layer.transfer_loss for layer in layers])
-        return losses.sum(), {"mse_mean": losses.mean().item()}
+        return losses.sum(), {"mse_mean": losses.mean()}
 
     return loss_fn
 
 
 def _lm_loss_fn(model):
     """Stage 2's loss: mean next-token cross-entropy over the tokens that carry loss (all but the
-    input-only ones); 0 with a gradient path for a batch without any."""
+    input-only ones): their summed loss over their count, at least 1, so a batch without any gives 0
+    with a gradient path, and no host sync decides which (a CUDA-graphed step records it once)."""
 
     def loss_fn(batch: torch.Tensor):
         ids, labels = inputs_and_labels(batch)
-        if not (labels[:, 1:] != IGNORE_INDEX).any():
-            return model(input_ids=ids, use_cache=False, logits_to_keep=1).logits.sum() * 0.0, {}
-        return model(input_ids=ids, labels=labels, use_cache=False).loss, {}
+        count = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+        return model(input_ids=ids, labels=labels, use_cache=False, num_items_in_batch=count).loss, {}
 
     return loss_fn
 
@@ -257,8 +257,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     train_kw = dict(
         batch_size=settings.batch_size, seed=settings.seed, warmup_fraction=settings.warmup_fraction,
         weight_decay=settings.weight_decay, checkpoint_every=settings.checkpoint_every, adam_betas=settings.adam_betas,
-        run=run,
-        accelerator=accelerator, log=log,
+        run=run, accelerator=accelerator, log=log, cuda_graph=settings.cuda_graphs,
     )
 
     lizard_params: dict[str, torch.nn.Parameter] = {}

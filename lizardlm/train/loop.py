@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import AutocastKwargs
 
 from lizardlm.errors import TrainingError, TrainingStopped
 from lizardlm.progress import progress
@@ -24,6 +25,7 @@ from lizardlm.train.checkpoint import (
     copy_params,
     load_checked,
     optimizer_state,
+    plain,
     restore_optimizer,
     restore_rng,
     rng_state,
@@ -39,8 +41,8 @@ from lizardlm.train.distributed import (
     sum_over_ranks,
 )
 from lizardlm.train.rundir import RunDir
+from lizardlm.train.step import EagerStep, GraphedStep, LossFn
 
-LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
 @dataclass
@@ -170,19 +172,41 @@ def run_stage(
     run: RunDir,
     accelerator: Accelerator,
     log: MetricsLog,
+    cuda_graph: bool = False,
 ) -> None:
     """Train ``stage`` to its last step, resuming from ``run.checkpoint`` if it belongs to this stage.
 
     ``batch_size`` is the global batch: with several processes each takes its share of every batch
-    and the gradients are averaged; rank 0 alone writes checkpoints and metrics.
+    and the gradients are averaged; rank 0 alone writes checkpoints and metrics. ``cuda_graph``
+    replays each step from one CUDA graph (:class:`~lizardlm.train.step.GraphedStep`; one process).
     """
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     micro_batch_size(batch_size, world)
+    if cuda_graph and (world > 1 or accelerator.device.type != "cuda"):
+        raise TrainingError("--cuda-graphs needs one process on a CUDA device")
     params = [p for p in stage.params.values()]
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), eps=1e-8)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), eps=1e-8,
+                                  capturable=cuda_graph)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.steps, warmup_fraction))
     step = _resume(stage, optimizer, scheduler, on_main(lambda: _read_checkpoint(stage, run)), run.checkpoint)
     broadcast_parameters(params)  # identical start on every rank, whatever each one's random init
+    runner = (GraphedStep if cuda_graph else EagerStep)(
+        stage.loss_fn, params, optimizer, backward=stage.backward, reduce=average_gradients,
+        backward_fn=accelerator.backward,
+        # a recorded graph must not reuse autocast's cast weights from outside it
+        autocast=lambda: accelerator.autocast(AutocastKwargs(cache_enabled=False) if cuda_graph else None))
+    try:
+        _train(stage, rows, runner, optimizer, scheduler, step, batch_size=batch_size, seed=seed,
+               checkpoint_every=checkpoint_every, run=run, accelerator=accelerator, log=log)
+    finally:
+        runner.close()
+
+
+def _train(stage: Stage, rows: torch.Tensor, runner: EagerStep, optimizer, scheduler, step: int, *, batch_size: int,
+           seed: int, checkpoint_every: int, run: RunDir, accelerator: Accelerator, log: MetricsLog) -> None:
+    """The steps of :func:`run_stage` from ``step`` on."""
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    params = runner.params
     if main:
         log.truncate(stage.name, step)
     last_good = step
@@ -194,11 +218,7 @@ def run_stage(
         while step < stage.steps:
             started = time.perf_counter()
             batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
-            with accelerator.autocast():
-                loss, extra = stage.loss_fn(batch)
-            if stage.backward:
-                accelerator.backward(loss)
-            loss_value, extra = average_gradients(params, loss, extra)
+            loss_value, extra = runner.forward_backward(batch)
             if not math.isfinite(loss_value):
                 kept = (f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good
                         else "step 0 (no checkpoint yet)")
@@ -206,15 +226,13 @@ def run_stage(
                     f"{stage.name} loss became {loss_value} at step {step + 1}; stopped. To go on from {kept}, rerun "
                     f"the same command with --resume and a lower --{stage.name}-lr (now {stage.lr:g}; e.g. {stage.lr / 10:g})"
                 )
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            runner.update()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             elapsed = time.perf_counter() - started
             if main:
                 log.write(
-                    {"stage": stage.name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                    {"stage": stage.name, "step": step, "loss": loss_value, "lr": float(scheduler.get_last_lr()[0]),
                      "tokens_per_s": tokens_per_step / elapsed, **extra}
                 )
             timed += elapsed
@@ -239,7 +257,7 @@ def run_stage(
 def _save(stage: Stage, optimizer, scheduler, step: int, run: RunDir) -> None:
     opt_tensors, opt_meta = optimizer_state(optimizer)
     tensors = {f"param.{k}": v for k, v in stage.params.items()} | opt_tensors | rng_state()
-    meta = {"stage": stage.name, "step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict()}
+    meta = {"stage": stage.name, "step": step, "optimizer": opt_meta, "scheduler": plain(scheduler.state_dict())}
     atomic_save(tensors, run.checkpoint, meta)
 
 

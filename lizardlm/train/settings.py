@@ -22,7 +22,9 @@ class TrainSettings:
     (skip the stage's training) or at least one batch. ``gradient_checkpointing`` recomputes
     stage 2's activations in the backward (:mod:`lizardlm.train.activations`): less memory, same
     losses and gradients. ``fsdp`` shards the frozen weights over the processes of a multi-process
-    launch (:mod:`lizardlm.train.sharding`): less memory per device, same losses. ``baseline`` (one
+    launch (:mod:`lizardlm.train.sharding`): less memory per device, same losses. ``cuda_graphs``
+    replays each training step from one CUDA graph (:mod:`lizardlm.train.step`): the same steps with
+    a fraction of the host's launch work (one process, CUDA). ``baseline`` (one
     of :data:`BASELINES`) skips conversion and stage 1; ``softmax_select`` (``auto:K`` / ``even:K``,
     :mod:`lizardlm.train.hybrid`) picks the hybrid's softmax layers during the run instead of
     ``lizard["softmax_layers"]``.
@@ -47,6 +49,7 @@ class TrainSettings:
     checkpoint_every: int = 25
     gradient_checkpointing: bool = False
     fsdp: bool = False
+    cuda_graphs: bool = False
     seed: int = 0
     device: str = "auto"
     baseline: str | None = None
@@ -76,6 +79,8 @@ class TrainSettings:
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam-betas must be two numbers in [0, 1), got {self.adam_betas}")
         self.adam_betas = [float(b) for b in self.adam_betas]
+        if self.cuda_graphs and (self.device == "cpu" or self.fsdp or self.gradient_checkpointing):
+            raise ValueError("cuda-graphs needs a CUDA device and does not combine with fsdp or gradient-checkpointing")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.baseline is not None and self.baseline not in BASELINES:

@@ -1,0 +1,91 @@
+"""The CUDA-graphed training step against the eager one, on the device. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+
+import lizardlm  # noqa: E402
+from lizardlm.train.linearize import _lm_loss_fn, _transfer_loss_fn, linearize  # noqa: E402
+from lizardlm.train.loop import warmup_cosine  # noqa: E402
+from lizardlm.train.settings import TrainSettings  # noqa: E402
+from lizardlm.train.step import EagerStep, GraphedStep  # noqa: E402
+
+LIZARD = {"window_size": 16, "feature_dim": 16, "num_meta_tokens": 2, "mode": "lizard"}
+
+
+def _losses(kind, loss_fn, params, batches, backward):
+    optimizer = torch.optim.AdamW(params, lr=3e-3, capturable=kind is GraphedStep)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(len(batches), 0.25))
+    step = kind(loss_fn, params, optimizer, backward=backward,
+                autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=kind is EagerStep))
+    losses = []
+    for batch in batches:
+        losses.append(step.forward_backward(batch))
+        step.update()
+        scheduler.step()
+    step.close()
+    return losses, [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("mode", ["lizard", "paper"])
+def test_graphed_stage_steps_match_eager_steps(tiny_llama, mode):
+    from peft import LoraConfig, get_peft_model
+
+    model = lizardlm.convert(tiny_llama, lizardlm.LizardConfig(**{**LIZARD, "mode": mode})).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batches = [torch.randint(0, model.config.vocab_size, (4, 128), generator=gen, device="cuda") for _ in range(6)]
+    model.requires_grad_(False).train()
+    params = list(model.lizard_parameters())
+    start = [p.detach().clone() for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    results = []
+    for kind in (EagerStep, GraphedStep):
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        results.append(_losses(kind, _transfer_loss_fn(model), params, batches, backward=False))
+    (eager, eager_params), (graphed, graphed_params) = results
+    for (a, ea), (b, eb) in zip(eager, graphed):
+        assert b == pytest.approx(a, rel=1e-3) and eb["mse_mean"] == pytest.approx(ea["mse_mean"], rel=1e-3)
+    assert eager[-1][0] < eager[0][0]  # it trains
+    for a, b in zip(eager_params, graphed_params):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+    model.requires_grad_(False)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora = [p for p in peft_model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in lora]
+    results = []
+    for kind in (EagerStep, GraphedStep):
+        with torch.no_grad():
+            for p, p0 in zip(lora, start):
+                p.copy_(p0)
+        results.append(_losses(kind, _lm_loss_fn(peft_model), lora, batches, backward=True))
+    (eager, _), (graphed, _) = results
+    assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-3)
+
+
+def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir, data_file):
+    base = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4, stage1_tokens=64 * 4 * 8,
+                stage2_tokens=64 * 4 * 6, val_tokens=64 * 8, stage1_lr=2e-2, stage2_lr=3e-3, checkpoint_every=3,
+                device="cuda", lizard=LIZARD)
+    runs = {}
+    for graphs in (False, True):
+        out = tmp_path / f"graphs-{graphs}"
+        linearize(TrainSettings(**base, cuda_graphs=graphs), out)
+        runs[graphs] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert (out / "adapter" / "adapter_model.safetensors").exists()
+    eager, graphed = runs[False], runs[True]
+    assert [(e["stage"], e["step"]) for e in graphed] == [(e["stage"], e["step"]) for e in eager]
+    for e, g in zip(eager, graphed):
+        assert g["loss"] == pytest.approx(e["loss"], rel=2e-3) and g["lr"] == pytest.approx(e["lr"])
