@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(documents per task, passkey trials, MQAR prompts)")
     p.add_argument("--mmlu-limit", type=int, default=None, help="lizardlm eval --limit of MMLU (questions per subject: "
                    "20 = 1,140 questions)")
-    p.add_argument("--full-sets", default="reference,forms,ablations,gates,hybrids",
+    p.add_argument("--full-sets", default="reference,forms,ours,ablations,gates,hybrids",
                    help="rows and/or groups that also score the zero-shot tasks on the whole sets ('' for none)")
     p.add_argument("--passkey-lengths", default="1024,2048,4096,8192")
     p.add_argument("--passkey-trials", type=int, default=20)
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def budget(args: argparse.Namespace) -> dict:
     """What every row shares; a study JSON at another budget is not resumed."""
     keys = ("teacher", "preset", "data", "seed", "stage1_tokens", "stage2_tokens", "grid_stage1_tokens",
-            "grid_stage2_tokens", "linearize_flags", "limit", "mmlu_limit", "full_sets", "passkey_lengths", "passkey_trials",
+            "grid_stage2_tokens", "linearize_flags", "limit", "mmlu_limit", "passkey_lengths", "passkey_trials",
             "longppl_len", "longppl_windows", "eval_flags")
     return {k: getattr(args, k) for k in keys}
 
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "metrics": MC_TASKS, "chance": CHANCE, "kv_context": KV_CONTEXT,
+        "full_sets": sorted(full_sets | set(result.get("full_sets", []))),
         "discriminative": discriminative(teacher.get("full", teacher)) if teacher.get("status") == "done" else [],
     })
     result["calls"].append({"rows": [r.name for r in todo], "wall_seconds": time.perf_counter() - study.started})

@@ -5,11 +5,13 @@ the row's own flags, except ``teacher`` (evaluated as it is). Rows, by group:
 
 * reference: ``teacher``, ``teacher-lora`` (the teacher with the same stage-2 LoRA: the fair ceiling)
 * forms: ``lizard-paper`` (the paper's layer, token gate), ``lizard`` (our form), ``lolcats``
+* ours: our form without its gate, without its meta slots, and at window 128 (what the first study
+  left open: which part of ours costs PIQA and ARC-e against ``lolcats``)
 * ablations of the paper form: ``paper-no-gate``, ``paper-no-sink``, ``paper-no-window``, ``paper-no-stage1``
 * gates on the paper form (``lizard-paper`` is the token gate): ``gate-scalar``, ``gate-mamba2``, ``gate-pooled_key``
 * grid (reduced budget): ``grid-w{32,64,128,256}-m{2,4,6}`` of the paper form
 * hybrids of the paper form: ``hybrid-{even,auto}-{25,50}`` (softmax in 25% / 50% of the layers,
-  evenly spaced or chosen by stage-1 transfer error)
+  evenly spaced or chosen by stage-1 transfer error), and of ours: ``hybrid-lizard-auto-{25,50}``
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ EVAL_GROUPS = ("piqa,arc_easy,arc_challenge,hellaswag,winogrande", "mmlu", "pass
 """One ``lizardlm eval`` process per group, run concurrently."""
 FULL_GROUP = EVAL_GROUPS[0]
 """The zero-shot tasks, scored again on their whole sets (no ``--limit``) for the ``--full-sets`` rows."""
-GROUPS = ("reference", "forms", "ablations", "gates", "grid", "hybrids")
+GROUPS = ("reference", "forms", "ours", "ablations", "gates", "grid", "hybrids")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ def study_rows(num_layers: int) -> dict[str, Row]:
         Row("lizard-paper", "forms", ("--mode", "paper")),
         Row("lizard", "forms", ("--mode", "lizard")),
         Row("lolcats", "forms", ("--mode", "lolcats")),
+        Row("lizard-no-gate", "ours", ("--mode", "no_gate")),
+        Row("lizard-no-meta", "ours", ("--mode", "no_meta")),
+        Row("lizard-w128", "ours", ("--mode", "lizard", "--window-size", "128")),
         Row("paper-no-gate", "ablations", ("--mode", "paper_no_gate")),
         Row("paper-no-sink", "ablations", ("--mode", "paper_no_sink")),
         Row("paper-no-window", "ablations", ("--mode", "paper_no_window")),
@@ -61,6 +66,7 @@ def study_rows(num_layers: int) -> dict[str, Row]:
         count = max(1, round(share / 100 * num_layers))
         rows += [Row(f"hybrid-{how}-{share}", "hybrids", ("--mode", "paper", "--softmax-layers", f"{how}:{count}"))
                  for how in ("even", "auto")]
+        rows.append(Row(f"hybrid-lizard-auto-{share}", "hybrids", ("--mode", "lizard", "--softmax-layers", f"auto:{count}")))
     return {row.name: row for row in rows}
 
 

@@ -46,7 +46,9 @@ def test_rows_cover_the_issue_and_their_commands(tmp_path):
     assert value(study.eval_command(args, "runs/x", "mmlu", tmp_path, 20), "--limit") == "20"
     assert "--limit" not in study.eval_command(args, "runs/x", study_rows.FULL_GROUP, tmp_path, None)
     assert study_rows.select_rows(rows, "reference,grid-w32-m2")[-1].name == "grid-w32-m2"
-    assert len(study_rows.select_rows(rows, "hybrids")) == 4
+    assert len(study_rows.select_rows(rows, "hybrids")) == 6
+    assert rows["hybrid-lizard-auto-50"].flags == ("--mode", "lizard", "--softmax-layers", "auto:15")
+    assert [r.flags[1] for r in study_rows.select_rows(rows, "ours")] == ["no_gate", "no_meta", "lizard"]
     with pytest.raises(ValueError, match="unknown study row"):
         study_rows.select_rows(rows, "lizard,nope")
 

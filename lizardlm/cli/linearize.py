@@ -48,8 +48,8 @@ def add_parser(subparsers) -> None:
                    help="under torchrun, shard the teacher's weights over the processes (FSDP2, one unit per "
                    "decoder layer): for teachers that do not fit one device; same results")
     p.add_argument("--cuda-graphs", action="store_true", default=None,
-                   help="replay each training step from one CUDA graph: the same steps, far less host work per "
-                   "step (one process on CUDA; not with --fsdp or --gradient-checkpointing)")
+                   help="experimental: replay each training step from one CUDA graph, the same steps with far "
+                   "less host work per step (one process on CUDA; not with --fsdp or --gradient-checkpointing)")
     p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -124,6 +124,7 @@ class GraphedStep(EagerStep):
                 self._eager_step(self.batch)
         torch.cuda.current_stream(device).wait_stream(side)
         restore()
+        torch.cuda.empty_cache()  # the warm-up's cached blocks are not the graph's pool: hand them back first
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes fresh gradients each replay
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
