@@ -65,16 +65,19 @@ CONVERTED = ("lizard", "lizard+write+read", "lolcats", "paper")
 ALL_RUNS = (*RUNS, *(f"converted:{form}" for form in CONVERTED))
 
 
-def rows(batch: int, length: int, gen: torch.Generator, inside: bool = False) -> torch.Tensor:
-    """``(batch, length)`` task rows: filler, ``MARKER v`` at a random position at least ``GAP`` tokens
-    back (``inside``: ``INSIDE`` tokens back, within the window), ``QUERY v`` at the end."""
+def rows(batch: int, length: int, gen: torch.Generator, inside: bool = False, k: int = 1) -> torch.Tensor:
+    """``(batch, length)`` task rows: filler, ``MARKER v_1..v_k`` at a random position at least ``GAP``
+    tokens before the answer (``inside``: ending ``INSIDE - 1`` tokens before ``QUERY``, within the
+    window), ``QUERY v_1..v_k`` at the end."""
     ids = torch.randint(*FILLER, (batch, length), generator=gen)
-    pos = (torch.full((batch,), length - INSIDE) if inside
-           else torch.randint(0, length - GAP, (batch,), generator=gen))
-    value = torch.randint(*VALUES, (batch,), generator=gen)
+    pos = (torch.full((batch,), length - INSIDE - 2 * (k - 1)) if inside
+           else torch.randint(0, length - GAP - 2 * (k - 1), (batch,), generator=gen))
+    value = torch.randint(*VALUES, (batch, k), generator=gen)
+    at = pos[:, None] + torch.arange(1, k + 1)
     ids[torch.arange(batch), pos] = MARKER
-    ids[torch.arange(batch), pos + 1] = value
-    ids[:, -2], ids[:, -1] = QUERY, value
+    ids.scatter_(1, at, value)
+    ids[:, -k - 1] = QUERY
+    ids[:, -k:] = value
     return ids
 
 
@@ -89,24 +92,26 @@ def make_model(config: dict | None, seed: int) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, length: int, n: int = 128, batch: int = 32, inside: bool = False) -> float:
-    """Exact match of the greedy token after ``QUERY`` on ``n`` fixed rows of ``length`` tokens."""
+def accuracy(model: torch.nn.Module, length: int, n: int = 128, batch: int = 32, inside: bool = False,
+             k: int = 1) -> float:
+    """Exact match of the greedy answer after ``QUERY`` (every one of its ``k`` tokens, each given the
+    ones before it) on ``n`` fixed rows of ``length`` tokens."""
     model.eval()
     gen, hits = torch.Generator().manual_seed(12345 + length), 0
     for start in range(0, n, batch):
-        ids = rows(min(batch, n - start), length, gen, inside)
-        hits += int((model(input_ids=ids[:, :-1], use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1)
-                     == ids[:, -1]).sum())
+        ids = rows(min(batch, n - start), length, gen, inside, k)
+        guess = model(input_ids=ids[:, :-1], use_cache=False, logits_to_keep=k).logits.argmax(-1)
+        hits += int((guess == ids[:, -k:]).all(-1).sum())
     model.train()
     return hits / n
 
 
-def answer_loss(model: torch.nn.Module):
-    """Next-token loss on the answer after ``QUERY`` only."""
+def answer_loss(model: torch.nn.Module, k: int = 1):
+    """Next-token loss on the ``k`` answer tokens after ``QUERY`` only."""
 
     def loss_fn(ids: torch.Tensor) -> torch.Tensor:
         labels = torch.full_like(ids, -100)
-        labels[:, -1] = ids[:, -1]
+        labels[:, -k:] = ids[:, -k:]
         return model(input_ids=ids, labels=labels, use_cache=False).loss
 
     return loss_fn
@@ -132,14 +137,14 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn, steps
     first = curve[-1][0] if curve else 0
     gen = torch.Generator().manual_seed(args.seed + 1 + first)
     for step in range(1, steps + 1):
-        loss = loss_fn(rows(args.batch, args.length, gen))
+        loss = loss_fn(rows(args.batch, args.length, gen, k=args.value_tokens))
         if backward:
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % args.eval_every == 0 or step == steps:
-            curve.append([first + step, round(loss.item(), 4), accuracy(model, args.length, n=64)])
+            curve.append([first + step, round(loss.item(), 4), accuracy(model, args.length, n=64, k=args.value_tokens)])
             print(f"  step {first + step}: loss {loss.item():.3f}, acc@{args.length} {curve[-1][2]:.3f}", flush=True)
 
 
@@ -147,9 +152,11 @@ def train(config: dict | None, args: argparse.Namespace) -> tuple[dict, torch.nn
     """A model of ``config`` (None: softmax) trained from scratch; its record and the model."""
     started, curve = time.perf_counter(), []
     model = make_model(config, args.seed)
-    fit(model, list(model.parameters()), answer_loss(model), args.steps, args.lr, args, curve)
-    record = {"config": config, "curve": curve, "acc": {str(L): accuracy(model, L) for L in args.lengths},
-              "ceiling": accuracy(model, args.length, inside=True), "seconds": round(time.perf_counter() - started, 1)}
+    k = args.value_tokens
+    fit(model, list(model.parameters()), answer_loss(model, k), args.steps, args.lr, args, curve)
+    record = {"config": config, "curve": curve, "acc": {str(L): accuracy(model, L, k=k) for L in args.lengths},
+              "ceiling": accuracy(model, args.length, inside=True, k=k),
+              "seconds": round(time.perf_counter() - started, 1)}
     return record, model
 
 
@@ -163,17 +170,18 @@ def linearize(teacher: torch.nn.Module, config: dict, args: argparse.Namespace) 
     for p in lizard:
         p.requires_grad_(True)
     fit(model, lizard, transfer_loss(model), args.stage1_steps, 1e-2, args, curve, backward=False)
-    after_stage1 = {str(L): accuracy(model, L) for L in args.lengths}
+    k = args.value_tokens
+    after_stage1 = {str(L): accuracy(model, L, k=k) for L in args.lengths}
     for p in lizard:
         p.requires_grad_(False)
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     lora = [p for p in peft.parameters() if p.requires_grad]
-    fit(peft, lora, answer_loss(peft), args.stage2_steps, 1e-3, args, curve)
+    fit(peft, lora, answer_loss(peft, k), args.stage2_steps, 1e-3, args, curve)
     return {"config": config, "teacher": "softmax", "stage1_steps": args.stage1_steps,
             "stage2_steps": args.stage2_steps, "curve": curve, "acc_after_stage1": after_stage1,
-            "acc": {str(L): accuracy(peft, L) for L in args.lengths},
-            "ceiling": accuracy(peft, args.length, inside=True), "seconds": round(time.perf_counter() - started, 1)}
+            "acc": {str(L): accuracy(peft, L, k=k) for L in args.lengths},
+            "ceiling": accuracy(peft, args.length, inside=True, k=k), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -217,16 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage2-steps", type=int, default=300, help="converted runs: LoRA steps")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--value-tokens", type=int, default=1,
+                   help="tokens per value (a passkey's digits); other than 1: writes toy-needle-v<K>-cpu.json/.png")
     args = p.parse_args(argv)
     args.lengths = [int(L) for L in args.lengths.split(",")]
     unknown = [n for n in args.runs.split(",") if n not in ALL_RUNS]
     if unknown:
         p.error(f"unknown runs {unknown}; choose from {', '.join(ALL_RUNS)}")
-    out = args.out / "toy-needle-cpu.json"
+    stem = "toy-needle-cpu" if args.value_tokens == 1 else f"toy-needle-v{args.value_tokens}-cpu"
+    out = args.out / f"{stem}.json"
     settings = {k: getattr(args, k) for k in ("steps", "batch", "length", "lengths", "lr", "seed", "stage1_steps",
                                               "stage2_steps")}
     settings.update(gap=GAP, inside=INSIDE, base=BASE,
                     model="2-layer Llama, hidden 128, 4 heads, 2 kv heads, all parameters trained")
+    if args.value_tokens != 1:
+        settings["value_tokens"] = args.value_tokens
     result = json.loads(out.read_text()) if out.exists() else {}
     if result.get("settings") != settings:
         result = {"settings": settings, "device": "cpu", "runs": {}}
@@ -247,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher = model if name == "softmax" else teacher
         print(f"  {name}: {result['runs'][name]['acc']} in {result['runs'][name]['seconds']} s", flush=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
-        plot(result, args.out / "toy-needle-cpu.png")
+        plot(result, args.out / f"{stem}.png")
     print(out)
     return 0
 

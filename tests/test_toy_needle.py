@@ -25,7 +25,7 @@ def test_stage1_trains_only_the_lizard_parameters_toward_the_teacher():
     for p in lizard:
         p.requires_grad_(True)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    args = argparse.Namespace(seed=0, batch=8, length=64, eval_every=10)
+    args = argparse.Namespace(seed=0, batch=8, length=64, eval_every=10, value_tokens=1)
     curve: list = []
     loss_fn = toy_needle.transfer_loss(model)
     first = loss_fn(toy_needle.rows(8, 64, torch.Generator().manual_seed(5))).item()
@@ -46,6 +46,19 @@ def test_rows_hide_one_needle_beyond_the_window_and_ask_for_it():
     inside = toy_needle.rows(8, 100, torch.Generator().manual_seed(0), inside=True)
     assert (inside[:, 100 - toy_needle.INSIDE] == toy_needle.MARKER).all()  # the in-window probe
     assert (inside[:, 101 - toy_needle.INSIDE] == inside[:, -1]).all()
+
+
+def test_rows_with_five_token_values_keep_every_token_beyond_the_window():
+    k, window = 5, toy_needle.BASE["window_size"]
+    ids = toy_needle.rows(64, 100, torch.Generator().manual_seed(1), k=k)
+    assert (ids[:, -k - 1] == toy_needle.QUERY).all()
+    for row in ids:
+        mark = (row == toy_needle.MARKER).nonzero().flatten().tolist()
+        assert len(mark) == 1 and torch.equal(row[mark[0] + 1 : mark[0] + 1 + k], row[-k:])
+        assert 100 - k - 1 - (mark[0] + k) > window  # QUERY sees no needle token inside its window
+    inside = toy_needle.rows(8, 100, torch.Generator().manual_seed(1), inside=True, k=k)
+    mark = (inside[0] == toy_needle.MARKER).nonzero().flatten().tolist()[0]
+    assert 100 - 2 - mark < window and torch.equal(inside[0, mark + 1 : mark + 1 + k], inside[0, -k:])
 
 
 def test_a_tiny_run_writes_plots_and_keeps_finished_runs(tmp_path, capsys):

@@ -105,3 +105,17 @@ def test_eager_step_reads_tensor_metrics_as_floats():
     assert loss == 3.0 and extra == {"double": 6.0} and isinstance(extra["double"], float)
     step.update()
     assert params[0].grad is None and not torch.equal(params[0].detach(), torch.tensor([1.0, 2.0]))
+
+
+def test_a_step_that_cannot_be_recorded_says_what_to_do(capsys):
+    from lizardlm.cli import main as cli_main
+    from lizardlm.errors import LizardError
+
+    params = [torch.nn.Parameter(torch.ones(2))]
+    step = GraphedStep(lambda b: ((params[0] * b).sum(), {}), params, torch.optim.AdamW(params, capturable=True),
+                       backward=True, autocast=torch.no_grad)
+    with pytest.raises(LizardError, match="recording the training step failed .*run without --cuda-graphs"):
+        step.forward_backward(torch.ones(2))  # here: no CUDA at all
+    assert cli_main(["linearize", "--cuda-graphs", "--device", "cpu", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cuda-graphs needs a CUDA device" in err[0]

@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs
 
-from lizardlm.errors import TrainingError, TrainingStopped
+from lizardlm.errors import LizardError, TrainingError, TrainingStopped
 from lizardlm.progress import progress
 from lizardlm.train.checkpoint import (
     atomic_save,
@@ -183,7 +183,7 @@ def run_stage(
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     micro_batch_size(batch_size, world)
     if cuda_graph and (world > 1 or accelerator.device.type != "cuda"):
-        raise TrainingError("--cuda-graphs needs one process on a CUDA device")
+        raise LizardError("--cuda-graphs needs one process on a CUDA device")
     params = [p for p in stage.params.values()]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), eps=1e-8,
                                   capturable=cuda_graph)

@@ -25,6 +25,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from lizardlm.errors import LizardError
+
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
 Reduce = Callable[[list[torch.nn.Parameter], torch.Tensor, dict[str, float]], tuple[float, dict[str, float]]]
 
@@ -132,7 +134,12 @@ class GraphedStep(EagerStep):
 
     def forward_backward(self, batch: torch.Tensor) -> tuple[float, dict[str, float]]:
         if self.graph is None:
-            self._record(batch)
+            try:
+                self._record(batch)
+            except RuntimeError as err:  # an operation a CUDA graph cannot hold
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise LizardError(f"--cuda-graphs: recording the training step failed ({first}); "
+                                  "run without --cuda-graphs") from err
         else:
             self.batch.copy_(batch)
         self.graph.replay()
