@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "metrics": MC_TASKS, "chance": CHANCE, "kv_context": KV_CONTEXT,
-        "full_sets": sorted(full_sets | set(result.get("full_sets", []))),
+        "full_sets": sorted(name for name, r in result["rows"].items() if "full" in r),  # rows with whole-set scores
         "discriminative": discriminative(teacher.get("full", teacher)) if teacher.get("status") == "done" else [],
     })
     result["calls"].append({"rows": [r.name for r in todo], "wall_seconds": time.perf_counter() - study.started})
