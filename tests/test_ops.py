@@ -17,6 +17,7 @@ from lizardlm.ops import (
     window_attention_naive,
     window_attention_recurrent,
 )
+from lizardlm.ops.lizard import SUM_EPS
 
 # (B, H, Hk, T, D, F, window, meta, chunk): T not a multiple of the chunk, T shorter and longer
 # than the window, GQA groups of 1, 2 and 3, batch > 1, no meta memory.
@@ -237,7 +238,7 @@ def test_sink_logits_are_meta_slots_without_keys_or_values(gen):
 
 
 def test_sum_form_is_the_papers_equation(gen):
-    """y_i = phi_q S_i / phi_q z_i + alpha sum_win e^s v / (sum e^tau + sum_win e^s), S and z over
+    """y_i = phi_q S_i / (phi_q z_i + eps) + alpha sum_win e^s v / (sum e^tau + sum_win e^s), S and z over
     all tokens 1..i with the per-token decay, written out token by token."""
     B, H, Hk, T, D, F_, w, m = 1, 2, 1, 23, 4, 5, 6, 2
     x = make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen, ("sum", "sink"))
@@ -250,7 +251,7 @@ def test_sum_form_is_the_papers_equation(gen):
             S = a * S + x["fk"][0, 0, i, :, None] * x["v"][0, 0, i, None, :]
             z = a * z + x["fk"][0, 0, i]
             fq = x["fq"][0, h, i]
-            lin = fq @ S / (fq @ z)
+            lin = fq @ S / (fq @ z + SUM_EPS)
             lo = max(0, i - w + 1)
             e = (x["q"][0, h, i] @ x["k"][0, 0, lo : i + 1].T * D**-0.5).exp()
             win = e @ x["v"][0, 0, lo : i + 1] / (x["meta_bias"][h].exp().sum() + e.sum())
@@ -269,3 +270,25 @@ def test_sum_form_state_carries_the_normaliser(gen):
     last, _ = lizard_attention_recurrent(**{k: v[:, :, 39:] for k, v in seq.items()}, state=state, **kw)
     assert rel_err(last, ref[:, :, 39:]) <= 1e-12
     assert state.kv_state[..., -1].min() > 0
+
+
+@pytest.mark.parametrize("op", [lizard_attention_naive, lizard_attention_chunk, lizard_attention_recurrent])
+def test_sum_form_stays_finite_where_its_normaliser_underflows(op):
+    """Peaked feature maps with disjoint supports and a gate that forgets at once make phi_q . z
+    underflow to 0 in float32 (seen training the paper form: its gradient, ~1/Z^2, overflowed);
+    the normaliser's eps keeps the output and every gradient finite, the linear branch then ~0."""
+    B, H, T, D, F_ = 1, 2, 20, 4, 4
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=gen, requires_grad=True) for _ in range(3))
+    logits = torch.full((B, H, T, F_), -120.0)
+    fq = logits.clone().index_fill_(-1, torch.tensor([0]), 0.0).softmax(-1).requires_grad_()
+    fk = logits.clone().index_fill_(-1, torch.tensor([1]), 0.0).softmax(-1).requires_grad_()
+    g = torch.full((B, H, T), -100.0, requires_grad=True)
+    alpha = torch.ones(H, requires_grad=True)
+    out = op(q, k, v, fq, fk, g, window=4, scale=D**-0.5, combine="sum", alpha=alpha,
+             **({"chunk_size": 8} if op is lizard_attention_chunk else {}))
+    y = out[0] if isinstance(out, tuple) else out
+    assert (fq * fk).sum(-1).max() == 0  # the normaliser really underflows
+    assert torch.isfinite(y).all()
+    y.square().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v, fq, fk, g, alpha))

@@ -60,8 +60,32 @@ def errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     return errs
 
 
+def underflow_finite() -> dict[str, bool]:
+    """The sum form where ``phi_q . z`` underflows (feature maps with disjoint supports, a gate that
+    forgets at once): is the output, and each gradient, finite (the normaliser's eps)?"""
+    import lizardlm.ops.triton.lizard as tlz
+
+    B, H, T, D, F, w = 1, 2, 70, 16, 16, 16
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=gen).requires_grad_() for _ in range(3))
+    logits = torch.full((B, H, T, F), -120.0)
+    fq = logits.clone().index_fill_(-1, torch.tensor([0]), 0.0).softmax(-1).requires_grad_()
+    fk = logits.clone().index_fill_(-1, torch.tensor([1]), 0.0).softmax(-1).requires_grad_()
+    g = torch.full((B, H, T), -100.0).requires_grad_()
+    alpha = torch.ones(H).requires_grad_()
+    tlz.POISON = True
+    try:
+        y = tlz.apply_op(q, k, v, fq, fk, g, window=w, scale=D**-0.5, meta_k=None, meta_v=None, meta_bias=None,
+                         chunk_size=64, alpha=alpha)
+        y.square().sum().backward()
+    finally:
+        tlz.POISON = False
+    named = dict(q=q, k=k, v=v, fq=fq, fk=fk, g=g, alpha=alpha)
+    return {"y": bool(torch.isfinite(y).all()), **{"d" + n: bool(torch.isfinite(t.grad).all()) for n, t in named.items()}}
+
+
 def child() -> None:
-    """Every (case, variant): one JSON line of errors."""
+    """Every (case, variant): one JSON line of errors; then the underflow check."""
     import lizardlm.ops.triton.lizard as tlz
 
     for seed, (case_name, case) in enumerate(CASES.items()):
@@ -73,6 +97,10 @@ def child() -> None:
                 tlz.CFG.update({**TILES, **cfg})
                 errs = errors(case, seed, form)
                 print(json.dumps({"case": case_name, "form": form, "variant": variant, "errors": errs}), flush=True)
+    tlz.CFG.clear()
+    tlz.CFG.update(TILES)
+    print(json.dumps({"case": "underflow", "form": "paper", "variant": "default", "errors": underflow_finite()}),
+          flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +119,11 @@ def test_kernels_match_float64_in_the_interpreter(interpreted, case, form, varia
     assert set(errs) >= {"y", "dq", "dk", "dv", "dfq", "dfk"} | ({"dalpha"} if form == "paper" else set()), errs
     bad = {k: v for k, v in errs.items() if not v <= 1e-5}  # float32 arithmetic throughout
     assert not bad, f"{case} {form} {variant}: {bad}"
+
+
+def test_sum_form_kernels_stay_finite_where_the_normaliser_underflows(interpreted):
+    finite = interpreted[("underflow", "paper", "default")]
+    assert finite and all(finite.values()), finite
 
 
 if __name__ == "__main__":

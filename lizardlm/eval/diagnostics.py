@@ -8,7 +8,7 @@ form) and ``fk_j``. With ``a_tj = exp(G_t - G_j) fq_t . fk_j`` over the linear b
 
 (a) the **linear share** of its output per position bucket: ``Z_t / (1 + Z_t)`` in the shared form
     (``y = (o + N) / (1 + Z)``: the window's softmax mass is 1), ``|y_gla| / (|y_gla| + |alpha o|)``
-    in the sum form (``y = y_gla + alpha o``, ``y_gla = N / Z``; norms over the value axis);
+    in the sum form (``y = y_gla + alpha o``, ``y_gla = N / (Z + eps)``; norms over the value axis);
 (b) the **needle's weight** at the last prompt token ``t``: ``sum_{j in needle} a_tj / Z_t`` against
     the uniform ``|needle| / |J_t|``; also without the decay (``fq_t . fk_j`` alone: how sharply the
     feature maps single the needle out) and for the best head; trials whose needle has not yet left the
@@ -37,6 +37,7 @@ from lizardlm.eval._utils import call_logits, encode, model_device, skip_length
 from lizardlm.eval.longppl import bucket_edges
 from lizardlm.eval.passkey import NEEDLE, depth_grid, make_prompt
 from lizardlm.ops.gla import gla_chunk
+from lizardlm.ops.lizard import SUM_EPS
 from lizardlm.ops.utils import expand_heads
 from lizardlm.ops.window import window_attention_chunk
 from lizardlm.progress import progress
@@ -76,7 +77,7 @@ def linear_share(inputs: dict[str, Any], shift: int) -> torch.Tensor:
         return Z / (1.0 + Z)
     o, _ = window_attention_chunk(inputs["q"], inputs["k"], inputs["v"], inputs["window"], inputs["scale"],
                                   inputs["meta_k"], inputs["meta_v"], meta_bias=inputs["meta_bias"])
-    lin = (N / Z[..., None]).norm(dim=-1)
+    lin = (N / (Z[..., None] + SUM_EPS)).norm(dim=-1)
     win = (inputs["alpha"].to(lin.dtype).view(1, -1, 1, 1) * o.to(lin.dtype)).norm(dim=-1)
     return lin / (lin + win).clamp_min(torch.finfo(lin.dtype).tiny)
 

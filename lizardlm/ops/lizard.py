@@ -12,7 +12,8 @@ linear branch adding its unnormalised mass (``fq`` carries ``e^beta``). Token ``
 at ``j + w`` carrying the decay it accrued meanwhile: ``k'_{j+w} = exp(G_{j+w} - G_j) fk_j``.
 
 ``combine="sum"`` (the paper): ``J_t = {j <= t}`` (all tokens) and
-``y_t = N_t / Z_t + alpha_h o_t``: two separately normalised branches, ``alpha`` ``(H,)`` learned.
+``y_t = N_t / (Z_t + eps) + alpha_h o_t``: two separately normalised branches, ``alpha`` ``(H,)``
+learned, ``eps = SUM_EPS`` (1e-6) against an underflowing normaliser.
 
 Both run a standard gated linear attention over ``v' = [v, 1]`` (the 1 yields Z); ``shift`` below is
 ``w`` or 0. Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
@@ -64,6 +65,11 @@ def _log_gates(q: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
     return q.new_zeros(q.shape[:3], dtype=dtype) if g is None else g.to(dtype)
 
 
+SUM_EPS = 1e-6
+"""Added to the sum form's normaliser: ``y_gla = N / (Z + eps)``. Peaked feature maps and a gate that
+forgets at once can make ``Z = phi(q) . z`` underflow (the gradient, ~1/Z^2, then overflows: seen
+training the paper form); the shared form's ``1 + Z`` needs none. fla adds 1e-5, fast-transformers 1e-6."""
+
 COMBINES = ("shared", "sum")
 
 
@@ -76,13 +82,13 @@ def _check_combine(combine: str, alpha) -> None:
 
 def _finish(o: torch.Tensor, lin: torch.Tensor, combine: str = "shared", alpha=None) -> torch.Tensor:
     """y from the window output and the linear branch ``[N, Z]``: ``(o + N) / (1 + Z)`` (shared)
-    or ``N / Z + alpha o`` (sum)."""
+    or ``N / (Z + eps) + alpha o`` (sum, ``SUM_EPS``)."""
     dtype = compute_dtype(o)
     V = o.shape[-1]
     if combine == "shared":
         return ((o.to(dtype) + lin[..., :V]) / (1.0 + lin[..., V:])).to(o.dtype)
     a = alpha.to(dtype).view(1, -1, 1, 1)
-    return (lin[..., :V] / lin[..., V:] + a * o.to(dtype)).to(o.dtype)
+    return (lin[..., :V] / (lin[..., V:] + SUM_EPS) + a * o.to(dtype)).to(o.dtype)
 
 
 def lizard_attention_naive(

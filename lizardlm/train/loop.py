@@ -44,7 +44,6 @@ from lizardlm.train.rundir import RunDir
 from lizardlm.train.step import EagerStep, GraphedStep, LossFn
 
 
-
 @dataclass
 class Stage:
     """What a stage trains and how: ``loss_fn(batch) -> (loss, extra metrics)``."""

@@ -16,7 +16,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+from lizardlm.ops.lizard import SUM_EPS
+
+_SUM_EPS = tl.constexpr(SUM_EPS)  # the sum form's y_gla = N / (Z + eps)
 
 
 @triton.jit
@@ -129,8 +131,9 @@ def _lin_fwd_o(
     PREC: tl.constexpr, SUM: tl.constexpr,
 ):
     """Linear branch of one chunk, combined with the window output: y = (o + N) / (1 + Z), or with
-    SUM y = N / Z + alpha_h o (ALPHA per head, float32) and the linear branch y_gla = N / Z in YG (the
-    backward's dZ reads it: forming it as y - alpha o from two 16-bit tensors cancels)."""
+    SUM y = N / (Z + eps) + alpha_h o (ALPHA per head, float32) and the linear branch y_gla =
+    N / (Z + eps) in YG (the backward's dZ reads it: forming it as y - alpha o from two 16-bit
+    tensors cancels); ZB holds Z, or Z + eps with SUM."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -155,6 +158,7 @@ def _lin_fwd_o(
     qe = fq.to(tl.float32) * tl.exp(gl)[:, None]
     z = tl.sum(qe * hz[None, :], 1) + tl.sum(A, 1)
     if SUM:
+        z += _SUM_EPS  # stored so: the backward's 1 / Z is 1 / (Z + eps) too
         rz = 1.0 / z
         a = tl.load(ALPHA + h)
     else:

@@ -2,7 +2,7 @@
 
 Forward: window kernel (o, lse) -> chunk states of the linear branch -> per-chunk output kernel
 that adds the linear branch and normalises, y = (o + N) / (1 + Z) (shared form) or
-y = N / Z + alpha o (sum form: the same kernels with shift 0, no extra pass).
+y = N / (Z + eps) + alpha o (sum form: the same kernels with shift 0, no extra pass).
 Backward: prelude (do, dZ, Delta; in the sum form Delta = dy . o, also d alpha's summand) ->
 reverse chunk-state gradients -> linear-branch gradients -> window-branch gradients (the sum
 form's window kernels read dy and scale what they store by alpha_h); the log-decay gradient is a
