@@ -106,13 +106,12 @@ def accuracy(model: torch.nn.Module, length: int, n: int = 128, batch: int = 32,
     return hits / n
 
 
-def answer_loss(model: torch.nn.Module, k: int = 1):
-    """Next-token loss on the ``k`` answer tokens after ``QUERY`` only."""
+def answer_loss(model: torch.nn.Module):
+    """Next-token loss on the answer tokens (those after ``QUERY``) only."""
 
     def loss_fn(ids: torch.Tensor) -> torch.Tensor:
-        labels = torch.full_like(ids, -100)
-        labels[:, -k:] = ids[:, -k:]
-        return model(input_ids=ids, labels=labels, use_cache=False).loss
+        answer = ((ids == QUERY).cumsum(-1) > 0) & (ids != QUERY)
+        return model(input_ids=ids, labels=torch.where(answer, ids, -100), use_cache=False).loss
 
     return loss_fn
 
@@ -130,14 +129,15 @@ def transfer_loss(model: torch.nn.Module):
 
 
 def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn, steps: int, lr: float,
-        args: argparse.Namespace, curve: list, backward: bool = True) -> None:
+        args: argparse.Namespace, curve: list, backward: bool = True, curriculum: int = 0) -> None:
     """``steps`` AdamW steps on fresh task rows, appending ``[step, loss, acc@T]`` to ``curve`` (steps
-    counted on from its last entry)."""
+    counted on from its last entry); the first ``curriculum`` steps on one-token values."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     first = curve[-1][0] if curve else 0
     gen = torch.Generator().manual_seed(args.seed + 1 + first)
     for step in range(1, steps + 1):
-        loss = loss_fn(rows(args.batch, args.length, gen, k=args.value_tokens))
+        k = 1 if first + step <= curriculum else args.value_tokens
+        loss = loss_fn(rows(args.batch, args.length, gen, k=k))
         if backward:
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -153,7 +153,8 @@ def train(config: dict | None, args: argparse.Namespace) -> tuple[dict, torch.nn
     started, curve = time.perf_counter(), []
     model = make_model(config, args.seed)
     k = args.value_tokens
-    fit(model, list(model.parameters()), answer_loss(model, k), args.steps, args.lr, args, curve)
+    fit(model, list(model.parameters()), answer_loss(model), args.steps, args.lr, args, curve,
+        curriculum=args.curriculum)
     record = {"config": config, "curve": curve, "acc": {str(L): accuracy(model, L, k=k) for L in args.lengths},
               "ceiling": accuracy(model, args.length, inside=True, k=k),
               "seconds": round(time.perf_counter() - started, 1)}
@@ -177,7 +178,7 @@ def linearize(teacher: torch.nn.Module, config: dict, args: argparse.Namespace) 
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     lora = [p for p in peft.parameters() if p.requires_grad]
-    fit(peft, lora, answer_loss(peft, k), args.stage2_steps, 1e-3, args, curve)
+    fit(peft, lora, answer_loss(peft), args.stage2_steps, 1e-3, args, curve)
     return {"config": config, "teacher": "softmax", "stage1_steps": args.stage1_steps,
             "stage2_steps": args.stage2_steps, "curve": curve, "acc_after_stage1": after_stage1,
             "acc": {str(L): accuracy(peft, L, k=k) for L in args.lengths},
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--value-tokens", type=int, default=1,
                    help="tokens per value (a passkey's digits); other than 1: writes toy-needle-v<K>-cpu.json/.png")
+    p.add_argument("--curriculum", type=int, default=0,
+                   help="train the first N steps of a run from scratch on one-token values (of --steps)")
     args = p.parse_args(argv)
     args.lengths = [int(L) for L in args.lengths.split(",")]
     unknown = [n for n in args.runs.split(",") if n not in ALL_RUNS]
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.update(gap=GAP, inside=INSIDE, base=BASE,
                     model="2-layer Llama, hidden 128, 4 heads, 2 kv heads, all parameters trained")
     if args.value_tokens != 1:
-        settings["value_tokens"] = args.value_tokens
+        settings.update(value_tokens=args.value_tokens, curriculum=args.curriculum)
     result = json.loads(out.read_text()) if out.exists() else {}
     if result.get("settings") != settings:
         result = {"settings": settings, "device": "cpu", "runs": {}}
