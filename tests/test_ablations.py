@@ -1,5 +1,5 @@
 """The paper form's component ablations: no gate, no sink logits, no window (``paper_no_window``:
-``y = N / Z``, pure gated linear attention), and no stage 1 (``--stage1-tokens 0``)."""
+``y = N / (Z + eps)``, pure gated linear attention), and no stage 1 (``--stage1-tokens 0``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from lizardlm import LizardConfig
 from lizardlm.cli import main as cli_main
 from lizardlm.ops import gla_naive
+from lizardlm.ops.lizard import SUM_EPS
 from lizardlm.ops.utils import expand_heads
 from test_model import decode_token_by_token, lizard_model
 
@@ -25,7 +26,7 @@ def test_paper_ablation_modes_change_one_part_each():
 
 
 def test_no_window_is_pure_gated_linear_attention():
-    """mode paper_no_window: the layer outputs o_proj(N / Z) of the gated linear branch over all tokens,
+    """mode paper_no_window: the layer outputs o_proj(N / (Z + eps)) of the gated linear branch over all tokens,
     has no alpha or sink parameter, and decodes token by token like its forward."""
     config = LizardConfig(mode="paper_no_window", feature_dim=8, chunk_size=8)
     model = lizard_model("llama", config).double()
@@ -39,7 +40,7 @@ def test_no_window_is_pure_gated_linear_attention():
     H = seen["q"].shape[1]
     v1 = torch.cat([seen["v"], torch.ones_like(seen["v"][..., :1])], dim=-1)
     lin, _ = gla_naive(seen["fq"], expand_heads(seen["fk"], H), expand_heads(v1, H), seen["g"])
-    y = lin[..., :-1] / lin[..., -1:]
+    y = lin[..., :-1] / (lin[..., -1:] + SUM_EPS)
     torch.testing.assert_close(outs[0], layer.o_proj(y.transpose(1, 2).reshape(2, 19, -1)), rtol=1e-9, atol=1e-9)
     ids = torch.randint(0, 97, (1, 17))
     with torch.no_grad():

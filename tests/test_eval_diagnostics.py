@@ -22,7 +22,7 @@ from lizardlm.eval.diagnostics import (  # noqa: E402
     write_mass,
 )
 from lizardlm.eval.report import evaluate  # noqa: E402
-from lizardlm.ops.lizard import lizard_attention_naive  # noqa: E402
+from lizardlm.ops.lizard import SUM_EPS, lizard_attention_naive  # noqa: E402
 from lizardlm.ops.window import window_attention_naive  # noqa: E402
 
 FORMS = {"shared": {"mode": "lizard", "window_size": 16}, "sum": {"mode": "paper", "window_size": 16, "feature_dim": 16}}
@@ -66,7 +66,7 @@ def test_pieces_rebuild_the_op_output(tok, form):
         rebuilt = (o + N) / (1 + Z[..., None])
         assert torch.all(Z[..., :shift] == 0) and torch.all(Z[..., shift:] > 0)
     else:
-        rebuilt = N / Z[..., None] + x["alpha"].double().view(1, -1, 1, 1) * o
+        rebuilt = N / (Z[..., None] + SUM_EPS) + x["alpha"].double().view(1, -1, 1, 1) * o
     assert torch.allclose(rebuilt, y, atol=1e-5)
 
 
