@@ -179,7 +179,7 @@ def run_stage(
     and the gradients are averaged; rank 0 alone writes checkpoints and metrics. ``cuda_graph``
     replays each step from one CUDA graph (:class:`~lizardlm.train.step.GraphedStep`; one process).
     """
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    world = accelerator.num_processes
     micro_batch_size(batch_size, world)
     if cuda_graph and (world > 1 or accelerator.device.type != "cuda"):
         raise LizardError("--cuda-graphs needs one process on a CUDA device")

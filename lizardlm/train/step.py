@@ -70,18 +70,26 @@ class EagerStep:
         self.reduce = reduce or (lambda params, loss, extra: (loss.item(), extra))
         self.backward_fn = backward_fn or (lambda loss: loss.backward())
 
-    def forward_backward(self, batch: torch.Tensor) -> tuple[float, dict[str, float]]:
-        """Loss and metrics of ``batch`` (averaged over processes), gradients in ``.grad``."""
+    def _loss_and_gradients(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         with self.autocast():
             loss, extra = self.loss_fn(batch)
         if self.backward:
             self.backward_fn(loss)
+        return loss, extra
+
+    def _apply(self) -> None:
+        """Clip the gradients to norm 1 and take the AdamW step."""
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+
+    def forward_backward(self, batch: torch.Tensor) -> tuple[float, dict[str, float]]:
+        """Loss and metrics of ``batch`` (averaged over processes), gradients in ``.grad``."""
+        loss, extra = self._loss_and_gradients(batch)
         return self.reduce(self.params, loss, _floats(extra))
 
     def update(self) -> None:
         """Clip the gradients to norm 1, take the AdamW step, drop the gradients."""
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
+        self._apply()
         self.optimizer.zero_grad(set_to_none=True)
 
     def close(self) -> None:
@@ -102,13 +110,9 @@ class GraphedStep(EagerStep):
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def _eager_step(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-        with self.autocast():
-            loss, extra = self.loss_fn(batch)
-        if self.backward:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
+    def _whole_step(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        loss, extra = self._loss_and_gradients(batch)
+        self._apply()
         return loss.detach(), extra
 
     def _record(self, batch: torch.Tensor) -> None:
@@ -123,14 +127,14 @@ class GraphedStep(EagerStep):
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._eager_step(self.batch)
+                self._whole_step(self.batch)
         torch.cuda.current_stream(device).wait_stream(side)
         restore()
         torch.cuda.empty_cache()  # the warm-up's cached blocks are not the graph's pool: hand them back first
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes fresh gradients each replay
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.loss, self.extra = self._eager_step(self.batch)
+            self.loss, self.extra = self._whole_step(self.batch)
 
     def forward_backward(self, batch: torch.Tensor) -> tuple[float, dict[str, float]]:
         if self.graph is None:
