@@ -360,9 +360,12 @@ def toy_needle(path: Path) -> str:
     d = json.loads(path.read_text())
     s = d["settings"]
     lengths = [str(L) for L in s["lengths"]]
+    k = s.get("value_tokens", 1)
+    value = "value" if k == 1 else (f"{k}-token value (all {k} right, each given the ones before; the first "
+                                    f"{s['curriculum']} steps on one-token values)")
     out = [
         f"Needle lookup learned from scratch, {d['device']} (`{path.name}`): {s['model']}, {s['steps']} steps of "
-        f"{s['batch']} x {s['length']} tokens (seed {s['seed']}); one marker + value at least {s['gap']} tokens "
+        f"{s['batch']} x {s['length']} tokens (seed {s['seed']}); one marker + {value} at least {s['gap']} tokens "
         f"before the query (outside the {s['base']['window_size']}-token window); exact match of the value on "
         f"128 rows per length; `converted:<form>` = the softmax run as teacher, linearized by "
         f"{s['stage1_steps']} steps of attention transfer and {s['stage2_steps']} of LoRA. Can the layer retrieve "
