@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curriculum", type=int, default=0,
                    help="train the first N steps of a run from scratch on one-token values (of --steps)")
     args = p.parse_args(argv)
+    if args.value_tokens < 1 or args.curriculum < 0:
+        p.error(f"--value-tokens must be >= 1 and --curriculum >= 0, got {args.value_tokens} and {args.curriculum}")
     args.lengths = [int(L) for L in args.lengths.split(",")]
     unknown = [n for n in args.runs.split(",") if n not in ALL_RUNS]
     if unknown:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
@@ -75,3 +76,12 @@ def test_a_tiny_run_writes_plots_and_keeps_finished_runs(tmp_path, capsys):
     assert set(run["acc"]) == {"48", "96"} and all(0 <= a <= 1 for a in [*run["acc"].values(), run["ceiling"]])
     capsys.readouterr()
     assert toy_needle.main(argv) == 0 and "lizard+read:" not in capsys.readouterr().out  # kept, not retrained
+
+
+@pytest.mark.parametrize("bad", [["--value-tokens", "0"], ["--curriculum", "-1"]])
+def test_bad_value_tokens_or_curriculum_is_one_error_line(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        toy_needle.main(["--out", str(tmp_path), *bad])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--value-tokens must be >= 1 and --curriculum >= 0" in err[-1] and not list(tmp_path.iterdir())
