@@ -41,7 +41,7 @@ from lizardlm.train.distributed import (
     sum_over_ranks,
 )
 from lizardlm.train.rundir import RunDir
-from lizardlm.train.step import EagerStep, GraphedStep, LossFn
+from lizardlm.train.step import EagerStep, GraphedStep, LossFn, adamw
 
 
 @dataclass
@@ -184,8 +184,7 @@ def run_stage(
     if cuda_graph and (world > 1 or accelerator.device.type != "cuda"):
         raise LizardError("--cuda-graphs needs one process on a CUDA device")
     params = [p for p in stage.params.values()]
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), eps=1e-8,
-                                  capturable=cuda_graph)
+    optimizer = adamw(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), graphed=cuda_graph)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.steps, warmup_fraction))
     step = _resume(stage, optimizer, scheduler, on_main(lambda: _read_checkpoint(stage, run)), run.checkpoint)
     broadcast_parameters(params)  # identical start on every rank, whatever each one's random init

@@ -1,7 +1,14 @@
-"""The CUDA-graphed training step against the eager one, on the device. Skipped without CUDA."""
+"""The CUDA-graphed training step against the eager one, on the device. Skipped without CUDA.
+
+In float32: under bf16 autocast the eager steps themselves are not reproducible on a GPU that other
+processes share (measured on the H200 with two other processes: the first step's stage-1 loss of the
+tiny model moved by up to 7% between identical eager runs, the graphed runs not at all), because a
+bf16 rounding flip moves the tiny model's small transfer loss a lot; float32 makes the comparison
+well-conditioned."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -16,16 +23,15 @@ import lizardlm  # noqa: E402
 from lizardlm.train.linearize import _lm_loss_fn, _transfer_loss_fn, linearize  # noqa: E402
 from lizardlm.train.loop import warmup_cosine  # noqa: E402
 from lizardlm.train.settings import TrainSettings  # noqa: E402
-from lizardlm.train.step import EagerStep, GraphedStep  # noqa: E402
+from lizardlm.train.step import EagerStep, GraphedStep, adamw  # noqa: E402
 
 LIZARD = {"window_size": 16, "feature_dim": 16, "num_meta_tokens": 2, "mode": "lizard"}
 
 
 def _losses(kind, loss_fn, params, batches, backward):
-    optimizer = torch.optim.AdamW(params, lr=3e-3, capturable=kind is GraphedStep)
+    optimizer = adamw(params, lr=3e-3, graphed=kind is GraphedStep)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(len(batches), 0.25))
-    step = kind(loss_fn, params, optimizer, backward=backward,
-                autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=kind is EagerStep))
+    step = kind(loss_fn, params, optimizer, backward=backward, autocast=contextlib.nullcontext)
     losses = []
     for batch in batches:
         losses.append(step.forward_backward(batch))
@@ -61,8 +67,8 @@ def test_graphed_stage_steps_match_eager_steps(tiny_llama, mode):
         p.requires_grad_(True)
     (eager, eager_params), (graphed, graphed_params) = _eager_then_graphed(_transfer_loss_fn(model), params, batches,
                                                                            backward=False)
-    for (a, ea), (b, eb) in zip(eager, graphed):
-        assert b == pytest.approx(a, rel=1e-3) and eb["mse_mean"] == pytest.approx(ea["mse_mean"], rel=1e-3)
+    assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
+    assert [e["mse_mean"] for _, e in graphed] == pytest.approx([e["mse_mean"] for _, e in eager], rel=1e-4)
     assert eager[4][0] < eager[0][0]  # it trains
     for a, b in zip(eager_params, graphed_params):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
@@ -72,10 +78,16 @@ def test_graphed_stage_steps_match_eager_steps(tiny_llama, mode):
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     lora = [p for p in peft_model.parameters() if p.requires_grad]
     (eager, _), (graphed, _) = _eager_then_graphed(_lm_loss_fn(peft_model), lora, batches, backward=True)
-    assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-3)
+    assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
 
 
-def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir, data_file):
+def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir, data_file, monkeypatch):
+    from accelerate import Accelerator
+
+    import lizardlm.train.linearize as linearize_module
+
+    monkeypatch.setattr(linearize_module, "Accelerator",  # float32 (module docstring)
+                        lambda **kw: Accelerator(**{**kw, "mixed_precision": "no"}))
     base = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4, stage1_tokens=64 * 4 * 8,
                 stage2_tokens=64 * 4 * 6, val_tokens=64 * 8, stage1_lr=2e-2, stage2_lr=3e-3, checkpoint_every=3,
                 device="cuda", lizard=LIZARD)
@@ -87,5 +99,5 @@ def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir,
         assert (out / "adapter" / "adapter_model.safetensors").exists()
     eager, graphed = runs[False], runs[True]
     assert [(e["stage"], e["step"]) for e in graphed] == [(e["stage"], e["step"]) for e in eager]
-    for e, g in zip(eager, graphed):
-        assert g["loss"] == pytest.approx(e["loss"], rel=2e-3) and g["lr"] == pytest.approx(e["lr"])
+    assert [g["loss"] for g in graphed] == pytest.approx([e["loss"] for e in eager], rel=1e-4)
+    assert [g["lr"] for g in graphed] == pytest.approx([e["lr"] for e in eager])
