@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 
 import pytest
 import torch
@@ -84,9 +85,7 @@ def test_graphed_stage_steps_match_eager_steps(tiny_llama, mode):
 def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir, data_file, monkeypatch):
     from accelerate import Accelerator
 
-    import lizardlm.train.linearize as linearize_module
-
-    monkeypatch.setattr(linearize_module, "Accelerator",  # float32 (module docstring)
+    monkeypatch.setattr(sys.modules["lizardlm.train.linearize"], "Accelerator",  # float32 (module docstring)
                         lambda **kw: Accelerator(**{**kw, "mixed_precision": "no"}))
     base = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4, stage1_tokens=64 * 4 * 8,
                 stage2_tokens=64 * 4 * 6, val_tokens=64 * 8, stage1_lr=2e-2, stage2_lr=3e-3, checkpoint_every=3,
