@@ -92,6 +92,27 @@ def test_cuda_graphs_are_refused_where_they_cannot_run():
         GraphedStep(lambda b: (b.sum(), {}), params, torch.optim.AdamW(params), backward=True, autocast=torch.no_grad)
 
 
+def test_cuda_graphs_auto_turns_on_only_where_they_can_run():
+    from lizardlm.cli import build_parser
+    from lizardlm.train.settings import settings_from_preset
+
+    for preset in ("gpu", "paper"):
+        settings = settings_from_preset(preset, device="cpu")  # "auto" is never refused
+        assert settings.cuda_graphs == "auto"
+        assert settings.use_cuda_graphs("cuda", 1) and not settings.use_cuda_graphs("cpu", 1)
+        assert not settings.use_cuda_graphs("cuda", 2)
+        assert not settings_from_preset(preset, gradient_checkpointing=True).use_cuda_graphs("cuda", 1)
+        assert not settings_from_preset(preset, cuda_graphs=False).use_cuda_graphs("cuda", 1)
+    assert not TrainSettings().use_cuda_graphs("cuda", 1)  # off unless asked for, outside the GPU presets
+    assert TrainSettings(cuda_graphs=True).use_cuda_graphs("cuda", 1)
+    with pytest.raises(ValueError, match="cuda-graphs must be"):
+        TrainSettings(cuda_graphs="yes")
+    parse = build_parser().parse_args
+    assert parse(["linearize", "--out", "r", "--no-cuda-graphs"]).cuda_graphs is False
+    assert parse(["linearize", "--out", "r", "--cuda-graphs"]).cuda_graphs is True
+    assert parse(["linearize", "--out", "r"]).cuda_graphs is None  # the preset decides
+
+
 def test_eager_step_reads_tensor_metrics_as_floats():
     params = [torch.nn.Parameter(torch.tensor([1.0, 2.0]))]
 
@@ -114,7 +135,7 @@ def test_a_step_that_cannot_be_recorded_says_what_to_do(capsys):
     params = [torch.nn.Parameter(torch.ones(2))]
     step = GraphedStep(lambda b: ((params[0] * b).sum(), {}), params, torch.optim.AdamW(params, capturable=True),
                        backward=True, autocast=torch.no_grad)
-    with pytest.raises(LizardError, match="recording the training step failed .*run without --cuda-graphs"):
+    with pytest.raises(LizardError, match="recording the training step failed .*rerun with --no-cuda-graphs"):
         step.forward_backward(torch.ones(2))  # here: no CUDA at all
     assert cli_main(["linearize", "--cuda-graphs", "--device", "cpu", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -47,9 +47,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fsdp", action="store_true", default=None,
                    help="under torchrun, shard the teacher's weights over the processes (FSDP2, one unit per "
                    "decoder layer): for teachers that do not fit one device; same results")
-    p.add_argument("--cuda-graphs", action="store_true", default=None,
-                   help="experimental: replay each training step from one CUDA graph, the same steps with far "
-                   "less host work per step (one process on CUDA; not with --fsdp or --gradient-checkpointing)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each training step from one CUDA graph: the same steps with far less host work "
+                   "(one process on CUDA; not with --fsdp or --gradient-checkpointing); the gpu and paper presets "
+                   "turn it on where it can run, --no-cuda-graphs turns it off")
     p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

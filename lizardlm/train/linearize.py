@@ -254,10 +254,13 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         run.write_manifest(manifest)
     results = manifest["results"]
     log = MetricsLog(run)
+    graphs = settings.use_cuda_graphs(accelerator.device.type, accelerator.num_processes)
+    if graphs and main:
+        print("lizardlm: training steps replay from CUDA graphs (--no-cuda-graphs: eager)", file=sys.stderr, flush=True)
     train_kw = dict(
         batch_size=settings.batch_size, seed=settings.seed, warmup_fraction=settings.warmup_fraction,
         weight_decay=settings.weight_decay, checkpoint_every=settings.checkpoint_every, adam_betas=settings.adam_betas,
-        run=run, accelerator=accelerator, log=log, cuda_graph=settings.cuda_graphs,
+        run=run, accelerator=accelerator, log=log, cuda_graph=graphs,
     )
 
     lizard_params: dict[str, torch.nn.Parameter] = {}

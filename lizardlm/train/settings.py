@@ -24,7 +24,8 @@ class TrainSettings:
     losses and gradients. ``fsdp`` shards the frozen weights over the processes of a multi-process
     launch (:mod:`lizardlm.train.sharding`): less memory per device, same losses. ``cuda_graphs``
     replays each training step from one CUDA graph (:mod:`lizardlm.train.step`): the same steps with
-    a fraction of the host's launch work (one process, CUDA). ``baseline`` (one
+    a fraction of the host's launch work (one process, CUDA); ``"auto"`` (the GPU presets) turns it on
+    where it can run: one process on CUDA, without ``fsdp`` or ``gradient_checkpointing``. ``baseline`` (one
     of :data:`BASELINES`) skips conversion and stage 1; ``softmax_select`` (``auto:K`` / ``even:K``,
     :mod:`lizardlm.train.hybrid`) picks the hybrid's softmax layers during the run instead of
     ``lizard["softmax_layers"]``.
@@ -49,7 +50,7 @@ class TrainSettings:
     checkpoint_every: int = 25
     gradient_checkpointing: bool = False
     fsdp: bool = False
-    cuda_graphs: bool = False
+    cuda_graphs: bool | str = False
     seed: int = 0
     device: str = "auto"
     baseline: str | None = None
@@ -79,7 +80,9 @@ class TrainSettings:
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam-betas must be two numbers in [0, 1), got {self.adam_betas}")
         self.adam_betas = [float(b) for b in self.adam_betas]
-        if self.cuda_graphs and (self.device == "cpu" or self.fsdp or self.gradient_checkpointing):
+        if self.cuda_graphs not in (True, False, "auto"):
+            raise ValueError(f"cuda-graphs must be true, false or 'auto', got {self.cuda_graphs!r}")
+        if self.cuda_graphs is True and (self.device == "cpu" or self.fsdp or self.gradient_checkpointing):
             raise ValueError("cuda-graphs needs a CUDA device and does not combine with fsdp or gradient-checkpointing")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
@@ -97,6 +100,13 @@ class TrainSettings:
                 f"seq-len {self.seq_len} is shorter than the window ({lizard.window_size}): "
                 "the linear branch would never be trained"
             )
+
+    def use_cuda_graphs(self, device: str, processes: int) -> bool:
+        """Whether the steps replay from CUDA graphs on ``device`` with ``processes`` processes (``"auto"``:
+        where they can; ``True`` where they cannot is refused when training starts)."""
+        if self.cuda_graphs != "auto":
+            return bool(self.cuda_graphs)
+        return device == "cuda" and processes == 1 and not (self.fsdp or self.gradient_checkpointing)
 
     def lizard_config(self) -> LizardConfig:
         return LizardConfig.from_dict(self.lizard)
@@ -133,12 +143,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         data="alpaca-cleaned", seq_len=2048, batch_size=8, stage1_tokens=20_000_000, stage2_tokens=20_000_000,
         val_tokens=131_072, stage1_lr=1e-3, stage2_lr=5e-4, warmup_fraction=0.1, adam_betas=[0.9, 0.99],
         lora_rank=8, lora_alpha=16.0, lora_targets=["q_proj", "k_proj", "v_proj"], checkpoint_every=100,
-        lizard={"mode": "paper"},
+        lizard={"mode": "paper"}, cuda_graphs="auto",
     ),
-    # Our recipe scaled to a small teacher on one GPU (bf16 autocast).
+    # Our recipe scaled to a small teacher on one GPU (bf16 autocast). Both GPU presets replay their steps
+    # from CUDA graphs where they can (H200: 135M stage 1 1.6x, stage 2 1.0x the teacher's LoRA step, from
+    # 0.75x / 0.62x eager; benchmarks/results/scale-graphs-nvidia-h200.json).
     "gpu": dict(
         seq_len=1024, batch_size=8, stage1_tokens=4_194_304, stage2_tokens=4_194_304, val_tokens=131_072,
-        checkpoint_every=50,
+        checkpoint_every=50, cuda_graphs="auto",
     ),
 }
 

@@ -153,7 +153,7 @@ class GraphedStep(EagerStep):
             except RuntimeError as err:  # an operation a CUDA graph cannot hold
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise LizardError(f"--cuda-graphs: recording the training step failed ({first}); "
-                                  "run without --cuda-graphs") from err
+                                  "rerun with --no-cuda-graphs (and --resume)") from err
         else:
             self.batch.copy_(batch)
         self.graph.replay()

@@ -100,3 +100,43 @@ def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir,
     assert [(e["stage"], e["step"]) for e in graphed] == [(e["stage"], e["step"]) for e in eager]
     assert [g["loss"] for g in graphed] == pytest.approx([e["loss"] for e in eager], rel=1e-4)
     assert [g["lr"] for g in graphed] == pytest.approx([e["lr"] for e in eager])
+
+
+def test_graphed_run_stopped_mid_stage_resumes_like_an_uninterrupted_one(tmp_path, teacher_dir, data_file,
+                                                                          monkeypatch):
+    """Ctrl-C after a replayed stage-2 step checkpoints it; ``--resume`` records a new graph from the
+    loaded weights and AdamW state (its step counts and tensor learning rates) and ends where an
+    uninterrupted graphed run ends."""
+    import signal
+
+    from accelerate import Accelerator
+
+    from lizardlm.errors import TrainingStopped
+
+    monkeypatch.setattr(sys.modules["lizardlm.train.linearize"], "Accelerator",  # float32 (module docstring)
+                        lambda **kw: Accelerator(**{**kw, "mixed_precision": "no"}))
+    settings = TrainSettings(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4,
+                             stage1_tokens=64 * 4 * 6, stage2_tokens=64 * 4 * 8, val_tokens=64 * 8, stage1_lr=2e-2,
+                             stage2_lr=3e-3, checkpoint_every=100, device="cuda", lizard=LIZARD, cuda_graphs=True)
+    linearize(settings, tmp_path / "whole")
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+
+    replays = {"n": 0}
+    real = GraphedStep.forward_backward
+
+    def ctrl_c_at_stage2_step_3(self, batch):
+        out = real(self, batch)
+        replays["n"] += 1
+        if replays["n"] == 6 + 3:  # stage 1's 6 steps, then the third of stage 2
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(GraphedStep, "forward_backward", ctrl_c_at_stage2_step_3)
+    with pytest.raises(TrainingStopped):
+        linearize(settings, tmp_path / "cut")
+    monkeypatch.setattr(GraphedStep, "forward_backward", real)
+    linearize(settings, tmp_path / "cut", resume=True)
+    cut = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["stage"], e["step"]) for e in cut] == [(e["stage"], e["step"]) for e in whole]
+    assert [e["loss"] for e in cut] == pytest.approx([e["loss"] for e in whole], rel=1e-4)
+    assert [e["lr"] for e in cut] == pytest.approx([e["lr"] for e in whole])
