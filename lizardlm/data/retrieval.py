@@ -150,10 +150,11 @@ class FillerPool:
             reps = n // ids.numel() + 2
             ids = ids.repeat(reps)
             words = torch.cat([words + i * self.streams[pick].numel() for i in range(reps)])
-        candidates = words[words <= ids.numel() - n]
-        start = int(candidates[rng.randrange(candidates.numel())]) if candidates.numel() else 0
-        inside = words[(words >= start) & (words < start + n)] - start
-        return ids[start:start + n], inside
+        # word starts are sorted: binary searches instead of masks over a whole book's words
+        last = int(torch.searchsorted(words, ids.numel() - n, right=True))  # candidates: words[:last]
+        start = int(words[rng.randrange(last)]) if last else 0
+        lo, hi = torch.searchsorted(words, torch.tensor([start, start + n])).tolist()
+        return ids[start:start + n], words[lo:hi] - start
 
 
 def _encoded_streams(documents: list[Document], tokenizer: Any, vocab: list[str]) -> list[torch.Tensor]:
