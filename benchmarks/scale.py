@@ -2,7 +2,8 @@
 
 Random-weight models of real teacher shapes (configs below, no download), bf16 weights on CUDA
 (float32 on CPU). Per shape, sequence length and Lizard mode it times, with the library's own
-loss functions, one optimizer step (forward, backward, gradient clipping, AdamW) of
+loss functions and optimizer (:func:`lizardlm.train.step.adamw`: fused on CUDA), one optimizer step
+(forward, backward, gradient clipping, AdamW) of
 
 * ``teacher_lora``: peft LoRA rank 8 on q/k/v/o of the teacher, next-token loss;
 * ``stage1``: attention transfer (only the Lizard parameters train);
@@ -10,7 +11,8 @@ loss functions, one optimizer step (forward, backward, gradient clipping, AdamW)
 
 and the peak memory of each, then projects the paper's recipe (20M stage-1 + 20M stage-2 tokens).
 With ``--cuda-graphs`` each step is timed again replayed from a CUDA graph (``*_graph_*`` keys), from
-the same starting weights, with the largest relative difference of the two runs' losses.
+the same starting weights, with the largest relative difference of the two runs' losses, and the
+recipe is projected at the graphed rates too (``recipe_graph_minutes``).
 An out-of-memory error (or any other failure) is recorded in its row and the run goes on::
 
     python benchmarks/scale.py --out benchmarks/results                      # all shapes, 2K and 8K
