@@ -48,6 +48,8 @@ def attention(path: Path) -> str:
 
 def scale(path: Path) -> str:
     d = json.loads(path.read_text())
+    if any(r.get("stage1_graph_tok_per_s") for r in d["runs"]):
+        return scale_graphed(path, d)
     rows = [
         f"Training steps at scale, {d['device']} (`{path.name}`): random-weight models of real shapes, "
         f"{d['dtype']}, LoRA rank {d['lora']['rank']} on {'/'.join(t[0] for t in d['lora']['targets'])}; teacher = "
@@ -57,8 +59,6 @@ def scale(path: Path) -> str:
         "| shape | batch x seq | Lizard form | teacher LoRA tok/s | stage 1 tok/s | stage 2 tok/s | peak GiB | recipe min |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    if any(r.get("stage1_graph_tok_per_s") for r in d["runs"]):
-        return scale_graphed(path, d)
     for r in d["runs"]:
         if "stage1_tok_per_s" not in r:
             rows.append(f"| {r['shape']} | {r['batch']} x {r['seq']} | {r['mode']} | {r.get('error', 'failed')} |||||")

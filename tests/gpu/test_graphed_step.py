@@ -82,11 +82,16 @@ def test_graphed_stage_steps_match_eager_steps(tiny_llama, mode):
     assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
 
 
-def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir, data_file, monkeypatch):
+@pytest.fixture
+def float32_linearize(monkeypatch):
+    """``linearize`` without bf16 autocast on CUDA (module docstring)."""
     from accelerate import Accelerator
 
-    monkeypatch.setattr(sys.modules["lizardlm.train.linearize"], "Accelerator",  # float32 (module docstring)
+    monkeypatch.setattr(sys.modules["lizardlm.train.linearize"], "Accelerator",
                         lambda **kw: Accelerator(**{**kw, "mixed_precision": "no"}))
+
+
+def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir, data_file, float32_linearize):
     base = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4, stage1_tokens=64 * 4 * 8,
                 stage2_tokens=64 * 4 * 6, val_tokens=64 * 8, stage1_lr=2e-2, stage2_lr=3e-3, checkpoint_every=3,
                 device="cuda", lizard=LIZARD)
@@ -103,18 +108,14 @@ def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir,
 
 
 def test_graphed_run_stopped_mid_stage_resumes_like_an_uninterrupted_one(tmp_path, teacher_dir, data_file,
-                                                                          monkeypatch):
+                                                                          float32_linearize, monkeypatch):
     """Ctrl-C after a replayed stage-2 step checkpoints it; ``--resume`` records a new graph from the
     loaded weights and AdamW state (its step counts and tensor learning rates) and ends where an
     uninterrupted graphed run ends."""
     import signal
 
-    from accelerate import Accelerator
-
     from lizardlm.errors import TrainingStopped
 
-    monkeypatch.setattr(sys.modules["lizardlm.train.linearize"], "Accelerator",  # float32 (module docstring)
-                        lambda **kw: Accelerator(**{**kw, "mixed_precision": "no"}))
     settings = TrainSettings(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4,
                              stage1_tokens=64 * 4 * 6, stage2_tokens=64 * 4 * 8, val_tokens=64 * 8, stage1_lr=2e-2,
                              stage2_lr=3e-3, checkpoint_every=100, device="cuda", lizard=LIZARD, cuda_graphs=True)
