@@ -46,11 +46,11 @@ from result_names import device_slug
 
 EVAL_TASKS = "passkey,passkey_train,ruler,longppl,diagnostics"
 FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batch_size=8, val_tokens=131_072,
-            passkey_lengths="1024,2048,4096,8192,16384,32768", passkey_trials=50, passkey_depths=10,
+            passkey_lengths="1024,2048,4096,8192,16384,32768", passkey_trials=50, passkey_depths=10, passkey_keys=5,
             ruler_lengths="1024,4096,16384", ruler_trials=20, longppl_len=32768, longppl_windows=4,
             diagnostics_lengths="1024,4096,16384", diagnostics_trials=8, batch=8)
 QUICK = dict(stage1_tokens=1024, stage2_tokens=1024, seq_len=128, batch_size=2, val_tokens=256,
-             passkey_lengths="256", passkey_trials=2, passkey_depths=2, ruler_lengths="256", ruler_trials=1,
+             passkey_lengths="256", passkey_trials=2, passkey_depths=2, passkey_keys=5, ruler_lengths="256", ruler_trials=1,
              longppl_len=512, longppl_windows=1, diagnostics_lengths="256", diagnostics_trials=2, batch=2)
 
 
@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
     p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS[|DATA]",
                    help="a run of its own (repeat: all at once, one process each); FLAGS as in --flags")
+    p.add_argument("--tasks", default=EVAL_TASKS, help=f"the `lizardlm eval` tasks (default {EVAL_TASKS})")
     p.add_argument("--quick", action="store_true", help="CPU smoke run on tiny budgets")
     for key, value in FULL.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None,
@@ -98,11 +99,11 @@ def linearize_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "lizardlm", "eval", "--model", str(run_dir), "--tasks", EVAL_TASKS,
+    cmd = [sys.executable, "-m", "lizardlm", "eval", "--model", str(run_dir), "--tasks", args.tasks,
            "--device", args.device, "--out", str(run_dir / "eval"), "--no-progress", "--batch-size", str(args.batch)]
     cmd += ["--teacher", args.teacher] if args.with_teacher else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
-    for key in ("passkey_lengths", "passkey_trials", "passkey_depths", "ruler_lengths", "ruler_trials",
+    for key in ("passkey_lengths", "passkey_trials", "passkey_depths", "passkey_keys", "ruler_lengths", "ruler_trials",
                 "longppl_len", "longppl_windows", "diagnostics_lengths", "diagnostics_trials"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return cmd
@@ -124,6 +125,10 @@ def assemble(result: dict, run_name: str, eval_json: dict) -> None:
                 section[name] = entry.get("status")
             elif task in ("passkey", "passkey_train"):
                 section[name] = _by_length(entry, "acc")
+                result.setdefault(f"{task}_first_digit", {})[name] = _by_length(entry, "first_digit_acc")
+                result.setdefault(f"{task}_answer_nll", {})[name] = _by_length(entry, "answer_nll")
+                if task == "passkey_train":
+                    result.setdefault("passkey_train_another_key", {})[name] = _by_length(entry, "other_key_rate")
             elif task == "ruler":
                 section[name] = entry["details"]["mean"]
             elif task == "longppl":
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"passkey": {}, "ruler": {}, "longppl": {}, "diagnostics": {}, "runs": {}}
     if args.merge is not None and args.merge.exists():
         merge(result, json.loads(args.merge.read_text()))
-    result.update(device=device, teacher=args.teacher, eval_tasks=EVAL_TASKS,
+    result.update(device=device, teacher=args.teacher, eval_tasks=args.tasks,
                   versions={"torch": torch.__version__, "transformers": transformers.__version__})
     run_dir = args.runs / args.name
     entry: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": args.mode, "data": args.data,

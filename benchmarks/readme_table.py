@@ -344,8 +344,14 @@ def passkey(path: Path) -> str:
     pk_lengths = sorted({int(k) for n in names if isinstance(d["passkey"][n], dict) for k in d["passkey"][n]})
     trained = d.get("passkey_train", {})
     tr_lengths = sorted({int(k) for n in names if isinstance(trained.get(n), dict) for k in trained[n]})
-    ru_lengths = sorted({int(k) for n in names if isinstance(d["ruler"].get(n), dict) for k in d["ruler"][n]})
+    first = d.get("passkey_train_first_digit", {})
+    fd_lengths = sorted({int(k) for n in names if isinstance(first.get(n), dict) for k in first[n]})
+    ru_lengths = sorted({int(k) for n in names if isinstance(d.get("ruler", {}).get(n), dict) for k in d["ruler"][n]})
     kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
+    columns = ([(d["passkey"], L, f"passkey @ {kib(L)}") for L in pk_lengths]
+               + [(trained, L, f"train-template @ {kib(L)}") for L in tr_lengths]
+               + [(first, L, f"train-template first digit @ {kib(L)}") for L in fd_lengths]
+               + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}") for L in ru_lengths])
 
     def cell(value) -> str:
         return f"{value:.2f}" if isinstance(value, (int, float)) else ("OOM" if "memory" in str(value) else "–")
@@ -355,29 +361,23 @@ def passkey(path: Path) -> str:
             return "–"
         return f"{curve['ppl'][-1]:.2f} @ {kib(curve['bucket_start'][-1])}-{kib(curve['bucket_end'][-1])}"
 
-    first = d["runs"][next(n for n in names if n in d["runs"])]
+    run0 = d["runs"][next(n for n in names if n in d["runs"])]
     out = [
         f"Long-context retrieval, {d['device']} (`{path.name}`): teacher {d['teacher']}; each run is `lizardlm "
-        f"linearize` with the data and flags below ({first['stage1_tokens'] / 2**20:g}M + "
-        f"{first['stage2_tokens'] / 2**20:g}M tokens of {first['seq_len']}, the same for every run), then "
-        f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {first['passkey_trials']} trials per length over "
-        f"{first['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
-        "train-template: the training template, five numbered keys in held-out books, one asked for); "
-        "RULER: mean exact match of its five tasks; long ppl: perplexity of the last position bucket of "
-        "held-out books. – = not run; OOM = the teacher ran out of memory.",
+        f"linearize` with the data and flags below ({run0['stage1_tokens'] / 2**20:g}M + "
+        f"{run0['stage2_tokens'] / 2**20:g}M tokens of {run0['seq_len']}, the same for every run), then "
+        f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {run0['passkey_trials']} trials per length over "
+        f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
+        "train-template: the training template, five numbered keys in held-out books, one asked for; first digit: "
+        "the answer's first digit right); RULER: mean exact match of its five tasks; long ppl: perplexity of the "
+        "last position bucket of held-out books. – = not run; OOM = the teacher ran out of memory.",
         "",
-        "| run | " + " | ".join(f"passkey @ {kib(L)}" for L in pk_lengths) + " | "
-        + "".join(f"train-template @ {kib(L)} | " for L in tr_lengths)
-        + " | ".join(f"RULER @ {kib(L)}" for L in ru_lengths) + " | long ppl |",
-        "|---|" + "---:|" * (len(pk_lengths) + len(tr_lengths) + len(ru_lengths) + 1),
+        "| run | " + " | ".join(title for _, _, title in columns) + " | long ppl |",
+        "|---|" + "---:|" * (len(columns) + 1),
     ]
     for n in names:
-        pk, ru = d["passkey"].get(n), d["ruler"].get(n)
-        tr = trained.get(n)
-        cells = [cell(pk.get(str(L))) if isinstance(pk, dict) else "–" for L in pk_lengths]
-        cells += [cell(tr.get(str(L))) if isinstance(tr, dict) else "–" for L in tr_lengths]
-        cells += [cell(ru.get(str(L))) if isinstance(ru, dict) else "–" for L in ru_lengths]
-        out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d["longppl"].get(n))]) + " |")
+        cells = [cell(sec[n].get(str(L))) if isinstance(sec.get(n), dict) else "–" for sec, L, _ in columns]
+        out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d.get("longppl", {}).get(n))]) + " |")
     out += ["", "Runs: " + "; ".join(f"`{n}` = `--mode {r['mode']} --data {r['data']}"
                                      + (f" {r['flags']}" if r["flags"] else "") + "`"
                                      for n, r in d["runs"].items() if n in names) + "."]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-from eval_stubs import OOMLM, PasskeyOracle, tiny_llama, tiny_tokenizer  # noqa: E402
+from eval_stubs import OOMLM, InductionOracle, PasskeyOracle, tiny_llama, tiny_tokenizer  # noqa: E402
 
 import lizardlm  # noqa: E402
 from lizardlm.data import Document  # noqa: E402
@@ -21,7 +21,8 @@ from lizardlm.eval.longppl import bucket_edges, longppl_eval  # noqa: E402
 from lizardlm.eval.passkey import passkey_eval  # noqa: E402
 from lizardlm.eval.report import passkey_heatmap  # noqa: E402
 from lizardlm.eval.ruler import TASKS, make_prompt, ruler_eval  # noqa: E402
-from lizardlm.eval.streaming import greedy_batch, token_nll  # noqa: E402
+from lizardlm.eval.passkey import make_train_prompt, run_prompts  # noqa: E402
+from lizardlm.eval.streaming import continuation_nll, greedy_batch, token_nll  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -45,6 +46,31 @@ def test_chunked_calls_match_one_forward(tok):
         assert torch.equal(greedy_batch(model, x, 1, chunk=40)[:, 0], logits[:, -1].argmax(-1))
 
 
+def test_continuation_nll_is_the_full_forward_nll_of_the_continuation(tok):
+    g = torch.Generator().manual_seed(1)
+    prompts, cont = torch.randint(0, len(tok), (2, 90), generator=g), torch.randint(0, len(tok), (2, 6), generator=g)
+    for model in (*_models(len(tok)), InductionOracle(len(tok))):
+        ref = token_nll(model, torch.cat([prompts, cont], 1), chunk=96)[:, 89:]
+        assert torch.allclose(continuation_nll(model, prompts, cont, chunk=40), ref, atol=1e-4)
+        assert torch.allclose(continuation_nll(model, prompts, cont[:, :1], chunk=40), ref[:, :1], atol=1e-4)
+
+
+def test_passkey_scores_the_answer_training_scores(tok):
+    """The training template's answer (the key and its full stop after "Passkey number 1 is") is what
+    the teacher-forced ``answer_nll`` scores: the mean NLL of exactly those tokens after the prompt."""
+    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8")
+    pool = FillerPool([Document(text, "book")], tok)
+    model = _models(len(tok))[1]
+    prompts = [make_train_prompt(pool, 300, depth, random.Random(depth), keys=2) for depth in (0.0, 0.5, 1.0)]
+    done = run_prompts(model, tok, prompts, chunk=128)
+    for p, d in zip(prompts, done):
+        assert tok.decode(list(p.answer_ids)).strip() == f"{p.key}." and len(p.other_keys) == 1
+        nll = token_nll(model, torch.tensor([p.input_ids + list(p.answer_ids)]))[0, len(p.input_ids) - 1:]
+        assert d["answer_nll"] == pytest.approx(nll.mean().item(), abs=1e-3)
+    single = passkey_eval(model, tok, lengths=(300,), trials=2, template="train", filler=pool, keys=1, progress=False)
+    assert single["keys"] == 1 and single["lengths"][0]["other_key_rate"] == 0.0
+
+
 def test_passkey_depth_grid_batches_and_heatmap(tok, tmp_path):
     r = passkey_eval(PasskeyOracle(tok), tok, lengths=(256,), trials=20, depths=10, batch_size=4, progress=False)
     rec = r["lengths"][0]
@@ -60,6 +86,21 @@ def test_passkey_training_template(tok):
     assert r["template"] == "train" and rec["status"] == "ok" and rec["n"] == 3
     with pytest.raises(ValueError, match="filler"):
         passkey_eval(PasskeyOracle(tok), tok, lengths=(256,), template="train")
+
+
+def test_passkey_says_when_an_answer_is_another_needle(tok):
+    """A stub that always answers the text's first needle: right when passkey number 1 comes first,
+    otherwise exactly another passkey of the prompt; every answer starts with some key's digit."""
+    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8")
+    pool = FillerPool([Document(text, "book")], tok)
+    r = passkey_eval(PasskeyOracle(tok, marker=" is"), tok, lengths=(300,), trials=12, depths=4, template="train",
+                     filler=pool, progress=False)
+    rec = r["lengths"][0]
+    assert 0 < rec["acc"] < 1 and rec["acc"] + rec["other_key_rate"] == pytest.approx(1.0)
+    assert rec["first_digit_acc"] >= rec["acc"]
+    assert all(t["correct"] != t["other_key"] for t in rec["trials"])
+    oracle = passkey_eval(PasskeyOracle(tok), tok, lengths=(256,), trials=4, progress=False)["lengths"][0]
+    assert oracle["acc"] == oracle["first_digit_acc"] == 1.0 and oracle["other_key_rate"] == 0.0
 
 
 @pytest.mark.parametrize("task", TASKS)

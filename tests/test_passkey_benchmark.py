@@ -48,6 +48,7 @@ def test_assemble_from_a_real_eval_json(tmp_path):
     for name in ("teacher", "lizard-mix"):
         acc, short = result["passkey"][name]["128"], result["passkey"][name]["10"]
         assert 0 <= acc <= 1 and short.startswith("skipped")
+        assert acc <= result["passkey_first_digit"][name]["128"] <= 1
         assert result["longppl"][name] == "absent" and result["passkey_train"][name] == "absent"  # no books
     assert 0 <= result["ruler"]["teacher"]["256"] <= 1 and result["ruler"]["lizard-mix"] == "error"
     assert result["diagnostics"]["teacher"] == "skipped (not a Lizard model)"

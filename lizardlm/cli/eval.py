@@ -94,6 +94,8 @@ def add_parser(subparsers) -> None:
                    help=f"comma-separated prompt lengths in tokens (default: {CPU_PASSKEY_LENGTHS} on cpu, {GPU_PASSKEY_LENGTHS} on cuda)")
     p.add_argument("--passkey-trials", type=positive_int, default=50, help="prompts per length (seeded keys)")
     p.add_argument("--passkey-depths", type=positive_int, default=10, help="needle depths the trials cycle through (0 to 1)")
+    p.add_argument("--passkey-keys", type=positive_int, default=5,
+                   help="numbered passkeys in each passkey_train prompt (the retrieval data's keys=; one is asked for)")
     p.add_argument("--chunk", type=positive_int, default=2048, help="prefill chunk: long inputs run through the model's cache")
     p.add_argument("--ruler-lengths", type=_int_list, default=(1024, 2048), help="RULER prompt lengths (e.g. 4k,8k,16k,32k)")
     p.add_argument("--ruler-trials", type=positive_int, default=20, help="prompts per RULER task and length")
@@ -200,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         passkey_trials=args.passkey_trials,
         passkey_time_budget_s=budget,
         passkey_depths=args.passkey_depths,
+        passkey_keys=args.passkey_keys,
         chunk=args.chunk,
         ruler_lengths=args.ruler_lengths,
         ruler_trials=args.ruler_trials,

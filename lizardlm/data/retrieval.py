@@ -120,13 +120,15 @@ def filler_split(documents: list[Document], split: str) -> list[Document]:
 class RetrievalExample:
     """One document's token ids, its keys, where each needle starts and the share of the filler
     before it (its depth), all by passkey number; ``answers``: the ``[start, end)`` token span of each
-    asked key's answer in the question part (the training template's; empty for a prompt)."""
+    asked key's answer in the question part (the training template's; empty for a prompt);
+    ``continuation``: a prompt's right continuation, the tokens training scores as its answer."""
 
     input_ids: list[int]
     keys: dict[int, str]
     needle_starts: dict[int, int]
     depths: dict[int, float]
     answers: dict[int, tuple[int, int]] = field(default_factory=dict)
+    continuation: list[int] = field(default_factory=list)
 
 
 class FillerPool:
@@ -216,13 +218,15 @@ def make_example(
     asked = rng.sample(range(1, keys + 1), keys) if ask is None else [ask]
     tail = _encode(tok, QUESTION)
     answers: dict[int, tuple[int, int]] = {}  # offsets in the tail for now
+    continuation: list[int] = []
     for i in asked:
-        piece = _encode(tok, (NEEDLE if ask is None else ANSWER_PROMPT).format(index=i, key=secrets[i]))
+        given, answer = answer_tokens(tok, i, secrets[i])
         if ask is None:
-            prompt = _encode(tok, ANSWER_PROMPT.format(index=i))
-            given = len(prompt) if piece[: len(prompt)] == prompt else 0  # else the whole sentence is the answer
-            answers[i] = (len(tail) + given, len(tail) + len(piece))
-        tail += piece
+            answers[i] = (len(tail) + len(given), len(tail) + len(given) + len(answer))
+            tail += given + answer
+        else:
+            tail += _encode(tok, ANSWER_PROMPT.format(index=i))
+            continuation = answer if given else _encode(tok, f" {secrets[i]}.")
     n_filler = length - sum(map(len, needles)) - len(tail)
     if n_filler < 1:
         raise DataError(f"retrieval: length {length} leaves no room for filler ({length - n_filler} tokens of needles and answers)")
@@ -241,7 +245,17 @@ def make_example(
     ids += filler[prev:].tolist()
     answers = {i: (len(ids) + a, len(ids) + b) for i, (a, b) in answers.items()}
     ids += tail
-    return RetrievalExample(ids, secrets, starts, placed, answers)
+    return RetrievalExample(ids, secrets, starts, placed, answers, continuation)
+
+
+def answer_tokens(tokenizer: Any, index: int, key: str) -> tuple[list[int], list[int]]:
+    """The answer sentence of passkey ``index`` split into what is given (``" Passkey number
+    {index} is"``) and the answer (the key and its full stop); all answer where the tokenizer merges
+    across that cut."""
+    piece = _encode(tokenizer, NEEDLE.format(index=index, key=key))
+    prompt = _encode(tokenizer, ANSWER_PROMPT.format(index=index))
+    given = len(prompt) if piece[: len(prompt)] == prompt else 0
+    return piece[:given], piece[given:]
 
 
 def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:

@@ -37,7 +37,7 @@ from lizardlm.eval._utils import (
     skip_length,
     split_on_oom,
 )
-from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_batch
+from lizardlm.eval.streaming import DEFAULT_CHUNK, continuation_nll, greedy_batch
 from lizardlm.progress import progress
 
 PREFIX = (
@@ -61,6 +61,8 @@ class PasskeyPrompt:
     filler_tokens: int  # filler tokens in the prompt (before + after the needle)
     prefix_len: int  # tokens of the instruction before the filler
     placed_depth: float | None = None  # the depth as placed, where the template knows it
+    other_keys: tuple[str, ...] = ()  # the prompt's other passkeys (training template), never asked for
+    answer_ids: tuple[int, ...] = ()  # the right continuation's tokens (the key and its full stop)
 
     @property
     def actual_depth(self) -> float:
@@ -93,7 +95,9 @@ def make_prompt(tokenizer: Any, length: int, depth: float, key: str | int | None
     cut = max(0, min(cut, n_filler))
     before, after = filler[:cut], filler[cut:]
     ids = prefix + before + needle + after + question
-    return PasskeyPrompt(ids, key, depth, len(prefix) + len(before), n_filler, len(prefix))
+    said = encode(tokenizer, QUESTION + f" {key}.")
+    answer = said[len(question):] if said[: len(question)] == question else encode(tokenizer, f" {key}.")
+    return PasskeyPrompt(ids, key, depth, len(prefix) + len(before), n_filler, len(prefix), answer_ids=tuple(answer))
 
 
 def extract_digits(text: str) -> str:
@@ -102,25 +106,35 @@ def extract_digits(text: str) -> str:
 
 
 def make_train_prompt(pool: Any, length: int, depth: float, rng: random.Random, keys: int = 5) -> PasskeyPrompt:
-    """A prompt in the training template (:func:`lizardlm.data.retrieval.make_example`): passkey
-    number 1 at ``depth``, the others at random depths, passkey number 1 asked for."""
+    """A prompt in the training template (:func:`lizardlm.data.retrieval.make_example`): ``keys``
+    passkeys, number 1 at ``depth`` and the others at random depths, passkey number 1 asked for."""
     from lizardlm.data.retrieval import make_example
 
     example = make_example(pool, rng, length, keys=keys, ask=1, depths=[depth])
-    return PasskeyPrompt(example.input_ids, example.keys[1], depth, example.needle_starts[1], 1, 0, example.depths[1])
+    others = tuple(key for number, key in sorted(example.keys.items()) if number != 1)
+    return PasskeyPrompt(example.input_ids, example.keys[1], depth, example.needle_starts[1], 1, 0, example.depths[1],
+                         others, tuple(example.continuation))
 
 
 def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[PasskeyPrompt], extra_tokens: int = 4, chunk: int = DEFAULT_CHUNK) -> list[dict]:
-    """Greedy answers of equal-length prompts in one batch, each scored by exact match of its digits."""
+    """Greedy answers of equal-length prompts in one batch, each scored by exact match of its digits;
+    ``first_digit`` says whether the answer starts right, ``other_key`` whether it is exactly another
+    passkey of the prompt (a needle found, but not the one asked for), ``answer_nll`` the mean
+    teacher-forced NLL per token of the right answer (what stage 2 trains on the training template)."""
     ids = torch.tensor([p.input_ids for p in prompts], dtype=torch.long)
     # enough tokens for the key even when every digit is its own token
     new = greedy_batch(model, ids, max(len(p.key) for p in prompts) + extra_tokens, chunk=chunk)
+    width = max(len(p.answer_ids) for p in prompts)
+    answers = torch.tensor([list(p.answer_ids) + [p.answer_ids[-1]] * (width - len(p.answer_ids)) for p in prompts])
+    nll = continuation_nll(model, ids, answers, chunk=chunk)
     out = []
-    for p, row in zip(prompts, new.tolist()):
+    for p, row, row_nll in zip(prompts, new.tolist(), nll):
         text = tokenizer.decode(row, skip_special_tokens=True)
         pred = extract_digits(text)
         out.append({"depth": round(p.depth, 4), "actual_depth": round(p.actual_depth, 4), "key": p.key,
-                    "pred": pred, "output": text, "correct": pred == p.key})
+                    "pred": pred, "output": text, "correct": pred == p.key,
+                    "first_digit": pred[:1] == p.key[:1], "other_key": pred in p.other_keys,
+                    "answer_nll": round(row_nll[: len(p.answer_ids)].mean().item(), 4)})
     return out
 
 
@@ -144,14 +158,18 @@ def passkey_eval(
     template: str = "eval",
     filler: Any = None,
     chunk: int = DEFAULT_CHUNK,
+    keys: int = 5,
 ) -> dict:
     """Accuracy per length over ``trials`` prompts with random keys.
 
     Depths are random (``depths=None``) or cycle through ``depth_grid(depths)``; ``template`` is
     ``"eval"`` (the module's prompt) or ``"train"`` (the training template; ``filler`` is the
-    :class:`~lizardlm.data.retrieval.FillerPool` of held-out books). ``batch_size`` prompts run at once.
+    :class:`~lizardlm.data.retrieval.FillerPool` of held-out books, with ``keys`` passkeys a prompt).
+    ``batch_size`` prompts run at once.
 
-    Per length: ``{"length", "status": "ok", "acc", "by_depth", "trials": [...], "seconds"}`` or
+    Per length: ``{"length", "status": "ok", "acc", "first_digit_acc", "other_key_rate", "answer_nll", "by_depth",
+    "trials": [...], "seconds"}`` (``other_key_rate``: the share of answers that are exactly another
+    passkey of the prompt; always 0 for the evaluation template's one needle) or
     ``{"length", "status": "skipped (reason)"}``. A length is skipped when it runs out of memory,
     when the time it would take (extrapolated from the previous length: linearly, or for stock
     full-attention models as the mean of linear and quadratic growth) exceeds ``time_budget_s``, or, for stock
@@ -182,7 +200,7 @@ def passkey_eval(
             for start in range(0, trials, batch_size):
                 part = plan[start:start + batch_size]
                 if template == "train":
-                    prompts = [make_train_prompt(filler, L, depth, rng) for depth, _ in part]
+                    prompts = [make_train_prompt(filler, L, depth, rng, keys=keys) for depth, _ in part]
                 else:
                     prompts = [make_prompt(tokenizer, L, depth, key=key) for depth, key in part]
                 done += split_on_oom(lambda ps: run_prompts(model, tokenizer, ps, chunk=chunk), prompts)
@@ -198,6 +216,9 @@ def passkey_eval(
         if done:
             rec.update(
                 acc=sum(d["correct"] for d in done) / len(done),
+                first_digit_acc=sum(d["first_digit"] for d in done) / len(done),
+                other_key_rate=sum(d["other_key"] for d in done) / len(done),
+                answer_nll=sum(d["answer_nll"] for d in done) / len(done),
                 n=len(done),
                 by_depth=_by_depth(done),
                 trials=done,
@@ -208,7 +229,8 @@ def passkey_eval(
                 rec["note"] = (rec.get("note", "") + f" partial: {len(done)} trials before failure").strip()
         results.append(rec)
     bar.close()
-    return {"lengths": results, "trials": trials, "digits": digits, "template": template, "depths": list(grid or ())}
+    return {"lengths": results, "trials": trials, "digits": digits, "template": template, "depths": list(grid or ()),
+            **({"keys": keys} if template == "train" else {})}
 
 
 def _by_depth(done: list[dict]) -> dict[str, float]:

@@ -73,6 +73,7 @@ class EvalConfig:
     passkey_trials: int = 5
     passkey_time_budget_s: float | None = None
     passkey_depths: int | None = None
+    passkey_keys: int = 5
     chunk: int = 2048
     ruler_lengths: tuple[int, ...] = (1024, 2048)
     ruler_trials: int = 20
@@ -161,7 +162,7 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
     r = passkey_eval(model, tok, lengths=cfg.passkey_lengths, trials=_capped(cfg.passkey_trials, cfg.limit),
                      seed=cfg.seed, time_budget_s=cfg.passkey_time_budget_s, progress=cfg.progress,
                      depths=cfg.passkey_depths, batch_size=resolve_batch_size(cfg.batch_size, model),
-                     template=template, filler=filler, chunk=cfg.chunk)
+                     template=template, filler=filler, chunk=cfg.chunk, keys=cfg.passkey_keys)
     metrics: dict[str, Any] = {}
     status: dict[str, str] = {}
     for rec in r["lengths"]:
@@ -169,6 +170,12 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
         metrics[k] = rec.get("acc")
         if rec.get("acc") is None:
             status[k] = rec["status"]
+    for rec in r["lengths"]:  # after the accuracies: where a wrong answer went wrong
+        if rec.get("acc") is not None:
+            metrics[f"first digit @ {rec['length']}"] = rec["first_digit_acc"]
+            metrics[f"answer nll @ {rec['length']}"] = rec["answer_nll"]
+            if template == "train":
+                metrics[f"another passkey @ {rec['length']}"] = rec["other_key_rate"]
     out = {"status": "ok", "metrics": metrics, "details": r}
     if status:
         out["metric_status"] = status

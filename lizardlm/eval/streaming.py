@@ -64,6 +64,25 @@ def greedy_batch(model: Any, input_ids: torch.Tensor, max_new_tokens: int, chunk
     return torch.cat(new, dim=1).cpu()
 
 
+def continuation_nll(model: Any, prompts: torch.Tensor, continuations: torch.Tensor,
+                     chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Teacher-forced NLL ``(B, K)`` (float32, CPU) of each continuation token ``(B, K)`` given its
+    prompt ``(B, T)`` and the continuation before it: the prompt prefilled in chunks through the
+    cache (last logits only), then the continuation in one step. Padding after a shorter
+    continuation cannot change the positions before it (causal)."""
+    x, c = prompts.to(model_device(model)), continuations.to(model_device(model))
+    T, K = x.shape[1], c.shape[1]
+    if not uses_cache(model):
+        logits = call_logits(model, torch.cat([x, c], dim=1))[:, T - 1 : T - 1 + K]
+    else:
+        cache = new_cache(model)
+        for start in range(0, T, chunk):
+            last = _step(model, x[:, start:start + chunk], cache, last_only=True)[:, -1:]
+        rest = [_step(model, c[:, :-1], cache, last_only=False)] if K > 1 else []
+        logits = torch.cat([last, *rest], dim=1)
+    return F.cross_entropy(logits.float().transpose(1, 2), c, reduction="none").cpu()
+
+
 def token_nll(model: Any, input_ids: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """Per-token NLL ``(B, T - 1)`` (float32, CPU) of ``input_ids`` ``(B, T)``, in chunks through the cache."""
     x = input_ids.to(model_device(model))
