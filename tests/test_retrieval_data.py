@@ -13,7 +13,7 @@ import torch
 from lizardlm.data import build_splits, load_documents, pack_tokens
 from lizardlm.data.mixture import parse_mixture
 from lizardlm.data.packing import IGNORE_INDEX, inputs_and_labels, without_loss
-from lizardlm.data.retrieval import FillerPool, filler_split, make_example, parse_spec
+from lizardlm.data.retrieval import QUESTIONS, WORDINGS, FillerPool, filler_split, make_example, parse_spec
 from lizardlm.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -73,6 +73,30 @@ def test_answer_only_loss_keeps_the_tokens_and_targets_only_the_keys(books, tiny
     assert (labels[:, -1] == tiny_tokenizer.eos_token_id).all()  # packing's eos stays a target
 
 
+def test_varied_template_draws_a_wording_per_document_and_targets_its_answers(books, tiny_tokenizer):
+    """``template=varied``: every document uses one (needle, answer prompt) wording and one question
+    throughout; the answer-only targets are each key and its full stop, after the answer prompt."""
+    docs = load_documents(_spec(books, ":template=varied:loss=answers").replace("count=6", "count=12"),
+                          tokenizer=tiny_tokenizer)
+    used = set()
+    for doc in docs:
+        ids, labels = inputs_and_labels(doc.token_ids)
+        text = tiny_tokenizer.decode(ids.tolist())
+        assert len(ids) == 255 and "pass key" not in text.lower()
+        question = next(q for q in QUESTIONS if q.strip() in text)
+        head, _, tail = text.partition(question.strip())
+        needle_at, prompt_at = next(w for w in WORDINGS if w[0].format(index=1) in head)
+        used.add(needle_at)
+        keys = {n: head.split(f"{needle_at.format(index=n)} ")[1].split(".")[0] for n in range(1, 6)}
+        assert all(f"{prompt_at.format(index=n)} {key}." in tail for n, key in keys.items())
+        targets = tiny_tokenizer.decode(labels[labels != IGNORE_INDEX].tolist())
+        assert sorted(targets.replace(".", " ").split()) == sorted(keys.values())
+    assert len(used) >= 3
+    plain = load_documents(_spec(books), tokenizer=tiny_tokenizer)
+    explicit = load_documents(_spec(books, ":template=numbered"), tokenizer=tiny_tokenizer)
+    assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(plain, explicit))
+
+
 def test_without_loss_round_trip():
     ids = torch.randint(0, 1000, (3, 17), generator=torch.Generator().manual_seed(0))
     targets = torch.rand(3, 17, generator=torch.Generator().manual_seed(1)) < 0.3
@@ -105,7 +129,8 @@ def test_keys_and_depths(books, tiny_tokenizer):
 @pytest.mark.parametrize(
     "spec, match",
     [("retrieval:count=x", "whole number"), ("retrieval:colour=red", "KEY=VALUE"), ("retrieval:keys=0", ">= 1"),
-     ("retrieval:key-tokens=8-5", "LO-HI"), ("retrieval:split=test", "split"), ("retrieval:loss=keys", "loss")],
+     ("retrieval:key-tokens=8-5", "LO-HI"), ("retrieval:split=test", "split"), ("retrieval:loss=keys", "loss"),
+     ("retrieval:template=fancy", "template")],
 )
 def test_bad_specs(spec, match):
     with pytest.raises(DataError, match=match):

@@ -12,7 +12,10 @@ so a document fills one row when ``length == seq_len``), ``keys`` (5 passkeys pe
 ``key-tokens`` (5-8: the length of each key in tokens, drawn uniformly), ``seed`` (0), ``filler``
 (``long-docs``: the Gutenberg books of the shared data directory, or any data spec), ``split``
 (``train``: the filler documents without the held-out tenth; ``eval``: only the held-out tenth,
-see :func:`filler_split`), ``loss`` (``all`` or ``answers``, below).
+see :func:`filler_split`), ``loss`` (``all`` or ``answers``, below), ``template`` (``numbered``,
+below, or ``varied``: each document draws one of :data:`WORDINGS` for its needles and answers and
+one of :data:`QUESTIONS`, so that a lookup is not learned as one sentence; none of them uses the
+evaluation template's words).
 
 A document (the training template; the evaluation template of :mod:`lizardlm.eval.passkey` is
 another one)::
@@ -48,11 +51,28 @@ from lizardlm.data.packing import without_loss
 from lizardlm.data.sources import Document, load_documents
 from lizardlm.errors import CheckpointError, DataError
 
-NEEDLE = " Passkey number {index} is {key}."
 QUESTION = "\n\nWhat are the passkeys hidden in the text?"
 ANSWER_PROMPT = " Passkey number {index} is"
+"""The training template's needle and answer prompt, each followed by `` {key}.``."""
+WORDINGS = (
+    (ANSWER_PROMPT, ANSWER_PROMPT),
+    (" The secret code {index} is", " The secret code {index} is"),
+    (" Remember that key #{index} is", " Key #{index} is"),
+    (" Magic number {index}:", " Magic number {index}:"),
+    (" The access code for door {index} is", " Door {index} opens with"),
+    (" Note {index} says", " Note {index} says"),
+)
+"""``template=varied``: (needle, answer prompt) pairs, the needle followed by `` {key}.``, the answer
+prompt by the same; none uses the evaluation template's words (:mod:`lizardlm.eval.passkey`)."""
+QUESTIONS = (
+    QUESTION,
+    "\n\nWhich numbers were hidden in the text above?",
+    "\n\nRecall every code from the text.",
+    "\n\nList the hidden numbers.",
+)
 SPLITS = ("train", "eval")
 LOSSES = ("all", "answers")
+TEMPLATES = ("numbered", "varied")
 WORD_STARTS = ("Ġ", "Ċ", "▁", " ", "\n")  # byte-level BPE, sentencepiece and plain spellings of a leading space
 
 
@@ -68,6 +88,7 @@ class RetrievalSpec:
     filler: str = "long-docs"
     split: str = "train"
     loss: str = "all"
+    template: str = "numbered"
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.keys < 1 or self.length < 2:
@@ -79,6 +100,8 @@ class RetrievalSpec:
             raise DataError(f"retrieval: split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.loss not in LOSSES:
             raise DataError(f"retrieval: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.template not in TEMPLATES:
+            raise DataError(f"retrieval: template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
 
 
 def is_retrieval_spec(spec: str) -> bool:
@@ -98,7 +121,7 @@ def parse_spec(spec: str) -> RetrievalSpec:
             if name == "key_tokens":
                 lo, _, hi = value.partition("-")
                 values[name] = (int(lo), int(hi or lo))
-            elif name in ("filler", "split", "loss"):
+            elif name in ("filler", "split", "loss", "template"):
                 values[name] = value
             else:
                 values[name] = int(value)
@@ -204,28 +227,33 @@ def make_example(
     key_tokens: tuple[int, int] = (5, 8),
     ask: int | None = None,
     depths: list[float] | None = None,
+    template: str = "numbered",
 ) -> RetrievalExample:
     """A document of exactly ``length`` tokens: filler with ``keys`` needles, the question, then
     every answer (``ask=None``, training) or only the prompt for passkey number ``ask`` (evaluation,
-    the key is the continuation). ``depths[i - 1]`` places passkey number i (default: uniform random)."""
+    the key is the continuation). ``depths[i - 1]`` places passkey number i (default: uniform random).
+    ``template="varied"`` draws the document's wording from :data:`WORDINGS` and :data:`QUESTIONS`."""
     tok = pool.tokenizer
+    needle_at, prompt_at, question = WORDINGS[0] + (QUESTION,)
+    if template == "varied":
+        (needle_at, prompt_at), question = rng.choice(WORDINGS), rng.choice(QUESTIONS)
     secrets = {i: make_key(tok, rng, rng.randint(*key_tokens)) for i in range(1, keys + 1)}
     wanted = dict(zip(rng.sample(range(1, keys + 1), keys), (rng.random() for _ in range(keys))))
     if depths is not None:
         wanted.update(zip(range(1, keys + 1), depths))
     numbers = sorted(wanted, key=wanted.get)  # needle order in the text
-    needles = [_encode(tok, NEEDLE.format(index=i, key=secrets[i])) for i in numbers]
+    needles = [_encode(tok, f"{needle_at.format(index=i)} {secrets[i]}.") for i in numbers]
     asked = rng.sample(range(1, keys + 1), keys) if ask is None else [ask]
-    tail = _encode(tok, QUESTION)
+    tail = _encode(tok, question)
     answers: dict[int, tuple[int, int]] = {}  # offsets in the tail for now
     continuation: list[int] = []
     for i in asked:
-        given, answer = answer_tokens(tok, i, secrets[i])
+        given, answer = answer_tokens(tok, i, secrets[i], prompt_at)
         if ask is None:
             answers[i] = (len(tail) + len(given), len(tail) + len(given) + len(answer))
             tail += given + answer
         else:
-            tail += _encode(tok, ANSWER_PROMPT.format(index=i))
+            tail += _encode(tok, prompt_at.format(index=i))
             continuation = answer if given else _encode(tok, f" {secrets[i]}.")
     n_filler = length - sum(map(len, needles)) - len(tail)
     if n_filler < 1:
@@ -248,12 +276,12 @@ def make_example(
     return RetrievalExample(ids, secrets, starts, placed, answers, continuation)
 
 
-def answer_tokens(tokenizer: Any, index: int, key: str) -> tuple[list[int], list[int]]:
-    """The answer sentence of passkey ``index`` split into what is given (``" Passkey number
-    {index} is"``) and the answer (the key and its full stop); all answer where the tokenizer merges
-    across that cut."""
-    piece = _encode(tokenizer, NEEDLE.format(index=index, key=key))
-    prompt = _encode(tokenizer, ANSWER_PROMPT.format(index=index))
+def answer_tokens(tokenizer: Any, index: int, key: str, prompt_at: str = ANSWER_PROMPT) -> tuple[list[int], list[int]]:
+    """The answer sentence of passkey ``index`` split into what is given (``prompt_at``, e.g.
+    ``" Passkey number {index} is"``) and the answer (the key and its full stop); all answer where
+    the tokenizer merges across that cut."""
+    piece = _encode(tokenizer, f"{prompt_at.format(index=index)} {key}.")
+    prompt = _encode(tokenizer, prompt_at.format(index=index))
     given = len(prompt) if piece[: len(prompt)] == prompt else 0
     return piece[:given], piece[given:]
 
@@ -268,7 +296,7 @@ def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:
     rng = random.Random(params.seed)
     docs = []
     for _ in range(params.count):
-        example = make_example(pool, rng, params.length - 1, params.keys, params.key_tokens)
+        example = make_example(pool, rng, params.length - 1, params.keys, params.key_tokens, template=params.template)
         ids = torch.tensor(example.input_ids, dtype=torch.long)
         if params.loss == "answers":
             targets = torch.zeros_like(ids, dtype=torch.bool)
