@@ -346,11 +346,14 @@ def passkey(path: Path) -> str:
     tr_lengths = sorted({int(k) for n in names if isinstance(trained.get(n), dict) for k in trained[n]})
     first = d.get("passkey_train_first_digit", {})
     fd_lengths = sorted({int(k) for n in names if isinstance(first.get(n), dict) for k in first[n]})
+    nll = d.get("passkey_train_answer_nll", {})
+    nll_lengths = sorted({int(k) for n in names if isinstance(nll.get(n), dict) for k in nll[n]})
     ru_lengths = sorted({int(k) for n in names if isinstance(d.get("ruler", {}).get(n), dict) for k in d["ruler"][n]})
     kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
     columns = ([(d["passkey"], L, f"passkey @ {kib(L)}") for L in pk_lengths]
                + [(trained, L, f"train-template @ {kib(L)}") for L in tr_lengths]
                + [(first, L, f"train-template first digit @ {kib(L)}") for L in fd_lengths]
+               + [(nll, L, f"train-template answer NLL @ {kib(L)}") for L in nll_lengths]
                + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}") for L in ru_lengths])
 
     def cell(value) -> str:
@@ -369,7 +372,8 @@ def passkey(path: Path) -> str:
         f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {run0['passkey_trials']} trials per length over "
         f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
         "train-template: the training template, five numbered keys in held-out books, one asked for; first digit: "
-        "the answer's first digit right); RULER: mean exact match of its five tasks; long ppl: perplexity of the "
+        "the answer's first digit right; answer NLL: the right answer's teacher-forced NLL per token, the loss "
+        "stage 2 trains); RULER: mean exact match of its five tasks; long ppl: perplexity of the "
         "last position bucket of held-out books. – = not run; OOM = the teacher ran out of memory.",
         "",
         "| run | " + " | ".join(title for _, _, title in columns) + " | long ppl |",

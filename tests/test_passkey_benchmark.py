@@ -91,14 +91,15 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     result = {"device": "NVIDIA H200", "teacher": "smollm2-135m", "eval_tasks": passkey_gpu.EVAL_TASKS,
               "passkey": {"teacher": {"1024": 0.9, "32768": "skipped (out of memory at 32768 tokens)"},
                           "a": {"1024": 0.25, "32768": 0.0}},
+              "passkey_train_answer_nll": {"a": {"1024": 0.4321}},
               "ruler": {"a": {"1024": 0.5}}, "longppl": {"a": {"bucket_start": [0, 512], "bucket_end": [512, 1024], "ppl": [9.0, 8.5]}},
               "runs": {"a": {"mode": "paper", "data": "retrieval", "flags": "--write-gate head", "stage1_tokens": 2**21,
                              "stage2_tokens": 2**21, "seq_len": 2048, "passkey_trials": 50, "passkey_depths": 10}}}
     path = tmp_path / "passkey-nvidia-h200.json"
     path.write_text(json.dumps(result))
     table = readme_table.passkey(path)
-    assert "| run | passkey @ 1K | passkey @ 32K | RULER @ 1K | long ppl |" in table
-    assert "| teacher | 0.90 | OOM | – | – |" in table and "| a | 0.25 | 0.00 | 0.50 | 8.50 @ 512-1K |" in table
+    assert "| run | passkey @ 1K | passkey @ 32K | train-template answer NLL @ 1K | RULER @ 1K | long ppl |" in table
+    assert "| teacher | 0.90 | OOM | – | – | – |" in table and "| a | 0.25 | 0.00 | 0.43 | 0.50 | 8.50 @ 512-1K |" in table
     assert "`a` = `--mode paper --data retrieval --write-gate head`" in table and "2M + 2M tokens of 2048" in table
 
 
