@@ -15,10 +15,13 @@ from eval_stubs import tiny_llama, tiny_tokenizer  # noqa: E402
 
 import lizardlm  # noqa: E402
 from lizardlm.eval.diagnostics import (  # noqa: E402
+    answer_steps,
+    copy_weights,
     decay_stats,
     diagnostics_eval,
     linear_branch,
     needle_weights,
+    summary_metrics,
     write_mass,
 )
 from lizardlm.eval.report import evaluate  # noqa: E402
@@ -82,6 +85,39 @@ def test_needle_weight_matches_the_explicit_sum():
     expected = torch.tensor([[sum(r[span[0]:span[1]]) / sum(r) for r in a]], dtype=torch.float64)
     assert torch.allclose(w["weight"], expected)
     assert torch.allclose(w["weight_no_decay"], needle_weights(fq, fk, None, t, shift, [span])["weight"])
+
+
+def test_copy_weights_match_the_explicit_sums():
+    g = torch.Generator().manual_seed(3)
+    fq, fk = torch.rand(1, 2, 40, 6, generator=g), torch.rand(1, 1, 40, 6, generator=g)
+    lg = -0.1 * torch.rand(1, 2, 40, generator=g)
+    shift, span, steps = 8, (5, 12), [(30, [6, 10]), (36, [7])]
+    got = copy_weights(fq, fk, lg, shift, steps, span)
+    G = lg.double().cumsum(-1)
+    for s, (t, targets) in enumerate(steps):
+        for h in range(2):
+            a = [math.exp(G[0, h, t] - G[0, h, j]) * float(fq[0, h, t].double() @ fk[0, 0, j].double())
+                 for j in range(t - shift + 1)]
+            assert got["copy"][s, h].item() == pytest.approx(sum(a[j] for j in targets) / sum(a), rel=1e-12)
+            assert got["needle"][s, h].item() == pytest.approx(sum(a[span[0]:span[1]]) / sum(a), rel=1e-12)
+
+
+def test_answer_steps_point_each_digit_at_its_copies_in_the_needle():
+    digit = {7, 8, 9}.__contains__  # token ids 7, 8, 9 are digits here
+    needle = [1, 2, 7, 8, 9, 3, 4, 7, 8, 9, 5]  # the key (7 8 9) twice, as in the evaluation template
+    answer = [7, 8, 9, 3]  # the key and its full stop
+    steps = answer_steps(100, answer, needle, 40, digit)
+    assert steps == [(99, [42, 47]), (100, [43, 48]), (101, [44, 49])]
+    assert answer_steps(100, [7, 9, 3], needle, 40, digit) == []  # not in the needle: nothing to point at
+    assert answer_steps(100, [3], needle, 40, digit) == []
+
+
+def test_copy_weight_in_range_and_in_the_summary(tok):
+    r = diagnostics_eval(_student(tok, "shared", perturb=True), tok, lengths=(160,), trials=2, depths=2, progress_bar=False)
+    n = r["lengths"][0]["needle"]
+    assert all(0 < c <= b <= 1 for c, b in zip(n["copy_weight"], n["best_head_copy_weight"]))
+    assert all(0 < c < 1 and 0 < u < 1 for c, u in zip(n["copy_in_needle"], n["copy_uniform_in_needle"]))
+    assert any("next digit" in k for k in summary_metrics(r))
 
 
 def test_write_mass_matches_the_explicit_means():

@@ -17,7 +17,13 @@ form) and ``fk_j``. With ``a_tj = exp(G_t - G_j) fq_t . fk_j`` over the linear b
     ``exp(n gbar)`` a token keeps after ``n`` steps (``n`` = 1K ... 32K); also the longest head's half-life;
 (d) the needle's **write mass**: the mean ``|fk_j|_1`` of its tokens over that of the other tokens of
     ``J_t`` (what each token writes into the state and the normaliser; Hedgehog features give every
-    token mass 2, so this is 1 unless a write gate, ``write_gate="head"``, learned to select).
+    token mass 2, so this is 1 unless a write gate, ``write_gate="head"``, learned to select);
+(e) the **copy weight**: with the right answer appended (teacher forcing), at each query that
+    predicts a digit of the key (the question's last token, then each answer token), the share of the
+    linear weight on that digit's positions in the needle (``copy_weight``, best head
+    ``best_head_copy_weight``), and that share over the whole needle's (``copy_in_needle``, against its
+    uniform value ``copy_uniform_in_needle``): does the lookup single out the digit to copy next, or
+    only the needle?
 
 (a) and (b) use the torch ops (:func:`~lizardlm.ops.gla.gla_chunk`,
 :func:`~lizardlm.ops.window.window_attention_chunk`) on the captured tensors, one forward per batch of
@@ -82,21 +88,57 @@ def linear_share(inputs: dict[str, Any], shift: int) -> torch.Tensor:
     return lin / (lin + win).clamp_min(torch.finfo(lin.dtype).tiny)
 
 
-def needle_weights(fq: torch.Tensor, fk: torch.Tensor, g: torch.Tensor | None, t: int, shift: int,
-                   spans: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
-    """At query ``t``, per row and head ``(B, H)``: the needle's weight ``sum_{j in span} a_tj / sum_{j <= t -
-    shift} a_tj`` with (``weight``) and without (``weight_no_decay``) the decay; ``spans`` gives each
-    row's needle ``[start, end)``, which must lie in ``J_t``."""
+def _weights(fq: torch.Tensor, fk: torch.Tensor, g: torch.Tensor | None, t: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a_tj, fq_t . fk_j)`` ``(B, H, t - shift + 1)`` in float64: query ``t``'s linear-branch weights with
+    and without the decay over the keys ``j <= t - shift``."""
     B, H = fq.shape[:2]
     last = t - shift + 1  # keys 0 .. t - shift
     f = expand_heads(fk[:, :, :last].double(), H)
     dots = torch.einsum("bhf,bhjf->bhj", fq[:, :, t].double(), f)
     G = (fq.new_zeros(B, H, t + 1, dtype=torch.float64) if g is None else g[..., : t + 1].double()).cumsum(-1)
-    decayed = dots * torch.exp(G[..., t : t + 1] - G[..., :last])
-    mask = torch.zeros(B, 1, last, dtype=torch.float64, device=fq.device)
+    return dots * torch.exp(G[..., t : t + 1] - G[..., :last]), dots
+
+
+def needle_weights(fq: torch.Tensor, fk: torch.Tensor, g: torch.Tensor | None, t: int, shift: int,
+                   spans: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """At query ``t``, per row and head ``(B, H)``: the needle's weight ``sum_{j in span} a_tj / sum_{j <= t -
+    shift} a_tj`` with (``weight``) and without (``weight_no_decay``) the decay; ``spans`` gives each
+    row's needle ``[start, end)``, which must lie in ``J_t``."""
+    decayed, dots = _weights(fq, fk, g, t, shift)
+    mask = torch.zeros(fq.shape[0], 1, decayed.shape[-1], dtype=torch.float64, device=fq.device)
     for b, (start, end) in enumerate(spans):
         mask[b, 0, start:end] = 1.0
     return {"weight": (decayed * mask).sum(-1) / decayed.sum(-1), "weight_no_decay": (dots * mask).sum(-1) / dots.sum(-1)}
+
+
+def copy_weights(fq: torch.Tensor, fk: torch.Tensor, g: torch.Tensor | None, shift: int,
+                 steps: Sequence[tuple[int, Sequence[int]]], span: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """One row (batch 1) of a teacher-forced answer: for each ``(t, targets)`` of ``steps`` (query ``t``
+    predicts the answer's next digit; ``targets``: that digit's positions in the needle ``span``), per
+    step and head ``(steps, H)``: ``copy``, the targets' share of the linear weight ``sum_{j in targets}
+    a_tj / sum_j a_tj``, and ``needle``, the whole needle's share (so ``copy / needle`` is how much of
+    the needle's weight falls on the digit to copy next)."""
+    copy, needle = [], []
+    for t, targets in steps:
+        decayed, _ = _weights(fq, fk, g, t, shift)
+        total = decayed.sum(-1)[0]
+        copy.append(decayed[0, :, list(targets)].sum(-1) / total)
+        needle.append(decayed[0, :, span[0]:span[1]].sum(-1) / total)
+    return {"copy": torch.stack(copy), "needle": torch.stack(needle)}
+
+
+def answer_steps(prompt_len: int, answer_ids: Sequence[int], needle_ids: Sequence[int], needle_start: int,
+                 is_digit) -> list[tuple[int, list[int]]]:
+    """``(query position, target positions)`` for each digit token of a teacher-forced answer appended to
+    a prompt of ``prompt_len`` tokens: the query is the token before the digit (the prompt's last token,
+    then the answer's), the targets are that digit's positions in every copy of the key's digit tokens
+    inside the needle (``needle_ids`` starting at ``needle_start``); empty if the needle does not hold them."""
+    digits = [a for a, tok in enumerate(answer_ids) if is_digit(tok)]
+    if not digits:
+        return []
+    key = list(answer_ids[digits[0] : digits[-1] + 1])
+    starts = [i for i in range(len(needle_ids) - len(key) + 1) if list(needle_ids[i : i + len(key)]) == key]
+    return [(prompt_len - 1 + a, [needle_start + i + a - digits[0] for i in starts]) for a in digits] if starts else []
 
 
 def write_mass(fk: torch.Tensor, t: int, shift: int, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -118,7 +160,7 @@ def decay_stats(mean_log_gate: float, steps: Sequence[int] = RETAIN_STEPS) -> di
 
 
 class _Collector:
-    """Capture callback: accumulates (a), (b) and (c) per Lizard layer while the model runs."""
+    """Capture callback: accumulates (a)-(e) per Lizard layer while the model runs."""
 
     def __init__(self, layers: list, edges: list[int]) -> None:
         self.index = {id(layer): i for i, layer in enumerate(layers)}
@@ -127,9 +169,12 @@ class _Collector:
         self.share = torch.zeros(n, len(edges) - 1, dtype=torch.float64)
         self.rows = 0
         self.needle: dict[str, list[list[float]]] = {
-            k: [[] for _ in range(n)] for k in ("weight", "weight_no_decay", "best_head_weight", "uniform", "write_mass")
+            k: [[] for _ in range(n)] for k in ("weight", "weight_no_decay", "best_head_weight", "uniform", "write_mass",
+                                                "copy_weight", "best_head_copy_weight", "copy_in_needle", "copy_uniform_in_needle")
         }
         self.spans: list[tuple[int, int]] = []
+        self.t = 0  # the question's last token: where (b) and (d) are measured
+        self.steps: list[list[tuple[int, list[int]]]] = []  # per row: the answer's copy steps, (e)
         self.gate_sum = [None] * n  # per head
         self.gate_count = 0
 
@@ -138,7 +183,7 @@ class _Collector:
         shift = inputs["window"] if inputs["combine"] == "shared" else 0
         share = linear_share(inputs, shift).double().mean(1).sum(0).cpu()  # (T,) summed over rows
         self.share[i] += torch.stack([share[lo:hi].mean() for lo, hi in zip(self.edges, self.edges[1:])])
-        t = inputs["fq"].shape[2] - 1
+        t = self.t
         rows = [b for b, (_, end) in enumerate(self.spans) if end - 1 <= t - shift]
         if rows:
             w = needle_weights(inputs["fq"][rows], inputs["fk"][rows], None if inputs["g"] is None else inputs["g"][rows],
@@ -148,6 +193,15 @@ class _Collector:
             self.needle["best_head_weight"][i] += w["weight"].max(1).values.tolist()
             self.needle["uniform"][i] += [(self.spans[b][1] - self.spans[b][0]) / (t - shift + 1) for b in rows]
             self.needle["write_mass"][i] += write_mass(inputs["fk"][rows], t, shift, [self.spans[b] for b in rows]).tolist()
+        for b in (b for b in rows if self.steps[b]):
+            one = slice(b, b + 1)
+            c = copy_weights(inputs["fq"][one], inputs["fk"][one], None if inputs["g"] is None else inputs["g"][one],
+                             shift, self.steps[b], self.spans[b])
+            self.needle["copy_weight"][i].append(c["copy"].mean().item())
+            self.needle["best_head_copy_weight"][i].append(c["copy"].mean(0).max().item())
+            self.needle["copy_in_needle"][i].append((c["copy"].mean() / c["needle"].mean()).item())
+            targets = sum(len(tg) for _, tg in self.steps[b]) / len(self.steps[b])
+            self.needle["copy_uniform_in_needle"][i].append(targets / (self.spans[b][1] - self.spans[b][0]))
         g = inputs["g"]
         heads = inputs["fq"].shape[1]
         gsum = torch.zeros(heads, dtype=torch.float64) if g is None else g.double().sum((0, 2)).cpu()
@@ -179,17 +233,22 @@ def diagnostics_eval(
     steps: Sequence[int] = RETAIN_STEPS,
     progress_bar: bool = True,
 ) -> dict:
-    """Measurements (a)-(c) of the module docstring on ``trials`` passkey prompts per length (needle
+    """Measurements (a)-(e) of the module docstring on ``trials`` passkey prompts per length (needle
     depths cycling through ``depth_grid(min(depths, trials))``, ``batch_size`` prompts per forward).
 
     ``{"status": "ok", "form", "window", "layers", "lengths": [{"length", "status", "n", "bucket_start",
     "bucket_end", "linear_share": [layer][bucket], "needle": {"trials", "weight", "weight_no_decay",
-    "best_head_weight", "uniform", "write_mass": [layer]}}], "gate": {"mean_log_gate", "half_life",
+    "best_head_weight", "uniform", "write_mass", "copy_weight", "best_head_copy_weight", "copy_in_needle",
+    "copy_uniform_in_needle": [layer]}}], "gate": {"mean_log_gate", "half_life",
     "longest_head_half_life", "retained": {n: [layer]}}}``; a model without Lizard layers is skipped.
     """
     layers = _lizard_layers(model)
     if not layers:
         return {"status": "skipped (not a Lizard model)"}
+
+    def is_digit(token: int) -> bool:
+        return any(c.isdigit() for c in tokenizer.decode([token]))
+
     cfg = layers[0].lizard
     rng = random.Random(seed)
     grid = depth_grid(min(depths, trials))
@@ -211,8 +270,14 @@ def diagnostics_eval(
                     prompts = [make_prompt(tokenizer, L, grid[(start + b) % len(grid)], key=k) for b, k in enumerate(keys)]
                     col.spans = [(p.needle_start, p.needle_start + len(encode(tokenizer, NEEDLE.format(key=p.key))))
                                  for p in prompts]
-                    call_logits(model, torch.tensor([p.input_ids for p in prompts], device=device), last_only=True)
-                    col.batch_done(n, L)
+                    col.t = L - 1
+                    col.steps = [answer_steps(L, p.answer_ids, p.input_ids[lo:hi], lo, is_digit)
+                                 for p, (lo, hi) in zip(prompts, col.spans)]
+                    width = max(len(p.answer_ids) for p in prompts) - 1  # the answer's last token queries nothing
+                    ids = [p.input_ids + list(p.answer_ids[:-1]) + [p.answer_ids[-1]] * (width - len(p.answer_ids) + 1)
+                           for p in prompts]
+                    call_logits(model, torch.tensor(ids, device=device), last_only=True)
+                    col.batch_done(n, L + width)
                     bar.update(n)
                 rec["status"] = "ok"
             if rec["status"] != "ok":
@@ -249,8 +314,8 @@ def diagnostics_eval(
 
 def summary_metrics(r: dict) -> dict[str, float | None]:
     """Table numbers: layer means of the last bucket's linear share, of the needle lift (weight /
-    uniform) and of the needle's write mass at the longest length measured, the gate half-life and the
-    decay kept after 1K tokens."""
+    uniform), of the needle's write mass and of the next digit's lift inside the needle (copy_in_needle /
+    its uniform value) at the longest length measured, the gate half-life and the decay kept after 1K tokens."""
     metrics: dict[str, float | None] = {}
     ok = [rec for rec in r.get("lengths", []) if rec.get("status") == "ok"]
     if ok:
@@ -261,6 +326,9 @@ def summary_metrics(r: dict) -> dict[str, float | None]:
         metrics[f"needle weight / uniform @ {rec['length']}"] = _mean(lifts)
         if "write_mass" in n:
             metrics[f"needle write mass / filler @ {rec['length']}"] = _mean([m for m in n["write_mass"] if m is not None])
+        if "copy_in_needle" in n:
+            lifts = [c / u for c, u in zip(n["copy_in_needle"], n["copy_uniform_in_needle"]) if c is not None]
+            metrics[f"next digit's weight in the needle / uniform @ {rec['length']}"] = _mean(lifts)
     gate = r.get("gate")
     if gate:
         lives = [h for h in gate["half_life"] if h is not None]
