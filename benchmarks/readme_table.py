@@ -371,7 +371,8 @@ def passkey(path: Path) -> str:
         f"{run0['stage2_tokens'] / 2**20:g}M tokens of {run0['seq_len']}, the same for every run), then "
         f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {run0['passkey_trials']} trials per length over "
         f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
-        "train-template: the training template, five numbered keys in held-out books, one asked for; first digit: "
+        f"train-template: the training template, {run0.get('passkey_keys', 5)} numbered key(s) in held-out books, "
+        "one asked for; first digit: "
         "the answer's first digit right; answer NLL: the right answer's teacher-forced NLL per token, the loss "
         "stage 2 trains); RULER: mean exact match of its five tasks; long ppl: perplexity of the "
         "last position bucket of held-out books. – = not run; OOM = the teacher ran out of memory.",
