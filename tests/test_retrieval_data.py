@@ -97,6 +97,16 @@ def test_varied_template_draws_a_wording_per_document_and_targets_its_answers(bo
     assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(plain, explicit))
 
 
+def test_backend_encoding_gives_the_tokenizers_ids(tiny_tokenizer):
+    from lizardlm.data.retrieval import _encode
+
+    texts = [" Passkey number 3 is 40918273.", "\n\nWhat are the passkeys hidden in the text?", " Key #2 is",
+             "naïve café \u0085 end", "  two  spaces", ""]
+    assert tiny_tokenizer.is_fast
+    for text in texts:
+        assert _encode(tiny_tokenizer, text) == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def test_without_loss_round_trip():
     ids = torch.randint(0, 1000, (3, 17), generator=torch.Generator().manual_seed(0))
     targets = torch.rand(3, 17, generator=torch.Generator().manual_seed(1)) < 0.3

@@ -308,6 +308,11 @@ def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
+    """``text``'s token ids without special tokens; through the fast tokenizer's Rust backend where there
+    is one (the same ids; Python's per-call overhead was half of building the paper's 10,000 documents)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        return backend.encode(text, add_special_tokens=False).ids
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
