@@ -607,29 +607,33 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
 
 
 def passkey_heatmap(details: dict, path: str | os.PathLike, title: str) -> str:
-    """Depth x length heat map of passkey accuracy (10 depth bins; skipped lengths left blank)."""
+    """Depth x length heat map of passkey accuracy (10 depth bins; skipped lengths left blank), beside
+    the same map of the first digit's accuracy where the trials record it."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     recs = details["lengths"]
     bins = 10
-    grid = np.full((bins, len(recs)), np.nan)
-    for j, rec in enumerate(recs):
-        hits: dict[int, list[bool]] = {}
-        for t in rec.get("trials", []):
-            hits.setdefault(min(bins - 1, int(t["depth"] * bins)), []).append(t["correct"])
-        for i, v in hits.items():
-            grid[i, j] = 100 * sum(v) / len(v)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(recs), 4))
-    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
-    ax.set_xticks(range(len(recs)))
-    ax.set_xticklabels([f"{r['length'] // 1024}K" if r["length"] >= 1024 else str(r["length"]) for r in recs])
-    ax.set_yticks(range(bins))
-    ax.set_yticklabels([f"{i / bins:.1f}" for i in range(bins)])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    trials = [t for rec in recs for t in rec.get("trials", [])]
+    panels = [("correct", "exact match")] + [("first_digit", "first digit")] * bool(trials and "first_digit" in trials[0])
+    fig, axes = plt.subplots(1, len(panels), figsize=((1.2 + 0.8 * len(recs)) * len(panels), 4), squeeze=False)
+    for ax, (field, label) in zip(axes[0], panels):
+        grid = np.full((bins, len(recs)), np.nan)
+        for j, rec in enumerate(recs):
+            hits: dict[int, list[bool]] = {}
+            for t in rec.get("trials", []):
+                hits.setdefault(min(bins - 1, int(t["depth"] * bins)), []).append(t[field])
+            for i, v in hits.items():
+                grid[i, j] = 100 * sum(v) / len(v)
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
+        ax.set_xticks(range(len(recs)))
+        ax.set_xticklabels([f"{r['length'] // 1024}K" if r["length"] >= 1024 else str(r["length"]) for r in recs])
+        ax.set_yticks(range(bins))
+        ax.set_yticklabels([f"{i / bins:.1f}" for i in range(bins)])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("needle depth")
+        ax.set_title(f"{title}: {label}" if len(panels) > 1 else title)
+        fig.colorbar(im, ax=ax, label="accuracy (%)")
     return _save(fig, Path(path))
 
 
