@@ -44,14 +44,16 @@ import transformers
 from linearize_gpu import run, share_cpus
 from result_names import device_slug
 
-EVAL_TASKS = "passkey,passkey_train,ruler,longppl,diagnostics"
+EVAL_TASKS = "passkey,passkey_train,ruler,longppl,diagnostics,mqar"
 FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batch_size=8, val_tokens=131_072,
             passkey_lengths="1024,2048,4096,8192,16384,32768", passkey_trials=50, passkey_depths=10, passkey_keys=5,
             ruler_lengths="1024,4096,16384", ruler_trials=20, longppl_len=32768, longppl_windows=4,
-            diagnostics_lengths="1024,4096,16384", diagnostics_trials=8, batch=8)
+            diagnostics_lengths="1024,4096,16384", diagnostics_trials=8, mqar_pairs="8", mqar_lengths="128,256,512,1024",
+            mqar_samples=50, batch=8)
 QUICK = dict(stage1_tokens=1024, stage2_tokens=1024, seq_len=128, batch_size=2, val_tokens=256,
              passkey_lengths="256", passkey_trials=2, passkey_depths=2, passkey_keys=5, ruler_lengths="256", ruler_trials=1,
-             longppl_len=512, longppl_windows=1, diagnostics_lengths="256", diagnostics_trials=2, batch=2)
+             longppl_len=512, longppl_windows=1, diagnostics_lengths="256", diagnostics_trials=2, mqar_pairs="2",
+             mqar_lengths="128", mqar_samples=2, batch=2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,7 +106,8 @@ def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     cmd += ["--teacher", args.teacher] if args.with_teacher else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     for key in ("passkey_lengths", "passkey_trials", "passkey_depths", "passkey_keys", "ruler_lengths", "ruler_trials",
-                "longppl_len", "longppl_windows", "diagnostics_lengths", "diagnostics_trials"):
+                "longppl_len", "longppl_windows", "diagnostics_lengths", "diagnostics_trials", "mqar_pairs", "mqar_lengths",
+                "mqar_samples"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return cmd
 
@@ -131,6 +134,9 @@ def assemble(result: dict, run_name: str, eval_json: dict) -> None:
                     result.setdefault("passkey_train_another_key", {})[name] = _by_length(entry, "other_key_rate")
             elif task == "ruler":
                 section[name] = entry["details"]["mean"]
+            elif task == "mqar":  # accuracy by length at the fixed pair count (issue 19: 8 pairs at 512 and 1024)
+                section[name] = {str(r["seq_len"]): r["acc"] if r.get("acc") is not None else r["status"]
+                                 for r in entry["details"]["by_length"]}
             elif task == "longppl":
                 section[name] = {k: entry["curve"][k] for k in ("bucket_start", "bucket_end", "ppl")}
             else:

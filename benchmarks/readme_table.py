@@ -349,12 +349,15 @@ def passkey(path: Path) -> str:
     nll = d.get("passkey_train_answer_nll", {})
     nll_lengths = sorted({int(k) for n in names if isinstance(nll.get(n), dict) for k in nll[n]})
     ru_lengths = sorted({int(k) for n in names if isinstance(d.get("ruler", {}).get(n), dict) for k in d["ruler"][n]})
+    mqar = d.get("mqar", {})
+    mq_lengths = sorted({int(k) for n in names if isinstance(mqar.get(n), dict) for k in mqar[n]})
     kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
     columns = ([(d["passkey"], L, f"passkey @ {kib(L)}") for L in pk_lengths]
                + [(trained, L, f"train-template @ {kib(L)}") for L in tr_lengths]
                + [(first, L, f"train-template first digit @ {kib(L)}") for L in fd_lengths]
                + [(nll, L, f"train-template answer NLL @ {kib(L)}") for L in nll_lengths]
-               + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}") for L in ru_lengths])
+               + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}") for L in ru_lengths]
+               + [(mqar, L, f"MQAR @ {L}") for L in mq_lengths])
 
     def cell(value) -> str:
         return f"{value:.2f}" if isinstance(value, (int, float)) else ("OOM" if "memory" in str(value) else "–")
@@ -374,7 +377,8 @@ def passkey(path: Path) -> str:
         f"train-template: the training template, {run0.get('passkey_keys', 5)} numbered key(s) in held-out books, "
         "one asked for; first digit: "
         "the answer's first digit right; answer NLL: the right answer's teacher-forced NLL per token, the loss "
-        "stage 2 trains); RULER: mean exact match of its five tasks; long ppl: perplexity of the "
+        "stage 2 trains); RULER: mean exact match of its five tasks; MQAR: accuracy of 8 key-value pairs "
+        "recalled at that many tokens; long ppl: perplexity of the "
         "last position bucket of held-out books. – = not run; OOM = the teacher ran out of memory.",
         "",
         "| run | " + " | ".join(title for _, _, title in columns) + " | long ppl |",

@@ -24,7 +24,8 @@ def test_commands(tmp_path):
     assert "--preset" not in lin and lin[-3:] == ["--gradient-checkpointing", "--window-size", "16"]
     assert lin[lin.index("--data") + 1] == "mix:alpaca-cleaned=0.8,retrieval=0.2" and args.name == "lizard"
     ev = passkey_gpu.eval_command(args, tmp_path / "run")
-    assert ev[ev.index("--tasks") + 1] == "passkey,passkey_train,ruler,longppl,diagnostics"
+    assert ev[ev.index("--tasks") + 1] == "passkey,passkey_train,ruler,longppl,diagnostics,mqar"
+    assert ev[ev.index("--mqar-lengths") + 1] == "128" and ev[ev.index("--mqar-samples") + 1] == "2"
     assert ev[ev.index("--passkey-trials") + 1] == "3" and ev[ev.index("--teacher") + 1] == "smollm2-135m"
     full = passkey_gpu.parse_args(["--out", str(tmp_path), "--mode", "paper", "--name", "p"])
     assert full.passkey_trials >= 50 and full.device == "cuda" and full.name == "p"
@@ -37,8 +38,9 @@ def test_assemble_from_a_real_eval_json(tmp_path):
     teacher = tiny_llama(len(tok))
     student = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).eval()
     results = evaluate({"teacher": (teacher, tok), "student": (student, tok)},
-                       ["passkey", "passkey_train", "longppl", "diagnostics"],
+                       ["passkey", "passkey_train", "longppl", "diagnostics", "mqar"],
                        passkey_lengths=(128, 10), passkey_trials=2, diagnostics_lengths=(128,), diagnostics_trials=2,
+                       mqar_pairs=(2,), mqar_lengths=(64, 96), mqar_length_pairs=2, mqar_n=2,
                        data_paths={"long-docs": str(tmp_path / "absent.jsonl")}, progress=False)
     # RULER's five tasks decode slowly on CPU: one task for the teacher, a failed entry for the student
     ruler = ruler_eval(teacher, tok, tasks=("single_needle",), lengths=(256,), trials=1, progress_bar=False)
@@ -51,6 +53,8 @@ def test_assemble_from_a_real_eval_json(tmp_path):
         assert acc <= result["passkey_first_digit"][name]["128"] <= 1
         assert result["longppl"][name] == "absent" and result["passkey_train"][name] == "absent"  # no books
     assert 0 <= result["ruler"]["teacher"]["256"] <= 1 and result["ruler"]["lizard-mix"] == "error"
+    assert all(sorted(result["mqar"][n]) == ["64", "96"] and all(0 <= a <= 1 for a in result["mqar"][n].values())
+               for n in ("teacher", "lizard-mix"))
     assert result["diagnostics"]["teacher"] == "skipped (not a Lizard model)"
     diag = result["diagnostics"]["lizard-mix"]
     assert diag["form"] == "shared" and len(diag["gate"]["half_life"]) == 2
@@ -92,14 +96,14 @@ def test_readme_table_of_a_passkey_result(tmp_path):
               "passkey": {"teacher": {"1024": 0.9, "32768": "skipped (out of memory at 32768 tokens)"},
                           "a": {"1024": 0.25, "32768": 0.0}},
               "passkey_train_answer_nll": {"a": {"1024": 0.4321}},
-              "ruler": {"a": {"1024": 0.5}}, "longppl": {"a": {"bucket_start": [0, 512], "bucket_end": [512, 1024], "ppl": [9.0, 8.5]}},
+              "ruler": {"a": {"1024": 0.5}}, "mqar": {"teacher": {"512": 1.0}, "a": {"512": 0.75}}, "longppl": {"a": {"bucket_start": [0, 512], "bucket_end": [512, 1024], "ppl": [9.0, 8.5]}},
               "runs": {"a": {"mode": "paper", "data": "retrieval", "flags": "--write-gate head", "stage1_tokens": 2**21,
                              "stage2_tokens": 2**21, "seq_len": 2048, "passkey_trials": 50, "passkey_depths": 10}}}
     path = tmp_path / "passkey-nvidia-h200.json"
     path.write_text(json.dumps(result))
     table = readme_table.passkey(path)
-    assert "| run | passkey @ 1K | passkey @ 32K | train-template answer NLL @ 1K | RULER @ 1K | long ppl |" in table
-    assert "| teacher | 0.90 | OOM | – | – | – |" in table and "| a | 0.25 | 0.00 | 0.43 | 0.50 | 8.50 @ 512-1K |" in table
+    assert "| run | passkey @ 1K | passkey @ 32K | train-template answer NLL @ 1K | RULER @ 1K | MQAR @ 512 | long ppl |" in table
+    assert "| teacher | 0.90 | OOM | – | – | 1.00 | – |" in table and "| a | 0.25 | 0.00 | 0.43 | 0.50 | 0.75 | 8.50 @ 512-1K |" in table
     assert "`a` = `--mode paper --data retrieval --write-gate head`" in table and "2M + 2M tokens of 2048" in table
 
 
