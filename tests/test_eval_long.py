@@ -22,7 +22,7 @@ from lizardlm.eval.passkey import passkey_eval  # noqa: E402
 from lizardlm.eval.report import passkey_heatmap  # noqa: E402
 from lizardlm.eval.ruler import TASKS, make_prompt, ruler_eval  # noqa: E402
 from lizardlm.eval.passkey import make_train_prompt, run_prompts  # noqa: E402
-from lizardlm.eval.streaming import continuation_nll, greedy_batch, token_nll  # noqa: E402
+from lizardlm.eval.streaming import greedy_and_nll, greedy_batch, token_nll  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -46,13 +46,16 @@ def test_chunked_calls_match_one_forward(tok):
         assert torch.equal(greedy_batch(model, x, 1, chunk=40)[:, 0], logits[:, -1].argmax(-1))
 
 
-def test_continuation_nll_is_the_full_forward_nll_of_the_continuation(tok):
+def test_one_prefill_gives_the_greedy_answer_and_the_full_forward_nll_of_the_continuation(tok):
+    """The teacher-forced continuation runs on a copy of the prefilled cache: its NLL is that of one
+    forward over prompt + continuation, and the greedy answer is the one a prefill of its own gives."""
     g = torch.Generator().manual_seed(1)
     prompts, cont = torch.randint(0, len(tok), (2, 90), generator=g), torch.randint(0, len(tok), (2, 6), generator=g)
     for model in (*_models(len(tok)), InductionOracle(len(tok))):
         ref = token_nll(model, torch.cat([prompts, cont], 1), chunk=96)[:, 89:]
-        assert torch.allclose(continuation_nll(model, prompts, cont, chunk=40), ref, atol=1e-4)
-        assert torch.allclose(continuation_nll(model, prompts, cont[:, :1], chunk=40), ref[:, :1], atol=1e-4)
+        new, nll = greedy_and_nll(model, prompts, 5, cont, chunk=40)
+        assert torch.allclose(nll, ref, atol=1e-4) and torch.equal(new, greedy_batch(model, prompts, 5, chunk=40))
+        assert torch.allclose(greedy_and_nll(model, prompts, 1, cont[:, :1], chunk=40)[1], ref[:, :1], atol=1e-4)
 
 
 def test_passkey_scores_the_answer_training_scores(tok):

@@ -254,7 +254,7 @@ def make_example(
             tail += given + answer
         else:
             tail += _encode(tok, prompt_at.format(index=i))
-            continuation = answer if given else _encode(tok, f" {secrets[i]}.")
+            continuation = continuation_tokens(tok, prompt_at, secrets[i], i)
     n_filler = length - sum(map(len, needles)) - len(tail)
     if n_filler < 1:
         raise DataError(f"retrieval: length {length} leaves no room for filler ({length - n_filler} tokens of needles and answers)")
@@ -284,6 +284,13 @@ def answer_tokens(tokenizer: Any, index: int, key: str, prompt_at: str = ANSWER_
     prompt = _encode(tokenizer, prompt_at.format(index=index))
     given = len(prompt) if piece[: len(prompt)] == prompt else 0
     return piece[:given], piece[given:]
+
+
+def continuation_tokens(tokenizer: Any, prompt_at: str, key: str, index: int = 0) -> list[int]:
+    """The tokens that continue ``prompt_at`` (formatted with ``index``) with the key and its full stop,
+    as :func:`answer_tokens` splits them; `` {key}.`` alone where the tokenizer merges across the cut."""
+    given, answer = answer_tokens(tokenizer, index, key, prompt_at)
+    return answer if given else _encode(tokenizer, f" {key}.")
 
 
 def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:

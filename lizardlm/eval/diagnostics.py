@@ -41,7 +41,7 @@ import torch
 
 from lizardlm.eval._utils import call_logits, encode, model_device, skip_length
 from lizardlm.eval.longppl import bucket_edges
-from lizardlm.eval.passkey import NEEDLE, depth_grid, make_prompt
+from lizardlm.eval.passkey import NEEDLE, answer_batch, depth_grid, make_prompt
 from lizardlm.ops.gla import gla_chunk
 from lizardlm.ops.lizard import SUM_EPS
 from lizardlm.ops.utils import expand_heads
@@ -162,7 +162,7 @@ def decay_stats(mean_log_gate: float, steps: Sequence[int] = RETAIN_STEPS) -> di
 class _Collector:
     """Capture callback: accumulates (a)-(e) per Lizard layer while the model runs."""
 
-    def __init__(self, layers: list, edges: list[int]) -> None:
+    def __init__(self, layers: list, edges: list[int], t: int) -> None:
         self.index = {id(layer): i for i, layer in enumerate(layers)}
         n = len(layers)
         self.edges = edges
@@ -173,7 +173,7 @@ class _Collector:
                                                 "copy_weight", "best_head_copy_weight", "copy_in_needle", "copy_uniform_in_needle")
         }
         self.spans: list[tuple[int, int]] = []
-        self.t = 0  # the question's last token: where (b) and (d) are measured
+        self.t = t  # the question's last token: where (b) and (d) are measured
         self.steps: list[list[tuple[int, list[int]]]] = []  # per row: the answer's copy steps, (e)
         self.gate_sum = [None] * n  # per head
         self.gate_count = 0
@@ -260,7 +260,7 @@ def diagnostics_eval(
     try:
         for L in lengths:
             rec: dict[str, Any] = {"length": int(L)}
-            col = _Collector(layers, bucket_edges(int(L), cfg.window_size or 1))
+            col = _Collector(layers, bucket_edges(int(L), cfg.window_size or 1), int(L) - 1)
             for layer in layers:
                 layer.capture = col
             with skip_length(rec):
@@ -270,14 +270,12 @@ def diagnostics_eval(
                     prompts = [make_prompt(tokenizer, L, grid[(start + b) % len(grid)], key=k) for b, k in enumerate(keys)]
                     col.spans = [(p.needle_start, p.needle_start + len(encode(tokenizer, NEEDLE.format(key=p.key))))
                                  for p in prompts]
-                    col.t = L - 1
                     col.steps = [answer_steps(L, p.answer_ids, p.input_ids[lo:hi], lo, is_digit)
                                  for p, (lo, hi) in zip(prompts, col.spans)]
-                    width = max(len(p.answer_ids) for p in prompts) - 1  # the answer's last token queries nothing
-                    ids = [p.input_ids + list(p.answer_ids[:-1]) + [p.answer_ids[-1]] * (width - len(p.answer_ids) + 1)
-                           for p in prompts]
-                    call_logits(model, torch.tensor(ids, device=device), last_only=True)
-                    col.batch_done(n, L + width)
+                    answers = answer_batch(prompts)[:, :-1]  # the answer's last token queries nothing
+                    ids = torch.cat([torch.tensor([p.input_ids for p in prompts]), answers], dim=1)
+                    call_logits(model, ids.to(device), last_only=True)
+                    col.batch_done(n, ids.shape[1])
                     bar.update(n)
                 rec["status"] = "ok"
             if rec["status"] != "ok":

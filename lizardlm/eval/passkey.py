@@ -37,7 +37,7 @@ from lizardlm.eval._utils import (
     skip_length,
     split_on_oom,
 )
-from lizardlm.eval.streaming import DEFAULT_CHUNK, continuation_nll, greedy_batch
+from lizardlm.eval.streaming import DEFAULT_CHUNK, greedy_and_nll
 from lizardlm.progress import progress
 
 PREFIX = (
@@ -95,8 +95,9 @@ def make_prompt(tokenizer: Any, length: int, depth: float, key: str | int | None
     cut = max(0, min(cut, n_filler))
     before, after = filler[:cut], filler[cut:]
     ids = prefix + before + needle + after + question
-    said = encode(tokenizer, QUESTION + f" {key}.")
-    answer = said[len(question):] if said[: len(question)] == question else encode(tokenizer, f" {key}.")
+    from lizardlm.data.retrieval import continuation_tokens
+
+    answer = continuation_tokens(tokenizer, QUESTION, key)
     return PasskeyPrompt(ids, key, depth, len(prefix) + len(before), n_filler, len(prefix), answer_ids=tuple(answer))
 
 
@@ -116,6 +117,13 @@ def make_train_prompt(pool: Any, length: int, depth: float, rng: random.Random, 
                          others, tuple(example.continuation))
 
 
+def answer_batch(prompts: Sequence[PasskeyPrompt]) -> torch.Tensor:
+    """The prompts' right answers ``(B, K)``, each padded to the longest by repeating its last token
+    (padding after an answer cannot change the positions before it: causal)."""
+    width = max(len(p.answer_ids) for p in prompts)
+    return torch.tensor([list(p.answer_ids) + [p.answer_ids[-1]] * (width - len(p.answer_ids)) for p in prompts])
+
+
 def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[PasskeyPrompt], extra_tokens: int = 4, chunk: int = DEFAULT_CHUNK) -> list[dict]:
     """Greedy answers of equal-length prompts in one batch, each scored by exact match of its digits;
     ``first_digit`` says whether the answer starts right, ``other_key`` whether it is exactly another
@@ -123,10 +131,8 @@ def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[PasskeyPrompt], ex
     teacher-forced NLL per token of the right answer (what stage 2 trains on the training template)."""
     ids = torch.tensor([p.input_ids for p in prompts], dtype=torch.long)
     # enough tokens for the key even when every digit is its own token
-    new = greedy_batch(model, ids, max(len(p.key) for p in prompts) + extra_tokens, chunk=chunk)
-    width = max(len(p.answer_ids) for p in prompts)
-    answers = torch.tensor([list(p.answer_ids) + [p.answer_ids[-1]] * (width - len(p.answer_ids)) for p in prompts])
-    nll = continuation_nll(model, ids, answers, chunk=chunk)
+    answers = answer_batch(prompts)
+    new, nll = greedy_and_nll(model, ids, max(len(p.key) for p in prompts) + extra_tokens, answers, chunk=chunk)
     out = []
     for p, row, row_nll in zip(prompts, new.tolist(), nll):
         text = tokenizer.decode(row, skip_special_tokens=True)

@@ -8,6 +8,7 @@ the context (the caller catches its out-of-memory error per length). Models with
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -43,19 +44,17 @@ def _step(model: Any, ids: torch.Tensor, cache: Any, last_only: bool) -> torch.T
         return model(input_ids=ids, use_cache=True, **{CACHE_KWARG: cache}, **kw).logits
 
 
-def greedy_batch(model: Any, input_ids: torch.Tensor, max_new_tokens: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Greedy continuations ``(B, max_new_tokens)`` of equal-length prompts ``(B, T)``."""
-    x = input_ids.to(model_device(model))
-    new: list[torch.Tensor] = []
-    if not uses_cache(model):
-        for _ in range(max_new_tokens):
-            nxt = call_logits(model, x, last_only=True)[:, -1].argmax(-1, keepdim=True)
-            new.append(nxt)
-            x = torch.cat([x, nxt], dim=1)
-        return torch.cat(new, dim=1).cpu()
+def _prefill(model: Any, x: torch.Tensor, chunk: int) -> tuple[Any, torch.Tensor]:
+    """A fresh cache after the prompts ``x`` ``(B, T)``, fed in chunks, and the last position's logits ``(B, 1, V)``."""
     cache = new_cache(model)
     for start in range(0, x.shape[1], chunk):
         logits = _step(model, x[:, start:start + chunk], cache, last_only=True)
+    return cache, logits[:, -1:]
+
+
+def _greedy_from(model: Any, cache: Any, logits: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy tokens ``(B, max_new_tokens)`` (CPU) from a prefilled ``cache`` and its last ``logits``."""
+    new: list[torch.Tensor] = []
     for i in range(max_new_tokens):
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         new.append(nxt)
@@ -64,23 +63,41 @@ def greedy_batch(model: Any, input_ids: torch.Tensor, max_new_tokens: int, chunk
     return torch.cat(new, dim=1).cpu()
 
 
-def continuation_nll(model: Any, prompts: torch.Tensor, continuations: torch.Tensor,
-                     chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Teacher-forced NLL ``(B, K)`` (float32, CPU) of each continuation token ``(B, K)`` given its
-    prompt ``(B, T)`` and the continuation before it: the prompt prefilled in chunks through the
-    cache (last logits only), then the continuation in one step. Padding after a shorter
-    continuation cannot change the positions before it (causal)."""
+def _greedy_uncached(model: Any, x: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    new: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        nxt = call_logits(model, x, last_only=True)[:, -1].argmax(-1, keepdim=True)
+        new.append(nxt)
+        x = torch.cat([x, nxt], dim=1)
+    return torch.cat(new, dim=1).cpu()
+
+
+def greedy_batch(model: Any, input_ids: torch.Tensor, max_new_tokens: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Greedy continuations ``(B, max_new_tokens)`` of equal-length prompts ``(B, T)``."""
+    x = input_ids.to(model_device(model))
+    if not uses_cache(model):
+        return _greedy_uncached(model, x, max_new_tokens)
+    return _greedy_from(model, *_prefill(model, x, chunk), max_new_tokens)
+
+
+def greedy_and_nll(model: Any, prompts: torch.Tensor, max_new_tokens: int, continuations: torch.Tensor,
+                   chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`greedy_batch` of ``prompts`` ``(B, T)``, and the teacher-forced NLL ``(B, K)`` (float32, CPU)
+    of each token of ``continuations`` ``(B, K)`` given its prompt and the continuation before it, from
+    one prefill: the continuation runs in one step on a copy of the prefilled cache (a Lizard state is
+    fixed-size; a teacher's keys and values are copied). Padding after a shorter continuation cannot
+    change the positions before it (causal)."""
     x, c = prompts.to(model_device(model)), continuations.to(model_device(model))
     T, K = x.shape[1], c.shape[1]
     if not uses_cache(model):
         logits = call_logits(model, torch.cat([x, c], dim=1))[:, T - 1 : T - 1 + K]
+        new = _greedy_uncached(model, x, max_new_tokens)
     else:
-        cache = new_cache(model)
-        for start in range(0, T, chunk):
-            last = _step(model, x[:, start:start + chunk], cache, last_only=True)[:, -1:]
-        rest = [_step(model, c[:, :-1], cache, last_only=False)] if K > 1 else []
+        cache, last = _prefill(model, x, chunk)
+        rest = [_step(model, c[:, :-1], copy.deepcopy(cache), last_only=False)] if K > 1 else []
         logits = torch.cat([last, *rest], dim=1)
-    return F.cross_entropy(logits.float().transpose(1, 2), c, reduction="none").cpu()
+        new = _greedy_from(model, cache, last, max_new_tokens)
+    return new, F.cross_entropy(logits.float().transpose(1, 2), c, reduction="none").cpu()
 
 
 def token_nll(model: Any, input_ids: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
