@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=560.0, help="seconds for everything")
     p.add_argument("--merge", type=Path, help="earlier result JSON whose other runs are kept")
     p.add_argument("--combine", type=Path, nargs="+", help="only merge these result JSONs (later runs win) into --out")
+    p.add_argument("--add-eval", action="append", default=[], metavar="RUN=EVAL_JSON",
+                   help="with --combine: a later `lizardlm eval` of RUN (e.g. at more lengths) whose numbers join RUN's")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
     p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
     p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS[|DATA]",
@@ -160,10 +162,34 @@ def merge(result: dict[str, Any], other: dict[str, Any]) -> None:
             result[key] = value
 
 
-def combine(out_dir: Path, files: list[Path]) -> Path:
+def add_eval(result: dict[str, Any], run_name: str, eval_json: dict, source: str) -> None:
+    """Join a later ``eval.json`` of ``run_name`` to its numbers: lengths it measured are added to (or
+    replace) the run's, and the eval's date and source are recorded under the run."""
+    extra: dict[str, Any] = {}
+    assemble(extra, run_name, eval_json)
+    for section, per_run in extra.items():
+        for name, value in per_run.items():
+            held = result.setdefault(section, {}).get(name)
+            if isinstance(held, dict) and isinstance(value, dict):
+                held.update(value)
+            else:
+                result[section][name] = value
+    if run_name in result.get("runs", {}):
+        result["runs"][run_name].setdefault("added_evals", []).append(
+            {"source": source, "date": eval_json["meta"]["date"], "tasks": eval_json["meta"]["tasks"],
+             "settings": {k: v for k, v in eval_json["meta"]["settings"].items() if k.startswith("passkey")}})
+
+
+def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
+    """Merge result JSONs (later runs win), then join each ``RUN=EVAL_JSON`` of ``added``."""
     result: dict[str, Any] = {}
     for f in files:
         merge(result, json.loads(f.read_text()))
+    for item in added:
+        run_name, sep, path = item.partition("=")
+        if not sep or run_name not in result.get("runs", {}):
+            raise SystemExit(f"--add-eval {item!r}: expected RUN=EVAL_JSON with RUN one of {sorted(result.get('runs', {}))}")
+        add_eval(result, run_name, json.loads(Path(path).read_text()), path)
     out = out_dir / f"passkey-{device_slug(result['device'])}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -210,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.combine:
-        print(combine(args.out, args.combine))
+        print(combine(args.out, args.combine, args.add_eval))
         return 0
     if args.variant:
         return run_variants(args, argv)

@@ -352,7 +352,11 @@ def passkey(path: Path) -> str:
     mqar = d.get("mqar", {})
     mq_lengths = sorted({int(k) for n in names if isinstance(mqar.get(n), dict) for k in mqar[n]})
     kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
+    key_counts = {n: d["runs"][n].get("passkey_keys", 5) for n in names if n in d["runs"]}
+    keys_vary = bool(tr_lengths) and len(set(key_counts.values())) > 1
+    keys_section = {n: {"0": k} for n, k in key_counts.items()}
     columns = ([(d["passkey"], L, f"passkey @ {kib(L)}") for L in pk_lengths]
+               + [(keys_section, 0, "train-template keys")] * keys_vary
                + [(trained, L, f"train-template @ {kib(L)}") for L in tr_lengths]
                + [(first, L, f"train-template first digit @ {kib(L)}") for L in fd_lengths]
                + [(nll, L, f"train-template answer NLL @ {kib(L)}") for L in nll_lengths]
@@ -360,7 +364,9 @@ def passkey(path: Path) -> str:
                + [(mqar, L, f"MQAR @ {L}") for L in mq_lengths])
 
     def cell(value) -> str:
-        return f"{value:.2f}" if isinstance(value, (int, float)) else ("OOM" if "memory" in str(value) else "–")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return f"{value:.2f}" if isinstance(value, float) else ("OOM" if "memory" in str(value) else "–")
 
     def last_ppl(curve) -> str:
         if not isinstance(curve, dict) or not curve.get("ppl"):
@@ -374,7 +380,9 @@ def passkey(path: Path) -> str:
         f"{run0['stage2_tokens'] / 2**20:g}M tokens of {run0['seq_len']}, the same for every run), then "
         f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {run0['passkey_trials']} trials per length over "
         f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
-        f"train-template: the training template, {run0.get('passkey_keys', 5)} numbered key(s) in held-out books, "
+        "train-template: the training template, "
+        + ("as many numbered keys as the keys column says" if keys_vary else f"{run0.get('passkey_keys', 5)} numbered key(s)")
+        + " in held-out books, "
         "one asked for; first digit: "
         "the answer's first digit right; answer NLL: the right answer's teacher-forced NLL per token, the loss "
         "stage 2 trains); RULER: mean exact match of its five tasks; MQAR: accuracy of 8 key-value pairs "

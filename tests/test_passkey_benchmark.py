@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
 import passkey_gpu  # noqa: E402
@@ -87,6 +89,20 @@ def test_combine_merges_runs_section_by_section(tmp_path):
     merged = json.loads((tmp_path / "out" / "passkey-nvidia-h200.json").read_text())
     assert merged["passkey"] == {"teacher": {"1024": 1.0}, "a": {"1024": 0.2}, "b": {"1024": 0.9}}
     assert set(merged["runs"]) == {"a", "b"} and merged["ruler"] == {"b": {"1024": 0.5}}
+    # a later eval of run b at a longer length joins b's rows; an unknown run is refused
+    later = {"meta": {"date": "2026-12-03", "tasks": ["passkey"], "settings": {"passkey_lengths": [32768], "seed": 0}},
+             "tasks": {"passkey": {"model": {"status": "ok", "details": {"lengths": [
+                 {"length": 32768, "status": "ok", "acc": 0.3, "first_digit_acc": 0.5, "answer_nll": 0.7}]}}}}}
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    out = tmp_path / "out2"
+    assert passkey_gpu.main(["--out", str(out), "--combine", *map(str, files), "--add-eval", f"b={tmp_path / 'later.json'}"]) == 0
+    merged = json.loads((out / "passkey-nvidia-h200.json").read_text())
+    assert merged["passkey"]["b"] == {"1024": 0.9, "32768": 0.3} and merged["passkey"]["a"] == {"1024": 0.2}
+    assert merged["passkey_first_digit"]["b"] == {"32768": 0.5} and merged["passkey_answer_nll"]["b"] == {"32768": 0.7}
+    assert merged["runs"]["b"]["added_evals"] == [{"source": str(tmp_path / "later.json"), "date": "2026-12-03",
+                                                   "tasks": ["passkey"], "settings": {"passkey_lengths": [32768]}}]
+    with pytest.raises(SystemExit, match="expected RUN=EVAL_JSON"):
+        passkey_gpu.main(["--out", str(out), "--combine", str(files[0]), "--add-eval", f"c={tmp_path / 'later.json'}"])
 
 
 def test_readme_table_of_a_passkey_result(tmp_path):
@@ -105,6 +121,17 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     assert "| run | passkey @ 1K | passkey @ 32K | train-template answer NLL @ 1K | RULER @ 1K | MQAR @ 512 | long ppl |" in table
     assert "| teacher | 0.90 | OOM | – | – | 1.00 | – |" in table and "| a | 0.25 | 0.00 | 0.43 | 0.50 | 0.75 | 8.50 @ 512-1K |" in table
     assert "`a` = `--mode paper --data retrieval --write-gate head`" in table and "2M + 2M tokens of 2048" in table
+    assert "train-template keys" not in table and "5 numbered key(s)" in table  # one key count: said once
+    # runs asked with different key counts: a column says which
+    result["passkey_train"] = {"a": {"1024": 0.5}, "b": {"1024": 0.25}}
+    result["passkey"]["b"] = {"1024": 0.75}
+    result["runs"]["a"]["passkey_keys"] = 5
+    result["runs"]["b"] = {**result["runs"]["a"], "passkey_keys": 1, "mode": "lizard"}
+    path.write_text(json.dumps(result))
+    table = readme_table.passkey(path)
+    assert "| run | passkey @ 1K | passkey @ 32K | train-template keys | train-template @ 1K |" in table
+    assert "| a | 0.25 | 0.00 | 5 | 0.50 |" in table and "| b | 0.75 | – | 1 | 0.25 |" in table
+    assert "as many numbered keys as the keys column says" in table
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
