@@ -13,6 +13,9 @@ writes ``<out>/passkey-<device>.json``::
      "longppl": {run: {"bucket_start", "bucket_end", "ppl"}}, "diagnostics": {run: per-layer details},
      "runs": {run: {mode, data, budgets, commands, wall seconds, status, summary}}, "device", "versions"}
 
+plus ``"benchmarks": {run: {task: metric}}`` when ``--tasks`` names zero-shot benchmarks (``piqa``...:
+the issue's condition that retrieval data costs the zero-shot tasks at most a point).
+
 (``"teacher"`` is a run when ``--with-teacher``; a length that did not run holds its status string),
 beside ``passkey-<device>-<run>-heatmap.png`` (depth x length) and ``-diagnostics.png``. ``--merge
 FILE`` keeps an earlier call's runs, so runs spread over several 10-minute device calls;
@@ -23,7 +26,8 @@ to compare data options on one budget) trains and evaluates several runs at once
 option in common (``--with-teacher`` evaluates the teacher beside the first), and writes their
 merged result; ``--combine A.json B.json ...`` only
 merges result files of runs made at once in separate processes (each with its own ``--out``) into
-``<out>/passkey-<device>.json``. ``--quick`` is a CPU smoke run on tiny
+``<out>/passkey-<device>.json``, and ``--add-eval RUN=EVAL_JSON`` joins a later ``lizardlm eval`` of a
+run (e.g. at 32K, in another call) to its numbers. ``--quick`` is a CPU smoke run on tiny
 budgets (any ``--teacher``, e.g. a small local model).
 """
 
@@ -43,6 +47,7 @@ import transformers
 
 from linearize_gpu import run, share_cpus
 from result_names import device_slug
+from study_rows import MC_TASKS
 
 EVAL_TASKS = "passkey,passkey_train,ruler,longppl,diagnostics,mqar"
 FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batch_size=8, val_tokens=131_072,
@@ -121,10 +126,15 @@ def _by_length(entry: dict, key: str) -> dict[str, Any]:
 
 def assemble(result: dict, run_name: str, eval_json: dict) -> None:
     """Put one ``eval.json``'s numbers into ``result``: the student's under ``run_name``, a teacher's
-    under ``"teacher"``; a task that did not run holds its status."""
+    under ``"teacher"``; a task that did not run holds its status. Benchmarks (``piqa``...) go to one
+    section, ``"benchmarks": {run: {task: the study's metric}}`` (the issue's zero-shot condition)."""
     for model, per_task in _by_model(eval_json).items():
         name = "teacher" if model == "teacher" else run_name
         for task, entry in per_task.items():
+            if task in MC_TASKS:
+                value = entry["metrics"][MC_TASKS[task]] if entry.get("status") == "ok" else entry.get("status")
+                result.setdefault("benchmarks", {}).setdefault(name, {})[task] = value
+                continue
             section = result.setdefault(task, {})
             if entry.get("status") != "ok":
                 section[name] = entry.get("status")

@@ -208,6 +208,8 @@ def decode(path: Path) -> str:
 PRESET_METRICS = (("piqa", "acc", "PIQA acc"), ("arc_easy", "acc", "ARC-e acc"), ("arc_challenge", "acc_norm", "ARC-c acc_norm"),
                   ("hellaswag", "acc_norm", "HellaSwag acc_norm"), ("winogrande", "acc", "WinoGrande acc"),
                   ("mmlu", "acc", "MMLU 5-shot acc"))
+ZERO_SHOT = {task: label for task, _, label in PRESET_METRICS if task != "mmlu"}
+"""The five zero-shot benchmarks (MMLU is 5-shot) and how a caption names them."""
 
 
 def preset_runs(path: Path) -> str:
@@ -355,18 +357,24 @@ def passkey(path: Path) -> str:
     key_counts = {n: d["runs"][n].get("passkey_keys", 5) for n in names if n in d["runs"]}
     keys_vary = bool(tr_lengths) and len(set(key_counts.values())) > 1
     keys_section = {n: {"0": k} for n, k in key_counts.items()}
-    columns = ([(d["passkey"], L, f"passkey @ {kib(L)}") for L in pk_lengths]
-               + [(keys_section, 0, "train-template keys")] * keys_vary
-               + [(trained, L, f"train-template @ {kib(L)}") for L in tr_lengths]
-               + [(first, L, f"train-template first digit @ {kib(L)}") for L in fd_lengths]
-               + [(nll, L, f"train-template answer NLL @ {kib(L)}") for L in nll_lengths]
-               + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}") for L in ru_lengths]
-               + [(mqar, L, f"MQAR @ {L}") for L in mq_lengths])
+    zero_shot = [t for t in ZERO_SHOT if any(t in v for v in d.get("benchmarks", {}).values())]
+    zs_section = {n: {"0": 100 * sum(v[t] for t in zero_shot) / len(zero_shot)}
+                  for n, v in d.get("benchmarks", {}).items()
+                  if zero_shot and all(isinstance(v.get(t), (int, float)) for t in zero_shot)}
+    columns = ([(d["passkey"], L, f"passkey @ {kib(L)}", 2) for L in pk_lengths]
+               + [(keys_section, 0, "train-template keys", 0)] * keys_vary
+               + [(trained, L, f"train-template @ {kib(L)}", 2) for L in tr_lengths]
+               + [(first, L, f"train-template first digit @ {kib(L)}", 2) for L in fd_lengths]
+               + [(nll, L, f"train-template answer NLL @ {kib(L)}", 2) for L in nll_lengths]
+               + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}", 2) for L in ru_lengths]
+               + [(mqar, L, f"MQAR @ {L}", 2) for L in mq_lengths]
+               + [(zs_section, 0, f"zero-shot mean of {len(zero_shot)} (%)", 1)] * bool(zero_shot))
+    """(section, length, title, decimals) per column."""
 
-    def cell(value) -> str:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return f"{value:.2f}" if isinstance(value, float) else ("OOM" if "memory" in str(value) else "–")
+    def cell(value, digits: int) -> str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{value:.{digits}f}"
+        return "OOM" if "memory" in str(value) else "–"
 
     def last_ppl(curve) -> str:
         if not isinstance(curve, dict) or not curve.get("ppl"):
@@ -387,13 +395,16 @@ def passkey(path: Path) -> str:
         "the answer's first digit right; answer NLL: the right answer's teacher-forced NLL per token, the loss "
         "stage 2 trains); RULER: mean exact match of its five tasks; MQAR: accuracy of 8 key-value pairs "
         "recalled at that many tokens; long ppl: perplexity of the "
-        "last position bucket of held-out books. – = not run; OOM = the teacher ran out of memory.",
+        "last position bucket of held-out books"
+        + (f"; zero-shot mean: {', '.join(ZERO_SHOT[t] for t in zero_shot)} on their whole evaluation sets"
+           if zero_shot else "")
+        + ". – = not run; OOM = the teacher ran out of memory.",
         "",
-        "| run | " + " | ".join(title for _, _, title in columns) + " | long ppl |",
+        "| run | " + " | ".join(title for _, _, title, _ in columns) + " | long ppl |",
         "|---|" + "---:|" * (len(columns) + 1),
     ]
     for n in names:
-        cells = [cell(sec[n].get(str(L))) if isinstance(sec.get(n), dict) else "–" for sec, L, _ in columns]
+        cells = [cell(sec[n].get(str(L)), digits) if isinstance(sec.get(n), dict) else "–" for sec, L, _, digits in columns]
         out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d.get("longppl", {}).get(n))]) + " |")
     out += ["", "Runs: " + "; ".join(f"`{n}` = `--mode {r['mode']} --data {r['data']}"
                                      + (f" {r['flags']}" if r["flags"] else "") + "`"

@@ -177,3 +177,27 @@ def test_a_run_past_its_timeout_is_asked_to_stop_then_killed(tmp_path):
     rc, secs = linearize_gpu.run([sys.executable, "-c", stubborn], log, timeout=5, grace=1)
     assert rc == 124 and secs < 20 and "deaf" in log.read_text()
     assert linearize_gpu.run([sys.executable, "-c", "print('fine')"], log, timeout=30)[0] == 0
+
+
+def test_benchmarks_join_the_result_and_the_readme_table(tmp_path):
+    """A run evaluated with the zero-shot tasks too: each task's study metric (ARC-c and HellaSwag
+    acc_norm) under "benchmarks", and the README table's mean of the five in percent."""
+    import readme_table
+
+    scores = {"piqa": (0.6, 0.1), "arc_easy": (0.5, 0.1), "arc_challenge": (0.1, 0.3),
+              "hellaswag": (0.1, 0.4), "winogrande": (0.5, 0.1)}
+    eval_json = {"tasks": {t: {"model": {"status": "ok", "metrics": {"acc": a, "acc_norm": n}}} for t, (a, n) in scores.items()}}
+    eval_json["tasks"]["mmlu"] = {"model": {"status": "absent"}}
+    result: dict = {"runs": {}}
+    passkey_gpu.assemble(result, "mix", eval_json)
+    assert result["benchmarks"]["mix"] == {"piqa": 0.6, "arc_easy": 0.5, "arc_challenge": 0.3, "hellaswag": 0.4,
+                                           "winogrande": 0.5, "mmlu": "absent"}
+    assert "piqa" not in result
+    result.update(device="NVIDIA H200", teacher="t", eval_tasks="passkey,piqa", passkey={"mix": {"1024": 1.0}},
+                  runs={"mix": {"mode": "lizard", "data": "retrieval", "flags": "", "stage1_tokens": 2**20,
+                                "stage2_tokens": 2**20, "seq_len": 2048, "passkey_trials": 50, "passkey_depths": 10}})
+    path = tmp_path / "passkey-nvidia-h200.json"
+    path.write_text(json.dumps(result))
+    table = readme_table.passkey(path)
+    assert "| run | passkey @ 1K | zero-shot mean of 5 (%) | long ppl |" in table and "| mix | 1.00 | 46.0 | – |" in table
+    assert "zero-shot mean: PIQA acc, ARC-e acc, ARC-c acc_norm, HellaSwag acc_norm, WinoGrande acc" in table
