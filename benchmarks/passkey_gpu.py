@@ -27,7 +27,8 @@ option in common (``--with-teacher`` evaluates the teacher beside the first), an
 merged result; ``--combine A.json B.json ...`` only
 merges result files of runs made at once in separate processes (each with its own ``--out``) into
 ``<out>/passkey-<device>.json``, and ``--add-eval RUN=EVAL_JSON`` joins a later ``lizardlm eval`` of a
-run (e.g. at 32K, in another call) to its numbers. ``--quick`` is a CPU smoke run on tiny
+run (e.g. at 32K, in another call) to its numbers; ``--heatmap RUN=A.json,B.json`` draws that run's heat
+maps over both files' lengths. ``--quick`` is a CPU smoke run on tiny
 budgets (any ``--teacher``, e.g. a small local model).
 """
 
@@ -78,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--combine", type=Path, nargs="+", help="only merge these result JSONs (later runs win) into --out")
     p.add_argument("--add-eval", action="append", default=[], metavar="RUN=EVAL_JSON",
                    help="with --combine: a later `lizardlm eval` of RUN (e.g. at more lengths) whose numbers join RUN's")
+    p.add_argument("--heatmap", action="append", default=[], metavar="RUN=EVAL_JSON[,EVAL_JSON...]",
+                   help="only draw RUN's depth x length heat maps into --out from these eval.json files, their lengths joined")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
     p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
     p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS[|DATA]",
@@ -206,6 +209,27 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
     return out
 
 
+def heatmaps(out_dir: Path, item: str) -> list[str]:
+    """``RUN=A.json,B.json``: RUN's passkey heat maps (eval and training template) over the lengths of
+    every file, e.g. a run's evaluation and a later one at 32K; written as ``<out>/RUN-<task>_heatmap.png``."""
+    from lizardlm.eval.report import passkey_heatmap
+
+    run_name, sep, paths = item.partition("=")
+    if not sep or not paths:
+        raise SystemExit(f"--heatmap {item!r}: expected RUN=EVAL_JSON[,EVAL_JSON...]")
+    evals = [json.loads(Path(f).read_text()) for f in paths.split(",")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in ("passkey", "passkey_train"):
+        entries = [e for ev in evals for e in ev["tasks"].get(task, {}).values() if e.get("status") == "ok"]
+        if entries:
+            details = {**entries[0]["details"], "lengths": [r for e in entries for r in e["details"]["lengths"]]}
+            n = details.get("keys", 5)
+            keys = "" if task == "passkey" else f", {n} key{'s' * (n != 1)}"
+            written.append(passkey_heatmap(details, out_dir / f"{run_name}-{task}_heatmap.png", f"{task}{keys} ({run_name})"))
+    return written
+
+
 PER_VARIANT = ("--variant", "--out", "--merge", "--name", "--mode", "--flags", "--data")
 """Options each variant's process gets its own value of (the rest of the command line is shared)."""
 
@@ -247,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.combine:
         print(combine(args.out, args.combine, args.add_eval))
+    for item in args.heatmap:
+        print("\n".join(heatmaps(args.out, item)))
+    if args.combine or args.heatmap:
         return 0
     if args.variant:
         return run_variants(args, argv)

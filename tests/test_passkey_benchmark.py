@@ -201,3 +201,27 @@ def test_benchmarks_join_the_result_and_the_readme_table(tmp_path):
     table = readme_table.passkey(path)
     assert "| run | passkey @ 1K | zero-shot mean of 5 (%) | long ppl |" in table and "| mix | 1.00 | 46.0 | – |" in table
     assert "zero-shot mean: PIQA acc, ARC-e acc, ARC-c acc_norm, HellaSwag acc_norm, WinoGrande acc" in table
+
+
+def test_heatmaps_join_the_lengths_of_several_evaluations(tmp_path, monkeypatch):
+    """``--heatmap RUN=A,B``: one map per passkey task over every file's lengths (a later 32K eval joins
+    the first one's); a task no file ran is not drawn; a malformed item is refused."""
+    import lizardlm.eval.report as report
+
+    drawn = {}
+    monkeypatch.setattr(report, "passkey_heatmap", lambda details, path, title: drawn.setdefault(Path(path).name, (details, title)) and str(path))
+    trial = {"depth": 0.5, "correct": True, "first_digit": True}
+    def eval_file(name, length, train):
+        tasks = {"passkey": {"model": {"status": "ok", "details": {"template": "eval", "lengths": [{"length": length, "trials": [trial]}]}}}}
+        if train:
+            tasks["passkey_train"] = {"model": {"status": "ok", "details": {"keys": 1, "lengths": [{"length": length, "trials": [trial]}]}}}
+        (tmp_path / name).write_text(json.dumps({"tasks": tasks}))
+        return str(tmp_path / name)
+    a, b = eval_file("a.json", 1024, True), eval_file("b.json", 32768, False)
+    assert passkey_gpu.main(["--out", str(tmp_path / "maps"), "--heatmap", f"k1={a},{b}"]) == 0
+    details, title = drawn["k1-passkey_heatmap.png"]
+    assert [r["length"] for r in details["lengths"]] == [1024, 32768] and title == "passkey (k1)"
+    details, title = drawn["k1-passkey_train_heatmap.png"]
+    assert [r["length"] for r in details["lengths"]] == [1024] and title == "passkey_train, 1 key (k1)"
+    with pytest.raises(SystemExit, match="expected RUN=EVAL_JSON"):
+        passkey_gpu.main(["--out", str(tmp_path), "--heatmap", a])
