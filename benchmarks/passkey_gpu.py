@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None,
                        help=f"default {value} ({QUICK[key]} with --quick)")
     args = p.parse_args(argv)
+    if args.add_eval and not args.combine:
+        p.error("--add-eval joins an evaluation to runs merged by --combine; give --combine too")
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -175,6 +177,14 @@ def merge(result: dict[str, Any], other: dict[str, Any]) -> None:
             result[key] = value
 
 
+def _read_eval(path: str, option: str) -> dict:
+    """An ``eval.json`` named on the command line, or a one-line exit saying why it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{option}: cannot read {path}: {err}") from None
+
+
 def add_eval(result: dict[str, Any], run_name: str, eval_json: dict, source: str) -> None:
     """Join a later ``eval.json`` of ``run_name`` to its numbers: lengths it measured are added to (or
     replace) the run's, and the eval's date and source are recorded under the run."""
@@ -202,7 +212,7 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
         run_name, sep, path = item.partition("=")
         if not sep or run_name not in result.get("runs", {}):
             raise SystemExit(f"--add-eval {item!r}: expected RUN=EVAL_JSON with RUN one of {sorted(result.get('runs', {}))}")
-        add_eval(result, run_name, json.loads(Path(path).read_text()), path)
+        add_eval(result, run_name, _read_eval(path, "--add-eval"), path)
     out = out_dir / f"passkey-{device_slug(result['device'])}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -217,7 +227,7 @@ def heatmaps(out_dir: Path, item: str) -> list[str]:
     run_name, sep, paths = item.partition("=")
     if not sep or not paths:
         raise SystemExit(f"--heatmap {item!r}: expected RUN=EVAL_JSON[,EVAL_JSON...]")
-    evals = [json.loads(Path(f).read_text()) for f in paths.split(",")]
+    evals = [_read_eval(f, "--heatmap") for f in paths.split(",")]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for task in ("passkey", "passkey_train"):

@@ -103,6 +103,10 @@ def test_combine_merges_runs_section_by_section(tmp_path):
                                                    "tasks": ["passkey"], "settings": {"passkey_lengths": [32768]}}]
     with pytest.raises(SystemExit, match="expected RUN=EVAL_JSON"):
         passkey_gpu.main(["--out", str(out), "--combine", str(files[0]), "--add-eval", f"c={tmp_path / 'later.json'}"])
+    with pytest.raises(SystemExit, match="--add-eval: cannot read .*absent.json"):
+        passkey_gpu.main(["--out", str(out), "--combine", *map(str, files), "--add-eval", f"b={tmp_path / 'absent.json'}"])
+    with pytest.raises(SystemExit):  # argparse's one-line usage error: nothing would be combined
+        passkey_gpu.parse_args(["--out", str(out), "--add-eval", f"b={tmp_path / 'later.json'}"])
 
 
 def test_readme_table_of_a_passkey_result(tmp_path):
@@ -225,3 +229,6 @@ def test_heatmaps_join_the_lengths_of_several_evaluations(tmp_path, monkeypatch)
     assert [r["length"] for r in details["lengths"]] == [1024] and title == "passkey_train, 1 key (k1)"
     with pytest.raises(SystemExit, match="expected RUN=EVAL_JSON"):
         passkey_gpu.main(["--out", str(tmp_path), "--heatmap", a])
+    (tmp_path / "torn.json").write_text('{"tasks": ')
+    with pytest.raises(SystemExit, match="--heatmap: cannot read .*torn.json"):
+        passkey_gpu.main(["--out", str(tmp_path), "--heatmap", f"k1={a},{tmp_path / 'torn.json'}"])
