@@ -357,11 +357,15 @@ def passkey(path: Path) -> str:
     key_counts = {n: d["runs"][n].get("passkey_keys", 5) for n in names if n in d["runs"]}
     keys_vary = bool(tr_lengths) and len(set(key_counts.values())) > 1
     keys_section = {n: {"0": k} for n, k in key_counts.items()}
+    seq_lens = {n: d["runs"][n]["seq_len"] for n in names if n in d["runs"]}
+    seq_vary = len(set(seq_lens.values())) > 1
+    seq_section = {n: {"0": L} for n, L in seq_lens.items()}
     zero_shot = [t for t in ZERO_SHOT if any(t in v for v in d.get("benchmarks", {}).values())]
     zs_section = {n: {"0": 100 * sum(v[t] for t in zero_shot) / len(zero_shot)}
                   for n, v in d.get("benchmarks", {}).items()
                   if zero_shot and all(isinstance(v.get(t), (int, float)) for t in zero_shot)}
-    columns = ([(d["passkey"], L, f"passkey @ {kib(L)}", 2) for L in pk_lengths]
+    columns = ([(seq_section, 0, "train seq len", 0)] * seq_vary
+               + [(d["passkey"], L, f"passkey @ {kib(L)}", 2) for L in pk_lengths]
                + [(keys_section, 0, "train-template keys", 0)] * keys_vary
                + [(trained, L, f"train-template @ {kib(L)}", 2) for L in tr_lengths]
                + [(first, L, f"train-template first digit @ {kib(L)}", 2) for L in fd_lengths]
@@ -385,7 +389,9 @@ def passkey(path: Path) -> str:
     out = [
         f"Long-context retrieval, {d['device']} (`{path.name}`): teacher {d['teacher']}; each run is `lizardlm "
         f"linearize` with the data and flags below ({run0['stage1_tokens'] / 2**20:g}M + "
-        f"{run0['stage2_tokens'] / 2**20:g}M tokens of {run0['seq_len']}, the same for every run), then "
+        f"{run0['stage2_tokens'] / 2**20:g}M tokens"
+        + (" in sequences as long as the train seq len column says" if seq_vary else f" of {run0['seq_len']}")
+        + ", the same for every run), then "
         f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {run0['passkey_trials']} trials per length over "
         f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
         "train-template: the training template, "

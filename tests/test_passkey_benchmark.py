@@ -136,6 +136,14 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     assert "| run | passkey @ 1K | passkey @ 32K | train-template keys | train-template @ 1K |" in table
     assert "| a | 0.25 | 0.00 | 5 | 0.50 |" in table and "| b | 0.75 | – | 1 | 0.25 |" in table
     assert "as many numbered keys as the keys column says" in table
+    assert "train seq len" not in table and "2M + 2M tokens of 2048" in table
+    # a run trained on longer sequences (same token budget): a column says which
+    result["runs"]["b"]["seq_len"] = 8192
+    path.write_text(json.dumps(result))
+    table = readme_table.passkey(path)
+    assert "| run | train seq len | passkey @ 1K | passkey @ 32K | train-template keys |" in table
+    assert "| teacher | – | 0.90 | OOM |" in table and "| a | 2048 | 0.25 |" in table and "| b | 8192 | 0.75 |" in table
+    assert "2M + 2M tokens in sequences as long as the train seq len column says, the same for every run" in table
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
