@@ -4,6 +4,7 @@ itself runs in ``tests/gpu/test_graphed_step.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -140,3 +141,51 @@ def test_a_step_that_cannot_be_recorded_says_what_to_do(capsys):
     assert cli_main(["linearize", "--cuda-graphs", "--device", "cpu", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cuda-graphs needs a CUDA device" in err[0]
+
+def test_recording_out_of_memory_goes_on_eagerly_from_the_same_state(monkeypatch, capsys):
+    """Recording runs out of GPU memory (another process holds it) in the warm-up, after that warm-up
+    changed the parameters: they are put back, one line says so, and the steps go on eagerly with
+    exactly an eager step's numbers. The CPU stands in for the device (fake streams; its AdamW
+    cannot be capturable, so the flag is dropped once the step exists)."""
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    start = torch.randn(3, dtype=torch.float64)
+    batch = torch.randn(3, dtype=torch.float64)
+
+    def make(kind, fail_calls):
+        params = [torch.nn.Parameter(start.clone())]
+        calls = []
+
+        def loss_fn(b):
+            calls.append(1)
+            if len(calls) in fail_calls:
+                with torch.no_grad():
+                    params[0].add_(5.0)  # a half-done warm-up step that must not count
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+            return ((params[0] * b) ** 2).sum(), {"norm": params[0].detach().norm()}
+
+        optimizer = torch.optim.AdamW(params, lr=torch.tensor(0.125), capturable=kind is GraphedStep)  # float32, as recording holds it
+        step = kind(loss_fn, params, optimizer, backward=True, autocast=contextlib.nullcontext)
+        for group in optimizer.param_groups:
+            group["capturable"] = False
+        return step, params
+
+    eager, eager_params = make(EagerStep, ())
+    graphed, graphed_params = make(GraphedStep, (1,))
+    for _ in range(3):
+        want = eager.forward_backward(batch)
+        eager.update()
+        got = graphed.forward_backward(batch)
+        graphed.update()
+        assert got[0] == pytest.approx(want[0], rel=1e-12) and got[1]["norm"] == pytest.approx(want[1]["norm"], rel=1e-12)
+        torch.testing.assert_close(graphed_params[0].detach(), eager_params[0].detach(), rtol=1e-12, atol=0)
+    assert graphed.eager and graphed.graph is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ran out of GPU memory (CUDA out of memory. Tried to allocate 3.00 GiB)" in err[0]
+    assert "going on with eager steps" in err[0]
+

@@ -13,13 +13,17 @@ replays it, so the host only copies the next batch in and reads the loss back:
   graphed run takes the same steps as an eager one;
 * the loss and the ``extra`` metrics stay tensors inside the graph and are read after each replay;
   a non-finite loss is found after the update has run: the run then stops (as in eager mode) and
-  ``--resume`` goes on from the last checkpoint, whose parameters were finite.
+  ``--resume`` goes on from the last checkpoint, whose parameters were finite;
+* recording needs memory beyond an eager step's (the warm-up's and the graph's pool). When it runs
+  out (another process holds the GPU), the parameters and the optimizer state are put back and the
+  run goes on with eager steps, saying so once: the same steps, slower.
 
 Single-process only (the all-reduce of data parallel is not recorded).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -119,6 +123,7 @@ class GraphedStep(EagerStep):
             raise ValueError("a CUDA-graphed step needs AdamW(..., capturable=True)")
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager = False  # recording ran out of memory: eager steps from then on
 
     def _whole_step(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         loss, extra = self._loss_and_gradients(batch)
@@ -132,35 +137,54 @@ class GraphedStep(EagerStep):
             if not torch.is_tensor(group["lr"]):
                 group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
         restore = snapshot(self.params, self.optimizer)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._whole_step(self.batch)
-        torch.cuda.current_stream(device).wait_stream(side)
-        restore()
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._whole_step(self.batch)
+            torch.cuda.current_stream(device).wait_stream(side)
+        finally:
+            restore()  # also after a failed warm-up: its updates must not count
         torch.cuda.empty_cache()  # the warm-up's cached blocks are not the graph's pool: hand them back first
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes fresh gradients each replay
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.loss, self.extra = self._whole_step(self.batch)
 
+    def _give_up_recording(self, err: torch.cuda.OutOfMemoryError) -> None:
+        """Drop what recording left (the graph, its pool, gradients) and step eagerly from now on."""
+        self.graph = self.loss = self.extra = self.batch = None
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        self.eager = True
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        print(f"lizardlm: --cuda-graphs: recording the training step ran out of GPU memory ({first}); "
+              "going on with eager steps (the same steps, slower; --no-cuda-graphs skips recording)",
+              file=sys.stderr, flush=True)
+
     def forward_backward(self, batch: torch.Tensor) -> tuple[float, dict[str, float]]:
-        if self.graph is None:
+        if self.graph is None and not self.eager:
             try:
                 self._record(batch)
+            except torch.cuda.OutOfMemoryError as err:
+                self._give_up_recording(err)
             except RuntimeError as err:  # an operation a CUDA graph cannot hold
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise LizardError(f"--cuda-graphs: recording the training step failed ({first}); "
                                   "rerun with --no-cuda-graphs (and --resume)") from err
-        else:
+        elif not self.eager:
             self.batch.copy_(batch)
+        if self.eager:
+            return super().forward_backward(batch)
         self.graph.replay()
         return self.loss.item(), _floats(self.extra)
 
     def update(self) -> None:
-        """Already done by the replay."""
+        """Already done by the replay (an eager step's update after recording gave up)."""
+        if self.eager:
+            super().update()
 
     def close(self) -> None:
         """Release the graph and its memory pool (the gradients live there)."""

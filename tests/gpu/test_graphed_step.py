@@ -141,3 +141,24 @@ def test_graphed_run_stopped_mid_stage_resumes_like_an_uninterrupted_one(tmp_pat
     assert [(e["stage"], e["step"]) for e in cut] == [(e["stage"], e["step"]) for e in whole]
     assert [e["loss"] for e in cut] == pytest.approx([e["loss"] for e in whole], rel=1e-4)
     assert [e["lr"] for e in cut] == pytest.approx([e["lr"] for e in whole])
+
+
+def test_recording_out_of_memory_runs_on_eagerly_with_the_eager_losses(tmp_path, teacher_dir, data_file,
+                                                                      float32_linearize, monkeypatch, capsys):
+    """Recording that runs out of memory (after its warm-up updated the weights) puts the weights back
+    and the run goes on with eager steps of the capturable optimizer: an eager run's losses."""
+    base = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4, stage1_tokens=64 * 4 * 6,
+                stage2_tokens=64 * 4 * 4, val_tokens=64 * 8, stage1_lr=2e-2, stage2_lr=3e-3, checkpoint_every=100,
+                device="cuda", lizard=LIZARD)
+    linearize(TrainSettings(**base, cuda_graphs=False), tmp_path / "eager")
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(torch.cuda, "graph", no_memory)
+    linearize(TrainSettings(**base, cuda_graphs=True), tmp_path / "fallback")
+    assert capsys.readouterr().err.count("going on with eager steps") == 2  # once a stage
+    eager, fallback = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                       for run in ("eager", "fallback"))
+    assert [(e["stage"], e["step"]) for e in fallback] == [(e["stage"], e["step"]) for e in eager]
+    assert [e["loss"] for e in fallback] == pytest.approx([e["loss"] for e in eager], rel=1e-4)
