@@ -20,8 +20,9 @@ the issue's condition that retrieval data costs the zero-shot tasks at most a po
 beside ``passkey-<device>-<run>-heatmap.png`` (depth x length) and ``-diagnostics.png``. ``--merge
 FILE`` keeps an earlier call's runs, so runs spread over several 10-minute device calls;
 A run directory already under ``--runs`` (a call cut by its deadline) is continued with
-``linearize --resume`` (``--fresh`` starts it again); ``--eval-only`` evaluates a run already under
-``--runs`` again. ``--variant 'NAME|MODE|FLAGS[|DATA]'`` (repeated; DATA replaces ``--data``, e.g.
+``linearize --resume`` (``--fresh`` starts it again); an evaluation cut by the deadline keeps the
+tasks it finished (``lizardlm eval`` saves after each), and ``--eval-only`` evaluates a run already under
+``--runs`` again, going on from such a cut (``eval --resume``). ``--variant 'NAME|MODE|FLAGS[|DATA]'`` (repeated; DATA replaces ``--data``, e.g.
 to compare data options on one budget) trains and evaluates several runs at once, one process each sharing the GPU (a 135M model's steps are launch-bound), with every other
 option in common (``--with-teacher`` evaluates the teacher beside the first), and writes their
 merged result; ``--combine A.json B.json ...`` only
@@ -117,6 +118,7 @@ def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
            "--device", args.device, "--out", str(run_dir / "eval"), "--no-progress", "--batch-size", str(args.batch)]
     cmd += ["--teacher", args.teacher] if args.with_teacher else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    cmd += ["--resume"] if args.eval_only else []  # an earlier call's evaluation, cut by its deadline, goes on
     for key in ("passkey_lengths", "passkey_trials", "passkey_depths", "passkey_keys", "ruler_lengths", "ruler_trials",
                 "longppl_len", "longppl_windows", "diagnostics_lengths", "diagnostics_trials", "mqar_pairs", "mqar_lengths",
                 "mqar_samples"):
@@ -318,12 +320,20 @@ def main(argv: list[str] | None = None) -> int:
         entry["eval_command"] = " ".join(["python", *cmd[1:]])
         left = args.deadline - (time.perf_counter() - start)
         entry["eval_rc"], entry["eval_seconds"] = run(cmd, log, timeout=max(left - 10, 30))
-        eval_json = run_dir / "eval" / "eval.json"
+        eval_json, partial = run_dir / "eval" / "eval.json", run_dir / "eval" / "eval.partial.json"
         if entry["eval_rc"] == 0 and eval_json.exists():
             assemble(result, args.name, json.loads(eval_json.read_text()))
             for png in (run_dir / "eval").glob("*.png"):
                 shutil.copy(png, args.out / f"passkey-{slug}-{args.name}-{png.stem}.png")
-        entry["status"] = "done" if entry["eval_rc"] == 0 else f"eval failed (exit {entry['eval_rc']}); see the log"
+            entry["status"] = "done"
+        elif partial.exists():  # cut (the deadline): keep the tasks it finished; --eval-only runs the rest
+            cut = json.loads(partial.read_text())
+            assemble(result, args.name, cut)
+            finished = [t for t, per in cut["tasks"].items() if per]
+            entry["status"] = (f"eval cut (exit {entry['eval_rc']}) after {', '.join(finished) or 'no task'}; "
+                               "--eval-only goes on")
+        else:
+            entry["status"] = f"eval failed (exit {entry['eval_rc']}); see the log"
     else:
         entry["status"] = f"linearize failed (exit {entry.get('linearize_rc')}); see the log"
     entry["wall_seconds"] = time.perf_counter() - start

@@ -101,6 +101,50 @@ def test_unknown_task_is_an_error(pair):
         evaluate({"m": pair["student"]}, ["nope"])
 
 
+def test_a_cut_evaluation_keeps_its_finished_tasks_and_resumes(pair, tmp_path, monkeypatch):
+    """Cut at the teacher's passkey (Ctrl-C, a deadline): the partial file holds the tasks that
+    finished; ``resume`` runs only the rest and ends with an uncut run's numbers. Other settings or
+    other weights are refused in one line."""
+    from lizardlm.errors import LizardError
+    from lizardlm.eval import report
+
+    tasks, small = ["wikitext2", "mqar", "passkey"], {**SMALL, "limit": 1}
+    whole = evaluate(pair, tasks, data_dir=DATA_DIR, **small)
+    partial = tmp_path / report.PARTIAL
+    real, ran = report._run_one, []
+
+    def cut_at_passkey(task, *args):
+        if task == "passkey":
+            raise KeyboardInterrupt
+        ran.append(task)
+        return real(task, *args)
+
+    monkeypatch.setattr(report, "_run_one", cut_at_passkey)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, **small)
+    saved = json.loads(partial.read_text())
+    assert {t: sorted(per) for t, per in saved["tasks"].items()} == {"wikitext2": ["teacher"], "mqar": ["teacher"],
+                                                                     "passkey": []}
+    monkeypatch.setattr(report, "_run_one", lambda task, *args: ran.append(task) or real(task, *args))
+    ran.clear()
+    resumed = evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **small)
+    assert ran == ["passkey", "wikitext2", "mqar", "passkey"]  # the teacher's passkey, then the student's three
+    assert resumed["meta"]["kept"] == {"from": str(partial), "teacher": ["wikitext2", "mqar"]}
+    for task in tasks:
+        for name in pair:
+            assert resumed["tasks"][task][name]["metrics"] == whole["tasks"][task][name]["metrics"], (task, name)
+
+    with pytest.raises(LizardError, match=r"was made with other passkey_trials; drop --resume"):
+        evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **{**small, "passkey_trials": 2})
+    tok = pair["student"][1]
+    other = {"teacher": pair["teacher"], "student": (tiny_llama(len(tok), seed=2), tok)}
+    with pytest.raises(LizardError, match=r"was made with other model student;"):
+        evaluate(other, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **small)
+    partial.write_text('{"meta": ')
+    with pytest.raises(LizardError, match=r"is not a readable partial evaluation .*delete it to start over"):
+        evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **small)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -133,6 +177,33 @@ def test_cli_eval_side_by_side(model_dir, tmp_path, capsys, monkeypatch):
     assert data["tasks"]["piqa"]["teacher"]["metrics"] == data["tasks"]["piqa"]["student"]["metrics"]
     assert (out / "eval.md").read_text().startswith("# lizardlm eval")
     assert loads == [str(model_dir)] * 2  # teacher and student loaded once each for all five tasks
+    assert not (out / "eval.partial.json").exists()  # written after every task, gone once eval.json is
+
+
+def test_cli_resume_keeps_a_cut_evaluations_tasks(model_dir, tmp_path, capsys):
+    from lizardlm.cli import main
+
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(model_dir), "--tasks", "wikitext2,mqar", "--data-dir", str(DATA_DIR), "--limit", "1",
+            "--window", "64", "--mqar-pairs", "2", "--mqar-lengths", "64", "--out", str(out), "--no-progress", "--no-plots"]
+    assert main(argv) == 0
+    full = json.loads((out / "eval.json").read_text())
+    cut = {**full, "tasks": {"wikitext2": full["tasks"]["wikitext2"], "mqar": {}}}  # as a cut after wikitext2 leaves it
+    (out / "eval.partial.json").write_text(json.dumps(cut))
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0
+    resumed = json.loads((out / "eval.json").read_text())
+    assert resumed["meta"]["kept"] == {"from": str(out / "eval.partial.json"), "model": ["wikitext2"]}
+    assert resumed["tasks"] == full["tasks"] and not (out / "eval.partial.json").exists()
+    (out / "eval.partial.json").write_text(json.dumps(cut))
+    assert main(argv) == 0  # without --resume: started over, and said so
+    assert "eval.partial.json (a cut evaluation) is replaced; --resume keeps its finished tasks" in capsys.readouterr().err
+    assert "kept" not in json.loads((out / "eval.json").read_text())["meta"]
+    (out / "eval.partial.json").write_text(json.dumps(cut))
+    assert main(argv[:-6] + ["--mqar-lengths", "128", "--out", str(out), "--no-progress", "--no-plots", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "was made with other mqar_lengths; drop --resume to start over" in err[-1]
+    assert not any("Traceback" in line for line in err)
 
 
 def test_cli_default_out_dir_and_absent(model_dir, tmp_path, capsys):

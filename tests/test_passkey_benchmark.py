@@ -174,6 +174,36 @@ def test_a_cut_run_is_resumed_unless_fresh(tmp_path):
     assert "--resume" not in passkey_gpu.linearize_command(fresh, run_dir)
 
 
+def test_an_evaluation_cut_by_the_deadline_keeps_its_finished_tasks(tmp_path, monkeypatch):
+    """The eval process is killed (exit 124) after its passkey: the result holds the passkey numbers
+    of ``eval.partial.json``, the status says where it was cut, and ``--eval-only`` goes on with
+    ``eval --resume``."""
+    tok = tiny_tokenizer()
+    student = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).eval()
+    cut = evaluate({"model": (student, tok)}, ["passkey"], passkey_lengths=(128,), passkey_trials=2, progress=False)
+    cut["tasks"]["mqar"] = {}  # the task the deadline stopped
+    run_dir = tmp_path / "runs" / "a"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "summary.json").write_text("{}")
+    commands = []
+
+    def killed_after_passkey(cmd, log, timeout):
+        commands.append(cmd)
+        (run_dir / "eval" / "eval.partial.json").write_text(json.dumps(cut))
+        return 124, 5.0
+
+    monkeypatch.setattr(passkey_gpu, "run", killed_after_passkey)
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--runs", str(tmp_path / "runs"), "--name", "a", "--quick", "--eval-only",
+            "--tasks", "passkey,mqar"]
+    assert passkey_gpu.main(argv) == 1
+    result = json.loads(next(out.glob("passkey-*.json")).read_text())
+    assert result["passkey"]["a"] == {"128": cut["tasks"]["passkey"]["model"]["details"]["lengths"][0]["acc"]}
+    assert result["runs"]["a"]["status"] == "eval cut (exit 124) after passkey; --eval-only goes on"
+    assert "mqar" not in result or "a" not in result["mqar"]
+    assert "--resume" in commands[0]
+
+
 def test_a_run_past_its_timeout_is_asked_to_stop_then_killed(tmp_path):
     """The drivers' runner sends SIGTERM at the timeout (linearize then saves its step) and SIGKILL a
     grace period later; both end as exit 124 with the output kept in the log."""

@@ -6,7 +6,8 @@
 Writes ``eval.json`` (every number, versions, device, limits), ``eval.md`` (the table printed at the
 end) and PNG plots (passkey accuracy vs length, MQAR accuracy vs pairs/length, perplexity vs
 position) into ``--out`` (default: ``RUN_DIR/eval`` when ``--model`` is a directory, else
-``./eval-out``).
+``./eval-out``). After every task the results so far go to ``eval.partial.json`` there, so a cut
+evaluation keeps what it finished: ``--resume`` runs only the rest.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--position-len", type=positive_int, default=4096, help="window length for perplexity vs position")
     p.add_argument("--position-bucket", type=positive_int, default=256, help="bucket size for perplexity vs position")
     p.add_argument("--position-windows", type=positive_int, default=4, help="windows averaged for perplexity vs position")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the tasks a cut evaluation finished (OUT/eval.partial.json, written after every task; "
+                   "the same settings and weights) and run the rest")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -150,7 +154,8 @@ def check_paths(args: argparse.Namespace, out_dir: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lizardlm.eval.report import ALL_TASKS, DEFAULT_TASKS, EvalConfig, evaluate, markdown_table, write_outputs
+    from lizardlm.eval.report import (ALL_TASKS, DEFAULT_TASKS, PARTIAL, EvalConfig, evaluate, markdown_table,
+                                      write_outputs)
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
     unknown = [t for t in tasks if t not in ALL_TASKS]
@@ -213,8 +218,14 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         lm_backend=args.lm_backend,
     )
-    results = evaluate(models, tasks, config=cfg, sources=sources, reference="teacher" if args.teacher else None)
+    partial = out_dir / PARTIAL
+    if partial.exists() and not args.resume:
+        print(f"lizardlm eval: {partial} (a cut evaluation) is replaced; --resume keeps its finished tasks",
+              file=sys.stderr)
+    results = evaluate(models, tasks, config=cfg, sources=sources, reference="teacher" if args.teacher else None,
+                       partial=partial, resume=args.resume)
     paths = write_outputs(results, out_dir, plots=not args.no_plots)
+    partial.unlink(missing_ok=True)
     print(markdown_table(results))
     print("wrote " + ", ".join(paths.values()), file=sys.stderr)
     failed = [t for t, per in results["tasks"].items() if any(e.get("status") == "error" for e in per.values())]

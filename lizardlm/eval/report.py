@@ -39,6 +39,9 @@ from lizardlm.eval.tasks import MC_TASKS, METRICS
 
 log = logging.getLogger(__name__)
 
+PARTIAL = "eval.partial.json"
+"""Where ``lizardlm eval`` keeps the results so far, beside ``eval.json`` (removed once that is written)."""
+
 PPL_TASKS = ("wikitext2", "wikitext2_valid", "tinyshakespeare")
 DEFAULT_TASKS = ("wikitext2", *MC_TASKS, "mqar", "passkey", "position_ppl")
 LONG_TASKS = ("passkey_train", "ruler", "longppl", "diagnostics")
@@ -272,6 +275,43 @@ def _meta(cfg: EvalConfig, tasks: Sequence[str]) -> dict:
     }
 
 
+def _fingerprint(model: Any) -> dict | None:
+    """:func:`~lizardlm.train.fingerprint.model_fingerprint` of a module (None for anything else)."""
+    import torch
+
+    from lizardlm.train.fingerprint import model_fingerprint
+
+    return model_fingerprint(model) if isinstance(model, torch.nn.Module) else None
+
+
+def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | None]) -> dict[str, dict[str, dict]]:
+    """``{task: {model: entry}}`` that a cut evaluation saved in ``partial`` and this one may keep: the
+    same settings and the same models (source and weights); finished entries only (``ok``, ``absent``),
+    so a task that failed runs again."""
+    from lizardlm.train.fingerprint import same_model
+
+    if not partial.exists():
+        return {}
+    try:
+        saved = json.loads(partial.read_text(encoding="utf-8"))
+        saved_settings, saved_models, saved_tasks = saved["meta"]["settings"], saved["models"], saved["tasks"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LizardError(f"--resume: {partial} is not a readable partial evaluation ({err}); delete it to start over") from None
+    ours = _jsonable(results["meta"]["settings"])
+    changed = sorted(k for k in ours.keys() | saved_settings.keys() if ours.get(k) != saved_settings.get(k))
+    for name, info in results["models"].items():
+        theirs = saved_models.get(name, {})
+        fp, saved_fp = fingerprints.get(name), theirs.get("fingerprint")
+        if theirs.get("source") != info.get("source") or (fp is None) != (saved_fp is None) or (
+                fp is not None and not same_model(fp, saved_fp)):
+            changed.append(f"model {name}")
+    if changed:
+        raise LizardError(f"--resume: {partial} was made with other {', '.join(changed)}; "
+                          "drop --resume to start over")
+    return {task: {name: e for name, e in per.items() if name in results["models"] and e.get("status") in ("ok", "absent")}
+            for task, per in saved_tasks.items() if task in results["tasks"]}
+
+
 def evaluate(
     models: dict[str, tuple[Any, Any]],
     tasks: Iterable[str] | None = None,
@@ -281,6 +321,8 @@ def evaluate(
     reference: str | None = None,
     sources: dict[str, str] | None = None,
     plots: bool = True,
+    partial: str | os.PathLike | None = None,
+    resume: bool = False,
     **overrides: Any,
 ) -> dict:
     """Evaluate every model on every task; returns the results dict and, with ``out_dir``, writes
@@ -288,7 +330,10 @@ def evaluate(
 
     ``models`` maps a column name to an already loaded ``(model, tokenizer)``. ``reference`` is the
     model the others are compared with (default: ``"teacher"`` if present, else the first).
-    ``config`` / keyword ``overrides`` are :class:`EvalConfig` fields.
+    ``config`` / keyword ``overrides`` are :class:`EvalConfig` fields. With ``partial`` (a path), the
+    results so far are written there after every task, so a cut evaluation keeps what it finished;
+    ``resume`` keeps the finished tasks of the file already there (same settings and weights, else a
+    :class:`LizardError`) and runs only the rest.
     """
     if not models:
         raise ValueError("evaluate() needs at least one model")
@@ -308,6 +353,18 @@ def evaluate(
         "tasks": {t: {} for t in tasks},
     }
     timings: dict[str, dict[str, float]] = {}
+    results["meta"]["seconds"] = timings
+    partial = Path(partial) if partial is not None else None
+    if partial is not None:
+        from lizardlm.train.checkpoint import atomic_write_text
+
+        fingerprints = {name: _fingerprint(m) for name, (m, _) in models.items()}
+        for name, fp in fingerprints.items():
+            if fp is not None:
+                results["models"][name]["fingerprint"] = fp
+        kept = _kept_entries(partial, results, fingerprints) if resume else {}
+    else:
+        kept = {}
     t_start = time.perf_counter()
     mc = [t for t in tasks if t in MC_TASKS]
     for name, (model, tok) in models.items():
@@ -316,8 +373,15 @@ def evaluate(
         for task in tasks:
             if task in MC_TASKS and task != mc[0]:
                 continue  # all multiple-choice tasks run in one lm-eval call, at the first one
+            names = mc if task in MC_TASKS else [task]
+            label = ",".join(names)
+            if all(name in kept.get(t, {}) for t in names):
+                for t in names:
+                    results["tasks"][t][name] = kept[t][name]
+                _say(cfg, f"[{name}] {label}: kept from {partial}")
+                results["meta"].setdefault("kept", {"from": str(partial)}).setdefault(name, []).append(label)
+                continue
             t0 = time.perf_counter()
-            label = ",".join(mc) if task in MC_TASKS else task
             _say(cfg, f"[{name}] {label} ...")
             if task in MC_TASKS:
                 entries = _guard(lambda: _run_mc(mc, model, tok, cfg), mc)
@@ -326,7 +390,8 @@ def evaluate(
             else:
                 results["tasks"][task][name] = _guard(lambda: _run_one(task, model, tok, cfg), [task])[task]
             timings.setdefault(name, {})[label] = round(time.perf_counter() - t0, 2)
-    results["meta"]["seconds"] = timings
+            if partial is not None:
+                atomic_write_text(partial, json.dumps(_jsonable(results), indent=2) + "\n")
     results["meta"]["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if out_dir is not None:
         write_outputs(results, out_dir, plots=plots)
@@ -617,12 +682,12 @@ def passkey_heatmap(details: dict, path: str | os.PathLike, title: str) -> str:
     trials = [t for rec in recs for t in rec.get("trials", [])]
     panels = [("correct", "exact match")] + [("first_digit", "first digit")] * bool(trials and "first_digit" in trials[0])
     fig, axes = plt.subplots(1, len(panels), figsize=((1.2 + 0.8 * len(recs)) * len(panels), 4), squeeze=False)
-    for ax, (field, label) in zip(axes[0], panels):
+    for ax, (key, label) in zip(axes[0], panels):
         grid = np.full((bins, len(recs)), np.nan)
         for j, rec in enumerate(recs):
             hits: dict[int, list[bool]] = {}
             for t in rec.get("trials", []):
-                hits.setdefault(min(bins - 1, int(t["depth"] * bins)), []).append(t[field])
+                hits.setdefault(min(bins - 1, int(t["depth"] * bins)), []).append(t[key])
             for i, v in hits.items():
                 grid[i, j] = 100 * sum(v) / len(v)
         im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
