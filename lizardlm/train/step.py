@@ -137,15 +137,15 @@ class GraphedStep(EagerStep):
             if not torch.is_tensor(group["lr"]):
                 group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
         restore = snapshot(self.params, self.optimizer)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):
                     self.optimizer.zero_grad(set_to_none=True)
                     self._whole_step(self.batch)
-            torch.cuda.current_stream(device).wait_stream(side)
         finally:
+            torch.cuda.current_stream(device).wait_stream(side)
             restore()  # also after a failed warm-up: its updates must not count
         torch.cuda.empty_cache()  # the warm-up's cached blocks are not the graph's pool: hand them back first
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes fresh gradients each replay
