@@ -82,6 +82,10 @@ class LizardConfig:
             ``none`` (see :mod:`lizardlm.layers.gate`).
         gate_temperature: tau of the ``scalar`` and ``pooled_key`` gates.
         gate_init: initial decay (bias set so that the gate starts at this value for every input).
+        decay_scale: ``s``, every log-decay times ``s`` (``a -> a^s``) when the model runs; ``s < 1``
+            stretches every half-life by ``1 / s``, to carry the memory over prompts longer than
+            training (an inference knob: 1 = as trained; :meth:`set_decay_scale` changes it on a
+            loaded model).
         write_gate: ``none``, or ``head`` = a learned write strength per token and key/value head,
             ``s = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(k)`` in the state and the
             normaliser alike, so a token can write more or less than another
@@ -106,6 +110,7 @@ class LizardConfig:
     gate: GateKind | None = None
     gate_temperature: float = 16.0
     gate_init: float = 0.995
+    decay_scale: float = 1.0
     write_gate: StrengthKind | None = None
     read_gate: StrengthKind | None = None
     alpha_init: float = ALPHA_INIT
@@ -142,6 +147,8 @@ class LizardConfig:
                              "set num_meta_tokens 0")
         if not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"gate_init must lie in (0, 1), got {self.gate_init}")
+        if isinstance(self.decay_scale, bool) or not (self.decay_scale > 0 and math.isfinite(self.decay_scale)):
+            raise ValueError(f"decay_scale must be a finite number > 0, got {self.decay_scale}")
         if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):
             raise ValueError(f"gate_temperature must be a finite number > 0, got {self.gate_temperature}")
         if not math.isfinite(self.alpha_init):

@@ -265,3 +265,22 @@ def test_cli_checks_paths_before_loading(flag, model_dir, tmp_path, capsys, monk
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("lizardlm: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_cli_decay_scale_on_a_lizard_model_and_refused_elsewhere(model_dir, tmp_path, capsys):
+    import lizardlm
+    from lizardlm.cli import main
+
+    tok = tiny_tokenizer()
+    lizard_dir = tmp_path / "lizard"
+    lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).save_pretrained(lizard_dir)
+    tok.save_pretrained(lizard_dir)
+    argv = ["--tasks", "passkey", "--passkey-lengths", "128", "--passkey-trials", "1", "--no-progress", "--no-plots"]
+    assert main(["eval", "--model", str(lizard_dir), "--decay-scale", "0.5", "--out", str(tmp_path / "a"), *argv]) == 0
+    assert json.loads((tmp_path / "a" / "eval.json").read_text())["models"]["model"]["decay_scale"] == 0.5
+    assert json.loads((lizard_dir / "config.json").read_text())["lizard"]["decay_scale"] == 1.0  # the saved model untouched
+    capsys.readouterr()
+    for model, scale, says in ((model_dir, "0.5", "is not a Lizard model (it has no decay to scale)"),
+                               (lizard_dir, "0", "decay_scale must be a finite number > 0, got 0.0")):
+        assert main(["eval", "--model", str(model), "--decay-scale", scale, "--out", str(tmp_path / "b"), *argv]) == 2
+        assert says in capsys.readouterr().err.strip().splitlines()[-1]

@@ -74,7 +74,7 @@ class LizardAttention(nn.Module):
         self.feature_map_k = HedgehogFeatureMap(self.num_kv_heads, self.head_dim, lizard.feature_dim).to(**factory)
         self.gate = None if lizard.gate == "none" else DecayGate(
             lizard.gate, config.hidden_size, self.num_heads, self.num_kv_heads, lizard.gate_temperature,
-            lizard.gate_init,
+            lizard.gate_init, lizard.decay_scale,
         ).to(**factory)
         self.write_gate = (StrengthGate(config.hidden_size, self.num_kv_heads).to(**factory)
                            if lizard.write_gate == "head" else None)

@@ -17,6 +17,8 @@ starts, for a zero input, at ``a = a0`` (``gate_init``, close to 1: little forge
   head) is what lets it start near ``a0`` like the other designs.
 
 ``W`` starts at zero, so every design but ``pooled_key`` begins at exactly ``a0`` for every input.
+Every design's log-decay is then multiplied by ``scale`` (``LizardConfig.decay_scale``, 1 unless a
+user stretches the memory for long prompts: ``a -> a^scale``).
 
 The write gate scales what a token writes: ``phi_k(k_t) -> s_t phi_k(k_t)`` with
 ``s_{t,h} = 2 sigmoid(x_t . W_h + b_h)`` per key/value head, ``W = 0`` and ``b = 0`` at start
@@ -59,8 +61,9 @@ class DecayGate(nn.Module):
     """
 
     def __init__(self, kind: str, hidden_size: int, num_heads: int, num_kv_heads: int, temperature: float,
-                 init: float) -> None:
+                 init: float, scale: float = 1.0) -> None:
         super().__init__()
+        self.scale = scale
         if kind not in GATES:
             raise ValueError(f"unknown gate {kind!r}; choose one of {', '.join(GATES)}")
         self.kind = kind
@@ -92,6 +95,10 @@ class DecayGate(nn.Module):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, T, hidden)``, ``k`` ``(B, Hk, T, D)`` -> log-decays ``(B, heads, T)``, all <= 0."""
+        log_a = self._log_decay(x, k)
+        return log_a if self.scale == 1.0 else log_a * self.scale
+
+    def _log_decay(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         if self.kind in ("scalar", "token"):
             return (F.logsigmoid(self.proj(x).float()) / self.temperature).transpose(1, 2)
         if self.kind == "mamba2":

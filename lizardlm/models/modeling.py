@@ -53,6 +53,15 @@ class LizardModelMixin:
     def lizard_config(self) -> LizardConfig:
         return LizardConfig.from_dict(self.config.lizard)
 
+    def set_decay_scale(self, scale: float) -> None:
+        """Multiply every layer's log-decays by ``scale`` from now on (``LizardConfig.decay_scale``,
+        recorded in the config, so a saved model keeps it): ``scale < 1`` stretches every half-life by
+        ``1 / scale`` for prompts longer than training; 1 is the model as trained."""
+        self.config.lizard = LizardConfig.from_dict({**self.config.lizard, "decay_scale": scale}).to_dict()
+        for module in self.modules():
+            if isinstance(module, LizardAttention) and module.gate is not None:
+                module.gate.scale = float(scale)
+
     def lizard_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """The parameters Lizard adds (feature maps, gates, meta memory, beta), with their names."""
         for prefix, module in self.named_modules():
