@@ -284,3 +284,9 @@ def test_cli_decay_scale_on_a_lizard_model_and_refused_elsewhere(model_dir, tmp_
                                (lizard_dir, "0", "decay_scale must be a finite number > 0, got 0.0")):
         assert main(["eval", "--model", str(model), "--decay-scale", scale, "--out", str(tmp_path / "b"), *argv]) == 2
         assert says in capsys.readouterr().err.strip().splitlines()[-1]
+    # generate takes it too: after --convert, a converted teacher has a decay to scale
+    gen = ["generate", "--prompt", "Hello", "--max-new-tokens", "2", "--raw", "--decay-scale", "0.5"]
+    assert main([*gen, "--model", str(lizard_dir)]) == 0
+    assert main([*gen, "--model", str(model_dir)]) == 2
+    assert "is not a Lizard model (it has no decay to scale)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main([*gen, "--model", str(model_dir), "--convert"]) == 0

@@ -128,3 +128,26 @@ def lizard_config_from_args(args: argparse.Namespace) -> LizardConfig:
         return LizardConfig(**lizard_overrides(args))
     except ValueError as err:
         raise LizardError(str(err)) from None
+
+
+def add_decay_scale_argument(p: argparse.ArgumentParser) -> None:
+    """``--decay-scale S`` of the commands that run a model (``eval``, ``generate``)."""
+    p.add_argument("--decay-scale", type=float, default=None, metavar="S",
+                   help="a Lizard model's log-decays times S (S < 1 stretches every half-life by 1/S, for prompts "
+                   "longer than training; default: as saved, 1 unless set)")
+
+
+def set_decay_scale(model, scale: float | None, spec: str) -> None:
+    """``--decay-scale``: :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale` (nothing
+    when not given), or a one-line error for a model without Lizard layers or a scale out of range."""
+    from lizardlm.errors import LizardError
+    from lizardlm.models.modeling import is_lizard_model
+
+    if scale is None:
+        return
+    if not is_lizard_model(model):
+        raise LizardError(f"--decay-scale: {spec} is not a Lizard model (it has no decay to scale)")
+    try:
+        model.set_decay_scale(scale)
+    except ValueError as err:
+        raise LizardError(f"--decay-scale: {err}") from None

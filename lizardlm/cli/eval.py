@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import positive_int
+from lizardlm.cli.common import add_decay_scale_argument, positive_int, set_decay_scale
 from lizardlm.errors import CheckpointError, DataError, LizardError
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
@@ -113,9 +113,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--position-len", type=positive_int, default=4096, help="window length for perplexity vs position")
     p.add_argument("--position-bucket", type=positive_int, default=256, help="bucket size for perplexity vs position")
     p.add_argument("--position-windows", type=positive_int, default=4, help="windows averaged for perplexity vs position")
-    p.add_argument("--decay-scale", type=float, default=None, metavar="S",
-                   help="a Lizard model's log-decays times S (S < 1 stretches every half-life by 1/S, for prompts "
-                   "longer than training; default: as saved, 1 unless set)")
+    add_decay_scale_argument(p)
     p.add_argument("--resume", action="store_true",
                    help="keep the tasks a cut evaluation finished (OUT/eval.partial.json, written after every task; "
                    "the same settings and weights) and run the rest")
@@ -132,19 +130,6 @@ def load_model_for_eval(spec: str, device: str = "cpu", dtype=None):
 
     model, tokenizer = load_any(spec, device=device, dtype=dtype or torch.float32)
     return model.eval(), tokenizer
-
-
-def set_decay_scale(model, scale: float, spec: str) -> None:
-    """``--decay-scale``: :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale`, or a
-    one-line error for a model without Lizard layers or a scale out of range."""
-    from lizardlm.models.modeling import is_lizard_model
-
-    if not is_lizard_model(model):
-        raise LizardError(f"--decay-scale: {spec} is not a Lizard model (it has no decay to scale)")
-    try:
-        model.set_decay_scale(scale)
-    except ValueError as err:
-        raise LizardError(f"--decay-scale: {err}") from None
 
 
 def default_out_dir(model_spec: str) -> Path:
@@ -198,8 +183,7 @@ def run(args: argparse.Namespace) -> int:
     name = "student" if args.teacher else "model"
     print(f"loading {name} {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model_for_eval(args.model, device=args.device, dtype=dtype)
-    if args.decay_scale is not None:
-        set_decay_scale(model, args.decay_scale, args.model)
+    set_decay_scale(model, args.decay_scale, args.model)
     if tokenizer is None:
         if "teacher" not in models:
             raise CheckpointError(f"{args.model} has no tokenizer; give --teacher to use the teacher's")
