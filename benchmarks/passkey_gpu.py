@@ -29,7 +29,10 @@ merged result; ``--combine A.json B.json ...`` only
 merges result files of runs made at once in separate processes (each with its own ``--out``) into
 ``<out>/passkey-<device>.json``, and ``--add-eval RUN=EVAL_JSON`` joins a later ``lizardlm eval`` of a
 run (e.g. at 32K, in another call) to its numbers; ``--heatmap RUN=A.json,B.json`` draws that run's heat
-maps over both files' lengths. ``--quick`` is a CPU smoke run on tiny
+maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a trained run with every
+log-decay times S as run ``NAME@decayS`` (which ``--combine`` gives run ``NAME``'s training record),
+and a combined result holding such runs gets ``passkey-<device>-decay-scale.png`` (accuracy by length
+per scale). ``--quick`` is a CPU smoke run on tiny
 budgets (any ``--teacher``, e.g. a small local model).
 """
 
@@ -57,6 +60,9 @@ FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batc
             ruler_lengths="1024,4096,16384", ruler_trials=20, longppl_len=32768, longppl_windows=4,
             diagnostics_lengths="1024,4096,16384", diagnostics_trials=8, mqar_pairs="8", mqar_lengths="128,256,512,1024",
             mqar_samples=50, batch=8)
+TRAINING_KEYS = ("mode", "data", "flags", "gradient_checkpointing", "stage1_tokens", "stage2_tokens", "seq_len",
+                 "batch_size", "val_tokens", "linearize_command", "linearize_rc", "linearize_seconds")
+"""What an evaluation's record (``--eval-only``, ``NAME@decayS``) takes from the record of the run as trained."""
 QUICK = dict(stage1_tokens=1024, stage2_tokens=1024, seq_len=128, batch_size=2, val_tokens=256,
              passkey_lengths="256", passkey_trials=2, passkey_depths=2, passkey_keys=5, ruler_lengths="256", ruler_trials=1,
              longppl_len=512, longppl_windows=1, diagnostics_lengths="256", diagnostics_trials=2, mqar_pairs="2",
@@ -83,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heatmap", action="append", default=[], metavar="RUN=EVAL_JSON[,EVAL_JSON...]",
                    help="only draw RUN's depth x length heat maps into --out from these eval.json files, their lengths joined")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
+    p.add_argument("--decay-scale", type=float, default=None, metavar="S",
+                   help="evaluate with every log-decay times S (`lizardlm eval --decay-scale`): the result is run "
+                        "NAME@decayS, evaluated into <run>/eval-decayS (with --eval-only: the trained run's weights)")
     p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
     p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS[|DATA]",
                    help="a run of its own (repeat: all at once, one process each); FLAGS as in --flags")
@@ -98,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.name = args.name or args.mode
+    args.label = args.name if args.decay_scale is None else f"{args.name}@decay{args.decay_scale:g}"
     args.device = "cpu" if args.quick else "cuda"
     return args
 
@@ -113,9 +123,15 @@ def linearize_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     return cmd + args.flags.split()
 
 
+def eval_dir(args: argparse.Namespace, run_dir: Path) -> Path:
+    """Where the run's evaluation goes: ``eval``, or ``eval-decayS`` for an evaluation at a decay scale."""
+    return run_dir / ("eval" if args.decay_scale is None else f"eval-decay{args.decay_scale:g}")
+
+
 def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     cmd = [sys.executable, "-m", "lizardlm", "eval", "--model", str(run_dir), "--tasks", args.tasks,
-           "--device", args.device, "--out", str(run_dir / "eval"), "--no-progress", "--batch-size", str(args.batch)]
+           "--device", args.device, "--out", str(eval_dir(args, run_dir)), "--no-progress", "--batch-size", str(args.batch)]
+    cmd += ["--decay-scale", f"{args.decay_scale:g}"] if args.decay_scale is not None else []
     cmd += ["--teacher", args.teacher] if args.with_teacher else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--resume"] if args.eval_only else []  # an earlier call's evaluation, cut by its deadline, goes on
@@ -205,11 +221,23 @@ def add_eval(result: dict[str, Any], run_name: str, eval_json: dict, source: str
              "settings": {k: v for k, v in eval_json["meta"]["settings"].items() if k.startswith("passkey")}})
 
 
+def with_training(entry: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's record over the trained run's, whose training settings win (an ``--eval-only``
+    call without ``--merge`` records this script's defaults for them)."""
+    return {**trained, **entry, **{k: trained[k] for k in TRAINING_KEYS if k in trained}}
+
+
 def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
-    """Merge result JSONs (later runs win), then join each ``RUN=EVAL_JSON`` of ``added``."""
+    """Merge result JSONs (later runs win; a ``NAME@decayS`` evaluation takes the training record of run
+    ``NAME`` where one is merged), then join each ``RUN=EVAL_JSON`` of ``added``."""
     result: dict[str, Any] = {}
     for f in files:
         merge(result, json.loads(f.read_text()))
+    runs = result.get("runs", {})
+    for label, entry in runs.items():
+        base = label.partition("@decay")[0]
+        if base != label and base in runs:
+            runs[label] = with_training(entry, runs[base])
     for item in added:
         run_name, sep, path = item.partition("=")
         if not sep or run_name not in result.get("runs", {}):
@@ -218,7 +246,43 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
     out = out_dir / f"passkey-{device_slug(result['device'])}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    decay_plot(result, out.with_name(f"{out.stem}-decay-scale.png"))
     return out
+
+
+def decay_plot(result: dict[str, Any], path: Path) -> str | None:
+    """Passkey accuracy (solid) and the first digit's (dashed) by length, one line per ``NAME@decayS``
+    evaluation, when the result holds any: how stretching the half-lives at inference carries retrieval."""
+    labels = sorted((n for n in result.get("passkey", {}) if "@decay" in n and isinstance(result["passkey"][n], dict)),
+                    key=lambda n: (n.partition("@decay")[0], -float(n.partition("@decay")[2])))
+    if not labels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, n in enumerate(labels):
+        color = f"C{i}"
+        for section, style in (("passkey", "-o"), ("passkey_first_digit", "--")):
+            by_len = {int(L): v for L, v in result.get(section, {}).get(n, {}).items() if isinstance(v, (int, float))}
+            if by_len:
+                xs = sorted(by_len)
+                ax.plot(xs, [by_len[x] for x in xs], style, color=color, label=n if section == "passkey" else None)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(L) for n in labels for L in result["passkey"][n]})
+    ax.set_xticks(ticks, [f"{L // 1024}K" if L >= 1024 else str(L) for L in ticks])
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("passkey accuracy (dashed: first digit)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"passkey by decay scale at inference ({result.get('device', '')})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
 
 
 def heatmaps(out_dir: Path, item: str) -> list[str]:
@@ -305,9 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     entry: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": args.mode, "data": args.data,
                              "flags": args.flags, "gradient_checkpointing": args.gradient_checkpointing,
                              **{k: getattr(args, k) for k in FULL}}
-    if args.eval_only:
-        entry = {**result["runs"].get(args.name, {}), **entry}
-    result["runs"][args.name] = entry
+    if args.decay_scale is not None:
+        entry["decay_scale"] = args.decay_scale
+    if args.eval_only:  # this evaluation's settings over the record of the run as trained (--merge)
+        entry = with_training(entry, {**result["runs"].get(args.name, {}), **result["runs"].get(args.label, {})})
+    result["runs"][args.label] = entry
     if not args.eval_only:
         cmd = linearize_command(args, run_dir)
         if "--resume" not in cmd and run_dir.exists():
@@ -320,15 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         entry["eval_command"] = " ".join(["python", *cmd[1:]])
         left = args.deadline - (time.perf_counter() - start)
         entry["eval_rc"], entry["eval_seconds"] = run(cmd, log, timeout=max(left - 10, 30))
-        eval_json, partial = run_dir / "eval" / "eval.json", run_dir / "eval" / "eval.partial.json"
+        eval_json, partial = eval_dir(args, run_dir) / "eval.json", eval_dir(args, run_dir) / "eval.partial.json"
         if entry["eval_rc"] == 0 and eval_json.exists():
-            assemble(result, args.name, json.loads(eval_json.read_text()))
-            for png in (run_dir / "eval").glob("*.png"):
-                shutil.copy(png, args.out / f"passkey-{slug}-{args.name}-{png.stem}.png")
+            assemble(result, args.label, json.loads(eval_json.read_text()))
+            for png in eval_dir(args, run_dir).glob("*.png"):
+                shutil.copy(png, args.out / f"passkey-{slug}-{args.label}-{png.stem}.png")
             entry["status"] = "done"
         elif partial.exists():  # cut (the deadline): keep the tasks it finished; --eval-only runs the rest
             cut = json.loads(partial.read_text())
-            assemble(result, args.name, cut)
+            assemble(result, args.label, cut)
             finished = [t for t, per in cut["tasks"].items() if per]
             entry["status"] = (f"eval cut (exit {entry['eval_rc']}) after {', '.join(finished) or 'no task'}; "
                                "--eval-only goes on")
@@ -338,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["status"] = f"linearize failed (exit {entry.get('linearize_rc')}); see the log"
     entry["wall_seconds"] = time.perf_counter() - start
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"status": entry["status"], "passkey": result["passkey"].get(args.name)}))
+    print(json.dumps({"status": entry["status"], "passkey": result["passkey"].get(args.label)}))
     return 0 if entry["status"] == "done" else 1
 
 

@@ -412,10 +412,24 @@ def passkey(path: Path) -> str:
     for n in names:
         cells = [cell(sec[n].get(str(L)), digits) if isinstance(sec.get(n), dict) else "–" for sec, L, _, digits in columns]
         out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d.get("longppl", {}).get(n))]) + " |")
-    out += ["", "Runs: " + "; ".join(f"`{n}` = `--mode {r['mode']} --data {r['data']}"
-                                     + (f" {r['flags']}" if r["flags"] else "") + "`"
-                                     for n, r in d["runs"].items() if n in names) + "."]
+    out += ["", "Runs: " + "; ".join(run_lines({n: r for n, r in d["runs"].items() if n in names})) + "."]
     return "\n".join(out)
+
+
+def run_lines(runs: dict[str, dict]) -> list[str]:
+    """```name` = `--mode M --data D FLAGS``` per run; the evaluations of one run at several decay scales
+    (``NAME@decayS``) share one line that names their scales."""
+    training = {n: f"`--mode {r['mode']} --data {r['data']}" + (f" {r['flags']}" if r["flags"] else "") + "`"
+                for n, r in runs.items()}
+    scales: dict[str, list[str]] = {}
+    for n, r in runs.items():
+        if "decay_scale" in r:
+            scales.setdefault(n.partition("@decay")[0] + "\0" + training[n], []).append(f"{r['decay_scale']:g}")
+    lines = [f"`{n}` = {training[n]}" for n, r in runs.items() if "decay_scale" not in r]
+    for key, values in scales.items():
+        base, _, train = key.partition("\0")
+        lines.append(f"`{base}@decayS` = {train}, evaluated with `--decay-scale S` for S = {', '.join(values)}")
+    return lines
 
 
 def toy_needle(path: Path) -> str:

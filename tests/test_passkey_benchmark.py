@@ -89,6 +89,7 @@ def test_combine_merges_runs_section_by_section(tmp_path):
     merged = json.loads((tmp_path / "out" / "passkey-nvidia-h200.json").read_text())
     assert merged["passkey"] == {"teacher": {"1024": 1.0}, "a": {"1024": 0.2}, "b": {"1024": 0.9}}
     assert set(merged["runs"]) == {"a", "b"} and merged["ruler"] == {"b": {"1024": 0.5}}
+    assert not list((tmp_path / "out").glob("*.png"))  # no evaluation at a decay scale, no decay plot
     # a later eval of run b at a longer length joins b's rows; an unknown run is refused
     later = {"meta": {"date": "2026-12-03", "tasks": ["passkey"], "settings": {"passkey_lengths": [32768], "seed": 0}},
              "tasks": {"passkey": {"model": {"status": "ok", "details": {"lengths": [
@@ -270,3 +271,77 @@ def test_heatmaps_join_the_lengths_of_several_evaluations(tmp_path, monkeypatch)
     (tmp_path / "torn.json").write_text('{"tasks": ')
     with pytest.raises(SystemExit, match="--heatmap: cannot read .*torn.json"):
         passkey_gpu.main(["--out", str(tmp_path), "--heatmap", f"k1={a},{tmp_path / 'torn.json'}"])
+
+
+def test_an_evaluation_at_a_decay_scale_is_a_run_of_its_own(tmp_path, monkeypatch):
+    """``--eval-only --decay-scale 0.5`` evaluates the trained run's weights with ``lizardlm eval
+    --decay-scale 0.5`` into ``eval-decay0.5``; its numbers land under ``a@decay0.5`` beside the run's
+    own, with the run's training record and the scale, and the README table's runs line names the scale."""
+    tok = tiny_tokenizer()
+    student = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).eval()
+    scaled = evaluate({"model": (student, tok)}, ["passkey"], passkey_lengths=(128,), passkey_trials=2, progress=False)
+    run_dir = tmp_path / "runs" / "a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text("{}")
+    commands = []
+
+    def evaluated(cmd, log, timeout):
+        commands.append(cmd)
+        out_dir = Path(cmd[cmd.index("--out") + 1])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps(scaled))
+        return 0, 5.0
+
+    monkeypatch.setattr(passkey_gpu, "run", evaluated)
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"passkey": {"a": {"128": 0.25}}, "runs": {"a": {
+        "mode": "lizard", "data": "retrieval", "flags": "--window-size 16", "linearize_command": "python -m lizardlm x",
+        "seq_len": 128, "stage1_tokens": 1024, "stage2_tokens": 1024, "passkey_trials": 2, "passkey_depths": 2,
+        "status": "done"}}}))
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--runs", str(tmp_path / "runs"), "--name", "a", "--quick", "--eval-only",
+            "--tasks", "passkey", "--decay-scale", "0.5", "--merge", str(earlier)]
+    assert passkey_gpu.main(argv) == 0
+    cmd = commands[0]
+    assert cmd[cmd.index("--decay-scale") + 1] == "0.5" and cmd[cmd.index("--out") + 1] == str(run_dir / "eval-decay0.5")
+    result = json.loads(next(out.glob("passkey-*.json")).read_text())
+    acc = scaled["tasks"]["passkey"]["model"]["details"]["lengths"][0]["acc"]
+    assert result["passkey"] == {"a": {"128": 0.25}, "a@decay0.5": {"128": acc}}
+    run = result["runs"]["a@decay0.5"]
+    assert run["decay_scale"] == 0.5 and run["linearize_command"] == "python -m lizardlm x" and run["status"] == "done"
+    assert "decay_scale" not in result["runs"]["a"]
+    import readme_table
+    table = readme_table.passkey(next(out.glob("passkey-*.json")))
+    assert "| a@decay0.5 |" in table and "`a@decayS` = `--mode lizard --data retrieval --window-size 16`, " \
+        "evaluated with `--decay-scale S` for S = 0.5" in table
+
+
+def test_combine_gives_a_decay_scale_evaluation_its_runs_training_record(tmp_path):
+    """A ``NAME@decayS`` part made by ``--eval-only`` in another call (this script's default data and flags
+    in its record) takes run ``NAME``'s training settings when both are combined; its own evaluation stays."""
+    trained = {"device": "NVIDIA H200", "passkey": {}, "runs": {"k": {
+        "mode": "lizard", "data": "retrieval", "flags": "--feature-dim 256", "stage2_tokens": 8, "seq_len": 2048,
+        "linearize_command": "python -m lizardlm linearize", "status": "eval failed (exit 124); see the log"}}}
+    scaled = {"device": "NVIDIA H200", "passkey": {"k@decay0.25": {"16384": 0.68}}, "runs": {"k@decay0.25": {
+        "mode": "lizard", "data": "mix:alpaca-cleaned=0.8,retrieval=0.2", "flags": "", "stage2_tokens": 2, "seq_len": 2048,
+        "decay_scale": 0.25, "eval_command": "python -m lizardlm eval --decay-scale 0.25", "status": "done"}}}
+    files = []
+    for name, data in (("trained", trained), ("scaled", scaled)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(data))
+    assert passkey_gpu.main(["--out", str(tmp_path / "out"), "--combine", *map(str, files)]) == 0
+    run = json.loads((tmp_path / "out" / "passkey-nvidia-h200.json").read_text())["runs"]["k@decay0.25"]
+    assert (run["data"], run["flags"], run["stage2_tokens"]) == ("retrieval", "--feature-dim 256", 8)
+    assert run["linearize_command"] == "python -m lizardlm linearize" and run["decay_scale"] == 0.25
+    assert run["status"] == "done" and run["eval_command"].endswith("--decay-scale 0.25")
+    assert (tmp_path / "out" / "passkey-nvidia-h200-decay-scale.png").stat().st_size > 0
+
+
+def test_the_runs_line_names_one_runs_decay_scales_once():
+    import readme_table
+    train = {"mode": "lizard", "data": "retrieval", "flags": "--feature-dim 256"}
+    runs = {"teacherless": {"mode": "lolcats", "data": "retrieval", "flags": ""},
+            "k@decay1": {**train, "decay_scale": 1.0}, "k@decay0.25": {**train, "decay_scale": 0.25}}
+    assert readme_table.run_lines(runs) == [
+        "`teacherless` = `--mode lolcats --data retrieval`",
+        "`k@decayS` = `--mode lizard --data retrieval --feature-dim 256`, evaluated with `--decay-scale S` for S = 1, 0.25"]
