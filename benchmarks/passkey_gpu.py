@@ -30,7 +30,8 @@ merges result files of runs made at once in separate processes (each with its ow
 ``<out>/passkey-<device>.json``, and ``--add-eval RUN=EVAL_JSON`` joins a later ``lizardlm eval`` of a
 run (e.g. at 32K, in another call) to its numbers; ``--heatmap RUN=A.json,B.json`` draws that run's heat
 maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a trained run with every
-log-decay times S as run ``NAME@decayS`` (which ``--combine`` gives run ``NAME``'s training record),
+log-decay times S as run ``NAME@decayS`` (an ``--eval-only`` record takes the run's training settings
+from ``passkey_gpu-training.json`` in its run directory, and ``--combine`` from run ``NAME``),
 and a combined result holding such runs gets ``passkey-<device>-decay-scale.png`` (accuracy by length
 per scale). ``--quick`` is a CPU smoke run on tiny
 budgets (any ``--teacher``, e.g. a small local model).
@@ -63,6 +64,8 @@ FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batc
 TRAINING_KEYS = ("mode", "data", "flags", "gradient_checkpointing", "stage1_tokens", "stage2_tokens", "seq_len",
                  "batch_size", "val_tokens", "linearize_command", "linearize_rc", "linearize_seconds")
 """What an evaluation's record (``--eval-only``, ``NAME@decayS``) takes from the record of the run as trained."""
+TRAINING_RECORD = "passkey_gpu-training.json"
+"""Those keys as the run was trained, kept in its run directory for a later ``--eval-only`` call."""
 QUICK = dict(stage1_tokens=1024, stage2_tokens=1024, seq_len=128, batch_size=2, val_tokens=256,
              passkey_lengths="256", passkey_trials=2, passkey_depths=2, passkey_keys=5, ruler_lengths="256", ruler_trials=1,
              longppl_len=512, longppl_windows=1, diagnostics_lengths="256", diagnostics_trials=2, mqar_pairs="2",
@@ -371,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
                              **{k: getattr(args, k) for k in FULL}}
     if args.decay_scale is not None:
         entry["decay_scale"] = args.decay_scale
-    if args.eval_only:  # this evaluation's settings over the record of the run as trained (--merge)
-        entry = with_training(entry, {**result["runs"].get(args.name, {}), **result["runs"].get(args.label, {})})
+    record = run_dir / TRAINING_RECORD
+    if args.eval_only:  # this evaluation's settings over the run's record as trained (its own file, --merge)
+        trained = json.loads(record.read_text()) if record.exists() else {}
+        entry = with_training(entry, {**trained, **result["runs"].get(args.name, {}), **result["runs"].get(args.label, {})})
     result["runs"][args.label] = entry
     if not args.eval_only:
         cmd = linearize_command(args, run_dir)
@@ -380,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir)
         entry["linearize_command"] = " ".join(["python", *cmd[1:]])
         entry["linearize_rc"], entry["linearize_seconds"] = run(cmd, log, timeout=args.deadline - 60)
+        if run_dir.exists():
+            record.write_text(json.dumps({k: entry[k] for k in TRAINING_KEYS if k in entry}, indent=2) + "\n")
     if (run_dir / "summary.json").exists():
         entry["summary"] = json.loads((run_dir / "summary.json").read_text())
         cmd = eval_command(args, run_dir)

@@ -345,3 +345,31 @@ def test_the_runs_line_names_one_runs_decay_scales_once():
     assert readme_table.run_lines(runs) == [
         "`teacherless` = `--mode lolcats --data retrieval`",
         "`k@decayS` = `--mode lizard --data retrieval --feature-dim 256`, evaluated with `--decay-scale S` for S = 1, 0.25"]
+
+
+def test_a_later_eval_only_call_records_the_run_as_it_was_trained(tmp_path, monkeypatch):
+    """Training leaves the run's training record in its directory; an ``--eval-only`` call without
+    ``--merge`` (another device call) records those settings, not this script's defaults."""
+    tok = tiny_tokenizer()
+    student = lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).eval()
+    evaluated = evaluate({"model": (student, tok)}, ["passkey"], passkey_lengths=(128,), passkey_trials=2, progress=False)
+    run_dir = tmp_path / "runs" / "a"
+
+    def fake(cmd, log, timeout):
+        if "linearize" in cmd:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "summary.json").write_text("{}")
+            return 0, 3.0
+        out_dir = Path(cmd[cmd.index("--out") + 1])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps(evaluated))
+        return 0, 1.0
+
+    monkeypatch.setattr(passkey_gpu, "run", fake)
+    common = ["--runs", str(tmp_path / "runs"), "--name", "a", "--quick", "--tasks", "passkey"]
+    assert passkey_gpu.main(["--out", str(tmp_path / "trained"), *common, "--data", "retrieval:keys=1",
+                             "--flags", "--feature-dim 256", "--stage2-tokens", "4096"]) == 0
+    assert passkey_gpu.main(["--out", str(tmp_path / "later"), *common, "--eval-only", "--decay-scale", "0.25"]) == 0
+    run = json.loads(next((tmp_path / "later").glob("passkey-*.json")).read_text())["runs"]["a@decay0.25"]
+    assert (run["data"], run["flags"], run["stage2_tokens"]) == ("retrieval:keys=1", "--feature-dim 256", 4096)
+    assert run["linearize_command"].startswith("python -m lizardlm linearize") and run["decay_scale"] == 0.25
