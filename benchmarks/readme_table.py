@@ -458,6 +458,33 @@ def toy_needle(path: Path) -> str:
     return "\n".join(out)
 
 
+def toy_grid(path: Path) -> str:
+    """``toy_needle.py --grid``: by the needle's distance to the query and by the filler before it, one row
+    per run and decay scale."""
+    d = json.loads(path.read_text())
+    s = d["settings"]
+    pres, dists = [str(x) for x in s["grid_pre"]], [str(x) for x in s["grid_dist"]]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    out = [
+        f"Where a long prompt loses the needle, {d['device']} (`{path.name}`): the toy task's runs ({s['model']}, "
+        f"{s['steps']} steps of {s['batch']} x {s['length']} tokens, seed {s['seed']}), each needle placed after "
+        f"{', '.join(pres)} filler tokens and {', '.join(dists)} tokens before the query (prompts up to "
+        f"{(s['grid_pre'][-1] + s['grid_dist'][-1] + 4) / s['length']:.3g}x the training length), 128 rows a cell; gated "
+        "forms also with every log-decay times S (`set_decay_scale`). Left: by distance, the mean over the filler "
+        "before; right: by the filler before, the mean over distances.",
+        "",
+        "| run | decay scale | " + " | ".join(f"distance {x}" for x in dists) + " | "
+        + " | ".join(f"{x} before" for x in pres) + " |",
+        "|---|---:|" + "---:|" * (len(dists) + len(pres)),
+    ]
+    for name, run in d["runs"].items():
+        for scale, grid in run["grid"].items():
+            by_dist = [mean([grid[pre][dist] for pre in pres]) for dist in dists]
+            by_pre = [mean([grid[pre][dist] for dist in dists]) for pre in pres]
+            out.append(f"| {name} | {scale} | " + " | ".join(f"{v:.2f}" for v in by_dist + by_pre) + " |")
+    return "\n".join(out)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -487,7 +514,7 @@ def main() -> None:
     for path in sorted(RESULTS.glob("passkey-*.json")):
         parts.append(passkey(path))
     for path in sorted(RESULTS.glob("toy-needle-*.json")):
-        parts.append(toy_needle(path))
+        parts.append(toy_grid(path) if path.stem.startswith("toy-needle-grid") else toy_needle(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
         parts.append(decode(path))
     for path in sorted(RESULTS.glob("cpu-demo-*.json")):

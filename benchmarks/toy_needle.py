@@ -16,6 +16,12 @@ needle inside the window, see ``INSIDE``; written after every run, and a run alr
 in it is kept) and ``toy-needle-cpu.png``. A converted teacher's failure to retrieve (the passkey
 table) is a question of training when this works, and of the layer when it does not.
 
+``--grid`` asks where long prompts fail: each run trained as above is evaluated with its needle placed
+after ``pre`` filler tokens and ``dist`` tokens before the query, for every pair of ``--grid-pre`` and
+``--grid-dist`` (prompts up to 32x the training length), at every ``--decay-scales`` S for gated forms
+(``model.set_decay_scale``: every half-life times 1/S). It writes ``toy-needle-grid-cpu.json`` (each
+run's ``"grid": {S: {pre: {dist: accuracy}}}``) and ``toy-needle-grid-cpu.png``.
+
 The ``converted:`` runs ask the pipeline's question at this scale: the trained softmax model is the
 teacher, converted to a form, then stage 1 (attention transfer: the summed per-layer MSE to the
 teacher's attention outputs, only the Lizard parameters train, ``--stage1-steps``, LR 1e-2) and
@@ -39,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lizardlm  # noqa: E402
-from lizardlm.layers import attention_transfer  # noqa: E402
+from lizardlm.layers import LizardAttention, attention_transfer  # noqa: E402
 
 VOCAB, MARKER, QUERY = 256, 1, 2
 VALUES, FILLER = (4, 68), (68, 256)
@@ -81,6 +87,15 @@ def rows(batch: int, length: int, gen: torch.Generator, inside: bool = False, k:
     return ids
 
 
+def placed_rows(n: int, pre: int, dist: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` rows of ``pre`` filler tokens, ``MARKER v``, ``dist`` filler tokens, then ``QUERY v``."""
+    ids = torch.randint(*FILLER, (n, pre + dist + 4), generator=gen)
+    value = torch.randint(*VALUES, (n,), generator=gen)
+    ids[:, pre], ids[:, pre + 1] = MARKER, value
+    ids[:, -2], ids[:, -1] = QUERY, value
+    return ids
+
+
 def make_model(config: dict | None, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(
@@ -104,6 +119,29 @@ def accuracy(model: torch.nn.Module, length: int, n: int = 128, batch: int = 32,
         hits += int((guess == ids[:, -k:]).all(-1).sum())
     model.train()
     return hits / n
+
+
+@torch.no_grad()
+def grid_accuracy(model: torch.nn.Module, pres: list[int], dists: list[int], n: int = 128, batch: int = 32
+                  ) -> dict[str, dict[str, float]]:
+    """Exact match of the one-token value by the filler before the needle and its distance to the query:
+    ``{pre: {dist: accuracy}}``, on ``n`` fixed rows per cell."""
+    model.eval()
+    grid: dict[str, dict[str, float]] = {}
+    for pre in pres:
+        for dist in dists:
+            gen, hits = torch.Generator().manual_seed(777 + pre + 7919 * dist), 0
+            for start in range(0, n, batch):
+                ids = placed_rows(min(batch, n - start), pre, dist, gen)
+                guess = model(input_ids=ids[:, :-1], use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1)
+                hits += int((guess == ids[:, -1]).sum())
+            grid.setdefault(str(pre), {})[str(dist)] = hits / n
+    model.train()
+    return grid
+
+
+def is_gated(model: torch.nn.Module) -> bool:
+    return any(getattr(m, "gate", None) is not None for m in model.modules() if isinstance(m, LizardAttention))
 
 
 def answer_loss(model: torch.nn.Module):
@@ -213,6 +251,45 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def scaled_grids(model: torch.nn.Module, settings: dict) -> dict[str, dict]:
+    """``{S: grid_accuracy}`` at every decay scale S (only S = 1 for a model without gates)."""
+    grids = {}
+    for scale in settings["decay_scales"] if is_gated(model) else [1.0]:
+        if is_gated(model):
+            model.set_decay_scale(scale)
+        grids[f"{scale:g}"] = grid_accuracy(model, settings["grid_pre"], settings["grid_dist"])
+        print(f"  decay scale {scale:g}: {grids[f'{scale:g}']}", flush=True)
+    if is_gated(model):
+        model.set_decay_scale(1.0)
+    return grids
+
+
+def plot_grid(result: dict, path: Path) -> None:
+    """One heat map per run and decay scale: accuracy by the filler before the needle (rows) and the
+    needle's distance to the query (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, scale, grid) for name, run in result["runs"].items() for scale, grid in run.get("grid", {}).items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
+    s = result["settings"]
+    for ax, (name, scale, grid) in zip(axes[0], panels):
+        values = [[grid[str(pre)][str(dist)] for dist in s["grid_dist"]] for pre in s["grid_pre"]]
+        ax.imshow(values, vmin=0, vmax=1, cmap="RdYlGn")
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(s["grid_dist"])), s["grid_dist"])
+        ax.set_yticks(range(len(s["grid_pre"])), s["grid_pre"])
+        ax.set(title=f"{name}, decay scale {scale}", xlabel="needle -> query (tokens)", ylabel="filler before the needle")
+    fig.suptitle(f"trained at {s['length']} tokens: where the needle is lost", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -230,14 +307,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="tokens per value (a passkey's digits); other than 1: writes toy-needle-v<K>-cpu.json/.png")
     p.add_argument("--curriculum", type=int, default=0,
                    help="train the first N steps of a run from scratch on one-token values (of --steps)")
+    p.add_argument("--grid", action="store_true", help="evaluate each run by the filler before the needle and its "
+                   "distance to the query (module docstring); writes toy-needle-grid-cpu.json/.png")
+    p.add_argument("--grid-pre", default="0,256,1024,4096", help="with --grid: filler tokens before the needle")
+    p.add_argument("--grid-dist", default="32,256,1024,4096", help="with --grid: tokens from the needle to the query")
+    p.add_argument("--decay-scales", default="1,0.25", help="with --grid: decay scales for gated forms")
     args = p.parse_args(argv)
+    if args.grid and (args.value_tokens != 1 or any(n.startswith("converted:") for n in args.runs.split(","))):
+        p.error("--grid evaluates one-token values of runs trained from scratch (no --value-tokens, no converted: runs)")
     if args.value_tokens < 1 or args.curriculum < 0:
         p.error(f"--value-tokens must be >= 1 and --curriculum >= 0, got {args.value_tokens} and {args.curriculum}")
     args.lengths = [int(L) for L in args.lengths.split(",")]
     unknown = [n for n in args.runs.split(",") if n not in ALL_RUNS]
     if unknown:
         p.error(f"unknown runs {unknown}; choose from {', '.join(ALL_RUNS)}")
-    stem = "toy-needle-cpu" if args.value_tokens == 1 else f"toy-needle-v{args.value_tokens}-cpu"
+    stem = ("toy-needle-grid-cpu" if args.grid else "toy-needle-cpu" if args.value_tokens == 1
+            else f"toy-needle-v{args.value_tokens}-cpu")
     out = args.out / f"{stem}.json"
     settings = {k: getattr(args, k) for k in ("steps", "batch", "length", "lengths", "lr", "seed", "stage1_steps",
                                               "stage2_steps")}
@@ -245,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
                     model="2-layer Llama, hidden 128, 4 heads, 2 kv heads, all parameters trained")
     if args.value_tokens != 1:
         settings.update(value_tokens=args.value_tokens, curriculum=args.curriculum)
+    if args.grid:
+        settings.update(grid_pre=[int(x) for x in args.grid_pre.split(",")],
+                        grid_dist=[int(x) for x in args.grid_dist.split(",")],
+                        decay_scales=[float(x) for x in args.decay_scales.split(",")])
     result = json.loads(out.read_text()) if out.exists() else {}
     if result.get("settings") != settings:
         result = {"settings": settings, "device": "cpu", "runs": {}}
@@ -263,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result["runs"][name], model = train(RUNS[name], args)
             teacher = model if name == "softmax" else teacher
+            if args.grid:
+                result["runs"][name]["grid"] = scaled_grids(model, settings)
         print(f"  {name}: {result['runs'][name]['acc']} in {result['runs'][name]['seconds']} s", flush=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
-        plot(result, args.out / f"{stem}.png")
+        (plot_grid if args.grid else plot)(result, args.out / f"{stem}.png")
     print(out)
     return 0
 

@@ -85,3 +85,46 @@ def test_bad_value_tokens_or_curriculum_is_one_error_line(bad, tmp_path, capsys)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--value-tokens must be >= 1 and --curriculum >= 0" in err[-1] and not list(tmp_path.iterdir())
+
+
+def test_placed_rows_put_the_needle_after_pre_tokens_and_dist_tokens_before_the_query():
+    ids = toy_needle.placed_rows(16, pre=5, dist=40, gen=torch.Generator().manual_seed(2))
+    assert ids.shape == (16, 5 + 2 + 40 + 2)
+    assert (ids[:, 5] == toy_needle.MARKER).all() and torch.equal(ids[:, 6], ids[:, -1])
+    assert (ids[:, -2] == toy_needle.QUERY).all() and ((ids == toy_needle.MARKER).sum(-1) == 1).all()
+    filler = torch.cat([ids[:, :5], ids[:, 7:-2]], dim=1)
+    assert ((filler >= toy_needle.FILLER[0]) & (filler < toy_needle.FILLER[1])).all()
+
+
+def test_grid_run_scores_every_cell_at_every_decay_scale_of_a_gated_form(tmp_path):
+    """``--grid``: a gated form gets a grid per decay scale (the scale is put back to 1 after), an
+    ungated one only S = 1; the JSON and its plot are written; converted runs are refused."""
+    argv = ["--grid", "--steps", "2", "--eval-every", "2", "--lengths", "64", "--grid-pre", "0,8",
+            "--grid-dist", "24,40", "--decay-scales", "1,0.5", "--out", str(tmp_path)]
+    assert toy_needle.main([*argv, "--runs", "lizard+write,lolcats"]) == 0
+    result = json.loads((tmp_path / "toy-needle-grid-cpu.json").read_text())
+    gated, ungated = result["runs"]["lizard+write"]["grid"], result["runs"]["lolcats"]["grid"]
+    assert set(gated) == {"1", "0.5"} and set(ungated) == {"1"}
+    for grid in (*gated.values(), *ungated.values()):
+        assert set(grid) == {"0", "8"} and all(set(row) == {"24", "40"} for row in grid.values())
+        assert all(0.0 <= v <= 1.0 for row in grid.values() for v in row.values())
+    assert (tmp_path / "toy-needle-grid-cpu.png").stat().st_size > 0
+    import readme_table
+    table = readme_table.toy_grid(tmp_path / "toy-needle-grid-cpu.json").splitlines()
+    assert table[2] == "| run | decay scale | distance 24 | distance 40 | 0 before | 8 before |"
+    cell = gated["0.5"]
+    row = f"| lizard+write | 0.5 | {(cell['0']['24'] + cell['8']['24']) / 2:.2f} |"
+    assert [r for r in table if r.startswith("| ")][1:] and any(r.startswith(row) for r in table)
+    assert len([r for r in table if r.startswith("| lolcats |")]) == 1
+    with pytest.raises(SystemExit):
+        toy_needle.main([*argv, "--runs", "converted:lizard"])
+
+
+def test_grid_cells_depend_on_the_decay_scale_only_through_the_gates():
+    """The grid at S = 1 after another scale is the grid of the model as trained (set_decay_scale is undone)."""
+    model = toy_needle.make_model(dict(mode="lizard"), seed=0)
+    before = toy_needle.grid_accuracy(model, [0, 8], [24], n=8)
+    settings = {"decay_scales": [0.25], "grid_pre": [0, 8], "grid_dist": [24]}
+    toy_needle.scaled_grids(model, settings)
+    assert toy_needle.grid_accuracy(model, [0, 8], [24], n=8) == before
+    assert all(m.gate.scale == 1.0 for m in model.modules() if isinstance(m, toy_needle.LizardAttention))
