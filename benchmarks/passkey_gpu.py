@@ -393,10 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         entry["eval_command"] = " ".join(["python", *cmd[1:]])
         left = args.deadline - (time.perf_counter() - start)
         entry["eval_rc"], entry["eval_seconds"] = run(cmd, log, timeout=max(left - 10, 30))
-        eval_json, partial = eval_dir(args, run_dir) / "eval.json", eval_dir(args, run_dir) / "eval.partial.json"
+        evaluated = eval_dir(args, run_dir)
+        eval_json, partial = evaluated / "eval.json", evaluated / "eval.partial.json"
         if entry["eval_rc"] == 0 and eval_json.exists():
             assemble(result, args.label, json.loads(eval_json.read_text()))
-            for png in eval_dir(args, run_dir).glob("*.png"):
+            for png in evaluated.glob("*.png"):
                 shutil.copy(png, args.out / f"passkey-{slug}-{args.label}-{png.stem}.png")
             entry["status"] = "done"
         elif partial.exists():  # cut (the deadline): keep the tasks it finished; --eval-only runs the rest

@@ -107,36 +107,36 @@ def make_model(config: dict | None, seed: int) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, length: int, n: int = 128, batch: int = 32, inside: bool = False,
-             k: int = 1) -> float:
-    """Exact match of the greedy answer after ``QUERY`` (every one of its ``k`` tokens, each given the
-    ones before it) on ``n`` fixed rows of ``length`` tokens."""
+def exact_match(model: torch.nn.Module, make_rows, n: int, batch: int = 32, k: int = 1) -> float:
+    """Share of ``n`` rows (``make_rows(size)`` draws ``size`` of them) whose ``k`` answer tokens the greedy
+    model gets all right, each given the ones before it."""
     model.eval()
-    gen, hits = torch.Generator().manual_seed(12345 + length), 0
+    hits = 0
     for start in range(0, n, batch):
-        ids = rows(min(batch, n - start), length, gen, inside, k)
+        ids = make_rows(min(batch, n - start))
         guess = model(input_ids=ids[:, :-1], use_cache=False, logits_to_keep=k).logits.argmax(-1)
         hits += int((guess == ids[:, -k:]).all(-1).sum())
     model.train()
     return hits / n
 
 
-@torch.no_grad()
+def accuracy(model: torch.nn.Module, length: int, n: int = 128, batch: int = 32, inside: bool = False,
+             k: int = 1) -> float:
+    """Exact match of the greedy answer after ``QUERY`` on ``n`` fixed rows of ``length`` tokens."""
+    gen = torch.Generator().manual_seed(12345 + length)
+    return exact_match(model, lambda size: rows(size, length, gen, inside, k), n, batch, k)
+
+
 def grid_accuracy(model: torch.nn.Module, pres: list[int], dists: list[int], n: int = 128, batch: int = 32
                   ) -> dict[str, dict[str, float]]:
     """Exact match of the one-token value by the filler before the needle and its distance to the query:
     ``{pre: {dist: accuracy}}``, on ``n`` fixed rows per cell."""
-    model.eval()
     grid: dict[str, dict[str, float]] = {}
     for pre in pres:
         for dist in dists:
-            gen, hits = torch.Generator().manual_seed(777 + pre + 7919 * dist), 0
-            for start in range(0, n, batch):
-                ids = placed_rows(min(batch, n - start), pre, dist, gen)
-                guess = model(input_ids=ids[:, :-1], use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1)
-                hits += int((guess == ids[:, -1]).sum())
-            grid.setdefault(str(pre), {})[str(dist)] = hits / n
-    model.train()
+            gen = torch.Generator().manual_seed(777 + pre + 7919 * dist)
+            grid.setdefault(str(pre), {})[str(dist)] = exact_match(
+                model, lambda size: placed_rows(size, pre, dist, gen), n, batch)
     return grid
 
 
@@ -253,13 +253,13 @@ def plot(result: dict, path: Path) -> None:
 
 def scaled_grids(model: torch.nn.Module, settings: dict) -> dict[str, dict]:
     """``{S: grid_accuracy}`` at every decay scale S (only S = 1 for a model without gates)."""
-    grids = {}
-    for scale in settings["decay_scales"] if is_gated(model) else [1.0]:
-        if is_gated(model):
+    grids, gated = {}, is_gated(model)
+    for scale in settings["decay_scales"] if gated else [1.0]:
+        if gated:
             model.set_decay_scale(scale)
         grids[f"{scale:g}"] = grid_accuracy(model, settings["grid_pre"], settings["grid_dist"])
         print(f"  decay scale {scale:g}: {grids[f'{scale:g}']}", flush=True)
-    if is_gated(model):
+    if gated:
         model.set_decay_scale(1.0)
     return grids
 
