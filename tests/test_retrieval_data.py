@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -225,6 +226,37 @@ def test_stage2_loss_counts_only_the_tokens_with_loss(tiny_llama):
     assert none.item() == 0.0 and none.requires_grad  # a batch without targets steps nothing, and does not stop
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stage2_loss_averaged_over_rows(tiny_llama, seed):
+    """``rows``: each row's mean NLL over its own targets, then the mean over rows that have any (float64
+    reference; the value and every gradient); a row without targets adds nothing."""
+    from lizardlm.train.linearize import _lm_loss_fn
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, tiny_llama.config.vocab_size, (4, 24), generator=gen)
+    targets = torch.rand(4, 24, generator=gen) < torch.tensor([[0.9], [0.1], [0.0], [0.5]])
+    targets[1, 5] = True  # row 1 has at least one target, row 2 none
+    batch = without_loss(ids, targets)
+    params = [p for p in tiny_llama.parameters() if p.requires_grad]
+    loss, _ = _lm_loss_fn(tiny_llama, "rows")(batch)
+    got = torch.autograd.grad(loss, params)
+    double = copy.deepcopy(tiny_llama).double()
+    logits = double(ids).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    mask = targets[:, 1:].double()
+    rows = [r for r in range(4) if mask[r].any()]
+    expected = torch.stack([(nll[r] * mask[r]).sum() / mask[r].sum() for r in rows]).mean()
+    want = torch.autograd.grad(expected, [p for p in double.parameters() if p.requires_grad])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-7)
+    tokens, _ = _lm_loss_fn(tiny_llama, "tokens")(batch)
+    assert tokens.item() == pytest.approx(nll[targets[:, 1:]].mean().item(), rel=1e-5)
+    assert abs(tokens.item() - loss.item()) > 1e-3  # the two averages differ on uneven rows
+    none, _ = _lm_loss_fn(tiny_llama, "rows")(without_loss(ids, torch.zeros_like(targets)))
+    assert none.item() == 0.0 and none.requires_grad
+
+
 def test_linearize_on_answer_only_retrieval_mixture(books, teacher_dir, data_file, tmp_path):
     from lizardlm.train import TrainSettings, linearize
 
@@ -232,7 +264,28 @@ def test_linearize_on_answer_only_retrieval_mixture(books, teacher_dir, data_fil
     out = tmp_path / "run"
     summary = linearize(TrainSettings(
         teacher=str(teacher_dir), data=spec, seq_len=128, batch_size=4, stage1_tokens=128 * 4 * 3,
-        stage2_tokens=128 * 4 * 3, val_tokens=128 * 4, checkpoint_every=2, device="cpu",
+        stage2_tokens=128 * 4 * 3, val_tokens=128 * 4, checkpoint_every=2, device="cpu", loss_average="rows",
         lizard={"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}), out)
     assert all(map(math.isfinite, (summary["teacher_val_loss"], summary["stage1_val_loss"], summary["student_val_loss"])))
-    assert json.loads((out / "run.json").read_text())["data"]["parts"][1]["spec"].endswith("loss=answers")
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["data"]["parts"][1]["spec"].endswith("loss=answers")
+    assert manifest["settings"]["loss_average"] == "rows"
+
+
+def test_cli_loss_average_is_a_setting_of_the_run(tmp_path, teacher_dir, data_file, capsys):
+    """``--loss-average rows`` reaches run.json; resuming with the other average is refused (it changes
+    the gradients), and an unknown average is one line."""
+    from lizardlm.cli import main as cli_main
+    from lizardlm.train import TrainSettings
+
+    out = tmp_path / "run"
+    argv = ["linearize", "--teacher", str(teacher_dir), "--data", str(data_file), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "4", "--stage1-tokens", "128", "--stage2-tokens", "256", "--val-tokens", "128",
+            "--device", "cpu", "--feature-dim", "8", "--window-size", "8"]
+    assert cli_main([*argv, "--loss-average", "rows"]) == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["loss_average"] == "rows"
+    capsys.readouterr()
+    assert cli_main([*argv, "--resume"]) != 0
+    assert "settings differ from the original run (loss_average: 'rows' -> 'tokens')" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="loss-average must be one of tokens, rows"):
+        TrainSettings(loss_average="sequences")

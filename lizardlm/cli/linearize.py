@@ -15,7 +15,7 @@ from lizardlm.cli.common import (
     softmax_select,
 )
 from lizardlm.errors import LizardError
-from lizardlm.train.settings import BASELINES, PRESETS
+from lizardlm.train.settings import BASELINES, LOSS_AVERAGES, PRESETS
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +40,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lora-rank", type=positive_int, default=None)
     p.add_argument("--stage2-train-lizard", action="store_true", default=None,
                    help="keep training the stage-1 parameters during stage 2")
+    p.add_argument("--loss-average", choices=LOSS_AVERAGES, default=None,
+                   help="stage 2's loss over a batch: the mean over its target tokens (tokens, default), or each "
+                   "row's mean then the mean over rows (rows: a row of a few answer tokens, as in "
+                   "retrieval:...:loss=answers, weighs as much as a row of text, so mixture shares are loss shares)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="stage 2 recomputes each decoder layer's activations in the backward: less memory "
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing", "fsdp", "cuda_graphs")
+                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average")
     }
     try:
         settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), baseline=args.baseline,

@@ -35,7 +35,9 @@ filler is ordinary book text whose loss is ordinary language modelling, and only
 mixture that is about 1% of the loss. ``loss=answers`` keeps only the answers (each key and its
 full stop, after "Passkey number j is") as targets and marks every other token input-only
 (:func:`lizardlm.data.packing.without_loss`): all of the document's gradient then teaches retrieval,
-and the filler still passes through the model (and stage 1's attention transfer) as input.
+and the filler still passes through the model (and stage 1's attention transfer) as input. In a
+mixture, stage 2's default token average still gives such a row (~43 answer tokens) 1/48 the weight
+of a row of text (2,047 targets): with ``--loss-average rows`` each row weighs the same.
 """
 
 from __future__ import annotations

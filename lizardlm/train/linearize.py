@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
@@ -104,15 +105,24 @@ def _transfer_loss_fn(model):
     return loss_fn
 
 
-def _lm_loss_fn(model):
-    """Stage 2's loss: mean next-token cross-entropy over the tokens that carry loss (all but the
-    input-only ones): their summed loss over their count, at least 1, so a batch without any gives 0
-    with a gradient path, and no host sync decides which (a CUDA-graphed step records it once)."""
+def _lm_loss_fn(model, average: str = "tokens"):
+    """Stage 2's loss: next-token cross-entropy over the tokens that carry loss (all but the input-only
+    ones), averaged as :attr:`TrainSettings.loss_average` says. ``"tokens"``: their summed loss over
+    their count; ``"rows"``: ``mean_r (sum_t l_rt / n_r)`` over the rows with ``n_r > 0`` targets. Counts
+    are clamped to at least 1, so a batch without targets gives 0 with a gradient path, and no host
+    sync decides which (a CUDA-graphed step records it once)."""
 
     def loss_fn(batch: torch.Tensor):
         ids, labels = inputs_and_labels(batch)
-        count = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
-        return model(input_ids=ids, labels=labels, use_cache=False, num_items_in_batch=count).loss, {}
+        if average == "tokens":
+            count = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+            return model(input_ids=ids, labels=labels, use_cache=False, num_items_in_batch=count).loss, {}
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+        targets = labels[:, 1:]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        count = (targets != IGNORE_INDEX).sum(1)
+        has = (count > 0).to(nll.dtype)
+        return (nll.sum(1) / count.clamp(min=1) * has).sum() / has.sum().clamp(min=1), {}
 
     return loss_fn
 
@@ -298,8 +308,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     if "stage2" not in manifest["completed"]:
         t0 = time.perf_counter()
         peft_model.train()
-        stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, _lm_loss_fn(peft_model),
-                      label="stage 2/2: LoRA")
+        loss_fn = _lm_loss_fn(peft_model, settings.loss_average)
+        stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA")
         with phase("stage 2 trained"):
             _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()

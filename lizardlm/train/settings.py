@@ -10,6 +10,8 @@ from typing import Any
 from lizardlm.config import LizardConfig
 
 BASELINES = ("teacher-lora",)
+LOSS_AVERAGES = ("tokens", "rows")
+"""How stage 2 averages the next-token loss over a batch (:attr:`TrainSettings.loss_average`)."""
 """Runs that train no Lizard layer: ``teacher-lora`` = stage 2 alone (same LoRA, data, tokens, schedule
 and seed) on the unconverted teacher, the fair quality ceiling of a linearization."""
 
@@ -28,7 +30,11 @@ class TrainSettings:
     where it can run: one process on CUDA, without ``fsdp`` or ``gradient_checkpointing``. ``baseline`` (one
     of :data:`BASELINES`) skips conversion and stage 1; ``softmax_select`` (``auto:K`` / ``even:K``,
     :mod:`lizardlm.train.hybrid`) picks the hybrid's softmax layers during the run instead of
-    ``lizard["softmax_layers"]``.
+    ``lizard["softmax_layers"]``. ``loss_average`` (one of :data:`LOSS_AVERAGES`) is how stage 2
+    averages its next-token loss: ``"tokens"`` weighs every target token the same (sum over the
+    batch's targets / their count); ``"rows"`` takes each row's mean over its own targets, then the
+    mean over the rows that have any, so a row of 40 answer tokens (``retrieval:...:loss=answers``)
+    weighs as much as a row of 2,047 text tokens and a mixture's data shares are its loss shares.
     """
 
     teacher: str = "smollm2-135m"
@@ -55,6 +61,7 @@ class TrainSettings:
     device: str = "auto"
     baseline: str | None = None
     softmax_select: str | None = None
+    loss_average: str = "tokens"
     lizard: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,6 +93,8 @@ class TrainSettings:
             raise ValueError("cuda-graphs needs a CUDA device and does not combine with fsdp or gradient-checkpointing")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
+        if self.loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
         if self.softmax_select is not None:
