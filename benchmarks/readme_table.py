@@ -392,7 +392,7 @@ def passkey(path: Path) -> str:
         f"{run0['stage2_tokens'] / 2**20:g}M tokens"
         + (" in sequences as long as the train seq len column says" if seq_vary else f" of {run0['seq_len']}")
         + ", the same for every run), then "
-        f"`lizardlm eval --tasks {d['eval_tasks']}`. passkey: {run0['passkey_trials']} trials per length over "
+        f"`lizardlm eval --tasks {eval_tasks(d, names)}`. passkey: {run0['passkey_trials']} trials per length over "
         f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
         "train-template: the training template, "
         + ("as many numbered keys as the keys column says" if keys_vary else f"{run0.get('passkey_keys', 5)} numbered key(s)")
@@ -414,6 +414,19 @@ def passkey(path: Path) -> str:
         out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d.get("longppl", {}).get(n))]) + " |")
     out += ["", "Runs: " + "; ".join(run_lines({n: r for n, r in d["runs"].items() if n in names})) + "."]
     return "\n".join(out)
+
+
+def eval_tasks(d: dict, names: list[str]) -> str:
+    """The tasks any of ``names`` was evaluated on, in first-seen order: each run's ``eval_command`` and
+    the evaluations joined to it later (``added_evals``); the file's ``eval_tasks`` where none says."""
+    tasks: list[str] = []
+    for n in names:
+        run = d["runs"].get(n, {})
+        words = run.get("eval_command", "").split()
+        given = [words[words.index("--tasks") + 1].split(",")] if "--tasks" in words else []
+        for group in given + [e["tasks"] for e in run.get("added_evals", [])]:
+            tasks += [t for t in group if t not in tasks]
+    return ",".join(tasks) or d["eval_tasks"]
 
 
 def run_lines(runs: dict[str, dict]) -> list[str]:
