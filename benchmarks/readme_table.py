@@ -434,13 +434,12 @@ def run_lines(runs: dict[str, dict]) -> list[str]:
     (``NAME@decayS``) share one line that names their scales."""
     training = {n: f"`--mode {r['mode']} --data {r['data']}" + (f" {r['flags']}" if r["flags"] else "") + "`"
                 for n, r in runs.items()}
-    scales: dict[str, list[str]] = {}
+    scales: dict[tuple[str, str], list[str]] = {}
     for n, r in runs.items():
         if "decay_scale" in r:
-            scales.setdefault(n.partition("@decay")[0] + "\0" + training[n], []).append(f"{r['decay_scale']:g}")
+            scales.setdefault((n.partition("@decay")[0], training[n]), []).append(f"{r['decay_scale']:g}")
     lines = [f"`{n}` = {training[n]}" for n, r in runs.items() if "decay_scale" not in r]
-    for key, values in scales.items():
-        base, _, train = key.partition("\0")
+    for (base, train), values in scales.items():
         lines.append(f"`{base}@decayS` = {train}, evaluated with `--decay-scale S` for S = {', '.join(values)}")
     return lines
 

@@ -114,11 +114,11 @@ def _lm_loss_fn(model, average: str = "tokens"):
 
     def loss_fn(batch: torch.Tensor):
         ids, labels = inputs_and_labels(batch)
+        targets = labels[:, 1:]
         if average == "tokens":
-            count = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+            count = (targets != IGNORE_INDEX).sum().clamp(min=1)
             return model(input_ids=ids, labels=labels, use_cache=False, num_items_in_batch=count).loss, {}
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        targets = labels[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                               reduction="none").view_as(targets)
         count = (targets != IGNORE_INDEX).sum(1)

@@ -10,10 +10,10 @@ from typing import Any
 from lizardlm.config import LizardConfig
 
 BASELINES = ("teacher-lora",)
-LOSS_AVERAGES = ("tokens", "rows")
-"""How stage 2 averages the next-token loss over a batch (:attr:`TrainSettings.loss_average`)."""
 """Runs that train no Lizard layer: ``teacher-lora`` = stage 2 alone (same LoRA, data, tokens, schedule
 and seed) on the unconverted teacher, the fair quality ceiling of a linearization."""
+LOSS_AVERAGES = ("tokens", "rows")
+"""How stage 2 averages the next-token loss over a batch (:attr:`TrainSettings.loss_average`)."""
 
 
 @dataclass
