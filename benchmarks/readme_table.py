@@ -360,11 +360,16 @@ def passkey(path: Path) -> str:
     seq_lens = {n: d["runs"][n]["seq_len"] for n in names if n in d["runs"]}
     seq_vary = len(set(seq_lens.values())) > 1
     seq_section = {n: {"0": L} for n, L in seq_lens.items()}
+    budgets = {n: f"{d['runs'][n]['stage1_tokens'] / 2**20:g}M + {d['runs'][n]['stage2_tokens'] / 2**20:g}M"
+               for n in names if n in d["runs"]}
+    budget_vary = len(set(budgets.values())) > 1
+    budget_section = {n: {"0": b} for n, b in budgets.items()}
     zero_shot = [t for t in ZERO_SHOT if any(t in v for v in d.get("benchmarks", {}).values())]
     zs_section = {n: {"0": 100 * sum(v[t] for t in zero_shot) / len(zero_shot)}
                   for n, v in d.get("benchmarks", {}).items()
                   if zero_shot and all(isinstance(v.get(t), (int, float)) for t in zero_shot)}
-    columns = ([(seq_section, 0, "train seq len", 0)] * seq_vary
+    columns = ([(budget_section, 0, "tokens (stage 1 + 2)", None)] * budget_vary
+               + [(seq_section, 0, "train seq len", 0)] * seq_vary
                + [(d["passkey"], L, f"passkey @ {kib(L)}", 2) for L in pk_lengths]
                + [(keys_section, 0, "train-template keys", 0)] * keys_vary
                + [(trained, L, f"train-template @ {kib(L)}", 2) for L in tr_lengths]
@@ -373,9 +378,11 @@ def passkey(path: Path) -> str:
                + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}", 2) for L in ru_lengths]
                + [(mqar, L, f"MQAR @ {L}", 2) for L in mq_lengths]
                + [(zs_section, 0, f"zero-shot mean of {len(zero_shot)} (%)", 1)] * bool(zero_shot))
-    """(section, length, title, decimals) per column."""
+    """(section, length, title, decimals) per column; decimals None: the value as text."""
 
-    def cell(value, digits: int) -> str:
+    def cell(value, digits: int | None) -> str:
+        if digits is None and value is not None:
+            return str(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return f"{value:.{digits}f}"
         return "OOM" if "memory" in str(value) else "–"
@@ -388,10 +395,11 @@ def passkey(path: Path) -> str:
     run0 = d["runs"][next(n for n in names if n in d["runs"])]
     out = [
         f"Long-context retrieval, {d['device']} (`{path.name}`): teacher {d['teacher']}; each run is `lizardlm "
-        f"linearize` with the data and flags below ({run0['stage1_tokens'] / 2**20:g}M + "
-        f"{run0['stage2_tokens'] / 2**20:g}M tokens"
+        f"linearize` with the data and flags below ("
+        + ("as many tokens (stage 1 + stage 2) as the tokens column says," if budget_vary
+           else f"{run0['stage1_tokens'] / 2**20:g}M + {run0['stage2_tokens'] / 2**20:g}M tokens")
         + (" in sequences as long as the train seq len column says" if seq_vary else f" of {run0['seq_len']}")
-        + ", the same for every run), then "
+        + ("" if budget_vary else ", the same for every run") + "), then "
         f"`lizardlm eval --tasks {eval_tasks(d, names)}`. passkey: {run0['passkey_trials']} trials per length over "
         f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
         "train-template: the training template, "

@@ -145,6 +145,14 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     assert "| run | train seq len | passkey @ 1K | passkey @ 32K | train-template keys |" in table
     assert "| teacher | – | 0.90 | OOM |" in table and "| a | 2048 | 0.25 |" in table and "| b | 8192 | 0.75 |" in table
     assert "2M + 2M tokens in sequences as long as the train seq len column says, the same for every run" in table
+    # a run trained on more tokens: a column says which, and the header no longer claims one budget
+    result["runs"]["b"]["stage2_tokens"] = 2**24
+    path.write_text(json.dumps(result))
+    table = readme_table.passkey(path)
+    assert "| run | tokens (stage 1 + 2) | train seq len | passkey @ 1K |" in table
+    assert "| teacher | – | – | 0.90 |" in table and "| a | 2M + 2M | 2048 | 0.25 |" in table
+    assert "| b | 2M + 16M | 8192 | 0.75 |" in table
+    assert "as many tokens (stage 1 + stage 2) as the tokens column says" in table and "same for every run" not in table
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
