@@ -18,13 +18,21 @@ An out-of-memory error (or any other failure) is recorded in its row and the run
     python benchmarks/scale.py --out benchmarks/results                      # all shapes, 2K and 8K
     python benchmarks/scale.py --shapes llama-3-8b --seqs 8192 --lizard-mode paper
     python benchmarks/scale.py --quick                                       # tiny, CPU-friendly
+    python benchmarks/scale.py --shapes smollm2-135m --seqs 2048 --cuda-graphs \
+        --variant 'f256:window_size=128,feature_dim=256,write_gate=head,stage2_train_lizard=1,loss_average=rows'
 
-Writes ``<out>/scale-<device>.json``: ``{"runs": [...], "device": .., "versions": ..}``.
+A ``--variant NAME:KEY=VALUE,...`` is a row of its own: ``LizardConfig`` fields (``mode``, ``feature_dim``,
+``window_size``, ``write_gate``...) and the two stage-2 settings that change a step's work,
+``stage2_train_lizard`` (0/1: the Lizard parameters train beside LoRA, ``--stage2-train-lizard``) and
+``loss_average`` (``tokens``/``rows``, ``--loss-average``); each ``--lizard-mode`` is the variant of that mode.
+
+Writes ``<out>/<name>-<device>.json`` (``--name``, default ``scale``; rewritten after every row): ``{"runs": [...], "device": .., "versions": ..}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import time
@@ -40,11 +48,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 
 import lizardlm
 from lizardlm.train.linearize import _lm_loss_fn, _transfer_loss_fn
+from lizardlm.train.settings import LOSS_AVERAGES
 from lizardlm.train.step import EagerStep, GraphedStep, adamw
 from result_names import device_slug
 
 RECIPE_TOKENS = 20_000_000  # per stage (the paper's 20M + 20M)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+STAGE2_KEYS = ("stage2_train_lizard", "loss_average")
+"""Variant keys that are stage-2 settings, not :class:`lizardlm.LizardConfig` fields."""
 
 _LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192, bos_token_id=128000)
 SHAPES: dict[str, tuple[type, type, dict[str, Any]]] = {
@@ -173,14 +184,20 @@ def lora(model: torch.nn.Module) -> peft.PeftModel:
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS))
 
 
-def lora_steps(name: str, row: dict[str, Any], model: torch.nn.Module, ids: torch.Tensor, **kw: Any) -> None:
-    """Time LoRA steps on ``model`` into ``row``, then take the adapters off again (``model`` unchanged)."""
+def lora_steps(name: str, row: dict[str, Any], model: torch.nn.Module, ids: torch.Tensor, *,
+               train_lizard: bool = False, loss_average: str = "tokens", **kw: Any) -> None:
+    """Time LoRA steps on ``model`` into ``row`` (with ``train_lizard`` the Lizard parameters train
+    too, as ``--stage2-train-lizard``), then take the adapters off again (``model`` unchanged)."""
     model.requires_grad_(False)
     peft_model = lora(model)
     try:
+        if train_lizard:
+            for p in model.lizard_parameters():
+                p.requires_grad_(True)
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        measure_modes(name, row, _lm_loss_fn(peft_model), params, ids, backward=True, **kw)
+        measure_modes(name, row, _lm_loss_fn(peft_model, loss_average), params, ids, backward=True, **kw)
     finally:
+        model.requires_grad_(False)
         peft_model.unload()
 
 
@@ -213,8 +230,10 @@ def finish_row(row: dict[str, Any]) -> None:
     row["recipe_graph_minutes"] = (RECIPE_TOKENS / g1 + RECIPE_TOKENS / g2) / 60 if g1 and g2 else None
 
 
-def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dtype, rows: list[dict[str, Any]]) -> None:
-    """Append the rows of one shape: per sequence length the teacher's LoRA step once, then each mode."""
+def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dtype, rows: list[dict[str, Any]],
+              save: Callable[[], None] = lambda: None) -> None:
+    """Append the rows of one shape (``save()`` after each): per sequence length the teacher's LoRA
+    step once, then each variant."""
     teacher = build_teacher(shape, device, dtype)
     kw = dict(warmup=args.warmup, steps=args.steps, device=device, graph=args.cuda_graphs)
     teacher_rows: dict[int, dict[str, Any]] = {}
@@ -223,29 +242,36 @@ def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dt
         ids = torch.randint(0, teacher.config.vocab_size, (batch, seq), device=device)
         teacher_rows[seq] = {"batch": batch}
         lora_steps("teacher_lora", teacher_rows[seq], teacher, ids, **kw)
-    lizard_kw = {"window_size": args.window_size} if args.window_size else {}
-    for i, mode in enumerate(args.lizard_mode):
+    for i, (name, settings) in enumerate(args.variants):
         model = teacher if i == 0 else build_teacher(shape, device, dtype)  # convert works in place
         teacher = None
         free(device)
+        stage2 = {k: settings[k] for k in STAGE2_KEYS if k in settings}
+        lizard_kw = {k: v for k, v in settings.items() if k not in STAGE2_KEYS}
+        if args.window_size and "window_size" not in lizard_kw:
+            lizard_kw["window_size"] = args.window_size
+        mode = lizard_kw.get("mode", "lizard")
         try:
-            config = lizardlm.LizardConfig(mode=mode, **lizard_kw)
+            config = lizardlm.LizardConfig(**lizard_kw)
             lizardlm.convert(model, config)
         except Exception as err:  # noqa: BLE001: e.g. a mode this checkout does not know
-            rows += [{"shape": shape, "batch": teacher_rows[seq]["batch"], "seq": seq, "mode": mode,
+            rows += [{"shape": shape, "batch": teacher_rows[seq]["batch"], "seq": seq, "variant": name, "mode": mode,
                       "error": f"{type(err).__name__}: {str(err)[:300]}"} for seq in args.seqs]
             continue
         for seq in args.seqs:
             base = teacher_rows[seq]
             batch = base["batch"]
-            row = {"shape": shape, "batch": batch, "seq": seq, "mode": mode, "tokens_per_step": batch * seq,
-                   "lizard": config.to_dict(), **{k: v for k, v in base.items() if k != "batch"}}
+            row = {"shape": shape, "batch": batch, "seq": seq, "variant": name, "mode": mode, "tokens_per_step": batch * seq,
+                   "lizard": config.to_dict(), "stage2_train_lizard": bool(stage2.get("stage2_train_lizard")),
+                   "loss_average": stage2.get("loss_average", "tokens"), **{k: v for k, v in base.items() if k != "batch"}}
             ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
             stage1_steps(row, model, ids, **kw)
-            lora_steps("stage2", row, model, ids, **kw)
+            lora_steps("stage2", row, model, ids, train_lizard=row["stage2_train_lizard"],
+                       loss_average=row["loss_average"], **kw)
             finish_row(row)
             rows.append(row)
-            print(json.dumps({k: row.get(k) for k in ("shape", "seq", "batch", "mode", "teacher_lora_tok_per_s",
+            save()
+            print(json.dumps({k: row.get(k) for k in ("shape", "seq", "batch", "variant", "teacher_lora_tok_per_s",
                                                       "stage1_tok_per_s", "stage2_tok_per_s", "teacher_lora_graph_tok_per_s",
                                                       "stage1_graph_tok_per_s", "stage2_graph_tok_per_s",
                                                       "stage1_graph_loss_max_rel_diff", "stage1_graph_error",
@@ -258,6 +284,7 @@ def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dt
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--name", default="scale", help="the result file is <out>/<name>-<device>.json")
     p.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b,llama-3-8b,mistral-7b,qwen2-7b",
                    help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--seqs", default="2048,8192", help="comma-separated sequence lengths")
@@ -265,8 +292,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="rows per step for every shape (default: the issue's batch at 2K, same tokens at other lengths)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (Triton compilation, allocator)")
-    p.add_argument("--lizard-mode", default="lizard", help="comma-separated LizardConfig modes, e.g. lizard,paper")
+    p.add_argument("--lizard-mode", default=None,
+                   help="comma-separated LizardConfig modes, e.g. lizard,paper (default: lizard, unless --variant)")
     p.add_argument("--window-size", type=int, default=None, help="LizardConfig.window_size (default: its default)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="a row of its own (repeat): LizardConfig fields and stage2_train_lizard=0|1, "
+                   "loss_average=tokens|rows (module docstring)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time every step replayed from a CUDA graph (lizardlm linearize --cuda-graphs), from "
                    "the same starting weights, and compare the losses")
@@ -281,8 +312,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
     args.seqs = [int(s) for s in args.seqs.split(",") if s]
-    args.lizard_mode = [m for m in args.lizard_mode.split(",") if m]
+    if args.lizard_mode is None:  # --variant alone: only the variants; neither: the default mode
+        args.lizard_mode = "" if args.variant else "lizard"
+    modes = [m for m in args.lizard_mode.split(",") if m]
+    try:
+        args.variants = [(m, {"mode": m}) for m in modes] + [parse_variant(v) for v in args.variant]
+    except ValueError as err:
+        p.error(str(err))
     return args
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:KEY=VALUE,...`` -> ``(NAME, settings)``, each value typed as its LizardConfig field's
+    default is (``None`` defaults: int, else the text); ``stage2_train_lizard`` a bool."""
+    name, _, rest = text.partition(":")
+    if not name:
+        raise ValueError(f"--variant {text!r}: expected NAME:KEY=VALUE,...")
+    fields = {f.name: f for f in dataclasses.fields(lizardlm.LizardConfig)}
+    settings: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or (key not in fields and key not in STAGE2_KEYS):
+            raise ValueError(f"--variant {name}: expected KEY=VALUE with KEY a LizardConfig field or one of "
+                             f"{', '.join(STAGE2_KEYS)}, got {part!r}")
+        if key == "stage2_train_lizard":
+            settings[key] = value not in ("0", "false", "no")
+        elif key == "loss_average":
+            if value not in LOSS_AVERAGES:
+                raise ValueError(f"--variant {name}: loss_average must be one of {', '.join(LOSS_AVERAGES)}, got {value!r}")
+            settings[key] = value
+        else:
+            default = fields[key].default
+            kind = type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else (
+                int if default is None and key in ("window_size", "num_meta_tokens", "feature_dim") else str)
+            try:
+                settings[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"--variant {name}: {key} must be a {kind.__name__}, got {value!r}") from None
+    return name, settings
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -291,26 +358,29 @@ def main(argv: list[str] | None = None) -> Path:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.name}-{device_slug(name)}.json"
     runs: list[dict[str, Any]] = []
+
+    def save() -> None:  # after every row, so a run cut by a time limit keeps the rows it finished
+        path.write_text(json.dumps({
+            "runs": runs,
+            "device": name,
+            "versions": {"lizardlm": lizardlm.__version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "peft": peft.__version__},
+            "dtype": str(dtype).removeprefix("torch."),
+            "lora": {"rank": 8, "alpha": 16, "targets": LORA_TARGETS},
+            "steps": args.steps, "warmup": args.warmup, "cuda_graphs": args.cuda_graphs,
+            "wall_seconds": time.perf_counter() - started,
+        }, indent=2))
+
     for shape in args.shapes:
         try:
-            run_shape(shape, args, device, dtype, runs)
+            run_shape(shape, args, device, dtype, runs, save)
         except Exception as err:  # noqa: BLE001: e.g. the weights alone do not fit
             runs.append({"shape": shape, "error": f"{type(err).__name__}: {str(err)[:300]}"})
             free(device)
-    result = {
-        "runs": runs,
-        "device": name,
-        "versions": {"lizardlm": lizardlm.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},
-        "dtype": str(dtype).removeprefix("torch."),
-        "lora": {"rank": 8, "alpha": 16, "targets": LORA_TARGETS},
-        "steps": args.steps, "warmup": args.warmup, "cuda_graphs": args.cuda_graphs,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"scale-{device_slug(name)}.json"
-    path.write_text(json.dumps(result, indent=2))
+        save()
     print(f"wrote {path}")
     return path
 
