@@ -91,10 +91,23 @@ def scale_graphed(path: Path, d: dict) -> str:
             g = r.get(f"{stage}_graph_tok_per_s")
             cells.append(f"{k(r[f'{stage}_tok_per_s'])} / {k(g)}" + (f" ({g / t:.2f}x)" if g and t else ""))
         graphed_min = r.get("recipe_graph_minutes")
-        rows.append(f"| {r['shape']} | {r['batch']} x {r['seq']} | {r['mode']} (w{r['lizard']['window_size']}) | "
+        rows.append(f"| {r['shape']} | {r['batch']} x {r['seq']} | {step_form(r)} | "
                     f"{r.get('adamw', 'foreach')} | " + " | ".join(cells) + f" | {r['peak_gib']:.1f} | "
                     f"{r['recipe_minutes']:.0f} / {'–' if graphed_min is None else f'{graphed_min:.0f}'} |")
     return "\n".join(rows)
+
+
+def step_form(r: dict) -> str:
+    """A scale row's Lizard form: mode and window, and for a ``--variant`` row its name, feature dim,
+    write gate and the stage-2 settings that change a step's work."""
+    z = r["lizard"]
+    if "variant" not in r or r["variant"] == r["mode"]:
+        return f"{r['mode']} (w{z['window_size']})"
+    parts = [f"w{z['window_size']}", f"f{z['feature_dim']}"]
+    parts += ["write gate"] * (z.get("write_gate") == "head")
+    parts += ["Lizard params in stage 2"] * bool(r.get("stage2_train_lizard"))
+    parts += [f"loss {r['loss_average']}"] * (r.get("loss_average", "tokens") != "tokens")
+    return f"{r['variant']}: {r['mode']} ({', '.join(parts)})"
 
 
 def stitch(path: Path) -> str:

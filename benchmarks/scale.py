@@ -262,6 +262,7 @@ def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dt
             base = teacher_rows[seq]
             batch = base["batch"]
             row = {"shape": shape, "batch": batch, "seq": seq, "variant": name, "mode": mode, "tokens_per_step": batch * seq,
+                   "adamw": "fused" if device == "cuda" else "foreach",  # what lizardlm.train.step.adamw picks
                    "lizard": config.to_dict(), "stage2_train_lizard": bool(stage2.get("stage2_train_lizard")),
                    "loss_average": stage2.get("loss_average", "tokens"), **{k: v for k, v in base.items() if k != "batch"}}
             ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)

@@ -83,3 +83,14 @@ def test_variant_parsing_types_values_and_refuses_unknown_keys():
     assert [n for n, _ in scale.parse_args([]).variants] == ["lizard"]
     assert [n for n, _ in scale.parse_args(["--variant", "v:feature_dim=8"]).variants] == ["v"]
     assert [n for n, _ in scale.parse_args(["--lizard-mode", "paper", "--variant", "v:"]).variants] == ["paper", "v"]
+
+
+def test_readme_table_names_a_variant_and_its_settings():
+    import readme_table
+
+    row = {"shape": "smollm2-135m", "batch": 8, "seq": 2048, "mode": "lizard", "variant": "wide", "adamw": "fused",
+           "lizard": {"window_size": 128, "feature_dim": 256, "write_gate": "head"}, "stage2_train_lizard": True,
+           "loss_average": "rows"}
+    assert readme_table.step_form(row) == "wide: lizard (w128, f256, write gate, Lizard params in stage 2, loss rows)"
+    plain = {**row, "variant": "lizard", "lizard": {"window_size": 64, "feature_dim": 64}}
+    assert readme_table.step_form(plain) == "lizard (w64)"  # a --lizard-mode row reads as before

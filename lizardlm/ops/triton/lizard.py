@@ -47,6 +47,14 @@ def _cfg(name: str, **default) -> dict:
     return {**default, **CFG.get(name, {})}
 
 
+def _wide_features(Fd: int) -> dict:
+    """Launch settings of the two kernels that hold whole feature rows (``_lin_fwd_o``, ``_lin_bwd``)
+    for a feature width over 256 (``feature_dim`` 256 and up): 8 warps, 1 stage. On the H200 (bf16, 8 x
+    9 heads x 2K, D 64, F 512) the op's fwd+bwd took 3.22 ms against 4.29 with the narrow defaults,
+    same gradients; at F 128 the two settings were within noise (1.82 / 1.86 ms)."""
+    return dict(num_warps=8, num_stages=1) if Fd > 256 else {}
+
+
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -134,7 +142,7 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
     K._lin_fwd_o[(NT, BH)](
         fq, fk, v, gl, gw, hs, hz, o, y, yg, zb, alpha if alpha is not None else dummy, T, TP, H, G, NT,
         W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec,
-        SUM=alpha is not None, **_cfg("lin_o", num_warps=4, num_stages=1),
+        SUM=alpha is not None, **_cfg("lin_o", **{"num_warps": 4, "num_stages": 1, **_wide_features(Fd)}),
     )
     return y, yg if alpha is not None else y, o, lse, gl, gw, hs, hz, zb
 
@@ -202,8 +210,9 @@ class LizardAttentionFunction(torch.autograd.Function):
         bvl = CFG.get("bvl_bwd", 64 if q.dtype == torch.float32 else 128)
         lin_meta = dict(W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec)
         if CFG.get("lin_bwd_split", True):  # one launch per side: about 0.27 ms less at 2K on the H200
-            K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", num_warps=4, num_stages=2))
-            K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=False, KS=True, **_cfg("lin_bwd_k", num_warps=4, num_stages=2))
+            side = {"num_warps": 4, "num_stages": 2, **_wide_features(Fd)}
+            K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", **side))
+            K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=False, KS=True, **_cfg("lin_bwd_k", **side))
         else:
             K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=True, KS=True, **_cfg("lin_bwd", num_warps=8, num_stages=2))
         # window branch
