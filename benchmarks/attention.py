@@ -82,11 +82,11 @@ KNAME = {"win_fwd": "win_fwd", "lin_h": "lin_fwd_h", "lin_o": "lin_fwd_o", "pre"
 KERNELS = tuple(KNAME)
 
 
-def kernel_times(B, T, iters=5, form="lizard"):
+def kernel_times(B, T, iters=5, form="lizard", FD=FD):
     """ms per fwd+bwd of each Triton kernel (torch profiler), plus the whole op with do_bench."""
     from triton.testing import do_bench
 
-    x = inputs(B, T, requires_grad=True)
+    x = inputs(B, T, requires_grad=True, FD=FD)
     dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
     grads = list(x.values())
 

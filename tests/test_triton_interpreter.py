@@ -24,6 +24,7 @@ CASES = {
     "window64-chunk-aligned": (1, 2, 2, 200, 32, 32, 64, 64, 4, True),
     "wide-window-no-gate-no-meta": (2, 2, 1, 70, 16, 96, 16, 100, 0, False),
     "shorter-than-window": (1, 1, 1, 40, 16, 16, 16, 64, 2, True),
+    "features-not-a-power-of-two": (1, 2, 1, 90, 16, 32, 40, 32, 2, True),
 }
 # lizardlm.ops.triton.lizard.CFG per variant, and the forms it runs in (the sum form shares every
 # other kernel path); the scans' tiles are forced (picking them asks the GPU)
@@ -35,6 +36,8 @@ VARIANTS = {
     "window-backward-one-launch": ({"win_bwd_split": False}, ("shared", "paper")),
     "window-backward-128-rows": ({"win_bwd_bm": 128}, ("paper",)),
     "window-backward-pairs": ({"win_bwd_pairs": True}, ("shared", "paper")),
+    "linear-backward-feature-tiles": ({"lin_bwd_bf": 16}, ("shared", "paper")),
+    "one-launch-feature-tiles": ({"lin_bwd_split": False, "lin_bwd_bf": 16}, ("shared",)),
 }
 TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
 

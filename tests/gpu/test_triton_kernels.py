@@ -123,3 +123,14 @@ def test_window_backward_variants_at_window_128(cfg, form):
         errs = check(2, 4, 2, 300, 128, 128, 128, 128, 4, True, dtype=torch.bfloat16, form=form)
     assert max(errs.values()) <= TOL[torch.bfloat16], errs
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cfg", [{}, {"lin_bwd_bf": 128}, {"lin_bwd_bf": 128, "lin_bwd_split": False}],
+                         ids=["whole-rows-8-warps", "feature-tiles-128", "one-launch-feature-tiles-128"])
+def test_wide_features(cfg, dtype):
+    """512 features (``feature_dim`` 256, what the retrieval runs use): the 8-warp launches of
+    ``_lin_fwd_o`` / ``_lin_bwd`` over whole feature rows, and the linear backward in feature tiles."""
+    with forced(**cfg):
+        errs = check(1, 4, 2, 300, 64, 64, 512, 128, 4, True, dtype=dtype)
+    assert max(errs.values()) <= TOL[dtype], errs

@@ -265,14 +265,22 @@ def _lin_bwd(
     with KS the key side, dfk and dv (rows t - w) and fk.dfk (the log-decay gradient is
     dG_t = fq_t.dfq_t - fk_t.dfk_t). One launch with both, or one launch per side: each side then
     keeps about half the live tiles (and recomputes dA = do v'^T).
-    The value dimension is walked in blocks of BVL (reductions over it accumulate in fp32)."""
+    The value dimension is walked in blocks of BVL (reductions over it accumulate in fp32).
+    Program axis 2 walks feature tiles of BF columns: every term is a sum over features or
+    per feature, so a tile writes its own dfq / dfk columns and its partial dv, fq.dfq and fk.dfk
+    into slice ``fg`` of DVL, DGQ and DGK (summed by the caller when there is more than one tile)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
+    fg = tl.program_id(2).to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     kvh = b * (H // G) + h // G
+    BHn = tl.num_programs(1).to(tl.int64)
+    DVL += fg * BHn * T * DV
+    DGQ += fg * BHn * T
+    DGK += fg * BHn * T
     offs_t = c * BT + tl.arange(0, BT)
-    offs_f = tl.arange(0, BF)
+    offs_f = fg * BF + tl.arange(0, BF)
     tmask = offs_t < T
     fmask = offs_f < F
     gl = tl.load(GL + pid_bh * TP + offs_t)

@@ -201,20 +201,26 @@ class LizardAttentionFunction(torch.autograd.Function):
         tail = max(T - shift, 0)
         dfk = _empty(B, H, T, Fd, device=dev, dtype=gdt)
         dfk[:, :, tail:].zero_()
-        dvl = _empty(B, H, T, DV, device=dev, dtype=gdt)  # rows >= T - shift are never read
-        dgq = _empty(BH, T, device=dev, dtype=f32)
-        dgk = _empty(BH, T, device=dev, dtype=f32)
-        dgk[:, tail:].zero_()
+        # feature tiles of the linear backward (CFG["lin_bwd_bf"]; default whole rows): each tile's
+        # partial dv, fq.dfq and fk.dfk in a slice of its own (float32), summed after the launches
+        BFT = min(CFG.get("lin_bwd_bf") or _pow2(Fd), _pow2(Fd))
+        NFT = triton.cdiv(Fd, BFT)
+        dvl = _empty(NFT, B, H, T, DV, device=dev, dtype=gdt if NFT == 1 else f32)  # rows >= T - shift are never read
+        dgq = _empty(NFT, BH, T, device=dev, dtype=f32)
+        dgk = _empty(NFT, BH, T, device=dev, dtype=f32)
+        dgk[..., tail:].zero_()
         lin_args = (fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT)
         # whole value rows per step in 16-bit dtypes (H200, 2K: 1.30 -> 1.28 ms); float32 keeps 64
         bvl = CFG.get("bvl_bwd", 64 if q.dtype == torch.float32 else 128)
-        lin_meta = dict(W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec)
+        lin_meta = dict(W=shift, F=Fd, DV=DV, BF=BFT, BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec)
         if CFG.get("lin_bwd_split", True):  # one launch per side: about 0.27 ms less at 2K on the H200
-            side = {"num_warps": 4, "num_stages": 2, **_wide_features(Fd)}
-            K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", **side))
-            K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=False, KS=True, **_cfg("lin_bwd_k", **side))
+            side = {"num_warps": 4, "num_stages": 2, **_wide_features(BFT)}
+            K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", **side))
+            K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=False, KS=True, **_cfg("lin_bwd_k", **side))
         else:
-            K._lin_bwd[(NT, BH)](*lin_args, **lin_meta, QS=True, KS=True, **_cfg("lin_bwd", num_warps=8, num_stages=2))
+            K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=True, KS=True, **_cfg("lin_bwd", num_warps=8, num_stages=2))
+        dvl = dvl[0] if NFT == 1 else dvl.sum(0).to(gdt)
+        dgq, dgk = (x[0] if NFT == 1 else x.sum(0) for x in (dgq, dgk))
         # window branch
         has_meta = mk is not None and mk.shape[1] > 0
         M = mk.shape[1] if has_meta else 0
