@@ -259,28 +259,30 @@ def _lin_bwd(
     DFQ, DFK, DVL, DGQ, DGK,
     T, TP, H, G, NT,
     W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BF: tl.constexpr, BVL: tl.constexpr, BT: tl.constexpr,
-    PREC: tl.constexpr, QS: tl.constexpr, KS: tl.constexpr,
+    PREC: tl.constexpr, QS: tl.constexpr, KS: tl.constexpr, FT: tl.constexpr,
 ):
     """Gradients of the linear branch for one chunk: with QS the query side, dfq (rows t) and fq.dfq;
     with KS the key side, dfk and dv (rows t - w) and fk.dfk (the log-decay gradient is
     dG_t = fq_t.dfq_t - fk_t.dfk_t). One launch with both, or one launch per side: each side then
     keeps about half the live tiles (and recomputes dA = do v'^T).
     The value dimension is walked in blocks of BVL (reductions over it accumulate in fp32).
-    Program axis 2 walks feature tiles of BF columns: every term is a sum over features or
+    With FT, program axis 2 walks feature tiles of BF columns: every term is a sum over features or
     per feature, so a tile writes its own dfq / dfk columns and its partial dv, fq.dfq and fk.dfk
-    into slice ``fg`` of DVL, DGQ and DGK (summed by the caller when there is more than one tile)."""
+    into slice ``fg`` of DVL, DGQ and DGK (the caller sums them); without FT, BF covers every feature."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
-    fg = tl.program_id(2).to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     kvh = b * (H // G) + h // G
-    BHn = tl.num_programs(1).to(tl.int64)
-    DVL += fg * BHn * T * DV
-    DGQ += fg * BHn * T
-    DGK += fg * BHn * T
     offs_t = c * BT + tl.arange(0, BT)
-    offs_f = fg * BF + tl.arange(0, BF)
+    offs_f = tl.arange(0, BF)
+    if FT:
+        fg = tl.program_id(2).to(tl.int64)
+        part = fg * tl.num_programs(1).to(tl.int64) * T
+        DVL += part * DV
+        DGQ += part
+        DGK += part
+        offs_f += fg * BF
     tmask = offs_t < T
     fmask = offs_f < F
     gl = tl.load(GL + pid_bh * TP + offs_t)

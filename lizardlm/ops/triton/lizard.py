@@ -212,7 +212,7 @@ class LizardAttentionFunction(torch.autograd.Function):
         lin_args = (fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT)
         # whole value rows per step in 16-bit dtypes (H200, 2K: 1.30 -> 1.28 ms); float32 keeps 64
         bvl = CFG.get("bvl_bwd", 64 if q.dtype == torch.float32 else 128)
-        lin_meta = dict(W=shift, F=Fd, DV=DV, BF=BFT, BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec)
+        lin_meta = dict(W=shift, F=Fd, DV=DV, BF=BFT, BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec, FT=NFT > 1)
         if CFG.get("lin_bwd_split", True):  # one launch per side: about 0.27 ms less at 2K on the H200
             side = {"num_warps": 4, "num_stages": 2, **_wide_features(BFT)}
             K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", **side))
