@@ -32,10 +32,10 @@ Writes ``<out>/<name>-<device>.json`` (``--name``, default ``scale``; rewritten 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -324,28 +324,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """``NAME:KEY=VALUE,...`` -> ``(NAME, settings)``, each value typed as its LizardConfig field's
-    default is (``None`` defaults: int, else the text); ``stage2_train_lizard`` a bool."""
+    """``NAME:KEY=VALUE,...`` -> ``(NAME, settings)``, each value typed as its LizardConfig field is
+    annotated (``int | None``: int; literals: the text); ``stage2_train_lizard`` 0 or 1."""
     name, _, rest = text.partition(":")
     if not name:
         raise ValueError(f"--variant {text!r}: expected NAME:KEY=VALUE,...")
-    fields = {f.name: f for f in dataclasses.fields(lizardlm.LizardConfig)}
+    hints = typing.get_type_hints(lizardlm.LizardConfig)
     settings: dict[str, Any] = {}
     for part in filter(None, rest.split(",")):
         key, sep, value = part.partition("=")
-        if not sep or (key not in fields and key not in STAGE2_KEYS):
+        if not sep or (key not in hints and key not in STAGE2_KEYS):
             raise ValueError(f"--variant {name}: expected KEY=VALUE with KEY a LizardConfig field or one of "
                              f"{', '.join(STAGE2_KEYS)}, got {part!r}")
         if key == "stage2_train_lizard":
-            settings[key] = value not in ("0", "false", "no")
+            if value not in ("0", "1"):
+                raise ValueError(f"--variant {name}: stage2_train_lizard must be 0 or 1, got {value!r}")
+            settings[key] = value == "1"
         elif key == "loss_average":
             if value not in LOSS_AVERAGES:
                 raise ValueError(f"--variant {name}: loss_average must be one of {', '.join(LOSS_AVERAGES)}, got {value!r}")
             settings[key] = value
         else:
-            default = fields[key].default
-            kind = type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else (
-                int if default is None and key in ("window_size", "num_meta_tokens", "feature_dim") else str)
+            kind = next((t for t in (hints[key], *typing.get_args(hints[key])) if t in (int, float)), str)
             try:
                 settings[key] = kind(value)
             except ValueError:
