@@ -367,16 +367,17 @@ def passkey(path: Path) -> str:
     mqar = d.get("mqar", {})
     mq_lengths = sorted({int(k) for n in names if isinstance(mqar.get(n), dict) for k in mqar[n]})
     kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
-    key_counts = {n: d["runs"][n].get("passkey_keys", 5) for n in names if n in d["runs"]}
-    keys_vary = bool(tr_lengths) and len(set(key_counts.values())) > 1
-    keys_section = {n: {"0": k} for n, k in key_counts.items()}
-    seq_lens = {n: d["runs"][n]["seq_len"] for n in names if n in d["runs"]}
-    seq_vary = len(set(seq_lens.values())) > 1
-    seq_section = {n: {"0": L} for n, L in seq_lens.items()}
-    budgets = {n: f"{d['runs'][n]['stage1_tokens'] / 2**20:g}M + {d['runs'][n]['stage2_tokens'] / 2**20:g}M"
-               for n in names if n in d["runs"]}
-    budget_vary = len(set(budgets.values())) > 1
-    budget_section = {n: {"0": b} for n, b in budgets.items()}
+
+    def per_run(value) -> tuple[dict[str, dict[str, object]], bool]:
+        """A one-cell column section of ``value(run record)`` per run, and whether the runs differ in it."""
+        section = {n: {"0": value(d["runs"][n])} for n in names if n in d["runs"]}
+        return section, len({v["0"] for v in section.values()}) > 1
+
+    keys_section, keys_vary = per_run(lambda r: r.get("passkey_keys", 5))
+    keys_vary = keys_vary and bool(tr_lengths)
+    seq_section, seq_vary = per_run(lambda r: r["seq_len"])
+    budget_section, budget_vary = per_run(
+        lambda r: f"{r['stage1_tokens'] / 2**20:g}M + {r['stage2_tokens'] / 2**20:g}M")
     zero_shot = [t for t in ZERO_SHOT if any(t in v for v in d.get("benchmarks", {}).values())]
     zs_section = {n: {"0": 100 * sum(v[t] for t in zero_shot) / len(zero_shot)}
                   for n, v in d.get("benchmarks", {}).items()
