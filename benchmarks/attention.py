@@ -54,10 +54,11 @@ def inputs(B, T, dtype=torch.bfloat16, requires_grad=False, seed=0, H=H, Hk=H, D
 
 def lizard(x, backend="triton", form="lizard"):
     f = FORMS[form]
+    scale = x["q"].shape[-1] ** -0.5
     if f["combine"] == "sum":
-        kw = dict(window=f["window"], scale=D**-0.5, meta_bias=x["sinks"], combine="sum", alpha=x["alpha"])
+        kw = dict(window=f["window"], scale=scale, meta_bias=x["sinks"], combine="sum", alpha=x["alpha"])
     else:
-        kw = dict(window=f["window"], scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"])
+        kw = dict(window=f["window"], scale=scale, meta_k=x["meta_k"], meta_v=x["meta_v"])
     args = (x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"])
     if backend == "torch-chunk":
         return lizard_attention_chunk(*args, **kw)[0]
@@ -82,12 +83,13 @@ KNAME = {"win_fwd": "win_fwd", "lin_h": "lin_fwd_h", "lin_o": "lin_fwd_o", "pre"
 KERNELS = tuple(KNAME)
 
 
-def kernel_times(B, T, iters=5, form="lizard", FD=FD):
-    """ms per fwd+bwd of each Triton kernel (torch profiler), plus the whole op with do_bench."""
+def kernel_times(B, T, iters=5, form="lizard", **shape):
+    """ms per fwd+bwd of each Triton kernel (torch profiler), plus the whole op with do_bench;
+    ``shape``: :func:`inputs`' H, Hk, D, FD."""
     from triton.testing import do_bench
 
-    x = inputs(B, T, requires_grad=True, FD=FD)
-    dy = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+    x = inputs(B, T, requires_grad=True, **shape)
+    dy = torch.randn_like(x["q"])
     grads = list(x.values())
 
     def step():

@@ -87,8 +87,42 @@ def underflow_finite() -> dict[str, bool]:
     return {"y": bool(torch.isfinite(y).all()), **{"d" + n: bool(torch.isfinite(t.grad).all()) for n, t in named.items()}}
 
 
+class Cramped:
+    """A kernel whose launches with ``size`` over ``limit`` raise ``OutOfResources``, as on a GPU with
+    less shared memory; ``ran`` collects the sizes that launched."""
+
+    def __init__(self, kernel, size: str, limit: int):
+        self.kernel, self.size, self.limit, self.ran = kernel, size, limit, set()
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import OutOfResources
+
+        def launch(*args, **kw):
+            if kw[self.size] > self.limit:
+                raise OutOfResources(kw[self.size] * 1024, self.limit * 1024, "shared memory")
+            self.ran.add(kw[self.size])
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+def fallback_errors(case: tuple, seed: int, form: str) -> dict:
+    """Errors of the op when 64-row chunks of the output kernel and feature tiles over 16 of the
+    linear backward run out of shared memory, and the sizes that ran instead."""
+    import lizardlm.ops.triton.lizard as tlz
+
+    fwd_o, lin_bwd = tlz.K._lin_fwd_o, tlz.K._lin_bwd
+    tlz.K._lin_fwd_o, tlz.K._lin_bwd = cramped = Cramped(fwd_o, "BT", 32), Cramped(lin_bwd, "BF", 16)
+    tlz._FITTING.clear()
+    try:
+        errs = errors(case, seed, form)
+    finally:
+        tlz.K._lin_fwd_o, tlz.K._lin_bwd = fwd_o, lin_bwd
+        tlz._FITTING.clear()
+    return {"errors": errs, "chunks": sorted(cramped[0].ran), "feature_tiles": sorted(cramped[1].ran)}
+
+
 def child() -> None:
-    """Every (case, variant): one JSON line of errors; then the underflow check."""
+    """Every (case, variant): one JSON line of errors; the shared-memory fallback; the underflow check."""
     import lizardlm.ops.triton.lizard as tlz
 
     for seed, (case_name, case) in enumerate(CASES.items()):
@@ -102,6 +136,10 @@ def child() -> None:
                 print(json.dumps({"case": case_name, "form": form, "variant": variant, "errors": errs}), flush=True)
     tlz.CFG.clear()
     tlz.CFG.update(TILES)
+    for seed, (case_name, case) in enumerate(CASES.items()):
+        for form in FORMS:
+            row = fallback_errors(case, seed, form)
+            print(json.dumps({"case": case_name, "form": form, "variant": "shared-memory-fallback", **row}), flush=True)
     print(json.dumps({"case": "underflow", "form": "paper", "variant": "default", "errors": underflow_finite()}),
           flush=True)
 
@@ -112,21 +150,53 @@ def interpreted() -> dict[tuple[str, str], dict[str, float]]:
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    return {(row["case"], row["form"], row["variant"]): row["errors"] for row in rows}
+    return {(row["case"], row["form"], row["variant"]): row for row in rows}
 
 
 @pytest.mark.parametrize("form, variant", [(f, v) for v, (_, forms) in VARIANTS.items() for f in forms])
 @pytest.mark.parametrize("case", CASES)
 def test_kernels_match_float64_in_the_interpreter(interpreted, case, form, variant):
-    errs = interpreted[(case, form, variant)]
+    errs = interpreted[(case, form, variant)]["errors"]
     assert set(errs) >= {"y", "dq", "dk", "dv", "dfq", "dfk"} | ({"dalpha"} if form == "paper" else set()), errs
     bad = {k: v for k, v in errs.items() if not v <= 1e-5}  # float32 arithmetic throughout
     assert not bad, f"{case} {form} {variant}: {bad}"
 
 
 def test_sum_form_kernels_stay_finite_where_the_normaliser_underflows(interpreted):
-    finite = interpreted[("underflow", "paper", "default")]
+    finite = interpreted[("underflow", "paper", "default")]["errors"]
     assert finite and all(finite.values()), finite
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_fall_back_to_smaller_tiles_where_shared_memory_runs_out(interpreted, case, form):
+    """Where 64-row chunks and feature tiles over 16 do not fit, the op runs 32-row chunks and
+    16-feature tiles, and still matches float64."""
+    row = interpreted[(case, form, "shared-memory-fallback")]
+    assert row["chunks"] == [32] and row["feature_tiles"] == [16], row
+    bad = {k: v for k, v in row["errors"].items() if not v <= 1e-5}
+    assert not bad, f"{case} {form}: {bad}"
+
+
+def test_first_fitting_remembers_the_size_that_fitted_and_names_the_shapes_when_none_does():
+    from triton.runtime.errors import OutOfResources
+
+    import lizardlm.ops.triton.lizard as tlz
+
+    tried = []
+
+    def launch(n: int) -> int:
+        tried.append(n)
+        if n > 32:
+            raise OutOfResources(n * 4096, 32 * 4096, "shared memory")
+        return -n
+
+    key = ("test-first-fitting", torch.initial_seed())
+    assert tlz._first_fitting(key, tlz._halvings(128), launch) == -32 and tried == [128, 64, 32]
+    assert tlz._first_fitting(key, tlz._halvings(128), launch) == -32 and tried == [128, 64, 32, 32]
+    with pytest.raises(RuntimeError, match=r"no size in \[64\] fits .*test-too-big"):
+        tlz._first_fitting(("test-too-big",), [64], launch)
+    assert tlz._halvings(64) == [64, 32, 16] and tlz._halvings(8) == [8]
 
 
 if __name__ == "__main__":

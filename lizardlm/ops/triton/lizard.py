@@ -18,11 +18,16 @@ chunk-local cumulative log-decay scales fq and fk by exp(+-gl) in float32 regist
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
 import torch.nn.functional as F
 import triton
+from triton.runtime.errors import OutOfResources
 
 from lizardlm.ops.triton import kernels as K
+
+R = TypeVar("R")
 
 
 POISON = False
@@ -48,11 +53,41 @@ def _cfg(name: str, **default) -> dict:
 
 
 def _wide_features(Fd: int) -> dict:
-    """Launch settings of the two kernels that hold whole feature rows (``_lin_fwd_o``, ``_lin_bwd``)
-    for a feature width over 256 (``feature_dim`` 256 and up): 8 warps, 1 stage. On the H200 (bf16, 8 x
+    """Launch settings of the kernels that hold whole feature rows (``_lin_fwd_o``; ``_lin_bwd`` when
+    ``CFG["lin_bwd_bf"]`` asks for whole rows) for a feature width over 256 (``feature_dim`` 256 and up): 8 warps, 1 stage. On the H200 (bf16, 8 x
     9 heads x 2K, D 64, F 512) the op's fwd+bwd took 3.22 ms against 4.29 with the narrow defaults,
     same gradients; at F 128 the two settings were within noise (1.82 / 1.86 ms)."""
     return dict(num_warps=8, num_stages=1) if Fd > 256 else {}
+
+
+_FITTING: dict[tuple, int] = {}
+"""(kernel group, shapes, dtype, CFG) -> the chunk or tile size that fitted."""
+
+
+def _first_fitting(key: tuple, options: list[int], launch: Callable[[int], R]) -> R:
+    """``launch(option)`` for the first option (chunk or tile sizes, largest first) whose kernels fit
+    the GPU's shared memory, as Triton's autotuner skips configs that raise ``OutOfResources``; the
+    option that fitted is remembered per ``key``. Triton raises before the kernel runs and each option
+    rewrites all it returns, so a retry is exact. The defaults suit 64-256 features; 512 features
+    in float32, or beside 128-wide heads, need smaller tiles on the H200."""
+    key = (*key, repr(sorted(CFG.items())))
+    if key in _FITTING:
+        return launch(_FITTING[key])
+    err = None
+    for opt in options:
+        try:
+            out = launch(opt)
+        except OutOfResources as e:
+            err = e
+            continue
+        _FITTING[key] = opt
+        return out
+    raise RuntimeError(f"lizard_attention_cuda: no size in {options} fits this GPU's shared memory for {key[:-1]}: {err}") from err
+
+
+def _halvings(n: int, least: int = 16) -> list[int]:
+    """n, n / 2, ... down to ``least`` (n itself when it is smaller)."""
+    return [n >> i for i in range(n.bit_length()) if n >> i >= least] or [n]
 
 
 def _pow2(n: int) -> int:
@@ -158,7 +193,10 @@ class LizardAttentionFunction(torch.autograd.Function):
         """``alpha`` None: shared form (linear shift w); a float32 ``(H,)`` tensor: sum form (shift 0)."""
         ctx.g_dtype = g.dtype
         shift = window if alpha is None else 0
-        y, yz, o, lse, gl, gw, hs, hz, zb = _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk)
+        # a smaller chunk where the output kernel's (chunk x features) tiles exceed shared memory
+        key = ("fwd", q.dtype, q.shape[-1], v.shape[-1], fq.shape[-1], chunk, alpha is None)
+        chunk, (y, yz, o, lse, gl, gw, hs, hz, zb) = _first_fitting(
+            key, _halvings(chunk), lambda c: (c, _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, c)))
         # yz: what dZ is formed from: y in the shared form, the linear branch y_gla in the sum form
         ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb)
         ctx.cfg = (window, shift, scale, chunk, g_given)
@@ -201,26 +239,36 @@ class LizardAttentionFunction(torch.autograd.Function):
         tail = max(T - shift, 0)
         dfk = _empty(B, H, T, Fd, device=dev, dtype=gdt)
         dfk[:, :, tail:].zero_()
-        # feature tiles of the linear backward (CFG["lin_bwd_bf"]; default whole rows): each tile's
-        # partial dv, fq.dfq and fk.dfk in a slice of its own (float32), summed after the launches
-        BFT = min(CFG.get("lin_bwd_bf") or _pow2(Fd), _pow2(Fd))
-        NFT = triton.cdiv(Fd, BFT)
-        dvl = _empty(NFT, B, H, T, DV, device=dev, dtype=gdt if NFT == 1 else f32)  # rows >= T - shift are never read
-        dgq = _empty(NFT, BH, T, device=dev, dtype=f32)
-        dgk = _empty(NFT, BH, T, device=dev, dtype=f32)
-        dgk[..., tail:].zero_()
-        lin_args = (fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT)
         # whole value rows per step in 16-bit dtypes (H200, 2K: 1.30 -> 1.28 ms); float32 keeps 64
         bvl = CFG.get("bvl_bwd", 64 if q.dtype == torch.float32 else 128)
-        lin_meta = dict(W=shift, F=Fd, DV=DV, BF=BFT, BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec, FT=NFT > 1)
-        if CFG.get("lin_bwd_split", True):  # one launch per side: about 0.27 ms less at 2K on the H200
-            side = {"num_warps": 4, "num_stages": 2, **_wide_features(BFT)}
-            K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", **side))
-            K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=False, KS=True, **_cfg("lin_bwd_k", **side))
-        else:
-            K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=True, KS=True, **_cfg("lin_bwd", num_warps=8, num_stages=2))
-        dvl = dvl[0] if NFT == 1 else dvl.sum(0).to(gdt)
-        dgq, dgk = (x[0] if NFT == 1 else x.sum(0) for x in (dgq, dgk))
+
+        def lin_bwd(BFT: int):
+            """The linear branch's backward in feature tiles of BFT (whole rows by default): each tile's
+            partial dv, fq.dfq and fk.dfk in a slice of its own (float32), summed after the launches."""
+            NFT = triton.cdiv(Fd, BFT)
+            dvl = _empty(NFT, B, H, T, DV, device=dev, dtype=gdt if NFT == 1 else f32)  # rows >= T - shift are never read
+            dgq = _empty(NFT, BH, T, device=dev, dtype=f32)
+            dgk = _empty(NFT, BH, T, device=dev, dtype=f32)
+            dgk[..., tail:].zero_()
+            lin_args = (fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT)
+            lin_meta = dict(W=shift, F=Fd, DV=DV, BF=BFT, BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec, FT=NFT > 1)
+            if CFG.get("lin_bwd_split", True):  # one launch per side: about 0.27 ms less at 2K on the H200
+                side = {"num_warps": 4, "num_stages": 2, **_wide_features(BFT)}
+                K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=True, KS=False, **_cfg("lin_bwd_q", **side))
+                K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=False, KS=True, **_cfg("lin_bwd_k", **side))
+            else:
+                K._lin_bwd[(NT, BH, NFT)](*lin_args, **lin_meta, QS=True, KS=True, **_cfg("lin_bwd", num_warps=8, num_stages=2))
+            if NFT == 1:
+                return dvl[0], dgq[0], dgk[0]
+            return dvl.sum(0).to(gdt), dgq.sum(0), dgk.sum(0)
+
+        # whole feature rows up to 256 features, 128-feature tiles above: at 512 (H200, bf16, 2K) the
+        # linear backward took 1.04 ms against 3.22 with whole rows (9/3 heads of 64, the op 3.75 against
+        # 5.81 ms), and 5.30 against 6.95 (whole rows do not fit; 256-wide tiles) with 32 heads of 128;
+        # CFG["lin_bwd_bf"] sets the first width tried, narrower tiles where it exceeds shared memory
+        BFT = min(CFG.get("lin_bwd_bf") or (128 if Fd > 256 else _pow2(Fd)), _pow2(Fd))
+        key = ("lin_bwd", q.dtype, D, DV, Fd, chunk, G > 1)
+        dvl, dgq, dgk = _first_fitting(key, _halvings(BFT), lin_bwd)
         # window branch
         has_meta = mk is not None and mk.shape[1] > 0
         M = mk.shape[1] if has_meta else 0
