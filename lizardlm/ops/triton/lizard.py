@@ -54,9 +54,10 @@ def _cfg(name: str, **default) -> dict:
 
 def _wide_features(Fd: int) -> dict:
     """Launch settings of the kernels that hold whole feature rows (``_lin_fwd_o``; ``_lin_bwd`` when
-    ``CFG["lin_bwd_bf"]`` asks for whole rows) for a feature width over 256 (``feature_dim`` 256 and up): 8 warps, 1 stage. On the H200 (bf16, 8 x
-    9 heads x 2K, D 64, F 512) the op's fwd+bwd took 3.22 ms against 4.29 with the narrow defaults,
-    same gradients; at F 128 the two settings were within noise (1.82 / 1.86 ms)."""
+    ``CFG["lin_bwd_bf"]`` asks for whole rows) for a feature width over 256 (``feature_dim`` 256 and
+    up): 8 warps, 1 stage. On the H200 (bf16, 8 x 9 heads x 2K, D 64, F 512) the op's fwd+bwd took
+    3.22 ms against 4.29 with the narrow defaults, same gradients; at F 128 the two settings were
+    within noise (1.82 / 1.86 ms)."""
     return dict(num_warps=8, num_stages=1) if Fd > 256 else {}
 
 
@@ -82,7 +83,8 @@ def _first_fitting(key: tuple, options: list[int], launch: Callable[[int], R]) -
             continue
         _FITTING[key] = opt
         return out
-    raise RuntimeError(f"lizard_attention_cuda: no size in {options} fits this GPU's shared memory for {key[:-1]}: {err}") from err
+    raise RuntimeError(f"lizard_attention_cuda: no size in {options} fits this GPU's shared memory "
+                       f"for {key[:-1]}: {err}") from err
 
 
 def _halvings(n: int, least: int = 16) -> list[int]:
