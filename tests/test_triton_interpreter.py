@@ -145,7 +145,8 @@ def child() -> None:
 
 
 @pytest.fixture(scope="module")
-def interpreted() -> dict[tuple[str, str], dict[str, float]]:
+def interpreted() -> dict[tuple[str, str, str], dict]:
+    """(case, form, variant) -> the child's row: the errors, and for the fallback the sizes that ran."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
