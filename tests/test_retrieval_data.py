@@ -74,6 +74,22 @@ def test_answer_only_loss_keeps_the_tokens_and_targets_only_the_keys(books, tiny
     assert (labels[:, -1] == tiny_tokenizer.eos_token_id).all()  # packing's eos stays a target
 
 
+def test_shorter_documents_pack_several_to_a_row_each_with_its_answers(books, tiny_tokenizer):
+    """At ``seq_len = 4 * length`` a row holds four whole documents in order (each closed by eos), and
+    its targets are exactly the four documents' answers: the later ones are asked after the earlier
+    ones' tokens as history."""
+    docs = load_documents(_spec(books, ":loss=answers").replace("count=6", "count=8"), tokenizer=tiny_tokenizer)
+    rows = pack_tokens(docs, tiny_tokenizer, seq_len=1024)
+    assert rows.shape == (2, 1024)
+    eos = tiny_tokenizer.eos_token_id
+    for r in range(2):
+        ids, labels = inputs_and_labels(rows[r])
+        assert (ids.view(4, 256)[:, -1] == eos).all()
+        want_ids, want_labels = zip(*(inputs_and_labels(doc.token_ids) for doc in docs[4 * r: 4 * r + 4]))
+        assert torch.equal(ids.view(4, 256)[:, :-1], torch.stack(want_ids))
+        assert torch.equal(labels.view(4, 256)[:, :-1], torch.stack(want_labels))
+
+
 def test_varied_template_draws_a_wording_per_document_and_targets_its_answers(books, tiny_tokenizer):
     """``template=varied``: every document uses one (needle, answer prompt) wording and one question
     throughout; the answer-only targets are each key and its full stop, after the answer prompt."""
