@@ -114,6 +114,40 @@ def test_varied_template_draws_a_wording_per_document_and_targets_its_answers(bo
     assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(plain, explicit))
 
 
+@pytest.mark.parametrize("template", ["numbered", "varied"])
+def test_pairs_bind_words_and_target_each_keys_value(books, tiny_tokenizer, template):
+    """``needles=pairs``: each needle ties a key word to a value word (distinct single tokens, none of
+    MQAR's evaluation words); the answer-only targets are exactly each key's value and its full stop,
+    after the answer prompt naming that key."""
+    from lizardlm.data.retrieval import PAIR_QUESTIONS, PAIR_WORDINGS, pair_words
+    from lizardlm.eval.mqar import WORDS
+
+    words = pair_words(tiny_tokenizer)
+    assert not set(words) & set(WORDS)
+    assert all(len(tiny_tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
+    spec = _spec(books, f":needles=pairs:keys=4:loss=answers:template={template}")
+    docs = load_documents(spec, tokenizer=tiny_tokenizer)
+    for doc in docs:
+        ids, labels = inputs_and_labels(doc.token_ids)
+        text = tiny_tokenizer.decode(ids.tolist())
+        assert len(ids) == 255
+        question = next(q for q in PAIR_QUESTIONS if q.strip() in text)
+        head, _, tail = text.partition(question.strip())
+        needle_at, prompt_at = next(w for w in PAIR_WORDINGS if w[0].split("{index}")[0] in head)
+        before, after = needle_at.split("{index}")
+        bound = {}
+        for piece in head.split(before)[1:]:
+            key, _, rest = piece.partition(after)
+            bound[key] = rest.split(".")[0].strip()
+        assert len(bound) == 4 and set(bound) | set(bound.values()) <= set(words)
+        assert len(set(bound) | set(bound.values())) == 8
+        assert all(f"{prompt_at.format(index=k)} {v}." in tail for k, v in bound.items())
+        targets = tiny_tokenizer.decode(labels[labels != IGNORE_INDEX].tolist())
+        assert sorted(targets.replace(".", " ").split()) == sorted(bound.values())
+    again = load_documents(spec, tokenizer=tiny_tokenizer)
+    assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(docs, again))
+
+
 def test_backend_encoding_gives_the_tokenizers_ids(tiny_tokenizer):
     from lizardlm.data.retrieval import _encode
 
@@ -157,7 +191,7 @@ def test_keys_and_depths(books, tiny_tokenizer):
     "spec, match",
     [("retrieval:count=x", "whole number"), ("retrieval:colour=red", "KEY=VALUE"), ("retrieval:keys=0", ">= 1"),
      ("retrieval:key-tokens=8-5", "LO-HI"), ("retrieval:split=test", "split"), ("retrieval:loss=keys", "loss"),
-     ("retrieval:template=fancy", "template")],
+     ("retrieval:template=fancy", "template"), ("retrieval:needles=digits", "needles")],
 )
 def test_bad_specs(spec, match):
     with pytest.raises(DataError, match=match):

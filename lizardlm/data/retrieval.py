@@ -16,7 +16,16 @@ documents, each asked after the earlier ones' tokens as unrelated history), ``ke
 see :func:`filler_split`), ``loss`` (``all`` or ``answers``, below), ``template`` (``numbered``,
 below, or ``varied``: each document draws one of :data:`WORDINGS` for its needles and answers and
 one of :data:`QUESTIONS`, so that a lookup is not learned as one sentence; none of them uses the
-evaluation template's words).
+evaluation template's words), ``needles`` (``passkeys``, the paper's digit keys behind a numbered
+phrase, or ``pairs``: associative recall of word pairs, below).
+
+``needles=pairs`` binds arbitrary words instead: each needle ties a key word to a value word (``The
+word lamp goes with wheat.``, :data:`PAIR_WORDINGS`) and the answers give each key's value (``The
+word lamp goes with`` -> `` wheat.``). Keys and values are distinct single-token words of the
+tokenizer's vocabulary, drawn per document; the words of the MQAR evaluation
+(:data:`lizardlm.eval.mqar.WORDS`) and its wording are left out, so MQAR measures recall of pairs
+never trained on. ``key-tokens`` does not apply (a value is one token). The passkey lookup does not
+carry to MQAR (``benchmarks/NOTES.md``): it is learned as a task of its own, and this is the general one.
 
 A document (the training template; the evaluation template of :mod:`lizardlm.eval.passkey` is
 another one)::
@@ -73,9 +82,24 @@ QUESTIONS = (
     "\n\nRecall every code from the text.",
     "\n\nList the hidden numbers.",
 )
+PAIR_WORDINGS = (
+    (" The word {index} goes with", " The word {index} goes with"),
+    (" Remember: {index} pairs with", " {index} pairs with"),
+    (" Link {index} to", " Link {index} to"),
+    (" Whenever you read {index}, think of", " {index} makes you think of"),
+    (" Tie {index} to", " {index} is tied to"),
+)
+"""``needles=pairs``: (needle, answer prompt) pairs, ``{index}`` the key word, each followed by
+`` {value}.``; none uses the MQAR evaluation's ``word: value`` lines or its "partner" wording."""
+PAIR_QUESTIONS = (
+    "\n\nWhich word goes with each word above?",
+    "\n\nRecall the linked words.",
+    "\n\nName each match from the text.",
+)
 SPLITS = ("train", "eval")
 LOSSES = ("all", "answers")
 TEMPLATES = ("numbered", "varied")
+NEEDLES = ("passkeys", "pairs")
 WORD_STARTS = ("Ġ", "Ċ", "▁", " ", "\n")  # byte-level BPE, sentencepiece and plain spellings of a leading space
 
 
@@ -92,6 +116,7 @@ class RetrievalSpec:
     split: str = "train"
     loss: str = "all"
     template: str = "numbered"
+    needles: str = "passkeys"
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.keys < 1 or self.length < 2:
@@ -105,6 +130,8 @@ class RetrievalSpec:
             raise DataError(f"retrieval: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.template not in TEMPLATES:
             raise DataError(f"retrieval: template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
+        if self.needles not in NEEDLES:
+            raise DataError(f"retrieval: needles must be one of {', '.join(NEEDLES)}, got {self.needles!r}")
 
 
 def is_retrieval_spec(spec: str) -> bool:
@@ -124,7 +151,7 @@ def parse_spec(spec: str) -> RetrievalSpec:
             if name == "key_tokens":
                 lo, _, hi = value.partition("-")
                 values[name] = (int(lo), int(hi or lo))
-            elif name in ("filler", "split", "loss", "template"):
+            elif name in ("filler", "split", "loss", "template", "needles"):
                 values[name] = value
             else:
                 values[name] = int(value)
@@ -214,6 +241,19 @@ def _encoded_streams(documents: list[Document], tokenizer: Any, vocab: list[str]
     return streams
 
 
+def pair_words(tokenizer: Any) -> list[str]:
+    """The words ``needles=pairs`` draws keys and values from: lowercase words of 3-10 letters that the
+    tokenizer holds as one token with a leading space (:func:`lizardlm.eval.mqar.word_tokens`), less the
+    MQAR evaluation's words; sorted, without the space."""
+    from lizardlm.eval.mqar import WORDS, word_tokens
+
+    held_out = set(WORDS)
+    words = sorted({w for w in (tokenizer.decode([i]).strip() for i in word_tokens(tokenizer)) if w not in held_out})
+    if len(words) < 16:
+        raise DataError(f"retrieval: needles=pairs needs at least 16 single-token words; the tokenizer has {len(words)}")
+    return words
+
+
 def make_key(tokenizer: Any, rng: random.Random, num_tokens: int) -> str:
     """A random digit string of ``num_tokens`` tokens (counted without a leading space)."""
     key = str(rng.randint(1, 9))
@@ -231,33 +271,43 @@ def make_example(
     ask: int | None = None,
     depths: list[float] | None = None,
     template: str = "numbered",
+    words: list[str] | None = None,
 ) -> RetrievalExample:
     """A document of exactly ``length`` tokens: filler with ``keys`` needles, the question, then
     every answer (``ask=None``, training) or only the prompt for passkey number ``ask`` (evaluation,
     the key is the continuation). ``depths[i - 1]`` places passkey number i (default: uniform random).
-    ``template="varied"`` draws the document's wording from :data:`WORDINGS` and :data:`QUESTIONS`."""
+    ``template="varied"`` draws the document's wording from :data:`WORDINGS` and :data:`QUESTIONS`.
+    With ``words`` (``needles=pairs``) each needle ties a key word to a value word, all drawn from
+    ``words`` without repeats (:data:`PAIR_WORDINGS`, :data:`PAIR_QUESTIONS`); ``example.keys`` holds
+    the values by needle number."""
     tok = pool.tokenizer
-    needle_at, prompt_at, question = WORDINGS[0] + (QUESTION,)
+    wordings, questions = (WORDINGS, QUESTIONS) if words is None else (PAIR_WORDINGS, PAIR_QUESTIONS)
+    needle_at, prompt_at, question = wordings[0] + (questions[0],)
     if template == "varied":
-        (needle_at, prompt_at), question = rng.choice(WORDINGS), rng.choice(QUESTIONS)
-    secrets = {i: make_key(tok, rng, rng.randint(*key_tokens)) for i in range(1, keys + 1)}
+        (needle_at, prompt_at), question = rng.choice(wordings), rng.choice(questions)
+    if words is None:
+        names = {i: str(i) for i in range(1, keys + 1)}
+        secrets = {i: make_key(tok, rng, rng.randint(*key_tokens)) for i in range(1, keys + 1)}
+    else:
+        drawn = rng.sample(words, 2 * keys)
+        names, secrets = dict(zip(range(1, keys + 1), drawn[:keys])), dict(zip(range(1, keys + 1), drawn[keys:]))
     wanted = dict(zip(rng.sample(range(1, keys + 1), keys), (rng.random() for _ in range(keys))))
     if depths is not None:
         wanted.update(zip(range(1, keys + 1), depths))
     numbers = sorted(wanted, key=wanted.get)  # needle order in the text
-    needles = [_encode(tok, f"{needle_at.format(index=i)} {secrets[i]}.") for i in numbers]
+    needles = [_encode(tok, f"{needle_at.format(index=names[i])} {secrets[i]}.") for i in numbers]
     asked = rng.sample(range(1, keys + 1), keys) if ask is None else [ask]
     tail = _encode(tok, question)
     answers: dict[int, tuple[int, int]] = {}  # offsets in the tail for now
     continuation: list[int] = []
     for i in asked:
-        given, answer = answer_tokens(tok, i, secrets[i], prompt_at)
+        given, answer = answer_tokens(tok, names[i], secrets[i], prompt_at)
         if ask is None:
             answers[i] = (len(tail) + len(given), len(tail) + len(given) + len(answer))
             tail += given + answer
         else:
-            tail += _encode(tok, prompt_at.format(index=i))
-            continuation = continuation_tokens(tok, prompt_at, secrets[i], i)
+            tail += _encode(tok, prompt_at.format(index=names[i]))
+            continuation = continuation_tokens(tok, prompt_at, secrets[i], names[i])
     n_filler = length - sum(map(len, needles)) - len(tail)
     if n_filler < 1:
         raise DataError(f"retrieval: length {length} leaves no room for filler ({length - n_filler} tokens of needles and answers)")
@@ -279,7 +329,7 @@ def make_example(
     return RetrievalExample(ids, secrets, starts, placed, answers, continuation)
 
 
-def answer_tokens(tokenizer: Any, index: int, key: str, prompt_at: str = ANSWER_PROMPT) -> tuple[list[int], list[int]]:
+def answer_tokens(tokenizer: Any, index: int | str, key: str, prompt_at: str = ANSWER_PROMPT) -> tuple[list[int], list[int]]:
     """The answer sentence of passkey ``index`` split into what is given (``prompt_at``, e.g.
     ``" Passkey number {index} is"``) and the answer (the key and its full stop); all answer where
     the tokenizer merges across that cut."""
@@ -289,7 +339,7 @@ def answer_tokens(tokenizer: Any, index: int, key: str, prompt_at: str = ANSWER_
     return piece[:given], piece[given:]
 
 
-def continuation_tokens(tokenizer: Any, prompt_at: str, key: str, index: int = 0) -> list[int]:
+def continuation_tokens(tokenizer: Any, prompt_at: str, key: str, index: int | str = 0) -> list[int]:
     """The tokens that continue ``prompt_at`` (formatted with ``index``) with the key and its full stop,
     as :func:`answer_tokens` splits them; `` {key}.`` alone where the tokenizer merges across the cut."""
     given, answer = answer_tokens(tokenizer, index, key, prompt_at)
@@ -303,10 +353,12 @@ def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:
         raise DataError(f"data spec {spec!r} is generated in tokens: pass a tokenizer")
     params = parse_spec(spec)
     pool = FillerPool(filler_split(load_documents(params.filler), params.split), tokenizer)
+    words = pair_words(tokenizer) if params.needles == "pairs" else None
     rng = random.Random(params.seed)
     docs = []
     for _ in range(params.count):
-        example = make_example(pool, rng, params.length - 1, params.keys, params.key_tokens, template=params.template)
+        example = make_example(pool, rng, params.length - 1, params.keys, params.key_tokens, template=params.template,
+                               words=words)
         ids = torch.tensor(example.input_ids, dtype=torch.long)
         if params.loss == "answers":
             targets = torch.zeros_like(ids, dtype=torch.bool)
