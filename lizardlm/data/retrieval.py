@@ -9,7 +9,8 @@ Spec: ``retrieval[:KEY=VALUE]...`` (parameters joined by ``:`` so that they surv
 
 ``count`` (10000), ``length`` (2048: tokens per document including the eos that packing appends,
 so a document fills one row when ``length == seq_len``; at ``seq_len = k * length`` a row packs k
-documents, each asked after the earlier ones' tokens as unrelated history), ``keys`` (5 passkeys per document),
+documents, each asked after the earlier ones' tokens as history, where a reused wording binds a
+phrase twice and the answer is the later binding), ``keys`` (5 passkeys per document),
 ``key-tokens`` (5-8: the length of each key in tokens, drawn uniformly), ``seed`` (0), ``filler``
 (``long-docs``: the Gutenberg books of the shared data directory, or any data spec), ``split``
 (``train``: the filler documents without the held-out tenth; ``eval``: only the held-out tenth,
