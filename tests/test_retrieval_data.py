@@ -232,6 +232,23 @@ def test_mixture_splits(books, tiny_tokenizer):
     assert torch.equal(again.train, splits.train) and torch.equal(again.val, splits.val)
 
 
+def test_a_short_part_grows_the_others_shares_and_the_mixture_says_so(books, tiny_tokenizer, caplog):
+    """A part with fewer rows than its weight asks keeps what it has; the trained shares are recorded
+    and the mixture warns with them (the asked shares beside)."""
+    spec = f"mix:{_spec(books).replace('count=6', 'count=3')}=0.5,{_spec(books).replace('seed=1', 'seed=2')}=0.5"
+    with caplog.at_level("WARNING", logger="lizardlm.data.mixture"):
+        splits = build_splits(spec, tiny_tokenizer, seq_len=256, train_tokens=2048, val_tokens=512, seed=0)
+    short, full = splits.meta["parts"]
+    assert short["meta"]["shortfall"] and not full["meta"]["shortfall"] and splits.meta["shortfall"]
+    assert short["train_share"] == short["meta"]["train_rows"] / splits.train.shape[0] < 0.5 < full["train_share"]
+    message = next(r.getMessage() for r in caplog.records if r.name == "lizardlm.data.mixture")
+    assert f"{full['train_share']:.1%} (asked 50.0%)" in message and "count=3" in message.split("ran short")[0]
+    with caplog.at_level("WARNING", logger="lizardlm.data.mixture"):
+        caplog.clear()
+        build_splits(spec.replace("count=3", "count=8"), tiny_tokenizer, seq_len=256, train_tokens=1024, val_tokens=512)
+    assert not [r for r in caplog.records if r.name == "lizardlm.data.mixture"]
+
+
 def test_filler_tokens_are_cached_and_a_bad_cache_is_passed_by(tmp_path, monkeypatch, tiny_tokenizer):
     """The books' token ids are computed once per (texts, vocabulary) and read back identically; a
     corrupt cache file is recomputed; other texts get their own entry."""

@@ -6,18 +6,22 @@
 Weights are shares of the packed tokens (normalised to sum to 1): each part is packed into its own
 rows (so a ``retrieval`` document of ``length == seq_len`` stays one row) and gets
 ``ceil(share * tokens)`` train and validation tokens; the rows are then shuffled together with the
-seed. A part with less data than its share keeps what it has (its own meta says ``shortfall``);
-``meta["parts"]`` records each part's weight, share, spec and packing meta (``run.json`` keeps it).
+seed. A part with less data than its share keeps what it has (its own meta says ``shortfall``), so
+the others' shares grow: the mixture then warns with the shares it trains on. ``meta["parts"]``
+records each part's weight, share, trained share, spec and packing meta (``run.json`` keeps it).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import torch
 
 from lizardlm.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
@@ -69,4 +73,8 @@ def build_mixture(spec: str, tokenizer: Any, seq_len: int, train_tokens: int, va
         "val_tokens": val.numel(),
         "shortfall": any(split.meta["shortfall"] for _, _, split in parts),
     }
+    if meta["shortfall"]:
+        short = ", ".join(name for name, _, split in parts if split.meta["shortfall"])
+        shares = ", ".join(f"{p['spec']} {p['train_share']:.1%} (asked {p['share']:.1%})" for p in meta["parts"])
+        logger.warning("mixture %r: %s ran short, so it trains on these shares of its rows: %s", spec, short, shares)
     return PackedSplits(train=train, val=val, meta=meta)
