@@ -519,6 +519,28 @@ def toy_grid(path: Path) -> str:
     return "\n".join(out)
 
 
+def mqar_window(path: Path) -> str:
+    """``mqar_window.py``: each model's MQAR accuracy, split by whether its window sees the pair."""
+    d = json.loads(path.read_text())
+    s, w = d["settings"], str(d["settings"]["window"])
+    lengths = list(d["share"][w])
+    cell = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    out = [
+        f"MQAR inside and outside the window, {d['device']} (`{path.name}`, {d['dtype']}): the prompts of `lizardlm eval "
+        f"--tasks mqar` ({s['pairs']} pairs, {s['samples']} a length, seed {s['seed']}); a query is inside when its "
+        f"pair's key lies less than {w} tokens back, where a {w}-token window alone sees the pair. Each cell: "
+        "accuracy (inside / outside).",
+        "",
+        "| model | " + " | ".join(f"{L} tokens" for L in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+        f"| share of queries inside {w} | " + " | ".join(f"{d['share'][w][L]:.3f}" for L in lengths) + " |",
+    ]
+    for name, by_len in d["models"].items():
+        out.append(f"| {name} | " + " | ".join(
+            f"{r['acc']:.2f} ({cell(r['inside'])} / {cell(r['outside'])})" for r in (by_len[L] for L in lengths)) + " |")
+    return "\n".join(out)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -547,6 +569,8 @@ def main() -> None:
         parts.append(preset_runs(path))
     for path in sorted(RESULTS.glob("passkey-*.json")):
         parts.append(passkey(path))
+    for path in sorted(RESULTS.glob("mqar-window-*.json")):
+        parts.append(mqar_window(path))
     for path in sorted(RESULTS.glob("toy-needle-*.json")):
         parts.append(toy_grid(path) if path.stem.startswith("toy-needle-grid") else toy_needle(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
