@@ -62,7 +62,7 @@ FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batc
             diagnostics_lengths="1024,4096,16384", diagnostics_trials=8, mqar_pairs="8", mqar_lengths="128,256,512,1024",
             mqar_samples=50, batch=8)
 TRAINING_KEYS = ("mode", "data", "flags", "gradient_checkpointing", "stage1_tokens", "stage2_tokens", "seq_len",
-                 "batch_size", "val_tokens", "linearize_command", "linearize_rc", "linearize_seconds")
+                 "batch_size", "val_tokens", "train_shares", "linearize_command", "linearize_rc", "linearize_seconds")
 """What an evaluation's record (``--eval-only``, ``NAME@decayS``) takes from the record of the run as trained."""
 TRAINING_RECORD = "passkey_gpu-training.json"
 """Those keys as the run was trained, kept in its run directory for a later ``--eval-only`` call."""
@@ -222,6 +222,13 @@ def add_eval(result: dict[str, Any], run_name: str, eval_json: dict, source: str
         result["runs"][run_name].setdefault("added_evals", []).append(
             {"source": source, "date": eval_json["meta"]["date"], "tasks": eval_json["meta"]["tasks"],
              "settings": {k: v for k, v in eval_json["meta"]["settings"].items() if k.startswith("passkey")}})
+
+
+def train_shares(run_json: dict[str, Any]) -> dict[str, float] | None:
+    """A mixture run's share of the trained rows by part (``run.json``'s ``data.parts``): a part that ran
+    short leaves its weight to the others; None for a single data spec."""
+    parts = (run_json.get("data") or {}).get("parts")
+    return {p["spec"]: round(p["train_share"], 4) for p in parts} if parts else None
 
 
 def with_training(entry: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
@@ -385,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir)
         entry["linearize_command"] = " ".join(["python", *cmd[1:]])
         entry["linearize_rc"], entry["linearize_seconds"] = run(cmd, log, timeout=args.deadline - 60)
+        if (run_dir / "run.json").exists():
+            entry["train_shares"] = train_shares(json.loads((run_dir / "run.json").read_text()))
         if run_dir.exists():
             record.write_text(json.dumps({k: entry[k] for k in TRAINING_KEYS if k in entry}, indent=2) + "\n")
     if (run_dir / "summary.json").exists():

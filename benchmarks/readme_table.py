@@ -452,9 +452,11 @@ def eval_tasks(d: dict, names: list[str]) -> str:
 
 
 def run_lines(runs: dict[str, dict]) -> list[str]:
-    """```name` = `--mode M --data D FLAGS``` per run; the evaluations of one run at several decay scales
-    (``NAME@decayS``) share one line that names their scales."""
+    """```name` = `--mode M --data D FLAGS``` per run, with a mixture's trained shares where recorded; the
+    evaluations of one run at several decay scales (``NAME@decayS``) share one line that names their scales."""
     training = {n: f"`--mode {r['mode']} --data {r['data']}" + (f" {r['flags']}" if r["flags"] else "") + "`"
+                + (" (trained on " + ", ".join(f"{share:.1%} {spec}" for spec, share in r["train_shares"].items())
+                   + " of the rows)" if r.get("train_shares") else "")
                 for n, r in runs.items()}
     scales: dict[tuple[str, str], list[str]] = {}
     for n, r in runs.items():

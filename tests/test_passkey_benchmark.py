@@ -355,6 +355,16 @@ def test_the_runs_line_names_one_runs_decay_scales_once():
         "`k@decayS` = `--mode lizard --data retrieval --feature-dim 256`, evaluated with `--decay-scale S` for S = 1, 0.25"]
 
 
+def test_a_mixtures_trained_shares_are_read_from_its_run_and_named_in_the_runs_line():
+    import readme_table
+    run_json = {"data": {"spec": "mix:a=0.5,b=0.5", "parts": [{"spec": "a", "share": 0.5, "train_share": 0.39561},
+                                                           {"spec": "b", "share": 0.5, "train_share": 0.60439}]}}
+    shares = passkey_gpu.train_shares(run_json)
+    assert shares == {"a": 0.3956, "b": 0.6044} and passkey_gpu.train_shares({"data": {"spec": "a"}}) is None
+    runs = {"m": {"mode": "lizard", "data": "mix:a=0.5,b=0.5", "flags": "", "train_shares": shares}}
+    assert readme_table.run_lines(runs) == ["`m` = `--mode lizard --data mix:a=0.5,b=0.5` (trained on 39.6% a, 60.4% b of the rows)"]
+
+
 def test_a_later_eval_only_call_records_the_run_as_it_was_trained(tmp_path, monkeypatch):
     """Training leaves the run's training record in its directory; an ``--eval-only`` call without
     ``--merge`` (another device call) records those settings, not this script's defaults."""
