@@ -22,13 +22,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lizardlm.eval._utils import call_logits  # noqa: E402
-from lizardlm.eval.mqar import MQARPrompt, make_prompts  # noqa: E402
+from lizardlm.eval.mqar import MQARPrompt, make_prompts, query_hits  # noqa: E402
 from lizardlm.loading import load_any  # noqa: E402
 from lizardlm.progress import progress  # noqa: E402
 
@@ -49,15 +46,14 @@ def window_share(prompts: list[MQARPrompt], window: int) -> float:
 
 
 def score_split(model, prompts: list[MQARPrompt], window: int, batch: int = 8) -> dict:
-    """Greedy accuracy at the queries of ``prompts`` (equal lengths), overall and inside / outside ``window``."""
+    """Greedy accuracy at the queries of ``prompts`` (equal lengths, scored as the eval scores them),
+    overall and inside / outside ``window``."""
     hits = {True: [], False: []}
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
-        logits = call_logits(model, torch.tensor([p.input_ids for p in chunk], dtype=torch.long))
-        for b, p in enumerate(chunk):
-            guess = logits[b, p.query_positions].argmax(-1).tolist()
-            for g, t, d in zip(guess, p.targets, query_distances(p)):
-                hits[d < window].append(g == t)
+        for p, right in zip(chunk, query_hits(model, chunk)):
+            for ok, d in zip(right, query_distances(p)):
+                hits[d < window].append(ok)
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
     return {"acc": mean(hits[True] + hits[False]), "inside": mean(hits[True]), "outside": mean(hits[False]),
             "n_inside": len(hits[True]), "n_outside": len(hits[False])}
@@ -80,16 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     if len(names) != len(models):
         p.error("--names needs one name per model")
     lengths = [int(x) for x in args.lengths.split(",")]
-    tokenizer = None
+    prompts: dict[int, list[MQARPrompt]] = {}
     result: dict = {"device": "cpu", "dtype": "float32", "share": {}, "models": {},
                     "settings": {k: v for k, v in vars(args).items() if k != "out"}}
     for name, spec in zip(names, models):
-        model, tok = load_any(spec)
+        model, tokenizer = load_any(spec)
         model.eval()
-        tokenizer = tokenizer or tok
-        prompts = {L: make_prompts(tokenizer, args.pairs, args.samples, seq_len=L, seed=args.seed) for L in lengths}
-        result["share"] = {w: {str(L): round(window_share(prompts[L], int(w)), 4) for L in lengths}
-                           for w in args.windows.split(",")}
+        if not prompts:  # one set for every model, from the first one's tokenizer
+            prompts = {L: make_prompts(tokenizer, args.pairs, args.samples, seq_len=L, seed=args.seed) for L in lengths}
+            result["share"] = {w: {str(L): round(window_share(prompts[L], int(w)), 4) for L in lengths}
+                               for w in args.windows.split(",")}
         with progress(total=len(lengths), desc=f"mqar {name}", unit="length") as bar:
             result["models"][name] = {}
             for L in lengths:

@@ -230,14 +230,15 @@ def make_prompts(
     return [make_prompt(vocab, num_pairs, rng, seq_len, num_queries) for _ in range(n)]
 
 
-def _correct_per_prompt(model: Any, prompts: Sequence[MQARPrompt]) -> list[int]:
-    """Correct greedy predictions of each of ``prompts`` (equal lengths), in one forward."""
+def query_hits(model: Any, prompts: Sequence[MQARPrompt]) -> list[list[bool]]:
+    """Whether the greedy prediction at each query of each of ``prompts`` (equal lengths) is its target,
+    in one forward."""
     x = torch.tensor([p.input_ids for p in prompts], dtype=torch.long, device=model_device(model))
     logits = call_logits(model, x)
     out = []
     for b, p in enumerate(prompts):
         pred = logits[b, torch.tensor(p.query_positions, device=logits.device)].argmax(-1).tolist()
-        out.append(sum(int(a == t) for a, t in zip(pred, p.targets)))
+        out.append([a == t for a, t in zip(pred, p.targets)])
     return out
 
 
@@ -252,7 +253,7 @@ def score_prompts(model: Any, prompts: Sequence[MQARPrompt], batch_size: int = 8
     for _, group in sorted(by_len.items()):
         for i in range(0, len(group), max(1, batch_size)):
             chunk = group[i : i + batch_size]
-            correct += sum(split_on_oom(lambda ps: _correct_per_prompt(model, ps), chunk))
+            correct += sum(map(sum, split_on_oom(lambda ps: query_hits(model, ps), chunk)))
             total += sum(len(p.targets) for p in chunk)
             bar.update(len(chunk))
     bar.close()
