@@ -148,6 +148,15 @@ def test_pairs_bind_words_and_target_each_keys_value(books, tiny_tokenizer, temp
     assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(docs, again))
 
 
+def test_pairs_need_enough_words(books, tiny_tokenizer, monkeypatch):
+    import lizardlm.eval.mqar as mqar
+
+    few = mqar.word_tokens(tiny_tokenizer)[:15]
+    monkeypatch.setattr(mqar, "word_tokens", lambda tokenizer: few)
+    with pytest.raises(DataError, match="needles=pairs needs at least 16 single-token words; the tokenizer has 15"):
+        load_documents(_spec(books, ":needles=pairs"), tokenizer=tiny_tokenizer)
+
+
 def test_backend_encoding_gives_the_tokenizers_ids(tiny_tokenizer):
     from lizardlm.data.retrieval import _encode
 
