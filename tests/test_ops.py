@@ -110,6 +110,40 @@ def test_lizard_chunk_continues_from_state(shape, form, gen):
 
 
 @pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lizard_forms_agree_from_a_linear_state(shape, form, gen):
+    """A row that starts from a linear memory alone (stage 2's state passing): the naive reference's
+    ``exp(G_t) fq_t . S0`` term, the chunked and the recurrent forms agree in float64, gradients
+    included. In the sum form every token is in the memory at once, so the row's final memory is
+    that of the whole sequence; the shared form drops the head's last ``w`` tokens (never in its memory)."""
+    from lizardlm.ops import linear_state
+
+    B, H, Hk, T, D, F_, w, m, C = shape
+    x = make_inputs(B, H, Hk, 2 * T + w, D, F_, m, torch.float64, gen, form)
+    kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"], meta_bias=x["meta_bias"],
+              combine=combine_of(x), alpha=x.get("alpha"))
+    seq = {k: x[k] for k in ("q", "k", "v", "fq", "fk", "g")}
+    head = {k: v[:, :, : T + w] for k, v in seq.items()}
+    row = {k: v[:, :, T + w :].clone().requires_grad_() for k, v in seq.items()}
+    _, before = lizard_attention_chunk(**head, chunk_size=C, **kw)
+    s0 = before.kv_state.detach()
+    start = linear_state(s0, row["q"], row["k"], row["v"], row["fk"])
+    ref = lizard_attention_naive(**row, **kw, kv_state=s0)
+    y_chunk, after = lizard_attention_chunk(**row, state=start, chunk_size=C, **kw)
+    y_rec, after_rec = lizard_attention_recurrent(**row, state=start, **kw)
+    assert rel_err(y_chunk, ref) <= 1e-10 and rel_err(y_rec, ref) <= 1e-10
+    assert rel_err(after.kv_state, after_rec.kv_state) <= 1e-10
+    if combine_of(x) == "sum":
+        _, whole = lizard_attention_chunk(**seq, chunk_size=C, **kw)
+        assert rel_err(after.kv_state, whole.kv_state) <= 1e-10
+    assert rel_err(lizard_attention_naive(**row, **kw), ref) > 1e-6  # the memory matters
+    dy = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    g_ref = torch.autograd.grad((ref * dy).sum(), list(row.values()))
+    g_chunk = torch.autograd.grad((y_chunk * dy).sum(), list(row.values()))
+    assert all(rel_err(a, b) <= 1e-10 for a, b in zip(g_chunk, g_ref))
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_lizard_gradients_match_reference(form, gen):
     B, H, Hk, T, D, F_, w, m, C = 2, 4, 2, 29, 8, 6, 6, 2, 8
     x = {k: v for k, v in make_inputs(B, H, Hk, T, D, F_, m, torch.float64, gen, form).items() if v is not None}

@@ -16,6 +16,8 @@ import pytest
 import torch
 from kernel_check import FORMS, NAMES, make_inputs, reference, relerr
 
+from lizardlm.ops.lizard import lizard_attention_naive
+
 pytest.importorskip("triton")
 
 # B, H, Hk, T, D, V, F, window, meta slots, gate
@@ -53,13 +55,51 @@ def errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     inp = {n: (t.clone().requires_grad_() if t is not None else None) for n, t in x.items()}
     tlz.POISON = True
     try:  # below the public entry point, which refuses CPU tensors
-        y = tlz.apply_op(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
-                         meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64, alpha=inp["alpha"])
+        y, _ = tlz.apply_op(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
+                            meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64, alpha=inp["alpha"])
         (y.double() * dy).sum().backward()
     finally:
         tlz.POISON = False
     errs = {"y": relerr(y, y_ref)}
     errs.update({"d" + n: relerr(inp[n].grad, ref[n].grad) for n in NAMES if inp[n] is not None})
+    return errs
+
+
+def state_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
+    """The op started from a linear memory (stage 2's state passing) and asked for the memory it
+    leaves: output and gradients against the float64 naive reference with that memory, the final
+    memory against the float64 torch op's, the window part of the state against the torch op's."""
+    import lizardlm.ops.triton.lizard as tlz
+    from lizardlm.ops import lizard_attention_chunk, linear_state
+
+    B, H, Hk, T, D, V, F, w, m, use_g = case
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form)
+    gen = torch.Generator().manual_seed(seed + 100)
+    s0 = torch.rand(B, H, F, V + 1, generator=gen, dtype=torch.float64) * 3.0
+    dy = torch.randn(B, H, T, V, generator=gen, dtype=torch.float64)
+    kw = dict(window=w, scale=D**-0.5, combine="shared" if x["alpha"] is None else "sum")
+    ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
+    y_ref = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), meta_k=ref["meta_k"], meta_v=ref["meta_v"],
+                                   meta_bias=ref["meta_bias"], alpha=ref["alpha"], kv_state=s0, **kw)
+    (y_ref * dy).sum().backward()
+    x64 = {n: (t.double() if t is not None else None) for n, t in x.items()}
+    start64 = linear_state(s0, x64["q"], x64["k"], x64["v"], x64["fk"])
+    _, after_ref = lizard_attention_chunk(*(x64[n] for n in NAMES[:6]), meta_k=x64["meta_k"], meta_v=x64["meta_v"],
+                                          meta_bias=x64["meta_bias"], alpha=x64["alpha"], state=start64, **kw)
+    inp = {n: (t.clone().requires_grad_() if t is not None else None) for n, t in x.items()}
+    tlz.POISON = True
+    try:
+        y, kv = tlz.apply_op(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
+                             meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64, alpha=inp["alpha"],
+                             kv_state=s0.float(), final=True)
+        (y.double() * dy).sum().backward()
+    finally:
+        tlz.POISON = False
+    after = tlz.state_after(x["q"], x["k"], x["v"], x["fk"], x["g"], kv, window=w, combine=kw["combine"])
+    errs = {"y": relerr(y, y_ref), "final_state": relerr(after.kv_state, after_ref.kv_state)}
+    errs.update({"d" + n: relerr(inp[n].grad, ref[n].grad) for n in NAMES if inp[n] is not None})
+    for name, a, b in zip(("keys", "values", "key_features", "log_gates"), after.tensors()[1:], after_ref.tensors()[1:]):
+        errs[name] = relerr(a, b) if a.shape == b.shape else float("inf")
     return errs
 
 
@@ -78,8 +118,8 @@ def underflow_finite() -> dict[str, bool]:
     alpha = torch.ones(H).requires_grad_()
     tlz.POISON = True
     try:
-        y = tlz.apply_op(q, k, v, fq, fk, g, window=w, scale=D**-0.5, meta_k=None, meta_v=None, meta_bias=None,
-                         chunk_size=64, alpha=alpha)
+        y, _ = tlz.apply_op(q, k, v, fq, fk, g, window=w, scale=D**-0.5, meta_k=None, meta_v=None, meta_bias=None,
+                            chunk_size=64, alpha=alpha)
         y.square().sum().backward()
     finally:
         tlz.POISON = False
@@ -138,6 +178,10 @@ def child() -> None:
     tlz.CFG.update(TILES)
     for seed, (case_name, case) in enumerate(CASES.items()):
         for form in FORMS:
+            errs = state_errors(case, seed, form)
+            print(json.dumps({"case": case_name, "form": form, "variant": "linear-state", "errors": errs}), flush=True)
+    for seed, (case_name, case) in enumerate(CASES.items()):
+        for form in FORMS:
             row = fallback_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "shared-memory-fallback", **row}), flush=True)
     print(json.dumps({"case": "underflow", "form": "paper", "variant": "default", "errors": underflow_finite()}),
@@ -166,6 +210,18 @@ def test_kernels_match_float64_in_the_interpreter(interpreted, case, form, varia
 def test_sum_form_kernels_stay_finite_where_the_normaliser_underflows(interpreted):
     finite = interpreted[("underflow", "paper", "default")]["errors"]
     assert finite and all(finite.values()), finite
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_start_from_a_linear_state_and_return_the_state_they_leave(interpreted, case, form):
+    """State passing on the Triton path: the memory a row starts from enters every chunk's state,
+    the gradients need nothing more for it, and the state after the last token (memory and window)
+    is the torch op's."""
+    errs = interpreted[(case, form, "linear-state")]["errors"]
+    assert set(errs) >= {"y", "final_state", "dq", "dfq", "dfk", "keys", "log_gates"}, errs
+    bad = {k: v for k, v in errs.items() if not v <= 1e-5}
+    assert not bad, f"{case} {form}: {bad}"
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -8,6 +8,7 @@ from lizardlm.ops.lizard import (
     lizard_attention_naive,
     lizard_attention_recurrent,
     lizard_attention_step,
+    linear_state,
 )
 from lizardlm.ops.window import window_attention_chunk, window_attention_naive, window_attention_recurrent
 
@@ -21,6 +22,7 @@ __all__ = [
     "lizard_attention_naive",
     "lizard_attention_recurrent",
     "lizard_attention_step",
+    "linear_state",
     "window_attention_chunk",
     "window_attention_naive",
     "window_attention_recurrent",

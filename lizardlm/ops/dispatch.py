@@ -4,14 +4,15 @@ Call::
 
     y, state = lizard_attention(q, k, v, fq, fk, g, window=w, scale=s, meta_k=mk, meta_v=mv)
 
-* ``backend="auto"`` (default): the Triton path when the inputs are on CUDA, ``triton`` imports,
-  no ``state`` is passed in and ``need_state`` is False; the torch chunked op otherwise.
+* ``backend="auto"`` (default): the Triton path when the inputs are on CUDA, ``triton`` imports
+  and ``state`` is None or a linear state alone (a memory with no window tokens, a constant: what
+  stage 2's state passing hands on); the torch chunked op otherwise (continuing a prefill).
 * ``backend="triton"``: the Triton path or a :class:`BackendError` saying why it cannot run.
 * ``backend="torch"``: always :func:`lizardlm.ops.lizard.lizard_attention_chunk`.
 
 Returns ``(y, state)``. ``state`` is the :class:`LizardState` after the last token when the torch
-path ran (it always computes it) and None when the Triton path ran; ask for it with
-``need_state=True`` (prefill before decoding), which routes to the torch path.
+path ran (it always computes it) or ``need_state=True`` (prefill before decoding, state passing);
+None when the Triton path ran without it.
 """
 
 from __future__ import annotations
@@ -96,25 +97,26 @@ def lizard_attention(
     Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
     fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)`` or None
     (meta_bias alone: sink logits); ``combine`` ``shared`` or ``sum`` (with alpha ``(H,)``).
-    Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path.
+    Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path
+    unless ``need_state``.
     """
     if q.is_cuda and torch.is_autocast_enabled("cuda"):  # run in the autocast dtype, as torch's own ops do
         low = torch.get_autocast_dtype("cuda")
         q, k, v, fq, fk = (x.to(low) for x in (q, k, v, fq, fk))
-    if state is not None:
-        op_refusal = "the Triton backend starts a sequence (state=None); continuing from a state needs backend='torch'"
-    elif need_state:
-        op_refusal = "the Triton backend does not return the recurrent state; need_state=True needs backend='torch'"
+    if state is not None and state.keys.shape[2] > 0:
+        op_refusal = ("the Triton backend starts from no state or a linear state alone (no window tokens); "
+                      "continuing a prefill needs backend='torch'")
+    elif state is not None and state.kv_state.requires_grad:
+        op_refusal = "the Triton backend takes the initial state as a constant; a state that needs a gradient needs backend='torch'"
     else:
         op_refusal = None
     if _use_triton(q, backend, op_refusal):
         from lizardlm.ops.triton import lizard_attention_cuda
 
-        y = lizard_attention_cuda(
+        return lizard_attention_cuda(
             q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
-            combine=combine, alpha=alpha,
+            state=state, need_state=need_state, combine=combine, alpha=alpha,
         )  # chunk_size only changes rounding; the kernels use their own
-        return y, None
     return lizard_attention_chunk(
         q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
         state=state, chunk_size=chunk_size, combine=combine, alpha=alpha,

@@ -23,7 +23,7 @@ or None.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -93,9 +93,11 @@ def _finish(o: torch.Tensor, lin: torch.Tensor, combine: str = "shared", alpha=N
 
 def lizard_attention_naive(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
-    combine: str = "shared", alpha=None,
+    combine: str = "shared", alpha=None, kv_state=None,
 ) -> torch.Tensor:
-    """Reference: the equations above with explicit T x T matrices (no cache)."""
+    """Reference: the equations above with explicit T x T matrices (no cache). ``kv_state``
+    ``(B, H, F, V + 1)``: a linear memory before the first token (no window tokens), which adds
+    ``exp(G_t) fq_t . kv_state`` to ``[N_t, Z_t]``."""
     _check_combine(combine, alpha)
     dtype = compute_dtype(q)
     H, T = q.shape[1], q.shape[2]
@@ -106,6 +108,8 @@ def lizard_attention_naive(
     decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~old, float("-inf")))
     A = fq.to(dtype) @ expand_heads(fk.to(dtype), H).transpose(-1, -2) * decay
     lin = torch.cat([A @ expand_heads(v.to(dtype), H), A.sum(-1, keepdim=True)], dim=-1)
+    if kv_state is not None:
+        lin = lin + torch.exp(G)[..., None] * (fq.to(dtype) @ kv_state.to(dtype))
     return _finish(o, lin, combine, alpha)
 
 
@@ -121,6 +125,13 @@ def empty_state(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fk: torch.Ten
         key_features=fk.new_zeros(B, Hk, 0, fk.shape[-1]),
         log_gates=q.new_zeros(B, H, 0, dtype=dtype),
     )
+
+
+def linear_state(kv_state: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 fk: torch.Tensor) -> LizardState:
+    """A state that holds a linear memory ``kv_state`` ``(B, H, F, V + 1)`` and no window tokens: the
+    history a row starts from under stage 2's state passing (``lizardlm.train.state_passing``)."""
+    return replace(empty_state(q, k, v, fk), kv_state=kv_state)
 
 
 def lizard_attention_chunk(

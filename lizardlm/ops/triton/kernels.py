@@ -84,12 +84,14 @@ def _win_fwd(
 
 @triton.jit
 def _lin_fwd_h(
-    FK, Vv, GL, GW, Hs, HZ,
+    FK, Vv, GL, GW, Hs, HZ, H0, H0Z, HT, HTZ,
     T, TP, H, G, NT,
     W: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
 ):
-    """States entering each chunk: Hs (B*H, NT, F, DV), HZ (B*H, NT, F) (normaliser)."""
+    """States entering each chunk: Hs (B*H, NT, F, DV), HZ (B*H, NT, F) (normaliser); starting from
+    H0 (B*H, F, DV), H0Z (B*H, F) if HAS_H0 (float32), else zero; the state after the last token into
+    HT, HTZ (float32) if STORE_HT."""
     pid_k = tl.program_id(0)
     pid_v = tl.program_id(1)
     pid_bh = tl.program_id(2).to(tl.int64)
@@ -100,8 +102,14 @@ def _lin_fwd_h(
     offs_v = pid_v * BV + tl.arange(0, BV)
     kmask = offs_k < F
     vmask = offs_v < DV
-    S = tl.zeros([BK, BV], dtype=tl.float32)
-    sz = tl.zeros([BK], dtype=tl.float32)
+    st = pid_bh * F * DV + offs_k[:, None] * DV + offs_v[None, :]
+    stmask = kmask[:, None] & vmask[None, :]
+    if HAS_H0:
+        S = tl.load(H0 + st, mask=stmask, other=0.0)
+        sz = tl.load(H0Z + pid_bh * F + offs_k, mask=kmask, other=0.0)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+        sz = tl.zeros([BK], dtype=tl.float32)
     for c in range(0, NT):
         h_ptr = Hs + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :]
         tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=kmask[:, None] & vmask[None, :])
@@ -121,6 +129,10 @@ def _lin_fwd_h(
         eb = tl.exp(bc)
         S = S * eb + tl.dot(tl.trans(kd.to(v.dtype)), v, input_precision=PREC)
         sz = sz * eb + tl.sum(kd, 0)
+    if STORE_HT:  # padded rows past T carry no decay (gl is padded with zeros) and no token
+        tl.store(HT + st, S, mask=stmask)
+        if pid_v == 0:
+            tl.store(HTZ + pid_bh * F + offs_k, sz, mask=kmask)
 
 
 @triton.jit

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
+from lizardlm.ops.lizard import LizardState, empty_state
 from lizardlm.ops.triton import kernels as K
+from lizardlm.ops.utils import compute_dtype
 
 R = TypeVar("R")
 
@@ -145,7 +147,7 @@ def _gates(g: torch.Tensor, shift: int, chunk: int):
     return gl.view(BH, nt * chunk), gw
 
 
-def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
+def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk, final):
     B, H, T, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     G = H // Hk
@@ -168,10 +170,16 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
     NT = TP // chunk
     hs = _empty(BH, NT, Fd, DV, device=q.device, dtype=q.dtype)
     hz = _empty(BH, NT, Fd, device=q.device, dtype=torch.float32)
+    # the state before the first token (float32, (B*H, F, DV + 1)), and the one after the last
+    h0s, h0z = (h0[..., :DV].contiguous(), h0[..., DV].contiguous()) if h0 is not None else (dummy, dummy)
+    f32 = torch.float32
+    hts, htz = (_empty(BH, Fd, DV, device=q.device, dtype=f32), _empty(BH, Fd, device=q.device, dtype=f32)) \
+        if final else (dummy, dummy)
     BK, BV = CFG.get("h_block") or _scan_blocks(BH, Fd, DV, q.device)
     K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
-        fk, v, gl, gw, hs, hz, T, TP, H, G, NT,
-        W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, **_cfg("lin_h", num_warps=4, num_stages=3),
+        fk, v, gl, gw, hs, hz, h0s, h0z, hts, htz, T, TP, H, G, NT,
+        W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, HAS_H0=h0 is not None, STORE_HT=final,
+        **_cfg("lin_h", num_warps=4, num_stages=3),
     )
     y = _empty(*o.shape, device=o.device, dtype=o.dtype)
     yg = _empty(*o.shape, device=o.device, dtype=o.dtype) if alpha is not None else dummy  # sum form: y_gla
@@ -181,7 +189,8 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, chunk):
         W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec,
         SUM=alpha is not None, **_cfg("lin_o", **{"num_warps": 4, "num_stages": 1, **_wide_features(Fd)}),
     )
-    return y, yg if alpha is not None else y, o, lse, gl, gw, hs, hz, zb
+    ht = torch.cat([hts, htz[..., None]], dim=-1) if final else None
+    return y, yg if alpha is not None else y, o, lse, gl, gw, hs, hz, zb, ht
 
 
 def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
@@ -191,21 +200,28 @@ def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
 
 class LizardAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, alpha, window, scale, chunk, g_given):
-        """``alpha`` None: shared form (linear shift w); a float32 ``(H,)`` tensor: sum form (shift 0)."""
+    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, scale, chunk, g_given, final):
+        """``alpha`` None: shared form (linear shift w); a float32 ``(H,)`` tensor: sum form (shift 0).
+        ``h0``: None or the float32 ``(B*H, F, DV + 1)`` linear state before the first token, a constant.
+        Returns y and, if ``final``, the linear state after the last token (else an empty tensor)."""
         ctx.g_dtype = g.dtype
         shift = window if alpha is None else 0
         # a smaller chunk where the output kernel's (chunk x features) tiles exceed shared memory
         key = ("fwd", q.dtype, q.shape[-1], v.shape[-1], fq.shape[-1], chunk, alpha is None)
-        chunk, (y, yz, o, lse, gl, gw, hs, hz, zb) = _first_fitting(
-            key, _halvings(chunk), lambda c: (c, _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, window, shift, scale, c)))
-        # yz: what dZ is formed from: y in the shared form, the linear branch y_gla in the sum form
+        chunk, (y, yz, o, lse, gl, gw, hs, hz, zb, ht) = _first_fitting(
+            key, _halvings(chunk),
+            lambda c: (c, _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, c, final)))
+        # yz: what dZ is formed from: y in the shared form, the linear branch y_gla in the sum form.
+        # hs/hz hold h0's share of every chunk's state, so the backward needs nothing more for it: the
+        # query-side gradients read hs/hz, and d log-decay stays the reverse cumsum of fq.dfq - fk.dfk
         ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb)
         ctx.cfg = (window, shift, scale, chunk, g_given)
-        return y
+        ht = ht if final else y.new_empty(0)
+        ctx.mark_non_differentiable(ht)
+        return y, ht
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, _dht):
         q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
         window, shift, scale, chunk, g_given = ctx.cfg
         summed = alpha is not None
@@ -312,18 +328,24 @@ class LizardAttentionFunction(torch.autograd.Function):
             dmv = dmv.reshape(H, M, DV).to(mv.dtype)
             dmb = dmb.to(mb.dtype)
         dalpha = delta.view(B, H, T).sum((0, 2)) if summed else None
-        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None
+        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None, None, None
 
 
 def lizard_attention_cuda(
-    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state=None,
-    chunk_size: int | None = None, combine: str = "shared", alpha=None,
-) -> torch.Tensor:
-    """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk` for ``state=None``;
-    returns y only. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits
-    when given alone) and alpha (``combine="sum"``)."""
-    if state is not None:
-        raise ValueError("lizard_attention_cuda starts a sequence (state=None); use the torch op to continue one")
+    q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
+    state: LizardState | None = None, need_state: bool = False, chunk_size: int | None = None,
+    combine: str = "shared", alpha=None,
+) -> tuple[torch.Tensor, LizardState | None]:
+    """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk` from no state or from a
+    linear state alone (``state.keys`` empty: a memory and no window, as stage 2's state passing
+    hands on); returns ``(y, state after the last token if need_state else None)``, the state as the
+    torch op builds it. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits
+    when given alone) and alpha (``combine="sum"``); the initial state is a constant."""
+    if state is not None and state.keys.shape[2] > 0:
+        raise ValueError("lizard_attention_cuda continues only from a linear state (no window tokens); "
+                         "use the torch op to continue a prefill")
+    if state is not None and state.kv_state.requires_grad:
+        raise ValueError("lizard_attention_cuda takes the initial state as a constant: detach it, or use the torch op")
     if not q.is_cuda:
         raise ValueError("lizard_attention_cuda needs CUDA tensors")
     if combine not in ("shared", "sum") or (combine == "sum") != (alpha is not None):
@@ -335,13 +357,34 @@ def lizard_attention_cuda(
         raise ValueError(f"chunk_size must be 16, 32, 64 or 128 on the Triton path, got {chunk_size}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    return apply_op(q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
-                    meta_bias=meta_bias, chunk_size=chunk_size, alpha=alpha)
+    y, kv = apply_op(q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
+                     meta_bias=meta_bias, chunk_size=chunk_size, alpha=alpha,
+                     kv_state=state.kv_state if state is not None else None, final=need_state)
+    if not need_state:
+        return y, None
+    return y, state_after(q, k, v, fk, g, kv, window=window, combine=combine)
 
 
-def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias, chunk_size: int, alpha):
+def state_after(q, k, v, fk, g, kv_state, *, window: int, combine: str) -> LizardState:
+    """The :class:`LizardState` after a sequence started from a linear state (or none), as
+    :func:`lizardlm.ops.lizard.lizard_attention_chunk` returns it: ``kv_state`` and the last
+    ``min(T, w)`` tokens (with their features and log-decays in the shared form)."""
+    B, H, T = q.shape[:3]
+    dtype = compute_dtype(q)
+    keep = slice(max(0, T - window), None)
+    empty = empty_state(q, k, v, fk)
+    shared = combine == "shared"
+    gates = (g.to(dtype) if g is not None else q.new_zeros(B, H, T, dtype=dtype))[:, :, keep] if shared else empty.log_gates
+    return LizardState(kv_state.view(B, H, *kv_state.shape[1:]).to(dtype), k[:, :, keep], v[:, :, keep],
+                       fk[:, :, keep] if shared else empty.key_features, gates)
+
+
+def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias, chunk_size: int, alpha,
+             kv_state=None, final: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The autograd function on checked arguments (Triton's CPU interpreter calls this directly):
-    contiguous inputs in q's dtype, zero log-decays for no gate, sink logits as zero-key/value slots."""
+    contiguous inputs in q's dtype, zero log-decays for no gate, sink logits as zero-key/value slots,
+    the initial state ``(B, H, F, V + 1)`` (or None) in float32. Returns y and, if ``final``, the
+    float32 ``(B*H, F, V + 1)`` state after the last token (else None)."""
     B, H, T, D = q.shape
     dt = q.dtype
     k, v, fq, fk = (x.to(dt).contiguous() for x in (k, v, fq, fk))
@@ -358,4 +401,7 @@ def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, m
         meta_bias = q.new_zeros(H, meta_k.shape[-2], dtype=torch.float32)
     mb = meta_bias.contiguous() if has_meta else None
     a = alpha.float().contiguous() if alpha is not None else None
-    return LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, mb, a, window, float(scale), chunk_size, g_given)
+    h0 = kv_state.detach().float().reshape(B * H, *kv_state.shape[2:]).contiguous() if kv_state is not None else None
+    y, ht = LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, mb, a, h0, window, float(scale), chunk_size,
+                                          g_given, final)
+    return y, ht if final else None
