@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lizardlm.ops.lizard import lizard_attention_naive
+from lizardlm.ops.lizard import lizard_attention_chunk, lizard_attention_naive, linear_state
 
 NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias", "alpha")
 FORMS = ("shared", "paper")
@@ -39,6 +39,23 @@ def reference(x: dict, window: int, scale: float, dy: torch.Tensor | None = None
     dy = torch.randn_like(y) if dy is None else dy
     (y * dy).sum().backward()
     return y, dy, ref
+
+
+def reference_from_state(x: dict, s0: torch.Tensor, window: int, scale: float, dy: torch.Tensor):
+    """(y, inputs with .grad, state after the last token): the naive op in float64 started from the
+    linear memory ``s0`` ``(B, H, F, V + 1)``, back-propagated from ``dy``; the state from the float64
+    torch chunked op (the naive op keeps none)."""
+    combine = "shared" if x["alpha"] is None else "sum"
+    ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
+    meta = dict(meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"], alpha=ref["alpha"])
+    y = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=window, scale=scale, combine=combine,
+                               kv_state=s0.double(), **meta)
+    (y * dy).sum().backward()
+    with torch.no_grad():
+        args = [ref[n] for n in NAMES[:6]]
+        start = linear_state(s0.double(), args[0], args[1], args[2], args[4])
+        _, after = lizard_attention_chunk(*args, window=window, scale=scale, combine=combine, state=start, **meta)
+    return y, ref, after
 
 
 def relerr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -11,6 +11,7 @@ from lizardlm.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    probability,
     seed,
     softmax_select,
 )
@@ -44,6 +45,9 @@ def add_parser(subparsers) -> None:
                    help="stage 2's loss over a batch: the mean over its target tokens (tokens, default), or each "
                    "row's mean then the mean over rows (rows: a row of a few answer tokens, as in "
                    "retrieval:...:loss=answers, weighs as much as a row of text, so mixture shares are loss shares)")
+    p.add_argument("--state-passing", type=probability, default=None, metavar="P",
+                   help="stage 2: each row starts, with probability P, from the linear memory the previous batch's "
+                   "row in its slot left (a long history behind the rows, for length generalisation; off by default)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="stage 2 recomputes each decoder layer's activations in the backward: less memory "
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average")
+                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "state_passing")
     }
     try:
         settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), baseline=args.baseline,

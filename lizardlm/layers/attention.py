@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from lizardlm.cache import given_cache
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate, StrengthGate
-from lizardlm.ops import window_attention_chunk
+from lizardlm.ops import linear_state, window_attention_chunk
 from lizardlm.ops.dispatch import lizard_attention, lizard_step
 
 
@@ -24,6 +25,16 @@ def teacher_window(config, layer_idx: int) -> int | None:
     if layer_types is not None:
         return config.sliding_window if layer_types[layer_idx] == "sliding_attention" else None
     return getattr(config, "sliding_window", None)
+
+
+@dataclass
+class StateHandoff:
+    """The linear memory a forward without a cache starts from and the one it leaves (stage 2's state
+    passing, :mod:`lizardlm.train.state_passing`): ``initial`` ``(B, H, F, V + 1)`` or None (no
+    history), a constant; ``final`` the memory after the last token, detached, set by the forward."""
+
+    initial: torch.Tensor | None = None
+    final: torch.Tensor | None = None
 
 
 class LizardAttention(nn.Module):
@@ -42,6 +53,10 @@ class LizardAttention(nn.Module):
     ``capture`` (None by default) is called as ``capture(layer, inputs)`` with the exact inputs of the
     attention op on every forward (``q``, ``k``, ``v``, ``fq``, ``fk``, ``g`` and the op's keyword
     arguments); :mod:`lizardlm.eval.diagnostics` reads them. It changes nothing the layer computes.
+
+    ``handoff`` (None by default, a :class:`StateHandoff` under stage 2's state passing): a forward
+    without a cache starts from ``handoff.initial`` instead of an empty memory (the window starts
+    empty) and stores the memory it leaves in ``handoff.final``.
 
     In *attention transfer* mode (see :func:`attention_transfer`) the layer also computes the
     teacher's softmax attention on the same input, stores ``mse(student, teacher)`` in
@@ -98,6 +113,7 @@ class LizardAttention(nn.Module):
         self.transfer_backward = False
         self.transfer_loss: torch.Tensor | None = None
         self.capture: Callable[[LizardAttention, dict], None] | None = None
+        self.handoff: StateHandoff | None = None
         self.reset_lizard_parameters()
 
     def _new_projections(self, config) -> dict[str, nn.Linear]:
@@ -178,15 +194,20 @@ class LizardAttention(nn.Module):
         cache = given_cache(past_key_values, cache)
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         state = cache_layer.state if cache_layer is not None else None
+        handoff = self.handoff if cache_layer is None else None
+        if handoff is not None and handoff.initial is not None:
+            state = linear_state(handoff.initial, q_win, k_win, v, fk)
         if state is not None and T == 1:
             y, new_state = lizard_step(q_win, k_win, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)
-        else:  # Triton kernels on CUDA when no state is needed (training), torch otherwise
+        else:  # Triton kernels on CUDA from no state or a linear one (training), torch otherwise
             y, new_state = lizard_attention(
                 q_win, k_win, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size,
-                backend=self.lizard.backend, need_state=cache_layer is not None, **kw,
+                backend=self.lizard.backend, need_state=cache_layer is not None or handoff is not None, **kw,
             )
         if cache_layer is not None:
             cache_layer.advance(new_state, T)
+        if handoff is not None:
+            handoff.final = new_state.kv_state.detach()
         out = self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
         if not self.attention_transfer:

@@ -35,6 +35,7 @@ from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir, load_run
 from lizardlm.train.settings import TrainSettings
+from lizardlm.train.state_passing import StatePassing
 from lizardlm.train.sharding import held_fraction, shard_model
 
 logger = logging.getLogger(__name__)
@@ -105,14 +106,21 @@ def _transfer_loss_fn(model):
     return loss_fn
 
 
-def _lm_loss_fn(model, average: str = "tokens"):
+def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = None):
     """Stage 2's loss: next-token cross-entropy over the tokens that carry loss (all but the input-only
     ones), averaged as :attr:`TrainSettings.loss_average` says. ``"tokens"``: their summed loss over
     their count; ``"rows"``: ``mean_r (sum_t l_rt / n_r)`` over the rows with ``n_r > 0`` targets. Counts
     are clamped to at least 1, so a batch without targets gives 0 with a gradient path, and no host
-    sync decides which (a CUDA-graphed step records it once)."""
+    sync decides which (a CUDA-graphed step records it once). ``passing``: the rows start from the
+    memories it hands on (:mod:`lizardlm.train.state_passing`)."""
 
     def loss_fn(batch: torch.Tensor):
+        if passing is None:
+            return rows_loss(batch)
+        with passing.rows(batch):
+            return rows_loss(batch)
+
+    def rows_loss(batch: torch.Tensor):
         ids, labels = inputs_and_labels(batch)
         targets = labels[:, 1:]
         if average == "tokens":
@@ -309,7 +317,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     if "stage2" not in manifest["completed"]:
         t0 = time.perf_counter()
         peft_model.train()
-        loss_fn = _lm_loss_fn(peft_model, settings.loss_average)
+        passing = StatePassing(peft_model, settings.state_passing) if settings.state_passing else None
+        loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA")
         with phase("stage 2 trained"):
             _train(stage, splits.train, run, manifest, train_kw, main)

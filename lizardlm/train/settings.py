@@ -35,6 +35,9 @@ class TrainSettings:
     batch's targets / their count); ``"rows"`` takes each row's mean over its own targets, then the
     mean over the rows that have any, so a row of 40 answer tokens (``retrieval:...:loss=answers``)
     weighs as much as a row of 2,047 text tokens and a mixture's data shares are its loss shares.
+    ``state_passing`` (0: off) is the probability that a stage-2 row starts from the linear memory the
+    previous batch's row in its slot left (:mod:`lizardlm.train.state_passing`): training rows with a
+    long history behind them, for length generalisation.
     """
 
     teacher: str = "smollm2-135m"
@@ -62,6 +65,7 @@ class TrainSettings:
     baseline: str | None = None
     softmax_select: str | None = None
     loss_average: str = "tokens"
+    state_passing: float = 0.0
     lizard: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +99,13 @@ class TrainSettings:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.loss_average not in LOSS_AVERAGES:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
+        if not 0 <= float(self.state_passing) <= 1:
+            raise ValueError(f"state-passing is a probability in [0, 1], got {self.state_passing}")
+        if self.state_passing and self.gradient_checkpointing:
+            raise ValueError("state-passing does not combine with gradient-checkpointing (the backward's recomputed "
+                             "forward would start from an empty memory): drop one")
+        if self.state_passing and self.baseline is not None:
+            raise ValueError(f"state-passing needs Lizard layers; the {self.baseline} baseline has none")
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
         if self.softmax_select is not None:

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 import lizardlm.ops.triton.lizard as tl_lizard  # noqa: E402
-from kernel_check import NAMES, make_inputs, reference, relerr  # noqa: E402
+from kernel_check import NAMES, make_inputs, reference, reference_from_state, relerr  # noqa: E402
 from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-3}
@@ -138,3 +138,39 @@ def test_wide_features(cfg, dtype, head):
     fitted = {k[0]: v for k, v in tl_lizard._FITTING.items() if k[1] == dtype and k[2] == head and k[4] == 512}
     print(f"sizes that fitted: {fitted}")
     assert max(errs.values()) <= TOL[dtype], errs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form, case", [("shared", CASES[0]), ("shared", CASES[4]), ("paper", PAPER_CASES[0]),
+                                        ("paper", PAPER_CASES[3])])
+def test_starts_from_a_linear_state_and_returns_the_state_it_leaves(form, case, dtype):
+    """Stage 2's state passing on the device: a row started from a linear memory, the output and
+    every gradient against float64, and the state it leaves (memory and window) against the float64
+    torch op's."""
+    B, H, Hk, T, D, V, F, w, m, use_g = case
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, 0, device="cuda", form=form)
+    x = {n: (t.to(dtype).float() if t is not None and n not in ("g", "alpha") else t) for n, t in x.items()}
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    s0 = torch.rand(B, H, F, V + 1, generator=gen, device="cuda", dtype=torch.float64) * 3.0
+    dy = torch.randn(B, H, T, V, generator=gen, device="cuda", dtype=torch.float64).to(dtype).double()
+    y_ref, ref, after_ref = reference_from_state(x, s0, w, D**-0.5, dy)
+    inp = {n: (t.to(dtype).requires_grad_() if t is not None and n not in ("g", "alpha") else
+               (t.float().requires_grad_() if t is not None else None)) for n, t in x.items()}
+    from lizardlm.ops import linear_state
+
+    start = linear_state(s0.float(), inp["q"], inp["k"], inp["v"], inp["fk"])
+    tl_lizard.POISON = True
+    try:
+        y, after = lizard_attention(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
+                                    meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], backend="triton",
+                                    combine="shared" if form == "shared" else "sum", alpha=inp["alpha"],
+                                    state=start, need_state=True)
+        (y.double() * dy).sum().backward()
+    finally:
+        tl_lizard.POISON = False
+    errs = {"y": relerr(y, y_ref), "final_state": relerr(after.kv_state, after_ref.kv_state)}
+    errs.update({"d" + n: relerr(inp[n].grad, ref[n].grad) for n in NAMES if inp[n] is not None})
+    assert all(a.shape == b.shape for a, b in zip(after.tensors(), after_ref.tensors()))
+    print("linear state", form, case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
+    assert not bad, f"{form} {case} {dtype}: {bad}"

@@ -1,0 +1,122 @@
+"""Stage 2's state passing (lizardlm.train.state_passing) on a tiny converted Llama, on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lizardlm
+from lizardlm.cache import CACHE_KWARG, LizardCache
+from lizardlm.config import LizardConfig
+from lizardlm.ops import linear_state
+from lizardlm.train import TrainSettings, linearize
+from lizardlm.train.state_passing import StatePassing
+
+LIZARD = {"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}
+
+
+@pytest.fixture(params=["lizard", "paper"])
+def student(request, tiny_llama):
+    config = LizardConfig(mode=request.param, window_size=8, feature_dim=8, chunk_size=8)
+    return lizardlm.convert(tiny_llama, config).eval()
+
+
+def _rows(seed: int, rows: int = 3, length: int = 29) -> torch.Tensor:
+    return torch.randint(0, 500, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _logits_from(model, ids: torch.Tensor, memories: list[torch.Tensor] | None) -> tuple[torch.Tensor, list]:
+    """Logits of ``ids`` through the cached (prefill) path, each Lizard layer's cache starting from
+    ``memories`` (None: empty), and the memories the cache holds after."""
+    cache = LizardCache.for_model(model)
+    if memories is not None:
+        with torch.no_grad():  # the shapes of an empty state, from a throw-away prefill of one token
+            probe = LizardCache.for_model(model)
+            model(ids[:, :1], **{CACHE_KWARG: probe})
+        for layer, probe_layer, memory in zip(cache.layers, probe.layers, memories):
+            s = probe_layer.state
+            layer.state = linear_state(memory, s.keys.new_empty(s.keys.shape[0], memory.shape[1], 0, 1),
+                                       s.keys[:, :, :0], s.values[:, :, :0], s.key_features[:, :, :0])
+    with torch.no_grad():
+        logits = model(ids, **{CACHE_KWARG: cache}).logits
+    return logits, [layer.state.kv_state for layer in cache.layers]
+
+
+def test_rows_start_from_the_memories_the_previous_rows_left(student):
+    """With p = 1: the first batch starts empty and leaves exactly the memories a prefill leaves; the
+    next batch's logits are those of a prefill whose cache starts from those memories, and differ
+    from an empty start."""
+    passing = StatePassing(student, 1.0)
+    first, second = _rows(0), _rows(1)
+    with torch.no_grad():
+        with passing.rows(first):
+            logits_first = student(first, use_cache=False).logits
+        expected_first, left = _logits_from(student, first, None)
+        torch.testing.assert_close(logits_first, expected_first, rtol=1e-5, atol=1e-5)
+        assert len(passing.memories) == 2
+        for memory, prefill_memory in zip(passing.memories, left):
+            torch.testing.assert_close(memory, prefill_memory, rtol=1e-6, atol=1e-6)
+        kept = [m.clone() for m in passing.memories]
+        with passing.rows(second):
+            logits_second = student(second, use_cache=False).logits
+    expected_second, left_second = _logits_from(student, second, kept)
+    torch.testing.assert_close(logits_second, expected_second, rtol=1e-5, atol=1e-5)
+    fresh, _ = _logits_from(student, second, None)
+    assert (logits_second - fresh).abs().max() > 1e-3  # the memory changes what the rows predict
+    for memory, prefill_memory in zip(passing.memories, left_second):
+        torch.testing.assert_close(memory, prefill_memory, rtol=1e-6, atol=1e-6)
+    assert all(layer.handoff is None for layer in passing.layers)  # evaluation starts empty again
+    assert torch.equal(student(second, use_cache=False).logits.detach(), fresh)
+
+
+def test_a_row_not_kept_starts_empty_and_gradients_stay_in_the_row(student):
+    """Rows drawn out (probability near 0 here) start from an empty memory; the loss backpropagates
+    into the model and never into the memories."""
+    passing = StatePassing(student, 1e-9)
+    first, second = _rows(2), _rows(3)
+    with passing.rows(first):
+        student(first, use_cache=False)
+    with passing.rows(second):
+        logits = student(second, use_cache=False).logits
+    fresh, _ = _logits_from(student, second, None)
+    torch.testing.assert_close(logits.detach(), fresh, rtol=1e-5, atol=1e-5)
+    student.train()
+    with passing.rows(second):
+        loss = student(second, labels=second, use_cache=False).loss
+    loss.backward()
+    assert all(not m.requires_grad for m in passing.memories)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_another_batch_size_starts_empty(student):
+    passing = StatePassing(student, 1.0)
+    with torch.no_grad(), passing.rows(_rows(4, rows=3)):
+        student(_rows(4, rows=3), use_cache=False)
+    with torch.no_grad(), passing.rows(_rows(5, rows=2)):
+        logits = student(_rows(5, rows=2), use_cache=False).logits
+    fresh, _ = _logits_from(student, _rows(5, rows=2), None)
+    torch.testing.assert_close(logits, fresh, rtol=1e-5, atol=1e-5)
+    assert passing.memories[0].shape[0] == 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"state_passing": 1.5}, "probability"),
+    ({"state_passing": 0.5, "gradient_checkpointing": True}, "gradient-checkpointing"),
+    ({"state_passing": 0.5, "baseline": "teacher-lora"}, "no Lizard layers|has none"),
+])
+def test_settings_refuse_what_state_passing_cannot_do(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainSettings(**bad)
+
+
+def test_a_run_with_state_passing_trains_and_records_it(tmp_path, teacher_dir, data_file):
+    kw = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=32, batch_size=4, stage1_tokens=32 * 4 * 4,
+              stage2_tokens=32 * 4 * 6, val_tokens=32 * 8, checkpoint_every=3, device="cpu", lizard=LIZARD,
+              state_passing=0.75)
+    summary = linearize(TrainSettings(**kw), tmp_path / "run")
+    assert summary["student_val_loss"] < summary["stage1_val_loss"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["state_passing"] == 0.75
+    model = lizardlm.load(tmp_path / "run")
+    assert all(layer.handoff is None for layer in model.modules() if hasattr(layer, "handoff"))
