@@ -27,6 +27,14 @@ def _rows(seed: int, rows: int = 3, length: int = 29) -> torch.Tensor:
     return torch.randint(0, 500, (rows, length), generator=torch.Generator().manual_seed(seed))
 
 
+def _forward(passing: StatePassing, model, ids: torch.Tensor, **kw):
+    """One training-style forward under state passing: start, forward, keep."""
+    passing.start(ids)
+    out = model(ids, use_cache=False, **kw)
+    passing.keep()
+    return out
+
+
 def _logits_from(model, ids: torch.Tensor, memories: list[torch.Tensor] | None) -> tuple[torch.Tensor, list]:
     """Logits of ``ids`` through the cached (prefill) path, each Lizard layer's cache starting from
     ``memories`` (None: empty), and the memories the cache holds after."""
@@ -47,20 +55,17 @@ def _logits_from(model, ids: torch.Tensor, memories: list[torch.Tensor] | None) 
 def test_rows_start_from_the_memories_the_previous_rows_left(student):
     """With p = 1: the first batch starts empty and leaves exactly the memories a prefill leaves; the
     next batch's logits are those of a prefill whose cache starts from those memories, and differ
-    from an empty start."""
-    passing = StatePassing(student, 1.0)
+    from an empty start; after the context, forwards start empty again."""
     first, second = _rows(0), _rows(1)
-    with torch.no_grad():
-        with passing.rows(first):
-            logits_first = student(first, use_cache=False).logits
+    with torch.no_grad(), StatePassing(student, 1.0) as passing:
+        logits_first = _forward(passing, student, first).logits
         expected_first, left = _logits_from(student, first, None)
         torch.testing.assert_close(logits_first, expected_first, rtol=1e-5, atol=1e-5)
         assert len(passing.memories) == 2
         for memory, prefill_memory in zip(passing.memories, left):
             torch.testing.assert_close(memory, prefill_memory, rtol=1e-6, atol=1e-6)
         kept = [m.clone() for m in passing.memories]
-        with passing.rows(second):
-            logits_second = student(second, use_cache=False).logits
+        logits_second = _forward(passing, student, second).logits
     expected_second, left_second = _logits_from(student, second, kept)
     torch.testing.assert_close(logits_second, expected_second, rtol=1e-5, atol=1e-5)
     fresh, _ = _logits_from(student, second, None)
@@ -68,34 +73,51 @@ def test_rows_start_from_the_memories_the_previous_rows_left(student):
     for memory, prefill_memory in zip(passing.memories, left_second):
         torch.testing.assert_close(memory, prefill_memory, rtol=1e-6, atol=1e-6)
     assert all(layer.handoff is None for layer in passing.layers)  # evaluation starts empty again
-    assert torch.equal(student(second, use_cache=False).logits.detach(), fresh)
+    with torch.no_grad():
+        assert torch.equal(student(second, use_cache=False).logits, fresh)
 
 
 def test_a_row_not_kept_starts_empty_and_gradients_stay_in_the_row(student):
     """Rows drawn out (probability near 0 here) start from an empty memory; the loss backpropagates
     into the model and never into the memories."""
-    passing = StatePassing(student, 1e-9)
     first, second = _rows(2), _rows(3)
-    with passing.rows(first):
-        student(first, use_cache=False)
-    with passing.rows(second):
-        logits = student(second, use_cache=False).logits
-    fresh, _ = _logits_from(student, second, None)
-    torch.testing.assert_close(logits.detach(), fresh, rtol=1e-5, atol=1e-5)
-    student.train()
-    with passing.rows(second):
-        loss = student(second, labels=second, use_cache=False).loss
-    loss.backward()
+    with StatePassing(student, 1e-9) as passing:
+        _forward(passing, student, first)
+        logits = _forward(passing, student, second).logits
+        fresh, _ = _logits_from(student, second, None)
+        torch.testing.assert_close(logits.detach(), fresh, rtol=1e-5, atol=1e-5)
+        student.train()
+        _forward(passing, student, second, labels=second).loss.backward()
     assert all(not m.requires_grad for m in passing.memories)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
+def test_gradient_checkpointing_recomputes_from_the_same_memories(student):
+    """Under activation checkpointing the backward recomputes each layer from the memories its
+    forward started from: the same gradients as without checkpointing."""
+    from lizardlm.train.activations import checkpoint_decoder_layers
+
+    student.train()
+    first, second = _rows(6), _rows(7)
+    grads = []
+    for checkpointed in (False, True):
+        if checkpointed:
+            checkpoint_decoder_layers(student)
+        student.zero_grad(set_to_none=True)
+        with StatePassing(student, 1.0) as passing:
+            with torch.no_grad():
+                _forward(passing, student, first)
+            _forward(passing, student, second, labels=second).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
 def test_another_batch_size_starts_empty(student):
-    passing = StatePassing(student, 1.0)
-    with torch.no_grad(), passing.rows(_rows(4, rows=3)):
-        student(_rows(4, rows=3), use_cache=False)
-    with torch.no_grad(), passing.rows(_rows(5, rows=2)):
-        logits = student(_rows(5, rows=2), use_cache=False).logits
+    with torch.no_grad(), StatePassing(student, 1.0) as passing:
+        _forward(passing, student, _rows(4, rows=3))
+        logits = _forward(passing, student, _rows(5, rows=2)).logits
     fresh, _ = _logits_from(student, _rows(5, rows=2), None)
     torch.testing.assert_close(logits, fresh, rtol=1e-5, atol=1e-5)
     assert passing.memories[0].shape[0] == 2
@@ -103,7 +125,6 @@ def test_another_batch_size_starts_empty(student):
 
 @pytest.mark.parametrize("bad, match", [
     ({"state_passing": 1.5}, "probability"),
-    ({"state_passing": 0.5, "gradient_checkpointing": True}, "gradient-checkpointing"),
     ({"state_passing": 0.5, "baseline": "teacher-lora"}, "no Lizard layers|has none"),
 ])
 def test_settings_refuse_what_state_passing_cannot_do(bad, match):

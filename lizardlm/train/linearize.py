@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,10 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
     def loss_fn(batch: torch.Tensor):
         if passing is None:
             return rows_loss(batch)
-        with passing.rows(batch):
-            return rows_loss(batch)
+        passing.start(batch)
+        loss = rows_loss(batch)
+        passing.keep()
+        return loss
 
     def rows_loss(batch: torch.Tensor):
         ids, labels = inputs_and_labels(batch)
@@ -320,7 +322,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         passing = StatePassing(peft_model, settings.state_passing) if settings.state_passing else None
         loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA")
-        with phase("stage 2 trained"):
+        with phase("stage 2 trained"), passing or nullcontext():
             _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()
         with phase("stage 2 validated"):

@@ -101,9 +101,6 @@ class TrainSettings:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
         if not 0 <= float(self.state_passing) <= 1:
             raise ValueError(f"state-passing is a probability in [0, 1], got {self.state_passing}")
-        if self.state_passing and self.gradient_checkpointing:
-            raise ValueError("state-passing does not combine with gradient-checkpointing (the backward's recomputed "
-                             "forward would start from an empty memory): drop one")
         if self.state_passing and self.baseline is not None:
             raise ValueError(f"state-passing needs Lizard layers; the {self.baseline} baseline has none")
         if self.baseline is not None and self.baseline not in BASELINES:

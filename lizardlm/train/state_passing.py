@@ -9,13 +9,11 @@ with probability p, from the linear memory that the row in its slot of the previ
 about ``p / (1 - p)`` earlier rows on average (decayed by the gates), of other documents, as in a
 long prompt of many. Only the linear memory passes: the window starts each row empty. The validation
 loss and every evaluation start from an empty memory as before. Per slot, per process; after
-``--resume`` the memories start empty.
+``--resume`` the memories start empty. With gradient checkpointing the recomputed forward starts
+from the same memories.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -24,9 +22,12 @@ from lizardlm.layers.attention import LizardAttention, StateHandoff
 
 
 class StatePassing:
-    """Hands each Lizard layer of ``model`` its rows' starting memories for one forward, and keeps
-    the memories they leave for the next (in buffers of fixed address, so a CUDA-graphed step replays
-    it: the first call, before any graph, starts empty and allocates them)."""
+    """Hands each Lizard layer of ``model`` its rows' starting memories and keeps the memories they
+    leave, in buffers of fixed address, so a CUDA-graphed step replays it (the first batch, before any
+    graph, starts empty and allocates them). Use as a context over the training: each step calls
+    :meth:`start` before its forward and :meth:`keep` after it; the layers keep the step's memories
+    until the next :meth:`start` (a backward that recomputes the forward, under gradient
+    checkpointing, reads the same ones) and go back to empty memories when the context ends."""
 
     def __init__(self, model: nn.Module, probability: float) -> None:
         if not 0 < probability <= 1:
@@ -34,28 +35,34 @@ class StatePassing:
         self.layers = [m for m in model.modules() if isinstance(m, LizardAttention)]
         self.probability = probability
         self.memories: list[torch.Tensor] | None = None
+        self.handoffs: list[StateHandoff] = []
 
-    @contextmanager
-    def rows(self, batch: torch.Tensor) -> Iterator[None]:
-        """Within: a forward of ``batch`` (rows first) starts from the passed memories; after it, their
-        final memories are kept. The layers go back to empty memories on leaving."""
+    def __enter__(self) -> "StatePassing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for layer in self.layers:
+            layer.handoff = None
+        self.handoffs = []
+
+    def start(self, batch: torch.Tensor) -> None:
+        """The next forward, of ``batch`` (rows first), starts from the passed memories: each row's
+        with probability p, else an empty one."""
         if self.memories is not None and self.memories[0].shape[0] != batch.shape[0]:
             self.memories = None  # another batch size (eager steps only): start these rows empty
         if self.memories is None:
-            handoffs = [StateHandoff() for _ in self.layers]
+            self.handoffs = [StateHandoff() for _ in self.layers]
         else:
             kept = (torch.rand(batch.shape[0], device=batch.device) < self.probability).view(-1, 1, 1, 1)
-            handoffs = [StateHandoff(memory * kept.to(memory.dtype)) for memory in self.memories]
-        for layer, handoff in zip(self.layers, handoffs):
+            self.handoffs = [StateHandoff(memory * kept.to(memory.dtype)) for memory in self.memories]
+        for layer, handoff in zip(self.layers, self.handoffs):
             layer.handoff = handoff
-        try:
-            yield
-        finally:
-            for layer in self.layers:
-                layer.handoff = None
-        finals = [handoff.final for handoff in handoffs]
-        if any(final is None for final in finals):
-            raise RuntimeError("state passing: a Lizard layer ran no forward without a cache")
+
+    def keep(self) -> None:
+        """Keep the memories the forward since :meth:`start` left, for the next batch's rows."""
+        finals = [handoff.final for handoff in self.handoffs]
+        if not finals or any(final is None for final in finals):
+            raise RuntimeError("state passing: keep() without a forward of every Lizard layer since start()")
         if self.memories is None:
             self.memories = [final.clone() for final in finals]
         else:
