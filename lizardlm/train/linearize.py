@@ -122,6 +122,9 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
         passing.keep()
         return loss
 
+    if passing is not None:
+        loss_fn.snapshot = passing.snapshot  # a CUDA-graphed step puts the memories back after its warm-up
+
     def rows_loss(batch: torch.Tensor):
         ids, labels = inputs_and_labels(batch)
         targets = labels[:, 1:]

@@ -15,6 +15,8 @@ from the same memories.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -57,6 +59,22 @@ class StatePassing:
             self.handoffs = [StateHandoff(memory * kept.to(memory.dtype)) for memory in self.memories]
         for layer, handoff in zip(self.layers, self.handoffs):
             layer.handoff = handoff
+
+    def snapshot(self) -> Callable[[], None]:
+        """A function that puts the memories back to what they are now; memories not yet made (no
+        batch so far) go back to zero, which starts a row exactly as an empty memory does. A
+        CUDA-graphed step calls it around its warm-up steps (:class:`~lizardlm.train.step.GraphedStep`)."""
+        saved = None if self.memories is None else [m.clone() for m in self.memories]
+
+        @torch.no_grad()
+        def restore() -> None:
+            for i, memory in enumerate(self.memories or []):
+                if saved is None:
+                    memory.zero_()
+                else:
+                    memory.copy_(saved[i])
+
+        return restore
 
     def keep(self) -> None:
         """Keep the memories the forward since :meth:`start` left, for the next batch's rows."""

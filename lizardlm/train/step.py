@@ -9,8 +9,9 @@ replays it, so the host only copies the next batch in and reads the loss back:
 * the batch lives in one static buffer; the learning rate in a tensor that the scheduler fills in
   place (``capturable`` AdamW reads it on the device);
 * before recording, warm-up steps on a side stream compile the Triton kernels and build the
-  optimizer's state; the parameters and that state are then put back exactly as they were, so a
-  graphed run takes the same steps as an eager one;
+  optimizer's state; the parameters and that state are then put back exactly as they were (and a
+  ``loss_fn`` that carries state between batches puts its own back: ``loss_fn.snapshot()``, if it
+  has one, returns the function that does), so a graphed run takes the same steps as an eager one;
 * the loss and the ``extra`` metrics stay tensors inside the graph and are read after each replay;
   a non-finite loss is found after the update has run: the run then stops (as in eager mode) and
   ``--resume`` goes on from the last checkpoint, whose parameters were finite;
@@ -137,6 +138,7 @@ class GraphedStep(EagerStep):
             if not torch.is_tensor(group["lr"]):
                 group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
         restore = snapshot(self.params, self.optimizer)
+        restore_loss_state = getattr(self.loss_fn, "snapshot", lambda: lambda: None)()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         try:
@@ -147,6 +149,7 @@ class GraphedStep(EagerStep):
         finally:
             torch.cuda.current_stream(device).wait_stream(side)
             restore()  # also after a failed warm-up: its updates must not count
+            restore_loss_state()
         torch.cuda.empty_cache()  # the warm-up's cached blocks are not the graph's pool: hand them back first
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes fresh gradients each replay
         self.graph = torch.cuda.CUDAGraph()

@@ -82,6 +82,34 @@ def test_graphed_stage_steps_match_eager_steps(tiny_llama, mode):
     assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["lizard", "paper"])
+def test_graphed_steps_with_state_passing_match_eager_steps(tiny_llama, mode):
+    """Stage 2 with every row starting from the previous batch's memories (p = 1: no random draw, so
+    the two runs see the same memories): the graph replays the memory hand-over (fixed buffers), and
+    its warm-up steps leave no memory behind."""
+    from peft import LoraConfig, get_peft_model
+
+    from lizardlm.train.state_passing import StatePassing
+
+    model = lizardlm.convert(tiny_llama, lizardlm.LizardConfig(**{**LIZARD, "mode": mode})).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    batches = [torch.randint(0, model.config.vocab_size, (4, 128), generator=gen, device="cuda") for _ in range(5)]
+    model.requires_grad_(False).train()
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora = [p for p in peft_model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in lora]
+    results = []
+    for kind in (EagerStep, GraphedStep):
+        with torch.no_grad():
+            for p, p0 in zip(lora, start):
+                p.copy_(p0)
+        with StatePassing(peft_model, 1.0) as passing:
+            results.append(_losses(kind, _lm_loss_fn(peft_model, "rows", passing), lora, batches, backward=True)[0])
+    (eager, graphed) = results
+    assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
+
+
 @pytest.fixture
 def float32_linearize(monkeypatch):
     """``linearize`` without bf16 autocast on CUDA (module docstring)."""
