@@ -543,6 +543,29 @@ def mqar_window(path: Path) -> str:
     return "\n".join(out)
 
 
+def state_passing(path: Path) -> str:
+    """``state_passing_pilot.py``: perplexity by position on held-out books, teacher and both students."""
+    d = json.loads(path.read_text())
+    s, curves = d["settings"], d["longppl"]
+    first = next(iter(curves.values()))
+    spans = list(zip(first["bucket_start"], first["bucket_end"]))
+    out = [
+        f"State passing, CPU pilot, {d['device']} (`{path.name}`): the embedded teacher, `lizardlm linearize "
+        f"{s['recipe']}`, {s['stage1_tokens']:,} + {s['stage2_tokens']:,} tokens of 256-token rows, without and "
+        f"with `--state-passing {s['state_passing']:g}` (the same data, order and seed). Perplexity by position "
+        f"on {first['windows']} held-out long-docs books of {s['eval_len']:,} tokens (the training rows are 256); "
+        "val ppl: the Alpaca-cleaned validation rows, each from an empty memory.",
+        "",
+        "| model | val ppl | " + " | ".join(f"{a}-{b}" for a, b in spans) + " |",
+        "|---|---:|" + "---:|" * len(spans),
+    ]
+    teacher_val = next(iter(d["runs"].values()))["summary"]["teacher_val_ppl"]
+    for name, c in curves.items():
+        val = teacher_val if name == "teacher" else d["runs"][name]["summary"]["student_val_ppl"]
+        out.append(f"| {name} | {val:.2f} | " + " | ".join(f"{p:.1f}" for p in c["ppl"]) + " |")
+    return "\n".join(out)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -573,6 +596,8 @@ def main() -> None:
         parts.append(passkey(path))
     for path in sorted(RESULTS.glob("mqar-window-*.json")):
         parts.append(mqar_window(path))
+    for path in sorted(RESULTS.glob("state-passing-pilot-*.json")):
+        parts.append(state_passing(path))
     for path in sorted(RESULTS.glob("toy-needle-*.json")):
         parts.append(toy_grid(path) if path.stem.startswith("toy-needle-grid") else toy_needle(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
