@@ -42,14 +42,16 @@ def _losses(kind, loss_fn, params, batches, backward):
     return losses, [p.detach().clone() for p in params]
 
 
-def _eager_then_graphed(loss_fn, params, batches, backward):
-    """``_losses`` of eager and graphed steps, each from the same starting weights."""
+def _eager_then_graphed(loss_fn, params, batches, backward, reset=lambda: None):
+    """``_losses`` of eager and graphed steps, each from the same starting weights (and ``reset()``: the
+    loss's own state, if it keeps one)."""
     start = [p.detach().clone() for p in params]
     results = []
     for kind in (EagerStep, GraphedStep):
         with torch.no_grad():
             for p, p0 in zip(params, start):
                 p.copy_(p0)
+        reset()
         results.append(_losses(kind, loss_fn, params, batches, backward))
     return results
 
@@ -98,15 +100,9 @@ def test_graphed_steps_with_state_passing_match_eager_steps(tiny_llama, mode):
     torch.manual_seed(0)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     lora = [p for p in peft_model.parameters() if p.requires_grad]
-    start = [p.detach().clone() for p in lora]
-    results = []
-    for kind in (EagerStep, GraphedStep):
-        with torch.no_grad():
-            for p, p0 in zip(lora, start):
-                p.copy_(p0)
-        with StatePassing(peft_model, 1.0) as passing:
-            results.append(_losses(kind, _lm_loss_fn(peft_model, "rows", passing), lora, batches, backward=True)[0])
-    (eager, graphed) = results
+    with StatePassing(peft_model, 1.0) as passing:
+        (eager, _), (graphed, _) = _eager_then_graphed(_lm_loss_fn(peft_model, "rows", passing), lora, batches,
+                                                       backward=True, reset=lambda: setattr(passing, "memories", None))
     assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
 
 
