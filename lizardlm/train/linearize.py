@@ -35,8 +35,8 @@ from lizardlm.train.loop import MetricsLog, Stage, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir, load_run
 from lizardlm.train.settings import TrainSettings
-from lizardlm.train.state_passing import StatePassing
 from lizardlm.train.sharding import held_fraction, shard_model
+from lizardlm.train.state_passing import StatePassing
 
 logger = logging.getLogger(__name__)
 
