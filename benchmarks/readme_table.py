@@ -552,7 +552,7 @@ def state_passing(path: Path) -> str:
     out = [
         f"State passing, CPU pilot, {d['device']} (`{path.name}`): the embedded teacher, `lizardlm linearize "
         f"{s['recipe']}`, {s['stage1_tokens']:,} + {s['stage2_tokens']:,} tokens of 256-token rows, without and "
-        f"with `--state-passing {s['state_passing']:g}` (the same data, order and seed). Perplexity by position "
+        f"with `--state-passing P` for P = {', '.join(str(s['state_passing']).split(','))} (the same data, order and seed). Perplexity by position "
         f"on {first['windows']} held-out long-docs books of {s['eval_len']:,} tokens (the training rows are 256); "
         "val ppl: the Alpaca-cleaned validation rows, each from an empty memory.",
         "",

@@ -42,4 +42,4 @@ def test_readme_table_has_a_row_per_model_with_its_validation_perplexity(tmp_pat
     rows = [line for line in table.splitlines() if line.startswith("| ") and "model" not in line]
     assert rows == ["| teacher | 10.00 | 20.0 | 20.0 | 20.0 |", "| no-passing | 6.00 | 30.0 | 32.0 | 40.0 |",
                     "| passing-0.9 | 6.50 | 30.0 | 31.0 | 34.0 |"]
-    assert "--state-passing 0.9" in table and "0-128 | 128-256 | 256-512" in table
+    assert "`--state-passing P` for P = 0.9" in table and "0-128 | 128-256 | 256-512" in table
