@@ -74,3 +74,24 @@ def test_step_on_cpu_is_the_torch_step_and_triton_refuses():
     assert torch.equal(y, y_ref) and all(torch.equal(a, b) for a, b in zip(s.tensors(), s_ref.tensors()))
     with pytest.raises(BackendError, match="CUDA"):
         lizard_step(*last.values(), backend="triton", **kw)
+
+
+def test_triton_refuses_a_state_with_window_tokens_or_one_that_needs_a_gradient():
+    """The Triton op starts from no state or a linear state alone, a constant; the dispatcher routes the
+    rest to torch, and the Triton entry point refuses them in one line."""
+    from lizardlm.ops import linear_state
+    from lizardlm.ops.dispatch import state_refusal
+
+    x = _inputs(T=12)
+    _, prefilled = _call(x, need_state=True)
+    memory = linear_state(prefilled.kv_state, x["q"], x["k"], x["v"], x["fk"])
+    needs_grad = linear_state(prefilled.kv_state.clone().requires_grad_(), x["q"], x["k"], x["v"], x["fk"])
+    assert state_refusal(None) is None and state_refusal(memory) is None
+    assert "continuing a prefill needs backend='torch'" in state_refusal(prefilled)
+    assert "as a constant" in state_refusal(needs_grad)
+    pytest.importorskip("triton")
+    from lizardlm.ops.triton import lizard_attention_cuda
+
+    for state, match in ((prefilled, "no window tokens"), (needs_grad, "as a constant")):
+        with pytest.raises(ValueError, match=match):
+            lizard_attention_cuda(x["q"], x["k"], x["v"], x["fq"], x["fk"], x["g"], window=8, scale=0.25, state=state)

@@ -59,6 +59,19 @@ def _triton_refusal(q: torch.Tensor) -> str | None:
     return None
 
 
+def state_refusal(state: LizardState | None) -> str | None:
+    """Why the Triton op cannot start from ``state`` (None: it can). It starts from no state or from a
+    linear state alone (no window tokens), which it takes as a constant."""
+    if state is None:
+        return None
+    if state.keys.shape[2] > 0:
+        return ("the Triton backend starts from no state or a linear state alone (no window tokens); "
+                "continuing a prefill needs backend='torch'")
+    if state.kv_state.requires_grad:
+        return "the Triton backend takes the initial state as a constant; a state that needs a gradient needs backend='torch'"
+    return None
+
+
 def _use_triton(q: torch.Tensor, backend: str, op_refusal: str | None = None) -> bool:
     """Whether to take the Triton path: ``backend`` allows it and neither the inputs nor the op's own
     ``op_refusal`` rule it out. ``backend='triton'`` that cannot run raises a :class:`BackendError`."""
@@ -103,14 +116,7 @@ def lizard_attention(
     if q.is_cuda and torch.is_autocast_enabled("cuda"):  # run in the autocast dtype, as torch's own ops do
         low = torch.get_autocast_dtype("cuda")
         q, k, v, fq, fk = (x.to(low) for x in (q, k, v, fq, fk))
-    if state is not None and state.keys.shape[2] > 0:
-        op_refusal = ("the Triton backend starts from no state or a linear state alone (no window tokens); "
-                      "continuing a prefill needs backend='torch'")
-    elif state is not None and state.kv_state.requires_grad:
-        op_refusal = "the Triton backend takes the initial state as a constant; a state that needs a gradient needs backend='torch'"
-    else:
-        op_refusal = None
-    if _use_triton(q, backend, op_refusal):
+    if _use_triton(q, backend, state_refusal(state)):
         from lizardlm.ops.triton import lizard_attention_cuda
 
         return lizard_attention_cuda(

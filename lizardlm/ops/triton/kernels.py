@@ -112,7 +112,7 @@ def _lin_fwd_h(
         sz = tl.zeros([BK], dtype=tl.float32)
     for c in range(0, NT):
         h_ptr = Hs + (pid_bh * NT + c) * F * DV + offs_k[:, None] * DV + offs_v[None, :]
-        tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=kmask[:, None] & vmask[None, :])
+        tl.store(h_ptr, S.to(Hs.dtype.element_ty), mask=stmask)
         if pid_v == 0:
             tl.store(HZ + (pid_bh * NT + c) * F + offs_k, sz, mask=kmask)
         offs_t = c * BT + tl.arange(0, BT)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
+from lizardlm.ops.dispatch import state_refusal
 from lizardlm.ops.lizard import LizardState, empty_state
 from lizardlm.ops.triton import kernels as K
 from lizardlm.ops.utils import compute_dtype
@@ -341,11 +342,9 @@ def lizard_attention_cuda(
     hands on); returns ``(y, state after the last token if need_state else None)``, the state as the
     torch op builds it. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits
     when given alone) and alpha (``combine="sum"``); the initial state is a constant."""
-    if state is not None and state.keys.shape[2] > 0:
-        raise ValueError("lizard_attention_cuda continues only from a linear state (no window tokens); "
-                         "use the torch op to continue a prefill")
-    if state is not None and state.kv_state.requires_grad:
-        raise ValueError("lizard_attention_cuda takes the initial state as a constant: detach it, or use the torch op")
+    refusal = state_refusal(state)
+    if refusal is not None:
+        raise ValueError(refusal)
     if not q.is_cuda:
         raise ValueError("lizard_attention_cuda needs CUDA tensors")
     if combine not in ("shared", "sum") or (combine == "sum") != (alpha is not None):
