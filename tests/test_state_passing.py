@@ -161,3 +161,14 @@ def test_a_run_with_state_passing_trains_and_records_it(tmp_path, teacher_dir, d
     assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["state_passing"] == 0.75
     model = lizardlm.load(tmp_path / "run")
     assert all(layer.handoff is None for layer in model.modules() if hasattr(layer, "handoff"))
+
+
+def test_state_passing_refuses_a_probability_outside_0_1_and_keep_without_a_forward(student):
+    with pytest.raises(ValueError, match=r"probability in \(0, 1\]"):
+        StatePassing(student, 0.0)
+    with StatePassing(student, 0.5) as passing:
+        with pytest.raises(RuntimeError, match="keep\\(\\) without a forward"):
+            passing.keep()
+        passing.start(_rows(10))
+        with pytest.raises(RuntimeError, match="keep\\(\\) without a forward"):
+            passing.keep()
