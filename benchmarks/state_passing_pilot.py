@@ -1,14 +1,17 @@
 """Does state passing keep a student's perplexity flat past its training length? A small CPU pilot.
 
 The same short-row recipe on the embedded teacher without and with stage 2's ``--state-passing P``
-(one run per P) (every other setting, the data and the seed equal), then perplexity by position
+(one run per P and data spec; every other setting and the seed equal), then perplexity by position
 on held-out long-docs books to ``--eval-len`` tokens (16x the training rows by default), teacher
-beside both::
+beside them::
 
-    python benchmarks/state_passing_pilot.py --out benchmarks/results   # ~40 min on 2 cores
+    python benchmarks/state_passing_pilot.py --out benchmarks/results   # ~35 min a run on 2 cores
+    python benchmarks/state_passing_pilot.py --data alpaca-cleaned,long-docs@train --state-passing 0.9,0.5
 
-writes ``<out>/state-passing-pilot-cpu.json`` (``{"device", "settings", "runs": {"<name>": {"linearize",
-"summary"}}, "longppl": {"<name>": {"bucket_start", "bucket_end", "ppl"}}}``) and a plot beside it.
+writes ``<out>/state-passing-pilot-cpu.json`` (``{"device", "settings", "runs": {"<data>/<name>": {"data",
+"linearize", "summary"}}, "longppl": {"<name>": {"bucket_start", "bucket_end", "ppl"}}}``) and a plot
+beside it. ``long-docs@train`` is the books the evaluation does not read: long coherent documents,
+against Alpaca-cleaned's short examples packed into rows.
 Rows are short (256 tokens, window 32, gate 0.999: half-life ~700 tokens) so that 16x the
 training length fits a CPU; the H200 runs use 2K rows.
 """
@@ -24,15 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPE = ["--teacher", "smollm2-135m", "--data", "alpaca-cleaned", "--preset", "cpu-demo", "--seq-len", "256",
+RECIPE = ["--teacher", "smollm2-135m", "--preset", "cpu-demo", "--seq-len", "256",
           "--batch-size", "8", "--val-tokens", "8192", "--window-size", "32", "--feature-dim", "64",
           "--gate-init", "0.999", "--write-gate", "head", "--stage2-train-lizard", "--device", "cpu"]
 
 
-def train(out: Path, name: str, stage1: int, stage2: int, extra: list[str]) -> dict:
-    """``lizardlm linearize`` into ``out/name`` (resumed if cut, kept if finished); its command,
-    seconds and validation results."""
-    cmd = [sys.executable, "-m", "lizardlm", "linearize", *RECIPE, "--stage1-tokens", str(stage1),
+def train(out: Path, name: str, data: str, stage1: int, stage2: int, extra: list[str]) -> dict:
+    """``lizardlm linearize`` on ``data`` into ``out/name`` (resumed if cut, kept if finished); its
+    command, seconds and validation results."""
+    cmd = [sys.executable, "-m", "lizardlm", "linearize", *RECIPE, "--data", data, "--stage1-tokens", str(stage1),
            "--stage2-tokens", str(stage2), "--out", str(out / name), *extra]
     if not (out / name / "summary.json").exists():
         done = subprocess.run(cmd + (["--resume"] if (out / name / "run.json").exists() else []),
@@ -40,7 +43,7 @@ def train(out: Path, name: str, stage1: int, stage2: int, extra: list[str]) -> d
         if done.returncode != 0:
             sys.exit(f"{name}: lizardlm linearize failed:\n{done.stderr[-2000:]}")
     summary = json.loads((out / name / "summary.json").read_text())
-    return {"linearize": " ".join(cmd[2:]), "train_seconds": round(summary["stage1_seconds"] + summary["stage2_seconds"], 1),
+    return {"data": data, "linearize": " ".join(cmd[2:]), "train_seconds": round(summary["stage1_seconds"] + summary["stage2_seconds"], 1),
             "summary": {k: v for k, v in summary.items() if k.endswith(("val_loss", "val_ppl"))}}
 
 
@@ -61,12 +64,15 @@ def plot(curves: dict, train_len: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     teacher = curves["teacher"]
+    students = [name for name in curves if name != "teacher"]
+    datas = list(dict.fromkeys(name.rpartition("/")[0] for name in students))
+    passings = list(dict.fromkeys(name.rpartition("/")[2] for name in students))
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, c in curves.items():
-        if name == "teacher":
-            continue
+    for name in students:
+        c, (data, _, passing) = curves[name], name.rpartition("/")
         mids = [(s + e) / 2 for s, e in zip(c["bucket_start"], c["bucket_end"])]
-        ax.plot(mids, [p / t for p, t in zip(c["ppl"], teacher["ppl"])], marker="o", label=name)
+        ax.plot(mids, [p / t for p, t in zip(c["ppl"], teacher["ppl"])], marker="o", label=name,
+                color=f"C{passings.index(passing)}", ls=["-", "--", ":", "-."][datas.index(data) % 4])
     ax.axvline(train_len, color="grey", ls=":", label=f"training rows ({train_len})")
     ax.set(xscale="log", xlabel="position (tokens)", ylabel="perplexity / teacher's",
            title="Held-out books by position: state passing against none (CPU pilot)")
@@ -80,6 +86,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--work", default="/tmp/state-passing-pilot", help="run directories (resumed if present)")
+    p.add_argument("--data", default="alpaca-cleaned", help="comma-separated data specs, each trained without and with state passing")
     p.add_argument("--state-passing", default="0.9", help="comma-separated probabilities, one run each")
     p.add_argument("--stage1-tokens", type=int, default=65_536)
     p.add_argument("--stage2-tokens", type=int, default=196_608)
@@ -100,11 +107,12 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    runs = {"no-passing": [], **{f"passing-{float(p):g}": ["--state-passing", p] for p in args.state_passing.split(",")}}
+    passings = {"no-passing": [], **{f"passing-{float(p):g}": ["--state-passing", p] for p in args.state_passing.split(",")}}
+    runs = {f"{data}/{name}": (data, extra) for data in args.data.split(",") for name, extra in passings.items()}
     settings = {k: v for k, v in vars(args).items() if k != "plot_only"}
     result = {"device": "cpu", "settings": {**settings, "recipe": " ".join(RECIPE)}, "runs": {}, "longppl": {}}
-    for name, extra in runs.items():
-        result["runs"][name] = train(work, name, args.stage1_tokens, args.stage2_tokens, extra)
+    for name, (data, extra) in runs.items():
+        result["runs"][name] = train(work, name, data, args.stage1_tokens, args.stage2_tokens, extra)
         print(name, result["runs"][name], file=sys.stderr, flush=True)
     for name, ref in {"teacher": "smollm2-135m", **{n: str(work / n) for n in runs}}.items():
         model, tokenizer = load_any(ref)

@@ -20,6 +20,7 @@ from lizardlm.data import (
     sample_teacher_corpus,
 )
 from lizardlm.data import sources, teacher_samples
+from lizardlm.data.sources import held_out_split
 from lizardlm.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -87,6 +88,28 @@ def test_named_sets(shared_dir):
     assert len(load_documents("tinyshakespeare")) == 1
     with pytest.raises(DataError, match="wikitext-2/test.txt not found"):
         load_documents("wikitext2-test")
+
+
+def test_held_out_parts(tmp_path):
+    """``@train`` / ``@eval``: the documents without the last tenth, and that tenth, in file order."""
+    path = tmp_path / "books.jsonl"
+    n = 23  # held-out tenth: the last 2
+    path.write_text("".join(json.dumps({"text": f"book {i}"}) + "\n" for i in range(n)), encoding="utf-8")
+    assert _texts(load_documents(f"{path}@eval")) == [f"book {i}" for i in (21, 22)]
+    assert _texts(load_documents(f"{path}@train")) == [f"book {i}" for i in range(21)]
+    assert len(held_out_split(load_documents(str(path))[:2], "eval")) == 1
+
+
+def test_held_out_parts_refusals(tmp_path, shared_dir):
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "only"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="at least 2 documents"):
+        load_documents(f"{one}@train")
+    with pytest.raises(DataError, match="must be one of train, eval"):
+        held_out_split(load_documents("wikitext2-valid"), "test")
+    with pytest.raises(DataError, match="no such file"):
+        load_documents(f"{tmp_path / 'absent.jsonl'}@eval")
+    assert len(load_documents("wikitext2-valid@train")) == 2  # a shared set's name takes a part too
 
 
 # --- local files ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 from lizardlm.data import build_splits, load_documents, pack_tokens
 from lizardlm.data.mixture import parse_mixture
 from lizardlm.data.packing import IGNORE_INDEX, inputs_and_labels, without_loss
-from lizardlm.data.retrieval import QUESTIONS, WORDINGS, FillerPool, filler_split, make_example, parse_spec
+from lizardlm.data.retrieval import QUESTIONS, WORDINGS, FillerPool, make_example, parse_spec
 from lizardlm.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -174,7 +174,7 @@ def test_without_loss_round_trip():
     assert torch.equal(back, ids) and torch.equal(labels, torch.where(targets, ids, IGNORE_INDEX))
 
 
-def test_seeded_and_filler_split(books, tiny_tokenizer):
+def test_seeded_and_held_out_filler(books, tiny_tokenizer):
     first = load_documents(_spec(books), tokenizer=tiny_tokenizer)
     again = load_documents(_spec(books), tokenizer=tiny_tokenizer)
     other = load_documents(_spec(books).replace("seed=1", "seed=2"), tokenizer=tiny_tokenizer)
@@ -183,8 +183,7 @@ def test_seeded_and_filler_split(books, tiny_tokenizer):
     assert not any("BOOK9" in doc.text for doc in first)  # the held-out tenth never fills training documents
     held_out = load_documents(_spec(books, ":split=eval"), tokenizer=tiny_tokenizer)
     assert not any(f"BOOK{i}" in doc.text for doc in held_out for i in range(9))
-    titles = [doc.text[:6] for doc in filler_split(load_documents(str(books)), "eval")]
-    assert titles == ["BOOK9 "]
+    assert [doc.text[:6] for doc in load_documents(f"{books}@eval")] == ["BOOK9 "]
 
 
 def test_keys_and_depths(books, tiny_tokenizer):

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--teacher", default=None, help="smollm2-135m (embedded, default), a local HF dir, a .gguf, or a hub id")
     p.add_argument("--data", default=None, help="default | wikitext2-valid | tinyshakespeare | alpaca-cleaned | long-docs | FILE/DIR | hf:NAME | "
-                   "teacher-samples | retrieval[:KEY=VALUE]... | mix:SPEC=WEIGHT,... (see lizardlm.data)")
+                   "teacher-samples | retrieval[:KEY=VALUE]... | mix:SPEC=WEIGHT,...; SPEC@train / SPEC@eval: without / only "
+                   "the held-out tenth of its documents (see lizardlm.data)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None)
     p.add_argument("--stage1-tokens", type=non_negative_int, default=None)

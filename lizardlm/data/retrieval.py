@@ -14,7 +14,7 @@ phrase twice and the answer is the later binding), ``keys`` (5 passkeys per docu
 ``key-tokens`` (5-8: the length of each key in tokens, drawn uniformly), ``seed`` (0), ``filler``
 (``long-docs``: the Gutenberg books of the shared data directory, or any data spec), ``split``
 (``train``: the filler documents without the held-out tenth; ``eval``: only the held-out tenth,
-see :func:`filler_split`), ``loss`` (``all`` or ``answers``, below), ``template`` (``numbered``,
+see :func:`lizardlm.data.sources.held_out_split`), ``loss`` (``all`` or ``answers``, below), ``template`` (``numbered``,
 below, or ``varied``: each document draws one of :data:`WORDINGS` for its needles and answers and
 one of :data:`QUESTIONS`, so that a lookup is not learned as one sentence; none of them uses the
 evaluation template's words), ``needles`` (``passkeys``, the paper's digit keys behind a numbered
@@ -61,7 +61,7 @@ from typing import Any
 import torch
 
 from lizardlm.data.packing import without_loss
-from lizardlm.data.sources import Document, load_documents
+from lizardlm.data.sources import Document, held_out_split, load_documents
 from lizardlm.errors import CheckpointError, DataError
 
 QUESTION = "\n\nWhat are the passkeys hidden in the text?"
@@ -159,15 +159,6 @@ def parse_spec(spec: str) -> RetrievalSpec:
         except ValueError:
             raise DataError(f"data spec {spec!r}: {key} must be a whole number{' or LO-HI' if key == 'key-tokens' else ''}, got {value!r}") from None
     return RetrievalSpec(**values)
-
-
-def filler_split(documents: list[Document], split: str) -> list[Document]:
-    """The held-out tenth (``eval``: the last ``max(1, n // 10)`` documents in file order; for
-    ``long-docs`` the last 10 books, among them the 4 of the PG-19 test split) or the rest (``train``)."""
-    if len(documents) < 2:
-        raise DataError("retrieval filler needs at least 2 documents: one to train on, one held out")
-    cut = len(documents) - max(1, len(documents) // 10)
-    return documents[cut:] if split == "eval" else documents[:cut]
 
 
 @dataclass
@@ -353,7 +344,7 @@ def retrieval_documents(spec: str, tokenizer: Any) -> list[Document]:
     if tokenizer is None:
         raise DataError(f"data spec {spec!r} is generated in tokens: pass a tokenizer")
     params = parse_spec(spec)
-    pool = FillerPool(filler_split(load_documents(params.filler), params.split), tokenizer)
+    pool = FillerPool(held_out_split(load_documents(params.filler), params.split), tokenizer)
     words = pair_words(tokenizer) if params.needles == "pairs" else None
     rng = random.Random(params.seed)
     docs = []

@@ -11,7 +11,10 @@ A spec is one of
   ``.parquet`` (same columns), or a directory of such files (searched recursively);
 * ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face ``datasets`` dataset (split defaults to ``split``);
 * ``teacher-samples[:N]``: N texts sampled from the teacher, which must be passed as ``teacher=(model, tokenizer)``;
-* ``retrieval[:KEY=VALUE]...``: synthetic passkey documents (:mod:`lizardlm.data.retrieval`).
+* ``retrieval[:KEY=VALUE]...``: synthetic passkey documents (:mod:`lizardlm.data.retrieval`);
+* any of the above but ``hf:`` and ``retrieval`` followed by ``@train`` or ``@eval``: its documents without
+  the held-out tenth, or only that tenth (:func:`held_out_split`; ``long-docs@train`` trains on the 90
+  books that the long-document evaluation does not read).
 
 ``mix:SPEC=WEIGHT,...`` mixtures are packed by :func:`lizardlm.data.packing.build_splits`.
 """
@@ -45,6 +48,7 @@ SAMPLES_DIR = Path(__file__).parent / "samples"
 SAMPLE_FILES = {"wikitext2-valid": "wikitext2-valid.txt", "tinyshakespeare": "tinyshakespeare.txt"}
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 DEFAULT_TEACHER_SAMPLES = 256
+HELD_OUT_PARTS = ("train", "eval")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ def load_documents(
     ``hf:`` specs; ``teacher`` is the ``(model, tokenizer)`` that ``teacher-samples`` specs sample from.
     """
     spec = spec.strip()
+    base, _, part = spec.rpartition("@")
+    if part in HELD_OUT_PARTS and base and not base.startswith(("hf:", "retrieval", "mix:")):
+        return held_out_split(load_documents(base, tokenizer=tokenizer, split=split, teacher=teacher), part)
     if spec == "default":
         docs = [doc for name in DEFAULT_SETS for doc in _named_set(name, allow_sample=True)]
     elif spec in SHARED_FILES:
@@ -105,6 +112,17 @@ def load_documents(
     if not docs:
         raise DataError(f"data {spec!r} contains no text")
     return docs
+
+
+def held_out_split(documents: list[Document], part: str) -> list[Document]:
+    """The held-out tenth of ``documents`` (``eval``: the last ``max(1, n // 10)`` in file order; for
+    ``long-docs`` the last 10 books, among them the 4 of the PG-19 test split) or the rest (``train``)."""
+    if part not in HELD_OUT_PARTS:
+        raise DataError(f"held-out part must be one of {', '.join(HELD_OUT_PARTS)}, got {part!r}")
+    if len(documents) < 2:
+        raise DataError(f"a held-out split needs at least 2 documents (one to train on, one held out), got {len(documents)}")
+    cut = len(documents) - max(1, len(documents) // 10)
+    return documents[cut:] if part == "eval" else documents[:cut]
 
 
 def _named_set(name: str, allow_sample: bool, tokenizer: Any = None) -> list[Document]:

@@ -1,6 +1,6 @@
 """Long-document perplexity by position on held-out Gutenberg books (never used as retrieval filler).
 
-Each book of the held-out tenth (:func:`lizardlm.data.retrieval.filler_split`) long enough gives
+Each book of the held-out tenth (:func:`lizardlm.data.sources.held_out_split`) long enough gives
 its first ``seq_len`` tokens as one window (up to ``max_windows``); windows run in chunks through
 the model's cache (constant memory for Lizard models). Mean NLL is reported per power-of-two
 position bucket ``[0, first), [first, 2 first), ...`` up to ``seq_len``.

@@ -144,14 +144,13 @@ def _run_mqar(model, tok, cfg: EvalConfig) -> dict:
 
 def _held_out_books(cfg: EvalConfig) -> list:
     """The held-out tenth of the long-docs books (never retrieval training filler)."""
-    from lizardlm.data import load_documents
-    from lizardlm.data.retrieval import filler_split
+    from lizardlm.data.sources import held_out_split, load_documents
 
     path = resolve_data_dir(cfg.data_dir) / "long-docs" / "gutenberg_books.jsonl"
     path = Path(cfg.data_paths.get("long-docs", path))
     if not path.is_file():
         raise DataAbsentError(f"long-docs: data absent, looked for {path}", path)
-    return filler_split(load_documents(str(path)), "eval")
+    return held_out_split(load_documents(str(path)), "eval")
 
 
 def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
