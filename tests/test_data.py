@@ -329,6 +329,26 @@ def test_build_splits(shared_dir, tiny_tokenizer):
     assert not torch.equal(other_seed.val, splits.val)
 
 
+def test_build_splits_in_order(shared_dir, tiny_tokenizer):
+    """``in_order``: the same validation rows; train rows are the data's first rows validation left, in order."""
+    shuffled = build_splits("default", tiny_tokenizer, seq_len=32, train_tokens=640, val_tokens=100)
+    ordered = build_splits("default", tiny_tokenizer, seq_len=32, train_tokens=640, val_tokens=100, in_order=True)
+    assert torch.equal(ordered.val, shuffled.val) and ordered.meta["train_in_order"] is True
+    all_rows = pack_tokens(load_documents("default"), tiny_tokenizer, 32, max_tokens=sources_pool_rows(32) * 32)
+    val = _row_set(ordered.val)
+    expected = [row for row in all_rows.tolist() if tuple(row) not in val][:20]
+    assert ordered.train.tolist() == expected
+    assert shuffled.train.tolist() != expected  # the usual split draws train rows at random
+    with pytest.raises(DataError, match="mixture has no single order"):
+        build_splits("mix:default=1", tiny_tokenizer, seq_len=32, train_tokens=640, val_tokens=100, in_order=True)
+
+
+def sources_pool_rows(seq_len: int) -> int:
+    from lizardlm.data.packing import POOL_MIN_TOKENS
+
+    return POOL_MIN_TOKENS // seq_len
+
+
 def test_build_splits_shortfall(tiny_tokenizer, caplog):
     with caplog.at_level(logging.WARNING, logger="lizardlm.data.packing"):
         splits = build_splits(str(WIKI), tiny_tokenizer, seq_len=64, train_tokens=10**6, val_tokens=10**5)

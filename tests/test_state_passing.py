@@ -7,11 +7,16 @@ import json
 import pytest
 import torch
 
+from transformers import AutoTokenizer
+
 import lizardlm
+from lizardlm.data import build_splits
 from lizardlm.cache import CACHE_KWARG, LizardCache
 from lizardlm.config import LizardConfig
+from lizardlm.errors import DataError
 from lizardlm.ops import linear_state
 from lizardlm.train import TrainSettings, linearize
+from lizardlm.train.loop import batch_at
 from lizardlm.train.state_passing import StatePassing
 
 LIZARD = {"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}
@@ -146,6 +151,9 @@ def test_another_batch_size_starts_empty(student):
 @pytest.mark.parametrize("bad, match", [
     ({"state_passing": 1.5}, "probability"),
     ({"state_passing": 0.5, "baseline": "teacher-lora"}, "no Lizard layers|has none"),
+    ({"row_order": "contiguous"}, "needs --state-passing"),
+    ({"row_order": "contiguous", "state_passing": 1.0, "data": "mix:default=1"}, "no single order"),
+    ({"row_order": "sorted", "state_passing": 1.0}, "row-order must be one of shuffled, contiguous"),
 ])
 def test_settings_refuse_what_state_passing_cannot_do(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -161,6 +169,47 @@ def test_a_run_with_state_passing_trains_and_records_it(tmp_path, teacher_dir, d
     assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["state_passing"] == 0.75
     model = lizardlm.load(tmp_path / "run")
     assert all(layer.handoff is None for layer in model.modules() if hasattr(layer, "handoff"))
+
+
+def test_contiguous_batches_read_each_lane_on_in_order():
+    rows = torch.arange(11).view(11, 1)  # row i holds i: 2 lanes of 5 rows, row 10 unused
+    seen = [batch_at(rows, step, 2, seed=0, contiguous=True).flatten().tolist() for step in range(7)]
+    assert seen == [[0, 5], [1, 6], [2, 7], [3, 8], [4, 9], [0, 5], [1, 6]]  # wraps to the lane's start
+    shuffled = [batch_at(rows, step, 2, seed=0).flatten().tolist() for step in range(5)]
+    assert shuffled != seen[:5]
+    with pytest.raises(DataError, match="at least batch-size"):
+        batch_at(rows[:1], 0, 2, seed=0, contiguous=True)
+
+
+def test_a_contiguous_run_hands_each_row_the_memory_of_the_text_before_it(tmp_path, teacher_dir, data_file):
+    """Each slot of stage 2 reads its lane of the in-order rows, and its memory after step i is what
+    the row before started stage 2 with at step i + 1 (P = 1: every row is kept)."""
+    kw = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=32, batch_size=2, stage1_tokens=32 * 2 * 2,
+              stage2_tokens=32 * 2 * 4, val_tokens=32 * 4, checkpoint_every=10, device="cpu", lizard=LIZARD,
+              state_passing=1.0, row_order="contiguous")
+    seen: list[torch.Tensor] = []
+    original = StatePassing.start
+
+    def start(self, batch):
+        original(self, batch)
+        seen.append((batch.clone(), [h.initial for h in self.handoffs], [m.clone() for m in self.memories or []]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StatePassing, "start", start)
+        summary = linearize(TrainSettings(**kw), tmp_path / "run")
+    assert summary["student_val_loss"] < summary["stage1_val_loss"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["settings"]["row_order"] == "contiguous" and run["data"]["train_in_order"] is True
+    lane = run["data"]["train_rows"] // 2
+    batches = torch.stack([b for b, _, _ in seen])
+    assert len(seen) == 4 and batches.shape[1:] == (2, 32)
+    splits = build_splits(str(data_file), AutoTokenizer.from_pretrained(teacher_dir), 32, train_tokens=32 * 2 * 4,
+                          val_tokens=32 * 4, in_order=True)
+    for step, batch in enumerate(batches):
+        assert torch.equal(batch, splits.train[torch.arange(2) * lane + step % lane])
+    assert all(initial is None for initial in seen[0][1])  # the first rows start empty
+    for _, initials, memories in seen[1:]:  # later ones from the whole memory the slot left
+        assert all(torch.equal(i, m) for i, m in zip(initials, memories))
 
 
 def test_state_passing_refuses_a_probability_outside_0_1_and_keep_without_a_forward(student):

@@ -16,7 +16,7 @@ from lizardlm.cli.common import (
     softmax_select,
 )
 from lizardlm.errors import LizardError
-from lizardlm.train.settings import BASELINES, LOSS_AVERAGES, PRESETS
+from lizardlm.train.settings import BASELINES, LOSS_AVERAGES, PRESETS, ROW_ORDERS
 
 
 def add_parser(subparsers) -> None:
@@ -49,6 +49,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--state-passing", type=probability, default=None, metavar="P",
                    help="stage 2: each row starts, with probability P, from the linear memory the previous batch's "
                    "row in its slot left (a long history behind the rows, for length generalisation; off by default)")
+    p.add_argument("--row-order", choices=ROW_ORDERS, default=None,
+                   help="stage 2's rows: shuffled (default), or contiguous: each row of a batch continues the text "
+                   "its slot read the step before, so that with --state-passing 1 a row starts from the memory of its "
+                   "own document (truncated backpropagation through time, for long documents)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="stage 2 recomputes each decoder layer's activations in the backward: less memory "
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "state_passing")
+                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "state_passing", "row_order")
     }
     try:
         settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), baseline=args.baseline,

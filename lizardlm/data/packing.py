@@ -160,6 +160,7 @@ def build_splits(
     train_tokens: int,
     val_tokens: int,
     seed: int = 0,
+    in_order: bool = False,
     **kw: Any,
 ) -> PackedSplits:
     """Packed train and held-out validation rows of a data spec, split by a seeded permutation of rows.
@@ -169,9 +170,14 @@ def build_splits(
     the corpus). Validation rows are drawn first, so they do not change with ``train_tokens`` (while
     the corpus fits in the pool). With less data than asked, the rows are shared in the
     asked proportion, with a warning and ``meta["shortfall"] = True``. ``kw`` goes to ``load_documents``.
-    A ``mix:`` spec packs each part to its weight (:mod:`lizardlm.data.mixture`).
+    A ``mix:`` spec packs each part to its weight (:mod:`lizardlm.data.mixture`). ``in_order``: the
+    train rows are the data's first rows that validation did not take, in their order (each continues
+    the text of the one before it, but where a validation row was taken out), for contiguous training;
+    validation is the same as without it. One spec, not a mixture.
     """
     if spec.startswith("mix:"):
+        if in_order:
+            raise DataError(f"data {spec!r}: a mixture has no single order to keep")
         from lizardlm.data.mixture import build_mixture
 
         return build_mixture(spec, tokenizer, seq_len, train_tokens, val_tokens, seed, **kw)
@@ -196,7 +202,12 @@ def build_splits(
         )
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
     val = rows[order[:n_val]]
-    train = rows[order[n_val:n_val + n_train]]
+    if in_order:  # the first rows of the data that validation did not take, in order
+        left = torch.ones(available, dtype=torch.bool)
+        left[order[:n_val]] = False
+        train = rows[left.nonzero().flatten()[:n_train]]
+    else:
+        train = rows[order[n_val:n_val + n_train]]
     meta = {
         "spec": spec,
         "seq_len": seq_len,
@@ -210,5 +221,6 @@ def build_splits(
         "train_tokens": n_train * seq_len,
         "val_tokens": n_val * seq_len,
         "shortfall": shortfall,
+        "train_in_order": in_order,
     }
     return PackedSplits(train=train, val=val, meta=meta)

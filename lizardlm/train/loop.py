@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs
 
-from lizardlm.errors import LizardError, TrainingError, TrainingStopped
+from lizardlm.errors import DataError, LizardError, TrainingError, TrainingStopped
 from lizardlm.progress import progress
 from lizardlm.train.checkpoint import (
     atomic_save,
@@ -59,6 +59,8 @@ class Stage:
     """Steps of the stages still to come: the bar's ``all`` ETA counts them at this stage's pace."""
     backward: bool = True
     """Whether :func:`run_stage` backpropagates the loss; False: ``loss_fn`` already did."""
+    contiguous: bool = False
+    """Batches in lanes that read the rows in order (:func:`batch_at`) instead of a shuffle."""
 
 
 def _eta(seconds: float) -> str:
@@ -68,9 +70,18 @@ def _eta(seconds: float) -> str:
     return f"~{h}h{m:02d}m left" if h else f"~{m}m{s:02d}s left"
 
 
-def batch_at(rows: torch.Tensor, step: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Batch ``step`` of a seeded shuffle of ``rows`` that reshuffles every epoch (pure function of step)."""
+def batch_at(rows: torch.Tensor, step: int, batch_size: int, seed: int, contiguous: bool = False) -> torch.Tensor:
+    """Batch ``step`` of a seeded shuffle of ``rows`` that reshuffles every epoch (pure function of step).
+
+    ``contiguous``: ``rows`` cut into ``batch_size`` lanes of ``n // batch_size`` consecutive rows
+    (the rest unused); row ``b`` of batch ``step`` is row ``step mod lane`` of lane ``b``, so each slot
+    reads on where it stopped and wraps to its lane's start after ``lane`` steps."""
     n = rows.shape[0]
+    if contiguous:
+        lane = n // batch_size
+        if lane < 1:
+            raise DataError(f"contiguous row order needs at least batch-size ({batch_size}) training rows, got {n}")
+        return rows[torch.arange(batch_size) * lane + step % lane]
     idx = []
     for i in range(step * batch_size, (step + 1) * batch_size):
         epoch, pos = divmod(i, n)
@@ -215,7 +226,7 @@ def _train(stage: Stage, rows: torch.Tensor, runner: EagerStep, optimizer, sched
     with _stop_requests() as asked:
         while step < stage.steps:
             started = time.perf_counter()
-            batch = shard(batch_at(rows, step, batch_size, seed), rank, world).to(accelerator.device)
+            batch = shard(batch_at(rows, step, batch_size, seed, stage.contiguous), rank, world).to(accelerator.device)
             loss_value, extra = runner.forward_backward(batch)
             if not math.isfinite(loss_value):
                 kept = (f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good

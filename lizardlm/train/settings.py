@@ -13,6 +13,7 @@ BASELINES = ("teacher-lora",)
 """Runs that train no Lizard layer: ``teacher-lora`` = stage 2 alone (same LoRA, data, tokens, schedule
 and seed) on the unconverted teacher, the fair quality ceiling of a linearization."""
 LOSS_AVERAGES = ("tokens", "rows")
+ROW_ORDERS = ("shuffled", "contiguous")
 """How stage 2 averages the next-token loss over a batch (:attr:`TrainSettings.loss_average`)."""
 
 
@@ -37,7 +38,11 @@ class TrainSettings:
     weighs as much as a row of 2,047 text tokens and a mixture's data shares are its loss shares.
     ``state_passing`` (0: off) is the probability that a stage-2 row starts from the linear memory the
     previous batch's row in its slot left (:mod:`lizardlm.train.state_passing`): training rows with a
-    long history behind them, for length generalisation.
+    long history behind them, for length generalisation. ``row_order`` (one of :data:`ROW_ORDERS`) is
+    the order of stage 2's rows: ``"shuffled"`` (a seeded shuffle each epoch); ``"contiguous"``: the
+    batch's rows are lanes that each read on through the data in order, so that with state passing a
+    row starts from the memory of the text before it (truncated backpropagation through time, for long
+    documents; one data spec, not a mixture).
     """
 
     teacher: str = "smollm2-135m"
@@ -66,6 +71,7 @@ class TrainSettings:
     softmax_select: str | None = None
     loss_average: str = "tokens"
     state_passing: float = 0.0
+    row_order: str = "shuffled"
     lizard: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,6 +107,12 @@ class TrainSettings:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
         if not 0 <= float(self.state_passing) <= 1:
             raise ValueError(f"state-passing is a probability in [0, 1], got {self.state_passing}")
+        if self.row_order not in ROW_ORDERS:
+            raise ValueError(f"row-order must be one of {', '.join(ROW_ORDERS)}, got {self.row_order!r}")
+        if self.row_order == "contiguous" and not self.state_passing:
+            raise ValueError("row-order contiguous hands each row the memory of the text before it: it needs --state-passing")
+        if self.row_order == "contiguous" and self.data.startswith("mix:"):
+            raise ValueError("row-order contiguous reads one data spec in order; a mix: spec has no single order")
         if self.state_passing and self.baseline is not None:
             raise ValueError(f"state-passing needs Lizard layers; the {self.baseline} baseline has none")
         if self.baseline is not None and self.baseline not in BASELINES:

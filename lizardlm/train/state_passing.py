@@ -7,7 +7,9 @@ Improving Length Generalization in Recurrent Models": state passing lets GLA and
 with probability p, from the linear memory that the row in its slot of the previous batch left
 (detached: no gradient crosses rows), else from an empty one. Memories chain, so a row's history is
 about ``p / (1 - p)`` earlier rows on average (decayed by the gates), of other documents, as in a
-long prompt of many. Only the linear memory passes: the window starts each row empty. The validation
+long prompt of many. With ``row_order="contiguous"`` the slot's previous row is the text just before
+the row (:func:`lizardlm.train.loop.batch_at`), so at p = 1 each row starts from its own document's
+memory, as truncated backpropagation through time trains a recurrent model. Only the linear memory passes: the window starts each row empty. The validation
 loss and every evaluation start from an empty memory as before. Per slot, per process; after
 ``--resume`` the memories start empty. With gradient checkpointing the recomputed forward starts
 from the same memories.
