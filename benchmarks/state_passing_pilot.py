@@ -92,6 +92,10 @@ def main() -> None:
     p.add_argument("--stage2-tokens", type=int, default=196_608)
     p.add_argument("--eval-len", type=int, default=4096)
     p.add_argument("--windows", type=int, default=4)
+    p.add_argument("--contiguous", default="", help="comma-separated data specs (of --data) also trained with contiguous "
+                   "rows and every memory passed (--row-order contiguous --state-passing 1)")
+    p.add_argument("--trained-only", action="store_true",
+                   help="train nothing: evaluate and record the runs whose training has finished")
     p.add_argument("--plot-only", action="store_true", help="redraw the plot from <out>'s JSON")
     args = p.parse_args()
     out = Path(args.out)
@@ -107,9 +111,18 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    passings = {"no-passing": [], **{f"passing-{float(p):g}": ["--state-passing", p] for p in args.state_passing.split(",")}}
-    runs = {f"{data}/{name}": (data, extra) for data in args.data.split(",") for name, extra in passings.items()}
-    settings = {k: v for k, v in vars(args).items() if k != "plot_only"}
+    contiguous = [data for data in args.contiguous.split(",") if data]
+    if set(contiguous) - set(args.data.split(",")):
+        sys.exit(f"--contiguous {args.contiguous}: each must be one of --data {args.data}")
+    runs = {}
+    for data in args.data.split(","):
+        runs[f"{data}/no-passing"] = (data, [])
+        if data in contiguous:
+            runs[f"{data}/contiguous"] = (data, ["--state-passing", "1", "--row-order", "contiguous"])
+        runs.update({f"{data}/passing-{float(p):g}": (data, ["--state-passing", p]) for p in args.state_passing.split(",")})
+    if args.trained_only:
+        runs = {name: run for name, run in runs.items() if (work / name / "summary.json").exists()}
+    settings = {k: v for k, v in vars(args).items() if k not in ("plot_only", "trained_only")}
     result = {"device": "cpu", "settings": {**settings, "recipe": " ".join(RECIPE)}, "runs": {}, "longppl": {}}
     for name, (data, extra) in runs.items():
         result["runs"][name] = train(work, name, data, args.stage1_tokens, args.stage2_tokens, extra)

@@ -330,15 +330,22 @@ def test_build_splits(shared_dir, tiny_tokenizer):
 
 
 def test_build_splits_in_order(shared_dir, tiny_tokenizer):
-    """``in_order``: the same validation rows; train rows are the data's first rows validation left, in order."""
+    """``in_order``: the same validation rows; train rows are ``lanes`` runs of consecutive rows that
+    validation left, the first at the data's start and the last at its end."""
     shuffled = build_splits("default", tiny_tokenizer, seq_len=32, train_tokens=640, val_tokens=100)
-    ordered = build_splits("default", tiny_tokenizer, seq_len=32, train_tokens=640, val_tokens=100, in_order=True)
-    assert torch.equal(ordered.val, shuffled.val) and ordered.meta["train_in_order"] is True
     all_rows = pack_tokens(load_documents("default"), tiny_tokenizer, 32, max_tokens=sources_pool_rows(32) * 32)
-    val = _row_set(ordered.val)
-    expected = [row for row in all_rows.tolist() if tuple(row) not in val][:20]
-    assert ordered.train.tolist() == expected
-    assert shuffled.train.tolist() != expected  # the usual split draws train rows at random
+    left = [row for row in all_rows.tolist() if tuple(row) not in _row_set(shuffled.val)]
+    for lanes, span in ((1, 20), (3, 6), (4, 5)):
+        ordered = build_splits("default", tiny_tokenizer, seq_len=32, train_tokens=640, val_tokens=100, in_order=True,
+                               lanes=lanes)
+        assert torch.equal(ordered.val, shuffled.val) and ordered.meta["train_in_order"] is True
+        assert ordered.meta["train_rows"] == lanes * span == ordered.train.shape[0]
+        runs = [ordered.train[k * span:(k + 1) * span].tolist() for k in range(lanes)]
+        starts = [left.index(run[0]) for run in runs]
+        assert all(run == left[s:s + span] for run, s in zip(runs, starts))
+        assert starts[0] == 0 and (lanes == 1 or starts[-1] == len(left) - span)
+        assert all(b - a >= span for a, b in zip(starts, starts[1:]))
+    assert shuffled.train.tolist() != left[:20]  # the usual split draws train rows at random
     with pytest.raises(DataError, match="mixture has no single order"):
         build_splits("mix:default=1", tiny_tokenizer, seq_len=32, train_tokens=640, val_tokens=100, in_order=True)
 

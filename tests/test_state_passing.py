@@ -204,7 +204,7 @@ def test_a_contiguous_run_hands_each_row_the_memory_of_the_text_before_it(tmp_pa
     batches = torch.stack([b for b, _, _ in seen])
     assert len(seen) == 4 and batches.shape[1:] == (2, 32)
     splits = build_splits(str(data_file), AutoTokenizer.from_pretrained(teacher_dir), 32, train_tokens=32 * 2 * 4,
-                          val_tokens=32 * 4, in_order=True)
+                          val_tokens=32 * 4, in_order=True, lanes=2)
     for step, batch in enumerate(batches):
         assert torch.equal(batch, splits.train[torch.arange(2) * lane + step % lane])
     assert all(initial is None for initial in seen[0][1])  # the first rows start empty

@@ -161,6 +161,7 @@ def build_splits(
     val_tokens: int,
     seed: int = 0,
     in_order: bool = False,
+    lanes: int = 1,
     **kw: Any,
 ) -> PackedSplits:
     """Packed train and held-out validation rows of a data spec, split by a seeded permutation of rows.
@@ -171,9 +172,10 @@ def build_splits(
     the corpus fits in the pool). With less data than asked, the rows are shared in the
     asked proportion, with a warning and ``meta["shortfall"] = True``. ``kw`` goes to ``load_documents``.
     A ``mix:`` spec packs each part to its weight (:mod:`lizardlm.data.mixture`). ``in_order``: the
-    train rows are the data's first rows that validation did not take, in their order (each continues
-    the text of the one before it, but where a validation row was taken out), for contiguous training;
-    validation is the same as without it. One spec, not a mixture.
+    train rows are ``lanes`` runs of ``n_train // lanes`` consecutive rows that validation did not take,
+    starting evenly spread over the packed data, one after another (each row continues the text of the
+    one before it, but where a validation row was taken out), for contiguous training in ``lanes`` slots
+    (:func:`lizardlm.train.loop.batch_at`); validation is the same as without it. One spec, not a mixture.
     """
     if spec.startswith("mix:"):
         if in_order:
@@ -202,10 +204,15 @@ def build_splits(
         )
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
     val = rows[order[:n_val]]
-    if in_order:  # the first rows of the data that validation did not take, in order
+    if in_order:  # lanes of consecutive rows that validation did not take, spread over the data
         left = torch.ones(available, dtype=torch.bool)
         left[order[:n_val]] = False
-        train = rows[left.nonzero().flatten()[:n_train]]
+        kept = left.nonzero().flatten()
+        lanes = min(max(1, lanes), n_train)
+        span = n_train // lanes
+        starts = [round(k * (kept.numel() - span) / max(1, lanes - 1)) for k in range(lanes)]
+        train = rows[torch.cat([kept[s:s + span] for s in starts])]
+        n_train = train.shape[0]
     else:
         train = rows[order[n_val:n_val + n_train]]
     meta = {

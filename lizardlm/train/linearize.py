@@ -247,7 +247,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         splits = on_main(lambda: build_splits(
             settings.data, tokenizer, settings.seq_len,
             train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
-            val_tokens=settings.val_tokens, seed=settings.seed, in_order=settings.row_order == "contiguous",
+            val_tokens=settings.val_tokens, seed=settings.seed, in_order=settings.row_order == "contiguous", lanes=settings.batch_size,
             teacher=(model, tokenizer),
         ))
     fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val})
