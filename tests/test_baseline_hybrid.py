@@ -12,6 +12,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention
 
 import lizardlm
 from lizardlm import LizardCache, LizardConfig
+from lizardlm.cache import CACHE_KWARG
 from lizardlm.cli import main as cli_main
 from lizardlm.layers import LizardAttention
 from lizardlm.train import RunDir, TrainSettings, linearize
@@ -111,11 +112,11 @@ def test_kv_cache_bytes_is_what_the_cache_holds(config):
     for context in (5, 30):
         cache = LizardCache.for_model(model)
         with torch.no_grad():
-            model(torch.randint(0, 97, (1, context)), past_key_values=cache, use_cache=True)
+            model(torch.randint(0, 97, (1, context)), **{CACHE_KWARG: cache}, use_cache=True)
         assert kv_cache_bytes(model.config, config, context, value_bytes=4) == cache.nbytes(), context
     teacher, cache = TEACHERS["llama"]().eval(), DynamicCache()
     with torch.no_grad():
-        teacher(torch.randint(0, 97, (1, 30)), past_key_values=cache, use_cache=True)
+        teacher(torch.randint(0, 97, (1, 30)), **{CACHE_KWARG: cache}, use_cache=True)
     assert kv_cache_bytes(teacher.config, None, 30, value_bytes=4) == lizardlm.cache.cache_nbytes(cache)
 
 

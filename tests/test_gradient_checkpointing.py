@@ -68,7 +68,12 @@ def test_stage2_same_loss_and_grads(tiny_llama):
     assert all(torch.allclose(grads_a[n], grads_b[n], rtol=1e-5, atol=1e-7) for n in grads_a)
 
 
-@pytest.mark.parametrize("flag, expected", [([], False), (["--gradient-checkpointing"], True)])
+@pytest.mark.parametrize("flag, expected", [
+    ([], False),
+    (["--gradient-checkpointing"], True),
+    (["--preset", "cpu-demo"], True),  # the preset turns it on ...
+    (["--preset", "cpu-demo", "--no-gradient-checkpointing"], False),  # ... and the flag off
+])
 def test_cli_flag_reaches_the_settings(monkeypatch, tmp_path, flag, expected):
     seen = {}
 

@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import lizardlm
 from lizardlm import LizardCache, LizardConfig
+from lizardlm.cache import CACHE_KWARG
 from lizardlm.cli import main as cli_main
 from lizardlm.errors import LizardError
 from lizardlm import graph_decode
@@ -24,7 +25,7 @@ def model_and_cache(prompt_len: int, softmax_layers=()):
     cache = LizardCache.for_model(model)
     if prompt_len:
         with torch.no_grad():
-            model(torch.randint(1, 97, (1, prompt_len)), past_key_values=cache, use_cache=True)
+            model(torch.randint(1, 97, (1, prompt_len)), **{CACHE_KWARG: cache}, use_cache=True)
     return model.eval(), cache
 
 

@@ -18,6 +18,7 @@ from transformers import (
 
 import lizardlm
 from lizardlm import LizardCache, LizardConfig
+from lizardlm.cache import CACHE_KWARG
 from lizardlm.errors import UnsupportedModelError
 from lizardlm.layers import LizardAttention, attention_transfer
 
@@ -61,9 +62,9 @@ def decode_token_by_token(model, ids: torch.Tensor, prefill: int = 0) -> tuple[t
     logits = []
     with torch.no_grad():
         if prefill:
-            logits.append(model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits)
+            logits.append(model(ids[:, :prefill], **{CACHE_KWARG: cache}, use_cache=True).logits)
         for t in range(prefill, ids.shape[1]):
-            logits.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+            logits.append(model(ids[:, t : t + 1], **{CACHE_KWARG: cache}, use_cache=True).logits)
     return torch.cat(logits, dim=1), cache
 
 
@@ -132,8 +133,8 @@ def test_cache_size_is_constant_in_context_length():
         ids = torch.randint(0, 97, (1, length))
         cache = LizardCache.for_model(model)
         with torch.no_grad():
-            model(ids, past_key_values=cache, use_cache=True)
-            model(ids[:, :1], past_key_values=cache, use_cache=True)
+            model(ids, **{CACHE_KWARG: cache}, use_cache=True)
+            model(ids[:, :1], **{CACHE_KWARG: cache}, use_cache=True)
         assert cache.get_seq_length() == length + 1
         assert cache.get_mask_sizes(7, 0) == (7, 0)  # no mask over the whole context is ever built
         sizes[length] = cache.nbytes()
@@ -144,7 +145,7 @@ def test_hybrid_cache_grows_only_in_softmax_layers():
     model = lizard_model("llama", LizardConfig(window_size=8, feature_dim=8, softmax_layers=[2]))
     cache = LizardCache.for_model(model)
     with torch.no_grad():
-        model(torch.randint(0, 97, (1, 50)), past_key_values=cache, use_cache=True)
+        model(torch.randint(0, 97, (1, 50)), **{CACHE_KWARG: cache}, use_cache=True)
     assert cache.layers[2].keys.shape[-2] == 50
     assert cache.layers[0].state.keys.shape[-2] == 8
     assert cache.get_mask_sizes(3, 0) == (53, 0)  # sized for the softmax layer, whatever layer asks
@@ -163,7 +164,7 @@ def test_cache_bytes_of_a_teachers_cache():
     cache = DynamicCache()
     assert cache_nbytes(cache) == 0
     with torch.no_grad():
-        teacher(torch.randint(0, 97, (1, 30)), past_key_values=cache, use_cache=True)
+        teacher(torch.randint(0, 97, (1, 30)), **{CACHE_KWARG: cache}, use_cache=True)
     assert cache_nbytes(cache) == 3 * 2 * 30 * 2 * 8 * 4  # layers x (k, v) x positions x KV heads x head dim x fp32
 
 
@@ -220,7 +221,7 @@ def test_every_flag_combination_decodes_like_its_forward(config, tmp_path):
     assert torch.allclose(step, full, atol=1e-4, rtol=1e-4)
     size = cache.nbytes()
     with torch.no_grad():
-        model(torch.randint(0, 97, (1, 1)), past_key_values=cache, use_cache=True)
+        model(torch.randint(0, 97, (1, 1)), **{CACHE_KWARG: cache}, use_cache=True)
     assert cache.nbytes() == size
     model.save_pretrained(tmp_path)
     with torch.no_grad():

@@ -54,9 +54,10 @@ def add_parser(subparsers) -> None:
                    "its slot read the step before, so that with --state-passing 1 a row starts from the memory of its "
                    "own document (truncated backpropagation through time, for long documents)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="stage 2 recomputes each decoder layer's activations in the backward: less memory "
-                   "for long sequences, same results (stage 1 keeps one layer's activations at a time anyway)")
+                   "for long sequences, same results (stage 1 keeps one layer's activations at a time anyway); "
+                   "the cpu-demo preset turns it on, --no-gradient-checkpointing turns it off")
     p.add_argument("--fsdp", action="store_true", default=None,
                    help="under torchrun, shard the teacher's weights over the processes (FSDP2, one unit per "
                    "decoder layer): for teachers that do not fit one device; same results")
