@@ -544,25 +544,30 @@ def mqar_window(path: Path) -> str:
 
 
 def state_passing(path: Path) -> str:
-    """``state_passing_pilot.py``: perplexity by position on held-out books, teacher and both students."""
+    """``state_passing_pilot.py``: perplexity by position on held-out books, teacher and every student."""
     d = json.loads(path.read_text())
     s, curves = d["settings"], d["longppl"]
     first = next(iter(curves.values()))
     spans = list(zip(first["bucket_start"], first["bucket_end"]))
+    datas = list(dict.fromkeys(run["data"] for run in d["runs"].values()))
     out = [
         f"State passing, CPU pilot, {d['device']} (`{path.name}`): the embedded teacher, `lizardlm linearize "
-        f"{s['recipe']}`, {s['stage1_tokens']:,} + {s['stage2_tokens']:,} tokens of 256-token rows, without and "
-        f"with `--state-passing P` for P = {', '.join(str(s['state_passing']).split(','))} (the same data, order and seed). Perplexity by position "
-        f"on {first['windows']} held-out long-docs books of {s['eval_len']:,} tokens (the training rows are 256); "
-        "val ppl: the Alpaca-cleaned validation rows, each from an empty memory.",
+        f"{s['recipe']} --data DATA`, {s['stage1_tokens']:,} + {s['stage2_tokens']:,} tokens of 256-token rows, "
+        f"DATA = {', '.join(f'`{x}`' for x in datas)}; each without and with `--state-passing P` for P = "
+        f"{', '.join(str(s['state_passing']).split(','))}"
+        + (f", and `contiguous` (`--row-order contiguous --state-passing 1`) for {', '.join(f'`{x}`' for x in s['contiguous'].split(','))}"
+           if s.get("contiguous") else "")
+        + f" (the same seed). Perplexity by position on {first['windows']} held-out long-docs books of "
+        f"{s['eval_len']:,} tokens (the training rows are 256; `long-docs@train` never holds them); val ppl: "
+        "the run's own validation rows (its data), each from an empty memory, and the teacher's on them.",
         "",
-        "| model | val ppl | " + " | ".join(f"{a}-{b}" for a, b in spans) + " |",
+        "| model | val ppl (teacher) | " + " | ".join(f"{a}-{b}" for a, b in spans) + " |",
         "|---|---:|" + "---:|" * len(spans),
     ]
-    teacher_val = next(iter(d["runs"].values()))["summary"]["teacher_val_ppl"]
     for name, c in curves.items():
-        val = teacher_val if name == "teacher" else d["runs"][name]["summary"]["student_val_ppl"]
-        out.append(f"| {name} | {val:.2f} | " + " | ".join(f"{p:.1f}" for p in c["ppl"]) + " |")
+        run = d["runs"].get(name)
+        val = f"{run['summary']['student_val_ppl']:.2f} ({run['summary']['teacher_val_ppl']:.2f})" if run else ""
+        out.append(f"| {name} | {val} | " + " | ".join(f"{p:.1f}" for p in c["ppl"]) + " |")
     return "\n".join(out)
 
 
