@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lizardlm.data import build_splits, load_documents, pack_tokens
-from lizardlm.data.mixture import parse_mixture
+from lizardlm.data.mixture import lane_counts, parse_mixture
 from lizardlm.data.packing import IGNORE_INDEX, inputs_and_labels, without_loss
 from lizardlm.data.retrieval import QUESTIONS, WORDINGS, FillerPool, make_example, parse_spec
 from lizardlm.errors import DataError
@@ -238,6 +238,32 @@ def test_mixture_splits(books, tiny_tokenizer):
     assert len(passkey_rows) == parts[1]["meta"]["train_rows"] == 2
     again = build_splits(spec, tiny_tokenizer, seq_len=256, train_tokens=1024, val_tokens=512, seed=0)
     assert torch.equal(again.train, splits.train) and torch.equal(again.val, splits.val)
+
+
+@pytest.mark.parametrize("shares, lanes, counts", [
+    ([0.5, 0.5], 8, [4, 4]), ([0.4, 0.4, 0.2], 8, [3, 3, 2]), ([0.9, 0.1], 8, [7, 1]), ([0.98, 0.02], 4, [3, 1]),
+    ([1 / 3, 1 / 3, 1 / 3], 4, [2, 1, 1]), ([0.25, 0.75], 2, [1, 1]),
+])
+def test_lane_counts(shares, lanes, counts):
+    assert lane_counts(shares, lanes) == counts
+
+
+def test_a_mixture_in_order_gives_each_part_lanes_of_its_own(books, tiny_tokenizer):
+    """In order, the train rows are lanes of one length: each part's by its share, each lane consecutive
+    rows of its part (as the part alone in order would give them); the validation rows as without order."""
+    wiki = str(FIXTURES / "wikitext_slice.txt")
+    spec = f"mix:{wiki}=0.5,{_spec(books).replace('count=6', 'count=12')}=0.5"
+    kw = dict(seq_len=64, train_tokens=64 * 8, val_tokens=128, seed=0)
+    splits = build_splits(spec, tiny_tokenizer, in_order=True, lanes=4, **kw)
+    shuffled = build_splits(spec, tiny_tokenizer, **kw)
+    assert sorted(splits.val.tolist()) == sorted(shuffled.val.tolist()) and splits.meta["train_in_order"] is True
+    assert [p["lanes"] for p in splits.meta["parts"]] == [2, 2] and splits.train.shape == (8, 64)
+    lanes = splits.train.view(4, 2, 64)
+    alone = [build_splits(name, tiny_tokenizer, seq_len=64, train_tokens=64 * 4, val_tokens=64, seed=0, in_order=True,
+                          lanes=2).train.view(2, 2, 64) for name, _ in parse_mixture(spec)]
+    assert torch.equal(lanes[:2], alone[0]) and torch.equal(lanes[2:], alone[1])
+    with pytest.raises(DataError, match="batch-size must be at least 2"):
+        build_splits(spec, tiny_tokenizer, in_order=True, lanes=1, **kw)
 
 
 def test_a_short_part_grows_the_others_shares_and_the_mixture_says_so(books, tiny_tokenizer, caplog):

@@ -152,7 +152,6 @@ def test_another_batch_size_starts_empty(student):
     ({"state_passing": 1.5}, "probability"),
     ({"state_passing": 0.5, "baseline": "teacher-lora"}, "no Lizard layers|has none"),
     ({"row_order": "contiguous"}, "needs --state-passing"),
-    ({"row_order": "contiguous", "state_passing": 1.0, "data": "mix:default=1"}, "no single order"),
     ({"row_order": "sorted", "state_passing": 1.0}, "row-order must be one of shuffled, contiguous"),
 ])
 def test_settings_refuse_what_state_passing_cannot_do(bad, match):

@@ -9,6 +9,11 @@ rows (so a ``retrieval`` document of ``length == seq_len`` stays one row) and ge
 seed. A part with less data than its share keeps what it has (its own meta says ``shortfall``), so
 the others' shares grow: the mixture then warns with the shares it trains on. ``meta["parts"]``
 records each part's weight, share, trained share, spec and packing meta (``run.json`` keeps it).
+
+In order (contiguous training in ``lanes`` slots, :func:`lizardlm.train.loop.batch_at`), each part
+gets a whole number of the lanes by its share (:func:`lane_counts`) and packs
+them as :func:`~lizardlm.data.packing.build_splits` does for one spec; every lane has the length
+of the shortest part's, and the train rows are the parts' lanes one after another, not shuffled.
 """
 
 from __future__ import annotations
@@ -42,28 +47,60 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
     return [(name, weight / total) for name, weight in parts]
 
 
-def build_mixture(spec: str, tokenizer: Any, seq_len: int, train_tokens: int, val_tokens: int, seed: int = 0, **kw: Any):
+def lane_counts(shares: list[float], lanes: int) -> list[int]:
+    """``lanes`` split by ``shares`` into whole numbers (largest remainders); a part left with none
+    takes one from the part with most."""
+    if lanes < len(shares):
+        raise DataError(f"contiguous rows give each of the mixture's {len(shares)} parts a slot of the batch: "
+                        f"batch-size must be at least {len(shares)}, got {lanes}")
+    exact = [share * lanes for share in shares]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: lanes - sum(counts)]:
+        counts[i] += 1
+    for i, count in enumerate(counts):
+        if count == 0:
+            counts[max(range(len(counts)), key=counts.__getitem__)] -= 1
+            counts[i] = 1
+    return counts
+
+
+def build_mixture(spec: str, tokenizer: Any, seq_len: int, train_tokens: int, val_tokens: int, seed: int = 0,
+                  in_order: bool = False, lanes: int = 1, **kw: Any):
     """:class:`~lizardlm.data.packing.PackedSplits` of a mixture (see the module docstring)."""
     from lizardlm.data.packing import PackedSplits, build_splits
 
+    entries = parse_mixture(spec)
+    if any(name.startswith("mix:") for name, _ in entries):
+        raise DataError(f"data spec {spec!r}: mixtures do not nest")
+    counts = lane_counts([share for _, share in entries], lanes) if in_order else [0] * len(entries)
+    span = max(1, math.ceil(train_tokens / seq_len) // max(1, lanes))
     parts = []
-    for name, share in parse_mixture(spec):
-        if name.startswith("mix:"):
-            raise DataError(f"data spec {spec!r}: mixtures do not nest")
-        split = build_splits(name, tokenizer, seq_len, math.ceil(share * train_tokens), math.ceil(share * val_tokens), seed, **kw)
+    for (name, share), count in zip(entries, counts):
+        part_train = count * span * seq_len if in_order else math.ceil(share * train_tokens)
+        split = build_splits(name, tokenizer, seq_len, part_train, math.ceil(share * val_tokens), seed,
+                             in_order=in_order, lanes=max(1, count), **kw)
         parts.append((name, share, split))
     generator = torch.Generator().manual_seed(seed)
-    train = torch.cat([split.train for _, _, split in parts])
+    if in_order:  # lanes of the same length: the shortest part's
+        span = min(split.train.shape[0] // count for (_, _, split), count in zip(parts, counts))
+        kept = [split.train.view(count, -1, seq_len)[:, :span] for (_, _, split), count in zip(parts, counts)]
+        train = torch.cat(kept).reshape(-1, seq_len)
+        trained_rows = [count * span for count in counts]
+    else:
+        train = torch.cat([split.train for _, _, split in parts])
+        train = train[torch.randperm(train.shape[0], generator=generator)]
+        trained_rows = [split.train.shape[0] for _, _, split in parts]
     val = torch.cat([split.val for _, _, split in parts])
-    train = train[torch.randperm(train.shape[0], generator=generator)]
     val = val[torch.randperm(val.shape[0], generator=generator)]
     meta = {
         "spec": spec,
         "seq_len": seq_len,
         "seed": seed,
         "parts": [
-            {"spec": name, "share": share, "train_share": split.train.shape[0] / train.shape[0], "meta": split.meta}
-            for name, share, split in parts
+            {"spec": name, "share": share, "train_share": rows / train.shape[0], "meta": split.meta,
+             **({"lanes": count} if in_order else {})}
+            for (name, share, split), rows, count in zip(parts, trained_rows, counts)
         ],
         "train_tokens_requested": train_tokens,
         "val_tokens_requested": val_tokens,
@@ -72,6 +109,7 @@ def build_mixture(spec: str, tokenizer: Any, seq_len: int, train_tokens: int, va
         "train_tokens": train.numel(),
         "val_tokens": val.numel(),
         "shortfall": any(split.meta["shortfall"] for _, _, split in parts),
+        "train_in_order": in_order,
     }
     if meta["shortfall"]:
         short = ", ".join(name for name, _, split in parts if split.meta["shortfall"])

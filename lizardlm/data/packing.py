@@ -175,14 +175,13 @@ def build_splits(
     train rows are ``lanes`` runs of ``n_train // lanes`` consecutive rows that validation did not take,
     starting evenly spread over the packed data, one after another (each row continues the text of the
     one before it, but where a validation row was taken out), for contiguous training in ``lanes`` slots
-    (:func:`lizardlm.train.loop.batch_at`); validation is the same as without it. One spec, not a mixture.
+    (:func:`lizardlm.train.loop.batch_at`); validation is the same as without it (a mixture gives each
+    part lanes of its own, :mod:`lizardlm.data.mixture`).
     """
     if spec.startswith("mix:"):
-        if in_order:
-            raise DataError(f"data {spec!r}: a mixture has no single order to keep")
         from lizardlm.data.mixture import build_mixture
 
-        return build_mixture(spec, tokenizer, seq_len, train_tokens, val_tokens, seed, **kw)
+        return build_mixture(spec, tokenizer, seq_len, train_tokens, val_tokens, seed, in_order, lanes, **kw)
     documents = load_documents(spec, tokenizer=tokenizer, **kw)
     want_val = max(1, math.ceil(val_tokens / seq_len))
     want_train = max(1, math.ceil(train_tokens / seq_len))

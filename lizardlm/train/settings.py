@@ -42,7 +42,7 @@ class TrainSettings:
     the order of stage 2's rows: ``"shuffled"`` (a seeded shuffle each epoch); ``"contiguous"``: the
     batch's rows are lanes that each read on through the data in order, so that with state passing a
     row starts from the memory of the text before it (truncated backpropagation through time, for long
-    documents; one data spec, not a mixture).
+    documents; a mixture's parts get lanes by their shares).
     """
 
     teacher: str = "smollm2-135m"
@@ -111,8 +111,6 @@ class TrainSettings:
             raise ValueError(f"row-order must be one of {', '.join(ROW_ORDERS)}, got {self.row_order!r}")
         if self.row_order == "contiguous" and not self.state_passing:
             raise ValueError("row-order contiguous hands each row the memory of the text before it: it needs --state-passing")
-        if self.row_order == "contiguous" and self.data.startswith("mix:"):
-            raise ValueError("row-order contiguous reads one data spec in order; a mix: spec has no single order")
         if self.state_passing and self.baseline is not None:
             raise ValueError(f"state-passing needs Lizard layers; the {self.baseline} baseline has none")
         if self.baseline is not None and self.baseline not in BASELINES:
