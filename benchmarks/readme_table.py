@@ -553,11 +553,9 @@ def state_passing(path: Path) -> str:
     out = [
         f"State passing, CPU pilot, {d['device']} (`{path.name}`): the embedded teacher, `lizardlm linearize "
         f"{s['recipe']} --data DATA`, {s['stage1_tokens']:,} + {s['stage2_tokens']:,} tokens of 256-token rows, "
-        f"DATA = {', '.join(f'`{x}`' for x in datas)}; each without and with `--state-passing P` for P = "
-        f"{', '.join(str(s['state_passing']).split(','))}"
-        + (f", and `contiguous` (`--row-order contiguous --state-passing 1`) for {', '.join(f'`{x}`' for x in s['contiguous'].split(','))}"
-           if s.get("contiguous") else "")
-        + f" (the same seed). Perplexity by position on {first['windows']} held-out long-docs books of "
+        f"DATA = {', '.join(f'`{x}`' for x in datas)}; runs `DATA/no-passing`, `DATA/passing-P` (`--state-passing P`) "
+        f"and `DATA/contiguous-P` (`--row-order contiguous --state-passing P`), the same seed. Perplexity by position "
+        f"on {first['windows']} held-out long-docs books of "
         f"{s['eval_len']:,} tokens (the training rows are 256; `long-docs@train` never holds them); val ppl: "
         "the run's own validation rows (its data), each from an empty memory, and the teacher's on them.",
         "",

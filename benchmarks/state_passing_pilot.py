@@ -93,7 +93,8 @@ def main() -> None:
     p.add_argument("--eval-len", type=int, default=4096)
     p.add_argument("--windows", type=int, default=4)
     p.add_argument("--contiguous", default="", help="comma-separated data specs (of --data) also trained with contiguous "
-                   "rows and every memory passed (--row-order contiguous --state-passing 1)")
+                   "rows (--row-order contiguous), once for each P of --contiguous-passing")
+    p.add_argument("--contiguous-passing", default="1", help="comma-separated probabilities of the contiguous runs")
     p.add_argument("--trained-only", action="store_true",
                    help="train nothing: evaluate and record the runs whose training has finished")
     p.add_argument("--plot-only", action="store_true", help="redraw the plot from <out>'s JSON")
@@ -118,7 +119,8 @@ def main() -> None:
     for data in args.data.split(","):
         runs[f"{data}/no-passing"] = (data, [])
         if data in contiguous:
-            runs[f"{data}/contiguous"] = (data, ["--state-passing", "1", "--row-order", "contiguous"])
+            runs.update({f"{data}/contiguous-{float(p):g}": (data, ["--state-passing", p, "--row-order", "contiguous"])
+                         for p in args.contiguous_passing.split(",")})
         runs.update({f"{data}/passing-{float(p):g}": (data, ["--state-passing", p]) for p in args.state_passing.split(",")})
     if args.trained_only:
         runs = {name: run for name, run in runs.items() if (work / name / "summary.json").exists()}
