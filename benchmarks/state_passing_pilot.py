@@ -67,7 +67,7 @@ def plot(curves: dict, train_len: int, path: Path) -> None:
     students = [name for name in curves if name != "teacher"]
     datas = list(dict.fromkeys(name.rpartition("/")[0] for name in students))
     passings = list(dict.fromkeys(name.rpartition("/")[2] for name in students))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     for name in students:
         c, (data, _, passing) = curves[name], name.rpartition("/")
         mids = [(s + e) / 2 for s, e in zip(c["bucket_start"], c["bucket_end"])]
@@ -75,8 +75,8 @@ def plot(curves: dict, train_len: int, path: Path) -> None:
                 color=f"C{passings.index(passing)}", ls=["-", "--", ":", "-."][datas.index(data) % 4])
     ax.axvline(train_len, color="grey", ls=":", label=f"training rows ({train_len})")
     ax.set(xscale="log", xlabel="position (tokens)", ylabel="perplexity / teacher's",
-           title="Held-out books by position: state passing against none (CPU pilot)")
-    ax.legend()
+           title="Held-out books by position: state passing and contiguous rows (CPU pilot)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
