@@ -74,10 +74,10 @@ def build_mixture(spec: str, tokenizer: Any, seq_len: int, train_tokens: int, va
     if any(name.startswith("mix:") for name, _ in entries):
         raise DataError(f"data spec {spec!r}: mixtures do not nest")
     counts = lane_counts([share for _, share in entries], lanes) if in_order else [0] * len(entries)
-    span = max(1, math.ceil(train_tokens / seq_len) // max(1, lanes))
+    asked_span = max(1, math.ceil(train_tokens / seq_len) // max(1, lanes))
     parts = []
     for (name, share), count in zip(entries, counts):
-        part_train = count * span * seq_len if in_order else math.ceil(share * train_tokens)
+        part_train = count * asked_span * seq_len if in_order else math.ceil(share * train_tokens)
         split = build_splits(name, tokenizer, seq_len, part_train, math.ceil(share * val_tokens), seed,
                              in_order=in_order, lanes=max(1, count), **kw)
         parts.append((name, share, split))

@@ -247,8 +247,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         splits = on_main(lambda: build_splits(
             settings.data, tokenizer, settings.seq_len,
             train_tokens=max(settings.stage1_tokens, settings.stage2_tokens, settings.seq_len * settings.batch_size),
-            val_tokens=settings.val_tokens, seed=settings.seed, in_order=settings.row_order == "contiguous", lanes=settings.batch_size,
-            teacher=(model, tokenizer),
+            val_tokens=settings.val_tokens, seed=settings.seed, in_order=settings.contiguous_rows,
+            lanes=settings.batch_size, teacher=(model, tokenizer),
         ))
     fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val})
     if manifest is None:  # inputs are valid: only now does the run directory come into being
@@ -326,7 +326,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         passing = StatePassing(peft_model, settings.state_passing) if settings.state_passing else None
         loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA",
-                      contiguous=settings.row_order == "contiguous")
+                      contiguous=settings.contiguous_rows)
         with phase("stage 2 trained"), passing or nullcontext():
             _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()

@@ -13,8 +13,9 @@ BASELINES = ("teacher-lora",)
 """Runs that train no Lizard layer: ``teacher-lora`` = stage 2 alone (same LoRA, data, tokens, schedule
 and seed) on the unconverted teacher, the fair quality ceiling of a linearization."""
 LOSS_AVERAGES = ("tokens", "rows")
-ROW_ORDERS = ("shuffled", "contiguous")
 """How stage 2 averages the next-token loss over a batch (:attr:`TrainSettings.loss_average`)."""
+ROW_ORDERS = ("shuffled", "contiguous")
+"""The order of stage 2's rows (:attr:`TrainSettings.row_order`)."""
 
 
 @dataclass
@@ -109,7 +110,7 @@ class TrainSettings:
             raise ValueError(f"state-passing is a probability in [0, 1], got {self.state_passing}")
         if self.row_order not in ROW_ORDERS:
             raise ValueError(f"row-order must be one of {', '.join(ROW_ORDERS)}, got {self.row_order!r}")
-        if self.row_order == "contiguous" and not self.state_passing:
+        if self.contiguous_rows and not self.state_passing:
             raise ValueError("row-order contiguous hands each row the memory of the text before it: it needs --state-passing")
         if self.state_passing and self.baseline is not None:
             raise ValueError(f"state-passing needs Lizard layers; the {self.baseline} baseline has none")
@@ -127,6 +128,11 @@ class TrainSettings:
                 f"seq-len {self.seq_len} is shorter than the window ({lizard.window_size}): "
                 "the linear branch would never be trained"
             )
+
+    @property
+    def contiguous_rows(self) -> bool:
+        """Whether stage 2 reads its rows in lanes, in order (``row_order="contiguous"``)."""
+        return self.row_order == "contiguous"
 
     def use_cuda_graphs(self, device: str, processes: int) -> bool:
         """Whether the steps replay from CUDA graphs on ``device`` with ``processes`` processes (``"auto"``:

@@ -9,10 +9,10 @@ with probability p, from the linear memory that the row in its slot of the previ
 about ``p / (1 - p)`` earlier rows on average (decayed by the gates), of other documents, as in a
 long prompt of many. With ``row_order="contiguous"`` the slot's previous row is the text just before
 the row (:func:`lizardlm.train.loop.batch_at`), so at p = 1 each row starts from its own document's
-memory, as truncated backpropagation through time trains a recurrent model. Only the linear memory passes: the window starts each row empty. The validation
-loss and every evaluation start from an empty memory as before. Per slot, per process; after
-``--resume`` the memories start empty. With gradient checkpointing the recomputed forward starts
-from the same memories.
+memory, as truncated backpropagation through time trains a recurrent model. Only the linear memory
+passes: the window starts each row empty. The validation loss and every evaluation start from an
+empty memory as before. Per slot, per process; after ``--resume`` the memories start empty. With
+gradient checkpointing the recomputed forward starts from the same memories.
 """
 
 from __future__ import annotations
