@@ -17,7 +17,8 @@ from lizardlm.errors import DataError
 from lizardlm.ops import linear_state
 from lizardlm.train import TrainSettings, linearize
 from lizardlm.train.loop import batch_at
-from lizardlm.train.state_passing import StatePassing
+from lizardlm.cli import build_parser
+from lizardlm.train.state_passing import StatePassing, slot_probabilities
 
 LIZARD = {"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}
 
@@ -153,6 +154,12 @@ def test_another_batch_size_starts_empty(student):
     ({"state_passing": 0.5, "baseline": "teacher-lora"}, "no Lizard layers|has none"),
     ({"row_order": "contiguous"}, "needs --state-passing"),
     ({"row_order": "sorted", "state_passing": 1.0}, "row-order must be one of shuffled, contiguous"),
+    ({"state_passing": [0.9, 0.0], "data": "mix:a=1,b=1"}, "needs --row-order contiguous"),
+    ({"state_passing": [0.9, 0.0, 0.5], "data": "mix:a=1,b=1", "row_order": "contiguous"},
+     r"mixture of 3 parts \(the data has 2\)"),
+    ({"state_passing": [0.9, 0.0], "data": "a.txt", "row_order": "contiguous"}, r"\(the data has 1\)"),
+    ({"state_passing": [0.0, 0.0], "data": "mix:a=1,b=1", "row_order": "contiguous"}, "needs --state-passing"),
+    ({"state_passing": [1.5, 0.0], "data": "mix:a=1,b=1", "row_order": "contiguous"}, "probability in"),
 ])
 def test_settings_refuse_what_state_passing_cannot_do(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -212,7 +219,7 @@ def test_a_contiguous_run_hands_each_row_the_memory_of_the_text_before_it(tmp_pa
 
 
 def test_state_passing_refuses_a_probability_outside_0_1_and_keep_without_a_forward(student):
-    with pytest.raises(ValueError, match=r"probability in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\], some above 0"):
         StatePassing(student, 0.0)
     with StatePassing(student, 0.5) as passing:
         with pytest.raises(RuntimeError, match="keep\\(\\) without a forward"):
@@ -220,3 +227,64 @@ def test_state_passing_refuses_a_probability_outside_0_1_and_keep_without_a_forw
         passing.start(_rows(10))
         with pytest.raises(RuntimeError, match="keep\\(\\) without a forward"):
             passing.keep()
+
+
+def test_each_part_of_a_contiguous_mixture_passes_with_its_own_probability():
+    meta = {"parts": [{"lanes": 2}, {"lanes": 1}, {"lanes": 1}]}  # slots 0-1, 2 and 3
+    assert slot_probabilities(0.5, meta) == 0.5
+    assert slot_probabilities([0.9, 0.0, 0.5], meta).tolist() == pytest.approx([0.9, 0.9, 0.0, 0.5])
+    assert slot_probabilities([0.9, 0.0, 0.5], meta, rank=1, world=2).tolist() == pytest.approx([0.9, 0.5])
+    with pytest.raises(ValueError):
+        slot_probabilities([0.9, 0.0], meta)
+
+
+def test_rows_of_probability_0_start_empty_and_rows_of_1_from_their_memory(student):
+    with torch.no_grad(), StatePassing(student, torch.tensor([1.0, 0.0, 1.0])) as passing:
+        _forward(passing, student, _rows(0))
+        memories = [m.clone() for m in passing.memories]
+        passing.start(_rows(1))
+        for handoff, memory in zip(passing.handoffs, memories):
+            assert torch.equal(handoff.initial[[0, 2]], memory[[0, 2]]) and memory[1].abs().sum() > 0
+            assert not handoff.initial[1].any()
+    with torch.no_grad(), StatePassing(student, torch.tensor([1.0, 0.0])) as passing:
+        _forward(passing, student, _rows(0))
+        with pytest.raises(ValueError, match="2 probabilities for 3 rows"):
+            passing.start(_rows(1))
+
+
+def test_the_cli_reads_one_passing_probability_or_one_per_part(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["linearize", "--out", "o", "--state-passing", "0.9"]).state_passing == 0.9
+    assert parser.parse_args(["linearize", "--out", "o", "--state-passing", "0.9,0,1"]).state_passing == [0.9, 0, 1]
+    for bad in ("0", "0.9,1.5", "0.9,x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["linearize", "--out", "o", "--state-passing", bad])
+    assert "--state-passing" in capsys.readouterr().err
+
+
+def test_a_contiguous_mixture_passes_memories_in_the_lanes_of_the_parts_that_ask(tmp_path, teacher_dir, data_file):
+    """``state_passing=[1, 0]`` on a mixture of two parts, one lane each: slot 0 (the first part) starts
+    every row after the first from its memory, slot 1 (the second) always from an empty one."""
+    text = data_file.read_text(encoding="utf-8")
+    other = tmp_path / "other.txt"
+    other.write_text(text[len(text) // 2:] + text[: len(text) // 2], encoding="utf-8")
+    kw = dict(teacher=str(teacher_dir), data=f"mix:{data_file}=1,{other}=1", seq_len=32, batch_size=2,
+              stage1_tokens=32 * 2 * 2, stage2_tokens=32 * 2 * 4, val_tokens=32 * 4, checkpoint_every=10,
+              device="cpu", lizard=LIZARD, state_passing=[1.0, 0.0], row_order="contiguous")
+    seen: list[tuple[list, list]] = []
+    original = StatePassing.start
+
+    def start(self, batch):
+        original(self, batch)
+        seen.append(([h.initial for h in self.handoffs], [m.clone() for m in self.memories or []]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StatePassing, "start", start)
+        linearize(TrainSettings(**kw), tmp_path / "run")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["settings"]["state_passing"] == [1.0, 0.0] and [p["lanes"] for p in run["data"]["parts"]] == [1, 1]
+    assert len(seen) == 4 and all(initial is None for initial in seen[0][0])
+    for initials, memories in seen[1:]:
+        for initial, memory in zip(initials, memories):
+            assert torch.equal(initial[0], memory[0]) and memory[0].abs().sum() > 0
+            assert not initial[1].any() and memory[1].abs().sum() > 0

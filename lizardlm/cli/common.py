@@ -49,6 +49,16 @@ def probability(text: str) -> float:
     return value
 
 
+def passing_probabilities(text: str) -> float | list[float]:
+    """An argparse type: a probability in (0, 1], or ``P,P,...`` in [0, 1], one per part of a mixture."""
+    if "," not in text:
+        return probability(text)
+    values = [non_negative_float(x) for x in text.split(",")]
+    if any(v > 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1], got {text!r}")
+    return values
+
+
 def open_unit(text: str) -> float:
     """An argparse type: a number in (0, 1) (a decay)."""
     value = positive_float(text)

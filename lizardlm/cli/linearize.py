@@ -11,7 +11,7 @@ from lizardlm.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
-    probability,
+    passing_probabilities,
     seed,
     softmax_select,
 )
@@ -46,9 +46,11 @@ def add_parser(subparsers) -> None:
                    help="stage 2's loss over a batch: the mean over its target tokens (tokens, default), or each "
                    "row's mean then the mean over rows (rows: a row of a few answer tokens, as in "
                    "retrieval:...:loss=answers, weighs as much as a row of text, so mixture shares are loss shares)")
-    p.add_argument("--state-passing", type=probability, default=None, metavar="P",
+    p.add_argument("--state-passing", type=passing_probabilities, default=None, metavar="P[,P...]",
                    help="stage 2: each row starts, with probability P, from the linear memory the previous batch's "
-                   "row in its slot left (a long history behind the rows, for length generalisation; off by default)")
+                   "row in its slot left (a long history behind the rows, for length generalisation; off by default); "
+                   "with --row-order contiguous and a mix: data spec, one P per part, in its order (e.g. 0.9,0: books "
+                   "that read on from their own memory beside passkey documents that start empty)")
     p.add_argument("--row-order", choices=ROW_ORDERS, default=None,
                    help="stage 2's rows: shuffled (default), or contiguous: each row of a batch continues the text "
                    "its slot read the step before, so that with --state-passing 1 a row starts from the memory of its "

@@ -36,7 +36,7 @@ from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir, load_run
 from lizardlm.train.settings import TrainSettings
 from lizardlm.train.sharding import held_fraction, shard_model
-from lizardlm.train.state_passing import StatePassing
+from lizardlm.train.state_passing import StatePassing, slot_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +323,10 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     if "stage2" not in manifest["completed"]:
         t0 = time.perf_counter()
         peft_model.train()
-        passing = StatePassing(peft_model, settings.state_passing) if settings.state_passing else None
+        passing = None
+        if settings.passes_state:
+            passing = StatePassing(peft_model, slot_probabilities(settings.state_passing, splits.meta,
+                                                                  accelerator.process_index, accelerator.num_processes))
         loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA",
                       contiguous=settings.contiguous_rows)

@@ -39,7 +39,9 @@ class TrainSettings:
     weighs as much as a row of 2,047 text tokens and a mixture's data shares are its loss shares.
     ``state_passing`` (0: off) is the probability that a stage-2 row starts from the linear memory the
     previous batch's row in its slot left (:mod:`lizardlm.train.state_passing`): training rows with a
-    long history behind them, for length generalisation. ``row_order`` (one of :data:`ROW_ORDERS`) is
+    long history behind them, for length generalisation; with contiguous rows of a ``mix:``, a list of
+    one probability per part (in the spec's order) gives each part's lanes their own, e.g. books that
+    read on from their own memory beside passkey documents that start empty. ``row_order`` (one of :data:`ROW_ORDERS`) is
     the order of stage 2's rows: ``"shuffled"`` (a seeded shuffle each epoch); ``"contiguous"``: the
     batch's rows are lanes that each read on through the data in order, so that with state passing a
     row starts from the memory of the text before it (truncated backpropagation through time, for long
@@ -71,7 +73,7 @@ class TrainSettings:
     baseline: str | None = None
     softmax_select: str | None = None
     loss_average: str = "tokens"
-    state_passing: float = 0.0
+    state_passing: float | list[float] = 0.0
     row_order: str = "shuffled"
     lizard: dict[str, Any] = field(default_factory=dict)
 
@@ -106,13 +108,10 @@ class TrainSettings:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.loss_average not in LOSS_AVERAGES:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
-        if not 0 <= float(self.state_passing) <= 1:
-            raise ValueError(f"state-passing is a probability in [0, 1], got {self.state_passing}")
         if self.row_order not in ROW_ORDERS:
             raise ValueError(f"row-order must be one of {', '.join(ROW_ORDERS)}, got {self.row_order!r}")
-        if self.contiguous_rows and not self.state_passing:
-            raise ValueError("row-order contiguous hands each row the memory of the text before it: it needs --state-passing")
-        if self.state_passing and self.baseline is not None:
+        self._check_state_passing()
+        if self.passes_state and self.baseline is not None:
             raise ValueError(f"state-passing needs Lizard layers; the {self.baseline} baseline has none")
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
@@ -128,6 +127,33 @@ class TrainSettings:
                 f"seq-len {self.seq_len} is shorter than the window ({lizard.window_size}): "
                 "the linear branch would never be trained"
             )
+
+    def _check_state_passing(self) -> None:
+        """``state_passing``: a probability in [0, 1], or one per part of a contiguous ``mix:``."""
+        if isinstance(self.state_passing, (list, tuple)):
+            from lizardlm.data.mixture import parse_mixture  # here: the CLI's help must not import torch
+
+            self.state_passing = [float(p) for p in self.state_passing]
+            parts = len(parse_mixture(self.data)) if self.data.startswith("mix:") else 1
+            if not self.contiguous_rows or len(self.state_passing) != parts:
+                raise ValueError(
+                    f"state-passing {','.join(f'{p:g}' for p in self.state_passing)} gives one probability per part "
+                    f"of a mix: data spec, read in contiguous lanes: it needs --row-order contiguous and a mixture "
+                    f"of {len(self.state_passing)} parts (the data has {parts})")
+        if not all(0 <= p <= 1 for p in self.passing_probabilities):
+            raise ValueError(f"state-passing is a probability in [0, 1], got {self.state_passing}")
+        if self.contiguous_rows and not self.passes_state:
+            raise ValueError("row-order contiguous hands each row the memory of the text before it: it needs --state-passing")
+
+    @property
+    def passing_probabilities(self) -> list[float]:
+        """``state_passing`` as a list: one probability, or one per mixture part."""
+        return [float(p) for p in (self.state_passing if isinstance(self.state_passing, list) else [self.state_passing])]
+
+    @property
+    def passes_state(self) -> bool:
+        """Whether any stage-2 row may start from a passed memory (``state_passing`` above 0 anywhere)."""
+        return any(p > 0 for p in self.passing_probabilities)
 
     @property
     def contiguous_rows(self) -> bool:

@@ -12,7 +12,8 @@ the row (:func:`lizardlm.train.loop.batch_at`), so at p = 1 each row starts from
 memory, as truncated backpropagation through time trains a recurrent model. Only the linear memory
 passes: the window starts each row empty. The validation loss and every evaluation start from an
 empty memory as before. Per slot, per process; after ``--resume`` the memories start empty. With
-gradient checkpointing the recomputed forward starts from the same memories.
+gradient checkpointing the recomputed forward starts from the same memories. A contiguous mixture may
+give each part's lanes a probability of its own (:func:`slot_probabilities`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ import torch
 from torch import nn
 
 from lizardlm.layers.attention import LizardAttention, StateHandoff
+from lizardlm.train.distributed import shard
+
+
+def slot_probabilities(state_passing: float | list[float], data_meta: dict, rank: int = 0,
+                       world: int = 1) -> float | torch.Tensor:
+    """The probability that each of this process's batch slots starts from its passed memory: one
+    number for all, or, given one per part of a contiguous mixture, each part's for the slots its
+    lanes fill (a slot reads one lane, :func:`lizardlm.train.loop.batch_at`; the mixture's lanes come
+    part after part, ``data_meta["parts"][i]["lanes"]`` of them), then this process's share of the
+    slots (:func:`lizardlm.train.distributed.shard`)."""
+    if not isinstance(state_passing, list):
+        return float(state_passing)
+    lanes = [part["lanes"] for part in data_meta["parts"]]
+    per_slot = torch.tensor([p for p, count in zip(state_passing, lanes, strict=True) for _ in range(count)])
+    return shard(per_slot, rank, world)
 
 
 class StatePassing:
@@ -33,11 +49,13 @@ class StatePassing:
     until the next :meth:`start` (a backward that recomputes the forward, under gradient
     checkpointing, reads the same ones) and go back to empty memories when the context ends."""
 
-    def __init__(self, model: nn.Module, probability: float) -> None:
-        if not 0 < probability <= 1:
-            raise ValueError(f"state passing needs a probability in (0, 1], got {probability}")
+    def __init__(self, model: nn.Module, probability: float | torch.Tensor) -> None:
+        """``probability``: one for every row, or one per row of the batch (:func:`slot_probabilities`)."""
+        per_row = torch.as_tensor(probability, dtype=torch.float32)
+        if not (((per_row >= 0) & (per_row <= 1)).all() and (per_row > 0).any()):
+            raise ValueError(f"state passing needs probabilities in [0, 1], some above 0, got {probability}")
         self.layers = [m for m in model.modules() if isinstance(m, LizardAttention)]
-        self.probability = probability
+        self.probability = per_row
         self.memories: list[torch.Tensor] | None = None
         self.handoffs: list[StateHandoff] = []
 
@@ -57,6 +75,9 @@ class StatePassing:
         if self.memories is None:
             self.handoffs = [StateHandoff() for _ in self.layers]
         else:
+            if self.probability.dim() and self.probability.shape[0] != batch.shape[0]:
+                raise ValueError(f"state passing: {self.probability.shape[0]} probabilities for {batch.shape[0]} rows")
+            self.probability = self.probability.to(batch.device)  # once: a CUDA graph replays this address
             kept = (torch.rand(batch.shape[0], device=batch.device) < self.probability).view(-1, 1, 1, 1)
             self.handoffs = [StateHandoff(memory * kept.to(memory.dtype)) for memory in self.memories]
         for layer, handoff in zip(self.layers, self.handoffs):
