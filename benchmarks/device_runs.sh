@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The issue-19 training runs on a lent GPU, by name, through benchmarks/passkey_gpu.py; after the three
+# staging calls of benchmarks/device_stage.sh, each call carries [".stage/data.tar.xz", ".whl2",
+# ".stage/runs"] (the last only where it exists) and runs one of
+#
+#   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
+#   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh eval    evaluate again / go on with a cut evaluation
+#   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
+#
+# Every call leaves the driver's result and log in $OUT, and everything in one archive (the device
+# returns at most 8 files): $OUT/<run>.tgz holds them, the driver's plots, and the run directory
+# without its checkpoints (records, plots, evaluation, and the trained weights: lizard.safetensors
+# and the LoRA adapter, a few MB) under runs/<run>/. A machine goes back after 30 s idle, taking /tmp
+# with it: here, `tar xzf <run>.tgz -C .stage ./runs/<run>`, and a later call rebuilds the run
+# directory from .stage/runs/<run>/, so a trained run is evaluated without training it again.
+set -uo pipefail
+source benchmarks/device_stage.sh env
+R=/tmp/lizard-runs
+COMMON="--window-size 128 --gate-init 0.9999 --stage2-train-lizard --write-gate head --feature-dim 256"
+PASSKEYS="retrieval:loss=answers:template=varied:count=4300"
+S1=1048576 S2=16777216 MODE=lizard
+case "${NAME:-}" in
+  mixr2k)       DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; FLAGS="--loss-average rows $COMMON" ;;
+  mixr2k-sp)    DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; FLAGS="--loss-average rows $COMMON --state-passing 0.9" ;;
+  mixr2k-tbptt) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.5"
+                FLAGS="--loss-average rows $COMMON --state-passing 0.9 --row-order contiguous" ;;
+  mixr2k-books) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.5"  # memories in the books' lanes only
+                FLAGS="--loss-average rows $COMMON --state-passing 0.9,0,0 --row-order contiguous" ;;
+  mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
+                FLAGS="--loss-average rows $COMMON --state-passing 0.9,0 --row-order contiguous" ;;
+  books)        DATA="long-docs@train"; S2=4194304; FLAGS="$COMMON" ;;
+  books-tbptt)  DATA="long-docs@train"; S2=4194304; FLAGS="$COMMON --state-passing 0.9 --row-order contiguous" ;;
+  *) echo "device_runs.sh: unknown NAME=${NAME:-} (see the case list in this file)" >&2; exit 2 ;;
+esac
+mkdir -p $R
+if [ ! -d $R/$NAME ] && [ -f .stage/runs/$NAME/summary.json ]; then  # a run trained on an earlier machine
+  mkdir -p $R/$NAME && cp -r .stage/runs/$NAME/. $R/$NAME/
+fi
+
+save() {
+  local pack=/tmp/pack-$NAME
+  rm -rf $pack && mkdir -p $pack/runs
+  mv $OUT/* $pack/ 2>/dev/null
+  [ -d $R/$NAME ] && (cd $R && tar cf - --exclude=checkpoints $NAME) | tar xf - -C $pack/runs
+  cp $pack/passkey-*.json $pack/passkey-*.log $OUT/ 2>/dev/null
+  tar czf $OUT/$NAME.tgz -C $pack .
+  ls -la $OUT
+}
+
+drive() {
+  python3 benchmarks/passkey_gpu.py --out $OUT --runs $R --name $NAME --mode $MODE --data "$DATA" \
+    --stage1-tokens $S1 --stage2-tokens $S2 --seq-len 2048 --flags "$FLAGS" --deadline ${DL:-560} \
+    ${TASKS:+--tasks $TASKS} "$@"
+}
+
+case "${1:-}" in
+  train) drive; save ;;
+  eval)  drive --eval-only; save ;;
+  zs)    drive --eval-only --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande; save ;;
+  *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs" >&2; exit 2 ;;
+esac
