@@ -158,6 +158,7 @@ def test_another_batch_size_starts_empty(student):
     ({"state_passing": [0.9, 0.0, 0.5], "data": "mix:a=1,b=1", "row_order": "contiguous"},
      r"mixture of 3 parts \(the data has 2\)"),
     ({"state_passing": [0.9, 0.0], "data": "a.txt", "row_order": "contiguous"}, r"\(the data has 1\)"),
+    ({"state_passing": [0.9], "data": "a.txt", "row_order": "contiguous"}, r"\(the data has 1\)"),
     ({"state_passing": [0.0, 0.0], "data": "mix:a=1,b=1", "row_order": "contiguous"}, "needs --state-passing"),
     ({"state_passing": [1.5, 0.0], "data": "mix:a=1,b=1", "row_order": "contiguous"}, "probability in"),
 ])

@@ -134,8 +134,9 @@ class TrainSettings:
             from lizardlm.data.mixture import parse_mixture  # here: the CLI's help must not import torch
 
             self.state_passing = [float(p) for p in self.state_passing]
-            parts = len(parse_mixture(self.data)) if self.data.startswith("mix:") else 1
-            if not self.contiguous_rows or len(self.state_passing) != parts:
+            mixture = self.data.startswith("mix:")
+            parts = len(parse_mixture(self.data)) if mixture else 1
+            if not (self.contiguous_rows and mixture and len(self.state_passing) == parts):
                 raise ValueError(
                     f"state-passing {','.join(f'{p:g}' for p in self.state_passing)} gives one probability per part "
                     f"of a mix: data spec, read in contiguous lanes: it needs --row-order contiguous and a mixture "
