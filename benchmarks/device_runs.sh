@@ -28,6 +28,9 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON --state-passing 0.9,0,0 --row-order contiguous" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
                 FLAGS="--loss-average rows $COMMON --state-passing 0.9,0 --row-order contiguous" ;;
+  mixr2k-long)  # + 16K passkey documents read in order, 8 rows each, from an empty memory at each document
+                DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.25,retrieval:length=16384:loss=answers:template=varied:count=300=0.25"
+                FLAGS="--loss-average rows $COMMON --state-passing 0.9,0,0,1 --row-order contiguous --reset-at-documents" ;;
   books)        DATA="long-docs@train"; S2=4194304; FLAGS="$COMMON" ;;
   books-tbptt)  DATA="long-docs@train"; S2=4194304; FLAGS="$COMMON --state-passing 0.9 --row-order contiguous" ;;
   *) echo "device_runs.sh: unknown NAME=${NAME:-} (see the case list in this file)" >&2; exit 2 ;;

@@ -13,7 +13,7 @@ import torch
 
 from lizardlm.data import build_splits, load_documents, pack_tokens
 from lizardlm.data.mixture import lane_counts, parse_mixture
-from lizardlm.data.packing import IGNORE_INDEX, inputs_and_labels, without_loss
+from lizardlm.data.packing import IGNORE_INDEX, document_starts, inputs_and_labels, lane_starts, without_loss
 from lizardlm.data.retrieval import QUESTIONS, WORDINGS, FillerPool, make_example, parse_spec
 from lizardlm.errors import DataError
 
@@ -390,3 +390,55 @@ def test_cli_loss_average_is_a_setting_of_the_run(tmp_path, teacher_dir, data_fi
     assert "settings differ from the original run (loss_average: 'rows' -> 'tokens')" in capsys.readouterr().err
     with pytest.raises(ValueError, match="loss-average must be one of tokens, rows"):
         TrainSettings(loss_average="sequences")
+
+
+def test_lane_starts_move_on_to_a_document_start_in_reach():
+    opens = torch.zeros(40, dtype=torch.bool)
+    opens[::4] = True  # documents of 4 rows
+    opens[[5, 6]] = True
+    assert lane_starts(opens, 1, 40) == [0]
+    assert lane_starts(opens, 3, 8) == [0, 16, 32]  # spread 0, 16, 32: all at starts already
+    assert lane_starts(opens, 3, 11) == [0, 12, 28]  # spots 0, 14, 29: the nearest starts in reach
+    ahead = torch.zeros(40, dtype=torch.bool)
+    ahead[[0, 3, 30]] = True
+    assert lane_starts(ahead, 2, 20) == [0, 20]  # 30 would run past the end: the lane starts mid-document
+    for lanes, span in ((2, 20), (4, 9), (5, 8), (3, 13)):
+        starts = lane_starts(opens, lanes, span)
+        assert all(b - a >= span for a, b in zip(starts, starts[1:])) and starts[-1] + span <= 40
+
+
+def test_lanes_read_documents_longer_than_a_row_from_their_first_row(books, tiny_tokenizer):
+    """Retrieval documents of 4 rows, in 3 lanes: each lane starts at a document, so a document's rows
+    come in order in one lane; ``train_follows`` is False at lane starts and after a validation row
+    taken out, ``train_starts_document`` marks every fourth row, and ``passes_on`` combines them."""
+    spec = f"retrieval:count=40:length=512:seed=1:filler={books}"
+    splits = build_splits(spec, tiny_tokenizer, seq_len=128, train_tokens=128 * 3 * 40, val_tokens=128 * 4,
+                          in_order=True, lanes=3)
+    span = splits.train.shape[0] // 3
+    assert splits.meta["lanes_at_document_start"] == 3 and splits.train_starts_document[::span].all()
+    rows = pack_tokens(load_documents(spec, tokenizer=tiny_tokenizer), tiny_tokenizer, 128)
+    opens = document_starts(rows, tiny_tokenizer.eos_token_id)
+    assert opens.tolist() == [i % 4 == 0 for i in range(160)]
+    where = [next(i for i in range(160) if torch.equal(rows[i], row)) for row in splits.train]
+    for k in range(3):
+        lane = where[k * span:(k + 1) * span]
+        follows = splits.train_follows[k * span:(k + 1) * span].tolist()
+        assert follows == [False] + [b == a + 1 for a, b in zip(lane, lane[1:])]
+        assert splits.train_starts_document[k * span:(k + 1) * span].tolist() == [i % 4 == 0 for i in lane]
+    assert splits.meta["rows_after_gap"] == (~splits.train_follows).sum().item() - 3 > 0  # validation took rows out
+    kept = splits.passes_on(reset_at_documents=True)
+    assert torch.equal(kept, splits.train_follows & ~splits.train_starts_document)
+    assert torch.equal(splits.passes_on(reset_at_documents=False), splits.train_follows)
+    with pytest.raises(ValueError, match="built in order"):
+        build_splits(spec, tiny_tokenizer, seq_len=128, train_tokens=128 * 40, val_tokens=128 * 4).passes_on(True)
+
+
+def test_a_mixture_in_order_keeps_each_lane_s_row_flags(books, tiny_tokenizer):
+    spec = f"mix:retrieval:count=20:length=512:seed=1:filler={books}=1,{books}=1"
+    splits = build_splits(spec, tiny_tokenizer, seq_len=128, train_tokens=128 * 4 * 16, val_tokens=128 * 4,
+                          in_order=True, lanes=4)
+    span = splits.train.shape[0] // 4
+    assert splits.train_follows.shape == splits.train_starts_document.shape == (splits.train.shape[0],)
+    assert not splits.train_follows[::span].any()
+    first = splits.train_starts_document[: 2 * span].view(2, span)  # the retrieval part's two lanes
+    assert first[:, 0].all() and first.sum().item() == 2 * math.ceil(span / 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from lizardlm.train.loop import batch_at
 from lizardlm.cli import build_parser
 from lizardlm.train.state_passing import StatePassing, slot_probabilities
 
+FIXTURES = Path(__file__).parent / "fixtures"
 LIZARD = {"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}
 
 
@@ -161,6 +163,7 @@ def test_another_batch_size_starts_empty(student):
     ({"state_passing": [0.9], "data": "a.txt", "row_order": "contiguous"}, r"\(the data has 1\)"),
     ({"state_passing": [0.0, 0.0], "data": "mix:a=1,b=1", "row_order": "contiguous"}, "needs --state-passing"),
     ({"state_passing": [1.5, 0.0], "data": "mix:a=1,b=1", "row_order": "contiguous"}, "probability in"),
+    ({"state_passing": 1.0, "reset_at_documents": True}, "reset-at-documents .* needs --row-order contiguous"),
 ])
 def test_settings_refuse_what_state_passing_cannot_do(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -190,7 +193,8 @@ def test_contiguous_batches_read_each_lane_on_in_order():
 
 def test_a_contiguous_run_hands_each_row_the_memory_of_the_text_before_it(tmp_path, teacher_dir, data_file):
     """Each slot of stage 2 reads its lane of the in-order rows, and its memory after step i is what
-    the row before started stage 2 with at step i + 1 (P = 1: every row is kept)."""
+    the row after started with at step i + 1 (P = 1: every row is kept), unless that row does not
+    follow it (the lane's first row again, or a row after a validation row taken out): then empty."""
     kw = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=32, batch_size=2, stage1_tokens=32 * 2 * 2,
               stage2_tokens=32 * 2 * 4, val_tokens=32 * 4, checkpoint_every=10, device="cpu", lizard=LIZARD,
               state_passing=1.0, row_order="contiguous")
@@ -215,8 +219,12 @@ def test_a_contiguous_run_hands_each_row_the_memory_of_the_text_before_it(tmp_pa
     for step, batch in enumerate(batches):
         assert torch.equal(batch, splits.train[torch.arange(2) * lane + step % lane])
     assert all(initial is None for initial in seen[0][1])  # the first rows start empty
-    for _, initials, memories in seen[1:]:  # later ones from the whole memory the slot left
-        assert all(torch.equal(i, m) for i, m in zip(initials, memories))
+    follows = splits.passes_on(reset_at_documents=False)
+    kept = [batch_at(follows, step, 2, seed=0, contiguous=True) for step in range(4)]
+    assert torch.stack(kept[1:]).any() and not torch.stack(kept[1:]).all()  # both cases are checked
+    for (_, initials, memories), rows in zip(seen[1:], kept[1:]):  # later ones from the memory the slot left
+        for initial, memory in zip(initials, memories):
+            assert torch.equal(initial[rows], memory[rows]) and not initial[~rows].any()
 
 
 def test_state_passing_refuses_a_probability_outside_0_1_and_keep_without_a_forward(student):
@@ -228,6 +236,20 @@ def test_state_passing_refuses_a_probability_outside_0_1_and_keep_without_a_forw
         passing.start(_rows(10))
         with pytest.raises(RuntimeError, match="keep\\(\\) without a forward"):
             passing.keep()
+
+
+def test_rows_not_allowed_to_pass_start_empty_even_at_probability_1(student):
+    with torch.no_grad(), StatePassing(student, 1.0) as passing:
+        passing.allow(torch.tensor([True, False, True]))  # before any memory: all start empty anyway
+        _forward(passing, student, _rows(0))
+        memories = [m.clone() for m in passing.memories]
+        buffer = passing.allowed
+        passing.allow(torch.tensor([False, True, True]))
+        assert passing.allowed is buffer  # copied in place: a CUDA graph reads the same address
+        passing.start(_rows(1))
+        for handoff, memory in zip(passing.handoffs, memories):
+            assert not handoff.initial[0].any() and memory[0].abs().sum() > 0
+            assert torch.equal(handoff.initial[1:], memory[1:])
 
 
 def test_each_part_of_a_contiguous_mixture_passes_with_its_own_probability():
@@ -257,6 +279,8 @@ def test_the_cli_reads_one_passing_probability_or_one_per_part(capsys):
     parser = build_parser()
     assert parser.parse_args(["linearize", "--out", "o", "--state-passing", "0.9"]).state_passing == 0.9
     assert parser.parse_args(["linearize", "--out", "o", "--state-passing", "0.9,0,1"]).state_passing == [0.9, 0, 1]
+    assert parser.parse_args(["linearize", "--out", "o", "--reset-at-documents"]).reset_at_documents is True
+    assert parser.parse_args(["linearize", "--out", "o"]).reset_at_documents is None  # the preset's
     for bad in ("0", "0.9,1.5", "0.9,x"):
         with pytest.raises(SystemExit):
             parser.parse_args(["linearize", "--out", "o", "--state-passing", bad])
@@ -289,3 +313,37 @@ def test_a_contiguous_mixture_passes_memories_in_the_lanes_of_the_parts_that_ask
         for initial, memory in zip(initials, memories):
             assert torch.equal(initial[0], memory[0]) and memory[0].abs().sum() > 0
             assert not initial[1].any() and memory[1].abs().sum() > 0
+
+
+def test_a_run_reset_at_documents_reads_each_long_document_with_its_own_memory(tmp_path, teacher_dir, tiny_tokenizer):
+    """Retrieval documents of 2 rows in 2 lanes at P = 1 with ``reset_at_documents``: a row that begins
+    a document (or follows a gap in its lane) starts empty, the row after it from the memory it left."""
+    books = tmp_path / "books.jsonl"
+    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8")
+    books.write_text("".join(json.dumps({"title": f"b{i}", "text": text[i * 500:] + text[:i * 500]}) + "\n"
+                             for i in range(10)), encoding="utf-8")
+    data = f"retrieval:count=24:length=512:seed=1:filler={books}"
+    kw = dict(teacher=str(teacher_dir), data=data, seq_len=256, batch_size=2, stage1_tokens=256 * 2 * 2,
+              stage2_tokens=256 * 2 * 6, val_tokens=256 * 2, checkpoint_every=10, device="cpu", lizard=LIZARD,
+              state_passing=1.0, row_order="contiguous", reset_at_documents=True)
+    seen: list[tuple[list, list]] = []
+    original = StatePassing.start
+
+    def start(self, batch):
+        original(self, batch)
+        seen.append(([h.initial for h in self.handoffs], [m.clone() for m in self.memories or []]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StatePassing, "start", start)
+        linearize(TrainSettings(**kw), tmp_path / "run")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["settings"]["reset_at_documents"] is True and run["data"]["lanes_at_document_start"] == 2
+    splits = build_splits(data, tiny_tokenizer, 256, train_tokens=256 * 2 * 6, val_tokens=256 * 2, in_order=True,
+                          lanes=2)
+    passes = [batch_at(splits.passes_on(True), step, 2, seed=0, contiguous=True) for step in range(6)]
+    opens = [batch_at(splits.train_starts_document, step, 2, seed=0, contiguous=True) for step in range(6)]
+    assert torch.stack(passes[1:]).any() and torch.stack(opens[1:]).any()
+    for (initials, memories), rows, first in zip(seen[1:], passes[1:], opens[1:]):
+        assert not (rows & first).any()
+        for initial, memory in zip(initials, memories):
+            assert torch.equal(initial[rows], memory[rows]) and not initial[~rows].any()

@@ -55,6 +55,10 @@ def add_parser(subparsers) -> None:
                    help="stage 2's rows: shuffled (default), or contiguous: each row of a batch continues the text "
                    "its slot read the step before, so that with --state-passing 1 a row starts from the memory of its "
                    "own document (truncated backpropagation through time, for long documents)")
+    p.add_argument("--reset-at-documents", action="store_true", default=None,
+                   help="with --row-order contiguous: a row that begins a document starts from an empty memory, as "
+                   "evaluation does, so a document longer than a row is read with its own memory only (rows after a "
+                   "gap in their lane always start empty)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="stage 2 recomputes each decoder layer's activations in the backward: less memory "
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "state_passing", "row_order")
+                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "state_passing", "row_order",
+                     "reset_at_documents")
     }
     try:
         settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), baseline=args.baseline,

@@ -84,12 +84,17 @@ def build_mixture(spec: str, tokenizer: Any, seq_len: int, train_tokens: int, va
     generator = torch.Generator().manual_seed(seed)
     if in_order:  # lanes of the same length: the shortest part's
         span = min(split.train.shape[0] // count for (_, _, split), count in zip(parts, counts))
-        kept = [split.train.view(count, -1, seq_len)[:, :span] for (_, _, split), count in zip(parts, counts)]
-        train = torch.cat(kept).reshape(-1, seq_len)
+
+        def lanes_of(name: str) -> torch.Tensor:  # each part's lanes cut to ``span`` rows, part after part
+            return torch.cat([getattr(split, name).unflatten(0, (count, -1))[:, :span].flatten(0, 1)
+                              for (_, _, split), count in zip(parts, counts)])
+
+        train, follows, starts_document = (lanes_of(name) for name in ("train", "train_follows", "train_starts_document"))
         trained_rows = [count * span for count in counts]
     else:
         train = torch.cat([split.train for _, _, split in parts])
         train = train[torch.randperm(train.shape[0], generator=generator)]
+        follows = starts_document = None
         trained_rows = [split.train.shape[0] for _, _, split in parts]
     val = torch.cat([split.val for _, _, split in parts])
     val = val[torch.randperm(val.shape[0], generator=generator)]
@@ -115,4 +120,4 @@ def build_mixture(spec: str, tokenizer: Any, seq_len: int, train_tokens: int, va
         short = ", ".join(name for name, _, split in parts if split.meta["shortfall"])
         shares = ", ".join(f"{p['spec']} {p['train_share']:.1%} (asked {p['share']:.1%})" for p in meta["parts"])
         logger.warning("mixture %r: %s ran short, so it trains on these shares of its rows: %s", spec, short, shares)
-    return PackedSplits(train=train, val=val, meta=meta)
+    return PackedSplits(train=train, val=val, meta=meta, train_follows=follows, train_starts_document=starts_document)

@@ -54,11 +54,23 @@ def inputs_and_labels(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @dataclass
 class PackedSplits:
     """Train and validation rows, each ``(rows, seq_len)`` int64 (input-only tokens negative, see the
-    module docstring), and a record of how they were made."""
+    module docstring), and a record of how they were made. Train rows in lanes (``in_order``) also say,
+    per row, whether the row is the text right after the previous row of its lane (``train_follows``:
+    False at a lane's first row and after a validation row taken out), and whether its first token
+    starts a document (``train_starts_document``); :mod:`lizardlm.train.state_passing` reads them."""
 
     train: torch.Tensor
     val: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    train_follows: torch.Tensor | None = None
+    train_starts_document: torch.Tensor | None = None
+
+    def passes_on(self, reset_at_documents: bool) -> torch.Tensor:
+        """Per train row in lanes, whether it may start from the memory its lane's previous row left:
+        only if it is the text right after it and, with ``reset_at_documents``, does not start a document."""
+        if self.train_follows is None or self.train_starts_document is None:
+            raise ValueError("only train rows built in order (in lanes) say which rows follow each other")
+        return self.train_follows & ~(self.train_starts_document & reset_at_documents)
 
 
 def pack_tokens(
@@ -173,10 +185,11 @@ def build_splits(
     asked proportion, with a warning and ``meta["shortfall"] = True``. ``kw`` goes to ``load_documents``.
     A ``mix:`` spec packs each part to its weight (:mod:`lizardlm.data.mixture`). ``in_order``: the
     train rows are ``lanes`` runs of ``n_train // lanes`` consecutive rows that validation did not take,
-    starting evenly spread over the packed data, one after another (each row continues the text of the
-    one before it, but where a validation row was taken out), for contiguous training in ``lanes`` slots
-    (:func:`lizardlm.train.loop.batch_at`); validation is the same as without it (a mixture gives each
-    part lanes of its own, :mod:`lizardlm.data.mixture`).
+    spread over the packed data and each starting at a document's start where one is in reach
+    (:func:`lane_starts`), one after another (each row continues the text of the one before it, but
+    where a validation row was taken out: ``train_follows`` says where), for contiguous training in
+    ``lanes`` slots (:func:`lizardlm.train.loop.batch_at`); validation is the same as without it (a
+    mixture gives each part lanes of its own, :mod:`lizardlm.data.mixture`).
     """
     if spec.startswith("mix:"):
         from lizardlm.data.mixture import build_mixture
@@ -203,15 +216,26 @@ def build_splits(
         )
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
     val = rows[order[:n_val]]
+    lane_meta: dict[str, int] = {}
+    follows = starts_document = None
     if in_order:  # lanes of consecutive rows that validation did not take, spread over the data
         left = torch.ones(available, dtype=torch.bool)
         left[order[:n_val]] = False
         kept = left.nonzero().flatten()
         lanes = min(max(1, lanes), n_train)
         span = n_train // lanes
-        starts = [round(k * (kept.numel() - span) / max(1, lanes - 1)) for k in range(lanes)]
-        train = rows[torch.cat([kept[s:s + span] for s in starts])]
+        opens = document_starts(rows, tokenizer.eos_token_id)
+        starts = lane_starts(opens[kept], lanes, span)
+        picked = torch.cat([kept[s:s + span] for s in starts])
+        train = rows[picked]
         n_train = train.shape[0]
+        follows = torch.ones(n_train, dtype=torch.bool)
+        follows[1:] = picked[1:] == picked[:-1] + 1
+        follows[::span] = False
+        starts_document = opens[picked]
+        lane_meta = {"lanes": len(starts), "lanes_at_document_start": int(starts_document[::span].sum()),
+                     "rows_after_gap": int((~follows).sum()) - len(starts),
+                     "rows_starting_document": int(starts_document.sum())}
     else:
         train = rows[order[n_val:n_val + n_train]]
     meta = {
@@ -228,5 +252,32 @@ def build_splits(
         "val_tokens": n_val * seq_len,
         "shortfall": shortfall,
         "train_in_order": in_order,
+        **lane_meta,
     }
-    return PackedSplits(train=train, val=val, meta=meta)
+    return PackedSplits(train=train, val=val, meta=meta, train_follows=follows, train_starts_document=starts_document)
+
+
+def document_starts(rows: torch.Tensor, eos: int) -> torch.Tensor:
+    """Per packed row, whether its first token starts a document: the first row, and each row after
+    one that ends with eos (packing appends eos to every document)."""
+    opens = torch.ones(rows.shape[0], dtype=torch.bool)
+    opens[1:] = input_ids(rows[:-1, -1]) == eos
+    return opens
+
+
+def lane_starts(opens: torch.Tensor, lanes: int, span: int) -> list[int]:
+    """Where ``lanes`` runs of ``span`` rows start among rows whose document starts are ``opens``:
+    evenly spread over them, each moved to the document start nearest its even spot that keeps it
+    clear of the lane before, of the next lane's spot and of the end (a lane then reads whole
+    documents from its first row, as a document longer than a row needs; with no start in reach,
+    the lane starts at its spot, mid-document)."""
+    n = opens.numel()
+    spread = [round(k * (n - span) / max(1, lanes - 1)) for k in range(lanes)]
+    starts: list[int] = []
+    for k, spot in enumerate(spread):
+        first = starts[-1] + span if starts else 0
+        last = (spread[k + 1] if k + 1 < lanes else n) - span
+        spot = max(spot, first)
+        reach = opens[first:last + 1].nonzero().flatten() + first
+        starts.append(int(reach[(reach - spot).abs().argmin()]) if reach.numel() else spot)
+    return starts

@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 
 import lizardlm
 from lizardlm.convert import check_convertible, convert
-from lizardlm.data.packing import IGNORE_INDEX, input_ids, inputs_and_labels
+from lizardlm.data.packing import IGNORE_INDEX, PackedSplits, input_ids, inputs_and_labels
 from lizardlm.devices import pick_device
 from lizardlm.errors import LizardError, TrainingError
 from lizardlm.layers import attention_transfer
@@ -31,7 +31,7 @@ from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, wr
 from lizardlm.train.distributed import batches_behind, micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
 from lizardlm.train.hybrid import even_layers, lizard_layer_ids, parse_select, worst_layers
-from lizardlm.train.loop import MetricsLog, Stage, run_stage
+from lizardlm.train.loop import MetricsLog, Stage, batch_at, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir, load_run
 from lizardlm.train.settings import TrainSettings
@@ -104,6 +104,19 @@ def _transfer_loss_fn(model):
         return losses.sum(), {"mse_mean": losses.mean()}
 
     return loss_fn
+
+
+def _lane_resets(passing: StatePassing, splits: PackedSplits, settings: TrainSettings,
+                 accelerator: Accelerator) -> Callable[[int], None]:
+    """Before each step of rows in lanes: tell ``passing`` which of this process's rows may start
+    from their slot's passed memory (:meth:`~lizardlm.data.packing.PackedSplits.passes_on`)."""
+    passes_on = splits.passes_on(settings.reset_at_documents)
+
+    def before_step(step: int) -> None:
+        rows = batch_at(passes_on, step, settings.batch_size, settings.seed, contiguous=True)
+        passing.allow(shard(rows, accelerator.process_index, accelerator.num_processes))
+
+    return before_step
 
 
 def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = None):
@@ -250,7 +263,9 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
             val_tokens=settings.val_tokens, seed=settings.seed, in_order=settings.contiguous_rows,
             lanes=settings.batch_size, teacher=(model, tokenizer),
         ))
-    fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val})
+    lanes = {} if splits.train_follows is None else {"follows": splits.train_follows,
+                                                        "starts_document": splits.train_starts_document}
+    fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val, **lanes})
     if manifest is None:  # inputs are valid: only now does the run directory come into being
 
         def claim() -> None:
@@ -329,7 +344,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
                                                                   accelerator.process_index, accelerator.num_processes))
         loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA",
-                      contiguous=settings.contiguous_rows)
+                      contiguous=settings.contiguous_rows,
+                      before_step=_lane_resets(passing, splits, settings, accelerator) if settings.contiguous_rows else None)
         with phase("stage 2 trained"), passing or nullcontext():
             _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()

@@ -61,6 +61,8 @@ class Stage:
     """Whether :func:`run_stage` backpropagates the loss; False: ``loss_fn`` already did."""
     contiguous: bool = False
     """Batches in lanes that read the rows in order (:func:`batch_at`) instead of a shuffle."""
+    before_step: Callable[[int], None] | None = None
+    """Called with the step's number before each step (e.g. state passing learns which rows continue their lane)."""
 
 
 def _eta(seconds: float) -> str:
@@ -227,6 +229,8 @@ def _train(stage: Stage, rows: torch.Tensor, runner: EagerStep, optimizer, sched
         while step < stage.steps:
             started = time.perf_counter()
             batch = shard(batch_at(rows, step, batch_size, seed, stage.contiguous), rank, world).to(accelerator.device)
+            if stage.before_step is not None:
+                stage.before_step(step)
             loss_value, extra = runner.forward_backward(batch)
             if not math.isfinite(loss_value):
                 kept = (f"its checkpoint at step {last_good} ({run.checkpoint})" if last_good

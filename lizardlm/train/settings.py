@@ -45,7 +45,11 @@ class TrainSettings:
     the order of stage 2's rows: ``"shuffled"`` (a seeded shuffle each epoch); ``"contiguous"``: the
     batch's rows are lanes that each read on through the data in order, so that with state passing a
     row starts from the memory of the text before it (truncated backpropagation through time, for long
-    documents; a mixture's parts get lanes by their shares).
+    documents; a mixture's parts get lanes by their shares). A row in lanes whose previous row is not
+    the text just before it (a lane's first row, a row after a validation row) always starts empty;
+    ``reset_at_documents`` also starts every row that begins a document empty, as every evaluation
+    does, so that a document longer than a row (e.g. ``retrieval:length=16384`` at 2K rows) is read
+    from its first row on with its own memory only.
     """
 
     teacher: str = "smollm2-135m"
@@ -75,6 +79,7 @@ class TrainSettings:
     loss_average: str = "tokens"
     state_passing: float | list[float] = 0.0
     row_order: str = "shuffled"
+    reset_at_documents: bool = False
     lizard: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,6 +150,9 @@ class TrainSettings:
             raise ValueError(f"state-passing is a probability in [0, 1], got {self.state_passing}")
         if self.contiguous_rows and not self.passes_state:
             raise ValueError("row-order contiguous hands each row the memory of the text before it: it needs --state-passing")
+        if self.reset_at_documents and not self.contiguous_rows:
+            raise ValueError("reset-at-documents starts the rows that begin a document empty in lanes of contiguous rows: "
+                             "it needs --row-order contiguous and --state-passing")
 
     @property
     def passing_probabilities(self) -> list[float]:

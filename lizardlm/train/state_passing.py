@@ -13,7 +13,10 @@ memory, as truncated backpropagation through time trains a recurrent model. Only
 passes: the window starts each row empty. The validation loss and every evaluation start from an
 empty memory as before. Per slot, per process; after ``--resume`` the memories start empty. With
 gradient checkpointing the recomputed forward starts from the same memories. A contiguous mixture may
-give each part's lanes a probability of its own (:func:`slot_probabilities`).
+give each part's lanes a probability of its own (:func:`slot_probabilities`). In lanes, a row that does
+not follow its slot's previous row (a lane's first row, a row after a validation row taken out) starts
+empty, and so, with ``reset_at_documents``, does a row that begins a document
+(:meth:`StatePassing.allow`, from :meth:`lizardlm.data.packing.PackedSplits.passes_on`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class StatePassing:
             raise ValueError(f"state passing needs probabilities in [0, 1], some above 0, got {probability}")
         self.layers = [m for m in model.modules() if isinstance(m, LizardAttention)]
         self.probability = per_row
+        self.allowed: torch.Tensor | None = None
         self.memories: list[torch.Tensor] | None = None
         self.handoffs: list[StateHandoff] = []
 
@@ -66,6 +70,14 @@ class StatePassing:
         for layer in self.layers:
             layer.handoff = None
         self.handoffs = []
+
+    def allow(self, rows: torch.Tensor) -> None:
+        """Which rows of the next batch may start from a passed memory at all (bool, one per row; the
+        others start empty): copied into a buffer of fixed address, outside any CUDA graph, like the batch."""
+        if self.allowed is None or self.allowed.shape != rows.shape:
+            self.allowed = rows.to(torch.bool)
+        else:
+            self.allowed.copy_(rows)
 
     def start(self, batch: torch.Tensor) -> None:
         """The next forward, of ``batch`` (rows first), starts from the passed memories: each row's
@@ -78,7 +90,11 @@ class StatePassing:
             if self.probability.dim() and self.probability.shape[0] != batch.shape[0]:
                 raise ValueError(f"state passing: {self.probability.shape[0]} probabilities for {batch.shape[0]} rows")
             self.probability = self.probability.to(batch.device)  # once: a CUDA graph replays this address
-            kept = (torch.rand(batch.shape[0], device=batch.device) < self.probability).view(-1, 1, 1, 1)
+            kept = torch.rand(batch.shape[0], device=batch.device) < self.probability
+            if self.allowed is not None:
+                self.allowed = self.allowed.to(batch.device)  # likewise
+                kept = kept & self.allowed
+            kept = kept.view(-1, 1, 1, 1)
             self.handoffs = [StateHandoff(memory * kept.to(memory.dtype)) for memory in self.memories]
         for layer, handoff in zip(self.layers, self.handoffs):
             layer.handoff = handoff

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,25 @@ def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir,
     assert [(e["stage"], e["step"]) for e in graphed] == [(e["stage"], e["step"]) for e in eager]
     assert [g["loss"] for g in graphed] == pytest.approx([e["loss"] for e in eager], rel=1e-4)
     assert [g["lr"] for g in graphed] == pytest.approx([e["lr"] for e in eager])
+
+
+def test_graphed_lanes_reset_at_documents_log_the_eager_losses(tmp_path, teacher_dir, float32_linearize):
+    """Contiguous rows of documents two rows long at P = 1 with ``reset_at_documents``: the graph reads
+    which rows may pass from a buffer the host fills before each replay, so its losses are the eager ones."""
+    books = tmp_path / "books.jsonl"
+    text = (Path(__file__).parents[1] / "fixtures" / "wikitext_slice.txt").read_text(encoding="utf-8")
+    books.write_text("".join(json.dumps({"title": f"b{i}", "text": text[i * 500:] + text[:i * 500]}) + "\n"
+                             for i in range(10)), encoding="utf-8")
+    base = dict(teacher=str(teacher_dir), data=f"retrieval:count=40:length=512:seed=1:filler={books}", seq_len=256,
+                batch_size=2, stage1_tokens=256 * 2 * 2, stage2_tokens=256 * 2 * 8, val_tokens=256 * 2,
+                checkpoint_every=20, device="cuda", lizard=LIZARD, state_passing=1.0, row_order="contiguous",
+                reset_at_documents=True)
+    losses = {}
+    for graphs in (False, True):
+        out = tmp_path / f"graphs-{graphs}"
+        linearize(TrainSettings(**base, cuda_graphs=graphs), out)
+        losses[graphs] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
 def test_graphed_run_stopped_mid_stage_resumes_like_an_uninterrupted_one(tmp_path, teacher_dir, data_file,
