@@ -270,7 +270,7 @@ def test_cli_prints_a_multi_line_error_as_one_line(capsys, monkeypatch):
         raise LizardError("first\nsecond")
 
     parser = type("Parser", (), {"parse_args": lambda self, argv: argparse.Namespace(func=fail)})()
-    monkeypatch.setattr("lizardlm.cli.build_parser", lambda: parser)
+    monkeypatch.setattr("lizardlm.cli.app.build_parser", lambda: parser)
     assert cli_main([]) == 2
     assert capsys.readouterr().err == "lizardlm: error: first second\n"
 

@@ -1,5 +1,5 @@
-"""The ``lizardlm`` command line (:mod:`lizardlm.cli.main`): one module per subcommand, each exposing ``add_parser``."""
+"""The ``lizardlm`` command line (:mod:`lizardlm.cli.app`): one module per subcommand, each exposing ``add_parser``."""
 
-from lizardlm.cli.main import build_parser, main
+from lizardlm.cli.app import build_parser, main
 
 __all__ = ["build_parser", "main"]
