@@ -569,6 +569,37 @@ def state_passing(path: Path) -> str:
     return "\n".join(out)
 
 
+def tbptt_toy(path: Path) -> str:
+    """``tbptt_toy.py``: the needle toy's exact match by length, mean (min-max) over seeds, one row per run."""
+    d = json.loads(path.read_text())
+    s = d["settings"]
+    lengths = s["lengths"]
+    out = [
+        f"Long documents read in rows, the needle toy, {d['device']} (`{path.name}`): {s['model']}, "
+        f"`{s['config']['mode']}` with a write gate, from scratch, {s['steps']} steps of {s['batch']} documents, "
+        f"rows of {s['row']} tokens. `rows`: a document is one row; `tbptt-D`: documents of D tokens read in "
+        f"D/{s['row']} rows in order, each from the memory the row before left (detached), the question in the last; "
+        "`mixed-D`: the two step by step; `full-D`: rows of D tokens, whole backward. Exact match from an empty "
+        "memory on 128 prompts a length, the needle uniform over the prompt: mean over the seeds (min-max); "
+        "half-lives: each layer's mean gate half-life in tokens, mean over the seeds.",
+        "",
+        "| run | seeds | tokens read | " + " | ".join(f"acc @ {L}" for L in lengths) + " | half-lives |",
+        "|---|---:|---:|" + "---:|" * len(lengths) + "---|",
+    ]
+    for name, run in d["runs"].items():
+        seeds = list(run["seeds"].values())
+
+        def cell(length: str) -> str:
+            accs = [r["acc"][length] for r in seeds]
+            spread = f" ({min(accs):.2f}-{max(accs):.2f})" if len(accs) > 1 else ""
+            return f"{run['acc'][length]:.2f}{spread}"
+
+        lives = [sum(r["half_life"][i] for r in seeds) / len(seeds) for i in range(len(seeds[0]["half_life"]))]
+        out.append(f"| {name} | {len(seeds)} | {run['tokens_read'] / 1e6:.1f}M | " + " | ".join(map(cell, lengths))
+                   + " | " + " / ".join(f"{x:.0f}" for x in lives) + " |")
+    return "\n".join(out)
+
+
 def cpu_demo(path: Path) -> str:
     s = json.loads(path.read_text())
     return (
@@ -601,6 +632,8 @@ def main() -> None:
         parts.append(mqar_window(path))
     for path in sorted(RESULTS.glob("state-passing-pilot-*.json")):
         parts.append(state_passing(path))
+    for path in sorted(RESULTS.glob("tbptt-toy-*.json")):
+        parts.append(tbptt_toy(path))
     for path in sorted(RESULTS.glob("toy-needle-*.json")):
         parts.append(toy_grid(path) if path.stem.startswith("toy-needle-grid") else toy_needle(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
