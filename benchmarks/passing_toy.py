@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from toy_needle import FILLER, accuracy, answer_loss, make_model, rows
+from toy_needle import FILLER, accuracy, answer_loss, make_model, rows, update
 
 from lizardlm.eval.diagnostics import decay_stats
 from lizardlm.layers import LizardAttention
@@ -64,10 +64,7 @@ def fit(model: torch.nn.Module, args: argparse.Namespace, passing: str, probabil
                 state.start(ids)
                 loss = loss_fn(ids)
                 state.keep()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            update(loss, params, opt)
             if step % args.log_every == 0:
                 print(f"  step {step}: loss {loss.item():.3f}", flush=True)
     return loss.item()

