@@ -22,10 +22,11 @@ half-life (``ln(1/2) / mean log-decay``)::
 
     python benchmarks/tbptt_toy.py --out benchmarks/results     # ~15 min on 2 cores
 
-writes ``<out>/tbptt-toy-cpu.json`` (``{"runs": {name: {"acc": {length: mean accuracy over the seeds},
+writes ``<out>/tbptt-toy[-TAG]-cpu.json`` (``{"runs": {name: {"acc": {length: mean accuracy over the seeds},
 "seeds": {seed: {"acc", "half_life": [layer], "final_loss", "seconds"}}, "tokens_read"}}, "settings",
 "device"}``, after every run; each of ``--seeds`` trains every run from its own initialisation and data; a seed
-already in the file for the same settings is kept, so an interrupted study goes on where it stopped).
+already in the file is kept, so an interrupted study goes on where it stopped; other settings need
+their own ``--tag``).
 """
 
 from __future__ import annotations
@@ -97,14 +98,15 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--tag", default="", help="write tbptt-toy-TAG-cpu.json (a study of other settings)")
     args = p.parse_args()
-    path = args.out / "tbptt-toy-cpu.json"
+    path = args.out / f"tbptt-toy{'-' + args.tag if args.tag else ''}-cpu.json"
     seeds = [int(x) for x in args.seeds.split(",")]
     settings = {"config": CONFIG, "row": args.row, "steps": args.steps, "batch": args.batch, "lr": args.lr,
                 "lengths": args.lengths.split(","), "model": "toy_needle.py's 2-layer Llama, window 16"}
-    result = json.loads(path.read_text()) if path.exists() else {}
-    if result.get("settings") != settings:  # runs of other settings are not comparable: start again
-        result = {"runs": {}, "settings": settings, "device": "cpu"}
+    result = json.loads(path.read_text()) if path.exists() else {"runs": {}, "settings": settings, "device": "cpu"}
+    if result["settings"] != settings:
+        raise SystemExit(f"{path} holds runs of other settings ({result['settings']}): give this study a --tag")
     lengths = [int(x) for x in args.lengths.split(",")]
     for name in args.runs.split(","):
         kind, _, doc = name.partition("-")

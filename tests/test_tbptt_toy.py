@@ -56,3 +56,10 @@ def test_the_study_writes_each_seed_and_keeps_those_already_run(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", argv[:4] + ["mixed-48"] + argv[5:])
     with pytest.raises(SystemExit, match="multiple of --row 32"):
         tbptt_toy.main()
+    monkeypatch.setattr(sys, "argv", argv[:8] + ["3"] + argv[9:])  # other steps: refused, the file kept
+    with pytest.raises(SystemExit, match="other settings"):
+        tbptt_toy.main()
+    assert json.loads((tmp_path / "tbptt-toy-cpu.json").read_text()) == both
+    monkeypatch.setattr(sys, "argv", argv[:8] + ["3"] + argv[9:] + ["--seeds", "0", "--tag", "s3"])
+    tbptt_toy.main()
+    assert json.loads((tmp_path / "tbptt-toy-s3-cpu.json").read_text())["settings"]["steps"] == 3
