@@ -579,14 +579,17 @@ def tbptt_toy(path: Path) -> str:
         f"`{s['config']['mode']}` with a write gate, from scratch, {s['steps']} steps of {s['batch']} documents, "
         f"rows of {s['row']} tokens. `rows`: a document is one row; `tbptt-D`: documents of D tokens read in "
         f"D/{s['row']} rows in order, each from the memory the row before left (detached), the question in the last; "
-        "`mixed-D`: the two step by step; `full-D`: rows of D tokens, whole backward. Exact match from an empty "
+        "`mixed-D`: the two step by step; `then-D`: `rows` for the first half of the steps, `mixed-D` for the "
+        "second; `full-D`: rows of D tokens, whole backward. Exact match from an empty "
         "memory on 128 prompts a length, the needle uniform over the prompt: mean over the seeds (min-max); "
         "half-lives: each layer's mean gate half-life in tokens, mean over the seeds.",
         "",
         "| run | seeds | tokens read | " + " | ".join(f"acc @ {L}" for L in lengths) + " | half-lives |",
         "|---|---:|---:|" + "---:|" * len(lengths) + "---|",
     ]
-    for name, run in d["runs"].items():
+    kinds = ("rows", "full", "mixed", "then", "tbptt")
+    order = lambda item: (kinds.index(item[0].partition("-")[0]), int(item[0].partition("-")[2] or 0))  # noqa: E731
+    for name, run in sorted(d["runs"].items(), key=order):
         seeds = list(run["seeds"].values())
 
         def cell(length: str) -> str:

@@ -12,6 +12,8 @@ parameters trained on the answer's loss), trained on ``--row``-token rows (64: 4
   holds the question, so the answer's gradient never reaches the row that wrote the needle (when
   the needle is in an earlier row), only the gates and the reading;
 * ``mixed-D``: the two alternating step by step (``mixr2k-long``'s mix of short and long passkeys);
+* ``then-D``: ``rows`` for the first half of the steps, ``mixed-D`` for the second (the lookup learned
+  on short rows first, as a pretrained teacher's stage 2 learns it on the 2K passkeys early);
 * ``full-D``: rows of ``D`` tokens with the whole backward (the reference: what TBPTT approximates
   at ``D / row`` times the activations).
 
@@ -62,7 +64,7 @@ def tbptt_loss(model: torch.nn.Module, passing: StatePassing, docs: torch.Tensor
 
 
 def fit(model: torch.nn.Module, args: argparse.Namespace, kind: str, length: int, seed: int) -> tuple[float, int]:
-    """``args.steps`` AdamW steps of run ``kind`` (``rows`` / ``tbptt`` / ``mixed`` / ``full``) with documents
+    """``args.steps`` AdamW steps of run ``kind`` (``rows`` / ``tbptt`` / ``mixed`` / ``then`` / ``full``) with documents
     of ``length`` tokens, data drawn from ``seed``; the last step's loss and the tokens read."""
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -72,7 +74,8 @@ def fit(model: torch.nn.Module, args: argparse.Namespace, kind: str, length: int
     tokens = 0
     with passing:
         for step in range(1, args.steps + 1):
-            long = kind == "tbptt" or (kind == "mixed" and step % 2 == 0)
+            long = kind == "tbptt" or (kind == "mixed" and step % 2 == 0) or (
+                kind == "then" and step > args.steps // 2 and step % 2 == 0)
             if long:
                 docs = rows(args.batch, length, gen)
                 loss = tbptt_loss(model, passing, docs, args.row)
@@ -90,7 +93,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--runs", default="rows,tbptt-256,mixed-256,full-256,tbptt-1024,mixed-1024",
-                   help="rows, tbptt-D, mixed-D, full-D (comma-separated)")
+                   help="rows, tbptt-D, mixed-D, then-D, full-D (comma-separated)")
     p.add_argument("--row", type=int, default=64, help="tokens per training row")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=16)
@@ -110,8 +113,8 @@ def main() -> None:
     lengths = [int(x) for x in args.lengths.split(",")]
     for name in args.runs.split(","):
         kind, _, doc = name.partition("-")
-        if kind not in ("rows", "tbptt", "mixed", "full") or (kind == "rows") != (not doc):
-            raise SystemExit(f"unknown run {name!r}: rows, tbptt-D, mixed-D or full-D")
+        if kind not in ("rows", "tbptt", "mixed", "then", "full") or (kind == "rows") != (not doc):
+            raise SystemExit(f"unknown run {name!r}: rows, tbptt-D, mixed-D, then-D or full-D")
         length = int(doc or args.row)
         if length % args.row:
             raise SystemExit(f"run {name!r}: the document length must be a multiple of --row {args.row}")
