@@ -31,6 +31,8 @@ case "${NAME:-}" in
   mixr2k-long)  # + 16K passkey documents read in order, 8 rows each, from an empty memory at each document
                 DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.25,retrieval:length=16384:loss=answers:template=varied:count=300=0.25"
                 FLAGS="--loss-average rows $COMMON --state-passing 0.9,0,0,1 --row-order contiguous --reset-at-documents" ;;
+  mixr2k-pairs) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.25,retrieval:needles=pairs:keys=8:loss=answers:template=varied:count=2200=0.25"
+                FLAGS="--loss-average rows $COMMON" ;;  # word pairs for MQAR (NOTES: the passkey lookup does not carry)
   mixr2k-lolcats) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; MODE=lolcats  # LoLCATs beside: no gate, its own feature map
                 FLAGS="--loss-average rows --window-size 128 --stage2-train-lizard" ;;
   mixr2k-long-lolcats) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.25,retrieval:length=16384:loss=answers:template=varied:count=300=0.25"
