@@ -75,7 +75,7 @@ class StatePassing:
         """Which rows of the next batch may start from a passed memory at all (bool, one per row; the
         others start empty): copied into a buffer of fixed address, outside any CUDA graph, like the batch."""
         if self.allowed is None or self.allowed.shape != rows.shape:
-            self.allowed = rows.to(torch.bool)
+            self.allowed = rows.to(torch.bool, copy=True)  # its own buffer, never the caller's tensor
         else:
             self.allowed.copy_(rows)
 
