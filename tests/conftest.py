@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,15 @@ def smollm2_teacher():
     from lizardlm.teachers import load_teacher
 
     return load_teacher("smollm2-135m")
+
+
+@pytest.fixture
+def books(tmp_path) -> Path:
+    """Ten "books" (the fixture slices, rotated) in the long-docs format, one title per book."""
+    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8") + (FIXTURES / "shakespeare_slice.txt").read_text(encoding="utf-8")
+    path = tmp_path / "books.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(10):
+            cut = len(text) * i // 10
+            f.write(json.dumps({"id": i, "title": f"book {i}", "text": f"BOOK{i} " + text[cut:] + text[:cut]}) + "\n")
+    return path

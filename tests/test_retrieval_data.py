@@ -20,18 +20,6 @@ from lizardlm.errors import DataError
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture
-def books(tmp_path) -> Path:
-    """Ten "books" (the fixture slices, rotated) in the long-docs format, one title per book."""
-    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8") + (FIXTURES / "shakespeare_slice.txt").read_text(encoding="utf-8")
-    path = tmp_path / "books.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for i in range(10):
-            cut = len(text) * i // 10
-            f.write(json.dumps({"id": i, "title": f"book {i}", "text": f"BOOK{i} " + text[cut:] + text[:cut]}) + "\n")
-    return path
-
-
 def _spec(books: Path, extra: str = "") -> str:
     return f"retrieval:count=6:length=256:seed=1:filler={books}{extra}"
 

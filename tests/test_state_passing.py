@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from lizardlm.train.loop import batch_at
 from lizardlm.cli import build_parser
 from lizardlm.train.state_passing import StatePassing, slot_probabilities
 
-FIXTURES = Path(__file__).parent / "fixtures"
 LIZARD = {"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}
 
 
@@ -312,13 +310,10 @@ def test_a_contiguous_mixture_passes_memories_in_the_lanes_of_the_parts_that_ask
             assert not initial[1].any() and memory[1].abs().sum() > 0
 
 
-def test_a_run_reset_at_documents_reads_each_long_document_with_its_own_memory(tmp_path, teacher_dir, tiny_tokenizer):
+def test_a_run_reset_at_documents_reads_each_long_document_with_its_own_memory(tmp_path, teacher_dir, tiny_tokenizer,
+                                                                              books):
     """Retrieval documents of 2 rows in 2 lanes at P = 1 with ``reset_at_documents``: a row that begins
     a document (or follows a gap in its lane) starts empty, the row after it from the memory it left."""
-    books = tmp_path / "books.jsonl"
-    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8")
-    books.write_text("".join(json.dumps({"title": f"b{i}", "text": text[i * 500:] + text[:i * 500]}) + "\n"
-                             for i in range(10)), encoding="utf-8")
     data = f"retrieval:count=24:length=512:seed=1:filler={books}"
     kw = dict(teacher=str(teacher_dir), data=data, seq_len=256, batch_size=2, stage1_tokens=256 * 2 * 2,
               stage2_tokens=256 * 2 * 6, val_tokens=256 * 2, checkpoint_every=10, device="cpu", lizard=LIZARD,

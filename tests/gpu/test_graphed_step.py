@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -132,13 +131,9 @@ def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir,
     assert [g["lr"] for g in graphed] == pytest.approx([e["lr"] for e in eager])
 
 
-def test_graphed_lanes_reset_at_documents_log_the_eager_losses(tmp_path, teacher_dir, float32_linearize):
+def test_graphed_lanes_reset_at_documents_log_the_eager_losses(tmp_path, teacher_dir, books, float32_linearize):
     """Contiguous rows of documents two rows long at P = 1 with ``reset_at_documents``: the graph reads
     which rows may pass from a buffer the host fills before each replay, so its losses are the eager ones."""
-    books = tmp_path / "books.jsonl"
-    text = (Path(__file__).parents[1] / "fixtures" / "wikitext_slice.txt").read_text(encoding="utf-8")
-    books.write_text("".join(json.dumps({"title": f"b{i}", "text": text[i * 500:] + text[:i * 500]}) + "\n"
-                             for i in range(10)), encoding="utf-8")
     base = dict(teacher=str(teacher_dir), data=f"retrieval:count=40:length=512:seed=1:filler={books}", seq_len=256,
                 batch_size=2, stage1_tokens=256 * 2 * 2, stage2_tokens=256 * 2 * 8, val_tokens=256 * 2,
                 checkpoint_every=20, device="cuda", lizard=LIZARD, state_passing=1.0, row_order="contiguous",
