@@ -109,6 +109,42 @@ def test_lizard_chunk_continues_from_state(shape, form, gen):
     assert state.keys.shape[2] == min(T, w)
 
 
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_state_as_prefix_continues_a_state_from_its_linear_memory_alone(shape, form, gated, gen):
+    """What the Triton path does with a prefilled state: the window tokens put before the chunk and
+    the op started from the memory alone give the stateful op's outputs, gradients and next memory, in
+    float64, where the state holds fewer than ``w`` tokens and where it holds ``w``."""
+    from lizardlm.ops import linear_state
+    from lizardlm.ops.lizard import state_as_prefix
+
+    B, H, Hk, T, D, F_, w, m, C = shape
+    x = make_inputs(B, H, Hk, T + w + 3, D, F_, m, torch.float64, gen, form)
+    if not gated:
+        x["g"] = None
+    kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"], meta_bias=x["meta_bias"],
+              combine=combine_of(x), alpha=x.get("alpha"))
+    names = ("q", "k", "v", "fq", "fk", "g")
+    for cut in (max(1, w // 2), w + 3):  # L = cut < w, then L = w
+        head = {n: None if x[n] is None else x[n][:, :, :cut] for n in names}
+        row = {n: None if x[n] is None else x[n][:, :, cut:cut + T].clone().requires_grad_() for n in names}
+        _, state = lizard_attention_chunk(**head, chunk_size=C, **kw)
+        ref, after = lizard_attention_chunk(**row, state=state, chunk_size=C, **kw)
+        longer, L = state_as_prefix(state, *(row[n] for n in names), combine=combine_of(x))
+        assert L == state.keys.shape[2] == min(cut, w)
+        start = linear_state(state.kv_state, *longer[:3], longer[4])
+        y_chunk, after_prefix = lizard_attention_chunk(*longer, state=start, chunk_size=C, **kw)
+        y_naive = lizard_attention_naive(*longer, **kw, kv_state=state.kv_state)
+        assert rel_err(y_chunk[:, :, L:], ref) <= 1e-10 and rel_err(y_naive[:, :, L:], ref) <= 1e-10
+        assert rel_err(after_prefix.kv_state, after.kv_state) <= 1e-10
+        graded = [t for t in row.values() if t is not None]
+        dy = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        g_ref = torch.autograd.grad((ref * dy).sum(), graded)
+        g_prefix = torch.autograd.grad((y_naive[:, :, L:] * dy).sum(), graded)
+        assert all(rel_err(a, b) <= 1e-10 for a, b in zip(g_prefix, g_ref))
+
+
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_lizard_forms_agree_from_a_linear_state(shape, form, gen):

@@ -16,6 +16,8 @@ import pytest
 import torch
 from kernel_check import FORMS, NAMES, make_inputs, reference, reference_from_state, relerr
 
+from lizardlm.ops.lizard import linear_state, lizard_attention_chunk
+
 pytest.importorskip("triton")
 
 # B, H, Hk, T, D, V, F, window, meta slots, gate
@@ -78,16 +80,54 @@ def state_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     inp = {n: (t.clone().requires_grad_() if t is not None else None) for n, t in x.items()}
     tlz.POISON = True
     try:
-        y, kv = tlz.apply_op(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
-                             meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64, alpha=inp["alpha"],
-                             kv_state=s0.float(), final=True)
+        y, after = tlz.run_from_state(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
+                                      meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64,
+                                      alpha=inp["alpha"], combine="shared" if x["alpha"] is None else "sum",
+                                      state=linear_state(s0.float(), x["q"], x["k"], x["v"], x["fk"]), need_state=True)
         (y.double() * dy).sum().backward()
     finally:
         tlz.POISON = False
-    combine = "shared" if x["alpha"] is None else "sum"
-    after = tlz.state_after(x["q"], x["k"], x["v"], x["fk"], x["g"], kv, window=w, combine=combine)
     errs = {"y": relerr(y, y_ref)}
     errs.update({"d" + n: relerr(inp[n].grad, ref[n].grad) for n in NAMES if inp[n] is not None})
+    for name, a, b in zip(("final_state", "keys", "values", "key_features", "log_gates"), after.tensors(),
+                          after_ref.tensors()):
+        errs[name] = relerr(a, b) if a.shape == b.shape else float("inf")
+    return errs
+
+
+def prefilled_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
+    """A chunked prefill going on: the op continued from the state (memory and window tokens) that the
+    float64 torch op leaves after the first third of the sequence. Output, the gradients of the chunk's
+    inputs and the state it leaves against the float64 torch op's continuation."""
+    import lizardlm.ops.triton.lizard as tlz
+
+    B, H, Hk, T, D, V, F, w, m, use_g = case
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form)
+    combine = "shared" if x["alpha"] is None else "sum"
+    kw = dict(window=w, scale=D**-0.5, combine=combine)
+    const = {n: x[n] for n in NAMES[6:]}
+    seq = [None if x[n] is None else x[n].double() for n in NAMES[:6]]
+    cut = T // 3
+    with torch.no_grad():
+        _, state = lizard_attention_chunk(*(None if t is None else t[:, :, :cut] for t in seq), **kw,
+                                          **{n: None if t is None else t.double() for n, t in const.items()})
+    row = [None if t is None else t[:, :, cut:].clone().requires_grad_() for t in seq]
+    y_ref, after_ref = lizard_attention_chunk(*row, state=state, **kw,
+                                              **{n: None if t is None else t.double() for n, t in const.items()})
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(seed + 200), dtype=torch.float64)
+    graded = [(n, t) for n, t in zip(NAMES, row) if t is not None]
+    ref_grads = torch.autograd.grad((y_ref * dy).sum(), [t for _, t in graded])
+    inp = [None if t is None else t.detach().float().requires_grad_() for t in row]
+    tlz.POISON = True
+    try:
+        y, after = tlz.run_from_state(*inp, **kw, **const, state=state.map(lambda t: t.float()), need_state=True,
+                                      chunk_size=64)
+        (y.double() * dy).sum().backward()
+    finally:
+        tlz.POISON = False
+    errs = {"y": relerr(y, y_ref)}
+    errs.update({"d" + n: relerr(t.grad, r) for (n, _), t, r in
+                 zip(graded, [t for t in inp if t is not None], ref_grads)})
     for name, a, b in zip(("final_state", "keys", "values", "key_features", "log_gates"), after.tensors(),
                           after_ref.tensors()):
         errs[name] = relerr(a, b) if a.shape == b.shape else float("inf")
@@ -173,6 +213,10 @@ def child() -> None:
             print(json.dumps({"case": case_name, "form": form, "variant": "linear-state", "errors": errs}), flush=True)
     for seed, (case_name, case) in enumerate(CASES.items()):
         for form in FORMS:
+            errs = prefilled_errors(case, seed, form)
+            print(json.dumps({"case": case_name, "form": form, "variant": "prefilled", "errors": errs}), flush=True)
+    for seed, (case_name, case) in enumerate(CASES.items()):
+        for form in FORMS:
             row = fallback_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "shared-memory-fallback", **row}), flush=True)
     print(json.dumps({"case": "underflow", "form": "paper", "variant": "default", "errors": underflow_finite()}),
@@ -211,6 +255,17 @@ def test_kernels_start_from_a_linear_state_and_return_the_state_they_leave(inter
     is the torch op's."""
     errs = interpreted[(case, form, "linear-state")]["errors"]
     assert set(errs) >= {"y", "final_state", "dq", "dfq", "dfk", "keys", "log_gates"}, errs
+    bad = {k: v for k, v in errs.items() if not v <= 1e-5}
+    assert not bad, f"{case} {form}: {bad}"
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_continue_a_prefilled_state(interpreted, case, form):
+    """A chunked prefill going on (``state_as_prefix``): the window tokens the state holds run before the
+    chunk, its output, gradients and the state it leaves are the torch op's."""
+    errs = interpreted[(case, form, "prefilled")]["errors"]
+    assert set(errs) >= {"y", "final_state", "dq", "dk", "dv", "dfq", "dfk", "keys", "key_features", "log_gates"}, errs
     bad = {k: v for k, v in errs.items() if not v <= 1e-5}
     assert not bad, f"{case} {form}: {bad}"
 

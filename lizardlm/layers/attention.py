@@ -199,7 +199,7 @@ class LizardAttention(nn.Module):
             state = linear_state(handoff.initial, q_win, k_win, v, fk)
         if state is not None and T == 1:
             y, new_state = lizard_step(q_win, k_win, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)
-        else:  # Triton kernels on CUDA from no state or a linear one (training), torch otherwise
+        else:  # Triton kernels on CUDA from any constant state (training, a prefill going on), torch otherwise
             y, new_state = lizard_attention(
                 q_win, k_win, v, fq, fk, g, state=state, chunk_size=self.lizard.chunk_size,
                 backend=self.lizard.backend, need_state=cache_layer is not None or handoff is not None, **kw,

@@ -5,8 +5,9 @@ Call::
     y, state = lizard_attention(q, k, v, fq, fk, g, window=w, scale=s, meta_k=mk, meta_v=mv)
 
 * ``backend="auto"`` (default): the Triton path when the inputs are on CUDA, ``triton`` imports
-  and ``state`` is None or a linear state alone (a memory with no window tokens, a constant: what
-  stage 2's state passing hands on); the torch chunked op otherwise (continuing a prefill).
+  and ``state`` is a constant: None, a linear state alone (a memory with no window tokens: what
+  stage 2's state passing hands on) or a prefilled one (a chunked prefill goes on: its window
+  tokens run before the chunk); the torch chunked op otherwise.
 * ``backend="triton"``: the Triton path or a :class:`BackendError` saying why it cannot run.
 * ``backend="torch"``: always :func:`lizardlm.ops.lizard.lizard_attention_chunk`.
 
@@ -60,14 +61,10 @@ def _triton_refusal(q: torch.Tensor) -> str | None:
 
 
 def state_refusal(state: LizardState | None) -> str | None:
-    """Why the Triton op cannot start from ``state`` (None: it can). It starts from no state or from a
-    linear state alone (no window tokens), which it takes as a constant."""
+    """Why the Triton op cannot start from ``state`` (None: it can): it takes the state as a constant."""
     if state is None:
         return None
-    if state.keys.shape[2] > 0:
-        return ("the Triton backend starts from no state or a linear state alone (no window tokens); "
-                "continuing a prefill needs backend='torch'")
-    if state.kv_state.requires_grad:
+    if any(t.requires_grad for t in state.tensors()):
         return "the Triton backend takes the initial state as a constant; a state that needs a gradient needs backend='torch'"
     return None
 

@@ -134,6 +134,36 @@ def linear_state(kv_state: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     return replace(empty_state(q, k, v, fk), kv_state=kv_state)
 
 
+def state_as_prefix(state: LizardState, q, k, v, fq, fk, g, *, combine: str = "shared"):
+    """The same call as ``op(q, k, v, fq, fk, g, state=state)`` for an op that starts only from a
+    linear memory (the Triton kernels): the state's ``L`` window tokens go before the chunk as extra
+    positions, whose outputs the caller drops (``y[:, :, L:]``), and the op starts from
+    ``state.kv_state``. Returns ``(q, k, v, fq, fk, g)`` of length ``L + T`` and ``L``.
+
+    The prefix's queries and query features are zeros and its log-decays zero, so the memory decays
+    over the chunk only. In the sum form every state token is in the memory already: the prefix's key
+    features are zeros. In the shared form prefix token ``j`` enters the memory at ``j + w``, inside
+    the chunk, with ``k'_{j+w} = exp(G_{j+w} - G_j) fk_j``; the prefix carries the decay that
+    ``G`` loses to the zeroed log-decays in its features instead, ``fk'_j = exp(G_{L-1} - G_j) fk_j``
+    (a factor <= 1, per query head: grouped key/value heads are expanded to ``H``)."""
+    L = state.keys.shape[2]
+    B, H = q.shape[:2]
+    zeros = lambda x, n: x.new_zeros(*x.shape[:2], n, *x.shape[3:])  # noqa: E731
+    gates = None if g is None else torch.cat([zeros(g, L), g], dim=2)
+    if combine == "sum":
+        prefix_fk = zeros(fk, L)
+    else:
+        G = state.log_gates.cumsum(-1)
+        carried = torch.exp(G[..., -1:] - G)[..., None]  # (B, H, L, 1)
+        prefix_fk = (expand_heads(state.key_features, H) * carried).to(fk.dtype)
+        if k.shape[1] != H:  # the carried decay differs per query head
+            k, v, fk = (expand_heads(x, H) for x in (k, v, fk))
+            state = replace(state, keys=expand_heads(state.keys, H), values=expand_heads(state.values, H))
+    return (torch.cat([zeros(q, L), q], dim=2), torch.cat([state.keys.to(k.dtype), k], dim=2),
+            torch.cat([state.values.to(v.dtype), v], dim=2), torch.cat([zeros(fq, L), fq], dim=2),
+            torch.cat([prefix_fk, fk], dim=2), gates), L
+
+
 def lizard_attention_chunk(
     q,
     k,

@@ -35,6 +35,38 @@ def run(settings: dict, backend: str):
     return out.logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
+def chunked_prefill(settings: dict, backend: str, chunks=(40, 3, 57, 2, 49)) -> torch.Tensor:
+    """Logits of a chunked prefill through the cache (the window is 16: chunks shorter and longer than
+    it; single tokens would take the decoding step), on the given backend."""
+    from lizardlm.cache import CACHE_KWARG, LizardCache
+
+    torch.manual_seed(0)
+    m = lizardlm.convert(LlamaForCausalLM(LlamaConfig(**CONFIG)),
+                         LizardConfig(**settings, window_size=16, num_meta_tokens=2, feature_dim=32, backend=backend))
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    m = m.to("cuda").eval()
+    ids = torch.randint(1, 101, (2, sum(chunks)), generator=torch.Generator().manual_seed(1)).cuda()
+    cache, out, start = LizardCache.for_model(m), [], 0
+    with torch.no_grad():
+        for n in chunks:
+            out.append(m(ids[:, start:start + n], use_cache=True, **{CACHE_KWARG: cache}).logits)
+            start += n
+        full = m(ids).logits
+    torch.testing.assert_close(torch.cat(out, dim=1), full, rtol=2e-4, atol=2e-4)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_chunked_prefill_on_the_triton_path_matches_torch(settings):
+    """A prefill going on runs the Triton kernels from the cached state (its window tokens before the
+    chunk) and gives the torch path's logits, and the full forward's."""
+    torch.testing.assert_close(chunked_prefill(settings, "triton"), chunked_prefill(settings, "torch"),
+                               rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
 def test_triton_path_matches_torch_path(settings):
     logits_t, grads_t = run(settings, "torch")

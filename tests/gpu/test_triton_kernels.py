@@ -174,3 +174,46 @@ def test_starts_from_a_linear_state_and_returns_the_state_it_leaves(form, case, 
     print("linear state", form, case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
     bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
     assert not bad, f"{form} {case} {dtype}: {bad}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form, case", [("shared", c) for c in CASES] + [("paper", c) for c in PAPER_CASES])
+def test_continues_a_prefilled_state(form, case, dtype):
+    """A chunked prefill going on (the state's window tokens run before the chunk): output, the chunk's
+    gradients and the state it leaves against the float64 torch op continuing the same state."""
+    from lizardlm.ops.lizard import LizardState, lizard_attention_chunk
+
+    B, H, Hk, T, D, V, F, w, m, use_g = case
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, 0, device="cuda", form=form)
+    x = {n: (t.to(dtype).float() if t is not None and n not in ("g", "alpha") else t) for n, t in x.items()}
+    combine = "shared" if form == "shared" else "sum"
+    const = {n: x[n] for n in NAMES[6:]}
+    seq = [None if x[n] is None else x[n].double() for n in NAMES[:6]]
+    cut = T // 3
+    kw = dict(window=w, scale=D**-0.5, combine=combine)
+    with torch.no_grad():
+        _, state = lizard_attention_chunk(*(None if t is None else t[:, :, :cut] for t in seq), **kw,
+                                          **{n: None if t is None else t.double() for n, t in const.items()})
+    row = [None if t is None else t[:, :, cut:].clone().requires_grad_() for t in seq]
+    y_ref, after_ref = lizard_attention_chunk(*row, state=state, **kw,
+                                              **{n: None if t is None else t.double() for n, t in const.items()})
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    dy = torch.randn(y_ref.shape, generator=gen, device="cuda", dtype=torch.float64).to(dtype).double()
+    graded = [(n, t) for n, t in zip(NAMES, row) if t is not None]
+    ref_grads = torch.autograd.grad((y_ref * dy).sum(), [t for _, t in graded])
+    inp = [None if t is None else t.detach().to(torch.float32 if n == "g" else dtype).requires_grad_()
+           for n, t in zip(NAMES, row)]
+    start = LizardState(state.kv_state.float(), state.keys.to(dtype), state.values.to(dtype),
+                        state.key_features.to(dtype), state.log_gates.float())
+    tl_lizard.POISON = True
+    try:
+        y, after = lizard_attention(*inp, **kw, **const, backend="triton", state=start, need_state=True)
+        (y.double() * dy).sum().backward()
+    finally:
+        tl_lizard.POISON = False
+    errs = {"y": relerr(y, y_ref), "final_state": relerr(after.kv_state, after_ref.kv_state)}
+    errs.update({"d" + n: relerr(t.grad, r) for (n, _), t, r in zip(graded, [t for t in inp if t is not None], ref_grads)})
+    assert all(a.shape == b.shape for a, b in zip(after.tensors(), after_ref.tensors()))
+    print("prefilled", form, case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
+    assert not bad, f"{form} {case} {dtype}: {bad}"

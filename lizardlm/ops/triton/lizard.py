@@ -26,7 +26,7 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from lizardlm.ops.dispatch import state_refusal
-from lizardlm.ops.lizard import LizardState, empty_state
+from lizardlm.ops.lizard import LizardState, empty_state, state_as_prefix
 from lizardlm.ops.triton import kernels as K
 from lizardlm.ops.utils import compute_dtype
 
@@ -337,11 +337,12 @@ def lizard_attention_cuda(
     state: LizardState | None = None, need_state: bool = False, chunk_size: int | None = None,
     combine: str = "shared", alpha=None,
 ) -> tuple[torch.Tensor, LizardState | None]:
-    """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk` from no state or from a
-    linear state alone (``state.keys`` empty: a memory and no window, as stage 2's state passing
-    hands on); returns ``(y, state after the last token if need_state else None)``, the state as the
-    torch op builds it. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits
-    when given alone) and alpha (``combine="sum"``); the initial state is a constant."""
+    """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk`, from no state, a linear
+    state alone (a memory and no window, as stage 2's state passing hands on) or a prefilled state
+    (window tokens too: they run before the chunk, :func:`~lizardlm.ops.lizard.state_as_prefix`);
+    returns ``(y, state after the last token if need_state else None)``, the state as the torch op
+    builds it. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits when
+    given alone) and alpha (``combine="sum"``); the initial state is a constant."""
     refusal = state_refusal(state)
     if refusal is not None:
         raise ValueError(refusal)
@@ -356,11 +357,30 @@ def lizard_attention_cuda(
         raise ValueError(f"chunk_size must be 16, 32, 64 or 128 on the Triton path, got {chunk_size}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    y, kv = apply_op(q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
-                     meta_bias=meta_bias, chunk_size=chunk_size, alpha=alpha,
-                     kv_state=state.kv_state if state is not None else None, final=need_state)
+    return run_from_state(q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
+                          meta_bias=meta_bias, state=state, need_state=need_state, chunk_size=chunk_size,
+                          combine=combine, alpha=alpha)
+
+
+def run_from_state(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias,
+                   state: LizardState | None, need_state: bool, chunk_size: int, combine: str,
+                   alpha) -> tuple[torch.Tensor, LizardState | None]:
+    """:func:`lizard_attention_cuda` on checked arguments (Triton's CPU interpreter calls this directly)."""
+    L = 0 if state is None else state.keys.shape[2]
+    x = (q, k, v, fq, fk, g)
+    if L:
+        x, _ = state_as_prefix(state, *x, combine=combine)
+    y, kv = apply_op(*x, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
+                     chunk_size=chunk_size, alpha=alpha, kv_state=state.kv_state if state is not None else None,
+                     final=need_state)
+    y = y[:, :, L:]
     if not need_state:
         return y, None
+    if L:  # the state keeps its last tokens as given: grouped heads, features without the carried decay
+        q, k, v = x[0], torch.cat([state.keys, k], dim=2), torch.cat([state.values, v], dim=2)
+        if combine == "shared":
+            fk = torch.cat([state.key_features, fk], dim=2)
+            g = None if g is None else torch.cat([state.log_gates, g.to(state.log_gates.dtype)], dim=2)
     return y, state_after(q, k, v, fk, g, kv, window=window, combine=combine)
 
 
