@@ -218,6 +218,38 @@ def decode(path: Path) -> str:
     return "\n".join(rows)
 
 
+def prefill(path: Path) -> str:
+    """``prefill.py``: chunked-prefill tokens/s per model and backend by prompt length, Triton over torch."""
+    d = json.loads(path.read_text())
+    c = d["config"]
+    rate = {(r["model"], r["backend"], r["length"]): r.get("tok_per_s") for r in d["runs"]}
+    lengths = sorted({r["length"] for r in d["runs"]})
+    keys = list(dict.fromkeys((r["model"], r["backend"]) for r in d["runs"]))
+    lizards = list(dict.fromkeys(m for m, b in keys if b == "triton"))
+    diff = {(a["model"], a["length"]): a for a in d["agreement"]}
+    k = lambda x: "–" if x is None else f"{x / 1e3:.1f}K"  # noqa: E731
+    rows = [
+        f"Chunked prefill, {d['device']} (`{path.name}`): {c['model']}, {d['dtype']}, batch {c['batch']}, "
+        f"{c['chunk']} tokens a chunk through the cache (what the long-context evaluations do); tokens/s; "
+        "Lizard on the torch op continuing its state (before) and on the Triton kernels continuing it "
+        "(`state_as_prefix`); max |diff| = the two backends' largest last-position logit difference "
+        "(of the largest logit's size).",
+        "",
+        "| " + " | ".join(["length", *(f"{m} {b}" for m, b in keys),
+                           *(f"{m} {x}" for m in lizards for x in ("triton / torch", "max abs diff"))]) + " |",
+        "|---:|" + "---:|" * (len(keys) + 2 * len(lizards)),
+    ]
+    for L in lengths:
+        cells = [k(rate.get((m, b, L))) for m, b in keys]
+        for m in lizards:
+            t, p = rate.get((m, "triton", L)), rate.get((m, "torch", L))
+            a = diff.get((m, L))
+            cells += ["–" if not (t and p) else f"{t / p:.1f}x",
+                      "–" if a is None else f"{a['max_abs_diff']:.3f} (of {a['logit_scale']:.1f})"]
+        rows.append(f"| {L} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 PRESET_METRICS = (("piqa", "acc", "PIQA acc"), ("arc_easy", "acc", "ARC-e acc"), ("arc_challenge", "acc_norm", "ARC-c acc_norm"),
                   ("hellaswag", "acc_norm", "HellaSwag acc_norm"), ("winogrande", "acc", "WinoGrande acc"),
                   ("mmlu", "acc", "MMLU 5-shot acc"))
@@ -641,6 +673,8 @@ def main() -> None:
         parts.append(toy_grid(path) if path.stem.startswith("toy-needle-grid") else toy_needle(path))
     for path in sorted(RESULTS.glob("decode-*.json")):
         parts.append(decode(path))
+    for path in sorted(RESULTS.glob("prefill-*.json")):
+        parts.append(prefill(path))
     for path in sorted(RESULTS.glob("cpu-demo-*.json")):
         parts.append(cpu_demo(path))
     print("\n\n".join(parts))

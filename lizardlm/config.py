@@ -96,8 +96,9 @@ class LizardConfig:
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
-        backend: ``auto`` = Triton kernels on CUDA (training and full-sequence forward), torch
-            otherwise; ``triton`` / ``torch`` force one (``triton`` fails clearly without CUDA).
+        backend: ``auto`` = Triton kernels on CUDA (training, full-sequence forward and every chunk of
+            a chunked prefill), torch otherwise; ``triton`` / ``torch`` force one (``triton`` fails
+            clearly without CUDA).
     """
 
     mode: Mode = "lizard"
