@@ -1,6 +1,7 @@
 """Print the README's results tables from the committed files under benchmarks/results/.
 
-    python benchmarks/readme_table.py            # the results section
+    python benchmarks/readme_table.py            # the README's results section (the headline files)
+    python benchmarks/readme_table.py --all      # every file's table (docs/results.md)
     python benchmarks/readme_table.py --study    # the study section (between the README's study markers)
 """
 
@@ -382,10 +383,11 @@ def study_tables() -> str:
     return "\n\n".join(study(p) for p in sorted(RESULTS.glob("study-*.json"))) or NO_STUDY
 
 
-def passkey(path: Path) -> str:
+def passkey(path: Path, compact: bool = False) -> str:
     """Long-context retrieval (``benchmarks/passkey_gpu.py``): passkey accuracy by length (the
     evaluation template, then the training template where it ran), the RULER mean by length and the
-    long-document perplexity of the last position bucket, one row per run."""
+    long-document perplexity of the last position bucket, one row per run. ``compact``: the evaluation
+    template's passkey, MQAR, the zero-shot mean and long ppl only (the README's table)."""
     d = json.loads(path.read_text())
     names = ["teacher"] * ("teacher" in d["passkey"]) + [n for n in d["runs"] if n in d["passkey"]]
     pk_lengths = sorted({int(k) for n in names if isinstance(d["passkey"][n], dict) for k in d["passkey"][n]})
@@ -425,6 +427,8 @@ def passkey(path: Path) -> str:
                + [(mqar, L, f"MQAR @ {L}", 2) for L in mq_lengths]
                + [(zs_section, 0, f"zero-shot mean of {len(zero_shot)} (%)", 1)] * bool(zero_shot))
     """(section, length, title, decimals) per column; decimals None: the value as text."""
+    if compact:
+        columns = [c for c in columns if not c[2].startswith(("train-template", "RULER"))]
 
     def cell(value, digits: int | None) -> str:
         if digits is None and value is not None:
@@ -446,7 +450,9 @@ def passkey(path: Path) -> str:
            else f"{run0['stage1_tokens'] / 2**20:g}M + {run0['stage2_tokens'] / 2**20:g}M tokens")
         + (" in sequences as long as the train seq len column says" if seq_vary else f" of {run0['seq_len']}")
         + ("" if budget_vary else ", the same for every run") + "), then "
-        f"`lizardlm eval --tasks {eval_tasks(d, names)}`. passkey: {run0['passkey_trials']} trials per length over "
+        f"`lizardlm eval --tasks {eval_tasks(d, names)}`"
+        + (" (every column: `docs/results.md`)" if compact else "")
+        + f". passkey: {run0['passkey_trials']} trials per length over "
         f"{run0['passkey_depths']} depths, exact match of the key (the evaluation template, not the training one; "
         "train-template: the training template, "
         + ("as many numbered keys as the keys column says" if keys_vary else f"{run0.get('passkey_keys', 5)} numbered key(s)")
@@ -645,39 +651,123 @@ def cpu_demo(path: Path) -> str:
     )
 
 
-def main() -> None:
-    if sys.argv[1:] == ["--study"]:
+def _load(pattern: str) -> tuple[Path, dict] | None:
+    """The first committed result file matching ``pattern`` and its JSON (None if there is none)."""
+    path = next(iter(sorted(RESULTS.glob(pattern))), None)
+    return None if path is None else (path, json.loads(path.read_text()))
+
+
+def _device(d: dict) -> str:
+    return d["device"].removeprefix("NVIDIA ").replace(" 80GB HBM3", "")
+
+
+def glance() -> str:
+    """One line per headline result, each computed from its committed file (named, with its device)."""
+    rows = ["| what | measured | device (file) |", "|---|---|---|"]
+    if found := _load("attention-nvidia-h200.json"):
+        path, d = found
+        ms = {(r["op"], r["T"], r["mode"]): r["ms"] for r in d["runs"]}
+        cells = []
+        for name, f in d["config"]["forms"].items():
+            if name in ("lizard", "paper"):
+                ratio = [ms[("sdpa-cudnn", T, "fwd+bwd")] / ms[(name, T, "fwd+bwd")] for T in (2048, 32768)]
+                label = {"shared": "our form", "sum": "paper form"}[f["combine"]]
+                cells.append(f"{label} (window {f['window']}) {ratio[0]:.2f}x at 2K, {ratio[1]:.1f}x at 32K")
+        rows.append("| attention op, forward + backward, against cuDNN SDPA (bf16, 32 heads x 128) | "
+                    f"{'; '.join(cells)} | {_device(d)} (`{path.name}`) |")
+    if found := _load("scale-graphs-nvidia-h200.json"):
+        path, d = found
+        cells = [f"{r['shape']} at {r['seq'] // 1024}K: stage 1 {r['stage1_graph_tok_per_s'] / r['teacher_lora_tok_per_s']:.2f}x, "
+                 f"stage 2 {r['stage2_graph_tok_per_s'] / r['teacher_lora_tok_per_s']:.2f}x" for r in d["runs"]
+                 if r.get("stage1_graph_tok_per_s") and r["seq"] == 2048]
+        rows.append("| training step (CUDA graphs) against the teacher's own LoRA step, tokens/s | "
+                    f"{'; '.join(cells)} | {_device(d)} (`{path.name}`) |")
+    if found := _load("study-nvidia-h200.json"):
+        path, d = found
+        disc = d["discriminative"]
+        mean = {n: 100 * sum(r["full"][t] for t in disc) / len(disc) for n, r in d["rows"].items() if "full" in r}
+        ceiling = mean["teacher-lora"]
+        names = {"teacher-lora": "teacher + same LoRA (ceiling)", "lizard": "ours", "lolcats": "LoLCATs",
+                 "lizard-paper": "paper form"}
+        cells = [f"{label} {mean[n]:.1f}" + ("" if n == "teacher-lora" else f" ({mean[n] / ceiling:.0%})")
+                 for n, label in names.items() if n in mean]
+        b = d["budget"]
+        rows.append(f"| zero-shot quality, mean of {', '.join(STUDY_TASKS[t] for t in disc)} (%), "
+                    f"{b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens | "
+                    f"{'; '.join(cells)} | {_device(d)} (`{path.name}`) |")
+    if found := _load("passkey-mix-nvidia-h200.json"):
+        path, d = found
+        runs = {n: v for n, v in d["passkey"].items() if n in d["runs"] and "@" not in n and isinstance(v, dict)}
+        best = max(runs, key=lambda n: sum(runs[n].values()) / len(runs[n]))
+        lengths = sorted(int(L) for L in runs[best])
+        fmt = lambda v: " / ".join(f"{v[str(L)]:.2f}" if str(L) in v else "–" for L in lengths)  # noqa: E731
+        rows.append(f"| passkey retrieval, exact match at {' / '.join(f'{L // 1024}K' for L in lengths)} tokens | "
+                    f"best run `{best}` {fmt(runs[best])}; teacher {fmt(d['passkey']['teacher'])} (trained to 8K) "
+                    f"| {_device(d)} (`{path.name}`) |")
+    if found := _load("decode-nvidia-*.json"):
+        path, d = found
+        ok = {n: [r for r in rows_ if r["status"] == "ok"] for n, rows_ in d["results"].items()}
+        mib = lambda x: f"{x / 1024:.1f} GiB" if x >= 1024 else f"{x:.1f} MiB"  # noqa: E731
+        tokens = lambda n: f"{n // 2**20}M" if n >= 2**20 else f"{n // 1024}K"  # noqa: E731
+        lo, hi = ok["lizard"][0]["context"], ok["lizard"][-1]["context"]
+        rows.append(f"| generation cache per sequence, {tokens(lo)} -> {tokens(hi)} tokens of context | "
+                    f"Lizard {mib(ok['lizard'][0]['cache_mib'])} -> {mib(ok['lizard'][-1]['cache_mib'])}; "
+                    f"teacher {mib(ok['teacher'][0]['cache_mib'])} -> {mib(ok['teacher'][-1]['cache_mib'])} "
+                    f"| {_device(d)} (`{path.name}`) |")
+    if found := _load("cpu-demo-*.json"):
+        path, d = found
+        rows.append(f"| the newcomer command (`--preset cpu-demo`, 2 CPU cores) | {d['wall_seconds_this_call'] / 60:.1f} min; "
+                    f"validation perplexity teacher {d['teacher_val_ppl']:.1f}, student {d['student_val_ppl']:.1f} "
+                    f"| {d['device']} (`{path.name}`) |")
+    return "\n".join(rows)
+
+
+RENDERERS = (
+    ("attention-stitch-*.json", lambda p: stitch(p)),
+    ("attention-*.json", lambda p: attention(p)),
+    ("scale-*.json", lambda p: scale(p)),
+    ("linearize-*.json", lambda p: linearize(p)),
+    ("paper-preset-*.json", lambda p: preset_runs(p)),
+    ("passkey-*.json", lambda p: passkey(p)),
+    ("mqar-window-*.json", lambda p: mqar_window(p)),
+    ("state-passing-pilot-*.json", lambda p: state_passing(p)),
+    ("tbptt-toy-*.json", lambda p: tbptt_toy(p)),
+    ("toy-needle-grid-*.json", lambda p: toy_grid(p)),
+    ("toy-needle-*.json", lambda p: toy_needle(p)),
+    ("decode-*.json", lambda p: decode(p)),
+    ("prefill-*.json", lambda p: prefill(p)),
+    ("cpu-demo-*.json", lambda p: cpu_demo(p)),
+)
+"""Each result file's table, by the first pattern its name matches, in this order in ``docs/results.md``."""
+
+README_FILES = ("attention-nvidia-h200.json", "scale-graphs-*.json", "paper-preset-*.json", "passkey-mix-*.json",
+                "prefill-nvidia-*.json", "decode-nvidia-*.json", "cpu-demo-*.json")
+"""The result files whose tables the README shows after :func:`glance`; ``docs/results.md`` shows every file's."""
+
+
+def table(path: Path) -> str:
+    """The table of one result file."""
+    return next(render(path) for pattern, render in RENDERERS if path.match(pattern))
+
+
+def every_table() -> list[Path]:
+    """Every result file with a table, in ``RENDERERS`` order (the superseded ``-v1`` kernels left out)."""
+    seen: list[Path] = []
+    for pattern, _ in RENDERERS:
+        seen += [p for p in sorted(RESULTS.glob(pattern)) if p not in seen and not p.stem.endswith("-v1")]
+    return seen
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--study"]:
         print(study_tables())
-        return
-    parts = []
-    for path in sorted(RESULTS.glob("attention-*.json")):
-        if "-stitch-" in path.name:
-            parts.append(stitch(path))
-        elif not path.stem.endswith("-v1"):
-            parts.append(attention(path))
-    for path in sorted(RESULTS.glob("scale-*.json")):
-        parts.append(scale(path))
-    for path in sorted(RESULTS.glob("linearize-*.json")):
-        parts.append(linearize(path))
-    for path in sorted(RESULTS.glob("paper-preset-*.json")):
-        parts.append(preset_runs(path))
-    for path in sorted(RESULTS.glob("passkey-*.json")):
-        parts.append(passkey(path))
-    for path in sorted(RESULTS.glob("mqar-window-*.json")):
-        parts.append(mqar_window(path))
-    for path in sorted(RESULTS.glob("state-passing-pilot-*.json")):
-        parts.append(state_passing(path))
-    for path in sorted(RESULTS.glob("tbptt-toy-*.json")):
-        parts.append(tbptt_toy(path))
-    for path in sorted(RESULTS.glob("toy-needle-*.json")):
-        parts.append(toy_grid(path) if path.stem.startswith("toy-needle-grid") else toy_needle(path))
-    for path in sorted(RESULTS.glob("decode-*.json")):
-        parts.append(decode(path))
-    for path in sorted(RESULTS.glob("prefill-*.json")):
-        parts.append(prefill(path))
-    for path in sorted(RESULTS.glob("cpu-demo-*.json")):
-        parts.append(cpu_demo(path))
-    print("\n\n".join(parts))
+    elif argv == ["--all"]:
+        print("\n\n".join(table(p) for p in every_table()))
+    else:
+        readme = [p for pattern in README_FILES for p in sorted(RESULTS.glob(pattern))]
+        print("\n\n".join([glance(), *(passkey(p, compact=True) if p.name.startswith("passkey-") else table(p)
+                                        for p in readme)]))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,22 @@ def test_readme_results_match_the_committed_result_files():
     spec.loader.exec_module(module)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        module.main()
+        module.main([])
     tables = out.getvalue().strip()
     assert tables, "no result files found"
     assert tables in (ROOT / "README.md").read_text(), "README results are stale: run python benchmarks/readme_table.py"
+
+
+def test_docs_results_hold_every_result_files_table():
+    """docs/results.md holds every committed result file's table (``readme_table.py --all``)."""
+    module = _readme_table()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        module.main(["--all"])
+    tables = out.getvalue().strip()
+    assert all(f"(`{p.name}`" in tables for p in module.every_table())
+    assert tables in (ROOT / "docs" / "results.md").read_text(), \
+        "docs/results.md is stale: run python benchmarks/readme_table.py --all"
 
 
 def _readme_table():
