@@ -29,3 +29,20 @@ def test_older_presets_keep_torch_adam_betas():
     assert "adam_betas" not in PRESETS["gpu"] and settings_from_preset("gpu").adam_betas == [0.9, 0.999]
     with pytest.raises(ValueError, match="adam-betas"):
         TrainSettings(adam_betas=[0.9, 1.5])
+
+
+def test_long_context_preset_is_the_measured_mixr2k_recipe():
+    """``--preset long-context`` trains exactly what the H200 run ``mixr2k`` recorded in its run.json
+    (the best passkey so far), every setting that run wrote down, and the newer settings at their defaults."""
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "retrieval-mix-nvidia-h200"
+                           / "mixr2k-run.json").read_text())["settings"]
+    preset = settings_from_preset("long-context")
+    s = preset.to_dict()
+    differ = {k: (s[k], v) for k, v in recorded.items() if k not in ("teacher", "device", "lizard") and s[k] != v}
+    assert not differ, differ
+    assert preset.lizard_config() == TrainSettings(lizard=recorded["lizard"]).lizard_config()
+    newer = set(s) - set(recorded)
+    assert newer and all(s[k] == TrainSettings().to_dict()[k] for k in newer), newer

@@ -220,6 +220,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         seq_len=1024, batch_size=8, stage1_tokens=4_194_304, stage2_tokens=4_194_304, val_tokens=131_072,
         checkpoint_every=50, cuda_graphs="auto",
     ),
+    # The best long-context recipe measured so far (issue 19's `mixr2k`, H200: passkey 1.00 / 0.98 / 0.86 /
+    # 0.72 at 1K-8K from 2K rows, 0.10 at 16K-32K; benchmarks/results/passkey-mix-nvidia-h200.json):
+    # Alpaca-cleaned mixed half and half with synthetic passkey documents in varied wordings, answers-only
+    # loss averaged per row, window 128, 256 features, a write gate, the gate starting at 0.9999, the
+    # Lizard parameters trained in stage 2 too, 1M + 16M tokens of 2048.
+    "long-context": dict(
+        data="mix:alpaca-cleaned=0.5,retrieval:loss=answers:template=varied:count=4300=0.5", seq_len=2048,
+        batch_size=8, stage1_tokens=1_048_576, stage2_tokens=16_777_216, val_tokens=131_072, checkpoint_every=50,
+        cuda_graphs="auto", loss_average="rows", stage2_train_lizard=True,
+        lizard={"window_size": 128, "feature_dim": 256, "write_gate": "head", "gate_init": 0.9999},
+    ),
 }
 
 
