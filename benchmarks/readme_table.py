@@ -701,7 +701,8 @@ def glance() -> str:
         best = max(runs, key=lambda n: sum(runs[n].values()) / len(runs[n]))
         lengths = sorted(int(L) for L in runs[best])
         fmt = lambda v: " / ".join(f"{v[str(L)]:.2f}" if str(L) in v else "–" for L in lengths)  # noqa: E731
-        rows.append(f"| passkey retrieval, exact match at {' / '.join(f'{L // 1024}K' for L in lengths)} tokens | "
+        rows.append(f"| passkey retrieval after training mixed with Alpaca-cleaned, exact match at "
+                    f"{' / '.join(f'{L // 1024}K' for L in lengths)} tokens | "
                     f"best run `{best}` {fmt(runs[best])}; teacher {fmt(d['passkey']['teacher'])}"
                     + (" (trained to 8K)" if d["teacher"] == "smollm2-135m" else "") + " "
                     f"| {_device(d)} (`{path.name}`) |")
