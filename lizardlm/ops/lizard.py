@@ -146,8 +146,7 @@ def state_as_prefix(state: LizardState, q, k, v, fq, fk, g, *, combine: str = "s
     the chunk, with ``k'_{j+w} = exp(G_{j+w} - G_j) fk_j``; the prefix carries the decay that
     ``G`` loses to the zeroed log-decays in its features instead, ``fk'_j = exp(G_{L-1} - G_j) fk_j``
     (a factor <= 1, per query head: grouped key/value heads are expanded to ``H``)."""
-    L = state.keys.shape[2]
-    B, H = q.shape[:2]
+    L, H = state.keys.shape[2], q.shape[1]
     zeros = lambda x, n: x.new_zeros(*x.shape[:2], n, *x.shape[3:])  # noqa: E731
     gates = None if g is None else torch.cat([zeros(g, L), g], dim=2)
     if combine == "sum":
