@@ -19,6 +19,11 @@ Both run a standard gated linear attention over ``v' = [v, 1]`` (the 1 yields Z)
 ``w`` or 0. Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
 fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)``
 or None.
+
+Left-padded batches: ``key_start`` ``(B,)`` counts the padding tokens at the head of each row's key
+sequence (a state's window tokens, then the call's), as in :mod:`lizardlm.ops.window`. Padding
+writes nothing into the linear memory (its key features count as zero) and no query reads it in
+the window, so each row's real tokens get what that row alone would.
 """
 
 from __future__ import annotations
@@ -91,9 +96,18 @@ def _finish(o: torch.Tensor, lin: torch.Tensor, combine: str = "shared", alpha=N
     return (lin[..., :V] / (lin[..., V:] + SUM_EPS) + a * o.to(dtype)).to(o.dtype)
 
 
+def drop_padding(fk: torch.Tensor, key_start: torch.Tensor | None, offset: int = 0) -> torch.Tensor:
+    """``fk`` ``(B, ., T, F)`` with the features of left padding zeroed: position ``t`` of row ``b``
+    is padding when ``offset + t < key_start[b]`` (``offset``: the keys held before, a state's window)."""
+    if key_start is None:
+        return fk
+    pad = torch.arange(offset, offset + fk.shape[2], device=fk.device) < key_start.to(fk.device)[:, None]
+    return fk.masked_fill(pad[:, None, :, None], 0.0)
+
+
 def lizard_attention_naive(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
-    combine: str = "shared", alpha=None, kv_state=None,
+    combine: str = "shared", alpha=None, kv_state=None, key_start=None,
 ) -> torch.Tensor:
     """Reference: the equations above with explicit T x T matrices (no cache). ``kv_state``
     ``(B, H, F, V + 1)``: a linear memory before the first token (no window tokens), which adds
@@ -101,7 +115,8 @@ def lizard_attention_naive(
     _check_combine(combine, alpha)
     dtype = compute_dtype(q)
     H, T = q.shape[1], q.shape[2]
-    o, _ = window_attention_naive(q, k, v, window, scale, meta_k, meta_v, meta_bias)
+    o, _ = window_attention_naive(q, k, v, window, scale, meta_k, meta_v, meta_bias, key_start)
+    fk = drop_padding(fk, key_start)
     G = _log_gates(q, g).cumsum(-1)
     t = torch.arange(T, device=q.device)
     old = t[None, :] <= t[:, None] - (window if combine == "shared" else 0)
@@ -180,6 +195,7 @@ def lizard_attention_chunk(
     chunk_size: int = 64,
     combine: str = "shared",
     alpha=None,
+    key_start=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """Chunked parallel form, continuing from ``state`` (None: the sequence starts here).
 
@@ -192,8 +208,9 @@ def lizard_attention_chunk(
         state = empty_state(q, k, v, fk)
     L = state.keys.shape[2]
     g = _log_gates(q, g)
+    fk = drop_padding(fk, key_start, L)
     kc, vc = (k, v) if L == 0 else (torch.cat([state.keys, k], dim=2), torch.cat([state.values, v], dim=2))
-    o, _ = window_attention_chunk(q, kc, vc, window, scale, meta_k, meta_v, chunk_size, meta_bias)
+    o, _ = window_attention_chunk(q, kc, vc, window, scale, meta_k, meta_v, chunk_size, meta_bias, key_start)
     keep = slice(max(0, L + T - window), None)
 
     if combine == "sum":  # every token enters the state at once
@@ -219,7 +236,7 @@ def lizard_attention_chunk(
 
 def lizard_attention_step(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState,
-    combine: str = "shared", alpha=None,
+    combine: str = "shared", alpha=None, key_start=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs have T = 1): O(w) work and O(1) memory."""
     _check_combine(combine, alpha)
@@ -228,12 +245,15 @@ def lizard_attention_step(
     keys = torch.cat([state.keys, k], dim=2)
     values = torch.cat([state.values, v], dim=2)
     g = _log_gates(q, g)
+    fk = drop_padding(fk, key_start, state.keys.shape[2])
+    total = keys.shape[2]  # key_start counts in [state window, new token]; the window keeps the last `kept`
+    start = lambda kept: None if key_start is None else key_start - (total - kept)  # noqa: E731
     if combine == "sum":  # the new token enters the state; the window keeps the last w tokens
         f_new = expand_heads(fk[:, :, 0].to(dtype), H)
         v_new = expand_heads(torch.cat([v[:, :, 0].to(dtype), torch.ones_like(v[:, :, 0, :1], dtype=dtype)], dim=-1), H)
         kv_state = torch.exp(g[..., -1])[..., None, None] * state.kv_state + f_new[..., :, None] * v_new[..., None, :]
         keys, values = keys[:, :, -window:], values[:, :, -window:]
-        o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v, meta_bias)
+        o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v, meta_bias, start(keys.shape[2]))
         lin = fq.to(dtype) @ kv_state
         return _finish(o, lin, combine, alpha), LizardState(kv_state, keys, values, state.key_features, state.log_gates)
     feats = torch.cat([state.key_features, fk], dim=2)
@@ -246,26 +266,28 @@ def lizard_attention_step(
         v_out = torch.cat([v_out, torch.ones_like(v_out[..., :1])], dim=-1)
         kv_state = kv_state + decay * f_out[..., :, None] * v_out[..., None, :]
         keys, values, feats, log_gates = keys[:, :, 1:], values[:, :, 1:], feats[:, :, 1:], log_gates[:, :, 1:]
-    o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v, meta_bias)
+    o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v, meta_bias, start(keys.shape[2]))
     lin = fq.to(dtype) @ kv_state
     return _finish(o, lin), LizardState(kv_state, keys, values, feats, log_gates)
 
 
 def lizard_attention_recurrent(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
-    state: LizardState | None = None, combine: str = "shared", alpha=None,
+    state: LizardState | None = None, combine: str = "shared", alpha=None, key_start=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """Token-by-token form built from :func:`lizard_attention_step`."""
     if state is None:
         state = empty_state(q, k, v, fk)
     g = _log_gates(q, g)
     outs = []
+    first = state.keys.shape[2]  # key_start counts from the state's first window token
     for t in range(q.shape[2]):
         sl = slice(t, t + 1)
         y, state = lizard_attention_step(
             q[:, :, sl], k[:, :, sl], v[:, :, sl], fq[:, :, sl], fk[:, :, sl], g[:, :, sl],
             window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state,
             combine=combine, alpha=alpha,
+            key_start=None if key_start is None else key_start - (first + t - state.keys.shape[2]),
         )
         outs.append(y)
     return torch.cat(outs, dim=2), state

@@ -11,6 +11,10 @@ position ``Tk - Tq + i``: earlier keys are a cached prefix) and ``H % Hk == 0``;
 meta_k, meta_v ``(H, m, D)`` and meta_bias ``(H, m)`` (a learned logit per slot, so a slot can
 be switched off whatever the query) or None. ``meta_bias`` alone (meta_k and meta_v None) gives
 *sink logits*: ``u_ti = b_i`` adds ``e^{b_i}`` to the denominator and nothing to the values. Returns ``(o, lse)`` with o in q's dtype, lse float32+.
+
+``key_start`` ``(B,)`` (integers) or None: a left-padded batch. Row ``b``'s keys before index
+``key_start[b]`` (of ``k``) are padding, which no query attends to but its own position's (so a
+padding query, whose output nobody reads, stays finite).
 """
 
 from __future__ import annotations
@@ -48,6 +52,16 @@ def _combine(scores, values, meta_scores, meta_v, out_dtype):
     return o.to(out_dtype), lse
 
 
+def not_padding(kpos: torch.Tensor, qpos: torch.Tensor, key_start: torch.Tensor | None) -> torch.Tensor | bool:
+    """Which keys a query may read in a left-padded batch: ``(B, 1, *shape)`` for key and query
+    indices ``kpos``, ``qpos`` that broadcast to ``shape`` (True without ``key_start``): a key that is
+    not padding, or the query's own position."""
+    if key_start is None:
+        return True
+    start = key_start.to(kpos.device).view(-1, 1, *([1] * max(kpos.ndim, qpos.ndim)))
+    return (kpos >= start) | (kpos == qpos)
+
+
 def window_attention_naive(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -57,6 +71,7 @@ def window_attention_naive(
     meta_k: torch.Tensor | None = None,
     meta_v: torch.Tensor | None = None,
     meta_bias: torch.Tensor | None = None,
+    key_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: full Tq x Tk score matrix with a band mask."""
     dtype, out_dtype = compute_dtype(q), q.dtype
@@ -65,7 +80,7 @@ def window_attention_naive(
     k, v = expand_heads(k.to(dtype), H), expand_heads(v.to(dtype), H)
     qpos = torch.arange(Tk - Tq, Tk, device=q.device)[:, None]
     kpos = torch.arange(Tk, device=q.device)[None, :]
-    band = (kpos <= qpos) & (kpos > qpos - window)
+    band = (kpos <= qpos) & (kpos > qpos - window) & not_padding(kpos, qpos, key_start)
     scores = (scale * q @ k.transpose(-1, -2)).masked_fill(~band, float("-inf"))
     return _combine(scores, v, _meta_scores(q, meta_k, scale, meta_bias), meta_v, out_dtype)
 
@@ -80,6 +95,7 @@ def window_attention_chunk(
     meta_v: torch.Tensor | None = None,
     chunk_size: int = 64,
     meta_bias: torch.Tensor | None = None,
+    key_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-banded form: each block of C queries scores only its C + w - 1 candidate keys.
 
@@ -104,11 +120,12 @@ def window_attention_chunk(
     r = torch.arange(span, device=q.device)[None, :]
     in_band = (r >= i) & (r < i + w)
     key_pos = torch.arange(n, device=q.device)[:, None, None] * C + r[None] - lead
-    valid = in_band[None] & (key_pos >= 0) & (key_pos < Tk)  # (n, C, span)
+    query_pos = torch.arange(n, device=q.device)[:, None, None] * C + i[None] + Tk - Tq
+    valid = in_band[None] & (key_pos >= 0) & (key_pos < Tk) & not_padding(key_pos, query_pos, key_start)
     # padding queries past the end may have no key at all: give them their (zero) first band slot,
     # or their -inf log-sum-exp turns the discarded rows into NaN gradients
-    valid = valid | (~valid.any(-1, keepdim=True) & (r == i)[None])
-    scores = (scale * qb @ kb.transpose(-1, -2)).masked_fill(~valid, float("-inf")).view(B, H, n, C, span)
+    valid = valid | (~valid.any(-1, keepdim=True) & (r == i)[None])  # (n, C, span), or (B, 1, n, C, span)
+    scores = (scale * qb @ kb.transpose(-1, -2)).view(B, H, n, C, span).masked_fill(~valid, float("-inf"))
     meta = _meta_scores(qb.view(B, H, n, C, D), meta_k, scale, meta_bias)
     if meta is not None:
         scores = torch.cat([scores, meta], dim=-1)
@@ -129,6 +146,7 @@ def window_attention_recurrent(
     meta_k: torch.Tensor | None = None,
     meta_v: torch.Tensor | None = None,
     meta_bias: torch.Tensor | None = None,
+    key_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One query at a time, each reading only a buffer of the last ``window`` keys."""
     Tq, Tk = q.shape[2], k.shape[2]
@@ -137,7 +155,8 @@ def window_attention_recurrent(
         end = Tk - Tq + t + 1
         start = max(0, end - window)
         o, lse = window_attention_naive(
-            q[:, :, t : t + 1], k[:, :, start:end], v[:, :, start:end], window, scale, meta_k, meta_v, meta_bias
+            q[:, :, t : t + 1], k[:, :, start:end], v[:, :, start:end], window, scale, meta_k, meta_v, meta_bias,
+            None if key_start is None else key_start - start,
         )
         outs.append(o)
         lses.append(lse)
