@@ -134,6 +134,42 @@ def prefilled_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     return errs
 
 
+def padded_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
+    """A left-padded batch in inference (``key_start``): the whole sequence from no state, and its last
+    two thirds continued from the state the float64 torch op leaves after the first third, against the
+    float64 torch op over the whole sequence (itself checked against each row alone in test_ops)."""
+    import lizardlm.ops.triton.lizard as tlz
+
+    B, H, Hk, T, D, V, F, w, m, use_g = case
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form)
+    kw = dict(window=w, scale=D**-0.5, combine="shared" if x["alpha"] is None else "sum")
+    const = {n: x[n] for n in NAMES[6:]}
+    const64 = {n: None if t is None else t.double() for n, t in const.items()}
+    seq = [None if x[n] is None else x[n].double() for n in NAMES[:6]]
+    pads = torch.tensor([T // 2, 0][:B]) if B > 1 else torch.tensor([T // 2])
+    cut = T // 3
+    errs = {}
+    with torch.no_grad():
+        y_ref, after_ref = lizard_attention_chunk(*seq, **kw, **const64, key_start=pads)
+        _, state = lizard_attention_chunk(*(None if t is None else t[:, :, :cut] for t in seq), **kw, **const64,
+                                          key_start=pads)
+        tlz.POISON = True
+        try:
+            y, after = tlz.run_from_state(*(x[n] for n in NAMES[:6]), **kw, **const, state=None, need_state=True,
+                                          chunk_size=64, key_start=pads)
+            y_rest, _ = tlz.run_from_state(*(None if x[n] is None else x[n][:, :, cut:] for n in NAMES[:6]), **kw,
+                                           **const, state=state.map(lambda t: t.float()), need_state=True,
+                                           chunk_size=64, key_start=pads - (cut - state.keys.shape[2]))
+        finally:
+            tlz.POISON = False
+    errs["y"] = relerr(y, y_ref)
+    errs["y_continued"] = relerr(y_rest, y_ref[:, :, cut:])
+    for name, a, b in zip(("final_state", "keys", "values", "key_features", "log_gates"), after.tensors(),
+                          after_ref.tensors()):
+        errs[name] = relerr(a, b) if a.shape == b.shape else float("inf")
+    return errs
+
+
 def underflow_finite() -> dict[str, bool]:
     """The sum form where ``phi_q . z`` underflows (feature maps with disjoint supports, a gate that
     forgets at once): is the output, and each gradient, finite (the normaliser's eps)?"""
@@ -217,6 +253,10 @@ def child() -> None:
             print(json.dumps({"case": case_name, "form": form, "variant": "prefilled", "errors": errs}), flush=True)
     for seed, (case_name, case) in enumerate(CASES.items()):
         for form in FORMS:
+            errs = padded_errors(case, seed, form)
+            print(json.dumps({"case": case_name, "form": form, "variant": "left-padded", "errors": errs}), flush=True)
+    for seed, (case_name, case) in enumerate(CASES.items()):
+        for form in FORMS:
             row = fallback_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "shared-memory-fallback", **row}), flush=True)
     print(json.dumps({"case": "underflow", "form": "paper", "variant": "default", "errors": underflow_finite()}),
@@ -266,6 +306,17 @@ def test_kernels_continue_a_prefilled_state(interpreted, case, form):
     chunk, its output, gradients and the state it leaves are the torch op's."""
     errs = interpreted[(case, form, "prefilled")]["errors"]
     assert set(errs) >= {"y", "final_state", "dq", "dk", "dv", "dfq", "dfk", "keys", "key_features", "log_gates"}, errs
+    bad = {k: v for k, v in errs.items() if not v <= 1e-5}
+    assert not bad, f"{case} {form}: {bad}"
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_take_a_left_padded_batch_in_inference(interpreted, case, form):
+    """Left padding (``key_start``) on the kernels, from no state and from a prefilled one: the torch op's
+    outputs and state."""
+    errs = interpreted[(case, form, "left-padded")]["errors"]
+    assert set(errs) >= {"y", "y_continued", "final_state", "keys", "key_features"}, errs
     bad = {k: v for k, v in errs.items() if not v <= 1e-5}
     assert not bad, f"{case} {form}: {bad}"
 

@@ -69,6 +69,14 @@ def state_refusal(state: LizardState | None) -> str | None:
     return None
 
 
+def padding_refusal(key_start, *tensors) -> str | None:
+    """Why the Triton op cannot take the left padding ``key_start`` with these inputs (None: it can): it
+    has no backward for it, so it takes padding only where no gradient is asked for."""
+    if key_start is None or not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
+        return None
+    return "the Triton backend takes left-padded batches in inference only; training on them needs backend='torch'"
+
+
 def _use_triton(q: torch.Tensor, backend: str, op_refusal: str | None = None) -> bool:
     """Whether to take the Triton path: ``backend`` allows it and neither the inputs nor the op's own
     ``op_refusal`` rule it out. ``backend='triton'`` that cannot run raises a :class:`BackendError`."""
@@ -101,28 +109,31 @@ def lizard_attention(
     need_state: bool = False,
     combine: str = "shared",
     alpha: torch.Tensor | None = None,
+    key_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LizardState | None]:
     """Lizard attention (see :mod:`lizardlm.ops.lizard`) on the fastest backend that can run it.
 
     Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
     fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)`` or None
-    (meta_bias alone: sink logits); ``combine`` ``shared`` or ``sum`` (with alpha ``(H,)``).
+    (meta_bias alone: sink logits); ``combine`` ``shared`` or ``sum`` (with alpha ``(H,)``); ``key_start``
+    ``(B,)`` or None: each row's left padding in the key sequence (the state's window tokens, then these).
     Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path
     unless ``need_state``.
     """
     if q.is_cuda and torch.is_autocast_enabled("cuda"):  # run in the autocast dtype, as torch's own ops do
         low = torch.get_autocast_dtype("cuda")
         q, k, v, fq, fk = (x.to(low) for x in (q, k, v, fq, fk))
-    if _use_triton(q, backend, state_refusal(state)):
+    refusal = state_refusal(state) or padding_refusal(key_start, q, k, v, fq, fk, g, meta_k, meta_v, meta_bias, alpha)
+    if _use_triton(q, backend, refusal):
         from lizardlm.ops.triton import lizard_attention_cuda
 
         return lizard_attention_cuda(
             q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
-            state=state, need_state=need_state, combine=combine, alpha=alpha,
+            state=state, need_state=need_state, combine=combine, alpha=alpha, key_start=key_start,
         )  # chunk_size only changes rounding; the kernels use their own
     return lizard_attention_chunk(
         q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
-        state=state, chunk_size=chunk_size, combine=combine, alpha=alpha,
+        state=state, chunk_size=chunk_size, combine=combine, alpha=alpha, key_start=key_start,
     )
 
 
@@ -143,19 +154,23 @@ def lizard_step(
     backend: str = "auto",
     combine: str = "shared",
     alpha: torch.Tensor | None = None,
+    key_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs T = 1) from ``state``: one fused Triton kernel on CUDA (``auto``
-    or ``triton``; shared form, meta key/value slots), :func:`lizardlm.ops.lizard.lizard_attention_step`
-    otherwise (its torch ops are what a CUDA graph replays for the sum form). Returns ``(y, state)``."""
+    or ``triton``; shared form, meta key/value slots, no padding in the window),
+    :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise (its torch ops are what a CUDA graph
+    replays for the sum form). ``key_start`` as in :func:`lizard_attention`. Returns ``(y, state)``."""
     kw = dict(window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state)
     if state.keys.shape[2] == 0:
         refusal = "the fused step continues a prefilled state"
     elif combine != "shared" or (meta_k is None and meta_bias is not None):
         refusal = "the fused step implements the shared form with meta key/value slots"
+    elif key_start is not None:
+        refusal = "the fused step has no padding mask (a left-padded row's padding is still in its window)"
     else:
         refusal = None
     if _use_triton(q, backend, refusal):
         from lizardlm.ops.triton import lizard_step_cuda
 
         return lizard_step_cuda(q, k, v, fq, fk, g, **kw)
-    return lizard_attention_step(q, k, v, fq, fk, g, **kw, combine=combine, alpha=alpha)
+    return lizard_attention_step(q, k, v, fq, fk, g, **kw, combine=combine, alpha=alpha, key_start=key_start)

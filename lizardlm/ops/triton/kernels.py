@@ -23,12 +23,14 @@ _SUM_EPS = tl.constexpr(SUM_EPS)  # the sum form's y_gla = N / (Z + eps)
 
 @triton.jit
 def _win_fwd(
-    Q, K, Vv, MK, MV, MB, O, LSE,
+    Q, K, Vv, MK, MV, MB, O, LSE, PAD,
     T, H, G, M, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr,
+    HAS_PAD: tl.constexpr,
 ):
-    """Sliding-window + meta softmax attention: o and base-2 log-sum-exp per query."""
+    """Sliding-window + meta softmax attention: o and base-2 log-sum-exp per query. HAS_PAD: a
+    left-padded batch, PAD (B,) each row's padding count; a query reads no padding key but its own."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -60,6 +62,9 @@ def _win_fwd(
         p_e = tl.exp2(s_e - m_i[:, None])
         l_i = tl.sum(p_e, 1)
         acc = tl.dot(p_e.to(q.dtype), mv.to(q.dtype), input_precision=PREC)
+    pad = 0
+    if HAS_PAD:
+        pad = tl.load(PAD + b)
     # key blocks pid_m - NBW .. pid_m (BN == BM); NBW = cdiv(W - 1, BM)
     for i in range(0, NBW + 1):
         offs_n = (pid_m - NBW + i) * BN + tl.arange(0, BN)
@@ -69,6 +74,8 @@ def _win_fwd(
         v = tl.load(v_base + rows[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & nmask[None, :]
+        if HAS_PAD:
+            valid = valid & ((offs_n[None, :] >= pad) | (offs_n[None, :] == offs_m[:, None]))
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)

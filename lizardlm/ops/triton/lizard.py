@@ -25,8 +25,8 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
-from lizardlm.ops.dispatch import state_refusal
-from lizardlm.ops.lizard import LizardState, empty_state, state_as_prefix
+from lizardlm.ops.dispatch import padding_refusal, state_refusal
+from lizardlm.ops.lizard import LizardState, drop_padding, empty_state, state_as_prefix
 from lizardlm.ops.triton import kernels as K
 from lizardlm.ops.utils import compute_dtype
 
@@ -148,7 +148,7 @@ def _gates(g: torch.Tensor, shift: int, chunk: int):
     return gl.view(BH, nt * chunk), gw
 
 
-def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk, final):
+def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk, final, pad):
     B, H, T, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     G = H // Hk
@@ -162,9 +162,9 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk,
     lse = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._win_fwd[(triton.cdiv(T, BM), BH)](
         q, k, v, mk if has_meta else dummy, mv if has_meta else dummy, mb if has_meta else dummy, o, lse,
-        T, H, G, M, scale,
+        pad if pad is not None else dummy, T, H, G, M, scale,
         W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BN=BM, NBW=triton.cdiv(window - 1, BM), BMETA=_pow2(max(M, 1)),
-        HAS_META=has_meta, PREC=prec, **_cfg("win_fwd", num_warps=4, num_stages=1),
+        HAS_META=has_meta, PREC=prec, HAS_PAD=pad is not None, **_cfg("win_fwd", num_warps=4, num_stages=1),
     )
     gl, gw = _gates(g.reshape(BH, T), shift, chunk)
     TP = gl.shape[1]
@@ -201,17 +201,20 @@ def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
 
 class LizardAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, scale, chunk, g_given, final):
+    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, scale, chunk, g_given, final, pad):
         """``alpha`` None: shared form (linear shift w); a float32 ``(H,)`` tensor: sum form (shift 0).
         ``h0``: None or the float32 ``(B*H, F, DV + 1)`` linear state before the first token, a constant.
-        Returns y and, if ``final``, the linear state after the last token (else an empty tensor)."""
+        ``pad``: None or each row's left-padding count, int32 ``(B,)`` (forward only: padding's key
+        features come zeroed). Returns y and, if ``final``, the linear state after the last token (else
+        an empty tensor)."""
         ctx.g_dtype = g.dtype
+        ctx.padded = pad is not None
         shift = window if alpha is None else 0
         # a smaller chunk where the output kernel's (chunk x features) tiles exceed shared memory
         key = ("fwd", q.dtype, q.shape[-1], v.shape[-1], fq.shape[-1], chunk, alpha is None)
         chunk, (y, yz, o, lse, gl, gw, hs, hz, zb, ht) = _first_fitting(
             key, _halvings(chunk),
-            lambda c: (c, _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, c, final)))
+            lambda c: (c, _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, c, final, pad)))
         # yz: what dZ is formed from: y in the shared form, the linear branch y_gla in the sum form.
         # hs/hz hold h0's share of every chunk's state, so the backward needs nothing more for it: the
         # query-side gradients read hs/hz, and d log-decay stays the reverse cumsum of fq.dfq - fk.dfk
@@ -223,6 +226,8 @@ class LizardAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, _dht):
+        if ctx.padded:
+            raise RuntimeError("the Triton op takes left-padded batches in inference only")
         q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
         window, shift, scale, chunk, g_given = ctx.cfg
         summed = alpha is not None
@@ -329,21 +334,22 @@ class LizardAttentionFunction(torch.autograd.Function):
             dmv = dmv.reshape(H, M, DV).to(mv.dtype)
             dmb = dmb.to(mb.dtype)
         dalpha = delta.view(B, H, T).sum((0, 2)) if summed else None
-        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None, None, None
+        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None, None, None, None
 
 
 def lizard_attention_cuda(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
     state: LizardState | None = None, need_state: bool = False, chunk_size: int | None = None,
-    combine: str = "shared", alpha=None,
+    combine: str = "shared", alpha=None, key_start=None,
 ) -> tuple[torch.Tensor, LizardState | None]:
     """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk`, from no state, a linear
     state alone (a memory and no window, as stage 2's state passing hands on) or a prefilled state
     (window tokens too: they run before the chunk, :func:`~lizardlm.ops.lizard.state_as_prefix`);
     returns ``(y, state after the last token if need_state else None)``, the state as the torch op
     builds it. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits when
-    given alone) and alpha (``combine="sum"``); the initial state is a constant."""
-    refusal = state_refusal(state)
+    given alone) and alpha (``combine="sum"``); the initial state is a constant. A left-padded batch
+    (``key_start``) runs in inference only."""
+    refusal = state_refusal(state) or padding_refusal(key_start, q, k, v, fq, fk, g, meta_k, meta_v, meta_bias, alpha)
     if refusal is not None:
         raise ValueError(refusal)
     if not q.is_cuda:
@@ -359,20 +365,21 @@ def lizard_attention_cuda(
         raise ValueError(f"window must be >= 1, got {window}")
     return run_from_state(q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
                           meta_bias=meta_bias, state=state, need_state=need_state, chunk_size=chunk_size,
-                          combine=combine, alpha=alpha)
+                          combine=combine, alpha=alpha, key_start=key_start)
 
 
 def run_from_state(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias,
                    state: LizardState | None, need_state: bool, chunk_size: int, combine: str,
-                   alpha) -> tuple[torch.Tensor, LizardState | None]:
+                   alpha, key_start=None) -> tuple[torch.Tensor, LizardState | None]:
     """:func:`lizard_attention_cuda` on checked arguments (Triton's CPU interpreter calls this directly)."""
     L = 0 if state is None else state.keys.shape[2]
+    fk = drop_padding(fk, key_start, L)
     x = (q, k, v, fq, fk, g)
     if L:
         x, _ = state_as_prefix(state, *x, combine=combine)
     y, kv = apply_op(*x, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
                      chunk_size=chunk_size, alpha=alpha, kv_state=state.kv_state if state is not None else None,
-                     final=need_state)
+                     final=need_state, key_start=key_start)
     y = y[:, :, L:]
     if not need_state:
         return y, None
@@ -399,11 +406,12 @@ def state_after(q, k, v, fk, g, kv_state, *, window: int, combine: str) -> Lizar
 
 
 def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias, chunk_size: int, alpha,
-             kv_state=None, final: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+             kv_state=None, final: bool = False, key_start=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The autograd function on checked arguments (Triton's CPU interpreter calls this directly):
     contiguous inputs in q's dtype, zero log-decays for no gate, sink logits as zero-key/value slots,
-    the initial state ``(B, H, F, V + 1)`` (or None) in float32. Returns y and, if ``final``, the
-    float32 ``(B*H, F, V + 1)`` state after the last token (else None)."""
+    the initial state ``(B, H, F, V + 1)`` (or None) in float32, ``key_start`` (padding counts, as
+    int32) or None. Returns y and, if ``final``, the float32 ``(B*H, F, V + 1)`` state after the last
+    token (else None)."""
     B, H, T, D = q.shape
     dt = q.dtype
     k, v, fq, fk = (x.to(dt).contiguous() for x in (k, v, fq, fk))
@@ -421,6 +429,7 @@ def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, m
     mb = meta_bias.contiguous() if has_meta else None
     a = alpha.float().contiguous() if alpha is not None else None
     h0 = kv_state.detach().float().reshape(B * H, *kv_state.shape[2:]).contiguous() if kv_state is not None else None
+    pad = key_start.to(device=q.device, dtype=torch.int32).contiguous() if key_start is not None else None
     y, ht = LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, mb, a, h0, window, float(scale), chunk_size,
-                                          g_given, final)
+                                          g_given, final, pad)
     return y, ht if final else None
