@@ -14,6 +14,9 @@ cache = lizardlm.LizardCache.for_model(model)
 out = model.generate(ids, cache=cache, max_new_tokens=16, do_sample=False)
 print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 print(f"cache after {out.shape[1]} tokens: {cache.nbytes() / 2**20:.2f} MiB (the same at any length)")
+batch = tokenizer(["The history of Paris", "Lizards"], return_tensors="pt", padding=True, padding_side="left")
+out = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+print(tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True))  # each as if alone
 
 model.save_pretrained(out_dir)  # config, safetensors, and remote code for trust_remote_code=True
 tokenizer.save_pretrained(out_dir)  # so that `lizardlm generate --model OUT_DIR` can encode prompts

@@ -98,6 +98,37 @@ class LizardCache(Cache):
     def __init__(self, num_layers: int, softmax_layers: list[int] | tuple[int, ...] = ()) -> None:
         layers = [DynamicLayer() if i in softmax_layers else LizardCacheLayer() for i in range(num_layers)]
         super().__init__(layers=layers)
+        self.padding: torch.Tensor | None = None
+        """``(B,)`` the padding tokens at the head of each row of a left-padded batch, or None."""
+
+    def key_start(self, layer_idx: int) -> torch.Tensor | None:
+        """Each row's padding tokens among the keys a Lizard layer's next call sees (its state's window,
+        then the new tokens), or None where no row has any left there."""
+        if self.padding is None:
+            return None
+        layer = self.layers[layer_idx]
+        held = 0 if layer.state is None else layer.state.keys.shape[2]
+        start = (self.padding - (layer.seen - held)).clamp(min=0)
+        return start if bool(start.any()) else None
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.padding is not None:
+            self.padding = self.padding.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.padding is not None:
+            self.padding = self.padding[indices.to(self.padding.device)]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.padding is not None:
+            self.padding = self.padding[beam_idx.to(self.padding.device)]
+
+    def reset(self) -> None:
+        super().reset()
+        self.padding = None
 
     @classmethod
     def for_model(cls, model) -> "LizardCache":

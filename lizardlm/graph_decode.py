@@ -126,6 +126,9 @@ def _check_graphable(model, cache: LizardCache) -> None:
     if any(s.keys.shape[2] < window for s in states):
         raise LizardError(f"CUDA-graph decoding needs full windows: {cache.get_seq_length()} tokens seen, "
                           f"window {window} (decode eagerly until then; `generate` does)")
+    if cache.padding is not None:
+        raise LizardError("CUDA-graph decoding takes a batch of equal-length prompts: this cache holds a left-padded "
+                          "batch (decode it eagerly, as generate() does)")
     if not states[0].kv_state.is_cuda:
         raise LizardError("CUDA-graph decoding needs the model and cache on a CUDA device")
 

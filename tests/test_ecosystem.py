@@ -88,15 +88,6 @@ def test_a_dynamic_cache_is_refused_in_one_line_naming_lizard_cache():
     assert out.shape == (1, 42)
 
 
-def test_left_padded_batch_generation_is_refused_naming_the_way_out():
-    model = tiny_lizard()
-    ids = IDS.repeat(2, 1)
-    mask = torch.ones_like(ids)
-    mask[0, :5] = 0
-    with pytest.raises(LizardError, match="one at a time"):
-        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
-
-
 def test_a_run_adapter_is_self_contained_for_auto_peft(tmp_path, tiny_llama, tiny_tokenizer):
     """The adapter names the run directory as its base: AutoPeftModelForCausalLM rebuilds teacher + the
     trained Lizard parameters under it, in a fresh process, matching ``lizardlm.load(run)``."""

@@ -41,6 +41,17 @@ def test_decoder_refuses_what_it_cannot_record(prompt_len, softmax_layers, messa
         CudaGraphDecoder(model, cache)
 
 
+def test_decoder_refuses_a_left_padded_batch():
+    """Its rows count positions from their own first token, which one recorded step cannot follow."""
+    model, cache = model_and_cache(0)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        model(torch.randint(1, 97, (2, 12)), attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True)
+    with pytest.raises(LizardError, match="left-padded batch"):
+        CudaGraphDecoder(model, cache)
+
+
 def test_decoder_refuses_a_cache_with_softmax_layers_for_a_pure_lizard_model():
     model, _ = model_and_cache(0)
     with pytest.raises(LizardError, match="this cache keeps softmax layers"):

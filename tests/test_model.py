@@ -290,19 +290,65 @@ def test_attention_transfer_passes_teacher_outputs_on():
     assert grads and all(".layers.0.self_attn." in n and "_proj." not in n for n in grads)
 
 
-def test_left_padding_is_refused_right_padding_is_fine():
-    model = lizard_model("llama")
-    ids = torch.randint(1, 97, (2, 10))
-    left = torch.ones_like(ids)
-    left[0, :3] = 0
-    with pytest.raises(ValueError, match="left"):
-        model(ids, attention_mask=left, use_cache=False)
-    right = torch.ones_like(ids)
-    right[0, 7:] = 0
+def padded_batch(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Prompts of the given lengths, left-padded with token 0 to the longest: ids, mask, the prompts."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, 97, (n,), generator=gen) for n in lengths]
+    width = max(lengths)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    mask = (torch.arange(width)[None, :] >= width - torch.tensor(lengths)[:, None]).long()
+    return ids, mask, prompts
+
+
+@pytest.mark.parametrize("softmax_layers", [[], [1]], ids=["lizard", "hybrid"])
+@pytest.mark.parametrize("config", [SMALL, PAPER_SMALL], ids=["lizard", "paper"])
+def test_left_padded_batch_scores_every_row_as_alone(config, softmax_layers):
+    """A forward over prompts of different lengths, padded on the left (padding shorter and longer than
+    the window of 8): every row's real positions get the row's own logits; right padding is still fine,
+    padding between real tokens is refused in one line."""
+    model = lizard_model("llama", LizardConfig(**{**config.to_dict(), "softmax_layers": softmax_layers}))
+    ids, mask, prompts = padded_batch([23, 20, 5, 12])
     with torch.no_grad():
+        logits = model(ids, attention_mask=mask, use_cache=False).logits
+        cache = LizardCache.for_model(model)  # in two calls, the first all padding for the 5-token prompt
+        head = model(ids[:, :10], attention_mask=mask[:, :10], **{CACHE_KWARG: cache}, use_cache=True).logits
+        rest = model(ids[:, 10:], attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True).logits
+        for row, prompt in enumerate(prompts):
+            alone = model(prompt[None], use_cache=False).logits[0]
+            torch.testing.assert_close(logits[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(torch.cat([head, rest], dim=1)[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
+        right = torch.ones_like(ids)
+        right[0, 17:] = 0
         padded = model(ids, attention_mask=right, use_cache=False).logits
         plain = model(ids, use_cache=False).logits
-    assert torch.equal(padded[0, :7], plain[0, :7])
+    assert torch.allclose(padded[0, :17], plain[0, :17], atol=1e-6)
+    gap = torch.ones_like(ids)
+    gap[1, 5:7] = 0
+    with pytest.raises(ValueError, match="between real tokens") as err:
+        model(ids, attention_mask=gap, use_cache=False)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("config", [SMALL, PAPER_SMALL], ids=["lizard", "paper"])
+@pytest.mark.parametrize("arch", sorted(TEACHERS))
+def test_left_padded_generation_gives_every_prompt_its_own_tokens(arch, config):
+    """``generate`` on a left-padded batch (greedy, and beam search, which reorders the cache): every
+    row's new tokens are those of the prompt generated alone; a later call whose mask has other padding
+    is refused."""
+    model = lizard_model(arch, config)
+    ids, mask, prompts = padded_batch([21, 6, 14])
+    for kw in (dict(do_sample=False), dict(do_sample=False, num_beams=2)):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, **kw)
+        for row, prompt in enumerate(prompts):
+            alone = model.generate(prompt[None], max_new_tokens=6, pad_token_id=0, **kw)
+            assert torch.equal(out[row, ids.shape[1]:], alone[0, len(prompt):]), (kw, row)
+    cache = LizardCache.for_model(model)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True)
+        other = torch.ones(ids.shape[0], ids.shape[1] + 1, dtype=torch.long)
+        with pytest.raises(ValueError, match="differs"):
+            model(ids[:, -1:], attention_mask=torch.cat([other[:, :1] * 0, other[:, 1:]], dim=1),
+                  **{CACHE_KWARG: cache}, use_cache=True)
 
 
 def test_cache_is_accepted_under_either_name():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from lizardlm.cache import given_cache
+from lizardlm.cache import LizardCache, given_cache
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate, StrengthGate
@@ -197,6 +197,7 @@ class LizardAttention(nn.Module):
         handoff = self.handoff if cache_layer is None else None
         if handoff is not None and handoff.initial is not None:
             state = linear_state(handoff.initial, q_win, k_win, v, fk)
+        kw["key_start"] = cache.key_start(self.layer_idx) if isinstance(cache, LizardCache) else None  # left padding
         if state is not None and T == 1:
             y, new_state = lizard_step(q_win, k_win, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)
         else:  # Triton kernels on CUDA from any constant state (training, a prefill going on), torch otherwise

@@ -133,18 +133,37 @@ class LizardModelMixin:
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, cache=None, **kwargs):
         """Like the teacher's forward; a :class:`LizardCache` is made only when ``use_cache=True`` is
         passed (``generate`` does): plain scoring calls keep the fast stateless (Triton) path. The
-        cache may come as ``cache`` or ``past_key_values`` (the name changed in transformers 5.24)."""
+        cache may come as ``cache`` or ``past_key_values`` (the name changed in transformers 5.24).
+
+        ``attention_mask`` (B, cached + new tokens) may pad rows on the left (a batch of prompts of
+        different lengths, as ``generate`` takes them) or on the right: each row's real tokens get what
+        the row alone would. The cache keeps each row's left padding (a call without a cache makes one
+        for that); softmax layers of a hybrid model read the mask itself."""
         cache = _checked_cache(given_cache(past_key_values, cache))
+        padding = left_padding(attention_mask)
         use_cache = bool(use_cache) or cache is not None
-        if use_cache and cache is None:
+        if cache is None and (use_cache or padding is not None):
             cache = LizardCache.for_model(self)
-        return super().forward(
+        if padding is not None:
+            _record_padding(cache, padding, attention_mask.shape[1], _length(input_ids, kwargs))
+        attention_mask = None  # Lizard layers read the padding from the cache; they are causal anyway
+        if cache is not None and cache.padding is not None:
+            seen, length = cache.get_seq_length(), _length(input_ids, kwargs)
+            steps = torch.arange(seen, seen + length, device=cache.padding.device)
+            if kwargs.get("position_ids") is None:  # each row counts from its first real token (meta slots
+                kwargs["position_ids"] = (steps[None, :] - cache.padding[:, None]).clamp(min=0)  # have no position)
+            if self.config.lizard["softmax_layers"]:  # softmax layers read the mask of every token so far
+                attention_mask = (torch.arange(seen + length, device=steps.device)[None, :] >= cache.padding[:, None]).long()
+        out = super().forward(
             input_ids=input_ids,
-            attention_mask=_checked_attention_mask(attention_mask),
-            use_cache=use_cache,
+            attention_mask=attention_mask,
+            use_cache=use_cache or padding is not None,
             **{CACHE_KWARG: cache},
             **kwargs,
         )
+        if not use_cache:  # the cache only carried the padding
+            out.past_key_values = None
+        return out
 
 
 def write_remote_code(directory: str | os.PathLike, model_class: type) -> None:
@@ -170,22 +189,44 @@ def _checked_cache(cache: object) -> LizardCache | None:
     )
 
 
-def _checked_attention_mask(attention_mask: torch.Tensor | None) -> None:
-    """Lizard layers are causal by construction; padding is only allowed at the end of a row.
+def _length(input_ids: torch.Tensor | None, kwargs: dict) -> int:
+    """How many new tokens a forward gets (as ids or as embeddings)."""
+    return (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
 
-    Right padding never affects earlier (real) positions, so the mask is dropped; left or middle
-    padding would leak pad tokens into the recurrent state and is refused.
-    """
+
+def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Each row's padding tokens before its first real one, ``(B,)``, or None where no row starts with
+    padding. Padding at the end of a row never affects earlier positions (Lizard layers are causal);
+    padding between real tokens is refused."""
     if attention_mask is None or attention_mask.dim() != 2 or bool(attention_mask.all()):
         return None
-    seen_pad = (attention_mask == 0).cumsum(-1) > 0
-    if bool((seen_pad & (attention_mask != 0)).any()):
+    real = attention_mask != 0
+    started = real.cumsum(-1) > 0
+    ended = started & ~real
+    if bool((ended.cumsum(-1).bool() & real).any()):
         raise UnsupportedInputError(
-            "Lizard models do not support left (or middle) padding: generate prompts of different lengths one at "
-            "a time (batch size 1) or group prompts of equal length; to score a batch, pad on the right "
-            "(tokenizer.padding_side = 'right')"
+            "Lizard models take padding at the start or the end of a row, not between real tokens: "
+            "drop the gaps (or run those rows one at a time)"
         )
-    return None
+    padding = (~started).sum(-1)
+    return padding if bool(padding.any()) else None
+
+
+def _record_padding(cache: LizardCache, padding: torch.Tensor, mask_length: int, new_tokens: int) -> None:
+    """Keep a left-padded batch's ``padding`` in ``cache``. A later call's mask covers the cached tokens and
+    the new ones (as ``generate`` passes it) and must agree with the padding kept so far, except for rows
+    that were all padding until now (a chunked prefill whose first chunks hold none of a short prompt)."""
+    seen = cache.get_seq_length()
+    if mask_length != seen + new_tokens:
+        raise UnsupportedInputError(
+            f"the attention mask covers {mask_length} tokens, but the cache holds {seen} and {new_tokens} come now: "
+            "a left-padded batch needs the mask of every token so far"
+        )
+    if seen:
+        kept = torch.zeros_like(padding) if cache.padding is None else cache.padding.to(padding.device)
+        if not bool(torch.where(kept < seen, padding == kept, padding >= kept).all()):
+            raise UnsupportedInputError("the attention mask's left padding differs from the one this cache was filled with")
+    cache.padding = padding
 
 
 @dataclass(frozen=True)
