@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lizardlm: error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
-        hint = " (run the same command with --resume to continue from the last checkpoint)" if args.command == "linearize" else ""
+        hint = (" (run the same command with --resume to continue from the last checkpoint)" if args.command == "linearize"
+                else " (run the same command again to go on from OUT.partial)"
+                if args.command == "generate" and getattr(args, "out", None) is not None else "")
         print(f"lizardlm: interrupted{hint}", file=sys.stderr)
         return 130
