@@ -6,6 +6,8 @@
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh eval    evaluate again / go on with a cut evaluation
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
+#   bash benchmarks/device_runs.sh check       the device checks this session's CPU work awaits and the prefill
+#                                              benchmark (no teacher, no data: fits in the first staging call)
 #
 # Every call leaves the driver's result and log in $OUT, and everything in one archive (the device
 # returns at most 8 files): $OUT/<run>.tgz holds them, the driver's plots, and the run directory
@@ -14,6 +16,13 @@
 # with it: here, `tar xzf <run>.tgz -C .stage ./runs/<run>`, and a later call rebuilds the run
 # directory from .stage/runs/<run>/, so a trained run is evaluated without training it again.
 set -uo pipefail
+if [ "${1:-}" = check ]; then
+  python3 benchmarks/prefill.py --out $OUT 2>&1 | tail -30
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_kernels.py tests/gpu/test_model_modes.py \
+    tests/gpu/test_graphed_step.py -k "prefilled or prefill or left_padded or reset_at_documents" > $OUT/gputest.log 2>&1
+  tail -5 $OUT/gputest.log
+  exit 0
+fi
 source benchmarks/device_stage.sh env
 R=/tmp/lizard-runs
 COMMON="--window-size 128 --gate-init 0.9999 --stage2-train-lizard --write-gate head --feature-dim 256"
