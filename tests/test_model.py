@@ -329,13 +329,14 @@ def test_left_padded_batch_scores_every_row_as_alone(config, softmax_layers):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("softmax_layers", [[], [1]], ids=["lizard", "hybrid"])
 @pytest.mark.parametrize("config", [SMALL, PAPER_SMALL], ids=["lizard", "paper"])
 @pytest.mark.parametrize("arch", sorted(TEACHERS))
-def test_left_padded_generation_gives_every_prompt_its_own_tokens(arch, config):
-    """``generate`` on a left-padded batch (greedy, and beam search, which reorders the cache): every
-    row's new tokens are those of the prompt generated alone; a later call whose mask has other padding
-    is refused."""
-    model = lizard_model(arch, config)
+def test_left_padded_generation_gives_every_prompt_its_own_tokens(arch, config, softmax_layers):
+    """``generate`` on a left-padded batch (greedy, and beam search, which reorders the cache; hybrid
+    softmax layers read the mask): every row's new tokens are those of the prompt generated alone; a
+    later call whose mask has other padding is refused."""
+    model = lizard_model(arch, LizardConfig(**{**config.to_dict(), "softmax_layers": softmax_layers}))
     ids, mask, prompts = padded_batch([21, 6, 14])
     for kw in (dict(do_sample=False), dict(do_sample=False, num_beams=2)):
         out = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, **kw)
