@@ -111,6 +111,11 @@ class LizardCache(Cache):
         start = (self.padding - (layer.seen - held)).clamp(min=0)
         return start if bool(start.any()) else None
 
+    def padding_in_window(self) -> bool:
+        """Whether some row's left padding is still among the window tokens a Lizard layer keeps."""
+        return any(self.key_start(i) is not None for i, layer in enumerate(self.layers)
+                   if isinstance(layer, LizardCacheLayer))
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
         if self.padding is not None:

@@ -31,7 +31,8 @@ class CudaGraphDecoder:
 
     ``cache`` must hold every layer's state with a full window (``cache.get_seq_length() >=
     window_size`` after the prefill); the decoder then owns the state tensors. Batch size is that of
-    the cache.
+    the cache. A left-padded batch's padding must have left every window; the decoder then takes the
+    padding over from the cache (each row's position counts from its first real token).
     """
 
     def __init__(self, model, cache: LizardCache) -> None:
@@ -39,6 +40,10 @@ class CudaGraphDecoder:
         self.model, self.cache = model, cache
         first = cache.layers[0].state
         batch, device = first.kv_state.shape[0], first.kv_state.device
+        self.padding = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        if cache.padding is not None:  # no window holds padding any more: only the positions need it
+            self.padding.copy_(cache.padding.view(batch, 1))
+            cache.padding = None
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
@@ -78,7 +83,7 @@ class CudaGraphDecoder:
     def _set_inputs(self, tokens: torch.Tensor) -> None:
         position = self.cache.get_seq_length()
         self.ids.copy_(tokens.view(self.ids.shape))
-        self.positions.fill_(position)
+        self.positions.copy_(position - self.padding)  # each row counts from its first real token
         self.cache_position.fill_(position)
 
     @torch.no_grad()
@@ -126,9 +131,9 @@ def _check_graphable(model, cache: LizardCache) -> None:
     if any(s.keys.shape[2] < window for s in states):
         raise LizardError(f"CUDA-graph decoding needs full windows: {cache.get_seq_length()} tokens seen, "
                           f"window {window} (decode eagerly until then; `generate` does)")
-    if cache.padding is not None:
-        raise LizardError("CUDA-graph decoding takes a batch of equal-length prompts: this cache holds a left-padded "
-                          "batch (decode it eagerly, as generate() does)")
+    if cache.padding_in_window():
+        raise LizardError("CUDA-graph decoding needs windows free of padding: a left-padded row's padding is still in "
+                          "its window (decode eagerly until it has left; `generate` does)")
     if not states[0].kv_state.is_cuda:
         raise LizardError("CUDA-graph decoding needs the model and cache on a CUDA device")
 
@@ -143,16 +148,16 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sample: Sampler = greedy,
              on_token: Callable[[torch.Tensor], None] | None = None,
-             eos_token_id: int | None = None) -> torch.Tensor:
+             eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``input_ids`` (B, T) followed by up to ``max_new_tokens`` tokens: prefill, eager steps until
-    the windows are full, then CUDA-graph replays. ``sample`` maps logits (B, vocab) to tokens (B, 1);
-    ``on_token`` sees each new (B, 1) token; generation stops early once every row has produced
-    ``eos_token_id``."""
+    the windows are full (and free of a left-padded batch's padding, ``attention_mask``), then
+    CUDA-graph replays. ``sample`` maps logits (B, vocab) to tokens (B, 1); ``on_token`` sees each
+    new (B, 1) token; generation stops early once every row has produced ``eos_token_id``."""
     check_model(model)
     if not input_ids.is_cuda:
         raise LizardError("CUDA-graph generation needs the model and inputs on a CUDA device")
     cache = LizardCache.for_model(model)
-    logits = model(input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+    logits = model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1]
     window = model.config.lizard["window_size"]
     out, decoder = [input_ids], None
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -165,7 +170,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sample: Sample
             done |= token.view(-1) == eos_token_id
         if i == max_new_tokens - 1 or (eos_token_id is not None and bool(done.all())):
             break
-        if decoder is None and cache.get_seq_length() >= window:
+        if decoder is None and cache.get_seq_length() >= window and not cache.padding_in_window():
             decoder = CudaGraphDecoder(model, cache)
         if decoder is not None:
             logits = decoder.step(token)

@@ -94,7 +94,7 @@ def test_a_cut_run_goes_on_from_its_partial_file(tmp_path, lizard_dir, monkeypat
     (["--prompt", "hi", "--out", "x.jsonl"], "--out goes with --prompts"),
     (["--prompts", "BAD", "--out", "x.jsonl"], "line 2: not a JSON object"),
     (["--prompts", "EMPTY"], "holds no prompt"),
-    (["--prompts", "EMPTY", "--cuda-graph", "--device", "cuda"], "--cuda-graph"),
+    (["--prompts", "EMPTY", "--cuda-graph"], "--cuda-graph needs --device cuda"),
 ])
 def test_bad_batch_input_fails_in_one_line(tmp_path, lizard_dir, capsys, argv, message):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')

@@ -41,14 +41,21 @@ def test_decoder_refuses_what_it_cannot_record(prompt_len, softmax_layers, messa
         CudaGraphDecoder(model, cache)
 
 
-def test_decoder_refuses_a_left_padded_batch():
-    """Its rows count positions from their own first token, which one recorded step cannot follow."""
+def test_decoder_waits_for_padding_to_leave_the_windows():
+    """A recorded step has no padding mask: a left-padded batch is recorded once no window holds padding
+    (here, past that check, only the CPU tensors stop it)."""
     model, cache = model_and_cache(0)
-    mask = torch.ones(2, 12, dtype=torch.long)
-    mask[1, :3] = 0
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, :9] = 0  # row 1: 5 real tokens, so 3 of the window's 8 are padding
     with torch.no_grad():
-        model(torch.randint(1, 97, (2, 12)), attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True)
-    with pytest.raises(LizardError, match="left-padded batch"):
+        model(torch.randint(1, 97, (2, 14)), attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True)
+        with pytest.raises(LizardError, match="padding is still in its window"):
+            CudaGraphDecoder(model, cache)
+        for _ in range(3):
+            assert cache.padding_in_window()
+            model(torch.randint(1, 97, (2, 1)), **{CACHE_KWARG: cache}, use_cache=True)
+    assert not cache.padding_in_window()
+    with pytest.raises(LizardError, match="on a CUDA device"):
         CudaGraphDecoder(model, cache)
 
 

@@ -64,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts is None and args.out is not None:
         raise LizardError("--out goes with --prompts (a single --prompt streams to stdout)")
     if args.prompts is not None:
-        if args.cuda_graph:
-            raise LizardError("--cuda-graph decodes one batch of equal-length prompts: leave it out with --prompts")
         prompts = read_prompts(args.prompts)
     from lizardlm.devices import pick_device
 
@@ -145,12 +143,15 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
     run goes on where it stopped."""
     import torch
 
+    from lizardlm import graph_decode
     from lizardlm.cache import CACHE_KWARG, LizardCache
     from lizardlm.models import is_lizard_model
     from lizardlm.progress import progress
 
     if tokenizer.pad_token is None:  # padding needs a token; its value never matters (masked)
         tokenizer.pad_token = tokenizer.eos_token
+    if args.cuda_graph:
+        graph_decode.check_model(model)
     texts = [_text(tokenizer, p, args.raw) for p in prompts]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=args.raw).input_ids]
     if min(lengths) == 0:
@@ -169,9 +170,13 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
                             add_special_tokens=args.raw).to(args.device)
             cache = LizardCache.for_model(model) if is_lizard_model(model) else None
             with torch.no_grad():
-                out = model.generate(**enc, **{CACHE_KWARG: cache}, max_new_tokens=args.max_new_tokens,
-                                     do_sample=sample, temperature=args.temperature if sample else None,
-                                     top_p=args.top_p if sample else None, top_k=None, pad_token_id=pad_id)
+                if args.cuda_graph:  # eager steps until the padding has left every window, then replays
+                    out = graph_decode.generate(model, enc.input_ids, args.max_new_tokens, _sampler(args),
+                                                eos_token_id=tokenizer.eos_token_id, attention_mask=enc.attention_mask)
+                else:
+                    out = model.generate(**enc, **{CACHE_KWARG: cache}, max_new_tokens=args.max_new_tokens,
+                                         do_sample=sample, temperature=args.temperature if sample else None,
+                                         top_p=args.top_p if sample else None, top_k=None, pad_token_id=pad_id)
             for i, new in zip(batch, out[:, enc.input_ids.shape[1]:].tolist()):
                 new = new[: next((n for n, t in enumerate(new) if t == tokenizer.eos_token_id), len(new) - 1) + 1]
                 done[i] = {"index": i, "prompt": prompts[i], "completion": tokenizer.decode(new, skip_special_tokens=True),
@@ -197,6 +202,7 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
     new = sum(done[i]["new_tokens"] for i in order)
     print(f"[{type(model).__name__}: {len(order)} prompts in batches of {args.batch_size}, {new} new tokens in "
           f"{seconds:.1f} s ({new / max(seconds, 1e-9):.1f} new tokens/s)"
+          + (", decoding steps replayed as one CUDA graph" if args.cuda_graph else "")
           + (f"; {len(prompts) - len(order)} were done before" if len(order) < len(prompts) else "")
           + (f" -> {args.out}" if args.out is not None else "") + "]", file=sys.stderr)
     return 0
@@ -226,24 +232,31 @@ def _counts(prompt: int, total: int, seconds: float) -> str:
     return f"{prompt} prompt + {new} new tokens in {seconds:.1f} s ({new / max(seconds, 1e-9):.1f} new tokens/s)"
 
 
-def _generate_graphed(model, ids, args: argparse.Namespace, streamer, eos: int | None) -> int:
-    """Prefill, then decoding steps replayed as a CUDA graph (:mod:`lizardlm.graph_decode`)."""
+def _sampler(args: argparse.Namespace):
+    """:mod:`lizardlm.graph_decode`'s sampler for ``--temperature`` and ``--top-p`` (greedy at 0)."""
     import torch
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
     from lizardlm import graph_decode
 
+    if args.temperature <= 0:
+        return graph_decode.greedy
+    warp = LogitsProcessorList([TemperatureLogitsWarper(args.temperature), TopPLogitsWarper(args.top_p)])
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(warp(None, logits.float()).softmax(-1), 1)
+
+    return sample
+
+
+def _generate_graphed(model, ids, args: argparse.Namespace, streamer, eos: int | None) -> int:
+    """Prefill, then decoding steps replayed as a CUDA graph (:mod:`lizardlm.graph_decode`)."""
+    from lizardlm import graph_decode
+
     graph_decode.check_model(model)
-    sample = graph_decode.greedy
-    if args.temperature > 0:
-        warp = LogitsProcessorList([TemperatureLogitsWarper(args.temperature), TopPLogitsWarper(args.top_p)])
-
-        def sample(logits: torch.Tensor) -> torch.Tensor:
-            return torch.multinomial(warp(None, logits.float()).softmax(-1), 1)
-
     started = time.perf_counter()
     streamer.put(ids.cpu())
-    out = graph_decode.generate(model, ids, args.max_new_tokens, sample, on_token=lambda t: streamer.put(t.cpu()),
+    out = graph_decode.generate(model, ids, args.max_new_tokens, _sampler(args), on_token=lambda t: streamer.put(t.cpu()),
                                 eos_token_id=eos)
     streamer.end()
     counts = _counts(ids.shape[1], out.shape[1], time.perf_counter() - started)
