@@ -6,8 +6,8 @@
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh eval    evaluate again / go on with a cut evaluation
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
-#   bash benchmarks/device_runs.sh check       the device checks this session's CPU work awaits and the prefill
-#                                              benchmark (no teacher, no data: fits in the first staging call)
+#   bash benchmarks/device_runs.sh check       the device checks this session's CPU work awaits, the prefill and
+#                                              batch-generation benchmarks (no teacher, no data)
 #
 # Every call leaves the driver's result and log in $OUT, and everything in one archive (the device
 # returns at most 8 files): $OUT/<run>.tgz holds them, the driver's plots, and the run directory
@@ -22,6 +22,7 @@ if [ "${1:-}" = check ]; then
     tests/gpu/test_graphed_step.py tests/gpu/test_graph_decode.py \
     -k "prefilled or prefill or left_padded or reset_at_documents or prompts_file" > $OUT/gputest.log 2>&1
   tail -5 $OUT/gputest.log
+  timeout 150 python3 benchmarks/serve.py --batches 8,32 --out $OUT 2>&1 | tail -8
   exit 0
 fi
 source benchmarks/device_stage.sh env

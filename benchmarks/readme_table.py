@@ -251,6 +251,30 @@ def prefill(path: Path) -> str:
     return "\n".join(rows)
 
 
+def serve(path: Path) -> str:
+    """``serve.py``: new tokens/s generating a set of prompts in left-padded batches, per model and decoding."""
+    d = json.loads(path.read_text())
+    c = d["config"]
+    keys = list(dict.fromkeys((r["model"], r["decode"]) for r in d["runs"]))
+    by = {(r["model"], r["decode"], r["batch"]): r for r in d["runs"]}
+    cell = lambda r: r.get("status", "–") if "tok_per_s" not in r else (  # noqa: E731
+        f"{r['tok_per_s']:.0f}" + (f" ({r['peak_gib']:.1f} GiB)" if "peak_gib" in r else ""))
+    rows = [
+        f"Batch generation, {d['device']} (`{path.name}`): {c['model']}, {d['dtype']}; {c['prompts']} prompts of "
+        f"{c['min_len']}-{c['max_len']} tokens, {c['new_tokens']} new tokens each, greedy, in left-padded batches "
+        "(longest first); new tokens/s over the whole set (peak GPU memory); the teacher with its KV cache, Lizard "
+        "with Hugging Face `generate` (eager) and with each step replayed as a CUDA graph"
+        + (f"; eager and graphed Lizard give {d['agree']:.0%} of the completions alike" if d.get("agree") is not None else "")
+        + ".",
+        "",
+        "| batch | " + " | ".join(f"{m} {dec}" for m, dec in keys) + " |",
+        "|---:|" + "---:|" * len(keys),
+    ]
+    for b in sorted({r["batch"] for r in d["runs"]}):
+        rows.append(f"| {b} | " + " | ".join(cell(by.get((m, dec, b), {})) for m, dec in keys) + " |")
+    return "\n".join(rows)
+
+
 PRESET_METRICS = (("piqa", "acc", "PIQA acc"), ("arc_easy", "acc", "ARC-e acc"), ("arc_challenge", "acc_norm", "ARC-c acc_norm"),
                   ("hellaswag", "acc_norm", "HellaSwag acc_norm"), ("winogrande", "acc", "WinoGrande acc"),
                   ("mmlu", "acc", "MMLU 5-shot acc"))
@@ -738,12 +762,13 @@ RENDERERS = (
     ("toy-needle-*.json", lambda p: toy_needle(p)),
     ("decode-*.json", lambda p: decode(p)),
     ("prefill-*.json", lambda p: prefill(p)),
+    ("serve-*.json", lambda p: serve(p)),
     ("cpu-demo-*.json", lambda p: cpu_demo(p)),
 )
 """Each result file's table, by the first pattern its name matches, in this order in ``docs/results.md``."""
 
 README_FILES = ("attention-nvidia-h200.json", "scale-graphs-*.json", "paper-preset-*.json", "passkey-mix-*.json",
-                "prefill-nvidia-*.json", "decode-nvidia-*.json", "cpu-demo-*.json")
+                "prefill-nvidia-*.json", "decode-nvidia-*.json", "serve-nvidia-*.json", "cpu-demo-*.json")
 """The result files whose tables the README shows after :func:`glance`; ``docs/results.md`` shows every file's."""
 
 

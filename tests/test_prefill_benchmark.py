@@ -43,3 +43,4 @@ def test_table_gives_the_triton_speed_up_and_the_logit_difference(tmp_path):
                                                              "max_abs_diff": 0.0312, "logit_scale": 12.5}]}))
     row = readme_table.prefill(path).splitlines()[-1]
     assert row == "| 2048 | 900.0K | 100.0K | 400.0K | 4.0x | 0.031 (of 12.5) |"
+

@@ -1,0 +1,154 @@
+"""Batch generation throughput, side by side in one process: a set of prompts of different lengths
+generated in left-padded batches by the teacher (Hugging Face ``generate`` with its KV cache) and by
+Lizard (the same ``generate``, and on CUDA with each decoding step replayed as one CUDA graph,
+``lizardlm.graph_decode``). Random weights of the SmolLM2-135M shape, greedy, the same prompts for
+every run; the Lizard runs' completions are checked against each other (eager and graphed decoding).
+
+    python benchmarks/serve.py --prompts 32 --max-len 2048 --new-tokens 128 --batches 1,8,32
+
+Writes ``<out>/serve-<device>.json``: ``{"device", "dtype", "config", "runs": [{"model", "decode",
+"batch", "seconds", "new_tokens", "tok_per_s", "prompts_per_s", "peak_gib"} | {..., "status"}],
+"agree"}`` and a PNG of new tokens/s by batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lizardlm
+import lizardlm  # noqa: E402
+from lizardlm import graph_decode  # noqa: E402
+from prefill import SHAPE  # noqa: E402
+from result_names import device_slug  # noqa: E402
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=256)
+
+
+def prompts_of(count: int, max_len: int, vocab: int, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` random prompts of lengths spread evenly from ``max_len // 4`` to ``max_len`` (token 0 is padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.linspace(max_len // 4, max_len, count).long().tolist()
+    return [torch.randint(1, vocab, (n,), generator=gen) for n in lengths]
+
+
+def batches(prompts: list[torch.Tensor], size: int, device: str):
+    """Left-padded batches of ``size`` prompts, longest first: ``(ids, mask)``."""
+    order = sorted(prompts, key=len, reverse=True)
+    for start in range(0, len(order), size):
+        part = order[start:start + size]
+        width = max(len(p) for p in part)
+        ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in part]).to(device)
+        yield ids, (ids != 0).long()
+
+
+def run(model, decode: str, prompts: list[torch.Tensor], size: int, new_tokens: int, device: str) -> tuple[dict, list]:
+    """Generate every prompt in batches of ``size``; the row and the completions (longest prompt first)."""
+    row = {"decode": decode, "batch": size}
+    outs = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    with torch.no_grad():
+        for ids, mask in batches(prompts, size, device):
+            if decode == "cuda-graph":
+                out = graph_decode.generate(model, ids, new_tokens, attention_mask=mask)
+            else:
+                out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                     do_sample=False, pad_token_id=0)
+            outs += out[:, ids.shape[1]:].cpu().unbind(0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    seconds = time.perf_counter() - started
+    new = sum(len(o) for o in outs)
+    row.update(seconds=round(seconds, 4), new_tokens=new, tok_per_s=round(new / seconds, 1),
+               prompts_per_s=round(len(prompts) / seconds, 3))
+    return row, outs
+
+
+def measure(name: str, model, decodes: list[str], prompts, sizes: list[int], new_tokens: int, device: str):
+    rows, completions = [], {}
+    run(model, decodes[0], prompts[:2], 2, 2, device)  # warm-up: kernels compiled, allocator pools
+    for decode in decodes:
+        for size in sizes:
+            try:
+                row, completions[(decode, size)] = run(model, decode, prompts, size, new_tokens, device)
+            except torch.OutOfMemoryError:
+                row = {"decode": decode, "batch": size, "status": "out of memory"}
+                torch.cuda.empty_cache()
+            rows.append({"model": name, **row})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows, completions
+
+
+def plot(runs: list[dict], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for key in dict.fromkeys((r["model"], r["decode"]) for r in runs):
+        ok = [r for r in runs if (r["model"], r["decode"]) == key and "tok_per_s" in r]
+        ax.plot([r["batch"] for r in ok], [r["tok_per_s"] for r in ok], "o-", label=" / ".join(key))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (prompts)")
+    ax.set_ylabel("new tokens/s")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=2048, help="the longest prompt (the shortest is a quarter)")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--small", action="store_true", help="a 2-layer model of width 64 (a CPU smoke run)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    shape = {**SHAPE, **(SMALL if args.small else {})}
+    sizes = [int(x) for x in args.batches.split(",")]
+    prompts = prompts_of(args.prompts, args.max_len, shape["vocab_size"])
+
+    def teacher():  # the same random weights each time (conversion replaces the attention in place)
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(**shape)).to(device, dtype).eval()
+
+    runs, _ = measure("teacher", teacher(), ["eager"], prompts, sizes, args.new_tokens, device)
+    student = lizardlm.convert(teacher(), lizardlm.LizardConfig()).to(device, dtype).eval()
+    decodes = ["eager", "cuda-graph"] if device == "cuda" else ["eager"]
+    rows, completions = measure("lizard", student, decodes, prompts, sizes, args.new_tokens, device)
+    runs += rows
+    by_decode = {d: [c for (dd, _), out in completions.items() if dd == d for c in out] for d in decodes}
+    agree = None  # the share of completions that eager and graphed decoding give alike
+    if len(decodes) == 2 and by_decode["eager"]:
+        agree = round(sum(torch.equal(a, b) for a, b in zip(*by_decode.values())) / len(by_decode["eager"]), 3)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    slug = device_slug(name) + ("-small" if args.small else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"device": name, "dtype": str(dtype), "torch": torch.__version__,
+               "config": {"model": "SmolLM2-135M shape, random weights" if not args.small else "2-layer smoke model",
+                          "prompts": args.prompts, "min_len": min(len(x) for x in prompts), "max_len": args.max_len, "new_tokens": args.new_tokens, "lizard": "LizardConfig() defaults"},
+               "runs": runs, "agree": agree}
+    (args.out / f"serve-{slug}.json").write_text(json.dumps(payload, indent=2))
+    plot(runs, args.out / f"serve-{slug}.png", f"Batch generation, {args.prompts} prompts of {args.max_len // 4}-"
+         f"{args.max_len} tokens, {args.new_tokens} new each ({name})")
+
+
+if __name__ == "__main__":
+    main()
