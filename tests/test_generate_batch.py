@@ -44,7 +44,7 @@ def alone(path, prompt: str, new: int) -> str:
 def test_every_prompt_of_a_file_gets_its_own_completion_in_order(tmp_path, lizard_dir, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS[:3] + [""] + PROMPTS[3:]) + "\n", encoding="utf-8")
-    out = tmp_path / "out.jsonl"
+    out = tmp_path / "new" / "dir" / "out.jsonl"
     rc = cli_main(["generate", "--model", str(lizard_dir), "--prompts", str(prompts), "--out", str(out), "--raw",
                    "--batch-size", "4", "--max-new-tokens", "6"])
     assert rc == 0
@@ -53,7 +53,7 @@ def test_every_prompt_of_a_file_gets_its_own_completion_in_order(tmp_path, lizar
     for row in rows:
         assert row["completion"] == alone(lizard_dir, row["prompt"], 6), row
         assert 1 <= row["new_tokens"] <= 6 and row["prompt_tokens"] >= 1
-    assert not (tmp_path / "out.jsonl.partial").exists()
+    assert not out.with_name("out.jsonl.partial").exists()
     assert "6 prompts in batches of 4" in capsys.readouterr().err
 
 
@@ -77,6 +77,8 @@ def test_a_cut_run_goes_on_from_its_partial_file(tmp_path, lizard_dir, monkeypat
     assert "go on from OUT.partial" in capsys.readouterr().err
     partial = (tmp_path / "out.jsonl.partial").read_text(encoding="utf-8")
     assert len([line for line in partial.split("\n") if line]) == 4 and not out.exists()  # two batches of two
+    with (tmp_path / "out.jsonl.partial").open("a", encoding="utf-8") as f:
+        f.write('{"index": 5, "prompt": "Hel')  # a write torn by the cut
     monkeypatch.setattr(transformers.GenerationMixin, "generate", generate)
     assert cli_main(args + ["--out", str(out)]) == 0
     assert out.read_text() == (tmp_path / "whole.jsonl").read_text()

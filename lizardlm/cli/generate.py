@@ -160,6 +160,8 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
     order = [i for i in sorted(range(len(prompts)), key=lambda i: -lengths[i]) if i not in done]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sample = args.temperature > 0
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = None if args.out is None else args.out.with_name(args.out.name + ".partial").open("a", encoding="utf-8")
     started = time.perf_counter()
     try:
@@ -168,12 +170,12 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
             batch = order[start:start + args.batch_size]
             enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, padding_side="left",
                             add_special_tokens=args.raw).to(args.device)
-            cache = LizardCache.for_model(model) if is_lizard_model(model) else None
             with torch.no_grad():
                 if args.cuda_graph:  # eager steps until the padding has left every window, then replays
                     out = graph_decode.generate(model, enc.input_ids, args.max_new_tokens, _sampler(args),
                                                 eos_token_id=tokenizer.eos_token_id, attention_mask=enc.attention_mask)
                 else:
+                    cache = LizardCache.for_model(model) if is_lizard_model(model) else None
                     out = model.generate(**enc, **{CACHE_KWARG: cache}, max_new_tokens=args.max_new_tokens,
                                          do_sample=sample, temperature=args.temperature if sample else None,
                                          top_p=args.top_p if sample else None, top_k=None, pad_token_id=pad_id)
@@ -220,9 +222,10 @@ def _resumed(out: Path | None, prompts: list[str]) -> dict[int, dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # the torn line of a cut write
-        if not (0 <= row["index"] < len(prompts)) or prompts[row["index"]] != row["prompt"]:
+        index = row.get("index") if isinstance(row, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(prompts) or prompts[index] != row.get("prompt"):
             raise LizardError(f"{path} holds completions of other prompts: delete it, or give the prompts it was made from")
-        done[row["index"]] = row
+        done[index] = row
     return done
 
 
