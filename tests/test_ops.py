@@ -159,10 +159,13 @@ def test_state_as_prefix_continues_a_state_from_its_linear_memory_alone(shape, f
     kw = dict(window=w, scale=D**-0.5, meta_k=x["meta_k"], meta_v=x["meta_v"], meta_bias=x["meta_bias"],
               combine=combine_of(x), alpha=x.get("alpha"))
     names = ("q", "k", "v", "fq", "fk", "g")
-    for cut in (max(1, w // 2), w + 3):  # L = cut < w, then L = w
+    memory = torch.rand(B, H, F_, D + 1, generator=gen, dtype=torch.float64)
+    # L = cut < w, then L = w; the first also after a linear memory (a state-passing row going on)
+    for cut, start in ((max(1, w // 2), None), (max(1, w // 2), memory), (w + 3, None)):
         head = {n: None if x[n] is None else x[n][:, :, :cut] for n in names}
         row = {n: None if x[n] is None else x[n][:, :, cut:cut + T].clone().requires_grad_() for n in names}
-        _, state = lizard_attention_chunk(**head, chunk_size=C, **kw)
+        before = None if start is None else linear_state(start, head["q"], head["k"], head["v"], head["fk"])
+        _, state = lizard_attention_chunk(**head, state=before, chunk_size=C, **kw)
         ref, after = lizard_attention_chunk(**row, state=state, chunk_size=C, **kw)
         longer, L = state_as_prefix(state, *(row[n] for n in names), combine=combine_of(x))
         assert L == state.keys.shape[2] == min(cut, w)
