@@ -109,14 +109,18 @@ def measure(name: str, model, backends: list[str | None], lengths: list[int], ba
     return runs, agreement
 
 
-def plot(runs: list[dict], path: Path, title: str) -> None:
+def plot_rates(runs: list[dict], path: Path, title: str, *, series: str, x: str, xlabel: str, ylabel: str,
+               scale: float = 1.0, logy: bool = False) -> None:
+    """Tokens/s (divided by ``scale``) against ``x``, one line per (model, ``series``) of ``runs``."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
-    for key in dict.fromkeys((r["model"], r["backend"]) for r in runs):
-        ok = [r for r in runs if (r["model"], r["backend"]) == key and "tok_per_s" in r]
-        ax.plot([r["length"] for r in ok], [r["tok_per_s"] / 1e3 for r in ok], "o-", label=" / ".join(key))
+    for key in dict.fromkeys((r["model"], r[series]) for r in runs):
+        ok = [r for r in runs if (r["model"], r[series]) == key and "tok_per_s" in r]
+        ax.plot([r[x] for r in ok], [r["tok_per_s"] / scale for r in ok], "o-", label=" / ".join(key))
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("prefill K tokens/s")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -163,7 +167,8 @@ def main() -> None:
                           "chunk": args.chunk, "batch": args.batch, "lizard": configs},
                "runs": runs, "agreement": agreement}
     (args.out / f"prefill-{slug}.json").write_text(json.dumps(payload, indent=2))
-    plot(runs, args.out / f"prefill-{slug}.png", f"Chunked prefill ({args.chunk} a chunk, batch {args.batch}), {name}")
+    plot_rates(runs, args.out / f"prefill-{slug}.png", f"Chunked prefill ({args.chunk} a chunk, batch {args.batch}), {name}",
+               series="backend", x="length", xlabel="prompt length (tokens)", ylabel="prefill K tokens/s", scale=1e3)
 
 
 if __name__ == "__main__":

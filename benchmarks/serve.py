@@ -19,17 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lizardlm
 import lizardlm  # noqa: E402
 from lizardlm import graph_decode  # noqa: E402
-from prefill import SHAPE  # noqa: E402
+from prefill import SHAPE, plot_rates  # noqa: E402
 from result_names import device_slug  # noqa: E402
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -94,22 +90,6 @@ def measure(name: str, model, decodes: list[str], prompts, sizes: list[int], new
     return rows, completions
 
 
-def plot(runs: list[dict], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
-    for key in dict.fromkeys((r["model"], r["decode"]) for r in runs):
-        ok = [r for r in runs if (r["model"], r["decode"]) == key and "tok_per_s" in r]
-        ax.plot([r["batch"] for r in ok], [r["tok_per_s"] for r in ok], "o-", label=" / ".join(key))
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size (prompts)")
-    ax.set_ylabel("new tokens/s")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=32)
@@ -146,8 +126,9 @@ def main() -> None:
                           "prompts": args.prompts, "min_len": min(len(x) for x in prompts), "max_len": args.max_len, "new_tokens": args.new_tokens, "lizard": "LizardConfig() defaults"},
                "runs": runs, "agree": agree}
     (args.out / f"serve-{slug}.json").write_text(json.dumps(payload, indent=2))
-    plot(runs, args.out / f"serve-{slug}.png", f"Batch generation, {args.prompts} prompts of {args.max_len // 4}-"
-         f"{args.max_len} tokens, {args.new_tokens} new each ({name})")
+    plot_rates(runs, args.out / f"serve-{slug}.png", f"Batch generation, {args.prompts} prompts of {args.max_len // 4}-"
+               f"{args.max_len} tokens, {args.new_tokens} new each ({name})", series="decode", x="batch",
+               xlabel="batch size (prompts)", ylabel="new tokens/s", logy=True)
 
 
 if __name__ == "__main__":
