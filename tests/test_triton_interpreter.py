@@ -170,6 +170,36 @@ def padded_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     return errs
 
 
+def step_errors(form: str, padded: bool) -> dict[str, float]:
+    """The fused decoding step against the float64 torch step, token by token across the window filling
+    up and then folding its oldest token in; ``padded``: a left-padded batch (row 1 starts 6 tokens late)."""
+    from lizardlm.ops.lizard import lizard_attention_step
+    from lizardlm.ops.triton.step import lizard_step_cuda
+
+    B, H, Hk, T0, steps, D, V, F, w, m = 2, 4, 2, 10, 10, 32, 32, 16, 16, 3
+    x = make_inputs(B, H, Hk, T0 + steps, D, V, F, m, True, 7, form=form)
+    kw = dict(window=w, scale=D**-0.5, combine="shared" if x["alpha"] is None else "sum", meta_k=x["meta_k"],
+              meta_v=x["meta_v"], meta_bias=x["meta_bias"], alpha=x["alpha"])
+    kw64 = {n: t.double() if isinstance(t, torch.Tensor) else t for n, t in kw.items()}
+    pads = torch.tensor([0, 6]) if padded else None
+    seq = [x[n] for n in NAMES[:6]]
+    errs = {"y": 0.0, "state": 0.0}
+    with torch.no_grad():
+        _, state = lizard_attention_chunk(*(t[:, :, :T0] for t in seq), **kw, key_start=pads)
+        ref = state.map(lambda t: t.double())
+        for t in range(T0, T0 + steps):
+            held = state.keys.shape[2]
+            start = None if pads is None else (pads - (t - held)).clamp(min=0)
+            start = start if start is not None and bool(start.any()) else None
+            x1 = [u[:, :, t:t + 1] for u in seq]
+            y, state = lizard_step_cuda(*x1, state=state, **kw, key_start=start)
+            y_ref, ref = lizard_attention_step(*(u.double() for u in x1), state=ref, **kw64, key_start=start)
+            errs["y"] = max(errs["y"], relerr(y, y_ref))
+            errs["state"] = max(errs["state"], *(relerr(a, b) if a.shape == b.shape else float("inf")
+                                                 for a, b in zip(state.tensors(), ref.tensors())))
+    return errs
+
+
 def underflow_finite() -> dict[str, bool]:
     """The sum form where ``phi_q . z`` underflows (feature maps with disjoint supports, a gate that
     forgets at once): is the output, and each gradient, finite (the normaliser's eps)?"""
@@ -255,6 +285,10 @@ def child() -> None:
         for form in FORMS:
             errs = padded_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "left-padded", "errors": errs}), flush=True)
+    for form in FORMS:
+        for padded in (False, True):
+            print(json.dumps({"case": f"step-padded-{padded}", "form": form, "variant": "step",
+                              "errors": step_errors(form, padded)}), flush=True)
     for seed, (case_name, case) in enumerate(CASES.items()):
         for form in FORMS:
             row = fallback_errors(case, seed, form)
@@ -319,6 +353,16 @@ def test_kernels_take_a_left_padded_batch_in_inference(interpreted, case, form):
     assert set(errs) >= {"y", "y_continued", "final_state", "keys", "key_features"}, errs
     bad = {k: v for k, v in errs.items() if not v <= 1e-5}
     assert not bad, f"{case} {form}: {bad}"
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("form", FORMS)
+def test_fused_decoding_step_matches_the_torch_step(interpreted, form, padded):
+    """The one-kernel decoding step, both forms (meta slots, sink logits and alpha), while the window
+    fills and once it folds, and in a left-padded batch: the float64 torch step's outputs and states."""
+    errs = interpreted[(f"step-padded-{padded}", form, "step")]["errors"]
+    bad = {k: v for k, v in errs.items() if not v <= 1e-5}
+    assert not bad, f"{form} padded={padded}: {bad}"
 
 
 @pytest.mark.parametrize("form", FORMS)

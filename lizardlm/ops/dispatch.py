@@ -157,20 +157,13 @@ def lizard_step(
     key_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs T = 1) from ``state``: one fused Triton kernel on CUDA (``auto``
-    or ``triton``; shared form, meta key/value slots, no padding in the window),
-    :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise (its torch ops are what a CUDA graph
-    replays for the sum form). ``key_start`` as in :func:`lizard_attention`. Returns ``(y, state)``."""
-    kw = dict(window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state)
-    if state.keys.shape[2] == 0:
-        refusal = "the fused step continues a prefilled state"
-    elif combine != "shared" or (meta_k is None and meta_bias is not None):
-        refusal = "the fused step implements the shared form with meta key/value slots"
-    elif key_start is not None:
-        refusal = "the fused step has no padding mask (a left-padded row's padding is still in its window)"
-    else:
-        refusal = None
+    or ``triton``), :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise. ``key_start`` as in
+    :func:`lizard_attention`. Returns ``(y, state)``."""
+    kw = dict(window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state,
+              combine=combine, alpha=alpha, key_start=key_start)
+    refusal = "the fused step continues a prefilled state" if state.keys.shape[2] == 0 else None
     if _use_triton(q, backend, refusal):
         from lizardlm.ops.triton import lizard_step_cuda
 
         return lizard_step_cuda(q, k, v, fq, fk, g, **kw)
-    return lizard_attention_step(q, k, v, fq, fk, g, **kw, combine=combine, alpha=alpha, key_start=key_start)
+    return lizard_attention_step(q, k, v, fq, fk, g, **kw)

@@ -14,6 +14,7 @@ from lizardlm.ops import lizard_attention_chunk, lizard_attention_step  # noqa: 
 from lizardlm.ops.triton.step import lizard_step_cuda  # noqa: E402
 
 
+@pytest.mark.parametrize("form", ["shared", "sum"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", [
     # B, H, Hk, prefill, D, V, F, w, m, gate
@@ -22,7 +23,8 @@ from lizardlm.ops.triton.step import lizard_step_cuda  # noqa: E402
     (1, 4, 4, 40, 64, 96, 64, 16, 0, False),     # no meta slots, no gate, V != D
 ])
 @torch.no_grad()
-def test_fused_step_matches_torch_step(case, dtype):
+def test_fused_step_matches_torch_step(case, dtype, form):
+    """Our form with meta key/value slots, the paper's with sink logits and alpha."""
     B, H, Hk, T0, D, V, Fd, w, m, gate = case
     gen = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, device="cuda")  # noqa: E731
@@ -32,7 +34,11 @@ def test_fused_step_matches_torch_step(case, dtype):
         return [r(B, H, T, D).to(dtype), r(B, Hk, T, D).to(dtype), r(B, Hk, T, V).to(dtype), u(B, H, T, Fd).to(dtype),
                 u(B, Hk, T, Fd).to(dtype), F.logsigmoid(r(B, H, T) + 3) if gate else None]
 
-    meta = dict(meta_k=r(H, m, D).to(dtype), meta_v=r(H, m, V).to(dtype), meta_bias=r(H, m)) if m else {}
+    if form == "sum":
+        meta = dict(meta_bias=r(H, m)) if m else {}
+        meta.update(combine="sum", alpha=r(H))
+    else:
+        meta = dict(meta_k=r(H, m, D).to(dtype), meta_v=r(H, m, V).to(dtype), meta_bias=r(H, m)) if m else {}
     kw = dict(window=w, scale=D**-0.5, **meta)
     _, state = lizard_attention_chunk(*tokens(T0), **kw)
     ref_state = state
