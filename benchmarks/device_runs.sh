@@ -19,8 +19,9 @@ set -uo pipefail
 if [ "${1:-}" = check ]; then
   python3 benchmarks/prefill.py --out $OUT 2>&1 | tail -30
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_kernels.py tests/gpu/test_model_modes.py \
-    tests/gpu/test_graphed_step.py tests/gpu/test_graph_decode.py \
-    -k "prefilled or prefill or left_padded or reset_at_documents or prompts_file" > $OUT/gputest.log 2>&1
+    tests/gpu/test_graphed_step.py tests/gpu/test_graph_decode.py tests/gpu/test_triton_step.py \
+    -k "prefilled or prefill or left_padded or reset_at_documents or prompts_file or fused_step or replayed" \
+    > $OUT/gputest.log 2>&1
   tail -5 $OUT/gputest.log
   timeout 150 python3 benchmarks/serve.py --batches 8,32 --out $OUT 2>&1 | tail -8
   exit 0
