@@ -159,13 +159,15 @@ def lizard_step_cuda(
     dummy = q.new_empty(1)
     if has_meta and meta_bias is None:
         meta_bias = q.new_zeros(H, M, dtype=torch.float32)
+    if summed:  # no features or log-decays kept: the kernel never reads or writes them (no empty pointers)
+        st[3] = st[4] = dummy
     _step[(B * H,)](
         *x, g.contiguous() if g is not None else dummy, *st,
         meta_k.contiguous() if has_meta else dummy, meta_v.contiguous() if has_meta else dummy,
         meta_bias.contiguous() if has_meta else dummy,
         alpha.float().contiguous() if summed else dummy,
         key_start.to(device=q.device, dtype=torch.int32).contiguous() if key_start is not None else dummy,
-        y, kv_out, keys_out, vals_out, feats_out, lg_out,
+        y, kv_out, keys_out, vals_out, dummy if summed else feats_out, dummy if summed else lg_out,
         H, H // Hk, L, M, float(scale),
         D=D, DV=DV, F=Fd, BD=_pow2(D), BDV=_pow2(DV), BF=_pow2(Fd), BL=_pow2(max(L, window)), BMETA=_pow2(max(M, 1)),
         FOLD=int(fold), HAS_GATE=g is not None, HAS_META=has_meta, SUM=summed, HAS_PAD=key_start is not None,
