@@ -135,6 +135,7 @@ def main() -> None:
     p.add_argument("--teacher-max", type=int, default=1 << 20)
     p.add_argument("--teacher-fill", choices=("prefill", "random"), default="prefill")
     p.add_argument("--deadline", type=float, default=float("inf"), help="seconds per model")
+    p.add_argument("--modes", default="lizard", help="Lizard modes to convert the teacher to (e.g. lizard,paper)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -152,9 +153,16 @@ def main() -> None:
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    student = lizardlm.convert(teacher, lizardlm.LizardConfig())
-    results["lizard"] = measure(student, lengths, args.decode_tokens, args.chunk, device, 1 << 40,
-                                deadline=args.deadline)
+    for mode in args.modes.split(","):  # each converts the same random teacher (conversion works in place)
+        torch.manual_seed(0)
+        teacher = LlamaForCausalLM(config).to(device, dtype).eval()
+        student = lizardlm.convert(teacher, lizardlm.LizardConfig(mode=mode))
+        results["lizard" if mode == "lizard" else f"lizard-{mode}"] = measure(
+            student, lengths, args.decode_tokens, args.chunk, device, 1 << 40, deadline=args.deadline)
+        del student, teacher
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     slug = device_slug(name)

@@ -6,8 +6,9 @@
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh eval    evaluate again / go on with a cut evaluation
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
-#   bash benchmarks/device_runs.sh check       the device checks this session's CPU work awaits, the prefill and
-#                                              batch-generation benchmarks (no teacher, no data)
+#   bash benchmarks/device_runs.sh check       the device checks this session's CPU work awaits and the prefill
+#                                              benchmark (no teacher, no data)
+#   bash benchmarks/device_runs.sh bench       batch generation (serve.py) and decoding of both forms (decode.py)
 #
 # Every call leaves the driver's result and log in $OUT, and everything in one archive (the device
 # returns at most 8 files): $OUT/<run>.tgz holds them, the driver's plots, and the run directory
@@ -23,7 +24,11 @@ if [ "${1:-}" = check ]; then
     -k "prefilled or prefill or left_padded or reset_at_documents or prompts_file or fused_step or replayed" \
     > $OUT/gputest.log 2>&1
   tail -5 $OUT/gputest.log
-  timeout 150 python3 benchmarks/serve.py --batches 8,32 --out $OUT 2>&1 | tail -8
+  exit 0
+fi
+if [ "${1:-}" = bench ]; then
+  timeout 240 python3 benchmarks/serve.py --batches 8,32 --out $OUT 2>&1 | tail -8
+  timeout 300 python3 benchmarks/decode.py --modes lizard,paper --lengths 1024,16384,65536 --deadline 90 --out $OUT 2>&1 | tail -4
   exit 0
 fi
 source benchmarks/device_stage.sh env

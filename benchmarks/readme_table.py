@@ -182,29 +182,34 @@ def linearize(path: Path) -> str:
     return "\n".join(rows)
 
 
+DECODE_LABELS = {"teacher": "teacher", "lizard": "Lizard", "lizard-paper": "Lizard (paper form)"}
+
+
 def decode(path: Path) -> str:
     d = json.loads(path.read_text())
     by = {name: {r["context"]: r for r in rows} for name, rows in d["results"].items()}
+    names = list(by)
+    label = lambda name: DECODE_LABELS.get(name, name)  # noqa: E731
     contexts = sorted({c for rows in by.values() for c in rows})
     busy = any("gpu_busy_ms_per_token" in r for rows in by.values() for r in rows.values())
     cols = ["ms/token", "GPU-busy ms/token", "cache (MiB)"] if busy else ["ms/token", "cache (MiB)"]
-    graph = any("cuda_graph_ms_per_token" in r for r in by.get("lizard", {}).values())
+    graphed = [n for n in names if n != "teacher" and any("cuda_graph_ms_per_token" in r for r in by[n].values())]
     rows = [
         f"Decoding one token after a long context, {d['device']} (`{path.name}`): {d['model']}, {d['dtype']}; "
         "median of the timed steps"
         + ("; the teacher's cache is filled with random keys/values (same cost per step as a real prefix), "
            "Lizard's by prefilling the context" if d.get("teacher_fill") == "random" else "")
         + ("; GPU-busy = CUDA kernel time per step (torch profiler)" if busy else "")
-        + ("; Lizard CUDA graph = the whole step replayed as one graph (`lizardlm.graph_decode`)" if graph else "") + ".",
+        + ("; Lizard CUDA graph = the whole step replayed as one graph (`lizardlm.graph_decode`)" if graphed else "") + ".",
         "",
-        "| context | " + " | ".join(f"{who} {c}" for who in ("teacher", "Lizard") for c in cols)
-        + (" | Lizard CUDA graph ms/token" if graph else "") + " |",
-        "|---:|" + "---:|" * (2 * len(cols) + graph),
+        "| context | " + " | ".join(f"{label(who)} {c}" for who in names for c in cols)
+        + "".join(f" | {label(n)} CUDA graph ms/token" for n in graphed) + " |",
+        "|---:|" + "---:|" * (len(names) * len(cols) + len(graphed)),
     ]
     for c in contexts:
         cells = []
-        for name in ("teacher", "lizard"):
-            r = by.get(name, {}).get(c, {})
+        for name in names:
+            r = by[name].get(c, {})
             if r.get("status") != "ok":
                 cells += [r.get("status", "–")] + ["–"] * (len(cols) - 1)
                 continue
@@ -212,8 +217,8 @@ def decode(path: Path) -> str:
             if busy:
                 cells.append(f"{r['gpu_busy_ms_per_token']:.2f}")
             cells.append(f"{r['cache_mib']:.1f}")
-        if graph:
-            r = by["lizard"].get(c, {})
+        for name in graphed:
+            r = by[name].get(c, {})
             cells.append(f"{r['cuda_graph_ms_per_token']:.2f}" if "cuda_graph_ms_per_token" in r else "–")
         rows.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
