@@ -98,18 +98,26 @@ class LizardCache(Cache):
     def __init__(self, num_layers: int, softmax_layers: list[int] | tuple[int, ...] = ()) -> None:
         layers = [DynamicLayer() if i in softmax_layers else LizardCacheLayer() for i in range(num_layers)]
         super().__init__(layers=layers)
-        self.padding: torch.Tensor | None = None
+        self.padding = None
+
+    @property
+    def padding(self) -> torch.Tensor | None:
         """``(B,)`` the padding tokens at the head of each row of a left-padded batch, or None."""
+        return self._padding
+
+    @padding.setter
+    def padding(self, padding: torch.Tensor | None) -> None:
+        self._padding = padding
+        self._longest_padding = 0 if padding is None else int(padding.max())  # read once, not per layer and step
 
     def key_start(self, layer_idx: int) -> torch.Tensor | None:
         """Each row's padding tokens among the keys a Lizard layer's next call sees (its state's window,
         then the new tokens), or None where no row has any left there."""
-        if self.padding is None:
-            return None
         layer = self.layers[layer_idx]
-        held = 0 if layer.state is None else layer.state.keys.shape[2]
-        start = (self.padding - (layer.seen - held)).clamp(min=0)
-        return start if bool(start.any()) else None
+        before = layer.seen - (0 if layer.state is None else layer.state.keys.shape[2])  # tokens out of the window
+        if self._longest_padding <= before:
+            return None
+        return (self._padding - before).clamp(min=0)
 
     def padding_in_window(self) -> bool:
         """Whether some row's left padding is still among the window tokens a Lizard layer keeps."""

@@ -158,7 +158,6 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
         raise LizardError(f"prompt {lengths.index(0)} of {args.prompts} has no tokens")
     done = _resumed(args.out, prompts)
     order = [i for i in sorted(range(len(prompts)), key=lambda i: -lengths[i]) if i not in done]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sample = args.temperature > 0
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +177,8 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
                     cache = LizardCache.for_model(model) if is_lizard_model(model) else None
                     out = model.generate(**enc, **{CACHE_KWARG: cache}, max_new_tokens=args.max_new_tokens,
                                          do_sample=sample, temperature=args.temperature if sample else None,
-                                         top_p=args.top_p if sample else None, top_k=None, pad_token_id=pad_id)
+                                         top_p=args.top_p if sample else None, top_k=None,
+                                         pad_token_id=tokenizer.pad_token_id)
             for i, new in zip(batch, out[:, enc.input_ids.shape[1]:].tolist()):
                 new = new[: next((n for n, t in enumerate(new) if t == tokenizer.eos_token_id), len(new) - 1) + 1]
                 done[i] = {"index": i, "prompt": prompts[i], "completion": tokenizer.decode(new, skip_special_tokens=True),

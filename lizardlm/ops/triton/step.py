@@ -150,7 +150,6 @@ def lizard_step_cuda(
     st = [t.contiguous() for t in state.tensors()]
     kv_out = torch.empty_like(st[0])
     keys_out, vals_out = (t.new_empty(B, Hk, Lo, t.shape[-1]) for t in st[1:3])
-    feats_out, lg_out = (st[3], st[4]) if summed else (st[3].new_empty(B, Hk, Lo, Fd), st[4].new_empty(B, H, Lo))
     y = q.new_empty(B, H, 1, DV)
     if meta_k is None and meta_bias is not None and meta_bias.shape[-1] > 0:  # sink logits: slots with zero keys/values
         meta_k, meta_v = q.new_zeros(H, meta_bias.shape[-1], D), q.new_zeros(H, meta_bias.shape[-1], DV)
@@ -160,17 +159,20 @@ def lizard_step_cuda(
     if has_meta and meta_bias is None:
         meta_bias = q.new_zeros(H, M, dtype=torch.float32)
     if summed:  # no features or log-decays kept: the kernel never reads or writes them (no empty pointers)
-        st[3] = st[4] = dummy
+        kept = (state.key_features, state.log_gates)
+        st[3:] = out = [dummy, dummy]
+    else:
+        out = kept = [st[3].new_empty(B, Hk, Lo, Fd), st[4].new_empty(B, H, Lo)]
     _step[(B * H,)](
         *x, g.contiguous() if g is not None else dummy, *st,
         meta_k.contiguous() if has_meta else dummy, meta_v.contiguous() if has_meta else dummy,
         meta_bias.contiguous() if has_meta else dummy,
         alpha.float().contiguous() if summed else dummy,
         key_start.to(device=q.device, dtype=torch.int32).contiguous() if key_start is not None else dummy,
-        y, kv_out, keys_out, vals_out, dummy if summed else feats_out, dummy if summed else lg_out,
+        y, kv_out, keys_out, vals_out, *out,
         H, H // Hk, L, M, float(scale),
         D=D, DV=DV, F=Fd, BD=_pow2(D), BDV=_pow2(DV), BF=_pow2(Fd), BL=_pow2(max(L, window)), BMETA=_pow2(max(M, 1)),
         FOLD=int(fold), HAS_GATE=g is not None, HAS_META=has_meta, SUM=summed, HAS_PAD=key_start is not None,
         num_warps=8,
     )
-    return y, LizardState(kv_out, keys_out, vals_out, feats_out, lg_out)
+    return y, LizardState(kv_out, keys_out, vals_out, *kept)
