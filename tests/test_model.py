@@ -350,6 +350,9 @@ def test_left_padded_generation_gives_every_prompt_its_own_tokens(arch, config, 
         with pytest.raises(ValueError, match="differs"):
             model(ids[:, -1:], attention_mask=torch.cat([other[:, :1] * 0, other[:, 1:]], dim=1),
                   **{CACHE_KWARG: cache}, use_cache=True)
+        with pytest.raises(ValueError, match="a left-padded batch needs the mask of every token so far") as err:
+            model(ids[:, -1:], attention_mask=mask[:, :2], **{CACHE_KWARG: cache}, use_cache=True)
+        assert "\n" not in str(err.value)
 
 
 def test_cache_is_accepted_under_either_name():
