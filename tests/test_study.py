@@ -123,7 +123,8 @@ def test_slots_serve_the_lowest_priority_first():
         threads = [threading.Thread(target=take, args=(p,)) for p in ((True, 1), (False, 5), (True, 0))]
         for t in threads:
             t.start()
-            time.sleep(0.05)
+        while len(slots.waiting) < len(threads):  # all three queued, however slow the host
+            time.sleep(0.01)
     for t in threads:
         t.join()
     assert order == [(False, 5), (True, 0), (True, 1)]  # evaluations (False) before trainings
