@@ -7,7 +7,7 @@
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh eval    evaluate again / go on with a cut evaluation
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
 #   bash benchmarks/device_runs.sh check       the device checks this session's CPU work awaits and the prefill
-#                                              benchmark (no teacher, no data)
+#                                              benchmark (no teacher, no data, no staging: carry [".whl"] alone)
 #   bash benchmarks/device_runs.sh bench       batch generation (serve.py) and decoding of both forms (decode.py)
 #
 # Every call leaves the driver's result and log in $OUT, and everything in one archive (the device
@@ -17,13 +17,18 @@
 # with it: here, `tar xzf <run>.tgz -C .stage ./runs/<run>`, and a later call rebuilds the run
 # directory from .stage/runs/<run>/, so a trained run is evaluated without training it again.
 set -uo pipefail
+if [ "${1:-}" = check ] || [ "${1:-}" = bench ]; then  # need no staging: only gguf, carried as .whl
+  export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+  python3 -c "import gguf" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl
+fi
 if [ "${1:-}" = check ]; then
-  python3 benchmarks/prefill.py --out $OUT 2>&1 | tail -30
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_kernels.py tests/gpu/test_model_modes.py \
     tests/gpu/test_graphed_step.py tests/gpu/test_graph_decode.py tests/gpu/test_triton_step.py \
     -k "prefilled or prefill or left_padded or reset_at_documents or prompts_file or fused_step or replayed" \
-    > $OUT/gputest.log 2>&1
+    > $OUT/gputest.log 2>&1  # correctness first: the benchmark's numbers mean nothing if these fail
   tail -5 $OUT/gputest.log
+  python3 benchmarks/prefill.py --out $OUT 2>&1 | tail -30
   exit 0
 fi
 if [ "${1:-}" = bench ]; then
