@@ -146,23 +146,21 @@ def main() -> None:
         num_key_value_heads=3, max_position_embeddings=1 << 21, rope_theta=100000.0, tie_word_embeddings=True,
         attn_implementation="sdpa",
     )
-    torch.manual_seed(0)
-    teacher = LlamaForCausalLM(config).to(device, dtype).eval()
-    results = {"teacher": measure(teacher, lengths, args.decode_tokens, args.chunk, device, args.teacher_max,
-                                  random_fill=args.teacher_fill == "random", deadline=args.deadline)}
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    for mode in args.modes.split(","):  # each converts the same random teacher (conversion works in place)
+
+    def teacher():  # the same random weights each time (conversion replaces the attention in place)
         torch.manual_seed(0)
-        teacher = LlamaForCausalLM(config).to(device, dtype).eval()
-        student = lizardlm.convert(teacher, lizardlm.LizardConfig(mode=mode))
-        results["lizard" if mode == "lizard" else f"lizard-{mode}"] = measure(
-            student, lengths, args.decode_tokens, args.chunk, device, 1 << 40, deadline=args.deadline)
-        del student, teacher
-        if device == "cuda":
+        return LlamaForCausalLM(config).to(device, dtype).eval()
+
+    results = {"teacher": measure(teacher(), lengths, args.decode_tokens, args.chunk, device, args.teacher_max,
+                                  random_fill=args.teacher_fill == "random", deadline=args.deadline)}
+    for mode in args.modes.split(","):
+        if device == "cuda":  # each model's peak memory on its own
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        student = lizardlm.convert(teacher(), lizardlm.LizardConfig(mode=mode))
+        results["lizard" if mode == "lizard" else f"lizard-{mode}"] = measure(
+            student, lengths, args.decode_tokens, args.chunk, device, 1 << 40, deadline=args.deadline)
+        del student
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     slug = device_slug(name)

@@ -124,14 +124,12 @@ def read_prompts(path: Path) -> list[str]:
             continue
         if path.suffix == ".jsonl":
             try:
-                record = json.loads(line)
-                prompts.append(record["prompt"] if isinstance(record["prompt"], str) else None)
+                line = json.loads(line)["prompt"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise LizardError(f"{path} line {number}: not a JSON object with a \"prompt\" string") from None
-            if prompts[-1] is None:
+                line = None
+            if not isinstance(line, str):
                 raise LizardError(f"{path} line {number}: not a JSON object with a \"prompt\" string")
-        else:
-            prompts.append(line)
+        prompts.append(line)
     if not prompts:
         raise LizardError(f"{path} holds no prompt")
     return prompts
@@ -161,7 +159,7 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
     sample = args.temperature > 0
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = None if args.out is None else args.out.with_name(args.out.name + ".partial").open("a", encoding="utf-8")
+    partial = None if args.out is None else _partial_path(args.out).open("a", encoding="utf-8")
     started = time.perf_counter()
     try:
         bar = progress(total=len(prompts), initial=len(done), desc="generating", unit="prompt")
@@ -199,7 +197,7 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(rows, encoding="utf-8")
         tmp.replace(args.out)
-        args.out.with_name(args.out.name + ".partial").unlink()
+        _partial_path(args.out).unlink()
     seconds = time.perf_counter() - started
     new = sum(done[i]["new_tokens"] for i in order)
     print(f"[{type(model).__name__}: {len(order)} prompts in batches of {args.batch_size}, {new} new tokens in "
@@ -213,9 +211,9 @@ def _generate_batches(model, tokenizer, prompts: list[str], args: argparse.Names
 def _resumed(out: Path | None, prompts: list[str]) -> dict[int, dict]:
     """The completions a cut run left in ``OUT.partial`` (a torn last line is dropped); refused where
     they belong to other prompts."""
-    if out is None or not out.with_name(out.name + ".partial").exists():
+    path = None if out is None else _partial_path(out)
+    if path is None or not path.exists():
         return {}
-    path = out.with_name(out.name + ".partial")
     done = {}
     for line in path.read_text(encoding="utf-8").split("\n"):
         try:
@@ -227,6 +225,11 @@ def _resumed(out: Path | None, prompts: list[str]) -> dict[int, dict]:
             raise LizardError(f"{path} holds completions of other prompts: delete it, or give the prompts it was made from")
         done[index] = row
     return done
+
+
+def _partial_path(out: Path) -> Path:
+    """``OUT.partial``: the completions of finished batches, kept until ``OUT`` is written."""
+    return out.with_name(out.name + ".partial")
 
 
 def _counts(prompt: int, total: int, seconds: float) -> str:

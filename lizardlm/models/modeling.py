@@ -144,11 +144,12 @@ class LizardModelMixin:
         use_cache = bool(use_cache) or cache is not None
         if cache is None and (use_cache or padding is not None):
             cache = LizardCache.for_model(self)
+        length = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]  # the new tokens
         if padding is not None:
-            _record_padding(cache, padding, attention_mask.shape[1], _length(input_ids, kwargs))
+            _record_padding(cache, padding, attention_mask.shape[1], length)
         attention_mask = None  # Lizard layers read the padding from the cache; they are causal anyway
         if cache is not None and cache.padding is not None:
-            seen, length = cache.get_seq_length(), _length(input_ids, kwargs)
+            seen = cache.get_seq_length()
             steps = torch.arange(seen, seen + length, device=cache.padding.device)
             if kwargs.get("position_ids") is None:  # each row counts from its first real token (meta slots
                 kwargs["position_ids"] = (steps[None, :] - cache.padding[:, None]).clamp(min=0)  # have no position)
@@ -187,11 +188,6 @@ def _checked_cache(cache: object) -> LizardCache | None:
     raise UnsupportedInputError(
         f"a Lizard model cannot use a {type(cache).__name__}: pass lizardlm.LizardCache.for_model(model), or no cache"
     )
-
-
-def _length(input_ids: torch.Tensor | None, kwargs: dict) -> int:
-    """How many new tokens a forward gets (as ids or as embeddings)."""
-    return (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
 
 
 def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
