@@ -18,22 +18,23 @@
 # directory from .stage/runs/<run>/, so a trained run is evaluated without training it again.
 set -uo pipefail
 if [ "${1:-}" = check ] || [ "${1:-}" = bench ]; then  # need no staging: only gguf, carried as .whl
-  export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-  python3 -c "import gguf" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl
+  source benchmarks/device_stage.sh cache
+  python3 -c "import gguf" 2>/dev/null || install_wheels .whl/*.whl
 fi
 if [ "${1:-}" = check ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_kernels.py tests/gpu/test_model_modes.py \
+  python3 -m pytest -v -p no:cacheprovider --timeout 300 tests/gpu/test_triton_kernels.py tests/gpu/test_model_modes.py \
     tests/gpu/test_graphed_step.py tests/gpu/test_graph_decode.py tests/gpu/test_triton_step.py \
     -k "prefilled or prefill or left_padded or reset_at_documents or prompts_file or fused_step or replayed" \
     > $OUT/gputest.log 2>&1  # correctness first: the benchmark's numbers mean nothing if these fail
   tail -5 $OUT/gputest.log
   python3 benchmarks/prefill.py --out $OUT 2>&1 | tail -30
+  triton_cache save
   exit 0
 fi
 if [ "${1:-}" = bench ]; then
   timeout 240 python3 benchmarks/serve.py --batches 8,32 --out $OUT 2>&1 | tail -8
   timeout 300 python3 benchmarks/decode.py --modes lizard,paper --lengths 1024,16384,65536 --deadline 90 --out $OUT 2>&1 | tail -4
+  triton_cache save
   exit 0
 fi
 source benchmarks/device_stage.sh env
@@ -85,8 +86,8 @@ drive() {
 }
 
 case "${1:-}" in
-  train) drive; save ;;
-  eval)  drive --eval-only; save ;;
-  zs)    drive --eval-only --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande; save ;;
+  train) drive; save; triton_cache save ;;
+  eval)  drive --eval-only; save; triton_cache save ;;
+  zs)    drive --eval-only --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande; save; triton_cache save ;;
   *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs" >&2; exit 2 ;;
 esac

