@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # The issue-19 training runs on a lent GPU, by name, through benchmarks/passkey_gpu.py; after the three
 # staging calls of benchmarks/device_stage.sh, each call carries [".stage/data.tar.xz", ".whl2",
-# ".stage/runs"] (the last only where it exists) and runs one of
+# ".stage/runs", ".stage/triton-cache.tgz"] (the last two where they exist) and runs one of
 #
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh eval    evaluate again / go on with a cut evaluation
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
-#   bash benchmarks/device_runs.sh check       the device checks this session's CPU work awaits and the prefill
-#                                              benchmark (no teacher, no data, no staging: carry [".whl"] alone)
+#   bash benchmarks/device_runs.sh check       the device checks of the prefill work and the prefill benchmark
+#                                              (no teacher, no data, no staging: carry [".whl"] and the Triton cache)
 #   bash benchmarks/device_runs.sh bench       batch generation (serve.py) and decoding of both forms (decode.py)
 #
 # Every call leaves the driver's result and log in $OUT, and everything in one archive (the device
 # returns at most 8 files): $OUT/<run>.tgz holds them, the driver's plots, and the run directory
 # without its checkpoints (records, plots, evaluation, and the trained weights: lizard.safetensors
-# and the LoRA adapter, a few MB) under runs/<run>/. A machine goes back after 30 s idle, taking /tmp
+# and the LoRA adapter, a few MB) under runs/<run>/, and $OUT/triton-cache.tgz the compiled kernels (move it to .stage/). A machine goes back after 30 s idle, taking /tmp
 # with it: here, `tar xzf <run>.tgz -C .stage ./runs/<run>`, and a later call rebuilds the run
 # directory from .stage/runs/<run>/, so a trained run is evaluated without training it again.
 set -uo pipefail
