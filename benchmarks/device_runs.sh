@@ -13,7 +13,8 @@
 # Every call leaves the driver's result and log in $OUT, and everything in one archive (the device
 # returns at most 8 files): $OUT/<run>.tgz holds them, the driver's plots, and the run directory
 # without its checkpoints (records, plots, evaluation, and the trained weights: lizard.safetensors
-# and the LoRA adapter, a few MB) under runs/<run>/, and $OUT/triton-cache.tgz the compiled kernels (move it to .stage/). A machine goes back after 30 s idle, taking /tmp
+# and the LoRA adapter, a few MB) under runs/<run>/; $OUT/triton-cache.tgz holds the compiled
+# kernels (move it to .stage/). A machine goes back after 30 s idle, taking /tmp
 # with it: here, `tar xzf <run>.tgz -C .stage ./runs/<run>`, and a later call rebuilds the run
 # directory from .stage/runs/<run>/, so a trained run is evaluated without training it again.
 set -uo pipefail
