@@ -369,3 +369,9 @@ def test_cache_is_accepted_under_either_name():
     assert torch.equal(logits["past_key_values"], logits["cache"])
     with pytest.raises(ValueError, match="two different caches"):
         model(ids, past_key_values=LizardCache.for_model(model), cache=LizardCache.for_model(model))
+
+
+def test_forward_without_tokens_fails_like_the_teacher():
+    """A forward given neither ``input_ids`` nor ``inputs_embeds`` gets the base model's one-line refusal."""
+    with pytest.raises(ValueError, match="input_ids or inputs_embeds"):
+        lizard_model("llama")()

@@ -144,7 +144,8 @@ class LizardModelMixin:
         use_cache = bool(use_cache) or cache is not None
         if cache is None and (use_cache or padding is not None):
             cache = LizardCache.for_model(self)
-        length = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]  # the new tokens
+        new = input_ids if input_ids is not None else kwargs.get("inputs_embeds")  # None: the base model refuses it
+        length = 0 if new is None else new.shape[1]  # the new tokens
         if padding is not None:
             _record_padding(cache, padding, attention_mask.shape[1], length)
         attention_mask = None  # Lizard layers read the padding from the cache; they are causal anyway
