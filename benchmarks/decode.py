@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lizardlm
 import lizardlm  # noqa: E402
 from lizardlm.cache import cache_nbytes  # noqa: E402
 from lizardlm.graph_decode import CudaGraphDecoder  # noqa: E402

@@ -253,6 +253,7 @@ def prefill(path: Path) -> str:
             cells += ["–" if not (t and p) else f"{t / p:.1f}x",
                       "–" if a is None else f"{a['max_abs_diff']:.3f} (of {a['logit_scale']:.1f})"]
         rows.append(f"| {L} | " + " | ".join(cells) + " |")
+    rows += [f"\n{r['model']} {r['backend']} at {r['length']}: {r['status']}" for r in d["runs"] if "status" in r]
     return "\n".join(rows)
 
 
@@ -267,7 +268,8 @@ def serve(path: Path) -> str:
     rows = [
         f"Batch generation, {d['device']} (`{path.name}`): {c['model']}, {d['dtype']}; {c['prompts']} prompts of "
         f"{c['min_len']}-{c['max_len']} tokens, {c['new_tokens']} new tokens each, greedy, in left-padded batches "
-        "(longest first); new tokens/s over the whole set (peak GPU memory); the teacher with its KV cache, Lizard "
+        "(longest first); new tokens/s over the whole set (peak GPU memory); the teacher with its KV cache (eager "
+        "Hugging Face `generate`, no CUDA graphs), Lizard "
         "with Hugging Face `generate` (eager) and with each step replayed as a CUDA graph"
         + (f"; eager and graphed Lizard give {d['agree']:.0%} of the completions alike" if d.get("agree") is not None else "")
         + ".",

@@ -123,11 +123,18 @@ def test_sigterm_saves_the_step_reached_and_resume_matches(tmp_path, teacher_dir
     stopped = load_checked(RunDir(out).checkpoint)[1]
     logged = [e["step"] for e in MetricsLog(RunDir(out)).read("stage2")]
     assert stopped["stage"] == "stage2" and stopped["step"] == max(logged) < 120  # the step reached, not the last multiple of 4
+    # the checkpoint keeps what its steps took: at least the logged steps' time (step time = tokens / rate)
+    steps_time = sum(32 * 4 / e["tokens_per_s"] for e in MetricsLog(RunDir(out)).read("stage2"))
+    assert stopped["seconds"] == pytest.approx(steps_time, rel=0.05)
 
+    t0 = time.perf_counter()
     subprocess.run(_cli(out, teacher_dir, data_file, *longer, "--resume"), check=True, env=env, capture_output=True)
+    resume_call = time.perf_counter() - t0
     resumed = json.loads((out / "summary.json").read_text())
     for key in ("teacher_val_loss", "stage1_val_loss", "student_val_loss"):
         assert resumed[key] == pytest.approx(ref[key], rel=0.01), key
+    # stage 2's seconds count the stopped call's steps too, not only the resumed call's
+    assert stopped["seconds"] < resumed["stage2_seconds"] < stopped["seconds"] + resume_call
     assert [e["step"] for e in MetricsLog(RunDir(out)).read("stage2")] == list(range(1, 121))
 
 

@@ -347,12 +347,12 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
                       contiguous=settings.contiguous_rows,
                       before_step=_lane_resets(passing, splits, settings, accelerator) if settings.contiguous_rows else None)
         with phase("stage 2 trained"), passing or nullcontext():
-            _train(stage, splits.train, run, manifest, train_kw, main)
+            before = _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()
         with phase("stage 2 validated"):
             results["stage2_val_loss"] = lm_loss(peft_model, splits.val, settings.batch_size, accelerator,
                                                  "stage 2: val perplexity")
-        results["stage2_seconds"] = results.get("stage2_seconds", 0.0) + time.perf_counter() - t0
+        results["stage2_seconds"] = before + time.perf_counter() - t0
         if main:
             with writing(run.adapter):
                 save_adapter(peft_model, run, teacher_ref["path"] if settings.baseline else None)
@@ -432,7 +432,7 @@ def _stage1(model, lizard_params: dict[str, torch.nn.Parameter], settings: Train
     stage = Stage("stage1", settings.steps(1), settings.stage1_lr, lizard_params, _transfer_loss_fn(model),
                   label="stage 1/2: attention transfer", steps_after=settings.steps(2), backward=False)
     with phase("stage 1 trained"):
-        _train(stage, splits.train, run, manifest, train_kw, main)
+        before = _train(stage, splits.train, run, manifest, train_kw, main)
     model.eval()
     with phase("stage 1 validated"):
         results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
@@ -445,7 +445,7 @@ def _stage1(model, lizard_params: dict[str, torch.nn.Parameter], settings: Train
     if main:
         atomic_save(lizard_params, run.lizard_weights)
     results["stage1_val_loss"] = lm_loss(model, splits.val, settings.batch_size, accelerator, "stage 1: val perplexity")
-    results["stage1_seconds"] = results.get("stage1_seconds", 0.0) + time.perf_counter() - t0
+    results["stage1_seconds"] = before + time.perf_counter() - t0
     _complete("stage1", ("lizard",), run, manifest, main)
     if main:
         with writing(run.path / "stage1_loss.png"):
@@ -455,11 +455,11 @@ def _stage1(model, lizard_params: dict[str, torch.nn.Parameter], settings: Train
 
 
 def _train(stage: Stage, rows: torch.Tensor, run: RunDir, manifest: dict[str, Any], train_kw: dict[str, Any],
-           main: bool) -> None:
-    """:func:`run_stage`; a NaN/inf stop is recorded in the manifest (by rank 0), so that the resume may
-    lower the learning rate."""
+           main: bool) -> float:
+    """:func:`run_stage` (its return: the seconds of the steps of earlier calls); a NaN/inf stop is recorded
+    in the manifest (by rank 0), so that the resume may lower the learning rate."""
     try:
-        run_stage(stage, rows, **train_kw)
+        return run_stage(stage, rows, **train_kw)
     except TrainingError:
         manifest["diverged"] = stage.name
         if main:

@@ -185,8 +185,9 @@ def run_stage(
     accelerator: Accelerator,
     log: MetricsLog,
     cuda_graph: bool = False,
-) -> None:
+) -> float:
     """Train ``stage`` to its last step, resuming from ``run.checkpoint`` if it belongs to this stage.
+    Returns the seconds its steps took in earlier calls (a resumed stage's, kept in its checkpoint; else 0).
 
     ``batch_size`` is the global batch: with several processes each takes its share of every batch
     and the gradients are averaged; rank 0 alone writes checkpoints and metrics. ``cuda_graph``
@@ -199,7 +200,7 @@ def run_stage(
     params = [p for p in stage.params.values()]
     optimizer = adamw(params, lr=stage.lr, weight_decay=weight_decay, betas=tuple(adam_betas), graphed=cuda_graph)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.steps, warmup_fraction))
-    step = _resume(stage, optimizer, scheduler, on_main(lambda: _read_checkpoint(stage, run)), run.checkpoint)
+    step, before = _resume(stage, optimizer, scheduler, on_main(lambda: _read_checkpoint(stage, run)), run.checkpoint)
     broadcast_parameters(params)  # identical start on every rank, whatever each one's random init
     runner = (GraphedStep if cuda_graph else EagerStep)(
         stage.loss_fn, params, optimizer, backward=stage.backward, reduce=average_gradients,
@@ -207,15 +208,17 @@ def run_stage(
         # a recorded graph must not reuse autocast's cast weights from outside it
         autocast=lambda: accelerator.autocast(AutocastKwargs(cache_enabled=False) if cuda_graph else None))
     try:
-        _train(stage, rows, runner, optimizer, scheduler, step, batch_size=batch_size, seed=seed,
+        _train(stage, rows, runner, optimizer, scheduler, step, before, batch_size=batch_size, seed=seed,
                checkpoint_every=checkpoint_every, run=run, accelerator=accelerator, log=log)
     finally:
         runner.close()
+    return before
 
 
-def _train(stage: Stage, rows: torch.Tensor, runner: EagerStep, optimizer, scheduler, step: int, *, batch_size: int,
-           seed: int, checkpoint_every: int, run: RunDir, accelerator: Accelerator, log: MetricsLog) -> None:
-    """The steps of :func:`run_stage` from ``step`` on."""
+def _train(stage: Stage, rows: torch.Tensor, runner: EagerStep, optimizer, scheduler, step: int, before: float, *,
+           batch_size: int, seed: int, checkpoint_every: int, run: RunDir, accelerator: Accelerator,
+           log: MetricsLog) -> None:
+    """The steps of :func:`run_stage` from ``step`` on (``before``: seconds of the steps before it)."""
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     params = runner.params
     if main:
@@ -256,7 +259,7 @@ def _train(stage: Stage, rows: torch.Tensor, runner: EagerStep, optimizer, sched
             if step % checkpoint_every == 0 or step == stage.steps or sig:
                 if all(torch.isfinite(p).all() for p in params):
                     if main:
-                        _save(stage, optimizer, scheduler, step, run)
+                        _save(stage, optimizer, scheduler, step, run, before + timed)
                     last_good = step
             if sig:
                 bar.close()
@@ -267,10 +270,12 @@ def _train(stage: Stage, rows: torch.Tensor, runner: EagerStep, optimizer, sched
     bar.close()
 
 
-def _save(stage: Stage, optimizer, scheduler, step: int, run: RunDir) -> None:
+def _save(stage: Stage, optimizer, scheduler, step: int, run: RunDir, seconds: float) -> None:
+    """The checkpoint of ``step``; ``seconds``: what the stage's steps so far took, over all calls."""
     opt_tensors, opt_meta = optimizer_state(optimizer)
     tensors = {f"param.{k}": v for k, v in stage.params.items()} | opt_tensors | rng_state()
-    meta = {"stage": stage.name, "step": step, "optimizer": opt_meta, "scheduler": plain(scheduler.state_dict())}
+    meta = {"stage": stage.name, "step": step, "seconds": seconds, "optimizer": opt_meta,
+            "scheduler": plain(scheduler.state_dict())}
     atomic_save(tensors, run.checkpoint, meta)
 
 
@@ -285,11 +290,11 @@ def _read_checkpoint(stage: Stage, run: RunDir) -> tuple[dict[str, torch.Tensor]
 
 
 def _resume(stage: Stage, optimizer, scheduler, checkpoint: tuple[dict[str, torch.Tensor], dict] | None,
-            source: os.PathLike | str) -> int:
+            source: os.PathLike | str) -> tuple[int, float]:
     """Load ``checkpoint`` (from :func:`_read_checkpoint` of ``source``) into the stage; returns the step
-    to go on from."""
+    to go on from and the seconds the steps before it took (0 in checkpoints written before they were kept)."""
     if checkpoint is None:
-        return 0
+        return 0, 0.0
     tensors, meta = checkpoint
     params = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
     copy_params(stage.params, params, source)
@@ -301,4 +306,4 @@ def _resume(stage: Stage, optimizer, scheduler, checkpoint: tuple[dict[str, torc
             group["initial_lr"] = stage.lr
             group["lr"] = stage.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
     restore_rng(tensors)
-    return int(meta["step"])
+    return int(meta["step"]), float(meta.get("seconds", 0.0))
