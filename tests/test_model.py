@@ -116,6 +116,17 @@ def test_greedy_generate_equals_argmax_decoding(softmax_layers):
     assert torch.equal(out, ids)
 
 
+def test_generate_scores_only_the_prompts_last_position():
+    """``generate`` asks for the last position's logits of the prompt (``logits_to_keep=1``), as it does
+    of the teacher: full logits of a batch of long prompts are batch x length x vocabulary floats."""
+    model = lizard_model("llama")
+    widths = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+    model.generate(torch.randint(1, 97, (2, 9)), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    hook.remove()
+    assert widths == [1, 1, 1]
+
+
 def test_sampling_generate_runs_and_is_seeded():
     model = lizard_model("mistral")
     prompt = torch.randint(1, 97, (2, 5))  # 0 is the pad id

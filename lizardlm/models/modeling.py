@@ -130,10 +130,13 @@ class LizardModelMixin:
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not create a DynamicCache: forward creates a LizardCache
 
-    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, cache=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, cache=None,
+                logits_to_keep: int | torch.Tensor = 0, **kwargs):
         """Like the teacher's forward; a :class:`LizardCache` is made only when ``use_cache=True`` is
         passed (``generate`` does): plain scoring calls keep the fast stateless (Triton) path. The
         cache may come as ``cache`` or ``past_key_values`` (the name changed in transformers 5.24).
+        ``logits_to_keep`` is named in the signature, as the teacher's is, because ``generate`` looks
+        for it there to score only the prompt's last position.
 
         ``attention_mask`` (B, cached + new tokens) may pad rows on the left (a batch of prompts of
         different lengths, as ``generate`` takes them) or on the right: each row's real tokens get what
@@ -160,6 +163,7 @@ class LizardModelMixin:
             input_ids=input_ids,
             attention_mask=attention_mask,
             use_cache=use_cache or padding is not None,
+            logits_to_keep=logits_to_keep,
             **{CACHE_KWARG: cache},
             **kwargs,
         )
