@@ -268,10 +268,15 @@ def serve(path: Path) -> str:
     rows = [
         f"Batch generation, {d['device']} (`{path.name}`): {c['model']}, {d['dtype']}; {c['prompts']} prompts of "
         f"{c['min_len']}-{c['max_len']} tokens, {c['new_tokens']} new tokens each, greedy, in left-padded batches "
-        "(longest first); new tokens/s over the whole set (peak GPU memory); the teacher with its KV cache (eager "
-        "Hugging Face `generate`, no CUDA graphs), Lizard "
+        "(longest first); new tokens/s over the whole set (peak GPU memory); "
+        + (("the teacher with Hugging Face `generate` and its KV cache: eager (a dynamic cache) and static (a "
+            "`StaticCache`" + (", whose decoding step `generate` compiles into CUDA graphs" if d["device"] != "cpu" else "")
+            + ")") if ("teacher", "static") in keys else
+           "the teacher with its KV cache (eager Hugging Face `generate`, no CUDA graphs)")
+        + ", Lizard "
         "with Hugging Face `generate` (eager) and with each step replayed as a CUDA graph"
         + (f"; eager and graphed Lizard give {d['agree']:.0%} of the completions alike" if d.get("agree") is not None else "")
+        + (f"; the teacher's two caches give {d['agree_teacher']:.0%} alike" if d.get("agree_teacher") is not None else "")
         + ".",
         "",
         "| batch | " + " | ".join(f"{m} {dec}" for m, dec in keys) + " |",

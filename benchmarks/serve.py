@@ -1,14 +1,19 @@
 """Batch generation throughput, side by side in one process: a set of prompts of different lengths
-generated in left-padded batches by the teacher (Hugging Face ``generate`` with its KV cache) and by
-Lizard (the same ``generate``, and on CUDA with each decoding step replayed as one CUDA graph,
-``lizardlm.graph_decode``). Random weights of the SmolLM2-135M shape, greedy, the same prompts for
-every run; the Lizard runs' completions are checked against each other (eager and graphed decoding).
+generated in left-padded batches by the teacher (Hugging Face ``generate`` with its KV cache: the
+dynamic one, and a ``StaticCache`` of the longest prompt plus the new tokens, whose decoding step
+``generate`` compiles with ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs, on CUDA: the
+fair serving baseline) and by Lizard (the same ``generate``, and on CUDA with each decoding step replayed
+as one CUDA graph, ``lizardlm.graph_decode``). Random weights of the SmolLM2-135M shape, greedy, the
+same prompts for every run; the Lizard runs' completions are checked against each other (eager and
+graphed decoding). Each (decoding, batch size) is warmed up on one batch of that size first, so
+compilation and CUDA-graph recording stay out of the timings.
 
     python benchmarks/serve.py --prompts 32 --max-len 2048 --new-tokens 128 --batches 1,8,32
 
 Writes ``<out>/serve-<device>.json``: ``{"device", "dtype", "config", "runs": [{"model", "decode",
 "batch", "seconds", "new_tokens", "tok_per_s", "prompts_per_s", "peak_gib"} | {..., "status"}],
-"agree"}`` and a PNG of new tokens/s by batch size.
+"agree", "agree_teacher"}`` (the share of completions alike: Lizard eager and graphed, the teacher
+dynamic and static) and a PNG of new tokens/s by batch size.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lizardlm
 import lizardlm  # noqa: E402
 from lizardlm import graph_decode  # noqa: E402
+from lizardlm.cache import CACHE_KWARG  # noqa: E402
 from prefill import SHAPE, plot_rates  # noqa: E402
 from result_names import device_slug  # noqa: E402
 
@@ -49,8 +55,11 @@ def batches(prompts: list[torch.Tensor], size: int, device: str):
         yield ids, (ids != 0).long()
 
 
-def run(model, decode: str, prompts: list[torch.Tensor], size: int, new_tokens: int, device: str) -> tuple[dict, list]:
-    """Generate every prompt in batches of ``size``; the row and the completions (longest prompt first)."""
+def run(model, decode: str, prompts: list[torch.Tensor], size: int, new_tokens: int, device: str,
+        max_len: int) -> tuple[dict, list]:
+    """Generate every prompt in batches of ``size``; the row and the completions (longest prompt first).
+    ``decode="static"``: a fresh ``StaticCache`` of ``max_len + new_tokens`` positions per batch (one shape for
+    every batch, so the compiled step is recorded once per batch size)."""
     row = {"decode": decode, "batch": size}
     outs = []
     if device == "cuda":
@@ -62,8 +71,10 @@ def run(model, decode: str, prompts: list[torch.Tensor], size: int, new_tokens: 
             if decode == "cuda-graph":
                 out = graph_decode.generate(model, ids, new_tokens, attention_mask=mask)
             else:
+                cache = {CACHE_KWARG: StaticCache(config=model.config, max_cache_len=max_len + new_tokens)} \
+                    if decode == "static" else {}
                 out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                     do_sample=False, pad_token_id=0)
+                                     do_sample=False, pad_token_id=0, **cache)
             outs += out[:, ids.shape[1]:].cpu().unbind(0)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -75,13 +86,22 @@ def run(model, decode: str, prompts: list[torch.Tensor], size: int, new_tokens: 
     return row, outs
 
 
-def measure(name: str, model, decodes: list[str], prompts, sizes: list[int], new_tokens: int, device: str):
+def agreement(completions: dict[tuple[str, int], list[torch.Tensor]], decodes: list[str]) -> float | None:
+    """The share of completions that the two decodings give alike (None unless there are two)."""
+    by_decode = {d: [c for (dd, _), out in completions.items() if dd == d for c in out] for d in decodes}
+    if len(decodes) != 2 or not by_decode[decodes[0]] or len(by_decode[decodes[0]]) != len(by_decode[decodes[1]]):
+        return None
+    return round(sum(torch.equal(a, b) for a, b in zip(*by_decode.values())) / len(by_decode[decodes[0]]), 3)
+
+
+def measure(name: str, model, decodes: list[str], prompts, sizes: list[int], new_tokens: int, device: str,
+            max_len: int):
     rows, completions = [], {}
-    run(model, decodes[0], prompts[:2], 2, 2, device)  # warm-up: kernels compiled, allocator pools
     for decode in decodes:
         for size in sizes:
-            try:
-                row, completions[(decode, size)] = run(model, decode, prompts, size, new_tokens, device)
+            try:  # warm-up on one batch of this size: kernels compiled, graphs recorded, allocator pools
+                run(model, decode, prompts[-size:], size, min(new_tokens, 4), device, max_len)
+                row, completions[(decode, size)] = run(model, decode, prompts, size, new_tokens, device, max_len)
             except torch.OutOfMemoryError:
                 row = {"decode": decode, "batch": size, "status": "out of memory"}
                 torch.cuda.empty_cache()
@@ -109,22 +129,19 @@ def main() -> None:
         torch.manual_seed(0)
         return LlamaForCausalLM(LlamaConfig(**shape)).to(device, dtype).eval()
 
-    runs, _ = measure("teacher", teacher(), ["eager"], prompts, sizes, args.new_tokens, device)
+    runs, teacher_out = measure("teacher", teacher(), ["eager", "static"], prompts, sizes, args.new_tokens, device,
+                                args.max_len)
     student = lizardlm.convert(teacher(), lizardlm.LizardConfig()).to(device, dtype).eval()
     decodes = ["eager", "cuda-graph"] if device == "cuda" else ["eager"]
-    rows, completions = measure("lizard", student, decodes, prompts, sizes, args.new_tokens, device)
+    rows, completions = measure("lizard", student, decodes, prompts, sizes, args.new_tokens, device, args.max_len)
     runs += rows
-    by_decode = {d: [c for (dd, _), out in completions.items() if dd == d for c in out] for d in decodes}
-    agree = None  # the share of completions that eager and graphed decoding give alike
-    if len(decodes) == 2 and by_decode["eager"]:
-        agree = round(sum(torch.equal(a, b) for a, b in zip(*by_decode.values())) / len(by_decode["eager"]), 3)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     slug = device_slug(name) + ("-small" if args.small else "")
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"device": name, "dtype": str(dtype), "torch": torch.__version__,
                "config": {"model": "SmolLM2-135M shape, random weights" if not args.small else "2-layer smoke model",
                           "prompts": args.prompts, "min_len": min(len(x) for x in prompts), "max_len": args.max_len, "new_tokens": args.new_tokens, "lizard": "LizardConfig() defaults"},
-               "runs": runs, "agree": agree}
+               "runs": runs, "agree": agreement(completions, decodes), "agree_teacher": agreement(teacher_out, ["eager", "static"])}
     (args.out / f"serve-{slug}.json").write_text(json.dumps(payload, indent=2))
     plot_rates(runs, args.out / f"serve-{slug}.png", f"Batch generation, {args.prompts} prompts of {args.max_len // 4}-"
                f"{args.max_len} tokens, {args.new_tokens} new each ({name})", series="decode", x="batch",
