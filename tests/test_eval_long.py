@@ -17,7 +17,7 @@ import lizardlm  # noqa: E402
 from lizardlm.data import Document  # noqa: E402
 from lizardlm.data.retrieval import FillerPool  # noqa: E402
 from lizardlm.eval._utils import call_logits  # noqa: E402
-from lizardlm.eval.longppl import bucket_edges, longppl_eval  # noqa: E402
+from lizardlm.eval.longppl import bucket_edges, longppl_eval, sliding_nll  # noqa: E402
 from lizardlm.eval.passkey import passkey_eval  # noqa: E402
 from lizardlm.eval.report import passkey_heatmap  # noqa: E402
 from lizardlm.eval.ruler import TASKS, make_prompt, ruler_eval  # noqa: E402
@@ -122,6 +122,25 @@ def test_ruler_scores_and_oom(tok):
     assert ok["score"] == 0.0 and skipped["status"] == "skipped (out of memory)" and oom["mean"]["512"] is None
 
 
+@pytest.mark.parametrize("context,length", [(8, 30), (9, 31), (12, 12), (64, 40)])
+def test_sliding_nll_predicts_each_token_from_half_to_all_of_its_context(tok, context, length):
+    """Target i is scored by the last window (starts every context // 2 tokens) that gives it at least
+    context - context // 2 tokens of history, or by the first window: the model's NLL of token i + 1 after
+    exactly that history, which is never longer than ``context``."""
+    x = torch.randint(0, len(tok), (2, length), generator=torch.Generator().manual_seed(context))
+    teacher, _ = _models(len(tok))
+    step = context // 2
+    ref = torch.zeros(2, length - 1)
+    for i in range(length - 1):
+        start = max(0, (i + 1 - (context - step)) // step * step)
+        assert start == 0 or context - step <= i + 1 - start <= context
+        logits = call_logits(teacher, x[:, start:i + 1])[:, -1]
+        ref[:, i] = F.cross_entropy(logits, x[:, i + 1], reduction="none")
+    assert torch.allclose(sliding_nll(teacher, x, context), ref, atol=1e-5)
+    if context >= length:
+        assert torch.allclose(sliding_nll(teacher, x, context), token_nll(teacher, x), atol=1e-5)
+
+
 def test_longppl_buckets(tok):
     text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8")
     assert bucket_edges(1000, 128) == [0, 128, 256, 512, 1000]
@@ -129,3 +148,8 @@ def test_longppl_buckets(tok):
     for model in (teacher, student):
         r = longppl_eval(model, tok, [text, "too short"], seq_len=600, first_bucket=128, chunk=256, progress_bar=False)
         assert r["windows"] == 1 and r["bucket_end"][-1] == 600 and all(p > 1 for p in r["ppl"])
+    reference = longppl_eval(teacher, tok, [text], seq_len=600, first_bucket=128, context=256, progress_bar=False)
+    assert reference["context"] == 256 and reference["ppl"][:2] == pytest.approx(
+        longppl_eval(teacher, tok, [text], seq_len=600, first_bucket=128, progress_bar=False)["ppl"][:2])
+    with pytest.raises(ValueError, match="at least 2"):
+        longppl_eval(teacher, tok, [text], seq_len=600, context=1)

@@ -290,3 +290,25 @@ def test_cli_decay_scale_on_a_lizard_model_and_refused_elsewhere(model_dir, tmp_
     assert main([*gen, "--model", str(model_dir)]) == 2
     assert "is not a Lizard model (it has no decay to scale)" in capsys.readouterr().err.strip().splitlines()[-1]
     assert main([*gen, "--model", str(model_dir), "--convert"]) == 0
+
+
+def test_cli_longppl_context_gives_the_sliding_reference(model_dir, tmp_path, books):
+    """``--longppl-context`` makes the long-document perplexity a fixed-context reference: the held-out
+    books' curve of :func:`~lizardlm.eval.longppl.longppl_eval` with that context, recorded in the curve."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lizardlm.cli import main
+    from lizardlm.data.sources import held_out_split, load_documents
+    from lizardlm.eval.longppl import longppl_eval
+
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(model_dir), "--tasks", "longppl", "--task-data", f"long-docs={books}",
+                 "--longppl-len", "600", "--longppl-windows", "1", "--longppl-context", "256", "--out", str(out),
+                 "--no-progress", "--no-plots"]) == 0
+    curve = json.loads((out / "eval.json").read_text())["tasks"]["longppl"]["model"]["curve"]
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    texts = [d.text for d in held_out_split(load_documents(str(books)), "eval")]
+    ref = longppl_eval(model, tok, texts, seq_len=600, max_windows=1, context=256, progress_bar=False)
+    assert curve["context"] == 256 and curve["ppl"] == pytest.approx(ref["ppl"], rel=1e-4)
+    whole = longppl_eval(model, tok, texts, seq_len=600, max_windows=1, progress_bar=False)
+    assert curve["ppl"][-1] != pytest.approx(whole["ppl"][-1], rel=1e-6)  # past 256 tokens the context is cut

@@ -102,6 +102,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ruler-trials", type=positive_int, default=20, help="prompts per RULER task and length")
     p.add_argument("--longppl-len", type=positive_int, default=32768, help="window of the long-document perplexity")
     p.add_argument("--longppl-windows", type=positive_int, default=4, help="held-out books averaged")
+    p.add_argument("--longppl-context", type=positive_int, default=None,
+                   help="predict each position from at most this many tokens (sliding windows): a fixed-context "
+                        "reference, e.g. the teacher within its training length, for how hard each stretch of the books is")
     p.add_argument("--diagnostics-lengths", type=_int_list, default=(1024,), help="passkey prompt lengths of the diagnostics")
     p.add_argument("--diagnostics-trials", type=positive_int, default=8, help="passkey prompts per diagnostics length")
     p.add_argument("--passkey-time-budget", type=float, default=None,
@@ -215,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         ruler_trials=args.ruler_trials,
         longppl_len=args.longppl_len,
         longppl_windows=args.longppl_windows,
+        longppl_context=args.longppl_context,
         diagnostics_lengths=args.diagnostics_lengths,
         diagnostics_trials=args.diagnostics_trials,
         progress=not args.no_progress,

@@ -4,6 +4,13 @@ Each book of the held-out tenth (:func:`lizardlm.data.sources.held_out_split`) l
 its first ``seq_len`` tokens as one window (up to ``max_windows``); windows run in chunks through
 the model's cache (constant memory for Lizard models). Mean NLL is reported per power-of-two
 position bucket ``[0, first), [first, 2 first), ...`` up to ``seq_len``.
+
+``context``: a fixed-context reference instead. Each position is predicted from at most ``context``
+tokens before it, by windows of ``context`` tokens that start every ``context // 2`` tokens (a window
+scores the positions it sees at least ``context // 2`` tokens of history for; the first scores all of
+them). The teacher within its training length so reads the same text as the student: a bucket's
+perplexity then moves only with how hard that stretch of the books is, which is what a student's
+curve past the teacher's length is to be held against.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from typing import Any
 
 import torch
 
-from lizardlm.eval._utils import encode
+import torch.nn.functional as F
+
+from lizardlm.eval._utils import call_logits, encode, model_device
 from lizardlm.eval.streaming import DEFAULT_CHUNK, token_nll
 from lizardlm.progress import progress
 
@@ -34,8 +43,12 @@ def longppl_eval(
     max_windows: int = 4,
     chunk: int = DEFAULT_CHUNK,
     progress_bar: bool = True,
+    context: int | None = None,
 ) -> dict:
-    """``{"seq_len", "windows", "bucket_start", "bucket_end", "nll", "ppl"}`` over held-out ``books``."""
+    """``{"seq_len", "windows", "context", "bucket_start", "bucket_end", "nll", "ppl"}`` over held-out
+    ``books`` (``context`` None: every position sees the whole window before it)."""
+    if context is not None and context < 2:
+        raise ValueError(f"longppl context must be at least 2 tokens, got {context}")
     windows = []
     for text in books:
         ids = encode(tokenizer, text)
@@ -47,9 +60,28 @@ def longppl_eval(
         raise ValueError(f"no held-out book has {seq_len} tokens")
     sums = torch.zeros(seq_len - 1, dtype=torch.float64)
     for window in progress(windows, enable=progress_bar, desc=f"longppl ({seq_len})", unit="book"):
-        sums += token_nll(model, window[None], chunk=chunk)[0].double()
+        nll = token_nll(model, window[None], chunk=chunk) if context is None else sliding_nll(model, window[None], context)
+        sums += nll[0].double()
     per_pos = sums / len(windows)  # index t predicts position t + 1
     edges = bucket_edges(seq_len, first_bucket)
     nll = [float(per_pos[max(lo, 1) - 1:hi - 1].mean()) for lo, hi in zip(edges, edges[1:])]
-    return {"seq_len": seq_len, "windows": len(windows), "bucket_start": edges[:-1], "bucket_end": edges[1:],
-            "nll": nll, "ppl": [math.exp(v) for v in nll]}
+    return {"seq_len": seq_len, "windows": len(windows), "context": context, "bucket_start": edges[:-1],
+            "bucket_end": edges[1:], "nll": nll, "ppl": [math.exp(v) for v in nll]}
+
+
+def sliding_nll(model: Any, input_ids: torch.Tensor, context: int) -> torch.Tensor:
+    """Per-token NLL ``(B, T - 1)`` (float32, CPU) of ``input_ids`` ``(B, T)``, each token predicted from
+    at most ``context`` tokens before it (windows every ``context // 2`` tokens, no cache)."""
+    x = input_ids.to(model_device(model))
+    total, step = x.shape[1], context // 2
+    out = torch.zeros(x.shape[0], total - 1)
+    start = 0
+    while True:
+        part = x[:, start:start + context]
+        logits = call_logits(model, part)[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), part[:, 1:], reduction="none").cpu()
+        first = 0 if start == 0 else context - step - 1  # targets with >= context - step tokens of history
+        out[:, start + first:start + part.shape[1] - 1] = nll[:, first:]
+        if start + context >= total:
+            return out
+        start += step

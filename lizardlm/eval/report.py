@@ -82,6 +82,7 @@ class EvalConfig:
     ruler_trials: int = 20
     longppl_len: int = 32768
     longppl_windows: int = 4
+    longppl_context: int | None = None
     diagnostics_lengths: tuple[int, ...] = (1024,)
     diagnostics_trials: int = 8
     progress: bool = True
@@ -204,7 +205,7 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
     books = [doc.text for doc in _held_out_books(cfg)]
     try:
         r = longppl_eval(model, tok, books, seq_len=cfg.longppl_len, max_windows=_capped(cfg.longppl_windows, cfg.limit),
-                         chunk=cfg.chunk, progress_bar=cfg.progress)
+                         chunk=cfg.chunk, progress_bar=cfg.progress, context=cfg.longppl_context)
     except (RuntimeError, MemoryError) as err:
         if not is_oom(err):
             raise
