@@ -19,7 +19,6 @@ import math
 from typing import Any
 
 import torch
-
 import torch.nn.functional as F
 
 from lizardlm.eval._utils import call_logits, encode, model_device
