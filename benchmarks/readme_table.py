@@ -277,7 +277,7 @@ def serve(path: Path) -> str:
         "with Hugging Face `generate` (eager) and with each step replayed as a CUDA graph"
         + (f"; eager and graphed Lizard give {d['agree']:.0%} of the completions alike" if d.get("agree") is not None else "")
         + (f"; the teacher's two caches give {d['agree_teacher']:.0%} alike" if d.get("agree_teacher") is not None else "")
-        + ".",
+        + "." + (f" Note: {d['note']}." if d.get("note") else ""),
         "",
         "| batch | " + " | ".join(f"{m} {dec}" for m, dec in keys) + " |",
         "|---:|" + "---:|" * len(keys),
