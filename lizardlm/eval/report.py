@@ -612,7 +612,8 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for n, e in ok_entries("longppl"):
             c = e["curve"]
-            ax.plot([(s + t) / 2 for s, t in zip(c["bucket_start"], c["bucket_end"])], c["ppl"], marker="o", label=n)
+            label = n if c.get("context") is None else f"{n} ({c['context']}-token context)"
+            ax.plot([(s + t) / 2 for s, t in zip(c["bucket_start"], c["bucket_end"])], c["ppl"], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("token position (held-out Gutenberg books)")
