@@ -419,38 +419,47 @@ def study_tables() -> str:
     return "\n\n".join(study(p) for p in sorted(RESULTS.glob("study-*.json"))) or NO_STUDY
 
 
-def longppl_reference(path: Path) -> str:
-    """A fixed-context reference curve (``lizardlm eval --tasks longppl --longppl-context N``) and every
-    committed passkey run's long perplexity beside it, by position bucket: ppl, and past the reference's
-    context how far above it (the same books, so the books' own difficulty by position cancels)."""
+def longppl_runs(path: Path) -> tuple[dict, list[tuple[str, str, list[float]]]]:
+    """The fixed-context reference curve of ``path`` (``lizardlm eval --tasks longppl --longppl-context N``)
+    and every committed passkey run's long-ppl curve on the same buckets: ``(name, file stem, ppl)``, a run
+    copied into several files (the teacher, baselines) once."""
     d = json.loads(path.read_text())
     (model, entry), = d["tasks"]["longppl"].items()
-    ref = entry["curve"]
+    ref = {**entry["curve"], "device": d["meta"]["device"].get("cuda_device") or "cpu",
+           "model": d["models"][model]["name_or_path"].rstrip("/").split("/")[-1]}
+    runs, seen = [], set()
+    for other in sorted(RESULTS.glob("passkey-*.json")):
+        for name, curve in json.loads(other.read_text()).get("longppl", {}).items():
+            if "@" in name or curve.get("bucket_start") != ref["bucket_start"] or (name, tuple(curve["ppl"])) in seen:
+                continue
+            seen.add((name, tuple(curve["ppl"])))
+            runs.append((name, other.stem.removeprefix("passkey-"), curve["ppl"]))
+    return ref, runs
+
+
+def longppl_reference(path: Path) -> str:
+    """The fixed-context reference curve and every committed passkey run's long perplexity beside it, by
+    position bucket: ppl, and past the reference's context how far above it (the same books, so the
+    books' own difficulty by position cancels)."""
+    ref, runs = longppl_runs(path)
     starts, ends = ref["bucket_start"], ref["bucket_end"]
     kib = lambda n: f"{n // 1024}K" if n >= 1024 else str(n)  # noqa: E731
-    device = d["meta"]["device"].get("cuda_device") or "cpu"
     rows = [
-        f"Long-document perplexity against a fixed-context reference (`{path.name}`, {device}): "
-        f"{d['models'][model]['name_or_path'].rstrip('/').split('/')[-1]} reading the same {ref['windows']} held-out "
-        f"{kib(ref['seq_len'])}-token book windows with at most {ref['context']} tokens before each position "
-        f"(sliding windows), so a bucket's reference moves only with how hard that stretch of text is. Each "
-        "run of the passkey result files beside it (their device in the file name); in brackets, beyond the "
-        "reference's context, the run's perplexity over the reference's.",
+        f"Long-document perplexity against a fixed-context reference (`{path.name}`, {ref['device']}): "
+        f"{ref['model']} reading the same {ref['windows']} held-out {kib(ref['seq_len'])}-token book windows with "
+        f"at most {ref['context']} tokens before each position (sliding windows), so a bucket's reference moves "
+        "only with how hard that stretch of text is. Each run of the passkey result files beside it (their "
+        "device in the file name); in brackets, beyond the reference's context, the run's perplexity over the "
+        "reference's.",
         "",
         "| run (file) | " + " | ".join(f"{kib(a)}-{kib(b)}" for a, b in zip(starts, ends)) + " |",
         "|---|" + "---:|" * len(starts),
         f"| reference: teacher, {ref['context']}-token context | " + " | ".join(f"{p:.1f}" for p in ref["ppl"]) + " |",
     ]
-    seen = set()  # a run copied into several files (the teacher, baselines) shows once
-    for other in sorted(RESULTS.glob("passkey-*.json")):
-        runs = json.loads(other.read_text()).get("longppl", {})
-        for name, curve in runs.items():
-            if "@" in name or curve.get("bucket_start") != starts or (name, tuple(curve["ppl"])) in seen:
-                continue
-            seen.add((name, tuple(curve["ppl"])))
-            cells = [f"{p:.1f}" + (f" ({p / r - 1:+.0%})" if a >= ref["context"] else "")
-                     for a, p, r in zip(starts, curve["ppl"], ref["ppl"])]
-            rows.append(f"| {name} (`{other.stem.removeprefix('passkey-')}`) | " + " | ".join(cells) + " |")
+    for name, stem, ppl in runs:
+        cells = [f"{p:.1f}" + (f" ({p / r - 1:+.0%})" if a >= ref["context"] else "")
+                 for a, p, r in zip(starts, ppl, ref["ppl"])]
+        rows.append(f"| {name} (`{stem}`) | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,52 @@
+"""The fixed-context long-ppl reference's table (readme_table.longppl_reference) and plot
+(benchmarks/longppl_plot.py), from result files written here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import longppl_plot  # noqa: E402
+import readme_table  # noqa: E402
+
+STARTS, ENDS = [0, 512, 1024, 2048], [512, 1024, 2048, 4096]
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    reference = {"tasks": {"longppl": {"model": {"status": "ok", "curve": {
+        "seq_len": 4096, "windows": 2, "context": 1024, "bucket_start": STARTS, "bucket_end": ENDS,
+        "ppl": [20.0, 22.0, 25.0, 30.0]}}}},
+        "meta": {"device": {"cuda_device": None}}, "models": {"model": {"name_or_path": "/cache/teacher-x/"}}}
+    (tmp_path / "longppl-reference-cpu.json").write_text(json.dumps(reference))
+    curve = lambda ppl: {"bucket_start": STARTS, "bucket_end": ENDS, "ppl": ppl}  # noqa: E731
+    for stem, runs in {"a-gpu": {"teacher": curve([20.0, 22.0, 40.0, 300.0]), "good": curve([21.0, 23.0, 27.5, 33.0])},
+                       "b-gpu": {"teacher": curve([20.0, 22.0, 40.0, 300.0]), "bad": curve([40.0, 50.0, 75.0, 120.0]),
+                                 "good@decay0.5": curve([1.0] * 4), "other-buckets": {**curve([1.0] * 4), "bucket_start": [0]}}}.items():
+        (tmp_path / f"passkey-{stem}.json").write_text(json.dumps({"longppl": runs}))
+    monkeypatch.setattr(readme_table, "RESULTS", tmp_path)
+    monkeypatch.setattr(longppl_plot, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_the_table_shows_each_run_once_over_the_reference_past_its_context(results):
+    rows = readme_table.longppl_reference(results / "longppl-reference-cpu.json").splitlines()
+    assert "teacher-x reading the same 2 held-out 4K-token book windows with at most 1024 tokens" in rows[0]
+    assert rows[4] == "| reference: teacher, 1024-token context | 20.0 | 22.0 | 25.0 | 30.0 |"
+    assert rows[5:] == ["| teacher (`a-gpu`) | 20.0 | 22.0 | 40.0 (+60%) | 300.0 (+900%) |",
+                        "| good (`a-gpu`) | 21.0 | 23.0 | 27.5 (+10%) | 33.0 (+10%) |",
+                        "| bad (`b-gpu`) | 40.0 | 50.0 | 75.0 (+200%) | 120.0 (+300%) |"]  # teacher once, no @decay
+
+
+def test_the_plot_draws_the_runs_asked_for_or_those_within_2x(results, tmp_path):
+    assert longppl_plot.plot(results / "longppl-reference-cpu.json", ["good", "bad"], tmp_path / "out").is_file()
+    ref, runs = readme_table.longppl_runs(results / "longppl-reference-cpu.json")
+    assert [name for name, _, _ in runs] == ["teacher", "good", "bad"] and ref["device"] == "cpu"
+    with pytest.raises(SystemExit, match="no long-ppl curve for run"):
+        longppl_plot.plot(results / "longppl-reference-cpu.json", ["missing"], tmp_path / "out")
+    assert longppl_plot.plot(results / "longppl-reference-cpu.json", None, tmp_path / "auto").name == \
+        "longppl-vs-reference-cpu.png"
