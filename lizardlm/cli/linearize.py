@@ -46,6 +46,9 @@ def add_parser(subparsers) -> None:
                    help="stage 2's loss over a batch: the mean over its target tokens (tokens, default), or each "
                    "row's mean then the mean over rows (rows: a row of a few answer tokens, as in "
                    "retrieval:...:loss=answers, weighs as much as a row of text, so mixture shares are loss shares)")
+    p.add_argument("--loss-chunk", type=int, default=None, metavar="N",
+                   help="stage 2's LM head and cross-entropy N positions at a time, recomputed in the backward: the "
+                   "rows x length x vocabulary logits never exist at once (same loss, less memory; 0: whole rows, default)")
     p.add_argument("--state-passing", type=passing_probabilities, default=None, metavar="P[,P...]",
                    help="stage 2: each row starts, with probability P, from the linear memory the previous batch's "
                    "row in its slot left (a long history behind the rows, for length generalisation; off by default); "
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "state_passing", "row_order",
+                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "loss_chunk", "state_passing", "row_order",
                      "reset_at_documents")
     }
     try:

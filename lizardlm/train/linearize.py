@@ -31,6 +31,7 @@ from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, wr
 from lizardlm.train.distributed import batches_behind, micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
 from lizardlm.train.hybrid import even_layers, lizard_layer_ids, parse_select, worst_layers
+from lizardlm.train.lm_loss import chunked_target_nll
 from lizardlm.train.loop import MetricsLog, Stage, batch_at, run_stage
 from lizardlm.train.plots import plot_stage_losses
 from lizardlm.train.rundir import RunDir, load_run
@@ -119,13 +120,14 @@ def _lane_resets(passing: StatePassing, splits: PackedSplits, settings: TrainSet
     return before_step
 
 
-def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = None):
+def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = None, chunk: int = 0):
     """Stage 2's loss: next-token cross-entropy over the tokens that carry loss (all but the input-only
     ones), averaged as :attr:`TrainSettings.loss_average` says. ``"tokens"``: their summed loss over
     their count; ``"rows"``: ``mean_r (sum_t l_rt / n_r)`` over the rows with ``n_r > 0`` targets. Counts
     are clamped to at least 1, so a batch without targets gives 0 with a gradient path, and no host
     sync decides which (a CUDA-graphed step records it once). ``passing``: the rows start from the
-    memories it hands on (:mod:`lizardlm.train.state_passing`)."""
+    memories it hands on (:mod:`lizardlm.train.state_passing`). ``chunk`` > 0: the LM head and the
+    cross-entropy ``chunk`` positions at a time, recomputed in the backward (:mod:`lizardlm.train.lm_loss`)."""
 
     def loss_fn(batch: torch.Tensor):
         if passing is None:
@@ -141,12 +143,17 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
     def rows_loss(batch: torch.Tensor):
         ids, labels = inputs_and_labels(batch)
         targets = labels[:, 1:]
-        if average == "tokens":
+        if chunk:
+            nll = chunked_target_nll(model, ids, targets, chunk)
+            if average == "tokens":
+                return nll.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1), {}
+        elif average == "tokens":
             count = (targets != IGNORE_INDEX).sum().clamp(min=1)
             return model(input_ids=ids, labels=labels, use_cache=False, num_items_in_batch=count).loss, {}
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                              reduction="none").view_as(targets)
+        else:
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                                  reduction="none").view_as(targets)
         count = (targets != IGNORE_INDEX).sum(1)
         has = (count > 0).to(nll.dtype)
         return (nll.sum(1) / count.clamp(min=1) * has).sum() / has.sum().clamp(min=1), {}
@@ -342,7 +349,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         if settings.passes_state:
             passing = StatePassing(peft_model, slot_probabilities(settings.state_passing, splits.meta,
                                                                   accelerator.process_index, accelerator.num_processes))
-        loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing)
+        loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing, settings.loss_chunk)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA",
                       contiguous=settings.contiguous_rows,
                       before_step=_lane_resets(passing, splits, settings, accelerator) if settings.contiguous_rows else None)

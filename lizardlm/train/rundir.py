@@ -34,7 +34,7 @@ LOCK = ".lock"
 # Settings a resume may change: how the run is executed, not what it computes. Teacher and data are
 # compared by fingerprint (so ./teacher and its absolute path are the same), the learning rates may
 # change after a NaN stop.
-NON_SEMANTIC = ("device", "checkpoint_every", "gradient_checkpointing", "fsdp", "cuda_graphs")
+NON_SEMANTIC = ("device", "checkpoint_every", "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_chunk")
 BY_FINGERPRINT = ("teacher", "data")
 LEARNING_RATES = ("stage1_lr", "stage2_lr")
 

@@ -77,6 +77,7 @@ class TrainSettings:
     baseline: str | None = None
     softmax_select: str | None = None
     loss_average: str = "tokens"
+    loss_chunk: int = 0
     state_passing: float | list[float] = 0.0
     row_order: str = "shuffled"
     reset_at_documents: bool = False
@@ -113,6 +114,10 @@ class TrainSettings:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.loss_average not in LOSS_AVERAGES:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
+        if int(self.loss_chunk) < 0:
+            raise ValueError(f"loss-chunk must be >= 0 (0: the LM head over the whole row at once), got {self.loss_chunk}")
+        if self.loss_chunk and self.fsdp:
+            raise ValueError("loss-chunk calls the decoder and the LM head apart, which fsdp's sharded forward does not allow")
         if self.row_order not in ROW_ORDERS:
             raise ValueError(f"row-order must be one of {', '.join(ROW_ORDERS)}, got {self.row_order!r}")
         self._check_state_passing()

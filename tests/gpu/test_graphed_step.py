@@ -131,6 +131,21 @@ def test_linearize_with_cuda_graphs_logs_the_eager_losses(tmp_path, teacher_dir,
     assert [g["lr"] for g in graphed] == pytest.approx([e["lr"] for e in eager])
 
 
+def test_graphed_steps_with_a_chunked_loss_log_the_whole_loss_eager_losses(tmp_path, teacher_dir, data_file,
+                                                                           float32_linearize):
+    """``--loss-chunk``: the LM head's chunks recomputed in the backward inside a recorded step give the
+    eager whole-logits run's losses (rows average, 16-position chunks of 64-token rows)."""
+    base = dict(teacher=str(teacher_dir), data=str(data_file), seq_len=64, batch_size=4, stage1_tokens=64 * 4 * 4,
+                stage2_tokens=64 * 4 * 6, val_tokens=64 * 8, stage2_lr=3e-3, checkpoint_every=3, device="cuda",
+                lizard=LIZARD, loss_average="rows")
+    losses = {}
+    for name, graphs, chunk in (("whole-eager", False, 0), ("chunked-graphed", True, 16)):
+        out = tmp_path / name
+        linearize(TrainSettings(**base, cuda_graphs=graphs, loss_chunk=chunk), out)
+        losses[name] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses["chunked-graphed"] == pytest.approx(losses["whole-eager"], rel=1e-4)
+
+
 def test_graphed_lanes_reset_at_documents_log_the_eager_losses(tmp_path, teacher_dir, books, float32_linearize):
     """Contiguous rows of documents two rows long at P = 1 with ``reset_at_documents``: the graph reads
     which rows may pass from a buffer the host fills before each replay, so its losses are the eager ones."""
