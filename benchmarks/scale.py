@@ -22,9 +22,10 @@ An out-of-memory error (or any other failure) is recorded in its row and the run
         --variant 'f256:window_size=128,feature_dim=256,write_gate=head,stage2_train_lizard=1,loss_average=rows'
 
 A ``--variant NAME:KEY=VALUE,...`` is a row of its own: ``LizardConfig`` fields (``mode``, ``feature_dim``,
-``window_size``, ``write_gate``...) and the two stage-2 settings that change a step's work,
-``stage2_train_lizard`` (0/1: the Lizard parameters train beside LoRA, ``--stage2-train-lizard``) and
-``loss_average`` (``tokens``/``rows``, ``--loss-average``); each ``--lizard-mode`` is the variant of that mode.
+``window_size``, ``write_gate``...) and the stage-2 settings that change a step's work,
+``stage2_train_lizard`` (0/1: the Lizard parameters train beside LoRA, ``--stage2-train-lizard``),
+``loss_average`` (``tokens``/``rows``, ``--loss-average``) and ``loss_chunk`` (N positions of the LM head at a
+time, ``--loss-chunk``); each ``--lizard-mode`` is the variant of that mode.
 
 Writes ``<out>/<name>-<device>.json`` (``--name``, default ``scale``; rewritten after every row): ``{"runs": [...], "device": .., "versions": ..}``.
 """
@@ -54,7 +55,7 @@ from result_names import device_slug
 
 RECIPE_TOKENS = 20_000_000  # per stage (the paper's 20M + 20M)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-STAGE2_KEYS = ("stage2_train_lizard", "loss_average")
+STAGE2_KEYS = ("stage2_train_lizard", "loss_average", "loss_chunk")
 """Variant keys that are stage-2 settings, not :class:`lizardlm.LizardConfig` fields."""
 
 _LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192, bos_token_id=128000)
@@ -185,7 +186,7 @@ def lora(model: torch.nn.Module) -> peft.PeftModel:
 
 
 def lora_steps(name: str, row: dict[str, Any], model: torch.nn.Module, ids: torch.Tensor, *,
-               train_lizard: bool = False, loss_average: str = "tokens", **kw: Any) -> None:
+               train_lizard: bool = False, loss_average: str = "tokens", loss_chunk: int = 0, **kw: Any) -> None:
     """Time LoRA steps on ``model`` into ``row`` (with ``train_lizard`` the Lizard parameters train
     too, as ``--stage2-train-lizard``), then take the adapters off again (``model`` unchanged)."""
     model.requires_grad_(False)
@@ -195,7 +196,7 @@ def lora_steps(name: str, row: dict[str, Any], model: torch.nn.Module, ids: torc
             for p in model.lizard_parameters():
                 p.requires_grad_(True)
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        measure_modes(name, row, _lm_loss_fn(peft_model, loss_average), params, ids, backward=True, **kw)
+        measure_modes(name, row, _lm_loss_fn(peft_model, loss_average, chunk=loss_chunk), params, ids, backward=True, **kw)
     finally:
         model.requires_grad_(False)
         peft_model.unload()
@@ -264,11 +265,12 @@ def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dt
             row = {"shape": shape, "batch": batch, "seq": seq, "variant": name, "mode": mode, "tokens_per_step": batch * seq,
                    "adamw": "fused" if device == "cuda" else "foreach",  # what lizardlm.train.step.adamw picks
                    "lizard": config.to_dict(), "stage2_train_lizard": bool(stage2.get("stage2_train_lizard")),
-                   "loss_average": stage2.get("loss_average", "tokens"), **{k: v for k, v in base.items() if k != "batch"}}
+                   "loss_average": stage2.get("loss_average", "tokens"), "loss_chunk": stage2.get("loss_chunk", 0),
+                   **{k: v for k, v in base.items() if k != "batch"}}
             ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
             stage1_steps(row, model, ids, **kw)
             lora_steps("stage2", row, model, ids, train_lizard=row["stage2_train_lizard"],
-                       loss_average=row["loss_average"], **kw)
+                       loss_average=row["loss_average"], loss_chunk=row["loss_chunk"], **kw)
             finish_row(row)
             rows.append(row)
             save()
@@ -344,6 +346,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             if value not in LOSS_AVERAGES:
                 raise ValueError(f"--variant {name}: loss_average must be one of {', '.join(LOSS_AVERAGES)}, got {value!r}")
             settings[key] = value
+        elif key == "loss_chunk":
+            if not value.isdigit():
+                raise ValueError(f"--variant {name}: loss_chunk must be a whole number >= 0, got {value!r}")
+            settings[key] = int(value)
         else:
             kind = next((t for t in (hints[key], *typing.get_args(hints[key])) if t in (int, float)), str)
             try:

@@ -60,13 +60,13 @@ def test_variants_are_rows_with_their_settings(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(BENCHMARKS.parent)}
     cmd = [sys.executable, str(BENCHMARKS / "scale.py"), "--quick", "--out", str(tmp_path), "--name", "scale-retrieval",
            "--variant", "wide:feature_dim=8,write_gate=head,gate_init=0.9999,stage2_train_lizard=1,"
-           "loss_average=rows"]
+           "loss_average=rows,loss_chunk=16"]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=240)
     result = json.loads((tmp_path / "scale-retrieval-cpu.json").read_text())
     assert [(r["variant"], r["seq"]) for r in result["runs"]] == [("wide", 32), ("wide", 64)]  # no --lizard-mode rows
     row = result["runs"][0]
     assert row["mode"] == "lizard" and row["stage2_train_lizard"] is True
-    assert row["loss_average"] == "rows" and all(row[k] > 0 for k in RATES)
+    assert row["loss_average"] == "rows" and row["loss_chunk"] == 16 and all(row[k] > 0 for k in RATES)
     assert row["lizard"]["feature_dim"] == 8 and row["lizard"]["write_gate"] == "head"
     assert row["lizard"]["gate_init"] == 0.9999 and row["lizard"]["window_size"] == 16  # --quick's window
 
@@ -75,7 +75,8 @@ def test_variant_parsing_types_values_and_refuses_unknown_keys():
     name, settings = scale.parse_variant("v:mode=paper,window_size=128,gate_init=0.999,stage2_train_lizard=0")
     assert name == "v" and settings == {"mode": "paper", "window_size": 128, "gate_init": 0.999, "stage2_train_lizard": False}
     for bad, message in (("v:no_such=1", "LizardConfig field"), ("v:window_size=wide", "must be a int"),
-                         ("v:loss_average=mean", "loss_average must be one of"), (":feature_dim=8", "NAME:KEY=VALUE")):
+                         ("v:loss_average=mean", "loss_average must be one of"), ("v:loss_chunk=-4", "loss_chunk must be"),
+                         (":feature_dim=8", "NAME:KEY=VALUE")):
         with pytest.raises(ValueError, match=message):
             scale.parse_variant(bad)
     with pytest.raises(SystemExit):
