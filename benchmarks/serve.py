@@ -13,7 +13,8 @@ compilation and CUDA-graph recording stay out of the timings.
 Writes ``<out>/serve-<device>.json``: ``{"device", "dtype", "config", "runs": [{"model", "decode",
 "batch", "seconds", "new_tokens", "tok_per_s", "prompts_per_s", "peak_gib"} | {..., "status"}],
 "agree", "agree_teacher"}`` (the share of completions alike: Lizard eager and graphed, the teacher
-dynamic and static) and a PNG of new tokens/s by batch size.
+dynamic and static), rewritten after every row, and a PNG of new tokens/s by batch size. The static
+teacher runs last: its compilation takes longest, and a call cut by its time limit keeps the rest.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ def agreement(completions: dict[tuple[str, int], list[torch.Tensor]], decodes: l
 
 
 def measure(name: str, model, decodes: list[str], prompts, sizes: list[int], new_tokens: int, device: str,
-            max_len: int):
-    rows, completions = [], {}
+            max_len: int, rows: list[dict], completions: dict, on_row) -> None:
+    """Append a row per (decoding, batch size) to ``rows`` and its completions to ``completions``, calling
+    ``on_row()`` after each (the result file is rewritten then: a call cut by its time limit keeps them)."""
     for decode in decodes:
         for size in sizes:
             try:  # warm-up on one batch of this size: kernels compiled, graphs recorded, allocator pools
@@ -107,7 +109,7 @@ def measure(name: str, model, decodes: list[str], prompts, sizes: list[int], new
                 torch.cuda.empty_cache()
             rows.append({"model": name, **row})
             print(json.dumps(rows[-1]), flush=True)
-    return rows, completions
+            on_row()
 
 
 def main() -> None:
@@ -129,20 +131,28 @@ def main() -> None:
         torch.manual_seed(0)
         return LlamaForCausalLM(LlamaConfig(**shape)).to(device, dtype).eval()
 
-    runs, teacher_out = measure("teacher", teacher(), ["eager", "static"], prompts, sizes, args.new_tokens, device,
-                                args.max_len)
-    student = lizardlm.convert(teacher(), lizardlm.LizardConfig()).to(device, dtype).eval()
-    decodes = ["eager", "cuda-graph"] if device == "cuda" else ["eager"]
-    rows, completions = measure("lizard", student, decodes, prompts, sizes, args.new_tokens, device, args.max_len)
-    runs += rows
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     slug = device_slug(name) + ("-small" if args.small else "")
     args.out.mkdir(parents=True, exist_ok=True)
+    decodes = ["eager", "cuda-graph"] if device == "cuda" else ["eager"]
+    runs: list[dict] = []
+    teacher_out: dict = {}
+    lizard_out: dict = {}
     payload = {"device": name, "dtype": str(dtype), "torch": torch.__version__,
                "config": {"model": "SmolLM2-135M shape, random weights" if not args.small else "2-layer smoke model",
                           "prompts": args.prompts, "min_len": min(len(x) for x in prompts), "max_len": args.max_len, "new_tokens": args.new_tokens, "lizard": "LizardConfig() defaults"},
-               "runs": runs, "agree": agreement(completions, decodes), "agree_teacher": agreement(teacher_out, ["eager", "static"])}
-    (args.out / f"serve-{slug}.json").write_text(json.dumps(payload, indent=2))
+               "runs": runs}
+
+    def save() -> None:
+        payload.update(agree=agreement(lizard_out, decodes), agree_teacher=agreement(teacher_out, ["eager", "static"]))
+        (args.out / f"serve-{slug}.json").write_text(json.dumps(payload, indent=2))
+
+    common = (prompts, sizes, args.new_tokens, device, args.max_len, runs)
+    measure("teacher", teacher(), ["eager"], *common, teacher_out, save)
+    student = lizardlm.convert(teacher(), lizardlm.LizardConfig()).to(device, dtype).eval()
+    measure("lizard", student, decodes, *common, lizard_out, save)
+    del student
+    measure("teacher", teacher(), ["static"], *common, teacher_out, save)  # last: compiling it takes longest
     plot_rates(runs, args.out / f"serve-{slug}.png", f"Batch generation, {args.prompts} prompts of {args.max_len // 4}-"
                f"{args.max_len} tokens, {args.new_tokens} new each ({name})", series="decode", x="batch",
                xlabel="batch size (prompts)", ylabel="new tokens/s", logy=True)
