@@ -419,6 +419,11 @@ def study_tables() -> str:
     return "\n\n".join(study(p) for p in sorted(RESULTS.glob("study-*.json"))) or NO_STUDY
 
 
+def kib(n: int) -> str:
+    """A token count as the tables write it: ``4096`` -> ``"4K"``, ``512`` -> ``"512"``."""
+    return f"{n // 1024}K" if n >= 1024 else str(n)
+
+
 def longppl_runs(path: Path) -> tuple[dict, list[tuple[str, str, list[float]]]]:
     """The fixed-context reference curve of ``path`` (``lizardlm eval --tasks longppl --longppl-context N``)
     and every committed passkey run's long-ppl curve on the same buckets: ``(name, file stem, ppl)``, a run
@@ -443,7 +448,6 @@ def longppl_reference(path: Path) -> str:
     books' own difficulty by position cancels)."""
     ref, runs = longppl_runs(path)
     starts, ends = ref["bucket_start"], ref["bucket_end"]
-    kib = lambda n: f"{n // 1024}K" if n >= 1024 else str(n)  # noqa: E731
     rows = [
         f"Long-document perplexity against a fixed-context reference (`{path.name}`, {ref['device']}): "
         f"{ref['model']} reading the same {ref['windows']} held-out {kib(ref['seq_len'])}-token book windows with "
@@ -480,7 +484,6 @@ def passkey(path: Path, compact: bool = False) -> str:
     ru_lengths = sorted({int(k) for n in names if isinstance(d.get("ruler", {}).get(n), dict) for k in d["ruler"][n]})
     mqar = d.get("mqar", {})
     mq_lengths = sorted({int(k) for n in names if isinstance(mqar.get(n), dict) for k in mqar[n]})
-    kib = lambda L: f"{L // 1024}K" if L >= 1024 else str(L)  # noqa: E731
 
     def per_run(value) -> tuple[dict[str, dict[str, object]], bool]:
         """A one-cell column section of ``value(run record)`` per run, and whether the runs differ in it."""

@@ -19,9 +19,8 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from lizardlm.eval._utils import call_logits, encode, model_device
+from lizardlm.eval._utils import encode
 from lizardlm.eval.streaming import DEFAULT_CHUNK, token_nll
 from lizardlm.progress import progress
 
@@ -70,17 +69,14 @@ def longppl_eval(
 
 def sliding_nll(model: Any, input_ids: torch.Tensor, context: int) -> torch.Tensor:
     """Per-token NLL ``(B, T - 1)`` (float32, CPU) of ``input_ids`` ``(B, T)``, each token predicted from
-    at most ``context`` tokens before it (windows every ``context // 2`` tokens, no cache)."""
-    x = input_ids.to(model_device(model))
-    total, step = x.shape[1], context // 2
-    out = torch.zeros(x.shape[0], total - 1)
+    at most ``context`` tokens before it (windows every ``context // 2`` tokens, each scored afresh)."""
+    total, step = input_ids.shape[1], context // 2
+    out = torch.zeros(input_ids.shape[0], total - 1)
     start = 0
     while True:
-        part = x[:, start:start + context]
-        logits = call_logits(model, part)[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), part[:, 1:], reduction="none").cpu()
+        nll = token_nll(model, input_ids[:, start:start + context], chunk=context)
         first = 0 if start == 0 else context - step - 1  # targets with >= context - step tokens of history
-        out[:, start + first:start + part.shape[1] - 1] = nll[:, first:]
+        out[:, start + first:start + nll.shape[1]] = nll[:, first:]
         if start + context >= total:
             return out
         start += step
