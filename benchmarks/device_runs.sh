@@ -4,7 +4,9 @@
 # ".stage/runs", ".stage/triton-cache.tgz"] (the last two where they exist) and runs one of
 #
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
-#   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh eval    evaluate again / go on with a cut evaluation
+#   NAME=<run> [DL=seconds] [TASKS=a,b] [DS=S] bash benchmarks/device_runs.sh eval
+#                                              go on with a cut evaluation, or add tasks to it (eval --resume keeps
+#                                              the earlier calls' tasks); DS: at decay scale S (run NAME@decayS)
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
 #   bash benchmarks/device_runs.sh check       the device checks of the prefill work and the prefill benchmark
 #                                              (no teacher, no data, no staging: carry [".whl"] and the Triton cache)
@@ -87,7 +89,7 @@ save() {
 drive() {
   python3 benchmarks/passkey_gpu.py --out $OUT --runs $R --name $NAME --mode $MODE --data "$DATA" \
     --stage1-tokens $S1 --stage2-tokens $S2 --seq-len 2048 --flags "$FLAGS" --deadline ${DL:-560} \
-    ${TASKS:+--tasks $TASKS} "$@"
+    ${TASKS:+--tasks $TASKS} ${DS:+--decay-scale $DS} "$@"
 }
 
 case "${1:-}" in

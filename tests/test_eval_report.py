@@ -206,6 +206,34 @@ def test_cli_resume_keeps_a_cut_evaluations_tasks(model_dir, tmp_path, capsys):
     assert not any("Traceback" in line for line in err)
 
 
+def test_cli_resume_adds_tasks_to_a_finished_evaluation(model_dir, tmp_path, monkeypatch):
+    """Evaluations of one run in several calls add up: a later ``--resume`` call with other tasks (and
+    another batch size, which changes no number) keeps the finished ``eval.json``'s tasks beside its own;
+    the same tasks again are all kept, none run."""
+    from lizardlm.cli import main
+    from lizardlm.eval import report
+
+    out = tmp_path / "out"
+    common = ["eval", "--model", str(model_dir), "--data-dir", str(DATA_DIR), "--limit", "1", "--window", "64",
+              "--mqar-pairs", "2", "--mqar-lengths", "64", "--out", str(out), "--no-progress", "--no-plots"]
+    assert main(common + ["--tasks", "wikitext2,mqar", "--batch-size", "2"]) == 0
+    first = json.loads((out / "eval.json").read_text())
+    assert main(common + ["--tasks", "piqa", "--resume"]) == 0
+    both = json.loads((out / "eval.json").read_text())
+    assert list(both["tasks"]) == ["wikitext2", "mqar", "piqa"] == both["meta"]["tasks"]
+    assert both["tasks"]["wikitext2"] == first["tasks"]["wikitext2"] and both["tasks"]["mqar"] == first["tasks"]["mqar"]
+    assert both["tasks"]["piqa"]["model"]["status"] == "ok"
+    assert both["meta"]["kept"] == {"from": str(out / "eval.json"), "model": ["wikitext2", "mqar"]}
+
+    ran, one, mc = [], report._run_one, report._run_mc
+    monkeypatch.setattr(report, "_run_one", lambda task, *args: ran.append(task) or one(task, *args))
+    monkeypatch.setattr(report, "_run_mc", lambda tasks, *args: ran.extend(tasks) or mc(tasks, *args))
+    assert main(common + ["--tasks", "mqar,piqa", "--resume"]) == 0
+    again = json.loads((out / "eval.json").read_text())
+    assert ran == [] and again["tasks"] == both["tasks"]
+    assert again["meta"]["kept"] == {"from": str(out / "eval.json"), "model": ["wikitext2", "mqar", "piqa"]}
+
+
 def test_cli_default_out_dir_and_absent(model_dir, tmp_path, capsys):
     from lizardlm.cli import main
 

@@ -29,6 +29,10 @@ def test_commands(tmp_path):
     assert ev[ev.index("--tasks") + 1] == "passkey,passkey_train,ruler,longppl,diagnostics,mqar"
     assert ev[ev.index("--mqar-lengths") + 1] == "128" and ev[ev.index("--mqar-samples") + 1] == "2"
     assert ev[ev.index("--passkey-trials") + 1] == "3" and ev[ev.index("--teacher") + 1] == "smollm2-135m"
+    assert ev[ev.index("--batch-size") + 1] == str(args.batch)
+    zs = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--tasks", "piqa,arc_easy"])
+    ev = passkey_gpu.eval_command(zs, tmp_path / "run")  # the zero-shot tasks fill their batches to a token budget
+    assert ev[ev.index("--batch-size") + 1] == "auto"
     full = passkey_gpu.parse_args(["--out", str(tmp_path), "--mode", "paper", "--name", "p"])
     assert full.passkey_trials >= 50 and full.device == "cuda" and full.name == "p"
     lin = passkey_gpu.linearize_command(full, tmp_path)

@@ -7,7 +7,8 @@ Writes ``eval.json`` (every number, versions, device, limits), ``eval.md`` (the 
 end) and PNG plots (passkey accuracy vs length, MQAR accuracy vs pairs/length, perplexity vs
 position) into ``--out`` (default: ``RUN_DIR/eval`` when ``--model`` is a directory, else
 ``./eval-out``). After every task the results so far go to ``eval.partial.json`` there, so a cut
-evaluation keeps what it finished: ``--resume`` runs only the rest.
+evaluation keeps what it finished: ``--resume`` runs only the rest, and keeps the tasks of an earlier
+evaluation in ``--out`` (cut or finished) that this one does not name.
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--position-windows", type=positive_int, default=4, help="windows averaged for perplexity vs position")
     add_decay_scale_argument(p)
     p.add_argument("--resume", action="store_true",
-                   help="keep the tasks a cut evaluation finished (OUT/eval.partial.json, written after every task; "
-                   "the same settings and weights) and run the rest")
+                   help="keep the tasks an earlier evaluation in OUT finished (a cut one's eval.partial.json, written "
+                   "after every task, else eval.json; the same settings and weights), run the rest, and keep its "
+                   "tasks that --tasks does not name: evaluations of one run in several calls add up")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -286,21 +286,25 @@ def _fingerprint(model: Any) -> dict | None:
     return model_fingerprint(model) if isinstance(model, torch.nn.Module) else None
 
 
-def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | None]) -> dict[str, dict[str, dict]]:
-    """``{task: {model: entry}}`` that a cut evaluation saved in ``partial`` and this one may keep: the
-    same settings and the same models (source and weights); finished entries only (``ok``, ``absent``),
-    so a task that failed runs again."""
+def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | None]) -> tuple[Path, dict[str, dict[str, dict]]]:
+    """The file read and ``{task: {model: entry}}`` that an earlier evaluation saved and this one may keep: a cut one's
+    ``partial``, else the finished ``eval.json`` beside it; the same settings (the batch size aside: it
+    changes no number) and the same models (source and weights); finished entries only (``ok``,
+    ``absent``), so a task that failed runs again. Tasks this evaluation does not name are kept too."""
     from lizardlm.train.fingerprint import same_model
 
     if not partial.exists():
-        return {}
+        partial = partial.with_name("eval.json")
+        if not partial.exists():
+            return partial, {}
     try:
         saved = json.loads(partial.read_text(encoding="utf-8"))
         saved_settings, saved_models, saved_tasks = saved["meta"]["settings"], saved["models"], saved["tasks"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise LizardError(f"--resume: {partial} is not a readable partial evaluation ({err}); delete it to start over") from None
     ours = _jsonable(results["meta"]["settings"])
-    changed = sorted(k for k in ours.keys() | saved_settings.keys() if ours.get(k) != saved_settings.get(k))
+    changed = sorted(k for k in ours.keys() | saved_settings.keys()
+                     if k != "batch_size" and ours.get(k) != saved_settings.get(k))
     for name, info in results["models"].items():
         theirs = saved_models.get(name, {})
         fp, saved_fp = fingerprints.get(name), theirs.get("fingerprint")
@@ -310,8 +314,9 @@ def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | N
     if changed:
         raise LizardError(f"--resume: {partial} was made with other {', '.join(changed)}; "
                           "drop --resume to start over")
-    return {task: {name: e for name, e in per.items() if name in results["models"] and e.get("status") in ("ok", "absent")}
-            for task, per in saved_tasks.items() if task in results["tasks"]}
+    kept = {task: {name: e for name, e in per.items() if name in results["models"] and e.get("status") in ("ok", "absent")}
+            for task, per in saved_tasks.items()}
+    return partial, {task: per for task, per in kept.items() if per}
 
 
 def evaluate(
@@ -334,8 +339,9 @@ def evaluate(
     model the others are compared with (default: ``"teacher"`` if present, else the first).
     ``config`` / keyword ``overrides`` are :class:`EvalConfig` fields. With ``partial`` (a path), the
     results so far are written there after every task, so a cut evaluation keeps what it finished;
-    ``resume`` keeps the finished tasks of the file already there (same settings and weights, else a
-    :class:`LizardError`) and runs only the rest.
+    ``resume`` keeps the finished tasks of the file already there, else of the finished ``eval.json``
+    beside it (same settings and weights, else a :class:`LizardError`), runs only the rest, and keeps
+    that file's tasks this call does not name, so evaluations of one run in several calls add up.
     """
     if not models:
         raise ValueError("evaluate() needs at least one model")
@@ -364,7 +370,14 @@ def evaluate(
         for name, fp in fingerprints.items():
             if fp is not None:
                 results["models"][name]["fingerprint"] = fp
-        kept = _kept_entries(partial, results, fingerprints) if resume else {}
+        source, kept = _kept_entries(partial, results, fingerprints) if resume else (partial, {})
+        earlier = {task: per for task, per in kept.items() if task not in results["tasks"]}
+        if earlier:  # an earlier evaluation's other tasks stay in this one's output, first
+            results["tasks"] = {**earlier, **results["tasks"]}
+            results["meta"]["tasks"] = list(results["tasks"])
+            for task, per in earlier.items():
+                for name in per:
+                    results["meta"].setdefault("kept", {"from": str(source)}).setdefault(name, []).append(task)
     else:
         kept = {}
     t_start = time.perf_counter()
@@ -380,8 +393,8 @@ def evaluate(
             if all(name in kept.get(t, {}) for t in names):
                 for t in names:
                     results["tasks"][t][name] = kept[t][name]
-                _say(cfg, f"[{name}] {label}: kept from {partial}")
-                results["meta"].setdefault("kept", {"from": str(partial)}).setdefault(name, []).append(label)
+                _say(cfg, f"[{name}] {label}: kept from {source}")
+                results["meta"].setdefault("kept", {"from": str(source)}).setdefault(name, []).append(label)
                 continue
             t0 = time.perf_counter()
             _say(cfg, f"[{name}] {label} ...")
