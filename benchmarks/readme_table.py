@@ -778,17 +778,19 @@ def glance() -> str:
         rows.append(f"| zero-shot quality, mean of {', '.join(STUDY_TASKS[t] for t in disc)} (%), "
                     f"{b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens | "
                     f"{'; '.join(cells)} | {_device(d)} (`{path.name}`) |")
-    if found := _load("passkey-mix-nvidia-h200.json"):
-        path, d = found
-        runs = {n: v for n, v in d["passkey"].items() if n in d["runs"] and "@" not in n and isinstance(v, dict)}
-        best = max(runs, key=lambda n: sum(runs[n].values()) / len(runs[n]))
-        lengths = sorted(int(L) for L in runs[best])
+    mixed = [(p, d, n, v) for p in sorted(RESULTS.glob("passkey-*.json")) for d in [json.loads(p.read_text())]
+             for n, v in d["passkey"].items() if "@" not in n and isinstance(v, dict) and n in d["runs"]
+             and "alpaca-cleaned" in d["runs"][n]["data"] and "retrieval" in d["runs"][n]["data"]]
+    if mixed and (found := _load("passkey-mix-nvidia-h200.json")):  # the teacher's numbers
+        path, d, best, runs = max(mixed, key=lambda m: sum(m[3].values()) / len(m[3]))
+        lengths = sorted(int(L) for L in runs)
         fmt = lambda v: " / ".join(f"{v[str(L)]:.2f}" if str(L) in v else "–" for L in lengths)  # noqa: E731
+        teacher_path, td = found
         rows.append(f"| passkey retrieval after training mixed with Alpaca-cleaned, exact match at "
-                    f"{' / '.join(f'{L // 1024}K' for L in lengths)} tokens | "
-                    f"best run `{best}` {fmt(runs[best])}; teacher {fmt(d['passkey']['teacher'])}"
-                    + (" (trained to 8K)" if d["teacher"] == "smollm2-135m" else "") + " "
-                    f"| {_device(d)} (`{path.name}`) |")
+                    f"{' / '.join(f'{L // 1024}K' for L in lengths)} tokens (the best of "
+                    f"{len({m[2] for m in mixed})} such runs) | `{best}` {fmt(runs)}; "
+                    f"teacher {fmt(td['passkey']['teacher'])}" + (" (trained to 8K)" if td["teacher"] == "smollm2-135m" else "")
+                    + f" | {_device(d)} (`{path.name}`); teacher {_device(td)} (`{teacher_path.name}`) |")
     if found := _load("decode-nvidia-*.json"):
         path, d = found
         ok = {n: [r for r in rows_ if r["status"] == "ok"] for n, rows_ in d["results"].items()}
@@ -828,7 +830,7 @@ RENDERERS = (
 """Each result file's table, by the first pattern its name matches, in this order in ``docs/results.md``."""
 
 README_FILES = ("attention-nvidia-h200.json", "scale-graphs-*.json", "paper-preset-*.json", "passkey-mix-*.json",
-                "prefill-nvidia-*.json", "decode-nvidia-*.json", "serve-nvidia-*.json", "cpu-demo-*.json")
+                "passkey-seed1-long-*.json", "prefill-nvidia-*.json", "decode-nvidia-*.json", "serve-nvidia-*.json", "cpu-demo-*.json")
 """The result files whose tables the README shows after :func:`glance`; ``docs/results.md`` shows every file's."""
 
 
