@@ -56,6 +56,9 @@ case "${NAME:-}" in
   mixr2k-books5) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.125,retrieval:loss=answers:template=varied:count=5400=0.625"
                 # lanes 2 / 1 / 5: about mixr2k's 4,950 answered passkey rows (5 x 1,024), none read twice
                 FLAGS="--loss-average rows $COMMON --state-passing 0.9,0,0 --row-order contiguous" ;;
+  mixr2k-bookmix) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.5"  # books in the mix, rows shuffled:
+                FLAGS="--loss-average rows $COMMON" ;;  # do the books or the contiguous lanes stop the lookup?
+  mixr2k-bookmix-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"; FLAGS="--loss-average rows $COMMON" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
                 FLAGS="--loss-average rows $COMMON --state-passing 0.9,0 --row-order contiguous" ;;
   mixr2k-long)  # + 16K passkey documents read in order, 8 rows each, from an empty memory at each document
