@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The issue-19 training runs on a lent GPU, by name, through benchmarks/passkey_gpu.py; after the three
 # staging calls of benchmarks/device_stage.sh, each call carries [".stage/data.tar.xz", ".whl2",
-# ".stage/runs", ".stage/triton-cache.tgz"] (the last two where they exist) and runs one of
+# ".stage/runs/<run>", ".stage/triton-cache.tgz"] (the last two where they exist; one run's directory, ~25 MB
+# with its weights: several do not fit the 64 MiB carry beside the data) and runs one of
 #
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
 #   NAME=<run> [DL=seconds] [TASKS=a,b] [DS=S] bash benchmarks/device_runs.sh eval
