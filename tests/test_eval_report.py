@@ -141,7 +141,7 @@ def test_a_cut_evaluation_keeps_its_finished_tasks_and_resumes(pair, tmp_path, m
     with pytest.raises(LizardError, match=r"was made with other model student;"):
         evaluate(other, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **small)
     partial.write_text('{"meta": ')
-    with pytest.raises(LizardError, match=r"is not a readable partial evaluation .*delete it to start over"):
+    with pytest.raises(LizardError, match=r"is not a readable evaluation .*delete it to start over"):
         evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **small)
 
 

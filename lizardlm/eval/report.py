@@ -286,11 +286,13 @@ def _fingerprint(model: Any) -> dict | None:
     return model_fingerprint(model) if isinstance(model, torch.nn.Module) else None
 
 
-def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | None]) -> tuple[Path, dict[str, dict[str, dict]]]:
-    """The file read and ``{task: {model: entry}}`` that an earlier evaluation saved and this one may keep: a cut one's
-    ``partial``, else the finished ``eval.json`` beside it; the same settings (the batch size aside: it
-    changes no number) and the same models (source and weights); finished entries only (``ok``,
-    ``absent``), so a task that failed runs again. Tasks this evaluation does not name are kept too."""
+def _kept_entries(partial: Path, results: dict,
+                  fingerprints: dict[str, dict | None]) -> tuple[Path, dict[str, dict[str, dict]]]:
+    """The file read, and ``{task: {model: entry}}`` that an earlier evaluation saved there and this one
+    may keep: a cut one's ``partial``, else the finished ``eval.json`` beside it; the same settings (the
+    batch size aside: it changes no number) and the same models (source and weights); finished entries
+    only (``ok``, ``absent``), so a task that failed runs again. Tasks this evaluation does not name are
+    kept too."""
     from lizardlm.train.fingerprint import same_model
 
     if not partial.exists():
@@ -301,7 +303,7 @@ def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | N
         saved = json.loads(partial.read_text(encoding="utf-8"))
         saved_settings, saved_models, saved_tasks = saved["meta"]["settings"], saved["models"], saved["tasks"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise LizardError(f"--resume: {partial} is not a readable partial evaluation ({err}); delete it to start over") from None
+        raise LizardError(f"--resume: {partial} is not a readable evaluation ({err}); delete it to start over") from None
     ours = _jsonable(results["meta"]["settings"])
     changed = sorted(k for k in ours.keys() | saved_settings.keys()
                      if k != "batch_size" and ours.get(k) != saved_settings.get(k))
