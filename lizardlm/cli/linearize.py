@@ -77,6 +77,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                   help="start from a finished run's Lizard parameters and LoRA adapter instead of the converted teacher "
+                   "and a fresh adapter, to train it on further data (--stage1-tokens 0: straight to stage 2); the "
+                   "teacher, the Lizard flags and the LoRA rank default to that run's, and must match it")
     p.add_argument("--merge", action="store_true", help="also write full merged weights to OUT/merged")
     p.add_argument("--baseline", choices=BASELINES, default=None,
                    help="teacher-lora: no conversion and no stage 1, the same stage-2 LoRA (data, tokens, targets, "
@@ -88,6 +92,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from lizardlm.train import linearize
     from lizardlm.train.distributed import is_main, shutdown
+    from lizardlm.train.rundir import init_settings
     from lizardlm.train.settings import settings_from_preset
 
     overrides = {
@@ -97,8 +102,14 @@ def run(args: argparse.Namespace) -> int:
                      "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "loss_chunk", "state_passing", "row_order",
                      "reset_at_documents")
     }
+    lizard = lizard_overrides(args)
+    if args.init_from is not None:  # that run's teacher, LoRA shape and layers where not given
+        inherited = init_settings(args.init_from)
+        lizard = {**inherited.pop("lizard"), **lizard}
+        overrides.update({k: v for k, v in inherited.items() if overrides.get(k) is None})
+        overrides["init_from"] = args.init_from
     try:
-        settings = settings_from_preset(args.preset, lizard=lizard_overrides(args), baseline=args.baseline,
+        settings = settings_from_preset(args.preset, lizard=lizard, baseline=args.baseline,
                                         softmax_select=softmax_select(args), **overrides)
     except ValueError as err:
         raise LizardError(str(err)) from None

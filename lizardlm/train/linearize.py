@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 import transformers
 from accelerate import Accelerator
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
 import lizardlm
 from lizardlm.convert import check_convertible, convert
 from lizardlm.data.packing import IGNORE_INDEX, PackedSplits, input_ids, inputs_and_labels
 from lizardlm.devices import pick_device
-from lizardlm.errors import LizardError, TrainingError
+from lizardlm.errors import CheckpointError, LizardError, TrainingError
 from lizardlm.layers import attention_transfer
 from lizardlm.progress import progress
 from lizardlm.train.activations import checkpoint_decoder_layers
@@ -34,7 +34,7 @@ from lizardlm.train.hybrid import even_layers, lizard_layer_ids, parse_select, w
 from lizardlm.train.lm_loss import chunked_target_nll
 from lizardlm.train.loop import MetricsLog, Stage, batch_at, run_stage
 from lizardlm.train.plots import plot_stage_losses
-from lizardlm.train.rundir import RunDir, load_run
+from lizardlm.train.rundir import RunDir, load_run, read_init
 from lizardlm.train.settings import TrainSettings
 from lizardlm.train.sharding import held_fraction, shard_model
 from lizardlm.train.state_passing import StatePassing, slot_probabilities
@@ -273,6 +273,11 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     lanes = {} if splits.train_follows is None else {"follows": splits.train_follows,
                                                         "starts_document": splits.train_starts_document}
     fingerprints["data"] = tensors_fingerprint({"train": splits.train, "val": splits.val, **lanes})
+    init = None  # (Lizard parameters, adapter tensors) of the run this one starts from, while it needs them
+    if settings.init_from is not None and (manifest is None or "stage2" not in manifest["completed"]):
+        lizard_init, adapter_init, fingerprints["init_from"] = read_init(settings.init_from, settings,
+                                                                         fingerprints["teacher"], teacher_ref["path"])
+        init = (lizard_init, adapter_init)
     if manifest is None:  # inputs are valid: only now does the run directory come into being
 
         def claim() -> None:
@@ -294,6 +299,7 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     else:  # every rank checks (the same manifest and fingerprints): all raise alike
         run.check_teacher(manifest, fingerprints["teacher"], teacher_ref["path"])
         run.check_data(manifest, fingerprints["data"], settings.data)
+        run.check_init(manifest, fingerprints.get("init_from"), settings.init_from)
         # same teacher and data (by fingerprint), maybe spelled otherwise; settings that may change, changed
         manifest["teacher"], manifest["settings"] = teacher_ref, settings.to_dict()
         manifest.setdefault("fingerprints", {}).update(fingerprints)
@@ -319,6 +325,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         with phase("converted"):
             model = convert(model, lizard_config)  # before sharding: it changes the model's class, as FSDP does
         lizard_params = dict(model.lizard_named_parameters())
+        if init is not None and "stage1" not in manifest["completed"]:
+            copy_params(lizard_params, init[0], settings.init_from)
     model.requires_grad_(False)
     if settings.fsdp:
         shard_model(model, lizard_params.values(), accelerator.device)
@@ -337,6 +345,12 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
                    target_modules=list(settings.lora_targets)),
     )
+    if init is not None:  # the adapter goes on from the run's (a resumed stage 2 then restores its checkpoint)
+        loaded = set_peft_model_state_dict(peft_model, init[1])
+        lora = {n for n, _ in peft_model.named_parameters() if "lora_" in n}
+        if loaded.unexpected_keys or lora & set(loaded.missing_keys):
+            raise CheckpointError(f"--init-from {settings.init_from}: its adapter does not fit this model "
+                                  f"(unexpected {sorted(loaded.unexpected_keys)[:3]}, missing {sorted(lora & set(loaded.missing_keys))[:3]})")
     for p in lizard_params.values():
         p.requires_grad_(settings.stage2_train_lizard)
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}

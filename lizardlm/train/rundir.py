@@ -177,6 +177,16 @@ class RunDir:
                 "numbers: restore the data, or start a new run"
             )
 
+    def check_init(self, manifest: dict[str, Any], fingerprint: str | None, path: str | None) -> None:
+        """CheckpointError unless the run this one started from (``init_from``) holds the weights it held
+        when this run started (checked while this run still reads them: ``fingerprint`` None skips it)."""
+        recorded = manifest.get("fingerprints", {}).get("init_from")
+        if fingerprint is not None and recorded is not None and fingerprint != recorded:
+            raise CheckpointError(
+                f"cannot resume {self.path}: the run it started from ({path}) holds other weights than when it "
+                "started; restore that run, or start a new one"
+            )
+
     def check_output(self, manifest: dict[str, Any], name: str, verify: bool = True) -> None:
         """CheckpointError unless stage output ``name`` exists and (``verify``) is the one this run wrote."""
         paths = self.outputs(name)
@@ -202,6 +212,54 @@ def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
     flat = {k: v for k, v in settings.items() if k != "lizard"}
     flat.update({f"lizard.{k}": v for k, v in LizardConfig.from_dict(settings.get("lizard", {})).to_dict().items()})
     return flat
+
+
+INIT_FREE = ("lizard.gate_init", "lizard.alpha_init", "lizard.decay_scale", "lizard.chunk_size", "lizard.backend")
+"""Lizard settings a run started from another (``init_from``) may give otherwise: initial values its
+weights replace, and how the layers run (not what they compute)."""
+INIT_SHAPE = ("lora_rank", "lora_alpha", "lora_targets")
+"""Settings of the LoRA adapter that a run started from another must share with it."""
+
+
+def init_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """What a run started from the run in ``path`` takes from it where not given: its teacher spec, LoRA
+    shape (:data:`INIT_SHAPE`) and Lizard settings (with the softmax layers ``even:K`` / ``auto:K`` chose)."""
+    run = RunDir(path)
+    manifest = run.read_manifest()
+    theirs = run.settings(manifest)
+    lizard = dict(theirs.lizard)
+    if theirs.softmax_select is not None:
+        lizard["softmax_layers"] = manifest.get("results", {}).get("softmax_layers", [])
+    return {"teacher": theirs.teacher, **{k: getattr(theirs, k) for k in INIT_SHAPE}, "lizard": lizard}
+
+
+def read_init(path: str | os.PathLike, settings: TrainSettings,
+              teacher: dict[str, Any], where: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    """The Lizard parameters and the LoRA adapter tensors (peft's names) of the finished run in ``path``
+    that a run with ``settings`` starts from (``init_from``), and their files' fingerprint;
+    CheckpointError unless that run finished stage 2, is not a baseline, was made from this teacher
+    (``teacher``: its fingerprint, loaded from ``where``), and has the same Lizard form (but
+    :data:`INIT_FREE`) and LoRA shape (:data:`INIT_SHAPE`)."""
+    run = RunDir(path)
+    manifest = run.read_manifest()
+    theirs = run.settings(manifest)
+    if theirs.baseline is not None:
+        raise CheckpointError(f"--init-from {run.path}: a {theirs.baseline} baseline has no Lizard layers to start from")
+    if "stage2" not in manifest.get("completed", []):
+        raise CheckpointError(f"--init-from {run.path}: its stage 2 has not finished; finish it first "
+                              f"(`lizardlm linearize --out {run.path} --resume` and its other flags)")
+    run.check_teacher(manifest, teacher, where)
+    ours_flat, theirs_flat = _flatten(settings.to_dict()), _flatten(theirs.to_dict())
+    if theirs.softmax_select is not None:  # the layers even:K / auto:K chose there
+        theirs_flat["lizard.softmax_layers"] = manifest["results"]["softmax_layers"]
+    differing = [f"{k}: {theirs_flat.get(k)!r} there, {ours_flat.get(k)!r} here" for k in sorted(set(ours_flat) | set(theirs_flat))
+                 if (k.startswith("lizard.") and k not in INIT_FREE or k in INIT_SHAPE) and ours_flat.get(k) != theirs_flat.get(k)]
+    if differing:
+        raise CheckpointError(f"--init-from {run.path}: its layers or adapter differ from this run's ({'; '.join(differing)})")
+    for name in ("lizard", "adapter"):
+        run.check_output(manifest, name)
+    files = (*run.outputs("lizard"), *run.outputs("adapter"))
+    return load_checked(run.lizard_weights)[0], load_checked(files[-1])[0], files_fingerprint(*files)
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -37,6 +37,10 @@ class TrainSettings:
     batch's targets / their count); ``"rows"`` takes each row's mean over its own targets, then the
     mean over the rows that have any, so a row of 40 answer tokens (``retrieval:...:loss=answers``)
     weighs as much as a row of 2,047 text tokens and a mixture's data shares are its loss shares.
+    ``init_from`` (a finished run directory) starts the Lizard parameters and the LoRA adapter from
+    that run's instead of the converted teacher's and a fresh adapter, to train a linearized model on
+    further data (``stage1_tokens=0`` goes straight to stage 2); the run must have this run's teacher,
+    Lizard settings and LoRA shape (:func:`lizardlm.train.rundir.read_init`).
     ``state_passing`` (0: off) is the probability that a stage-2 row starts from the linear memory the
     previous batch's row in its slot left (:mod:`lizardlm.train.state_passing`): training rows with a
     long history behind them, for length generalisation; with contiguous rows of a ``mix:``, a list of
@@ -81,6 +85,7 @@ class TrainSettings:
     state_passing: float | list[float] = 0.0
     row_order: str = "shuffled"
     reset_at_documents: bool = False
+    init_from: str | None = None
     lizard: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -123,6 +128,9 @@ class TrainSettings:
         self._check_state_passing()
         if self.passes_state and self.baseline is not None:
             raise ValueError(f"state-passing needs Lizard layers; the {self.baseline} baseline has none")
+        if self.init_from is not None and (self.baseline is not None or self.softmax_select is not None):
+            raise ValueError("init-from starts from a run's Lizard layers: it takes no baseline, and the softmax "
+                             "layers as a list (--softmax-layers 3,7), not chosen again")
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
         if self.softmax_select is not None:
