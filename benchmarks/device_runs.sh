@@ -9,6 +9,10 @@
 #                                              go on with a cut evaluation, or add tasks to it (eval --resume keeps
 #                                              the earlier calls' tasks); DS: at decay scale S (run NAME@decayS)
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
+#   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
+#                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
+#                                              unpacked on a warm machine, so a later call need not carry them
+#                                              beside a run (a run started from another: INIT below)
 #   bash benchmarks/device_runs.sh check       the device checks of the prefill work and the prefill benchmark
 #                                              (no teacher, no data, no staging: carry [".whl"] and the Triton cache)
 #   bash benchmarks/device_runs.sh bench       batch generation (serve.py) and decoding of both forms (decode.py)
@@ -41,11 +45,14 @@ if [ "${1:-}" = bench ]; then
   triton_cache save
   exit 0
 fi
-source benchmarks/device_stage.sh env
 R=/tmp/lizard-runs
+if [ "${1:-}" = stage ]; then
+  mkdir -p $R && rm -rf $R/$NAME && cp -r .stage/runs/$NAME $R/ && ls $R; exit 0
+fi
+source benchmarks/device_stage.sh env
 COMMON="--window-size 128 --gate-init 0.9999 --stage2-train-lizard --write-gate head --feature-dim 256"
 PASSKEYS="retrieval:loss=answers:template=varied:count=4300"
-S1=1048576 S2=16777216 MODE=lizard
+S1=1048576 S2=16777216 MODE=lizard INIT=
 case "${NAME:-}" in
   mixr2k)       DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; FLAGS="--loss-average rows $COMMON" ;;
   mixr2k-sp)    DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; FLAGS="--loss-average rows $COMMON --state-passing 0.9" ;;
@@ -60,6 +67,9 @@ case "${NAME:-}" in
   mixr2k-bookmix) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.5"  # books in the mix, rows shuffled:
                 FLAGS="--loss-average rows $COMMON" ;;  # do the books or the contiguous lanes stop the lookup?
   mixr2k-bookmix-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"; FLAGS="--loss-average rows $COMMON" ;;
+  seed1-bookmix) INIT=mixr2k-seed1 S1=0 S2=4194304  # mixr2k-seed1 (the lookup learned) read on 4M tokens with books in
+                DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.5"  # the mix: the long ppl back, the lookup kept?
+                FLAGS="--loss-average rows --stage2-train-lizard --init-from $R/mixr2k-seed1" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
                 FLAGS="--loss-average rows $COMMON --state-passing 0.9,0 --row-order contiguous" ;;
   mixr2k-long)  # + 16K passkey documents read in order, 8 rows each, from an empty memory at each document
@@ -76,9 +86,11 @@ case "${NAME:-}" in
   *) echo "device_runs.sh: unknown NAME=${NAME:-} (see the case list in this file)" >&2; exit 2 ;;
 esac
 mkdir -p $R
-if [ ! -d $R/$NAME ] && [ -f .stage/runs/$NAME/summary.json ]; then  # a run trained on an earlier machine
-  mkdir -p $R/$NAME && cp -r .stage/runs/$NAME/. $R/$NAME/
-fi
+for run in $NAME $INIT; do  # a run trained on an earlier machine, or the run this one starts from
+  if [ ! -d $R/$run ] && [ -f .stage/runs/$run/summary.json ]; then
+    mkdir -p $R/$run && cp -r .stage/runs/$run/. $R/$run/
+  fi
+done
 
 save() {
   local pack=/tmp/pack-$NAME
