@@ -90,6 +90,11 @@ class LizardConfig:
             ``s = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(k)`` in the state and the
             normaliser alike, so a token can write more or less than another
             (:class:`~lizardlm.layers.gate.StrengthGate`).
+        write_contrast: ``c``, the write gate's logits times ``c`` when the model runs,
+            ``s = 2 sigmoid(c (x W + b))``; ``c > 1`` widens the gap between what the tokens write
+            (what the gate keeps nearer 2, filler nearer 0), for prompts longer than training, where
+            the filler's mass drowns a needle (an inference knob: 1 = as trained;
+            :meth:`set_write_contrast` changes it on a loaded model).
         read_gate: ``none``, or ``head`` (shared form only) = a learned read strength per token and
             query head, ``r = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(q)``, so a token can
             turn to the linear memory more or less than another.
@@ -113,6 +118,7 @@ class LizardConfig:
     gate_init: float = 0.995
     decay_scale: float = 1.0
     write_gate: StrengthKind | None = None
+    write_contrast: float = 1.0
     read_gate: StrengthKind | None = None
     alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
@@ -150,6 +156,10 @@ class LizardConfig:
             raise ValueError(f"gate_init must lie in (0, 1), got {self.gate_init}")
         if isinstance(self.decay_scale, bool) or not (self.decay_scale > 0 and math.isfinite(self.decay_scale)):
             raise ValueError(f"decay_scale must be a finite number > 0, got {self.decay_scale}")
+        if isinstance(self.write_contrast, bool) or not (self.write_contrast > 0 and math.isfinite(self.write_contrast)):
+            raise ValueError(f"write_contrast must be a finite number > 0, got {self.write_contrast}")
+        if self.write_contrast != 1.0 and self.write_gate == "none":
+            raise ValueError("write_contrast sharpens the write gate: it needs write_gate 'head'")
         if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):
             raise ValueError(f"gate_temperature must be a finite number > 0, got {self.gate_temperature}")
         if not math.isfinite(self.alpha_init):

@@ -295,22 +295,28 @@ def test_cli_checks_paths_before_loading(flag, model_dir, tmp_path, capsys, monk
     assert err.startswith("lizardlm: error:") and len(err.strip().splitlines()) == 1
 
 
-def test_cli_decay_scale_on_a_lizard_model_and_refused_elsewhere(model_dir, tmp_path, capsys):
+def test_cli_decay_scale_and_write_contrast_on_a_lizard_model_and_refused_elsewhere(model_dir, tmp_path, capsys):
     import lizardlm
     from lizardlm.cli import main
 
     tok = tiny_tokenizer()
-    lizard_dir = tmp_path / "lizard"
-    lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).save_pretrained(lizard_dir)
-    tok.save_pretrained(lizard_dir)
+    lizard_dir, write_dir = tmp_path / "lizard", tmp_path / "write"
+    for path, write_gate in ((lizard_dir, "none"), (write_dir, "head")):
+        lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16, write_gate=write_gate)).save_pretrained(path)
+        tok.save_pretrained(path)
     argv = ["--tasks", "passkey", "--passkey-lengths", "128", "--passkey-trials", "1", "--no-progress", "--no-plots"]
     assert main(["eval", "--model", str(lizard_dir), "--decay-scale", "0.5", "--out", str(tmp_path / "a"), *argv]) == 0
     assert json.loads((tmp_path / "a" / "eval.json").read_text())["models"]["model"]["decay_scale"] == 0.5
     assert json.loads((lizard_dir / "config.json").read_text())["lizard"]["decay_scale"] == 1.0  # the saved model untouched
+    assert main(["eval", "--model", str(write_dir), "--write-contrast", "2", "--out", str(tmp_path / "w"), *argv]) == 0
+    assert json.loads((tmp_path / "w" / "eval.json").read_text())["models"]["model"]["write_contrast"] == 2.0
     capsys.readouterr()
-    for model, scale, says in ((model_dir, "0.5", "is not a Lizard model (it has no decay to scale)"),
-                               (lizard_dir, "0", "decay_scale must be a finite number > 0, got 0.0")):
-        assert main(["eval", "--model", str(model), "--decay-scale", scale, "--out", str(tmp_path / "b"), *argv]) == 2
+    for model, knob, says in ((model_dir, ["--decay-scale", "0.5"], "is not a Lizard model (it has no decay to scale)"),
+                              (lizard_dir, ["--decay-scale", "0"], "decay_scale must be a finite number > 0, got 0.0"),
+                              (model_dir, ["--write-contrast", "2"], "is not a Lizard model (it has no write gate)"),
+                              (lizard_dir, ["--write-contrast", "2"], "write_contrast sharpens the write gate: it needs "
+                                                                      "write_gate 'head'")):
+        assert main(["eval", "--model", str(model), *knob, "--out", str(tmp_path / "b"), *argv]) == 2
         assert says in capsys.readouterr().err.strip().splitlines()[-1]
     # generate takes it too: after --convert, a converted teacher has a decay to scale
     gen = ["generate", "--prompt", "Hello", "--max-new-tokens", "2", "--raw", "--decay-scale", "0.5"]

@@ -28,14 +28,16 @@ def small(gate: str, combine: str) -> LizardConfig:
 
 @pytest.mark.parametrize("kind", GATES)
 def test_every_gate_starts_at_gate_init(kind):
-    """Zero input (and zero keys): decay a0 exactly; random inputs: near a0 (pooled_key reads k)."""
+    """Zero input (and zero keys): decay a0 exactly; random inputs: near a0 (pooled_key reads k: its decay
+    moves by about 0.005 per unit of the pooled key, 0.15 a standard deviation here)."""
+    torch.manual_seed(0)
     gate = DecayGate(kind, hidden_size=16, num_heads=6, num_kv_heads=2, temperature=16.0, init=0.995)
     heads = 1 if kind == "token" else 6
     g0 = gate(torch.zeros(2, 5, 16), torch.zeros(2, 2, 5, 4))
     assert g0.shape == (2, heads, 5)
     torch.testing.assert_close(g0.exp(), torch.full_like(g0, 0.995))
     g = gate(torch.randn(2, 5, 16), 0.3 * torch.randn(2, 2, 5, 4))
-    assert bool((g <= 0).all()) and bool((g.exp() - 0.995).abs().max() < 2e-3)
+    assert bool((g <= 0).all()) and bool((g.exp() - 0.995).abs().max() < 4e-3)
 
 
 def test_gate_equations():
@@ -181,6 +183,56 @@ def test_strength_gates_scale_what_each_token_writes_or_reads(gate):
             name, expected = "fq", layer.feature_map_q(q) * layer.beta.exp()[:, None, None] * s[..., None]
     assert bool(((s > 0) & (s < 2)).all()) and float((s - 1).abs().max()) > 1e-3
     torch.testing.assert_close(seen[name], expected)
+
+
+@pytest.mark.parametrize("combine", FORMS)
+def test_write_contrast_sharpens_the_write_gate_and_is_a_config_it_saves(combine, tmp_path):
+    """``set_write_contrast(c)``: the op sees ``phi(k) * 2 sigmoid(c (x W + b))`` (float64 reference); the
+    same as the weights built with ``write_contrast=c``; decodes token by token like the full forward;
+    survives save/load; refused without a write gate or out of range, changing nothing."""
+    torch.manual_seed(0)
+    config = LizardConfig(combine=combine, write_gate="head", window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8)
+    model = lizard_model("llama", config).double()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.write_gate.proj.weight.normal_(0, 0.3)
+            layer.self_attn.write_gate.proj.bias.normal_()
+    layer = model.model.layers[0].self_attn
+    seen, hidden = {}, {}
+    layer.capture = lambda _, inputs: seen.update(inputs)
+    layer.register_forward_pre_hook(lambda _, args, kwargs: hidden.update(x=kwargs["hidden_states"]), with_kwargs=True)
+    ids = torch.randint(0, 97, (2, 23))
+    with torch.no_grad():
+        before = model(ids, use_cache=False).logits
+    model.set_write_contrast(3.0)
+    assert model.lizard_config.write_contrast == 3.0
+    with torch.no_grad():
+        after = model(ids, use_cache=False).logits
+        x = hidden["x"]
+        B, T, _ = x.shape
+        proj = layer.write_gate.proj
+        s = 2 * torch.sigmoid(3.0 * (x @ proj.weight.T + proj.bias)).transpose(1, 2)
+        k = layer.k_proj(x).view(B, T, layer.num_kv_heads, layer.head_dim).transpose(1, 2)
+        torch.testing.assert_close(seen["fk"], layer.feature_map_k(k) * s[..., None])
+    assert float(s.min()) < 0.1 and float(s.max()) > 1.9  # pushed out towards 0 and 2
+    assert (after - before).abs().max() > 1e-3
+    built = lizard_model("llama", LizardConfig(**{**config.to_dict(), "write_contrast": 3.0})).double()
+    built.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(built(ids, use_cache=False).logits, after, rtol=0, atol=0)
+    step, _ = decode_token_by_token(model, ids, prefill=7)
+    torch.testing.assert_close(step, after, atol=1e-6, rtol=1e-5)  # the gates run in float32
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert loaded.lizard_config.write_contrast == 3.0
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, use_cache=False).logits, after, rtol=0, atol=0)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="write_contrast must be a finite number > 0"):
+            model.set_write_contrast(bad)
+    assert model.lizard_config.write_contrast == 3.0
+    with pytest.raises(ValueError, match="write_contrast sharpens the write gate: it needs write_gate 'head'"):
+        lizard_model("llama", small("scalar", combine)).set_write_contrast(2.0)
 
 
 @pytest.mark.parametrize("gate, combine", STRENGTHS)

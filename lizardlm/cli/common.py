@@ -140,24 +140,30 @@ def lizard_config_from_args(args: argparse.Namespace) -> LizardConfig:
         raise LizardError(str(err)) from None
 
 
-def add_decay_scale_argument(p: argparse.ArgumentParser) -> None:
-    """``--decay-scale S`` of the commands that run a model (``eval``, ``generate``)."""
+def add_inference_knobs(p: argparse.ArgumentParser) -> None:
+    """``--decay-scale S`` and ``--write-contrast C`` of the commands that run a model (``eval``, ``generate``)."""
     p.add_argument("--decay-scale", type=float, default=None, metavar="S",
                    help="a Lizard model's log-decays times S (S < 1 stretches every half-life by 1/S, for prompts "
                    "longer than training; default: as saved, 1 unless set)")
+    p.add_argument("--write-contrast", type=float, default=None, metavar="C",
+                   help="a Lizard model's write-gate logits times C (C > 1 widens the gap between what the tokens "
+                   "write, for prompts longer than training; needs a write gate; default: as saved, 1 unless set)")
 
 
-def set_decay_scale(model, scale: float | None, spec: str) -> None:
-    """``--decay-scale``: :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale` (nothing
-    when not given), or a one-line error for a model without Lizard layers or a scale out of range."""
+def set_inference_knobs(model, args: argparse.Namespace, spec: str) -> None:
+    """``--decay-scale`` / ``--write-contrast``: :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale`
+    / ``set_write_contrast`` (nothing for those not given), or a one-line error for a model without Lizard
+    layers (or write gate) or a value out of range."""
     from lizardlm.errors import LizardError
     from lizardlm.models.modeling import is_lizard_model
 
-    if scale is None:
-        return
-    if not is_lizard_model(model):
-        raise LizardError(f"--decay-scale: {spec} is not a Lizard model (it has no decay to scale)")
-    try:
-        model.set_decay_scale(scale)
-    except ValueError as err:
-        raise LizardError(f"--decay-scale: {err}") from None
+    for flag, value, setter, what in (("--decay-scale", args.decay_scale, "set_decay_scale", "decay to scale"),
+                                      ("--write-contrast", args.write_contrast, "set_write_contrast", "write gate")):
+        if value is None:
+            continue
+        if not is_lizard_model(model):
+            raise LizardError(f"{flag}: {spec} is not a Lizard model (it has no {what})")
+        try:
+            getattr(model, setter)(value)
+        except ValueError as err:
+            raise LizardError(f"{flag}: {err}") from None

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import add_decay_scale_argument, positive_int, set_decay_scale
+from lizardlm.cli.common import add_inference_knobs, positive_int, set_inference_knobs
 from lizardlm.errors import CheckpointError, DataError, LizardError
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
@@ -117,7 +117,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--position-len", type=positive_int, default=4096, help="window length for perplexity vs position")
     p.add_argument("--position-bucket", type=positive_int, default=256, help="bucket size for perplexity vs position")
     p.add_argument("--position-windows", type=positive_int, default=4, help="windows averaged for perplexity vs position")
-    add_decay_scale_argument(p)
+    add_inference_knobs(p)
     p.add_argument("--resume", action="store_true",
                    help="keep the tasks an earlier evaluation in OUT finished (a cut one's eval.partial.json, written "
                    "after every task, else eval.json; the same settings and weights), run the rest, and keep its "
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     name = "student" if args.teacher else "model"
     print(f"loading {name} {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model_for_eval(args.model, device=args.device, dtype=dtype)
-    set_decay_scale(model, args.decay_scale, args.model)
+    set_inference_knobs(model, args, args.model)
     if tokenizer is None:
         if "teacher" not in models:
             raise CheckpointError(f"{args.model} has no tokenizer; give --teacher to use the teacher's")

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 from lizardlm.cli.common import (
-    add_decay_scale_argument,
+    add_inference_knobs,
     add_lizard_arguments,
     lizard_config_from_args,
     non_negative_float,
     positive_int,
     probability,
     seed,
-    set_decay_scale,
+    set_inference_knobs,
 )
 from lizardlm.errors import CheckpointError, LizardError
 
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay each decoding step as one CUDA graph (Lizard models without softmax layers, --device cuda)")
     add_lizard_arguments(p)
-    add_decay_scale_argument(p)
+    add_inference_knobs(p)
     p.set_defaults(func=run)
 
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = lizardlm.load_any(args.model, device=pick_device(args.device))
     if args.convert and not is_lizard_model(model):
         model = lizardlm.convert(model, lizard_config_from_args(args))
-    set_decay_scale(model, args.decay_scale, args.model)
+    set_inference_knobs(model, args, args.model)
     if tokenizer is None:
         raise CheckpointError(f"{args.model} has no tokenizer to encode the prompt with: save one next to the model (tokenizer.save_pretrained)")
     if args.prompts is not None:

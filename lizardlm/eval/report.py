@@ -241,6 +241,7 @@ def _model_info(model: Any, source: str | None = None) -> dict:
     cfg = getattr(model, "config", None)
     if isinstance(getattr(cfg, "lizard", None), dict):
         info["decay_scale"] = cfg.lizard.get("decay_scale", 1.0)
+        info["write_contrast"] = cfg.lizard.get("write_contrast", 1.0)
     for k in ("model_type", "max_position_embeddings", "num_hidden_layers", "hidden_size", "_name_or_path"):
         v = getattr(cfg, k, None)
         if isinstance(v, (str, int, float)) and v != "":
@@ -310,7 +311,8 @@ def _kept_entries(partial: Path, results: dict,
     for name, info in results["models"].items():
         theirs = saved_models.get(name, {})
         fp, saved_fp = fingerprints.get(name), theirs.get("fingerprint")
-        if theirs.get("source") != info.get("source") or theirs.get("decay_scale") != info.get("decay_scale") or (
+        knobs = ("decay_scale", "write_contrast")  # a file from before write_contrast: 1 there
+        if theirs.get("source") != info.get("source") or any(theirs.get(k, 1.0) != info.get(k, 1.0) for k in knobs) or (
                 (fp is None) != (saved_fp is None)) or (fp is not None and not same_model(fp, saved_fp)):
             changed.append(f"model {name}")
     if changed:

@@ -91,7 +91,7 @@ class LizardAttention(nn.Module):
             lizard.gate, config.hidden_size, self.num_heads, self.num_kv_heads, lizard.gate_temperature,
             lizard.gate_init, lizard.decay_scale,
         ).to(**factory)
-        self.write_gate = (StrengthGate(config.hidden_size, self.num_kv_heads).to(**factory)
+        self.write_gate = (StrengthGate(config.hidden_size, self.num_kv_heads, lizard.write_contrast).to(**factory)
                            if lizard.write_gate == "head" else None)
         self.read_gate = StrengthGate(config.hidden_size, self.num_heads).to(**factory) if lizard.read_gate == "head" else None
         m = lizard.num_meta_tokens

@@ -27,6 +27,8 @@ token writes the same mass into the state and its normaliser, and one needle amo
 can hold at most its similarity advantage over 1/n of the read-out; with it a token can write almost
 nothing (filler) or twice the default (a fact worth keeping), the role Mamba's step size ``dt``
 plays for its input. It does not touch the decay, so what is written stays as long as before.
+At inference its logits may be multiplied by a contrast ``c`` (``LizardConfig.write_contrast``, 1 unless
+set): ``s = 2 sigmoid(c (x W + b))`` keeps each token's side of 1 and pushes it further out.
 
 The read gate (shared form) scales what a token reads: ``phi_q(q_t) -> r_t phi_q(q_t)`` with
 ``r_{t,h} = 2 sigmoid(x_t . W_h + b_h)`` per query head, 1 at start. In the shared normaliser
@@ -109,13 +111,15 @@ class DecayGate(nn.Module):
 
 
 class StrengthGate(nn.Module):
-    """Strengths ``s = 2 sigmoid(x W + b)`` ``(B, heads, T)`` in (0, 2), one per token and head
-    (``proj``: hidden -> heads, zero at start so ``s = 1``): the write gate (key/value heads, scaling
-    ``phi_k``) and the read gate (query heads, scaling ``phi_q``); see the module docstring."""
+    """Strengths ``s = 2 sigmoid(contrast (x W + b))`` ``(B, heads, T)`` in (0, 2), one per token and
+    head (``proj``: hidden -> heads, zero at start so ``s = 1``; ``contrast`` 1 but at inference): the
+    write gate (key/value heads, scaling ``phi_k``) and the read gate (query heads, scaling ``phi_q``);
+    see the module docstring."""
 
-    def __init__(self, hidden_size: int, heads: int) -> None:
+    def __init__(self, hidden_size: int, heads: int, contrast: float = 1.0) -> None:
         super().__init__()
         self.proj = nn.Linear(hidden_size, heads)
+        self.contrast = contrast
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -124,4 +128,5 @@ class StrengthGate(nn.Module):
             self.proj.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (2.0 * torch.sigmoid(self.proj(x).float())).transpose(1, 2)
+        logits = self.proj(x).float()
+        return (2.0 * torch.sigmoid(logits if self.contrast == 1.0 else logits * self.contrast)).transpose(1, 2)

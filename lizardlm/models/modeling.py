@@ -62,6 +62,16 @@ class LizardModelMixin:
             if isinstance(module, LizardAttention) and module.gate is not None:
                 module.gate.scale = float(scale)
 
+    def set_write_contrast(self, contrast: float) -> None:
+        """Multiply every layer's write-gate logits by ``contrast`` from now on
+        (``LizardConfig.write_contrast``, recorded in the config, so a saved model keeps it): ``contrast
+        > 1`` widens the gap between what the tokens write, for prompts longer than training; 1 is the
+        model as trained. ValueError for a model without a write gate."""
+        self.config.lizard = LizardConfig.from_dict({**self.config.lizard, "write_contrast": contrast}).to_dict()
+        for module in self.modules():
+            if isinstance(module, LizardAttention) and module.write_gate is not None:
+                module.write_gate.contrast = float(contrast)
+
     def lizard_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """The parameters Lizard adds (feature maps, gates, meta memory, beta), with their names."""
         for prefix, module in self.named_modules():

@@ -214,7 +214,8 @@ def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-INIT_FREE = ("lizard.gate_init", "lizard.alpha_init", "lizard.decay_scale", "lizard.chunk_size", "lizard.backend")
+INIT_FREE = ("lizard.gate_init", "lizard.alpha_init", "lizard.decay_scale", "lizard.write_contrast", "lizard.chunk_size",
+             "lizard.backend")
 """Lizard settings a run started from another (``init_from``) may give otherwise: initial values its
 weights replace, and how the layers run (not what they compute)."""
 INIT_SHAPE = ("lora_rank", "lora_alpha", "lora_targets")
