@@ -5,9 +5,10 @@
 # with its weights: several do not fit the 64 MiB carry beside the data) and runs one of
 #
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
-#   NAME=<run> [DL=seconds] [TASKS=a,b] [DS=S] bash benchmarks/device_runs.sh eval
+#   NAME=<run> [DL=seconds] [TASKS=a,b] [DS=S] [WC=C] bash benchmarks/device_runs.sh eval
 #                                              go on with a cut evaluation, or add tasks to it (eval --resume keeps
-#                                              the earlier calls' tasks); DS: at decay scale S (run NAME@decayS)
+#                                              the earlier calls' tasks); DS: at decay scale S (run NAME@decayS),
+#                                              WC: at write contrast C (NAME@writeC)
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
 #                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
@@ -105,7 +106,7 @@ save() {
 drive() {
   python3 benchmarks/passkey_gpu.py --out $OUT --runs $R --name $NAME --mode $MODE --data "$DATA" \
     --stage1-tokens $S1 --stage2-tokens $S2 --seq-len 2048 --flags "$FLAGS" --deadline ${DL:-560} \
-    ${TASKS:+--tasks $TASKS} ${DS:+--decay-scale $DS} "$@"
+    ${TASKS:+--tasks $TASKS} ${DS:+--decay-scale $DS} ${WC:+--write-contrast $WC} "$@"
 }
 
 case "${1:-}" in

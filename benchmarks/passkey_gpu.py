@@ -30,7 +30,8 @@ merges result files of runs made at once in separate processes (each with its ow
 ``<out>/passkey-<device>.json``, and ``--add-eval RUN=EVAL_JSON`` joins a later ``lizardlm eval`` of a
 run (e.g. at 32K, in another call) to its numbers; ``--heatmap RUN=A.json,B.json`` draws that run's heat
 maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a trained run with every
-log-decay times S as run ``NAME@decayS`` (an ``--eval-only`` record takes the run's training settings
+log-decay times S as run ``NAME@decayS`` (``--write-contrast C``: ``NAME@writeC``, the write gate's logits
+times C; both: ``NAME@decayS@writeC``) (an ``--eval-only`` record takes the run's training settings
 from ``passkey_gpu-training.json`` in its run directory, and ``--combine`` from run ``NAME``),
 and a combined result holding such runs gets ``passkey-<device>-decay-scale.png`` (accuracy by length
 per scale). ``--quick`` is a CPU smoke run on tiny
@@ -95,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decay-scale", type=float, default=None, metavar="S",
                    help="evaluate with every log-decay times S (`lizardlm eval --decay-scale`): the result is run "
                         "NAME@decayS, evaluated into <run>/eval-decayS (with --eval-only: the trained run's weights)")
+    p.add_argument("--write-contrast", type=float, default=None, metavar="C",
+                   help="evaluate with the write gate's logits times C (`lizardlm eval --write-contrast`): run NAME@writeC, "
+                        "into <run>/eval-writeC")
     p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
     p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS[|DATA]",
                    help="a run of its own (repeat: all at once, one process each); FLAGS as in --flags")
@@ -110,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.name = args.name or args.mode
-    args.label = args.name if args.decay_scale is None else f"{args.name}@decay{args.decay_scale:g}"
+    args.label = args.name + "".join(f"@{tag}{value:g}" for tag, value in knobs(args))
     args.device = "cpu" if args.quick else "cuda"
     return args
 
@@ -127,8 +131,14 @@ def linearize_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def eval_dir(args: argparse.Namespace, run_dir: Path) -> Path:
-    """Where the run's evaluation goes: ``eval``, or ``eval-decayS`` for an evaluation at a decay scale."""
-    return run_dir / ("eval" if args.decay_scale is None else f"eval-decay{args.decay_scale:g}")
+    """Where the run's evaluation goes: ``eval``, or ``eval-decayS`` / ``eval-writeC`` / ``eval-decayS-writeC``
+    for an evaluation at a decay scale and/or write contrast."""
+    return run_dir / "-".join(["eval", *(f"{tag}{value:g}" for tag, value in knobs(args))])
+
+
+def knobs(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """The inference knobs given: ``[("decay", S), ("write", C)]``, those set, in this order."""
+    return [(tag, value) for tag, value in (("decay", args.decay_scale), ("write", args.write_contrast)) if value is not None]
 
 
 def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -138,6 +148,7 @@ def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     cmd = [sys.executable, "-m", "lizardlm", "eval", "--model", str(run_dir), "--tasks", args.tasks,
            "--device", args.device, "--out", str(eval_dir(args, run_dir)), "--no-progress", "--batch-size", batch]
     cmd += ["--decay-scale", f"{args.decay_scale:g}"] if args.decay_scale is not None else []
+    cmd += ["--write-contrast", f"{args.write_contrast:g}"] if args.write_contrast is not None else []
     cmd += ["--teacher", args.teacher] if args.with_teacher else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--resume"] if args.eval_only else []  # an earlier call's evaluation, cut by its deadline, goes on
@@ -241,14 +252,14 @@ def with_training(entry: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
 
 
 def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
-    """Merge result JSONs (later runs win; a ``NAME@decayS`` evaluation takes the training record of run
+    """Merge result JSONs (later runs win; a ``NAME@decayS`` / ``NAME@writeC`` evaluation takes the training record of run
     ``NAME`` where one is merged), then join each ``RUN=EVAL_JSON`` of ``added``."""
     result: dict[str, Any] = {}
     for f in files:
         merge(result, json.loads(f.read_text()))
     runs = result.get("runs", {})
     for label, entry in runs.items():
-        base = label.partition("@decay")[0]
+        base = label.partition("@")[0]
         if base != label and base in runs:
             runs[label] = with_training(entry, runs[base])
     for item in added:
@@ -266,7 +277,8 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
 def decay_plot(result: dict[str, Any], path: Path) -> str | None:
     """Passkey accuracy (solid) and the first digit's (dashed) by length, one line per ``NAME@decayS``
     evaluation, when the result holds any: how stretching the half-lives at inference carries retrieval."""
-    labels = sorted((n for n in result.get("passkey", {}) if "@decay" in n and isinstance(result["passkey"][n], dict)),
+    labels = sorted((n for n in result.get("passkey", {}) if "@decay" in n and "@write" not in n
+                     and isinstance(result["passkey"][n], dict)),
                     key=lambda n: (n.partition("@decay")[0], -float(n.partition("@decay")[2])))
     if not labels:
         return None
@@ -384,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                              **{k: getattr(args, k) for k in FULL}}
     if args.decay_scale is not None:
         entry["decay_scale"] = args.decay_scale
+    if args.write_contrast is not None:
+        entry["write_contrast"] = args.write_contrast
     record = run_dir / TRAINING_RECORD
     if args.eval_only:  # this evaluation's settings over the run's record as trained (its own file, --merge)
         trained = json.loads(record.read_text()) if record.exists() else {}

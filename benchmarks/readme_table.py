@@ -572,20 +572,30 @@ def eval_tasks(d: dict, names: list[str]) -> str:
     return ",".join(tasks) or d["eval_tasks"]
 
 
+KNOBS = (("decay_scale", "--decay-scale", "decay", "S"), ("write_contrast", "--write-contrast", "write", "C"))
+"""The inference knobs an evaluation of a trained run may set (``NAME@decayS``, ``NAME@writeC``): record key,
+flag, label tag, letter."""
+
+
 def run_lines(runs: dict[str, dict]) -> list[str]:
     """```name` = `--mode M --data D FLAGS``` per run, with a mixture's trained shares where recorded; the
-    evaluations of one run at several decay scales (``NAME@decayS``) share one line that names their scales."""
+    evaluations of one run at several decay scales or write contrasts (``NAME@decayS``, ``NAME@writeC``)
+    share one line per set of knobs that names their values."""
     training = {n: f"`--mode {r['mode']} --data {r['data']}" + (f" {r['flags']}" if r["flags"] else "") + "`"
                 + (" (trained on " + ", ".join(f"{share:.1%} {spec}" for spec, share in r["train_shares"].items())
                    + " of the rows)" if r.get("train_shares") else "")
                 for n, r in runs.items()}
-    scales: dict[tuple[str, str], list[str]] = {}
+    tuned: dict[tuple[str, str, tuple], list[str]] = {}
     for n, r in runs.items():
-        if "decay_scale" in r:
-            scales.setdefault((n.partition("@decay")[0], training[n]), []).append(f"{r['decay_scale']:g}")
-    lines = [f"`{n}` = {training[n]}" for n, r in runs.items() if "decay_scale" not in r]
-    for (base, train), values in scales.items():
-        lines.append(f"`{base}@decayS` = {train}, evaluated with `--decay-scale S` for S = {', '.join(values)}")
+        knobs = tuple(k for k in KNOBS if k[0] in r)
+        if knobs:
+            tuned.setdefault((n.partition("@")[0], training[n], knobs), []).append(", ".join(f"{r[k[0]]:g}" for k in knobs))
+    lines = [f"`{n}` = {training[n]}" for n, r in runs.items() if not any(k[0] in r for k in KNOBS)]
+    for (base, train, knobs), values in tuned.items():
+        label = base + "".join(f"@{tag}{letter}" for _, _, tag, letter in knobs)
+        given = " and ".join(f"`{flag} {letter}`" for _, flag, _, letter in knobs)
+        apart = ", " if len(knobs) == 1 else "; "  # one knob: S = 0.25, 0.5; two: S, C = 0.25, 2; 0.5, 2
+        lines.append(f"`{label}` = {train}, evaluated with {given} for {', '.join(k[3] for k in knobs)} = {apart.join(values)}")
     return lines
 
 

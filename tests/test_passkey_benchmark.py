@@ -328,6 +328,31 @@ def test_an_evaluation_at_a_decay_scale_is_a_run_of_its_own(tmp_path, monkeypatc
         "evaluated with `--decay-scale S` for S = 0.5" in table
 
 
+def test_an_evaluation_at_a_write_contrast_and_a_decay_scale_is_named_by_both(tmp_path):
+    """``--write-contrast C`` (with or without ``--decay-scale S``) names the run ``NAME@writeC`` /
+    ``NAME@decayS@writeC``, evaluates into ``eval-writeC`` / ``eval-decayS-writeC`` with both flags, and
+    the README runs line names both knobs and their values."""
+    import readme_table
+
+    both = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a", "--eval-only",
+                                   "--decay-scale", "0.5", "--write-contrast", "2"])
+    assert both.label == "a@decay0.5@write2"
+    cmd = passkey_gpu.eval_command(both, tmp_path / "a")
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "a" / "eval-decay0.5-write2")
+    assert cmd[cmd.index("--decay-scale") + 1] == "0.5" and cmd[cmd.index("--write-contrast") + 1] == "2"
+    write = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a", "--write-contrast", "2"])
+    assert write.label == "a@write2" and passkey_gpu.eval_dir(write, tmp_path).name == "eval-write2"
+    assert "--decay-scale" not in passkey_gpu.eval_command(write, tmp_path)
+    train = {"mode": "lizard", "data": "retrieval", "flags": ""}
+    lines = readme_table.run_lines({"a": train, "a@write2": {**train, "write_contrast": 2.0},
+                                    "a@write4": {**train, "write_contrast": 4.0},
+                                    "a@decay0.5@write2": {**train, "decay_scale": 0.5, "write_contrast": 2.0}})
+    assert lines == ["`a` = `--mode lizard --data retrieval`",
+                     "`a@writeC` = `--mode lizard --data retrieval`, evaluated with `--write-contrast C` for C = 2, 4",
+                     "`a@decayS@writeC` = `--mode lizard --data retrieval`, evaluated with `--decay-scale S` and "
+                     "`--write-contrast C` for S, C = 0.5, 2"]
+
+
 def test_combine_gives_a_decay_scale_evaluation_its_runs_training_record(tmp_path):
     """A ``NAME@decayS`` part made by ``--eval-only`` in another call (this script's default data and flags
     in its record) takes run ``NAME``'s training settings when both are combined; its own evaluation stays."""
