@@ -347,10 +347,10 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
     )
     if init is not None:  # the adapter goes on from the run's (a resumed stage 2 then restores its checkpoint)
         loaded = set_peft_model_state_dict(peft_model, init[1])
-        lora = {n for n, _ in peft_model.named_parameters() if "lora_" in n}
-        if loaded.unexpected_keys or lora & set(loaded.missing_keys):
+        missing = sorted({n for n, _ in peft_model.named_parameters() if "lora_" in n} & set(loaded.missing_keys))
+        if loaded.unexpected_keys or missing:
             raise CheckpointError(f"--init-from {settings.init_from}: its adapter does not fit this model "
-                                  f"(unexpected {sorted(loaded.unexpected_keys)[:3]}, missing {sorted(lora & set(loaded.missing_keys))[:3]})")
+                                  f"(unexpected {sorted(loaded.unexpected_keys)[:3]}, missing {missing[:3]})")
     for p in lizard_params.values():
         p.requires_grad_(settings.stage2_train_lizard)
     trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}

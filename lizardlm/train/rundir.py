@@ -228,10 +228,15 @@ def init_settings(path: str | os.PathLike) -> dict[str, Any]:
     run = RunDir(path)
     manifest = run.read_manifest()
     theirs = run.settings(manifest)
-    lizard = dict(theirs.lizard)
-    if theirs.softmax_select is not None:
+    return {"teacher": theirs.teacher, **{k: getattr(theirs, k) for k in INIT_SHAPE}, "lizard": _lizard_of(theirs, manifest)}
+
+
+def _lizard_of(settings: TrainSettings, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A run's Lizard settings, with the softmax layers that ``even:K`` / ``auto:K`` chose."""
+    lizard = dict(settings.lizard)
+    if settings.softmax_select is not None:
         lizard["softmax_layers"] = manifest.get("results", {}).get("softmax_layers", [])
-    return {"teacher": theirs.teacher, **{k: getattr(theirs, k) for k in INIT_SHAPE}, "lizard": lizard}
+    return lizard
 
 
 def read_init(path: str | os.PathLike, settings: TrainSettings,
@@ -250,13 +255,13 @@ def read_init(path: str | os.PathLike, settings: TrainSettings,
         raise CheckpointError(f"--init-from {run.path}: its stage 2 has not finished; finish it first "
                               f"(`lizardlm linearize --out {run.path} --resume` and its other flags)")
     run.check_teacher(manifest, teacher, where)
-    ours_flat, theirs_flat = _flatten(settings.to_dict()), _flatten(theirs.to_dict())
-    if theirs.softmax_select is not None:  # the layers even:K / auto:K chose there
-        theirs_flat["lizard.softmax_layers"] = manifest["results"]["softmax_layers"]
-    differing = [f"{k}: {theirs_flat.get(k)!r} there, {ours_flat.get(k)!r} here" for k in sorted(set(ours_flat) | set(theirs_flat))
-                 if (k.startswith("lizard.") and k not in INIT_FREE or k in INIT_SHAPE) and ours_flat.get(k) != theirs_flat.get(k)]
+    ours, there = _flatten(settings.to_dict()), _flatten({**theirs.to_dict(), "lizard": _lizard_of(theirs, manifest)})
+    shared = sorted(k for k in set(ours) | set(there)
+                    if k.startswith("lizard.") and k not in INIT_FREE or k in INIT_SHAPE)
+    differing = [f"{k}: {there.get(k)!r} there, {ours.get(k)!r} here" for k in shared if ours.get(k) != there.get(k)]
     if differing:
-        raise CheckpointError(f"--init-from {run.path}: its layers or adapter differ from this run's ({'; '.join(differing)})")
+        raise CheckpointError(f"--init-from {run.path}: its layers or adapter differ from this run's "
+                              f"({'; '.join(differing)})")
     for name in ("lizard", "adapter"):
         run.check_output(manifest, name)
     files = (*run.outputs("lizard"), *run.outputs("adapter"))
