@@ -114,24 +114,33 @@ def test_a_models_decay_scale_is_a_config_it_saves_and_decodes_with(combine, tmp
     with torch.no_grad():
         before = model(ids, use_cache=False).logits
     model.set_decay_scale(0.25)
-    assert model.lizard_config.decay_scale == 0.25
-    built = lizard_model("llama", LizardConfig(**{**small("scalar", combine).to_dict(), "decay_scale": 0.25}))
+    with torch.no_grad():
+        after = model(ids, use_cache=False).logits
+    assert (after - before).abs().max() > 1e-3
+    check_inference_knob(model, ids, after, "decay_scale", 0.25, tmp_path, tol=1e-4)
+
+
+def check_inference_knob(model, ids, after, name: str, value: float, tmp_path, tol: float) -> None:
+    """``model`` after ``set_<name>(value)`` gave ``after``: the same as its weights built with ``name=value``;
+    token-by-token decoding agrees (to ``tol``); save/load keeps it; values <= 0 or infinite are refused and
+    change nothing."""
+    setter = getattr(model, "set_" + name)
+    assert getattr(model.lizard_config, name) == value
+    built = lizard_model("llama", LizardConfig(**{**model.lizard_config.to_dict(), name: value})).to(after.dtype)
     built.load_state_dict(model.state_dict())
     with torch.no_grad():
-        after, rebuilt = model(ids, use_cache=False).logits, built(ids, use_cache=False).logits
-    torch.testing.assert_close(rebuilt, after, rtol=0, atol=0)
-    assert (after - before).abs().max() > 1e-3
+        torch.testing.assert_close(built(ids, use_cache=False).logits, after, rtol=0, atol=0)
     step, _ = decode_token_by_token(model, ids, prefill=7)
-    torch.testing.assert_close(step, after, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(step, after, atol=tol, rtol=tol)
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path).eval()
-    assert loaded.lizard_config.decay_scale == 0.25
+    assert getattr(loaded.lizard_config, name) == value
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, use_cache=False).logits, after, rtol=0, atol=0)
     for bad in (0.0, -1.0, float("inf")):
-        with pytest.raises(ValueError, match="decay_scale must be a finite number > 0"):
-            model.set_decay_scale(bad)
-    assert model.lizard_config.decay_scale == 0.25  # a refused scale changes nothing
+        with pytest.raises(ValueError, match=f"{name} must be a finite number > 0"):
+            setter(bad)
+    assert getattr(model.lizard_config, name) == value  # a refused value changes nothing
 
 
 STRENGTHS = [("write_gate", "shared"), ("write_gate", "sum"), ("read_gate", "shared")]
@@ -216,21 +225,7 @@ def test_write_contrast_sharpens_the_write_gate_and_is_a_config_it_saves(combine
         torch.testing.assert_close(seen["fk"], layer.feature_map_k(k) * s[..., None])
     assert float(s.min()) < 0.1 and float(s.max()) > 1.9  # pushed out towards 0 and 2
     assert (after - before).abs().max() > 1e-3
-    built = lizard_model("llama", LizardConfig(**{**config.to_dict(), "write_contrast": 3.0})).double()
-    built.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(built(ids, use_cache=False).logits, after, rtol=0, atol=0)
-    step, _ = decode_token_by_token(model, ids, prefill=7)
-    torch.testing.assert_close(step, after, atol=1e-6, rtol=1e-5)  # the gates run in float32
-    model.save_pretrained(tmp_path)
-    loaded = type(model).from_pretrained(tmp_path).eval()
-    assert loaded.lizard_config.write_contrast == 3.0
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, use_cache=False).logits, after, rtol=0, atol=0)
-    for bad in (0.0, -1.0, float("inf")):
-        with pytest.raises(ValueError, match="write_contrast must be a finite number > 0"):
-            model.set_write_contrast(bad)
-    assert model.lizard_config.write_contrast == 3.0
+    check_inference_knob(model, ids, after, "write_contrast", 3.0, tmp_path, tol=1e-5)  # the gates run in float32
     with pytest.raises(ValueError, match="write_contrast sharpens the write gate: it needs write_gate 'head'"):
         lizard_model("llama", small("scalar", combine)).set_write_contrast(2.0)
 

@@ -11,17 +11,10 @@ from lizardlm.cli import main as cli_main
 from lizardlm.errors import CheckpointError
 from lizardlm.train import TrainSettings, linearize, load_run
 from lizardlm.train.checkpoint import load_checked
+from test_pipeline import settings
 
-LIZARD = {"window_size": 8, "feature_dim": 8, "num_meta_tokens": 2, "chunk_size": 8}
-
-
-def settings(teacher_dir, data_file, **kw) -> TrainSettings:
-    base = dict(
-        teacher=str(teacher_dir), data=str(data_file), seq_len=32, batch_size=4, stage1_tokens=32 * 4 * 20,
-        stage2_tokens=32 * 4 * 12, val_tokens=32 * 8, stage1_lr=2e-2, stage2_lr=3e-3, checkpoint_every=5,
-        device="cpu", lizard=LIZARD,
-    )
-    return TrainSettings(**{**base, **kw})
+LARGEST = 32 * 4 * 30
+"""test_pipeline's settings: stage 1's tokens, the larger budget, which sets how the data split into rows."""
 
 
 @pytest.fixture
@@ -44,7 +37,7 @@ def test_a_run_started_from_another_holds_its_weights_then_trains_on(tmp_path, t
     run_a, summary_a = first
     still = tmp_path / "still"
     # as many tokens as the first run's largest stage, so that its data splits into the same rows
-    summary = linearize(settings(teacher_dir, data_file, init_from=str(run_a), stage1_tokens=0, stage2_tokens=32 * 4 * 20,
+    summary = linearize(settings(teacher_dir, data_file, init_from=str(run_a), stage1_tokens=0, stage2_tokens=LARGEST,
                                  stage2_lr=1e-12), still)
     assert summary["stage1_val_loss"] == summary_a["stage1_val_loss"]  # the same layers on the same rows
     assert summary["student_val_loss"] == pytest.approx(summary_a["student_val_loss"], abs=1e-6)
