@@ -53,6 +53,7 @@ import torch
 import transformers
 
 from linearize_gpu import run, share_cpus
+from readme_table import KNOBS
 from result_names import device_slug
 from study_rows import MC_TASKS
 
@@ -137,8 +138,9 @@ def eval_dir(args: argparse.Namespace, run_dir: Path) -> Path:
 
 
 def knobs(args: argparse.Namespace) -> list[tuple[str, float]]:
-    """The inference knobs given: ``[("decay", S), ("write", C)]``, those set, in this order."""
-    return [(tag, value) for tag, value in (("decay", args.decay_scale), ("write", args.write_contrast)) if value is not None]
+    """The inference knobs given (:data:`readme_table.KNOBS`, whose tables read the labels made of them):
+    ``[("decay", S), ("write", C)]``, those set, in this order."""
+    return [(tag, getattr(args, key)) for key, _, tag, _ in KNOBS if getattr(args, key) is not None]
 
 
 def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:

@@ -797,7 +797,7 @@ def glance() -> str:
         fmt = lambda v: " / ".join(f"{v[str(L)]:.2f}" if str(L) in v else "–" for L in lengths)  # noqa: E731
         teacher_path, td = found
         rows.append(f"| passkey retrieval after training mixed with Alpaca-cleaned, exact match at "
-                    f"{' / '.join(f'{L // 1024}K' for L in lengths)} tokens (the best of "
+                    f"{' / '.join(kib(L) for L in lengths)} tokens (the best of "
                     f"{len({m[2] for m in mixed})} such runs) | `{best}` {fmt(runs)}; "
                     f"teacher {fmt(td['passkey']['teacher'])}" + (" (trained to 8K)" if td["teacher"] == "smollm2-135m" else "")
                     + f" | {_device(d)} (`{path.name}`); teacher {_device(td)} (`{teacher_path.name}`) |")

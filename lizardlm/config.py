@@ -36,6 +36,9 @@ MODE_FORMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 MODES: tuple[str, ...] = tuple(MODE_FORMS)
 
+INFERENCE_KNOBS = ("decay_scale", "write_contrast")
+"""The :class:`LizardConfig` fields that change how a trained model runs, not its weights (1 = as trained)."""
+
 ALPHA_INIT = 0.25
 """Initial alpha of the ``sum`` form (the paper does not state it): the lowest attention-transfer MSE
 after a short stage 1 of 0, 0.1, 0.25, 0.5, 1 (``benchmarks/stage1_sweep.py --name alpha-init``, docs/method.md)."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from lizardlm.config import INFERENCE_KNOBS
 from lizardlm.errors import DataError, LizardError
 from lizardlm.eval._utils import resolve_batch_size
 from lizardlm.eval.data import DataAbsentError, is_sample, read_text, resolve_data_dir, text_corpus_path
@@ -240,8 +241,7 @@ def _model_info(model: Any, source: str | None = None) -> dict:
         pass
     cfg = getattr(model, "config", None)
     if isinstance(getattr(cfg, "lizard", None), dict):
-        info["decay_scale"] = cfg.lizard.get("decay_scale", 1.0)
-        info["write_contrast"] = cfg.lizard.get("write_contrast", 1.0)
+        info.update({k: cfg.lizard.get(k, 1.0) for k in INFERENCE_KNOBS})
     for k in ("model_type", "max_position_embeddings", "num_hidden_layers", "hidden_size", "_name_or_path"):
         v = getattr(cfg, k, None)
         if isinstance(v, (str, int, float)) and v != "":
@@ -311,8 +311,8 @@ def _kept_entries(partial: Path, results: dict,
     for name, info in results["models"].items():
         theirs = saved_models.get(name, {})
         fp, saved_fp = fingerprints.get(name), theirs.get("fingerprint")
-        knobs = ("decay_scale", "write_contrast")  # a file from before write_contrast: 1 there
-        if theirs.get("source") != info.get("source") or any(theirs.get(k, 1.0) != info.get(k, 1.0) for k in knobs) or (
+        knobs_differ = any(theirs.get(k, 1.0) != info.get(k, 1.0) for k in INFERENCE_KNOBS)  # a file from before a knob: 1
+        if theirs.get("source") != info.get("source") or knobs_differ or (
                 (fp is None) != (saved_fp is None)) or (fp is not None and not same_model(fp, saved_fp)):
             changed.append(f"model {name}")
     if changed:
@@ -367,6 +367,10 @@ def evaluate(
     timings: dict[str, dict[str, float]] = {}
     results["meta"]["seconds"] = timings
     partial = Path(partial) if partial is not None else None
+
+    def note_kept(name: str, label: str) -> None:  # in meta: what this evaluation took from ``source``
+        results["meta"].setdefault("kept", {"from": str(source)}).setdefault(name, []).append(label)
+
     if partial is not None:
         from lizardlm.train.checkpoint import atomic_write_text
 
@@ -381,7 +385,7 @@ def evaluate(
             results["meta"]["tasks"] = list(results["tasks"])
             for task, per in earlier.items():
                 for name in per:
-                    results["meta"].setdefault("kept", {"from": str(source)}).setdefault(name, []).append(task)
+                    note_kept(name, task)
     else:
         kept = {}
     t_start = time.perf_counter()
@@ -398,7 +402,7 @@ def evaluate(
                 for t in names:
                     results["tasks"][t][name] = kept[t][name]
                 _say(cfg, f"[{name}] {label}: kept from {source}")
-                results["meta"].setdefault("kept", {"from": str(source)}).setdefault(name, []).append(label)
+                note_kept(name, label)
                 continue
             t0 = time.perf_counter()
             _say(cfg, f"[{name}] {label} ...")

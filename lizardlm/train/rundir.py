@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lizardlm.config import INFERENCE_KNOBS
 from lizardlm.errors import CheckpointError
 from lizardlm.train.checkpoint import atomic_write_text, copy_params, load_checked, writing
 from lizardlm.train.fingerprint import files_fingerprint, same_model
@@ -214,8 +215,8 @@ def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-INIT_FREE = ("lizard.gate_init", "lizard.alpha_init", "lizard.decay_scale", "lizard.write_contrast", "lizard.chunk_size",
-             "lizard.backend")
+INIT_FREE = ("lizard.gate_init", "lizard.alpha_init", "lizard.chunk_size", "lizard.backend",
+             *(f"lizard.{k}" for k in INFERENCE_KNOBS))
 """Lizard settings a run started from another (``init_from``) may give otherwise: initial values its
 weights replace, and how the layers run (not what they compute)."""
 INIT_SHAPE = ("lora_rank", "lora_alpha", "lora_targets")
