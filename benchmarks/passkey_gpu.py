@@ -33,8 +33,8 @@ maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a train
 log-decay times S as run ``NAME@decayS`` (``--write-contrast C``: ``NAME@writeC``, the write gate's logits
 times C; both: ``NAME@decayS@writeC``) (an ``--eval-only`` record takes the run's training settings
 from ``passkey_gpu-training.json`` in its run directory, and ``--combine`` from run ``NAME``),
-and a combined result holding such runs gets ``passkey-<device>-decay-scale.png`` (accuracy by length
-per scale). ``--quick`` is a CPU smoke run on tiny
+and a combined result holding such runs gets ``passkey-<device>-knobs.png`` (accuracy by length
+per setting, beside the run as trained). ``--quick`` is a CPU smoke run on tiny
 budgets (any ``--teacher``, e.g. a small local model).
 """
 
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -272,17 +273,19 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
     out = out_dir / f"passkey-{device_slug(result['device'])}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    decay_plot(result, out.with_name(f"{out.stem}-decay-scale.png"))
+    knob_plot(result, out.with_name(f"{out.stem}-knobs.png"))
     return out
 
 
-def decay_plot(result: dict[str, Any], path: Path) -> str | None:
-    """Passkey accuracy (solid) and the first digit's (dashed) by length, one line per ``NAME@decayS``
-    evaluation, when the result holds any: how stretching the half-lives at inference carries retrieval."""
-    labels = sorted((n for n in result.get("passkey", {}) if "@decay" in n and "@write" not in n
-                     and isinstance(result["passkey"][n], dict)),
-                    key=lambda n: (n.partition("@decay")[0], -float(n.partition("@decay")[2])))
-    if not labels:
+def knob_plot(result: dict[str, Any], path: Path) -> str | None:
+    """Passkey accuracy (solid) and the first digit's (dashed) by length, one line per evaluation at
+    inference knobs (``NAME@decayS``, ``NAME@writeC``, both) beside run ``NAME`` as trained where the
+    result holds it: what stretching the half-lives and sharpening the write gate do to retrieval."""
+    passkey = {n: v for n, v in result.get("passkey", {}).items() if isinstance(v, dict)}
+    tuned = [n for n in passkey if "@" in n]
+    labels = sorted({n.partition("@")[0] for n in tuned if n.partition("@")[0] in passkey} | set(tuned),
+                    key=lambda n: (n.partition("@")[0], -knob_value(n, "decay"), knob_value(n, "write")))
+    if not tuned:
         return None
     import matplotlib
 
@@ -298,18 +301,25 @@ def decay_plot(result: dict[str, Any], path: Path) -> str | None:
                 xs = sorted(by_len)
                 ax.plot(xs, [by_len[x] for x in xs], style, color=color, label=n if section == "passkey" else None)
     ax.set_xscale("log", base=2)
-    ticks = sorted({int(L) for n in labels for L in result["passkey"][n]})
+    ticks = sorted({int(L) for n in labels for L in passkey[n]})
     ax.set_xticks(ticks, [f"{L // 1024}K" if L >= 1024 else str(L) for L in ticks])
     ax.set_xlabel("prompt length (tokens)")
     ax.set_ylabel("passkey accuracy (dashed: first digit)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"passkey by decay scale at inference ({result.get('device', '')})")
+    ax.set_title(f"passkey by inference knobs: decay scale, write contrast ({result.get('device', '')})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
+
+
+def knob_value(label: str, tag: str) -> float:
+    """The value a run label gives knob ``tag``: ``knob_value("r@decay0.5@write2", "write") == 2.0``; 1 (the
+    trained model) where the label does not set it."""
+    found = re.search(rf"@{tag}([0-9.]+)", label)
+    return float(found.group(1)) if found else 1.0
 
 
 def heatmaps(out_dir: Path, item: str) -> list[str]:

@@ -789,18 +789,28 @@ def glance() -> str:
                     f"{b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens | "
                     f"{'; '.join(cells)} | {_device(d)} (`{path.name}`) |")
     mixed = [(p, d, n, v) for p in sorted(RESULTS.glob("passkey-*.json")) for d in [json.loads(p.read_text())]
-             for n, v in d["passkey"].items() if "@" not in n and isinstance(v, dict) and n in d["runs"]
+             for n, v in d["passkey"].items() if isinstance(v, dict) and n in d["runs"]
              and "alpaca-cleaned" in d["runs"][n]["data"] and "retrieval" in d["runs"][n]["data"]]
-    if mixed and (found := _load("passkey-mix-nvidia-h200.json")):  # the teacher's numbers
-        path, d, best, runs = max(mixed, key=lambda m: sum(m[3].values()) / len(m[3]))
+    trained = [m for m in mixed if "@" not in m[2]]
+    if trained and (found := _load("passkey-mix-nvidia-h200.json")):  # the teacher's numbers
+        mean = lambda m: sum(m[3].values()) / len(m[3])  # noqa: E731
+        path, d, best, runs = max(trained, key=mean)
         lengths = sorted(int(L) for L in runs)
         fmt = lambda v: " / ".join(f"{v[str(L)]:.2f}" if str(L) in v else "–" for L in lengths)  # noqa: E731
         teacher_path, td = found
+        cells = [f"`{best}` {fmt(runs)} ({_device(d)}, `{path.name}`)"]
+        if tuned := [m for m in mixed if "@" in m[2]]:
+            knob_path, kd, knob_best, knob_runs = max(tuned, key=mean)
+            knobs = ", ".join(f"`{flag} {kd['runs'][knob_best][key]:g}`" for key, flag, _, _ in KNOBS
+                              if key in kd["runs"][knob_best])
+            cells.append(f"with inference knobs, `{knob_best}` ({knobs}) {fmt(knob_runs)} ({_device(kd)}, `{knob_path.name}`; "
+                         f"the best of {len({m[2] for m in tuned})} evaluations at knobs, chosen on these prompts)")
+        cells.append(f"teacher {fmt(td['passkey']['teacher'])}" + (" (trained to 8K)" if td["teacher"] == "smollm2-135m" else "")
+                     + f" ({_device(td)}, `{teacher_path.name}`)")
+        devices = " / ".join(sorted({_device(d), _device(td)} | ({_device(kd)} if tuned else set())))
         rows.append(f"| passkey retrieval after training mixed with Alpaca-cleaned, exact match at "
                     f"{' / '.join(kib(L) for L in lengths)} tokens (the best of "
-                    f"{len({m[2] for m in mixed})} such runs) | `{best}` {fmt(runs)}; "
-                    f"teacher {fmt(td['passkey']['teacher'])}" + (" (trained to 8K)" if td["teacher"] == "smollm2-135m" else "")
-                    + f" | {_device(d)} (`{path.name}`); teacher {_device(td)} (`{teacher_path.name}`) |")
+                    f"{len({m[2] for m in trained})} such runs) | " + "; ".join(cells) + f" | {devices} (each cell names its file) |")
     if found := _load("decode-nvidia-*.json"):
         path, d = found
         ok = {n: [r for r in rows_ if r["status"] == "ok"] for n, rows_ in d["results"].items()}
@@ -840,7 +850,7 @@ RENDERERS = (
 """Each result file's table, by the first pattern its name matches, in this order in ``docs/results.md``."""
 
 README_FILES = ("attention-nvidia-h200.json", "scale-graphs-*.json", "paper-preset-*.json", "passkey-mix-*.json",
-                "passkey-seed1-long-*.json", "prefill-nvidia-*.json", "decode-nvidia-*.json", "serve-nvidia-*.json", "cpu-demo-*.json")
+                "passkey-contrast-*.json", "prefill-nvidia-*.json", "decode-nvidia-*.json", "serve-nvidia-*.json", "cpu-demo-*.json")
 """The result files whose tables the README shows after :func:`glance`; ``docs/results.md`` shows every file's."""
 
 

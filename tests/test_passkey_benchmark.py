@@ -371,7 +371,14 @@ def test_combine_gives_a_decay_scale_evaluation_its_runs_training_record(tmp_pat
     assert (run["data"], run["flags"], run["stage2_tokens"]) == ("retrieval", "--feature-dim 256", 8)
     assert run["linearize_command"] == "python -m lizardlm linearize" and run["decay_scale"] == 0.25
     assert run["status"] == "done" and run["eval_command"].endswith("--decay-scale 0.25")
-    assert (tmp_path / "out" / "passkey-nvidia-h200-decay-scale.png").stat().st_size > 0
+    assert (tmp_path / "out" / "passkey-nvidia-h200-knobs.png").stat().st_size > 0
+
+
+def test_knob_value_reads_each_knob_of_a_label_and_1_where_it_is_unset():
+    assert passkey_gpu.knob_value("r@decay0.25@write2", "decay") == 0.25
+    assert passkey_gpu.knob_value("r@decay0.25@write2", "write") == 2.0
+    assert passkey_gpu.knob_value("r@write1.5", "decay") == 1.0 and passkey_gpu.knob_value("r@write1.5", "write") == 1.5
+    assert passkey_gpu.knob_value("mixr2k-seed1", "write") == 1.0
 
 
 def test_the_runs_line_names_one_runs_decay_scales_once():
