@@ -10,6 +10,9 @@
 #                                              the earlier calls' tasks); DS: at decay scale S (run NAME@decayS),
 #                                              WC: at write contrast C (NAME@writeC)
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
+#   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] bash benchmarks/device_runs.sh tune
+#                                              `lizardlm tune`: the inference knobs chosen on prompts of seed 1
+#                                              (the evaluation's are seed 0), into $OUT/tune-<run>/
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
 #                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
 #                                              unpacked on a warm machine, so a later call need not carry them
@@ -114,5 +117,8 @@ case "${1:-}" in
   train) drive; save; triton_cache save ;;
   eval)  drive --eval-only; save; triton_cache save ;;
   zs)    drive --eval-only --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande; save; triton_cache save ;;
-  *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs" >&2; exit 2 ;;
+  tune)  python3 -m lizardlm tune --model $R/$NAME --lengths ${LENGTHS:-16384,32768} --device cuda --no-progress \
+           --decay-scales ${SCALES:-1,0.5,0.25} --write-contrasts ${CONTRASTS:-1,2,3} --trials 20 --out $OUT/tune-$NAME 2>&1 | tail -14
+         triton_cache save ;;
+  *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs|tune" >&2; exit 2 ;;
 esac

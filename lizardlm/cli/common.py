@@ -74,6 +74,36 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
+def sizes(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated whole numbers > 0, ``k`` for 1024 tokens (``16k,32768``: 16384, 32768)."""
+    try:
+        vals = tuple(int(x[:-1]) * 1024 if x.endswith("k") else int(x)
+                     for x in (x.strip().lower() for x in text.split(",")) if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated finite numbers > 0 (``1,0.5,0.25``)."""
+    vals = tuple(positive_float(x.strip()) for x in text.split(",") if x.strip())
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
+    return vals
+
+
+def batch_size(text: str) -> int | str:
+    """An argparse type: ``auto`` or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}") from None
+
+
 def softmax_layers(text: str) -> list[int] | str:
     """An argparse type: layer indices ``0,15``, or a selection ``even:K`` / ``auto:K`` (kept as text)."""
     if ":" not in text:

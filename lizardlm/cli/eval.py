@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import add_inference_knobs, positive_int, set_inference_knobs
+from lizardlm.cli.common import add_inference_knobs, batch_size, positive_int, set_inference_knobs, sizes
 from lizardlm.errors import CheckpointError, DataError, LizardError
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
@@ -31,26 +31,6 @@ TASKS_HELP = (
 LM_BACKENDS = ("fast", "hflm")  # lizardlm.eval.harness.LM_BACKENDS (not imported: the parser must load fast)
 CPU_PASSKEY_LENGTHS = "1024,2048"
 GPU_PASSKEY_LENGTHS = "1024,2048,4096,8192,16384,32768"
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x.strip().lower().replace("k", "000")) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
-
-
-def _batch_size(text: str) -> int | str:
-    """``auto`` or a whole number >= 1."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}") from None
 
 
 def _task_data(text: str) -> tuple[str, str]:
@@ -80,7 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $LIZARDLM_DATA_DIR, ../shared/data, ./shared/data)")
     p.add_argument("--task-data", type=_task_data, action="append", default=[], metavar="TASK=PATH",
                    help="a task's own directory or file, overriding <data-dir>/<task>/ (repeatable)")
-    p.add_argument("--batch-size", type=_batch_size, default="auto",
+    p.add_argument("--batch-size", type=batch_size, default="auto",
                    help="N or auto (default): multiple-choice batches fill a token and memory budget (--lm hflm: "
                    "lm-eval finds the largest batch that fits on CUDA, 16 on CPU); perplexity, MQAR, passkey and "
                    "RULER start at 16 on CUDA (4 on CPU) and split a batch that runs out of memory")
@@ -92,26 +72,26 @@ def add_parser(subparsers) -> None:
                    help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=positive_int, default=1024, help="perplexity window (tokens, non-overlapping)")
-    p.add_argument("--passkey-lengths", type=_int_list, default=None,
+    p.add_argument("--passkey-lengths", type=sizes, default=None,
                    help=f"comma-separated prompt lengths in tokens (default: {CPU_PASSKEY_LENGTHS} on cpu, {GPU_PASSKEY_LENGTHS} on cuda)")
     p.add_argument("--passkey-trials", type=positive_int, default=50, help="prompts per length (seeded keys)")
     p.add_argument("--passkey-depths", type=positive_int, default=10, help="needle depths the trials cycle through (0 to 1)")
     p.add_argument("--passkey-keys", type=positive_int, default=5,
                    help="numbered passkeys in each passkey_train prompt (the retrieval data's keys=; one is asked for)")
     p.add_argument("--chunk", type=positive_int, default=2048, help="prefill chunk: long inputs run through the model's cache")
-    p.add_argument("--ruler-lengths", type=_int_list, default=(1024, 2048), help="RULER prompt lengths (e.g. 4k,8k,16k,32k)")
+    p.add_argument("--ruler-lengths", type=sizes, default=(1024, 2048), help="RULER prompt lengths (e.g. 4k,8k,16k,32k)")
     p.add_argument("--ruler-trials", type=positive_int, default=20, help="prompts per RULER task and length")
     p.add_argument("--longppl-len", type=positive_int, default=32768, help="window of the long-document perplexity")
     p.add_argument("--longppl-windows", type=positive_int, default=4, help="held-out books averaged")
     p.add_argument("--longppl-context", type=positive_int, default=None,
                    help="predict each position from at most this many tokens (sliding windows): a fixed-context "
                         "reference, e.g. the teacher within its training length, for how hard each stretch of the books is")
-    p.add_argument("--diagnostics-lengths", type=_int_list, default=(1024,), help="passkey prompt lengths of the diagnostics")
+    p.add_argument("--diagnostics-lengths", type=sizes, default=(1024,), help="passkey prompt lengths of the diagnostics")
     p.add_argument("--diagnostics-trials", type=positive_int, default=8, help="passkey prompts per diagnostics length")
     p.add_argument("--passkey-time-budget", type=float, default=None,
                    help="seconds per passkey length; longer lengths estimated to exceed it are skipped (default: 900 on cpu)")
-    p.add_argument("--mqar-pairs", type=_int_list, default=(2, 4, 8, 16, 32), help="numbers of key-value pairs")
-    p.add_argument("--mqar-lengths", type=_int_list, default=(128, 256, 512, 1024), help="sequence lengths (8 pairs + filler)")
+    p.add_argument("--mqar-pairs", type=sizes, default=(2, 4, 8, 16, 32), help="numbers of key-value pairs")
+    p.add_argument("--mqar-lengths", type=sizes, default=(128, 256, 512, 1024), help="sequence lengths (8 pairs + filler)")
     p.add_argument("--mqar-samples", type=positive_int, default=20, help="prompts per MQAR setting")
     p.add_argument("--mqar-format", default="lines", choices=["lines", "zoology"])
     p.add_argument("--position-len", type=positive_int, default=4096, help="window length for perplexity vs position")
@@ -146,7 +126,7 @@ def check_paths(args: argparse.Namespace, out_dir: Path) -> None:
     """Before any model loads: explicit data paths exist, and the output directory can be written."""
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise DataError(f"--data-dir {args.data_dir}: no such directory")
-    for task, path in args.task_data:
+    for task, path in getattr(args, "task_data", ()):
         if not Path(path).expanduser().exists():
             raise DataError(f"--task-data {task}={path}: no such file or directory")
     try:
@@ -174,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     on_gpu = args.device == "cuda"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         args.dtype or ("bfloat16" if on_gpu else "float32")]
-    passkey_lengths = args.passkey_lengths or _int_list(GPU_PASSKEY_LENGTHS if on_gpu else CPU_PASSKEY_LENGTHS)
+    passkey_lengths = args.passkey_lengths or sizes(GPU_PASSKEY_LENGTHS if on_gpu else CPU_PASSKEY_LENGTHS)
     budget = args.passkey_time_budget if args.passkey_time_budget is not None else (None if on_gpu else 900.0)
     out_dir = Path(args.out) if args.out else default_out_dir(args.model)
     check_paths(args, out_dir)

@@ -144,7 +144,7 @@ def _run_mqar(model, tok, cfg: EvalConfig) -> dict:
     return out
 
 
-def _held_out_books(cfg: EvalConfig) -> list:
+def held_out_books(cfg: EvalConfig) -> list:
     """The held-out tenth of the long-docs books (never retrieval training filler)."""
     from lizardlm.data.sources import held_out_split, load_documents
 
@@ -162,7 +162,7 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
     if template == "train":
         from lizardlm.data.retrieval import FillerPool
 
-        filler = FillerPool(_held_out_books(cfg), tok)
+        filler = FillerPool(held_out_books(cfg), tok)
     r = passkey_eval(model, tok, lengths=cfg.passkey_lengths, trials=_capped(cfg.passkey_trials, cfg.limit),
                      seed=cfg.seed, time_budget_s=cfg.passkey_time_budget_s, progress=cfg.progress,
                      depths=cfg.passkey_depths, batch_size=resolve_batch_size(cfg.batch_size, model),
@@ -203,7 +203,7 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
     from lizardlm.eval.longppl import longppl_eval
     from lizardlm.eval._utils import free_memory, is_oom
 
-    books = [doc.text for doc in _held_out_books(cfg)]
+    books = [doc.text for doc in held_out_books(cfg)]
     try:
         r = longppl_eval(model, tok, books, seq_len=cfg.longppl_len, max_windows=_capped(cfg.longppl_windows, cfg.limit),
                          chunk=cfg.chunk, progress_bar=cfg.progress, context=cfg.longppl_context)
@@ -723,6 +723,40 @@ def passkey_heatmap(details: dict, path: str | os.PathLike, title: str) -> str:
         ax.set_ylabel("needle depth")
         ax.set_title(f"{title}: {label}" if len(panels) > 1 else title)
         fig.colorbar(im, ax=ax, label="accuracy (%)")
+    return _save(fig, Path(path))
+
+
+def knob_heatmap(search: dict, path: str | os.PathLike) -> str:
+    """:func:`lizardlm.eval.knobs.tune_knobs`' grid as decay scale x write contrast heat maps of passkey
+    exact match, one per length and their mean, the chosen setting outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    scales = sorted({r["decay_scale"] for r in search["grid"]}, reverse=True)
+    contrasts = sorted({r["write_contrast"] for r in search["grid"]})
+    panels = [(str(L), f"{L // 1024}K" if L >= 1024 else str(L)) for L in search["lengths"]] + [("mean", "mean")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.4 + (0.9 + 0.6 * len(contrasts)) * len(panels), 1.6 + 0.5 * len(scales)),
+                             squeeze=False)
+    best = search["best"]
+    for ax, (key, label) in zip(axes[0], panels):
+        grid = np.full((len(scales), len(contrasts)), np.nan)
+        for r in search["grid"]:
+            grid[scales.index(r["decay_scale"]), contrasts.index(r["write_contrast"])] = (
+                r["mean_acc"] if key == "mean" else r["acc"][key])
+        ax.imshow(100 * grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, "" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+        i, j = scales.index(best["decay_scale"]), contrasts.index(best["write_contrast"])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+        ax.set_xticks(range(len(contrasts)), [f"{c:g}" for c in contrasts])
+        ax.set_yticks(range(len(scales)), [f"{s:g}" for s in scales])
+        ax.set_xlabel("write contrast C")
+        ax.set_ylabel("decay scale S")
+        ax.set_title(f"passkey @ {label}", fontsize=10)
     return _save(fig, Path(path))
 
 

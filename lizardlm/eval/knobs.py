@@ -1,0 +1,93 @@
+"""Choosing a Lizard model's inference knobs for prompts longer than training, on prompts the
+evaluation never scores.
+
+The knobs are ``decay_scale`` ``S`` (every log-decay times ``S``: ``a -> a^S``, half-lives times
+``1/S``) and ``write_contrast`` ``C`` (the write gate's logits times ``C``: ``s = 2 sigmoid(C z)``).
+Neither is trained, and the best values move with the prompt length, so they are searched: every
+``(S, C)`` of a grid scores passkey prompts at the lengths to be served, and the setting with the
+highest mean exact match over those lengths wins (ties: the lowest mean answer NLL, the teacher-forced
+loss of the right key, a finer signal than a few dozen exact matches; then the setting nearest
+``S = C = 1``, the model as trained). The prompts are drawn from ``seed``; the evaluation's passkey task draws from its own
+(``lizardlm eval --seed``, 0 by default), so a setting chosen here is scored there on keys it was not
+chosen on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from lizardlm.eval.passkey import passkey_eval
+
+DEFAULT_DECAY_SCALES = (1.0, 0.5, 0.25)
+DEFAULT_WRITE_CONTRASTS = (1.0, 2.0, 3.0)
+"""The grid when none is given (the write contrasts only for a model with a write gate): the values
+that mattered on the H100 (``benchmarks/results/passkey-contrast-nvidia-h100-80gb-hbm3.json``)."""
+
+
+def has_write_gate(model: Any) -> bool:
+    """Whether ``model``'s Lizard layers have a write gate (what ``write_contrast`` sharpens)."""
+    return model.lizard_config.write_gate != "none"
+
+
+def tune_knobs(
+    model: Any,
+    tokenizer: Any,
+    lengths: Sequence[int],
+    decay_scales: Sequence[float] | None = None,
+    write_contrasts: Sequence[float] | None = None,
+    **passkey: Any,
+) -> dict[str, Any]:
+    """Score every ``(decay_scale, write_contrast)`` of the grid with :func:`~lizardlm.eval.passkey.passkey_eval`
+    at ``lengths`` (``passkey``: its other arguments: trials, seed, depths, template, batch size ...) and
+    pick the best. ``decay_scales=None``: :data:`DEFAULT_DECAY_SCALES`; ``write_contrasts=None``:
+    :data:`DEFAULT_WRITE_CONTRASTS` with a write gate, else 1 alone. The model's own knobs are restored
+    afterwards.
+
+    Returns ``{"grid": [{"decay_scale", "write_contrast", "acc": {length: acc}, "first_digit_acc", "answer_nll",
+    "mean_acc", "mean_nll"}, ...], "best": {"decay_scale", "write_contrast", "mean_acc", "mean_nll"}, "lengths",
+    "trained": {"decay_scale", "write_contrast"}, "passkey": {its settings}}``.
+    ValueError for an empty grid, a value <= 0, or a contrast other than 1 without a write gate."""
+    gated = has_write_gate(model)
+    decay_scales = DEFAULT_DECAY_SCALES if decay_scales is None else decay_scales
+    if write_contrasts is None:
+        write_contrasts = DEFAULT_WRITE_CONTRASTS if gated else (1.0,)
+    if not decay_scales or not write_contrasts or not lengths:
+        raise ValueError("the grid needs at least one decay scale, one write contrast and one length")
+    if any(not (math.isfinite(v) and v > 0) for v in (*decay_scales, *write_contrasts)):
+        raise ValueError(f"decay scales and write contrasts are finite numbers > 0, got {list(decay_scales)} and {list(write_contrasts)}")
+    if not gated and any(c != 1 for c in write_contrasts):
+        raise ValueError("the model has no write gate, so its write contrast stays 1 (--write-contrasts 1)")
+    cfg = model.lizard_config
+    trained = {"decay_scale": cfg.decay_scale, "write_contrast": cfg.write_contrast}
+    grid = []
+    try:
+        for scale in decay_scales:
+            for contrast in write_contrasts:
+                model.set_decay_scale(scale)
+                if gated:
+                    model.set_write_contrast(contrast)
+                r = passkey_eval(model, tokenizer, lengths=lengths, **passkey)
+                grid.append(_row(scale, contrast, r["lengths"]))
+    finally:
+        model.set_decay_scale(trained["decay_scale"])
+        if gated:
+            model.set_write_contrast(trained["write_contrast"])
+    best = max(grid, key=lambda row: (row["mean_acc"], -(math.inf if row["mean_nll"] is None else row["mean_nll"]),
+                                      -abs(math.log(row["decay_scale"])) - abs(math.log(row["write_contrast"]))))
+    return {"grid": grid, "best": {k: best[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")},
+            "lengths": [int(L) for L in lengths], "trained": trained,
+            "passkey": {k: v for k, v in passkey.items() if k not in ("filler", "progress")}}
+
+
+def _row(scale: float, contrast: float, lengths: list[dict]) -> dict[str, Any]:
+    """One grid point from ``passkey_eval``'s per-length records. A length that did not run (skipped or
+    failed) scores 0 and has no NLL, and then neither has the mean: a setting must run every length to win."""
+    def per(key: str, missing: float | None) -> dict[str, float | None]:
+        return {str(rec["length"]): rec[key] if rec.get("n") else missing for rec in lengths}
+
+    acc, nll = per("acc", 0.0), per("answer_nll", None)
+    return {"decay_scale": scale, "write_contrast": contrast, "acc": acc,
+            "first_digit_acc": per("first_digit_acc", 0.0), "answer_nll": nll,
+            "mean_acc": sum(acc.values()) / len(acc),
+            "mean_nll": None if None in nll.values() else sum(nll.values()) / len(nll)}

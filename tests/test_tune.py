@@ -1,0 +1,132 @@
+"""``lizardlm tune`` and :func:`lizardlm.eval.knobs.tune_knobs`: every setting of the grid scored as
+:func:`~lizardlm.eval.passkey.passkey_eval` scores it alone, the choice the best of them, the model's own
+knobs left as they were, one-line refusals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
+from eval_stubs import tiny_llama, tiny_tokenizer  # noqa: E402
+
+import lizardlm  # noqa: E402
+from lizardlm.eval.knobs import tune_knobs  # noqa: E402
+from lizardlm.eval.passkey import passkey_eval  # noqa: E402
+
+
+def gated_model(write_gate: str = "head"):
+    """A converted tiny Llama whose write gates are random (at conversion they write 1 whatever the
+    contrast), with knobs of its own that the search must leave as they were."""
+    tok = tiny_tokenizer()
+    model = lizardlm.convert(tiny_llama(len(tok), seed=1), lizardlm.LizardConfig(window_size=16, write_gate=write_gate))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if layer.self_attn.write_gate is not None:
+                layer.self_attn.write_gate.proj.weight.normal_(0, 0.5)
+                layer.self_attn.write_gate.proj.bias.normal_()
+    model.set_decay_scale(0.8)
+    if write_gate != "none":
+        model.set_write_contrast(1.5)
+    return model.eval(), tok
+
+
+def test_each_setting_scores_what_passkey_eval_gives_it_alone_and_the_best_wins():
+    model, tok = gated_model()
+    settings = dict(trials=3, seed=5, depths=3, batch_size=2, progress=False)
+    search = tune_knobs(model, tok, (160, 224), decay_scales=(1.0, 0.25), write_contrasts=(1.0, 3.0), **settings)
+    assert (model.lizard_config.decay_scale, model.lizard_config.write_contrast) == (0.8, 1.5)  # restored
+    assert search["trained"] == {"decay_scale": 0.8, "write_contrast": 1.5}
+    assert [(r["decay_scale"], r["write_contrast"]) for r in search["grid"]] == [(1, 1), (1, 3), (0.25, 1), (0.25, 3)]
+    nlls = set()
+    for row in search["grid"]:
+        model.set_decay_scale(row["decay_scale"])
+        model.set_write_contrast(row["write_contrast"])
+        alone = {str(rec["length"]): rec for rec in passkey_eval(model, tok, lengths=(160, 224), **settings)["lengths"]}
+        assert row["acc"] == {L: rec["acc"] for L, rec in alone.items()}
+        assert row["answer_nll"] == {L: rec["answer_nll"] for L, rec in alone.items()}
+        assert row["mean_nll"] == pytest.approx(sum(rec["answer_nll"] for rec in alone.values()) / 2)
+        nlls.add(row["mean_nll"])
+    assert len(nlls) == 4  # the knobs change what the model says
+    best = max(search["grid"], key=lambda r: (r["mean_acc"], -r["mean_nll"]))
+    assert search["best"] == {k: best[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")}
+    assert search["passkey"] == {"trials": 3, "seed": 5, "depths": 3, "batch_size": 2}
+
+
+def test_a_length_that_did_not_run_scores_nothing():
+    """A length skipped by the time budget counts as 0 with no NLL, so no setting's mean has one; the
+    choice then falls to the setting nearest the model as trained among equal accuracies."""
+    model, tok = gated_model()
+    search = tune_knobs(model, tok, (160, 320), decay_scales=(0.25, 1.0), write_contrasts=(1.0,), trials=2, seed=0,
+                        batch_size=1, progress=False, time_budget_s=1e-9)
+    for row in search["grid"]:
+        assert row["answer_nll"]["320"] is None and row["acc"]["320"] == 0 and row["mean_nll"] is None
+    if search["grid"][0]["mean_acc"] == search["grid"][1]["mean_acc"]:
+        assert (search["best"]["decay_scale"], search["best"]["write_contrast"]) == (1.0, 1.0)
+
+
+def test_refusals_change_nothing():
+    model, tok = gated_model("none")
+    with pytest.raises(ValueError, match="no write gate, so its write contrast stays 1"):
+        tune_knobs(model, tok, (160,), write_contrasts=(1.0, 2.0), trials=1, progress=False)
+    search = tune_knobs(model, tok, (160,), decay_scales=(1.0,), trials=1, progress=False)  # default contrasts: 1 alone
+    assert [r["write_contrast"] for r in search["grid"]] == [1.0]
+    for bad in ({"decay_scales": ()}, {"decay_scales": (0.0,)}):
+        with pytest.raises(ValueError):
+            tune_knobs(model, tok, (160,), trials=1, progress=False, **bad)
+    assert model.lizard_config.decay_scale == 0.8
+
+
+def test_cli_writes_the_grid_and_the_choice_and_leaves_the_model_alone(tmp_path, capsys):
+    from lizardlm.cli import main
+
+    model, tok = gated_model()
+    model_dir, out = tmp_path / "model", tmp_path / "out"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    saved = (model_dir / "config.json").read_text()
+    assert main(["tune", "--model", str(model_dir), "--lengths", "160,192", "--decay-scales", "1,0.5", "--write-contrasts",
+                 "1,2", "--trials", "2", "--depths", "2", "--out", str(out), "--no-progress"]) == 0
+    search = json.loads((out / "knobs.json").read_text())
+    assert len(search["grid"]) == 4 and search["lengths"] == [160, 192] and search["passkey"]["seed"] == 1
+    assert (out / "knobs.png").stat().st_size > 0
+    best = search["best"]
+    printed = capsys.readouterr().out
+    assert f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g}" in printed
+    assert "| decay scale | write contrast | passkey @ 160 | passkey @ 192 | mean | answer NLL |" in printed
+    assert (model_dir / "config.json").read_text() == saved
+
+
+@pytest.mark.parametrize("case", ["not-lizard", "no-dir", "contrast-without-gate", "bad-scale"])
+def test_cli_refuses_in_one_line(case, tmp_path, capsys):
+    from lizardlm.cli import main
+
+    tok = tiny_tokenizer()
+    model_dir = tmp_path / "m"
+    if case == "not-lizard":
+        tiny_llama(len(tok)).save_pretrained(model_dir)
+    elif case != "no-dir":
+        lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).save_pretrained(model_dir)
+    if model_dir.is_dir():
+        tok.save_pretrained(model_dir)
+    extra = {"contrast-without-gate": ["--write-contrasts", "2"], "bad-scale": ["--decay-scales", "1,-1"]}.get(case, [])
+    with pytest.raises(SystemExit) if case == "bad-scale" else contextlib.nullcontext():
+        rc = main(["tune", "--model", str(model_dir), "--lengths", "160", "--trials", "1", "--no-progress", *extra])
+        assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    says = {"not-lizard": "is not a Lizard model: it has no inference knobs", "no-dir": "no such directory",
+            "contrast-without-gate": "no write gate, so its write contrast stays 1",
+            "bad-scale": "expected a number > 0"}[case]
+    assert says in err
+
+
+def test_sizes_read_k_as_1024():
+    from lizardlm.cli.common import sizes
+
+    assert sizes("16k,32768, 4K") == (16384, 32768, 4096)
