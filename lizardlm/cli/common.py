@@ -197,3 +197,16 @@ def set_inference_knobs(model, args: argparse.Namespace, spec: str) -> None:
             getattr(model, setter)(value)
         except ValueError as err:
             raise LizardError(f"{flag}: {err}") from None
+
+
+def run_device_and_dtype(args: argparse.Namespace):
+    """``(on_gpu, dtype)`` of a command that runs a model (``--device``, ``--dtype``): bfloat16 on CUDA and
+    float32 on CPU unless ``--dtype``; a one-line error when CUDA is asked for and absent."""
+    import torch
+
+    from lizardlm.errors import LizardError
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise LizardError("--device cuda asked for, but no CUDA device is available")
+    on_gpu = args.device == "cuda"
+    return on_gpu, getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))

@@ -18,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import add_inference_knobs, batch_size, positive_int, set_inference_knobs, sizes
+from lizardlm.cli.common import (add_inference_knobs, batch_size, positive_int, run_device_and_dtype,
+                                 set_inference_knobs, sizes)
 from lizardlm.errors import CheckpointError, DataError, LizardError
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
@@ -138,8 +139,6 @@ def check_paths(args: argparse.Namespace, out_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from lizardlm.eval.report import (ALL_TASKS, DEFAULT_TASKS, PARTIAL, EvalConfig, evaluate, markdown_table,
                                       write_outputs)
 
@@ -149,11 +148,7 @@ def run(args: argparse.Namespace) -> int:
         raise LizardError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(ALL_TASKS)}")
     if not tasks:
         raise LizardError("--tasks is empty")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise LizardError("--device cuda asked for, but no CUDA device is available")
-    on_gpu = args.device == "cuda"
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype or ("bfloat16" if on_gpu else "float32")]
+    on_gpu, dtype = run_device_and_dtype(args)
     passkey_lengths = args.passkey_lengths or sizes(GPU_PASSKEY_LENGTHS if on_gpu else CPU_PASSKEY_LENGTHS)
     budget = args.passkey_time_budget if args.passkey_time_budget is not None else (None if on_gpu else 900.0)
     out_dir = Path(args.out) if args.out else default_out_dir(args.model)

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import batch_size, float_list, positive_int, seed, sizes
+from lizardlm.cli.common import batch_size, float_list, positive_int, run_device_and_dtype, seed, sizes
 from lizardlm.cli.eval import check_paths, load_model_for_eval
 from lizardlm.errors import CheckpointError, LizardError
 
@@ -62,16 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from lizardlm.eval.report import EvalConfig, held_out_books, knob_heatmap
     from lizardlm.models.modeling import is_lizard_model
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise LizardError("--device cuda asked for, but no CUDA device is available")
+    on_gpu, dtype = run_device_and_dtype(args)
     model_path = Path(args.model).expanduser()
     if not model_path.is_dir():
         raise LizardError(f"--model {args.model}: no such directory (a run dir or a saved Lizard model)")
     out_dir = Path(args.out) if args.out else model_path / "tune"
     check_paths(args, out_dir)
     books = held_out_books(EvalConfig(data_dir=args.data_dir)) if args.template == "train" else None  # before the model loads
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype or ("bfloat16" if args.device == "cuda" else "float32")]
     print(f"loading model {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model_for_eval(args.model, device=args.device, dtype=dtype)
     if not is_lizard_model(model):
@@ -90,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress)
     except ValueError as err:
         raise LizardError(str(err)) from None
-    search.update(model=args.model, device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+    search.update(model=args.model, device=torch.cuda.get_device_name() if on_gpu else "cpu",
                   dtype=str(dtype).removeprefix("torch."), torch=torch.__version__)
     (out_dir / "knobs.json").write_text(json.dumps(search, indent=2) + "\n")
     written = [str(out_dir / "knobs.json")] + ([] if args.no_plots else [knob_heatmap(search, out_dir / "knobs.png")])
