@@ -7,7 +7,7 @@ Every setting of the grid (``--decay-scales`` x ``--write-contrasts``) scores ``
 prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the best mean exact match
 over the lengths wins (``lizardlm.eval.knobs``). Writes ``knobs.json`` (every setting's accuracy,
 first digit and answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps) into
-``--out`` (default ``RUN_DIR/tune`` or ``./tune-out``), and prints the flags to pass to ``eval`` and
+``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval`` and
 ``generate``. The saved model is not changed.
 """
 
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
-    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/tune or ./tune-out)")
+    p.add_argument("--out", default=None, help="output directory (default: MODEL/tune)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
