@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from lizardlm.config import LizardConfig
 from lizardlm.eval.passkey import passkey_eval
 
 DEFAULT_DECAY_SCALES = (1.0, 0.5, 0.25)
@@ -47,32 +48,32 @@ def tune_knobs(
     Returns ``{"grid": [{"decay_scale", "write_contrast", "acc": {length: acc}, "first_digit_acc", "answer_nll",
     "mean_acc", "mean_nll"}, ...], "best": {"decay_scale", "write_contrast", "mean_acc", "mean_nll"}, "lengths",
     "trained": {"decay_scale", "write_contrast"}, "passkey": {its settings}}``.
-    ValueError for an empty grid, a value <= 0, or a contrast other than 1 without a write gate."""
+    ValueError for an empty grid, a contrast other than 1 without a write gate, or a setting the
+    :class:`~lizardlm.config.LizardConfig` refuses (a value <= 0), before any setting runs."""
     gated = has_write_gate(model)
     decay_scales = DEFAULT_DECAY_SCALES if decay_scales is None else decay_scales
     if write_contrasts is None:
         write_contrasts = DEFAULT_WRITE_CONTRASTS if gated else (1.0,)
     if not decay_scales or not write_contrasts or not lengths:
         raise ValueError("the grid needs at least one decay scale, one write contrast and one length")
-    if any(not (math.isfinite(v) and v > 0) for v in (*decay_scales, *write_contrasts)):
-        raise ValueError(f"decay scales and write contrasts are finite numbers > 0, got {list(decay_scales)} and {list(write_contrasts)}")
     if not gated and any(c != 1 for c in write_contrasts):
         raise ValueError("the model has no write gate, so its write contrast stays 1 (--write-contrasts 1)")
     cfg = model.lizard_config
+    for scale in decay_scales:  # every setting checked by the config's own rules before any runs
+        for contrast in write_contrasts:
+            LizardConfig.from_dict({**cfg.to_dict(), "decay_scale": scale, "write_contrast": contrast})
     trained = {"decay_scale": cfg.decay_scale, "write_contrast": cfg.write_contrast}
     grid = []
     try:
         for scale in decay_scales:
             for contrast in write_contrasts:
                 model.set_decay_scale(scale)
-                if gated:
-                    model.set_write_contrast(contrast)
+                model.set_write_contrast(contrast)
                 r = passkey_eval(model, tokenizer, lengths=lengths, **passkey)
                 grid.append(_row(scale, contrast, r["lengths"]))
     finally:
         model.set_decay_scale(trained["decay_scale"])
-        if gated:
-            model.set_write_contrast(trained["write_contrast"])
+        model.set_write_contrast(trained["write_contrast"])
     best = max(grid, key=lambda row: (row["mean_acc"], -(math.inf if row["mean_nll"] is None else row["mean_nll"]),
                                       -abs(math.log(row["decay_scale"])) - abs(math.log(row["write_contrast"]))))
     return {"grid": grid, "best": {k: best[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")},
