@@ -118,7 +118,7 @@ case "${1:-}" in
   eval)  drive --eval-only; save; triton_cache save ;;
   zs)    drive --eval-only --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande; save; triton_cache save ;;
   tune)  python3 -m lizardlm tune --model $R/$NAME --lengths ${LENGTHS:-16384,32768} --device cuda --no-progress \
-           --decay-scales ${SCALES:-1,0.5,0.25} --write-contrasts ${CONTRASTS:-1,2,3} --trials 20 --out $OUT/tune-$NAME 2>&1 | tail -14
+           --decay-scales ${SCALES:-1,0.5,0.25,0.125} --write-contrasts ${CONTRASTS:-1,2,3} --trials 20 --out $OUT/tune-$NAME 2>&1 | tail -14
          triton_cache save ;;
   *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs|tune" >&2; exit 2 ;;
 esac

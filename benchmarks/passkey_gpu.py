@@ -28,7 +28,8 @@ option in common (``--with-teacher`` evaluates the teacher beside the first), an
 merged result; ``--combine A.json B.json ...`` only
 merges result files of runs made at once in separate processes (each with its own ``--out``) into
 ``<out>/passkey-<device>.json``, and ``--add-eval RUN=EVAL_JSON`` joins a later ``lizardlm eval`` of a
-run (e.g. at 32K, in another call) to its numbers; ``--heatmap RUN=A.json,B.json`` draws that run's heat
+run (e.g. at 32K, in another call) to its numbers, and ``--add-tune RUN=KNOBS_JSON`` records the knobs
+``lizardlm tune`` chose for RUN on prompts of its own (``tuned``: the choice, its grid and its prompts); ``--heatmap RUN=A.json,B.json`` draws that run's heat
 maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a trained run with every
 log-decay times S as run ``NAME@decayS`` (``--write-contrast C``: ``NAME@writeC``, the write gate's logits
 times C; both: ``NAME@decayS@writeC``) (an ``--eval-only`` record takes the run's training settings
@@ -92,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--combine", type=Path, nargs="+", help="only merge these result JSONs (later runs win) into --out")
     p.add_argument("--add-eval", action="append", default=[], metavar="RUN=EVAL_JSON",
                    help="with --combine: a later `lizardlm eval` of RUN (e.g. at more lengths) whose numbers join RUN's")
+    p.add_argument("--add-tune", action="append", default=[], metavar="RUN=KNOBS_JSON",
+                   help="with --combine: the knobs.json of `lizardlm tune --model RUN`, recorded as RUN's chosen knobs")
     p.add_argument("--heatmap", action="append", default=[], metavar="RUN=EVAL_JSON[,EVAL_JSON...]",
                    help="only draw RUN's depth x length heat maps into --out from these eval.json files, their lengths joined")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run already under --runs again")
@@ -110,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None,
                        help=f"default {value} ({QUICK[key]} with --quick)")
     args = p.parse_args(argv)
-    if args.add_eval and not args.combine:
-        p.error("--add-eval joins an evaluation to runs merged by --combine; give --combine too")
+    if (args.add_eval or args.add_tune) and not args.combine:
+        p.error("--add-eval and --add-tune join runs merged by --combine; give --combine too")
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -215,8 +218,9 @@ def merge(result: dict[str, Any], other: dict[str, Any]) -> None:
             result[key] = value
 
 
-def _read_eval(path: str, option: str) -> dict:
-    """An ``eval.json`` named on the command line, or a one-line exit saying why it cannot be read."""
+def _read_json(path: str, option: str) -> dict:
+    """A JSON file named on the command line (an ``eval.json``, a ``knobs.json``), or a one-line exit saying
+    why it cannot be read."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
@@ -241,6 +245,22 @@ def add_eval(result: dict[str, Any], run_name: str, eval_json: dict, source: str
              "settings": {k: v for k, v in eval_json["meta"]["settings"].items() if k.startswith("passkey")}})
 
 
+def add_tune(result: dict[str, Any], run_name: str, knobs_json: dict, source: str) -> str:
+    """Record under ``result["tuned"][run_name]`` the knobs ``lizardlm tune`` chose for it (``knobs.json``):
+    the label of the evaluation at them (``NAME@decayS@writeC``, a knob left at 1 unnamed), the grid's scores
+    and the prompts they were chosen on, so that a table can tell a choice made on other prompts from the
+    best of evaluations. Returns the label."""
+    best = knobs_json["best"]
+    label = run_name + "".join(f"@{tag}{best[key]:g}" for key, _, tag, _ in KNOBS if best[key] != 1)
+    prompts = knobs_json["passkey"]
+    result.setdefault("tuned", {})[run_name] = {
+        "chosen": label, "decay_scale": best["decay_scale"], "write_contrast": best["write_contrast"],
+        "lengths": knobs_json["lengths"], "trials": prompts["trials"], "seed": prompts["seed"],
+        "device": knobs_json["device"], "source": source,
+        "grid": [{k: g[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")} for g in knobs_json["grid"]]}
+    return label
+
+
 def train_shares(run_json: dict[str, Any]) -> dict[str, float] | None:
     """A mixture run's share of the trained rows by part (``run.json``'s ``data.parts``): a part that ran
     short leaves its weight to the others; None for a single data spec."""
@@ -254,9 +274,10 @@ def with_training(entry: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     return {**trained, **entry, **{k: trained[k] for k in TRAINING_KEYS if k in trained}}
 
 
-def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
+def combine(out_dir: Path, files: list[Path], added: list[str] = (), tuned: list[str] = ()) -> Path:
     """Merge result JSONs (later runs win; a ``NAME@decayS`` / ``NAME@writeC`` evaluation takes the training record of run
-    ``NAME`` where one is merged), then join each ``RUN=EVAL_JSON`` of ``added``."""
+    ``NAME`` where one is merged), then join each ``RUN=EVAL_JSON`` of ``added`` and record each ``RUN=KNOBS_JSON``
+    of ``tuned``."""
     result: dict[str, Any] = {}
     for f in files:
         merge(result, json.loads(f.read_text()))
@@ -269,7 +290,15 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = ()) -> Path:
         run_name, sep, path = item.partition("=")
         if not sep or run_name not in result.get("runs", {}):
             raise SystemExit(f"--add-eval {item!r}: expected RUN=EVAL_JSON with RUN one of {sorted(result.get('runs', {}))}")
-        add_eval(result, run_name, _read_eval(path, "--add-eval"), path)
+        add_eval(result, run_name, _read_json(path, "--add-eval"), path)
+    for item in tuned:
+        run_name, sep, path = item.partition("=")
+        if not sep or run_name not in result.get("runs", {}):
+            raise SystemExit(f"--add-tune {item!r}: expected RUN=KNOBS_JSON with RUN one of {sorted(result.get('runs', {}))}")
+        knobs_json = _read_json(path, "--add-tune")
+        if not {"best", "passkey", "lengths", "grid"} <= set(knobs_json):
+            raise SystemExit(f"--add-tune: {path} is not the knobs.json of `lizardlm tune`")
+        add_tune(result, run_name, knobs_json, path)
     out = out_dir / f"passkey-{device_slug(result['device'])}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -330,7 +359,7 @@ def heatmaps(out_dir: Path, item: str) -> list[str]:
     run_name, sep, paths = item.partition("=")
     if not sep or not paths:
         raise SystemExit(f"--heatmap {item!r}: expected RUN=EVAL_JSON[,EVAL_JSON...]")
-    evals = [_read_eval(f, "--heatmap") for f in paths.split(",")]
+    evals = [_read_json(f, "--heatmap") for f in paths.split(",")]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for task in ("passkey", "passkey_train"):
@@ -383,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.combine:
-        print(combine(args.out, args.combine, args.add_eval))
+        print(combine(args.out, args.combine, args.add_eval, args.add_tune))
     for item in args.heatmap:
         print("\n".join(heatmaps(args.out, item)))
     if args.combine or args.heatmap:

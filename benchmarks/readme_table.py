@@ -473,8 +473,9 @@ def passkey(path: Path, compact: bool = False) -> str:
     long-document perplexity of the last position bucket, one row per run. ``compact``: the evaluation
     template's passkey, MQAR, the zero-shot mean and long ppl only (the README's table)."""
     d = json.loads(path.read_text())
-    names = ["teacher"] * ("teacher" in d["passkey"]) + [n for n in d["runs"] if n in d["passkey"]]
-    pk_lengths = sorted({int(k) for n in names if isinstance(d["passkey"][n], dict) for k in d["passkey"][n]})
+    # a run with zero-shot numbers and no passkey is a baseline of the zero-shot column (e.g. the recipe without retrieval)
+    names = ["teacher"] * ("teacher" in d["passkey"]) + [n for n in d["runs"] if n in d["passkey"] or n in d.get("benchmarks", {})]
+    pk_lengths = sorted({int(k) for n in names if isinstance(d["passkey"].get(n), dict) for k in d["passkey"][n]})
     trained = d.get("passkey_train", {})
     tr_lengths = sorted({int(k) for n in names if isinstance(trained.get(n), dict) for k in trained[n]})
     first = d.get("passkey_train_first_digit", {})
@@ -800,11 +801,18 @@ def glance() -> str:
         teacher_path, td = found
         cells = [f"`{best}` {fmt(runs)} ({_device(d)}, `{path.name}`)"]
         if tuned := [m for m in mixed if "@" in m[2]]:
-            knob_path, kd, knob_best, knob_runs = max(tuned, key=mean)
+            # a choice `lizardlm tune` made on prompts of its own wins over the best of the evaluations
+            chosen = [m for m in tuned if m[1].get("tuned", {}).get(m[2].partition("@")[0], {}).get("chosen") == m[2]]
+            knob_path, kd, knob_best, knob_runs = max(chosen or tuned, key=mean)
             knobs = ", ".join(f"`{flag} {kd['runs'][knob_best][key]:g}`" for key, flag, _, _ in KNOBS
                               if key in kd["runs"][knob_best])
-            cells.append(f"with inference knobs, `{knob_best}` ({knobs}) {fmt(knob_runs)} ({_device(kd)}, `{knob_path.name}`; "
-                         f"the best of {len({m[2] for m in tuned})} evaluations at knobs, chosen on these prompts)")
+            if chosen:
+                t = kd["tuned"][knob_best.partition("@")[0]]
+                how = (f"chosen by `lizardlm tune` from {len(t['grid'])} settings on {t['trials']} prompts of seed "
+                       f"{t['seed']} a length at {' / '.join(kib(L) for L in t['lengths'])}, scored on the evaluation's own prompts")
+            else:
+                how = f"the best of {len({m[2] for m in tuned})} evaluations at knobs, chosen on these prompts"
+            cells.append(f"with inference knobs, `{knob_best}` ({knobs}) {fmt(knob_runs)} ({_device(kd)}, `{knob_path.name}`; {how})")
         cells.append(f"teacher {fmt(td['passkey']['teacher'])}" + (" (trained to 8K)" if td["teacher"] == "smollm2-135m" else "")
                      + f" ({_device(td)}, `{teacher_path.name}`)")
         devices = " / ".join(sorted({_device(d), _device(td)} | ({_device(kd)} if tuned else set())))

@@ -256,6 +256,11 @@ def test_benchmarks_join_the_result_and_the_readme_table(tmp_path):
     table = readme_table.passkey(path)
     assert "| run | passkey @ 1K | zero-shot mean of 5 (%) | long ppl |" in table and "| mix | 1.00 | 46.0 | – |" in table
     assert "zero-shot mean: PIQA acc, ARC-e acc, ARC-c acc_norm, HellaSwag acc_norm, WinoGrande acc" in table
+    # the same recipe without retrieval, evaluated on the zero-shot tasks alone, is a row of its own
+    result["benchmarks"]["base"] = {t: 0.5 for t in scores}
+    result["runs"]["base"] = {**result["runs"]["mix"], "data": "alpaca-cleaned"}
+    path.write_text(json.dumps(result))
+    assert "| base | – | 50.0 | – |" in readme_table.passkey(path)
 
 
 def test_heatmaps_join_the_lengths_of_several_evaluations(tmp_path, monkeypatch):
@@ -427,3 +432,57 @@ def test_a_later_eval_only_call_records_the_run_as_it_was_trained(tmp_path, monk
     run = json.loads(next((tmp_path / "later").glob("passkey-*.json")).read_text())["runs"]["a@decay0.25"]
     assert (run["data"], run["flags"], run["stage2_tokens"]) == ("retrieval:keys=1", "--feature-dim 256", 4096)
     assert run["linearize_command"].startswith("python -m lizardlm linearize") and run["decay_scale"] == 0.25
+
+
+def _knobs_json(best: tuple[float, float]) -> dict:
+    """A ``lizardlm tune`` knobs.json of a 2 x 1 grid at 16K whose best is ``best`` (decay scale, write contrast)."""
+    grid = [{"decay_scale": s, "write_contrast": 2.0, "acc": {"16384": a}, "first_digit_acc": {"16384": a},
+             "answer_nll": {"16384": n}, "mean_acc": a, "mean_nll": n} for s, a, n in ((0.5, 0.8, 0.3), (best[0], 0.9, 0.1))]
+    return {"grid": grid, "best": {"decay_scale": best[0], "write_contrast": best[1], "mean_acc": 0.9, "mean_nll": 0.1},
+            "lengths": [16384], "trained": {"decay_scale": 1.0, "write_contrast": 1.0},
+            "passkey": {"trials": 20, "seed": 1, "depths": 10, "template": "eval", "keys": 1, "chunk": 2048, "batch_size": 16},
+            "model": "/runs/m", "device": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "torch": "2.11.0"}
+
+
+def test_add_tune_records_the_choice_of_lizardlm_tune_under_its_runs_label(tmp_path):
+    """``--add-tune RUN=knobs.json`` names the evaluation at the chosen knobs as the labels of ``--eval-only``
+    do (a knob at 1 unnamed) and keeps the grid and its prompts; an unknown run or another JSON is refused."""
+    result = {"device": "NVIDIA H100 80GB HBM3", "passkey": {"m": {"16384": 0.4}}, "runs": {"m": {"status": "done"}}}
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    for best, label in (((0.125, 3.0), "m@decay0.125@write3"), ((1.0, 2.0), "m@write2")):
+        (tmp_path / "knobs.json").write_text(json.dumps(_knobs_json(best)))
+        out = tmp_path / f"out-{label}"
+        assert passkey_gpu.main(["--out", str(out), "--combine", str(tmp_path / "r.json"),
+                                 "--add-tune", f"m={tmp_path / 'knobs.json'}"]) == 0
+        tuned = json.loads((out / "passkey-nvidia-h100-80gb-hbm3.json").read_text())["tuned"]["m"]
+        assert tuned["chosen"] == label and (tuned["decay_scale"], tuned["write_contrast"]) == best
+        assert (tuned["trials"], tuned["seed"], tuned["lengths"]) == (20, 1, [16384]) and len(tuned["grid"]) == 2
+    with pytest.raises(SystemExit, match="expected RUN=KNOBS_JSON"):
+        passkey_gpu.main(["--out", str(tmp_path / "x"), "--combine", str(tmp_path / "r.json"),
+                          "--add-tune", f"other={tmp_path / 'knobs.json'}"])
+    with pytest.raises(SystemExit, match="is not the knobs.json of `lizardlm tune`"):
+        passkey_gpu.main(["--out", str(tmp_path / "x"), "--combine", str(tmp_path / "r.json"),
+                          "--add-tune", f"m={tmp_path / 'r.json'}"])
+
+
+def test_the_glance_shows_the_knobs_tune_chose_before_the_best_evaluation(tmp_path, monkeypatch):
+    """Of several evaluations at knobs, the README's glance shows the one ``lizardlm tune`` chose on prompts of
+    its own, even where another scored higher on the evaluation's prompts; without a choice, the best, said so."""
+    import readme_table
+
+    run = {"mode": "lizard", "data": "mix:alpaca-cleaned=0.5,retrieval=0.5", "flags": ""}
+    result = {"device": "NVIDIA H100 80GB HBM3", "teacher": "smollm2-135m", "passkey": {
+        "m": {"16384": 0.4}, "m@decay0.25": {"16384": 0.95}, "m@decay0.125@write3": {"16384": 0.9}},
+        "runs": {"m": run, "m@decay0.25": {**run, "decay_scale": 0.25},
+                 "m@decay0.125@write3": {**run, "decay_scale": 0.125, "write_contrast": 3.0}}}
+    teacher = {"device": "NVIDIA H200", "teacher": "smollm2-135m", "passkey": {"teacher": {"16384": 0.0}}, "runs": {}}
+    (tmp_path / "passkey-mix-nvidia-h200.json").write_text(json.dumps(teacher))
+    (tmp_path / "passkey-x-nvidia-h100-80gb-hbm3.json").write_text(json.dumps(result))
+    monkeypatch.setattr(readme_table, "RESULTS", tmp_path)
+    row = next(r for r in readme_table.glance().splitlines() if r.startswith("| passkey retrieval"))
+    assert "`m@decay0.25` (`--decay-scale 0.25`) 0.95" in row and "the best of 2 evaluations at knobs, chosen on these prompts" in row
+    passkey_gpu.add_tune(result, "m", _knobs_json((0.125, 3.0)), "knobs.json")
+    (tmp_path / "passkey-x-nvidia-h100-80gb-hbm3.json").write_text(json.dumps(result))
+    row = next(r for r in readme_table.glance().splitlines() if r.startswith("| passkey retrieval"))
+    assert "`m@decay0.125@write3` (`--decay-scale 0.125`, `--write-contrast 3`) 0.90" in row
+    assert "chosen by `lizardlm tune` from 2 settings on 20 prompts of seed 1 a length at 16K" in row

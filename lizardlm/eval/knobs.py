@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from lizardlm.config import LizardConfig
 from lizardlm.eval.passkey import passkey_eval
 
-DEFAULT_DECAY_SCALES = (1.0, 0.5, 0.25)
+DEFAULT_DECAY_SCALES = (1.0, 0.5, 0.25, 0.125)
 DEFAULT_WRITE_CONTRASTS = (1.0, 2.0, 3.0)
 """The grid when none is given (the write contrasts only for a model with a write gate): the values
 that mattered on the H100 (``benchmarks/results/passkey-contrast-nvidia-h100-80gb-hbm3.json``)."""
