@@ -103,6 +103,35 @@ def test_cli_writes_the_grid_and_the_choice_and_leaves_the_model_alone(tmp_path,
     assert (model_dir / "config.json").read_text() == saved
 
 
+def test_cli_saves_a_copy_at_the_chosen_knobs_that_loads_and_runs_at_them(tmp_path, capsys):
+    """``--save DIR``: a saved model whose config holds the choice and whose outputs are the tuned model's
+    at those knobs; the model read stays as it was, and an occupied directory is refused before any work."""
+    from lizardlm.cli import main
+    from lizardlm.loading import load_with_tokenizer
+
+    model, tok = gated_model()
+    model_dir, tuned_dir = tmp_path / "model", tmp_path / "tuned"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    saved = (model_dir / "config.json").read_text()
+    assert main(["tune", "--model", str(model_dir), "--lengths", "160", "--decay-scales", "0.5,0.25", "--write-contrasts",
+                 "2,3", "--trials", "2", "--depths", "2", "--out", str(tmp_path / "out"), "--save", str(tuned_dir),
+                 "--no-progress"]) == 0
+    best = json.loads((tmp_path / "out" / "knobs.json").read_text())["best"]
+    assert (model_dir / "config.json").read_text() == saved
+    tuned, tuned_tok = load_with_tokenizer(tuned_dir)
+    assert tuned_tok is not None
+    assert (tuned.lizard_config.decay_scale, tuned.lizard_config.write_contrast) == (best["decay_scale"], best["write_contrast"])
+    model.set_decay_scale(best["decay_scale"])
+    model.set_write_contrast(best["write_contrast"])
+    ids = torch.randint(0, len(tok), (1, 200), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(ids).logits, model(ids).logits)
+    capsys.readouterr()
+    rc = main(["tune", "--model", str(model_dir), "--lengths", "160", "--trials", "1", "--save", str(tuned_dir), "--no-progress"])
+    assert rc == 2 and "exists and is not an empty directory" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["not-lizard", "no-dir", "contrast-without-gate", "bad-scale"])
 def test_cli_refuses_in_one_line(case, tmp_path, capsys):
     from lizardlm.cli import main

@@ -8,7 +8,9 @@ prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the be
 over the lengths wins (``lizardlm.eval.knobs``). Writes ``knobs.json`` (every setting's accuracy,
 first digit and answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps) into
 ``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval`` and
-``generate``. The saved model is not changed.
+``generate``. The model it read is not changed; ``--save DIR`` writes a copy with the chosen knobs set
+(``save_pretrained`` and the tokenizer), which ``generate``, ``eval`` and ``from_pretrained`` then run at
+them with no flags.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--out", default=None, help="output directory (default: MODEL/tune)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="also save the model with the chosen knobs set into DIR (a new or empty directory), "
+                        "ready for generate / eval / from_pretrained without flags")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -68,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         raise LizardError(f"--model {args.model}: no such directory (a run dir or a saved Lizard model)")
     out_dir = Path(args.out) if args.out else model_path / "tune"
     check_paths(args, out_dir)
+    save_dir = Path(args.save).expanduser() if args.save else None
+    if save_dir is not None and save_dir.exists() and (not save_dir.is_dir() or any(save_dir.iterdir())):
+        raise LizardError(f"--save {args.save}: exists and is not an empty directory (nothing is overwritten)")
     books = held_out_books(EvalConfig(data_dir=args.data_dir)) if args.template == "train" else None  # before the model loads
     print(f"loading model {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model_for_eval(args.model, device=args.device, dtype=dtype)
@@ -95,8 +103,25 @@ def run(args: argparse.Namespace) -> int:
     best = search["best"]
     print(f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g} "
           f"(mean exact match {best['mean_acc']:.2f} at {','.join(map(str, search['lengths']))} tokens)")
+    if save_dir is not None:
+        written.append(save_tuned(model, tokenizer, best, save_dir))
     print("wrote " + ", ".join(written), file=sys.stderr)
     return 0
+
+
+def save_tuned(model, tokenizer, best: dict, save_dir: Path) -> str:
+    """Save ``model`` with the chosen knobs set (kept in its config) and its tokenizer into ``save_dir``;
+    the knobs are set back to what they were afterwards. Returns the directory."""
+    trained = model.lizard_config
+    try:
+        model.set_decay_scale(best["decay_scale"])
+        model.set_write_contrast(best["write_contrast"])
+        model.save_pretrained(save_dir)
+        tokenizer.save_pretrained(save_dir)
+    finally:
+        model.set_decay_scale(trained.decay_scale)
+        model.set_write_contrast(trained.write_contrast)
+    return str(save_dir)
 
 
 def knob_table(search: dict) -> str:
