@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 
 from lizardlm.config import MODES, LizardConfig
+from lizardlm.errors import DataError, LizardError
 
 
 def _number(cast: type, minimum: float, inclusive: bool):
@@ -160,8 +163,6 @@ def softmax_select(args: argparse.Namespace) -> str | None:
 
 
 def lizard_config_from_args(args: argparse.Namespace) -> LizardConfig:
-    from lizardlm.errors import LizardError
-
     if softmax_select(args) is not None:
         raise LizardError(f"--softmax-layers {softmax_select(args)} is resolved by `lizardlm linearize`; give layer indices here")
     try:
@@ -184,7 +185,6 @@ def set_inference_knobs(model, args: argparse.Namespace, spec: str) -> None:
     """``--decay-scale`` / ``--write-contrast``: :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale`
     / ``set_write_contrast`` (nothing for those not given), or a one-line error for a model without Lizard
     layers (or write gate) or a value out of range."""
-    from lizardlm.errors import LizardError
     from lizardlm.models.modeling import is_lizard_model
 
     for flag, value, setter, what in (("--decay-scale", args.decay_scale, "set_decay_scale", "decay to scale"),
@@ -204,9 +204,32 @@ def run_device_and_dtype(args: argparse.Namespace):
     float32 on CPU unless ``--dtype``; a one-line error when CUDA is asked for and absent."""
     import torch
 
-    from lizardlm.errors import LizardError
-
     if args.device == "cuda" and not torch.cuda.is_available():
         raise LizardError("--device cuda asked for, but no CUDA device is available")
     on_gpu = args.device == "cuda"
     return on_gpu, getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
+
+
+def load_model_for_eval(spec: str, device: str = "cpu", dtype=None):
+    """``(model, tokenizer)`` in eval mode for a run dir / saved Lizard model / teacher name or path."""
+    import torch
+
+    from lizardlm.loading import load_any
+
+    model, tokenizer = load_any(spec, device=device, dtype=dtype or torch.float32)
+    return model.eval(), tokenizer
+
+
+def check_paths(args: argparse.Namespace, out_dir: Path) -> None:
+    """Before any model loads: explicit data paths exist, and the output directory can be written."""
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise DataError(f"--data-dir {args.data_dir}: no such directory")
+    for task, path in getattr(args, "task_data", ()):
+        if not Path(path).expanduser().exists():
+            raise DataError(f"--task-data {task}={path}: no such file or directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LizardError(f"cannot create output directory {out_dir}: {err.strerror or err}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise LizardError(f"output directory {out_dir} is not writable")

@@ -14,13 +14,12 @@ evaluation in ``--out`` (cut or finished) that this one does not name.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import (add_inference_knobs, batch_size, positive_int, run_device_and_dtype,
-                                 set_inference_knobs, sizes)
-from lizardlm.errors import CheckpointError, DataError, LizardError
+from lizardlm.cli.common import (add_inference_knobs, batch_size, check_paths, load_model_for_eval, positive_int,
+                                 run_device_and_dtype, set_inference_knobs, sizes)
+from lizardlm.errors import CheckpointError, LizardError
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
 TASKS_HELP = (
@@ -108,34 +107,9 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_model_for_eval(spec: str, device: str = "cpu", dtype=None):
-    """``(model, tokenizer)`` in eval mode for a run dir / saved Lizard model / teacher name or path."""
-    import torch
-
-    from lizardlm.loading import load_any
-
-    model, tokenizer = load_any(spec, device=device, dtype=dtype or torch.float32)
-    return model.eval(), tokenizer
-
-
 def default_out_dir(model_spec: str) -> Path:
     p = Path(model_spec).expanduser()
     return p / "eval" if p.is_dir() else Path("eval-out")
-
-
-def check_paths(args: argparse.Namespace, out_dir: Path) -> None:
-    """Before any model loads: explicit data paths exist, and the output directory can be written."""
-    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
-        raise DataError(f"--data-dir {args.data_dir}: no such directory")
-    for task, path in getattr(args, "task_data", ()):
-        if not Path(path).expanduser().exists():
-            raise DataError(f"--task-data {task}={path}: no such file or directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise LizardError(f"cannot create output directory {out_dir}: {err.strerror or err}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise LizardError(f"output directory {out_dir} is not writable")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import batch_size, float_list, positive_int, run_device_and_dtype, seed, sizes
-from lizardlm.cli.eval import check_paths, load_model_for_eval
+from lizardlm.cli.common import (batch_size, check_paths, float_list, load_model_for_eval, positive_int,
+                                 run_device_and_dtype, seed, sizes)
 from lizardlm.errors import CheckpointError, LizardError
 
 
