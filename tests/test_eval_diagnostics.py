@@ -186,7 +186,7 @@ def test_values_in_range(tok, form):
 def test_eval_task_json_and_plot(tok, tmp_path):
     models = {"teacher": (tiny_llama(len(tok)), tok), "student": (_student(tok, "sum"), tok)}
     results = evaluate(models, ["diagnostics"], out_dir=tmp_path, diagnostics_lengths=(128,), diagnostics_trials=2,
-                       progress=False)
+                       batch_size="auto", progress=False)  # the CLI's default batch size
     per = results["tasks"]["diagnostics"]
     assert per["teacher"]["status"] == "skipped (not a Lizard model)"
     metrics = per["student"]["metrics"]

@@ -220,7 +220,7 @@ def _run_diagnostics(model, tok, cfg: EvalConfig) -> dict:
     from lizardlm.eval.diagnostics import diagnostics_eval, summary_metrics
 
     r = diagnostics_eval(model, tok, lengths=cfg.diagnostics_lengths, trials=_capped(cfg.diagnostics_trials, cfg.limit),
-                         depths=cfg.passkey_depths or 4, batch_size=cfg.batch_size, seed=cfg.seed,
+                         depths=cfg.passkey_depths or 4, batch_size=resolve_batch_size(cfg.batch_size, model), seed=cfg.seed,
                          progress_bar=cfg.progress)
     if r["status"] != "ok":
         return {"status": r["status"]}
