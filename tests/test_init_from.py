@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -30,18 +31,23 @@ def _logits(run, ids):
         return model(ids, use_cache=False).logits
 
 
-def test_a_run_started_from_another_holds_its_weights_then_trains_on(tmp_path, teacher_dir, data_file, first):
+def test_a_run_started_from_another_holds_its_weights_then_trains_on(tmp_path, teacher_dir, data_file, first, monkeypatch):
     """With no stage 1 and a learning rate too small to move anything, the new run is the old one: the
     same Lizard parameters, adapter, validation losses and logits. With a real learning rate, stage 2
     trains the adapter on from there."""
     run_a, summary_a = first
     still = tmp_path / "still"
+    linearize_module = importlib.import_module("lizardlm.train.linearize")  # the package exports a function of that name
+    measured, transfer_mse = [], linearize_module.transfer_mse
+    monkeypatch.setattr(linearize_module, "transfer_mse", lambda *a, **kw: measured.append(a[-1]) or transfer_mse(*a, **kw))
     # as many tokens as the first run's largest stage, so that its data splits into the same rows
     summary = linearize(settings(teacher_dir, data_file, init_from=str(run_a), stage1_tokens=0, stage2_tokens=LARGEST,
                                  stage2_lr=1e-12), still)
     assert summary["stage1_val_loss"] == summary_a["stage1_val_loss"]  # the same layers on the same rows
     assert summary["student_val_loss"] == pytest.approx(summary_a["student_val_loss"], abs=1e-6)
     assert summary["stage1_val_mse_init_per_layer"] == summary_a["stage1_val_mse_per_layer"]
+    assert summary["stage1_val_mse_per_layer"] == summary["stage1_val_mse_init_per_layer"]
+    assert measured == ["converted: val attention MSE"]  # no stage-1 steps: the same model is not measured twice
     lizard_a, lizard = load_checked(run_a / "lizard.safetensors")[0], load_checked(still / "lizard.safetensors")[0]
     assert lizard_a.keys() == lizard.keys() and all(torch.equal(lizard_a[k], lizard[k]) for k in lizard)
     adapter_a = load_checked(run_a / "adapter" / "adapter_model.safetensors")[0]

@@ -455,9 +455,9 @@ def _stage1(model, lizard_params: dict[str, torch.nn.Parameter], settings: Train
     with phase("stage 1 trained"):
         before = _train(stage, splits.train, run, manifest, train_kw, main)
     model.eval()
-    with phase("stage 1 validated"):
+    with phase("stage 1 validated"):  # no steps (--stage1-tokens 0): the converted model's, measured above
         results["stage1_val_mse"] = transfer_mse(model, splits.val, settings.batch_size, accelerator,
-                                                 "stage 1: val attention MSE")
+                                                 "stage 1: val attention MSE") if settings.steps(1) else results["stage1_val_mse_init"]
     if auto_count is not None:
         chosen = worst_layers(results["stage1_val_mse"], lizard_layer_ids(model), auto_count)
         model.revert_to_softmax(chosen)
