@@ -75,6 +75,11 @@ case "${NAME:-}" in
   seed1-bookmix) INIT=mixr2k-seed1 S1=0 S2=4194304  # mixr2k-seed1 (the lookup learned) read on 4M tokens with books in
                 DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.5"  # the mix: the long ppl back, the lookup kept?
                 FLAGS="--loss-average rows --stage2-train-lizard --init-from $R/mixr2k-seed1" ;;
+  seed1-alpacatail) INIT=mixr2k-seed1 S1=0 S2=4194304  # mixr2k-seed1's adapter read on 4M tokens of Alpaca-cleaned, the
+                DATA="alpaca-cleaned"  # Lizard parameters frozen (no --stage2-train-lizard): the zero-shot tasks back, the lookup kept?
+                FLAGS="--loss-average rows --init-from $R/mixr2k-seed1" ;;
+  alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
+                DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/alpacar2k" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
                 FLAGS="--loss-average rows $COMMON --state-passing 0.9,0 --row-order contiguous" ;;
   mixr2k-long)  # + 16K passkey documents read in order, 8 rows each, from an empty memory at each document
