@@ -29,8 +29,8 @@ merged result; ``--combine A.json B.json ...`` only
 merges result files of runs made at once in separate processes (each with its own ``--out``) into
 ``<out>/passkey-<device>.json``, and ``--add-eval RUN=EVAL_JSON`` joins a later ``lizardlm eval`` of a
 run (e.g. at 32K, in another call) to its numbers, and ``--add-tune RUN=KNOBS_JSON`` records the knobs
-``lizardlm tune`` chose for RUN on prompts of its own (``tuned``: the choice, its grid and its prompts); ``--heatmap RUN=A.json,B.json`` draws that run's heat
-maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a trained run with every
+``lizardlm tune`` chose for RUN on prompts of its own (``tuned``: the choice, its grid and its prompts);
+``--heatmap RUN=A.json,B.json`` draws that run's heat maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a trained run with every
 log-decay times S as run ``NAME@decayS`` (``--write-contrast C``: ``NAME@writeC``, the write gate's logits
 times C; both: ``NAME@decayS@writeC``) (an ``--eval-only`` record takes the run's training settings
 from ``passkey_gpu-training.json`` in its run directory, and ``--combine`` from run ``NAME``),

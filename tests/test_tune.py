@@ -130,6 +130,9 @@ def test_cli_saves_a_copy_at_the_chosen_knobs_that_loads_and_runs_at_them(tmp_pa
     capsys.readouterr()
     rc = main(["tune", "--model", str(model_dir), "--lengths", "160", "--trials", "1", "--save", str(tuned_dir), "--no-progress"])
     assert rc == 2 and "exists and is not an empty directory" in capsys.readouterr().err
+    rc = main(["tune", "--model", str(model_dir), "--lengths", "160", "--trials", "1", "--out", str(tmp_path / "o2"),
+               "--save", str(tmp_path / "o2"), "--no-progress"])
+    assert rc == 2 and "a directory of its own, not --out's" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["not-lizard", "no-dir", "contrast-without-gate", "bad-scale"])

@@ -72,10 +72,12 @@ def run(args: argparse.Namespace) -> int:
     if not model_path.is_dir():
         raise LizardError(f"--model {args.model}: no such directory (a run dir or a saved Lizard model)")
     out_dir = Path(args.out) if args.out else model_path / "tune"
-    check_paths(args, out_dir)
     save_dir = Path(args.save).expanduser() if args.save else None
+    if save_dir is not None and save_dir.resolve() == out_dir.resolve():
+        raise LizardError(f"--save {args.save}: give the model a directory of its own, not --out's")
     if save_dir is not None and save_dir.exists() and (not save_dir.is_dir() or any(save_dir.iterdir())):
         raise LizardError(f"--save {args.save}: exists and is not an empty directory (nothing is overwritten)")
+    check_paths(args, out_dir)
     books = held_out_books(EvalConfig(data_dir=args.data_dir)) if args.template == "train" else None  # before the model loads
     print(f"loading model {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model_for_eval(args.model, device=args.device, dtype=dtype)
