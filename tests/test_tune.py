@@ -83,14 +83,21 @@ def test_refusals_change_nothing():
     assert model.lizard_config.decay_scale == 0.8
 
 
+def saved_gated_model(tmp_path: Path):
+    """:func:`gated_model` saved with its tokenizer under ``tmp_path / "model"``: ``(model, tok, model_dir,
+    its config.json text)``, the text to show that tune left the saved model as it was."""
+    model, tok = gated_model()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model, tok, model_dir, (model_dir / "config.json").read_text()
+
+
 def test_cli_writes_the_grid_and_the_choice_and_leaves_the_model_alone(tmp_path, capsys):
     from lizardlm.cli import main
 
-    model, tok = gated_model()
-    model_dir, out = tmp_path / "model", tmp_path / "out"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    saved = (model_dir / "config.json").read_text()
+    model, tok, model_dir, saved = saved_gated_model(tmp_path)
+    out = tmp_path / "out"
     assert main(["tune", "--model", str(model_dir), "--lengths", "160,192", "--decay-scales", "1,0.5", "--write-contrasts",
                  "1,2", "--trials", "2", "--depths", "2", "--out", str(out), "--no-progress"]) == 0
     search = json.loads((out / "knobs.json").read_text())
@@ -109,11 +116,8 @@ def test_cli_saves_a_copy_at_the_chosen_knobs_that_loads_and_runs_at_them(tmp_pa
     from lizardlm.cli import main
     from lizardlm.loading import load_with_tokenizer
 
-    model, tok = gated_model()
-    model_dir, tuned_dir = tmp_path / "model", tmp_path / "tuned"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    saved = (model_dir / "config.json").read_text()
+    model, tok, model_dir, saved = saved_gated_model(tmp_path)
+    tuned_dir = tmp_path / "tuned"
     assert main(["tune", "--model", str(model_dir), "--lengths", "160", "--decay-scales", "0.5,0.25", "--write-contrasts",
                  "2,3", "--trials", "2", "--depths", "2", "--out", str(tmp_path / "out"), "--save", str(tuned_dir),
                  "--no-progress"]) == 0
