@@ -113,16 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
 def save_tuned(model, tokenizer, best: dict, save_dir: Path) -> str:
     """Save ``model`` with the chosen knobs set (kept in its config) and its tokenizer into ``save_dir``;
-    the knobs are set back to what they were afterwards. Returns the directory."""
-    trained = model.lizard_config
-    try:
-        model.set_decay_scale(best["decay_scale"])
-        model.set_write_contrast(best["write_contrast"])
+    the model's own knobs stay. Returns the directory."""
+    from lizardlm.eval.knobs import at_knobs
+
+    with at_knobs(model, best["decay_scale"], best["write_contrast"]):
         model.save_pretrained(save_dir)
-        tokenizer.save_pretrained(save_dir)
-    finally:
-        model.set_decay_scale(trained.decay_scale)
-        model.set_write_contrast(trained.write_contrast)
+    tokenizer.save_pretrained(save_dir)
     return str(save_dir)
 
 

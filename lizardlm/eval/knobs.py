@@ -15,7 +15,8 @@ chosen on.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 from lizardlm.config import LizardConfig
 from lizardlm.eval.passkey import passkey_eval
@@ -29,6 +30,19 @@ that mattered on the H100 (``benchmarks/results/passkey-contrast-nvidia-h100-80g
 def has_write_gate(model: Any) -> bool:
     """Whether ``model``'s Lizard layers have a write gate (what ``write_contrast`` sharpens)."""
     return model.lizard_config.write_gate != "none"
+
+
+@contextmanager
+def at_knobs(model: Any, decay_scale: float, write_contrast: float) -> Iterator[Any]:
+    """``model`` with its decay scale and write contrast set to these, its own set back on leaving."""
+    cfg = model.lizard_config
+    try:
+        model.set_decay_scale(decay_scale)
+        model.set_write_contrast(write_contrast)
+        yield model
+    finally:
+        model.set_decay_scale(cfg.decay_scale)
+        model.set_write_contrast(cfg.write_contrast)
 
 
 def tune_knobs(
@@ -64,16 +78,11 @@ def tune_knobs(
             LizardConfig.from_dict({**cfg.to_dict(), "decay_scale": scale, "write_contrast": contrast})
     trained = {"decay_scale": cfg.decay_scale, "write_contrast": cfg.write_contrast}
     grid = []
-    try:
-        for scale in decay_scales:
-            for contrast in write_contrasts:
-                model.set_decay_scale(scale)
-                model.set_write_contrast(contrast)
+    for scale in decay_scales:
+        for contrast in write_contrasts:
+            with at_knobs(model, scale, contrast):
                 r = passkey_eval(model, tokenizer, lengths=lengths, **passkey)
-                grid.append(_row(scale, contrast, r["lengths"]))
-    finally:
-        model.set_decay_scale(trained["decay_scale"])
-        model.set_write_contrast(trained["write_contrast"])
+            grid.append(_row(scale, contrast, r["lengths"]))
     best = max(grid, key=lambda row: (row["mean_acc"], -(math.inf if row["mean_nll"] is None else row["mean_nll"]),
                                       -abs(math.log(row["decay_scale"])) - abs(math.log(row["write_contrast"]))))
     return {"grid": grid, "best": {k: best[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")},
