@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.name = args.name or args.mode
-    args.label = args.name + "".join(f"@{tag}{value:g}" for tag, value in knobs(args))
+    args.label = run_label(args.name, knobs(args))
     args.device = "cpu" if args.quick else "cuda"
     return args
 
@@ -145,6 +145,12 @@ def knobs(args: argparse.Namespace) -> list[tuple[str, float]]:
     """The inference knobs given (:data:`readme_table.KNOBS`, whose tables read the labels made of them):
     ``[("decay", S), ("write", C)]``, those set, in this order."""
     return [(tag, getattr(args, key)) for key, _, tag, _ in KNOBS if getattr(args, key) is not None]
+
+
+def run_label(name: str, knob_values: list[tuple[str, float]]) -> str:
+    """The name of run ``name`` evaluated at knobs ``[(tag, value), ...]``: ``r@decay0.25@write2`` (read back by
+    :func:`knob_value`)."""
+    return name + "".join(f"@{tag}{value:g}" for tag, value in knob_values)
 
 
 def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -251,7 +257,7 @@ def add_tune(result: dict[str, Any], run_name: str, knobs_json: dict, source: st
     and the prompts they were chosen on, so that a table can tell a choice made on other prompts from the
     best of evaluations. Returns the label."""
     best = knobs_json["best"]
-    label = run_name + "".join(f"@{tag}{best[key]:g}" for key, _, tag, _ in KNOBS if best[key] != 1)
+    label = run_label(run_name, [(tag, best[key]) for key, _, tag, _ in KNOBS if best[key] != 1])
     prompts = knobs_json["passkey"]
     result.setdefault("tuned", {})[run_name] = {
         "chosen": label, "decay_scale": best["decay_scale"], "write_contrast": best["write_contrast"],

@@ -199,6 +199,13 @@ def set_inference_knobs(model, args: argparse.Namespace, spec: str) -> None:
             raise LizardError(f"{flag}: {err}") from None
 
 
+def add_device_and_dtype(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` of a command that runs a model (read by :func:`run_device_and_dtype`)."""
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
+
+
 def run_device_and_dtype(args: argparse.Namespace):
     """``(on_gpu, dtype)`` of a command that runs a model (``--device``, ``--dtype``): bfloat16 on CUDA and
     float32 on CPU unless ``--dtype``; a one-line error when CUDA is asked for and absent."""

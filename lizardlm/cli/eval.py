@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import (add_inference_knobs, batch_size, check_paths, load_model_for_eval, positive_int,
-                                 run_device_and_dtype, set_inference_knobs, sizes)
+from lizardlm.cli.common import (add_device_and_dtype, add_inference_knobs, batch_size, check_paths, load_model_for_eval,
+                                 positive_int, run_device_and_dtype, set_inference_knobs, sizes)
 from lizardlm.errors import CheckpointError, LizardError
 
 # kept in sync with lizardlm.eval.report (not imported here: the CLI parser must load fast)
@@ -67,9 +67,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lm", dest="lm_backend", default="fast", choices=LM_BACKENDS,
                    help="multiple-choice scorer: fast (default; lizardlm's, one forward per shared context, LM head "
                    "at the answer positions only) or hflm (lm-eval's HFLM wrapper); the same scores")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
+    add_device_and_dtype(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=positive_int, default=1024, help="perplexity window (tokens, non-overlapping)")
     p.add_argument("--passkey-lengths", type=sizes, default=None,

@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from lizardlm.cli.common import (batch_size, check_paths, float_list, load_model_for_eval, positive_int,
-                                 run_device_and_dtype, seed, sizes)
+from lizardlm.cli.common import (add_device_and_dtype, batch_size, check_paths, float_list, load_model_for_eval,
+                                 positive_int, run_device_and_dtype, seed, sizes)
 from lizardlm.errors import CheckpointError, LizardError
 
 
@@ -47,9 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="benchmark data directory, for the train template's held-out books")
     p.add_argument("--batch-size", type=batch_size, default="auto", help="prompts at once: N or auto (16 on CUDA, 4 on CPU)")
     p.add_argument("--chunk", type=positive_int, default=2048, help="prefill chunk: long inputs run through the model's cache")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
+    add_device_and_dtype(p)
     p.add_argument("--out", default=None, help="output directory (default: MODEL/tune)")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="also save the model with the chosen knobs set into DIR (a new or empty directory), "
