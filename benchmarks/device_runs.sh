@@ -13,6 +13,10 @@
 #   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] bash benchmarks/device_runs.sh tune
 #                                              `lizardlm tune`: the inference knobs chosen on prompts of seed 1
 #                                              (the evaluation's are seed 0), into $OUT/tune-<run>/
+#   [DL=seconds] bash benchmarks/device_runs.sh both "NAME=a train" "NAME=b TASKS=passkey train + NAME=b-tail zs"
+#                                              lanes at once on the one GPU, each argument a lane of steps joined by
+#                                              ' + ' (a step runs after the one before it trained its run); every
+#                                              step's deadline is what is left of DL; the runs' archives come back
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
 #                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
 #                                              unpacked on a warm machine, so a later call need not carry them
@@ -50,6 +54,19 @@ if [ "${1:-}" = bench ]; then
   exit 0
 fi
 R=/tmp/lizard-runs
+if [ "${1:-}" = both ]; then  # lanes side by side on the one GPU (a 135M model's steps are launch-bound)
+  shift; source benchmarks/device_stage.sh env; O=$OUT UNTIL=$(( $(date +%s) + ${DL:-560} )) lane=0
+  for steps in "$@"; do lane=$((lane + 1))
+    ( IFS='+' read -ra parts <<< "$steps"; n=0
+      for step in "${parts[@]}"; do n=$((n + 1)); d=$O/l$lane-$n; mkdir -p $d; set -- $step
+        env OUT=$d DL=$((UNTIL - $(date +%s))) "${@:1:$#-1}" bash $0 "${!#}" > $d.log 2>&1
+        run=$(printf '%s\n' "$@" | sed -n 's/^NAME=//p'); [ -f $R/$run/summary.json ] || break  # not trained: stop here
+      done ) &
+  done
+  wait
+  for d in $O/l*-*/; do mv $d/*.tgz $O/ 2>/dev/null; tail -3 ${d%/}.log; rm -rf $d ${d%/}.log; done
+  triton_cache save; ls -la $O; exit 0
+fi
 if [ "${1:-}" = stage ]; then
   mkdir -p $R && rm -rf $R/$NAME && cp -r .stage/runs/$NAME $R/ && ls $R; exit 0
 fi
@@ -78,6 +95,10 @@ case "${NAME:-}" in
   seed1-alpacatail) INIT=mixr2k-seed1 S1=0 S2=4194304  # mixr2k-seed1's adapter read on 4M tokens of Alpaca-cleaned, the
                 DATA="alpaca-cleaned"  # Lizard parameters frozen (no --stage2-train-lizard): the zero-shot tasks back, the lookup kept?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-seed1" ;;
+  mixr2k-12m)   DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; S2=12582912  # mixr2k on 12M, then mixr2k-12m-tail: the
+                FLAGS="--loss-average rows $COMMON" ;;  # same 1M + 16M as alpacar2k, the last 4M Alpaca for the adapter
+  mixr2k-12m-tail) INIT=mixr2k-12m S1=0 S2=4194304  # its adapter read on 4M tokens of Alpaca-cleaned, the Lizard
+                DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;  # parameters frozen
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/alpacar2k" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
