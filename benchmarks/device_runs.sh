@@ -95,8 +95,9 @@ case "${NAME:-}" in
   seed1-alpacatail) INIT=mixr2k-seed1 S1=0 S2=4194304  # mixr2k-seed1's adapter read on 4M tokens of Alpaca-cleaned, the
                 DATA="alpaca-cleaned"  # Lizard parameters frozen (no --stage2-train-lizard): the zero-shot tasks back, the lookup kept?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-seed1" ;;
-  mixr2k-12m)   DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; S2=12582912  # mixr2k on 12M, then mixr2k-12m-tail: the
-                FLAGS="--loss-average rows $COMMON" ;;  # same 1M + 16M as alpacar2k, the last 4M Alpaca for the adapter
+  mixr2k-12m)   DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=12582912  # mixr2k on 12M (3,686 passkey rows, mixr25
+                # learned 2K from 3,550), then mixr2k-12m-tail: alpacar2k's 1M + 16M, the last 4M Alpaca for the adapter
+                FLAGS="--loss-average rows $COMMON" ;;
   mixr2k-12m-tail) INIT=mixr2k-12m S1=0 S2=4194304  # its adapter read on 4M tokens of Alpaca-cleaned, the Lizard
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;  # parameters frozen
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
