@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -494,8 +495,15 @@ def passkey(path: Path, compact: bool = False) -> str:
     keys_section, keys_vary = per_run(lambda r: r.get("passkey_keys", 5))
     keys_vary = keys_vary and bool(tr_lengths)
     seq_section, seq_vary = per_run(lambda r: r["seq_len"])
-    budget_section, budget_vary = per_run(
-        lambda r: f"{r['stage1_tokens'] / 2**20:g}M + {r['stage2_tokens'] / 2**20:g}M")
+    def budget(r: dict) -> str:
+        """Stage 1 + stage 2 tokens; a run started from another of the file (``--init-from .../NAME``) adds
+        its stage-2 tokens to that run's: ``1M + 12M + 4M``."""
+        base = re.search(r"--init-from \S*?([^/\s]+)(?:\s|$)", r.get("flags", ""))
+        if base and base.group(1) in d["runs"]:
+            return f"{budget(d['runs'][base.group(1)])} + {r['stage2_tokens'] / 2**20:g}M"
+        return f"{r['stage1_tokens'] / 2**20:g}M + {r['stage2_tokens'] / 2**20:g}M"
+
+    budget_section, budget_vary = per_run(budget)
     zero_shot = [t for t in ZERO_SHOT if any(t in v for v in d.get("benchmarks", {}).values())]
     zs_section = {n: {"0": 100 * sum(v[t] for t in zero_shot) / len(zero_shot)}
                   for n, v in d.get("benchmarks", {}).items()
@@ -530,8 +538,10 @@ def passkey(path: Path, compact: bool = False) -> str:
     out = [
         f"Long-context retrieval, {d['device']} (`{path.name}`): teacher {d['teacher']}; each run is `lizardlm "
         f"linearize` with the data and flags below ("
-        + ("as many tokens (stage 1 + stage 2) as the tokens column says," if budget_vary
-           else f"{run0['stage1_tokens'] / 2**20:g}M + {run0['stage2_tokens'] / 2**20:g}M tokens")
+        + ("as many tokens (stage 1 + stage 2) as the tokens column says"
+           + (" (one started from another by `--init-from`: that run's, then its own)" if any(
+               "--init-from" in d["runs"][n].get("flags", "") for n in names if n in d["runs"]) else "") + ","
+           if budget_vary else f"{run0['stage1_tokens'] / 2**20:g}M + {run0['stage2_tokens'] / 2**20:g}M tokens")
         + (" in sequences as long as the train seq len column says" if seq_vary else f" of {run0['seq_len']}")
         + ("" if budget_vary else ", the same for every run") + "), then "
         f"`lizardlm eval --tasks {eval_tasks(d, names)}`"

@@ -157,6 +157,18 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     assert "| teacher | – | – | 0.90 |" in table and "| a | 2M + 2M | 2048 | 0.25 |" in table
     assert "| b | 2M + 16M | 8192 | 0.75 |" in table
     assert "as many tokens (stage 1 + stage 2) as the tokens column says" in table and "same for every run" not in table
+    assert "--init-from" not in table
+    # a run started from b (no stage 1 of its own) counts b's tokens before its own
+    result["passkey"]["c"] = {"1024": 0.5}
+    result["runs"]["c"] = {**result["runs"]["b"], "stage1_tokens": 0, "stage2_tokens": 2**22,
+                           "flags": "--init-from /tmp/runs/b --loss-average rows"}
+    path.write_text(json.dumps(result))
+    table = readme_table.passkey(path)
+    assert "| c | 2M + 16M + 4M | 8192 | 0.50 |" in table and "| b | 2M + 16M | 8192 | 0.75 |" in table
+    assert "column says (one started from another by `--init-from`: that run's, then its own)," in table
+    result["runs"]["c"]["flags"] = "--init-from /elsewhere/x"  # a run the file does not hold: its own tokens only
+    path.write_text(json.dumps(result))
+    assert "| c | 0M + 4M | 8192 | 0.50 |" in readme_table.passkey(path)
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
