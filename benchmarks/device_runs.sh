@@ -17,6 +17,7 @@
 #                                              lanes at once on the one GPU, each argument a lane of steps joined by
 #                                              ' + ' (a step runs after the one before it trained its run); every
 #                                              step's deadline is what is left of DL; the runs' archives come back
+#                                              (two 1M + 16M runs overfill an 80 GB H100: add --loss-chunk to FLAGS)
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
 #                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
 #                                              unpacked on a warm machine, so a later call need not carry them
@@ -100,6 +101,9 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON" ;;
   mixr2k-12m-tail) INIT=mixr2k-12m S1=0 S2=4194304  # its adapter read on 4M tokens of Alpaca-cleaned, the Lizard
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;  # parameters frozen
+  mixr2k-12m-replay) INIT=mixr2k-12m S1=0 S2=4194304  # the tail with the passkeys replayed at a fifth of the rows:
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # does the read-out keep the lookup while the adapter reads Alpaca?
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/alpacar2k" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
