@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,29 @@ def test_pairs_bind_words_and_target_each_keys_value(books, tiny_tokenizer, temp
         assert sorted(targets.replace(".", " ").split()) == sorted(bound.values())
     again = load_documents(spec, tokenizer=tiny_tokenizer)
     assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(docs, again))
+
+
+def test_pairs_as_lines_take_mqars_format_and_target_each_value(books, tiny_tokenizer):
+    """``template=lines``: every needle a ``key: value.`` line in the filler, the question of its own,
+    then every key's line again with only its value (and full stop) as the target."""
+    from lizardlm.data.retrieval import PAIR_LINES_QUESTION, pair_words
+    from lizardlm.eval.mqar import HEADER, QUERY_HEADER
+
+    words = set(pair_words(tiny_tokenizer))
+    assert HEADER.strip() not in PAIR_LINES_QUESTION and QUERY_HEADER.strip() not in PAIR_LINES_QUESTION
+    docs = load_documents(_spec(books, ":needles=pairs:keys=4:loss=answers:template=lines"), tokenizer=tiny_tokenizer)
+    for doc in docs:
+        ids, labels = inputs_and_labels(doc.token_ids)
+        head, question, tail = tiny_tokenizer.decode(ids.tolist()).partition(PAIR_LINES_QUESTION.strip())
+        assert question and len(ids) == 255
+        bound = dict(re.findall(r"\n([a-z]+): ([a-z]+)\.", head))
+        assert len(bound) == 4 and set(bound) | set(bound.values()) <= words
+        assert len(set(bound) | set(bound.values())) == 8
+        assert sorted(tail.strip().split("\n")) == sorted(f"{k}: {v}." for k, v in bound.items())
+        targets = tiny_tokenizer.decode(labels[labels != IGNORE_INDEX].tolist())
+        assert sorted(targets.replace(".", " ").split()) == sorted(bound.values())
+    with pytest.raises(DataError, match="template=lines is the word pairs' line format: add needles=pairs"):
+        load_documents(_spec(books, ":template=lines"), tokenizer=tiny_tokenizer)
 
 
 def test_pairs_need_enough_words(books, tiny_tokenizer, monkeypatch):

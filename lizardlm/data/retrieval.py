@@ -17,7 +17,7 @@ phrase twice and the answer is the later binding), ``keys`` (5 passkeys per docu
 see :func:`lizardlm.data.sources.held_out_split`), ``loss`` (``all`` or ``answers``, below), ``template`` (``numbered``,
 below, or ``varied``: each document draws one of :data:`WORDINGS` for its needles and answers and
 one of :data:`QUESTIONS`, so that a lookup is not learned as one sentence; none of them uses the
-evaluation template's words), ``needles`` (``passkeys``, the paper's digit keys behind a numbered
+evaluation template's words; or ``lines``, word pairs only, below), ``needles`` (``passkeys``, the paper's digit keys behind a numbered
 phrase, or ``pairs``: associative recall of word pairs, below).
 
 ``needles=pairs`` binds arbitrary words instead: each needle ties a key word to a value word (``The
@@ -27,6 +27,10 @@ tokenizer's vocabulary, drawn per document; the words of the MQAR evaluation
 (:data:`lizardlm.eval.mqar.WORDS`) and its wording are left out, so MQAR measures recall of pairs
 never trained on. ``key-tokens`` does not apply (a value is one token). The passkey lookup does not
 carry to MQAR (``benchmarks/NOTES.md``): it is learned as a task of its own, and this is the general one.
+``template=lines`` writes the pairs in MQAR's own format instead, one ``key: value.`` line a needle
+(``\nlamp: wheat.``), and asks for them as lines after a question of its own (:data:`PAIR_LINES_QUESTION`,
+not MQAR's header words): word pairs in sentences taught little and cost the language model much
+(``mixr2k-pairs``, ``benchmarks/NOTES.md``).
 
 A document (the training template; the evaluation template of :mod:`lizardlm.eval.passkey` is
 another one)::
@@ -97,9 +101,13 @@ PAIR_QUESTIONS = (
     "\n\nRecall the linked words.",
     "\n\nName each match from the text.",
 )
+PAIR_LINES = ("\n{index}:", "\n{index}:")
+"""``needles=pairs:template=lines``: MQAR's own ``key: value`` lines as (needle, answer prompt), each
+followed by `` {value}.``, the answers asked after :data:`PAIR_LINES_QUESTION` (not MQAR's header words)."""
+PAIR_LINES_QUESTION = "\n\nEach word above and its match:"
 SPLITS = ("train", "eval")
 LOSSES = ("all", "answers")
-TEMPLATES = ("numbered", "varied")
+TEMPLATES = ("numbered", "varied", "lines")
 NEEDLES = ("passkeys", "pairs")
 WORD_STARTS = ("Ġ", "Ċ", "▁", " ", "\n")  # byte-level BPE, sentencepiece and plain spellings of a leading space
 
@@ -133,6 +141,8 @@ class RetrievalSpec:
             raise DataError(f"retrieval: template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
         if self.needles not in NEEDLES:
             raise DataError(f"retrieval: needles must be one of {', '.join(NEEDLES)}, got {self.needles!r}")
+        if self.template == "lines" and self.needles != "pairs":
+            raise DataError("retrieval: template=lines is the word pairs' line format: add needles=pairs")
 
 
 def is_retrieval_spec(spec: str) -> bool:
@@ -268,7 +278,8 @@ def make_example(
     """A document of exactly ``length`` tokens: filler with ``keys`` needles, the question, then
     every answer (``ask=None``, training) or only the prompt for passkey number ``ask`` (evaluation,
     the key is the continuation). ``depths[i - 1]`` places passkey number i (default: uniform random).
-    ``template="varied"`` draws the document's wording from :data:`WORDINGS` and :data:`QUESTIONS`.
+    ``template="varied"`` draws the document's wording from :data:`WORDINGS` and :data:`QUESTIONS`;
+    ``template="lines"`` (pairs only) writes :data:`PAIR_LINES`.
     With ``words`` (``needles=pairs``) each needle ties a key word to a value word, all drawn from
     ``words`` without repeats (:data:`PAIR_WORDINGS`, :data:`PAIR_QUESTIONS`); ``example.keys`` holds
     the values by needle number."""
@@ -277,6 +288,8 @@ def make_example(
     needle_at, prompt_at, question = wordings[0] + (questions[0],)
     if template == "varied":
         (needle_at, prompt_at), question = rng.choice(wordings), rng.choice(questions)
+    elif template == "lines":
+        (needle_at, prompt_at), question = PAIR_LINES, PAIR_LINES_QUESTION
     if words is None:
         names = {i: str(i) for i in range(1, keys + 1)}
         secrets = {i: make_key(tok, rng, rng.randint(*key_tokens)) for i in range(1, keys + 1)}
