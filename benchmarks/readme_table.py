@@ -495,6 +495,7 @@ def passkey(path: Path, compact: bool = False) -> str:
     keys_section, keys_vary = per_run(lambda r: r.get("passkey_keys", 5))
     keys_vary = keys_vary and bool(tr_lengths)
     seq_section, seq_vary = per_run(lambda r: r["seq_len"])
+
     def budget(r: dict) -> str:
         """Stage 1 + stage 2 tokens; a run started from another of the file (``--init-from .../NAME``) adds
         its stage-2 tokens to that run's: ``1M + 12M + 4M``."""

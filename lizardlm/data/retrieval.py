@@ -17,8 +17,8 @@ phrase twice and the answer is the later binding), ``keys`` (5 passkeys per docu
 see :func:`lizardlm.data.sources.held_out_split`), ``loss`` (``all`` or ``answers``, below), ``template`` (``numbered``,
 below, or ``varied``: each document draws one of :data:`WORDINGS` for its needles and answers and
 one of :data:`QUESTIONS`, so that a lookup is not learned as one sentence; none of them uses the
-evaluation template's words; or ``lines``, word pairs only, below), ``needles`` (``passkeys``, the paper's digit keys behind a numbered
-phrase, or ``pairs``: associative recall of word pairs, below).
+evaluation template's words; or ``lines``, word pairs only, below), ``needles`` (``passkeys``, the
+paper's digit keys behind a numbered phrase, or ``pairs``: associative recall of word pairs, below).
 
 ``needles=pairs`` binds arbitrary words instead: each needle ties a key word to a value word (``The
 word lamp goes with wheat.``, :data:`PAIR_WORDINGS`) and the answers give each key's value (``The
