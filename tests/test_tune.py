@@ -81,6 +81,15 @@ def test_refusals_change_nothing():
         with pytest.raises(ValueError):
             tune_knobs(model, tok, (160,), trials=1, progress=False, **bad)
     assert model.lizard_config.decay_scale == 0.8
+    lolcats = lizardlm.convert(tiny_llama(len(tok), seed=1), lizardlm.LizardConfig(mode="lolcats", window_size=16))
+    with pytest.raises(ValueError, match="neither a decay gate nor a write gate .* no knobs to tune"):
+        tune_knobs(lolcats, tok, (160,), trials=1, progress=False)
+    ungated = lizardlm.convert(tiny_llama(len(tok), seed=1), lizardlm.LizardConfig(gate="none", write_gate="head",
+                                                                                   window_size=16))
+    with pytest.raises(ValueError, match="no decay gate, so its decay scale changes nothing"):
+        tune_knobs(ungated, tok, (160,), decay_scales=(1.0, 0.5), trials=1, progress=False)
+    search = tune_knobs(ungated, tok, (160,), write_contrasts=(1.0,), trials=1, progress=False)  # default scales: 1
+    assert [r["decay_scale"] for r in search["grid"]] == [1.0]
 
 
 def saved_gated_model(tmp_path: Path):
@@ -139,7 +148,7 @@ def test_cli_saves_a_copy_at_the_chosen_knobs_that_loads_and_runs_at_them(tmp_pa
     assert rc == 2 and "a directory of its own, not --out's" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["not-lizard", "no-dir", "contrast-without-gate", "bad-scale"])
+@pytest.mark.parametrize("case", ["not-lizard", "no-dir", "contrast-without-gate", "bad-scale", "lolcats"])
 def test_cli_refuses_in_one_line(case, tmp_path, capsys):
     from lizardlm.cli import main
 
@@ -148,7 +157,8 @@ def test_cli_refuses_in_one_line(case, tmp_path, capsys):
     if case == "not-lizard":
         tiny_llama(len(tok)).save_pretrained(model_dir)
     elif case != "no-dir":
-        lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16)).save_pretrained(model_dir)
+        mode = "lolcats" if case == "lolcats" else "lizard"
+        lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(mode=mode, window_size=16)).save_pretrained(model_dir)
     if model_dir.is_dir():
         tok.save_pretrained(model_dir)
     extra = {"contrast-without-gate": ["--write-contrasts", "2"], "bad-scale": ["--decay-scales", "1,-1"]}.get(case, [])
@@ -158,7 +168,7 @@ def test_cli_refuses_in_one_line(case, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     says = {"not-lizard": "is not a Lizard model: it has no inference knobs", "no-dir": "no such directory",
             "contrast-without-gate": "no write gate, so its write contrast stays 1",
-            "bad-scale": "expected a number > 0"}[case]
+            "bad-scale": "expected a number > 0", "lolcats": "neither a decay gate nor a write gate"}[case]
     assert says in err
 
 

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True, help="run dir or saved Lizard model dir")
     p.add_argument("--lengths", type=sizes, required=True, help="comma-separated prompt lengths in tokens (e.g. 16k,32k)")
     p.add_argument("--decay-scales", type=float_list, default=None, metavar="S,S,...",
-                   help="decay scales to try (default: 1,0.5,0.25,0.125)")
+                   help="decay scales to try (default: 1,0.5,0.25,0.125 with a decay gate, else 1)")
     p.add_argument("--write-contrasts", type=float_list, default=None, metavar="C,C,...",
                    help="write contrasts to try (default: 1,2,3 with a write gate, else 1)")
     p.add_argument("--trials", type=positive_int, default=20, help="passkey prompts per length and setting")

@@ -27,6 +27,11 @@ DEFAULT_WRITE_CONTRASTS = (1.0, 2.0, 3.0)
 that mattered on the H100 (``benchmarks/results/passkey-contrast-nvidia-h100-80gb-hbm3.json``)."""
 
 
+def has_decay_gate(model: Any) -> bool:
+    """Whether ``model``'s linear branch decays (what ``decay_scale`` stretches; LoLCATs' does not)."""
+    return model.lizard_config.gate != "none"
+
+
 def has_write_gate(model: Any) -> bool:
     """Whether ``model``'s Lizard layers have a write gate (what ``write_contrast`` sharpens)."""
     return model.lizard_config.write_gate != "none"
@@ -55,21 +60,27 @@ def tune_knobs(
 ) -> dict[str, Any]:
     """Score every ``(decay_scale, write_contrast)`` of the grid with :func:`~lizardlm.eval.passkey.passkey_eval`
     at ``lengths`` (``passkey``: its other arguments: trials, seed, depths, template, batch size ...) and
-    pick the best. ``decay_scales=None``: :data:`DEFAULT_DECAY_SCALES`; ``write_contrasts=None``:
-    :data:`DEFAULT_WRITE_CONTRASTS` with a write gate, else 1 alone. The model's own knobs are restored
-    afterwards.
+    pick the best. ``decay_scales=None``: :data:`DEFAULT_DECAY_SCALES` with a decay gate, else 1 alone;
+    ``write_contrasts=None``: :data:`DEFAULT_WRITE_CONTRASTS` with a write gate, else 1 alone. The model's
+    own knobs are restored afterwards.
 
     Returns ``{"grid": [{"decay_scale", "write_contrast", "acc": {length: acc}, "first_digit_acc", "answer_nll",
     "mean_acc", "mean_nll"}, ...], "best": {"decay_scale", "write_contrast", "mean_acc", "mean_nll"}, "lengths",
     "trained": {"decay_scale", "write_contrast"}, "passkey": {its settings}}``.
-    ValueError for an empty grid, a contrast other than 1 without a write gate, or a setting the
+    ValueError for a model with neither gate (nothing to tune), an empty grid, a scale other than 1
+    without a decay gate, a contrast other than 1 without a write gate, or a setting the
     :class:`~lizardlm.config.LizardConfig` refuses (a value <= 0), before any setting runs."""
-    gated = has_write_gate(model)
-    decay_scales = DEFAULT_DECAY_SCALES if decay_scales is None else decay_scales
+    gated, decays = has_write_gate(model), has_decay_gate(model)
+    if not gated and not decays:
+        raise ValueError("the model has neither a decay gate nor a write gate (e.g. --mode lolcats): it has no knobs to tune")
+    if decay_scales is None:
+        decay_scales = DEFAULT_DECAY_SCALES if decays else (1.0,)
     if write_contrasts is None:
         write_contrasts = DEFAULT_WRITE_CONTRASTS if gated else (1.0,)
     if not decay_scales or not write_contrasts or not lengths:
         raise ValueError("the grid needs at least one decay scale, one write contrast and one length")
+    if not decays and any(c != 1 for c in decay_scales):
+        raise ValueError("the model has no decay gate, so its decay scale changes nothing (--decay-scales 1)")
     if not gated and any(c != 1 for c in write_contrasts):
         raise ValueError("the model has no write gate, so its write contrast stays 1 (--write-contrasts 1)")
     cfg = model.lizard_config
