@@ -79,7 +79,7 @@ def tune_knobs(
         write_contrasts = DEFAULT_WRITE_CONTRASTS if gated else (1.0,)
     if not decay_scales or not write_contrasts or not lengths:
         raise ValueError("the grid needs at least one decay scale, one write contrast and one length")
-    if not decays and any(c != 1 for c in decay_scales):
+    if not decays and any(s != 1 for s in decay_scales):
         raise ValueError("the model has no decay gate, so its decay scale changes nothing (--decay-scales 1)")
     if not gated and any(c != 1 for c in write_contrasts):
         raise ValueError("the model has no write gate, so its write contrast stays 1 (--write-contrasts 1)")
