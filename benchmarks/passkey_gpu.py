@@ -233,6 +233,14 @@ def _read_json(path: str, option: str) -> dict:
         raise SystemExit(f"{option}: cannot read {path}: {err}") from None
 
 
+def _run_and_file(result: dict[str, Any], item: str, option: str, what: str) -> tuple[str, str]:
+    """``RUN=FILE`` of ``option`` split, RUN one of ``result``'s runs, or a one-line exit saying what was expected."""
+    run_name, sep, path = item.partition("=")
+    if not sep or run_name not in result.get("runs", {}):
+        raise SystemExit(f"{option} {item!r}: expected RUN={what} with RUN one of {sorted(result.get('runs', {}))}")
+    return run_name, path
+
+
 def add_eval(result: dict[str, Any], run_name: str, eval_json: dict, source: str) -> None:
     """Join a later ``eval.json`` of ``run_name`` to its numbers: lengths it measured are added to (or
     replace) the run's, and the eval's date and source are recorded under the run."""
@@ -293,14 +301,10 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = (), tuned: list
         if base != label and base in runs:
             runs[label] = with_training(entry, runs[base])
     for item in added:
-        run_name, sep, path = item.partition("=")
-        if not sep or run_name not in result.get("runs", {}):
-            raise SystemExit(f"--add-eval {item!r}: expected RUN=EVAL_JSON with RUN one of {sorted(result.get('runs', {}))}")
+        run_name, path = _run_and_file(result, item, "--add-eval", "EVAL_JSON")
         add_eval(result, run_name, _read_json(path, "--add-eval"), path)
     for item in tuned:
-        run_name, sep, path = item.partition("=")
-        if not sep or run_name not in result.get("runs", {}):
-            raise SystemExit(f"--add-tune {item!r}: expected RUN=KNOBS_JSON with RUN one of {sorted(result.get('runs', {}))}")
+        run_name, path = _run_and_file(result, item, "--add-tune", "KNOBS_JSON")
         knobs_json = _read_json(path, "--add-tune")
         if not {"best", "passkey", "lengths", "grid"} <= set(knobs_json):
             raise SystemExit(f"--add-tune: {path} is not the knobs.json of `lizardlm tune`")

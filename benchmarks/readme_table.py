@@ -541,7 +541,7 @@ def passkey(path: Path, compact: bool = False) -> str:
         f"linearize` with the data and flags below ("
         + ("as many tokens (stage 1 + stage 2) as the tokens column says"
            + (" (one started from another by `--init-from`: that run's, then its own)" if any(
-               "--init-from" in d["runs"][n].get("flags", "") for n in names if n in d["runs"]) else "") + ","
+               v["0"].count("+") > 1 for v in budget_section.values()) else "") + ","
            if budget_vary else f"{run0['stage1_tokens'] / 2**20:g}M + {run0['stage2_tokens'] / 2**20:g}M tokens")
         + (" in sequences as long as the train seq len column says" if seq_vary else f" of {run0['seq_len']}")
         + ("" if budget_vary else ", the same for every run") + "), then "
