@@ -17,7 +17,7 @@
 #                                              lanes at once on the one GPU, each argument a lane of steps joined by
 #                                              ' + ' (a step runs after the one before it trained its run); every
 #                                              step's deadline is what is left of DL; the runs' archives come back
-#                                              (two 1M + 16M runs overfill an 80 GB H100: add --loss-chunk to FLAGS)
+#                                              (two 1M + 16M runs overfill an 80 GB H100: give a step EXTRA=--loss-chunk=4096)
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
 #                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
 #                                              unpacked on a warm machine, so a later call need not carry them
@@ -123,6 +123,7 @@ case "${NAME:-}" in
   books-tbptt)  DATA="long-docs@train"; S2=4194304; FLAGS="$COMMON --state-passing 0.9 --row-order contiguous" ;;
   *) echo "device_runs.sh: unknown NAME=${NAME:-} (see the case list in this file)" >&2; exit 2 ;;
 esac
+FLAGS="$FLAGS ${EXTRA:-}"  # a step's own additions (no spaces: `both` splits steps on them), e.g. EXTRA=--loss-chunk=4096
 mkdir -p $R
 for run in $NAME $INIT; do  # a run trained on an earlier machine, or the run this one starts from
   if [ ! -d $R/$run ] && [ -f .stage/runs/$run/summary.json ]; then
