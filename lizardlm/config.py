@@ -161,6 +161,8 @@ class LizardConfig:
             raise ValueError(f"decay_scale must be a finite number > 0, got {self.decay_scale}")
         if isinstance(self.write_contrast, bool) or not (self.write_contrast > 0 and math.isfinite(self.write_contrast)):
             raise ValueError(f"write_contrast must be a finite number > 0, got {self.write_contrast}")
+        if self.decay_scale != 1.0 and self.gate == "none":
+            raise ValueError("decay_scale stretches the decay gate's half-lives: it needs a gate other than 'none'")
         if self.write_contrast != 1.0 and self.write_gate == "none":
             raise ValueError("write_contrast sharpens the write gate: it needs write_gate 'head'")
         if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):

@@ -300,9 +300,10 @@ def test_cli_decay_scale_and_write_contrast_on_a_lizard_model_and_refused_elsewh
     from lizardlm.cli import main
 
     tok = tiny_tokenizer()
-    lizard_dir, write_dir = tmp_path / "lizard", tmp_path / "write"
-    for path, write_gate in ((lizard_dir, "none"), (write_dir, "head")):
-        lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16, write_gate=write_gate)).save_pretrained(path)
+    lizard_dir, write_dir, lolcats_dir = tmp_path / "lizard", tmp_path / "write", tmp_path / "lolcats"
+    for path, config in ((lizard_dir, {"write_gate": "none"}), (write_dir, {"write_gate": "head"}),
+                         (lolcats_dir, {"mode": "lolcats"})):
+        lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(window_size=16, **config)).save_pretrained(path)
         tok.save_pretrained(path)
     argv = ["--tasks", "passkey", "--passkey-lengths", "128", "--passkey-trials", "1", "--no-progress", "--no-plots"]
     assert main(["eval", "--model", str(lizard_dir), "--decay-scale", "0.5", "--out", str(tmp_path / "a"), *argv]) == 0
@@ -313,6 +314,7 @@ def test_cli_decay_scale_and_write_contrast_on_a_lizard_model_and_refused_elsewh
     capsys.readouterr()
     for model, knob, says in ((model_dir, ["--decay-scale", "0.5"], "is not a Lizard model (it has no decay to scale)"),
                               (lizard_dir, ["--decay-scale", "0"], "decay_scale must be a finite number > 0, got 0.0"),
+                              (lolcats_dir, ["--decay-scale", "0.5"], "decay_scale stretches the decay gate's half-lives"),
                               (model_dir, ["--write-contrast", "2"], "is not a Lizard model (it has no write gate)"),
                               (lizard_dir, ["--write-contrast", "2"], "write_contrast sharpens the write gate: it needs "
                                                                       "write_gate 'head'")):

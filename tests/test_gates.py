@@ -230,6 +230,18 @@ def test_write_contrast_sharpens_the_write_gate_and_is_a_config_it_saves(combine
         lizard_model("llama", small("scalar", combine)).set_write_contrast(2.0)
 
 
+def test_decay_scale_needs_a_decay_gate():
+    """A model whose linear branch does not decay (LoLCATs) refuses a decay scale, in the config and on a
+    loaded model, and keeps its own; 1 (as trained) is accepted."""
+    with pytest.raises(ValueError, match="decay_scale stretches the decay gate's half-lives"):
+        LizardConfig(mode="lolcats", decay_scale=0.5)
+    model = lizard_model("llama", LizardConfig(mode="lolcats", window_size=4, feature_dim=8, chunk_size=4))
+    with pytest.raises(ValueError, match="it needs a gate other than 'none'"):
+        model.set_decay_scale(0.5)
+    assert model.lizard_config.decay_scale == 1.0
+    model.set_decay_scale(1.0)
+
+
 @pytest.mark.parametrize("gate, combine", STRENGTHS)
 def test_strength_gates_agree_in_every_op_form_and_decode_like_the_forward(gate, combine):
     config = LizardConfig(combine=combine, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8,

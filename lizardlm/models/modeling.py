@@ -56,7 +56,8 @@ class LizardModelMixin:
     def set_decay_scale(self, scale: float) -> None:
         """Multiply every layer's log-decays by ``scale`` from now on (``LizardConfig.decay_scale``,
         recorded in the config, so a saved model keeps it): ``scale < 1`` stretches every half-life by
-        ``1 / scale`` for prompts longer than training; 1 is the model as trained."""
+        ``1 / scale`` for prompts longer than training; 1 is the model as trained. ValueError for a model
+        without a decay gate (``gate='none'``, e.g. LoLCATs), whose linear branch does not decay."""
         self.config.lizard = LizardConfig.from_dict({**self.config.lizard, "decay_scale": scale}).to_dict()
         for module in self.modules():
             if isinstance(module, LizardAttention) and module.gate is not None:
