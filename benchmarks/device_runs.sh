@@ -17,7 +17,13 @@
 #                                              lanes at once on the one GPU, each argument a lane of steps joined by
 #                                              ' + ' (a step runs after the one before it trained its run); every
 #                                              step's deadline is what is left of DL; the runs' archives come back
-#                                              (two 1M + 16M runs overfill an 80 GB H100: give a step EXTRA=--loss-chunk=4096)
+#                                              (a second step of one run as <run>-l<lane>-<step>.tgz)
+#                                              (two 1M + 16M runs overfill an 80 GB H100, --loss-chunk or not: 47 + 31 GB
+#                                              on 2026-12-06; there, one lane trains while the other only evaluates or
+#                                              tails; an evaluation's auto batch size takes what is free, so not beside
+#                                              a training's start either)
+#   EXTRA=...                                  a step's own flags added to its run's (no spaces: `both` splits steps
+#                                              on them), e.g. EXTRA=--loss-chunk=4096
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
 #                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
 #                                              unpacked on a warm machine, so a later call need not carry them
@@ -65,7 +71,12 @@ if [ "${1:-}" = both ]; then  # lanes side by side on the one GPU (a 135M model'
       done ) &
   done
   wait
-  for d in $O/l*-*/; do mv $d/*.tgz $O/ 2>/dev/null; tail -3 ${d%/}.log; rm -rf $d ${d%/}.log; done
+  for d in $O/l*-*/; do d=${d%/}
+    for f in $d/*.tgz; do  # a later step of the same run keeps its own archive: <run>-l<lane>-<step>.tgz
+      [ -f "$f" ] || continue; b=$(basename $f .tgz); [ -e $O/$b.tgz ] && mv $f $O/$b-${d##*/}.tgz || mv $f $O/
+    done
+    tail -3 $d.log; rm -rf $d $d.log
+  done
   triton_cache save; ls -la $O; exit 0
 fi
 if [ "${1:-}" = stage ]; then
@@ -123,7 +134,7 @@ case "${NAME:-}" in
   books-tbptt)  DATA="long-docs@train"; S2=4194304; FLAGS="$COMMON --state-passing 0.9 --row-order contiguous" ;;
   *) echo "device_runs.sh: unknown NAME=${NAME:-} (see the case list in this file)" >&2; exit 2 ;;
 esac
-FLAGS="$FLAGS ${EXTRA:-}"  # a step's own additions (no spaces: `both` splits steps on them), e.g. EXTRA=--loss-chunk=4096
+FLAGS="$FLAGS ${EXTRA:-}"
 mkdir -p $R
 for run in $NAME $INIT; do  # a run trained on an earlier machine, or the run this one starts from
   if [ ! -d $R/$run ] && [ -f .stage/runs/$run/summary.json ]; then
