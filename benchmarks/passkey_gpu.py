@@ -317,39 +317,51 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = (), tuned: list
 
 
 def knob_plot(result: dict[str, Any], path: Path) -> str | None:
-    """Passkey accuracy (solid) and the first digit's (dashed) by length, one line per evaluation at
-    inference knobs (``NAME@decayS``, ``NAME@writeC``, both) beside run ``NAME`` as trained where the
-    result holds it: what stretching the half-lives and sharpening the write gate do to retrieval."""
+    """Passkey accuracy (solid) and the first digit's (dashed) by length: one panel per trained run ``NAME``
+    with evaluations at inference knobs (``NAME@decayS``, ``NAME@writeC``, both), holding those and the run as
+    trained (black) where the result has it; the setting ``lizardlm tune`` chose (``result["tuned"]``) drawn
+    thick. What stretching the half-lives and sharpening the write gate do to each run's retrieval."""
     passkey = {n: v for n, v in result.get("passkey", {}).items() if isinstance(v, dict)}
-    tuned = [n for n in passkey if "@" in n]
-    labels = sorted({n.partition("@")[0] for n in tuned if n.partition("@")[0] in passkey} | set(tuned),
-                    key=lambda n: (n.partition("@")[0], -knob_value(n, "decay"), knob_value(n, "write")))
-    if not tuned:
+    bases = sorted({n.partition("@")[0] for n in passkey if "@" in n})
+    if not bases:
         return None
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, n in enumerate(labels):
-        color = f"C{i}"
-        for section, style in (("passkey", "-o"), ("passkey_first_digit", "--")):
-            by_len = {int(L): v for L, v in result.get(section, {}).get(n, {}).items() if isinstance(v, (int, float))}
-            if by_len:
-                xs = sorted(by_len)
-                ax.plot(xs, [by_len[x] for x in xs], style, color=color, label=n if section == "passkey" else None)
-    ax.set_xscale("log", base=2)
-    ticks = sorted({int(L) for n in labels for L in passkey[n]})
-    ax.set_xticks(ticks, [f"{L // 1024}K" if L >= 1024 else str(L) for L in ticks])
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("passkey accuracy (dashed: first digit)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"passkey by inference knobs: decay scale, write contrast ({result.get('device', '')})", fontsize=10)
+    cols = min(len(bases), 3)
+    rows = -(-len(bases) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), sharey=True, squeeze=False)
+    ticks = sorted({int(L) for n in passkey for L in passkey[n]})
+    for ax, base in zip(axes.flat, bases):
+        chosen = result.get("tuned", {}).get(base, {}).get("chosen")
+        labels = sorted((n for n in passkey if n.partition("@")[0] == base),
+                        key=lambda n: ("@" in n, -knob_value(n, "decay"), knob_value(n, "write")))
+        for i, n in enumerate(labels):
+            color = "black" if n == base else f"C{i}"
+            width = 3.0 if n == chosen else 1.4
+            name = "as trained" if n == base else n.partition("@")[2].replace("@", ", ")
+            for section, style in (("passkey", "-o"), ("passkey_first_digit", "--")):
+                by_len = {int(L): v for L, v in result.get(section, {}).get(n, {}).items() if isinstance(v, (int, float))}
+                if by_len:
+                    xs = sorted(by_len)
+                    ax.plot(xs, [by_len[x] for x in xs], style, color=color, lw=width, ms=4,
+                            label=(name + (" (tune's choice)" if n == chosen else "")) if section == "passkey" else None)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{L // 1024}K" if L >= 1024 else str(L) for L in ticks])
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(base, fontsize=10)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.legend(fontsize=7, loc="lower left")
+    for ax in axes.flat[len(bases):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("passkey accuracy (dashed: first digit)")
+    fig.suptitle(f"passkey by inference knobs: decay scale, write contrast ({result.get('device', '')})", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
 
