@@ -115,6 +115,11 @@ case "${NAME:-}" in
   mixr2k-12m-replay) INIT=mixr2k-12m S1=0 S2=4194304  # the tail with the passkeys replayed at a fifth of the rows:
                 DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # does the read-out keep the lookup while the adapter reads Alpaca?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;
+  mixr2k-12m-replay5) INIT=mixr2k-12m S1=0 S2=4194304  # the replay at a twentieth of the rows: fewer zero-shot
+                DATA="mix:alpaca-cleaned=0.95,$PASSKEYS=0.05"; FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;  # points lost?
+  mixr2k-12m-replay-tok) INIT=mixr2k-12m S1=0 S2=4194304  # the replay's fifth of the rows with the loss averaged over
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # tokens: the answers weigh as their tokens (~0.5%)
+                FLAGS="--loss-average tokens --init-from $R/mixr2k-12m" ;;
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/alpacar2k" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
