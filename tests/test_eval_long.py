@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-from eval_stubs import OOMLM, InductionOracle, PasskeyOracle, tiny_llama, tiny_tokenizer  # noqa: E402
+from eval_stubs import OOMLM, DigitCopier, InductionOracle, PasskeyOracle, tiny_llama, tiny_tokenizer  # noqa: E402
 
 import lizardlm  # noqa: E402
 from lizardlm.data import Document  # noqa: E402
@@ -104,6 +104,20 @@ def test_passkey_says_when_an_answer_is_another_needle(tok):
     assert all(t["correct"] != t["other_key"] for t in rec["trials"])
     oracle = passkey_eval(PasskeyOracle(tok), tok, lengths=(256,), trials=4, progress=False)["lengths"][0]
     assert oracle["acc"] == oracle["first_digit_acc"] == 1.0 and oracle["other_key_rate"] == 0.0
+
+
+def test_passkey_splits_exact_match_by_keys_that_repeat_a_digit(tok):
+    """A copier that takes each digit from the one before it answers every key of distinct digits and
+    misses keys whose repeated digit is followed by another: the per-length record tells the two apart,
+    and the two accuracies weigh back to the whole."""
+    rec = passkey_eval(DigitCopier(tok), tok, lengths=(256,), trials=40, progress=False)["lengths"][0]
+    rep = [t for t in rec["trials"] if len(set(t["key"])) < 5]
+    assert 0 < len(rep) < 40 and rec["distinct_digit_acc"] == 1.0 and rec["repeated_digit_acc"] < 1.0
+    assert rec["repeated_digit_acc"] == sum(t["correct"] for t in rep) / len(rep)
+    assert rec["acc"] * 40 == pytest.approx(rec["repeated_digit_acc"] * len(rep) + (40 - len(rep)))
+    assert all(t["first_digit"] for t in rec["trials"])  # found every time: the slips are in the copy
+    oracle = passkey_eval(PasskeyOracle(tok), tok, lengths=(256,), trials=40, progress=False)["lengths"][0]
+    assert oracle["repeated_digit_acc"] == oracle["distinct_digit_acc"] == 1.0
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -173,9 +173,12 @@ def passkey_eval(
     :class:`~lizardlm.data.retrieval.FillerPool` of held-out books, with ``keys`` passkeys a prompt).
     ``batch_size`` prompts run at once.
 
-    Per length: ``{"length", "status": "ok", "acc", "first_digit_acc", "other_key_rate", "answer_nll", "by_depth",
-    "trials": [...], "seconds"}`` (``other_key_rate``: the share of answers that are exactly another
-    passkey of the prompt; always 0 for the evaluation template's one needle) or
+    Per length: ``{"length", "status": "ok", "acc", "first_digit_acc", "other_key_rate", "repeated_digit_acc",
+    "distinct_digit_acc", "answer_nll", "by_depth", "trials": [...], "seconds"}`` (``other_key_rate``: the share
+    of answers that are exactly another passkey of the prompt, always 0 for the evaluation template's one
+    needle; ``repeated_digit_acc`` / ``distinct_digit_acc``: exact match over the keys that repeat a digit
+    (70% of random 5-digit keys) / that do not, None where there were none: a model that finds the needle
+    but copies each digit from the one before it slips on the former) or
     ``{"length", "status": "skipped (reason)"}``. A length is skipped when it runs out of memory,
     when the time it would take (extrapolated from the previous length: linearly, or for stock
     full-attention models as the mean of linear and quadratic growth) exceeds ``time_budget_s``, or, for stock
@@ -224,6 +227,8 @@ def passkey_eval(
                 acc=sum(d["correct"] for d in done) / len(done),
                 first_digit_acc=sum(d["first_digit"] for d in done) / len(done),
                 other_key_rate=sum(d["other_key"] for d in done) / len(done),
+                repeated_digit_acc=_acc([d for d in done if len(set(d["key"])) < len(d["key"])]),
+                distinct_digit_acc=_acc([d for d in done if len(set(d["key"])) == len(d["key"])]),
                 answer_nll=sum(d["answer_nll"] for d in done) / len(done),
                 n=len(done),
                 by_depth=_by_depth(done),
@@ -237,6 +242,11 @@ def passkey_eval(
     bar.close()
     return {"lengths": results, "trials": trials, "digits": digits, "template": template, "depths": list(grid or ()),
             **({"keys": keys} if template == "train" else {})}
+
+
+def _acc(done: list[dict]) -> float | None:
+    """Exact match over these trials; None for none."""
+    return sum(d["correct"] for d in done) / len(done) if done else None
 
 
 def _by_depth(done: list[dict]) -> dict[str, float]:

@@ -178,6 +178,8 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
         if rec.get("acc") is not None:
             metrics[f"first digit @ {rec['length']}"] = rec["first_digit_acc"]
             metrics[f"answer nll @ {rec['length']}"] = rec["answer_nll"]
+            if rec.get("repeated_digit_acc") is not None:
+                metrics[f"keys repeating a digit @ {rec['length']}"] = rec["repeated_digit_acc"]
             if template == "train":
                 metrics[f"another passkey @ {rec['length']}"] = rec["other_key_rate"]
     out = {"status": "ok", "metrics": metrics, "details": r}
