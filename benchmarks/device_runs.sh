@@ -13,6 +13,8 @@
 #   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] bash benchmarks/device_runs.sh tune
 #                                              `lizardlm tune`: the inference knobs chosen on prompts of seed 1
 #                                              (the evaluation's are seed 0), into $OUT/tune-<run>/
+#   NAME=<run> [LENGTHS=..] [SCALES=..] [CONTRASTS=..] bash benchmarks/device_runs.sh tuned
+#                                              tune, then the passkey evaluation at the knobs it chose, one archive
 #   [DL=seconds] bash benchmarks/device_runs.sh both "NAME=a train" "NAME=b TASKS=passkey train + NAME=b-tail zs"
 #                                              lanes at once on the one GPU, each argument a lane of steps joined by
 #                                              ' + ' (a step runs after the one before it trained its run); every
@@ -75,6 +77,7 @@ if [ "${1:-}" = both ]; then  # lanes side by side on the one GPU (a 135M model'
     for f in $d/*.tgz; do  # a later step of the same run keeps its own archive: <run>-l<lane>-<step>.tgz
       [ -f "$f" ] || continue; b=$(basename $f .tgz); [ -e $O/$b.tgz ] && mv $f $O/$b-${d##*/}.tgz || mv $f $O/
     done
+    for t in $d/tune-*/; do [ -d "$t" ] && mv $t $O/; done  # a tune step's knobs.json and knobs.png
     tail -3 $d.log; rm -rf $d $d.log
   done
   triton_cache save; ls -la $O; exit 0
@@ -157,6 +160,11 @@ save() {
   ls -la $OUT
 }
 
+tune() {  # lizardlm tune on prompts of seed 1 into $OUT/tune-$NAME/
+  python3 -m lizardlm tune --model $R/$NAME --lengths ${LENGTHS:-16384,32768} --device cuda --no-progress \
+    --decay-scales ${SCALES:-1,0.5,0.25,0.125} --write-contrasts ${CONTRASTS:-1,2,3} --trials 20 --out $OUT/tune-$NAME 2>&1 | tail -14
+}
+
 drive() {
   python3 benchmarks/passkey_gpu.py --out $OUT --runs $R --name $NAME --mode $MODE --data "$DATA" \
     --stage1-tokens $S1 --stage2-tokens $S2 --seq-len 2048 --flags "$FLAGS" --deadline ${DL:-560} \
@@ -167,8 +175,11 @@ case "${1:-}" in
   train) drive; save; triton_cache save ;;
   eval)  drive --eval-only; save; triton_cache save ;;
   zs)    drive --eval-only --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande; save; triton_cache save ;;
-  tune)  python3 -m lizardlm tune --model $R/$NAME --lengths ${LENGTHS:-16384,32768} --device cuda --no-progress \
-           --decay-scales ${SCALES:-1,0.5,0.25,0.125} --write-contrasts ${CONTRASTS:-1,2,3} --trials 20 --out $OUT/tune-$NAME 2>&1 | tail -14
-         triton_cache save ;;
-  *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs|tune" >&2; exit 2 ;;
+  tune)  tune; triton_cache save ;;
+  tuned) tune  # then the evaluation's passkey at the knobs chosen (run NAME@decayS@writeC), in one archive
+         read -r DS WC < <(python3 -c "import json; b = json.load(open('$OUT/tune-$NAME/knobs.json'))['best']
+print(*('-' if v == 1 else '%g' % v for v in (b['decay_scale'], b['write_contrast'])))") || exit 1
+         [ "$DS" = - ] && DS=; [ "$WC" = - ] && WC=  # a knob left at 1 goes unnamed, as in --add-tune's label
+         TASKS=passkey drive --eval-only; save; triton_cache save ;;
+  *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs|tune|tuned" >&2; exit 2 ;;
 esac
