@@ -224,7 +224,7 @@ def passkey_eval(
             rec["status"] = "ok"
         if done:
             rec.update(
-                acc=sum(d["correct"] for d in done) / len(done),
+                acc=_acc(done),
                 first_digit_acc=sum(d["first_digit"] for d in done) / len(done),
                 other_key_rate=sum(d["other_key"] for d in done) / len(done),
                 repeated_digit_acc=_acc([d for d in done if len(set(d["key"])) < len(d["key"])]),
