@@ -134,6 +134,8 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON" ;;  # word pairs for MQAR (NOTES: the passkey lookup does not carry)
   mixr2k-lines) DATA="mix:alpaca-cleaned=0.45,$PASSKEYS=0.45,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=1000=0.1"
                 FLAGS="--loss-average rows $COMMON" ;;  # MQAR's line format at a tenth of the rows (mixr2k-pairs: a quarter, sentences)
+  mixr2k-lines25) DATA="mix:alpaca-cleaned=0.375,$PASSKEYS=0.375,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000=0.25"
+                FLAGS="--loss-average rows $COMMON" ;;  # the lines at a quarter of the rows, 4,000 documents (mixr2k-lines: 1,000 read twice)
   mixr2k-lolcats) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; MODE=lolcats  # LoLCATs beside: no gate, its own feature map
                 FLAGS="--loss-average rows --window-size 128 --stage2-train-lizard" ;;
   mixr2k-long-lolcats) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.25,retrieval:length=16384:loss=answers:template=varied:count=300=0.25"
