@@ -497,11 +497,11 @@ def passkey(path: Path, compact: bool = False) -> str:
     seq_section, seq_vary = per_run(lambda r: r["seq_len"])
 
     def budget(r: dict) -> str:
-        """Stage 1 + stage 2 tokens; a run started from another of the file (``--init-from .../NAME``) adds
-        its stage-2 tokens to that run's: ``1M + 12M + 4M``."""
-        base = re.search(r"--init-from \S*?([^/\s]+)(?:\s|$)", r.get("flags", ""))
-        if base and base.group(1) in d["runs"]:
-            return f"{budget(d['runs'][base.group(1)])} + {r['stage2_tokens'] / 2**20:g}M"
+        """Stage 1 + stage 2 tokens; a run started from another (``--init-from .../NAME``) adds its stage-2
+        tokens to that run's: ``1M + 12M + 4M`` where the file holds NAME, else ``NAME + 4M``."""
+        base = started_from(r)
+        if base:
+            return f"{budget(d['runs'][base]) if base in d['runs'] else base} + {r['stage2_tokens'] / 2**20:g}M"
         return f"{r['stage1_tokens'] / 2**20:g}M + {r['stage2_tokens'] / 2**20:g}M"
 
     budget_section, budget_vary = per_run(budget)
@@ -541,7 +541,7 @@ def passkey(path: Path, compact: bool = False) -> str:
         f"linearize` with the data and flags below ("
         + ("as many tokens (stage 1 + stage 2) as the tokens column says"
            + (" (one started from another by `--init-from`: that run's, then its own)" if any(
-               v["0"].count("+") > 1 for v in budget_section.values()) else "") + ","
+               started_from(d["runs"][n]) for n in names if n in d["runs"]) else "") + ","
            if budget_vary else f"{run0['stage1_tokens'] / 2**20:g}M + {run0['stage2_tokens'] / 2**20:g}M tokens")
         + (" in sequences as long as the train seq len column says" if seq_vary else f" of {run0['seq_len']}")
         + ("" if budget_vary else ", the same for every run") + "), then "
@@ -571,15 +571,28 @@ def passkey(path: Path, compact: bool = False) -> str:
     return "\n".join(out)
 
 
+def started_from(run: dict) -> str | None:
+    """The name of the run a run was started from (its flags' ``--init-from .../NAME``), if any."""
+    found = re.search(r"--init-from \S*?([^/\s]+)(?:\s|$)", run.get("flags", ""))
+    return found.group(1) if found else None
+
+
+LONG_TASKS = ("passkey", "passkey_train", "ruler", "longppl", "diagnostics", "mqar")
+"""The long-context tasks a result file holds as sections of their own (the zero-shot ones: ``benchmarks``)."""
+
+
 def eval_tasks(d: dict, names: list[str]) -> str:
-    """The tasks any of ``names`` was evaluated on, in first-seen order: each run's ``eval_command`` and
-    the evaluations joined to it later (``added_evals``); the file's ``eval_tasks`` where none says."""
+    """The tasks any of ``names`` was evaluated on, in first-seen order: each run's ``eval_command``, the
+    evaluations joined to it later (``added_evals``), and the tasks whose numbers the file holds for it (an
+    evaluation resumed over several calls names only its last call's tasks); the file's ``eval_tasks``
+    where none says."""
     tasks: list[str] = []
     for n in names:
         run = d["runs"].get(n, {})
         words = run.get("eval_command", "").split()
         given = [words[words.index("--tasks") + 1].split(",")] if "--tasks" in words else []
-        for group in given + [e["tasks"] for e in run.get("added_evals", [])]:
+        held = [t for t in LONG_TASKS if n in d.get(t, {})] + list(d.get("benchmarks", {}).get(n, {}))
+        for group in given + [e["tasks"] for e in run.get("added_evals", [])] + [held]:
             tasks += [t for t in group if t not in tasks]
     return ",".join(tasks) or d["eval_tasks"]
 

@@ -168,9 +168,10 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     table = readme_table.passkey(path)
     assert "| c | 2M + 16M + 4M | 8192 | 0.50 |" in table and "| b | 2M + 16M | 8192 | 0.75 |" in table
     assert "column says (one started from another by `--init-from`: that run's, then its own)," in table
-    result["runs"]["c"]["flags"] = "--init-from /elsewhere/x"  # a run the file does not hold: its own tokens only
+    result["runs"]["c"]["flags"] = "--init-from /elsewhere/x"  # a run the file does not hold: named, then its own tokens
     path.write_text(json.dumps(result))
-    assert "| c | 0M + 4M | 8192 | 0.50 |" in readme_table.passkey(path)
+    table = readme_table.passkey(path)
+    assert "| c | x + 4M | 8192 | 0.50 |" in table and "that run's, then its own" in table
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
@@ -275,6 +276,20 @@ def test_benchmarks_join_the_result_and_the_readme_table(tmp_path):
     result["runs"]["base"] = {**result["runs"]["mix"], "data": "alpaca-cleaned"}
     path.write_text(json.dumps(result))
     assert "| base | – | 50.0 | – |" in readme_table.passkey(path)
+
+
+def test_caption_names_the_tasks_of_an_evaluation_resumed_over_several_calls():
+    """A run whose evaluation was cut and resumed: its record's command names only the last call's tasks, and
+    the caption adds every task whose numbers the file holds for it (in first-seen order, none twice)."""
+    import readme_table
+
+    result = {"eval_tasks": "passkey", "runs": {"a": {"eval_command": "python -m lizardlm eval --tasks piqa,arc_easy --resume"},
+                                                "b": {}},
+              "passkey": {"a": {"1024": 0.5}, "b": {"1024": 1.0}}, "mqar": {"a": {"128": 0.9}},
+              "benchmarks": {"a": {"piqa": 0.6, "arc_easy": 0.5}}}
+    assert readme_table.eval_tasks(result, ["a"]) == "piqa,arc_easy,passkey,mqar"
+    assert readme_table.eval_tasks(result, ["b", "a"]) == "passkey,piqa,arc_easy,mqar"
+    assert readme_table.eval_tasks({"eval_tasks": "passkey", "runs": {"c": {}}}, ["c"]) == "passkey"
 
 
 def test_heatmaps_join_the_lengths_of_several_evaluations(tmp_path, monkeypatch):
