@@ -194,8 +194,9 @@ def assemble(result: dict, run_name: str, eval_json: dict) -> None:
                 section[name] = _by_length(entry, "acc")
                 result.setdefault(f"{task}_first_digit", {})[name] = _by_length(entry, "first_digit_acc")
                 result.setdefault(f"{task}_answer_nll", {})[name] = _by_length(entry, "answer_nll")
-                if any("repeated_digit_acc" in r for r in entry["details"]["lengths"]):  # evaluations since 2026-12-06
-                    result.setdefault(f"{task}_repeated_digit", {})[name] = _by_length(entry, "repeated_digit_acc")
+                for key, suffix in (("repeated_digit_acc", "repeated_digit"), ("number_rate", "number_rate")):
+                    if any(key in r for r in entry["details"]["lengths"]):  # evaluations since 2026-12-06
+                        result.setdefault(f"{task}_{suffix}", {})[name] = _by_length(entry, key)
                 if task == "passkey_train":
                     result.setdefault("passkey_train_another_key", {})[name] = _by_length(entry, "other_key_rate")
             elif task == "ruler":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-from eval_stubs import OOMLM, DigitCopier, InductionOracle, PasskeyOracle, tiny_llama, tiny_tokenizer  # noqa: E402
+from eval_stubs import OOMLM, DigitCopier, InductionOracle, PasskeyOracle, ProseAnswerer, tiny_llama, tiny_tokenizer  # noqa: E402
 
 import lizardlm  # noqa: E402
 from lizardlm.data import Document  # noqa: E402
@@ -19,7 +19,7 @@ from lizardlm.data.retrieval import FillerPool  # noqa: E402
 from lizardlm.eval._utils import call_logits  # noqa: E402
 from lizardlm.eval.longppl import bucket_edges, longppl_eval, sliding_nll  # noqa: E402
 from lizardlm.eval.passkey import passkey_eval  # noqa: E402
-from lizardlm.eval.report import passkey_heatmap  # noqa: E402
+from lizardlm.eval.report import EvalConfig, _run_passkey, passkey_heatmap  # noqa: E402
 from lizardlm.eval.ruler import TASKS, make_prompt, ruler_eval  # noqa: E402
 from lizardlm.eval.passkey import make_train_prompt, run_prompts  # noqa: E402
 from lizardlm.eval.streaming import greedy_and_nll, greedy_batch, token_nll  # noqa: E402
@@ -118,6 +118,21 @@ def test_passkey_splits_exact_match_by_keys_that_repeat_a_digit(tok):
     assert all(t["first_digit"] for t in rec["trials"])  # found every time: the slips are in the copy
     oracle = passkey_eval(PasskeyOracle(tok), tok, lengths=(256,), trials=40, progress=False)["lengths"][0]
     assert oracle["repeated_digit_acc"] == oracle["distinct_digit_acc"] == 1.0
+
+
+def test_passkey_tells_answers_in_words_from_wrong_numbers(tok):
+    """A model that finds every needle but answers in words where the key starts with an odd digit: the
+    record's number rate is the share of number answers, every one of them right (its exact match 1), and
+    exact match is the number rate; one that answers every key holds a number every time."""
+    rec = passkey_eval(ProseAnswerer(tok), tok, lengths=(256,), trials=30, progress=False)["lengths"][0]
+    odd = [t for t in rec["trials"] if int(t["key"][0]) % 2]
+    assert 0 < len(odd) < 30 and all(t["pred"] == "" and t["output"].strip() == "the pass key." for t in odd)
+    assert rec["number_rate"] == pytest.approx(1 - len(odd) / 30) == pytest.approx(rec["acc"])
+    assert rec["number_acc"] == 1.0
+    copier = passkey_eval(DigitCopier(tok), tok, lengths=(256,), trials=30, progress=False)["lengths"][0]
+    assert copier["number_rate"] == 1.0 and copier["number_acc"] == copier["acc"] < 1.0
+    metrics = _run_passkey(ProseAnswerer(tok), tok, EvalConfig(passkey_lengths=(256,), passkey_trials=30, progress=False))["metrics"]
+    assert metrics["answers holding a number @ 256"] == rec["number_rate"] and metrics["exact match of those @ 256"] == 1.0
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -98,7 +98,7 @@ def test_combine_merges_runs_section_by_section(tmp_path):
     later = {"meta": {"date": "2026-12-03", "tasks": ["passkey"], "settings": {"passkey_lengths": [32768], "seed": 0}},
              "tasks": {"passkey": {"model": {"status": "ok", "details": {"lengths": [
                  {"length": 32768, "status": "ok", "acc": 0.3, "first_digit_acc": 0.5, "answer_nll": 0.7,
-                  "repeated_digit_acc": 0.25}]}}}}}
+                  "repeated_digit_acc": 0.25, "number_rate": 0.75}]}}}}}
     (tmp_path / "later.json").write_text(json.dumps(later))
     out = tmp_path / "out2"
     assert passkey_gpu.main(["--out", str(out), "--combine", *map(str, files), "--add-eval", f"b={tmp_path / 'later.json'}"]) == 0
@@ -106,6 +106,7 @@ def test_combine_merges_runs_section_by_section(tmp_path):
     assert merged["passkey"]["b"] == {"1024": 0.9, "32768": 0.3} and merged["passkey"]["a"] == {"1024": 0.2}
     assert merged["passkey_first_digit"]["b"] == {"32768": 0.5} and merged["passkey_answer_nll"]["b"] == {"32768": 0.7}
     assert merged["passkey_repeated_digit"] == {"b": {"32768": 0.25}}  # only evaluations that report it
+    assert merged["passkey_number_rate"] == {"b": {"32768": 0.75}}
     assert merged["runs"]["b"]["added_evals"] == [{"source": str(tmp_path / "later.json"), "date": "2026-12-03",
                                                    "tasks": ["passkey"], "settings": {"passkey_lengths": [32768]}}]
     with pytest.raises(SystemExit, match="expected RUN=EVAL_JSON"):

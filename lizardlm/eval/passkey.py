@@ -174,11 +174,14 @@ def passkey_eval(
     ``batch_size`` prompts run at once.
 
     Per length: ``{"length", "status": "ok", "acc", "first_digit_acc", "other_key_rate", "repeated_digit_acc",
-    "distinct_digit_acc", "answer_nll", "by_depth", "trials": [...], "seconds"}`` (``other_key_rate``: the share
-    of answers that are exactly another passkey of the prompt, always 0 for the evaluation template's one
-    needle; ``repeated_digit_acc`` / ``distinct_digit_acc``: exact match over the keys that repeat a digit
-    (70% of random 5-digit keys) / that do not, None where there were none: a model that finds the needle
-    but copies each digit from the one before it slips on the former) or
+    "distinct_digit_acc", "number_rate", "number_acc", "answer_nll", "by_depth", "trials": [...], "seconds"}``
+    (``other_key_rate``: the share of answers that are exactly another passkey of the prompt, always 0 for
+    the evaluation template's one needle; ``repeated_digit_acc`` / ``distinct_digit_acc``: exact match over
+    the keys that repeat a digit (70% of random 5-digit keys) / that do not, None where there were none: a
+    model that finds the needle but copies each digit from the one before it slips on the former;
+    ``number_rate``: the share of answers that hold a number at all, ``number_acc``: exact match over those,
+    None where none does: a model whose misses are prose ("the pass key.") lost the answer's format, not
+    the lookup) or
     ``{"length", "status": "skipped (reason)"}``. A length is skipped when it runs out of memory,
     when the time it would take (extrapolated from the previous length: linearly, or for stock
     full-attention models as the mean of linear and quadratic growth) exceeds ``time_budget_s``, or, for stock
@@ -229,6 +232,7 @@ def passkey_eval(
                 other_key_rate=sum(d["other_key"] for d in done) / len(done),
                 repeated_digit_acc=_acc([d for d in done if len(set(d["key"])) < len(d["key"])]),
                 distinct_digit_acc=_acc([d for d in done if len(set(d["key"])) == len(d["key"])]),
+                **number_answers(done),
                 answer_nll=sum(d["answer_nll"] for d in done) / len(done),
                 n=len(done),
                 by_depth=_by_depth(done),
@@ -242,6 +246,13 @@ def passkey_eval(
     bar.close()
     return {"lengths": results, "trials": trials, "digits": digits, "template": template, "depths": list(grid or ()),
             **({"keys": keys} if template == "train" else {})}
+
+
+def number_answers(trials: list[dict]) -> dict[str, float | None]:
+    """``number_rate``: the share of ``trials`` (non-empty) whose answer holds a number; ``number_acc``: exact
+    match over those (None where none does)."""
+    numbered = [d for d in trials if d["pred"]]
+    return {"number_rate": len(numbered) / len(trials), "number_acc": _acc(numbered)}
 
 
 def _acc(done: list[dict]) -> float | None:

@@ -180,6 +180,10 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
             metrics[f"answer nll @ {rec['length']}"] = rec["answer_nll"]
             if rec.get("repeated_digit_acc") is not None:
                 metrics[f"keys repeating a digit @ {rec['length']}"] = rec["repeated_digit_acc"]
+            if "number_rate" in rec:
+                metrics[f"answers holding a number @ {rec['length']}"] = rec["number_rate"]
+                if rec["number_acc"] is not None:
+                    metrics[f"exact match of those @ {rec['length']}"] = rec["number_acc"]
             if template == "train":
                 metrics[f"another passkey @ {rec['length']}"] = rec["other_key_rate"]
     out = {"status": "ok", "metrics": metrics, "details": r}
