@@ -699,6 +699,31 @@ def mqar_window(path: Path) -> str:
     return "\n".join(out)
 
 
+def answer_format(path: Path) -> str:
+    """``answer_format.py``: every committed passkey evaluation's exact match beside how often its answers held
+    a number and how many of those were the key."""
+    d = json.loads(path.read_text())["evaluations"]
+    lengths = sorted({int(L) for models in d.values() for by_len in models.values() for L in by_len})
+    cell = lambda r: "–" if r is None else (  # noqa: E731
+        f"{r['acc']:.2f} · {r['number_rate']:.2f} · " + ("–" if r["number_acc"] is None else f"{r['number_acc']:.2f}"))
+    out = [
+        f"Passkey misses in words or in numbers (`{path.name}`, re-scored on CPU from the trials each committed "
+        "`eval.json` keeps; its folder names the device it ran on). Each cell: exact match · the share of answers "
+        "holding a number · exact match over those. A miss without a number is an answer in words (\" the pass "
+        "key.\"), which exact match cannot tell from a lookup that found nothing (the answer NLL of the run's "
+        "evaluation says how likely the key still was); a miss with a number is a wrong key. At a share of 0.10 "
+        "the numbers given are those of the needles at depth 1.0, inside the window.",
+        "",
+        "| evaluation | model | " + " | ".join(f"{kib(L)}" for L in lengths) + " |",
+        "|---|---|" + "---:|" * len(lengths),
+    ]
+    for name, models in d.items():
+        for model, by_len in models.items():
+            out.append(f"| {name.removesuffix('-eval.json').removesuffix('.json')} | {model} | "
+                       + " | ".join(cell(by_len.get(str(L))) for L in lengths) + " |")
+    return "\n".join(out)
+
+
 def state_passing(path: Path) -> str:
     """``state_passing_pilot.py``: perplexity by position on held-out books, teacher and every student."""
     d = json.loads(path.read_text())
@@ -870,6 +895,7 @@ RENDERERS = (
     ("passkey-*.json", lambda p: passkey(p)),
     ("longppl-reference-*.json", lambda p: longppl_reference(p)),
     ("mqar-window-*.json", lambda p: mqar_window(p)),
+    ("answer-format*.json", lambda p: answer_format(p)),
     ("state-passing-pilot-*.json", lambda p: state_passing(p)),
     ("tbptt-toy-*.json", lambda p: tbptt_toy(p)),
     ("toy-needle-grid-*.json", lambda p: toy_grid(p)),
