@@ -120,6 +120,8 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;
   mixr2k-12m-replay5) INIT=mixr2k-12m S1=0 S2=4194304  # the replay at a twentieth of the rows: fewer zero-shot
                 DATA="mix:alpaca-cleaned=0.95,$PASSKEYS=0.05"; FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;  # points lost?
+  mixr2k-12m-replay10) INIT=mixr2k-12m S1=0 S2=4194304  # a tenth: between the fifth (lookup kept, 47.9) and the
+                DATA="mix:alpaca-cleaned=0.9,$PASSKEYS=0.1"; FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;  # twentieth (48.7, answers in words)
   mixr2k-12m-replay-tok) INIT=mixr2k-12m S1=0 S2=4194304  # the replay's fifth of the rows with the loss averaged over
                 DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # tokens: the answers weigh as their tokens (~0.5%)
                 FLAGS="--loss-average tokens --init-from $R/mixr2k-12m" ;;
@@ -136,6 +138,11 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON" ;;  # MQAR's line format at a tenth of the rows (mixr2k-pairs: a quarter, sentences)
   mixr2k-lines25) DATA="mix:alpaca-cleaned=0.375,$PASSKEYS=0.375,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000=0.25"
                 FLAGS="--loss-average rows $COMMON" ;;  # the lines at a quarter of the rows, 4,000 documents (mixr2k-lines: 1,000 read twice)
+  mixr2k-lines-12m) DATA="mix:alpaca-cleaned=0.375,$PASSKEYS=0.375,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000=0.25"
+                S2=12582912; FLAGS="--loss-average rows $COMMON" ;;  # mixr2k-lines25 on 12M, then its tail below: 1M + 16M in all
+  mixr2k-lines-12m-replay) INIT=mixr2k-lines-12m S1=0 S2=4194304  # the adapter alone on Alpaca with both lookups replayed:
+                DATA="mix:alpaca-cleaned=0.7,$PASSKEYS=0.15,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000=0.15"
+                FLAGS="--loss-average rows --init-from $R/mixr2k-lines-12m" ;;  # MQAR, passkey and the zero-shot points at once?
   mixr2k-lolcats) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; MODE=lolcats  # LoLCATs beside: no gate, its own feature map
                 FLAGS="--loss-average rows --window-size 128 --stage2-train-lizard" ;;
   mixr2k-long-lolcats) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.25,retrieval:length=16384:loss=answers:template=varied:count=300=0.25"
