@@ -132,7 +132,7 @@ def test_passkey_tells_answers_in_words_from_wrong_numbers(tok):
     copier = passkey_eval(DigitCopier(tok), tok, lengths=(256,), trials=30, progress=False)["lengths"][0]
     assert copier["number_rate"] == 1.0 and copier["number_acc"] == copier["acc"] < 1.0
     metrics = _run_passkey(ProseAnswerer(tok), tok, EvalConfig(passkey_lengths=(256,), passkey_trials=30, progress=False))["metrics"]
-    assert metrics["answers holding a number @ 256"] == rec["number_rate"] and metrics["exact match of those @ 256"] == 1.0
+    assert metrics["answers holding a number @ 256"] == rec["number_rate"] and metrics["exact match of number answers @ 256"] == 1.0
 
 
 @pytest.mark.parametrize("task", TASKS)

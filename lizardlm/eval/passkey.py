@@ -180,8 +180,8 @@ def passkey_eval(
     the keys that repeat a digit (70% of random 5-digit keys) / that do not, None where there were none: a
     model that finds the needle but copies each digit from the one before it slips on the former;
     ``number_rate``: the share of answers that hold a number at all, ``number_acc``: exact match over those,
-    None where none does: a model whose misses are prose ("the pass key.") lost the answer's format, not
-    the lookup) or
+    None where none does: a miss in words ("the pass key.") lost the answer's format, where a wrong number
+    is a wrong key; whether the key was still there, ``answer_nll`` says) or
     ``{"length", "status": "skipped (reason)"}``. A length is skipped when it runs out of memory,
     when the time it would take (extrapolated from the previous length: linearly, or for stock
     full-attention models as the mean of linear and quadratic growth) exceeds ``time_budget_s``, or, for stock

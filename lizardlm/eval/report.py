@@ -183,7 +183,7 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
             if "number_rate" in rec:
                 metrics[f"answers holding a number @ {rec['length']}"] = rec["number_rate"]
                 if rec["number_acc"] is not None:
-                    metrics[f"exact match of those @ {rec['length']}"] = rec["number_acc"]
+                    metrics[f"exact match of number answers @ {rec['length']}"] = rec["number_acc"]
             if template == "train":
                 metrics[f"another passkey @ {rec['length']}"] = rec["other_key_rate"]
     out = {"status": "ok", "metrics": metrics, "details": r}
