@@ -88,6 +88,7 @@ fi
 source benchmarks/device_stage.sh env
 COMMON="--window-size 128 --gate-init 0.9999 --stage2-train-lizard --write-gate head --feature-dim 256"
 PASSKEYS="retrieval:loss=answers:template=varied:count=4300"
+LINES="retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000"  # MQAR's own `key: value.` lines, 8 word pairs a document
 S1=1048576 S2=16777216 MODE=lizard INIT=
 case "${NAME:-}" in
   mixr2k)       DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; FLAGS="--loss-average rows $COMMON" ;;
@@ -136,12 +137,12 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON" ;;  # word pairs for MQAR (NOTES: the passkey lookup does not carry)
   mixr2k-lines) DATA="mix:alpaca-cleaned=0.45,$PASSKEYS=0.45,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=1000=0.1"
                 FLAGS="--loss-average rows $COMMON" ;;  # MQAR's line format at a tenth of the rows (mixr2k-pairs: a quarter, sentences)
-  mixr2k-lines25) DATA="mix:alpaca-cleaned=0.375,$PASSKEYS=0.375,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000=0.25"
+  mixr2k-lines25) DATA="mix:alpaca-cleaned=0.375,$PASSKEYS=0.375,$LINES=0.25"
                 FLAGS="--loss-average rows $COMMON" ;;  # the lines at a quarter of the rows, 4,000 documents (mixr2k-lines: 1,000 read twice)
-  mixr2k-lines-12m) DATA="mix:alpaca-cleaned=0.375,$PASSKEYS=0.375,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000=0.25"
+  mixr2k-lines-12m) DATA="mix:alpaca-cleaned=0.375,$PASSKEYS=0.375,$LINES=0.25"
                 S2=12582912; FLAGS="--loss-average rows $COMMON" ;;  # mixr2k-lines25 on 12M, then its tail below: 1M + 16M in all
   mixr2k-lines-12m-replay) INIT=mixr2k-lines-12m S1=0 S2=4194304  # the adapter alone on Alpaca with both lookups replayed:
-                DATA="mix:alpaca-cleaned=0.7,$PASSKEYS=0.15,retrieval:needles=pairs:keys=8:loss=answers:template=lines:count=4000=0.15"
+                DATA="mix:alpaca-cleaned=0.7,$PASSKEYS=0.15,$LINES=0.15"
                 FLAGS="--loss-average rows --init-from $R/mixr2k-lines-12m" ;;  # MQAR, passkey and the zero-shot points at once?
   mixr2k-lolcats) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; MODE=lolcats  # LoLCATs beside: no gate, its own feature map
                 FLAGS="--loss-average rows --window-size 128 --stage2-train-lizard" ;;

@@ -55,11 +55,11 @@ import torch
 import transformers
 
 from linearize_gpu import run, share_cpus
-from readme_table import KNOBS
+from readme_table import KNOBS, LONG_TASKS
 from result_names import device_slug
 from study_rows import MC_TASKS
 
-EVAL_TASKS = "passkey,passkey_train,ruler,longppl,diagnostics,mqar"
+EVAL_TASKS = ",".join(LONG_TASKS)
 FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batch_size=8, val_tokens=131_072,
             passkey_lengths="1024,2048,4096,8192,16384,32768", passkey_trials=50, passkey_depths=10, passkey_keys=5,
             ruler_lengths="1024,4096,16384", ruler_trials=20, longppl_len=32768, longppl_windows=4,
