@@ -7,7 +7,7 @@ This reads the trials every ``eval.json`` under ``benchmarks/results/`` keeps an
 :func:`lizardlm.eval.passkey.number_answers` (the evaluation's own ``number_rate`` / ``number_acc``, which
 evaluations since 2026-12-06 also record themselves)::
 
-    python benchmarks/answer_format.py [--out benchmarks/results/answer-format.json] [FILES...]
+    python benchmarks/answer_format.py [--out benchmarks/results/answer-format-cpu.json] [FILES...]
 
 Writes ``{"evaluations": {"<folder>/<file>": {"<model>": {"<length>": {"acc", "number_rate", "number_acc",
 "n"}}}}}``; the folder names the device the evaluation ran on.
@@ -40,7 +40,7 @@ def rescore(eval_json: dict) -> dict[str, dict[str, dict]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="eval.json files (default: every *eval.json under results/)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "answer-format.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "answer-format-cpu.json")
     args = parser.parse_args(argv)
     files = args.files or sorted(RESULTS.glob("*/*eval.json"))
     evaluations = {}

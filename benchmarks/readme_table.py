@@ -895,7 +895,7 @@ RENDERERS = (
     ("passkey-*.json", lambda p: passkey(p)),
     ("longppl-reference-*.json", lambda p: longppl_reference(p)),
     ("mqar-window-*.json", lambda p: mqar_window(p)),
-    ("answer-format*.json", lambda p: answer_format(p)),
+    ("answer-format-*.json", lambda p: answer_format(p)),
     ("state-passing-pilot-*.json", lambda p: state_passing(p)),
     ("tbptt-toy-*.json", lambda p: tbptt_toy(p)),
     ("toy-needle-grid-*.json", lambda p: toy_grid(p)),
