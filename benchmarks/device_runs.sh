@@ -119,6 +119,9 @@ case "${NAME:-}" in
   mixr2k-12m-replay) INIT=mixr2k-12m S1=0 S2=4194304  # the tail with the passkeys replayed at a fifth of the rows:
                 DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # does the read-out keep the lookup while the adapter reads Alpaca?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;
+  mixr2k-12m-replay-seed1) INIT=mixr2k-12m S1=0 S2=4194304  # the replay at a fifth again, another seed (rows, order):
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # how far apart two tails' zero-shot means fall by luck alone
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m --seed 1" ;;
   mixr2k-12m-replay5) INIT=mixr2k-12m S1=0 S2=4194304  # the replay at a twentieth of the rows: fewer zero-shot
                 DATA="mix:alpaca-cleaned=0.95,$PASSKEYS=0.05"; FLAGS="--loss-average rows --init-from $R/mixr2k-12m" ;;  # points lost?
   mixr2k-12m-replay10) INIT=mixr2k-12m S1=0 S2=4194304  # a tenth: between the fifth (lookup kept, 47.9) and the

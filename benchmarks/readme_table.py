@@ -474,8 +474,10 @@ def passkey(path: Path, compact: bool = False) -> str:
     long-document perplexity of the last position bucket, one row per run. ``compact``: the evaluation
     template's passkey, MQAR, the zero-shot mean and long ppl only (the README's table)."""
     d = json.loads(path.read_text())
-    # a run with zero-shot numbers and no passkey is a baseline of the zero-shot column (e.g. the recipe without retrieval)
-    names = ["teacher"] * ("teacher" in d["passkey"]) + [n for n in d["runs"] if n in d["passkey"] or n in d.get("benchmarks", {})]
+    # a run with numbers of any task shown: one with only zero-shot numbers is a baseline of the zero-shot column (e.g.
+    # the recipe without retrieval), one with only MQAR a step of its recipe
+    names = ["teacher"] * ("teacher" in d["passkey"]) + [
+        n for n in d["runs"] if any(n in d.get(task, {}) for task in (*LONG_TASKS, "benchmarks"))]
     pk_lengths = sorted({int(k) for n in names if isinstance(d["passkey"].get(n), dict) for k in d["passkey"][n]})
     trained = d.get("passkey_train", {})
     tr_lengths = sorted({int(k) for n in names if isinstance(trained.get(n), dict) for k in trained[n]})

@@ -173,6 +173,11 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     path.write_text(json.dumps(result))
     table = readme_table.passkey(path)
     assert "| c | x + 4M | 8192 | 0.50 |" in table and "that run's, then its own" in table
+    # a run evaluated on MQAR alone still has its row
+    result["runs"]["m"] = {**result["runs"]["a"], "flags": ""}
+    result["mqar"]["m"] = {"512": 0.5}
+    path.write_text(json.dumps(result))
+    assert "| m | 2M + 2M | 2048 | – | – | 5 | – | – | – | 0.50 | – |" in readme_table.passkey(path)
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
