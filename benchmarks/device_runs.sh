@@ -10,6 +10,10 @@
 #                                              the earlier calls' tasks); DS: at decay scale S (run NAME@decayS),
 #                                              WC: at write contrast C (NAME@writeC)
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
+#   NAME=<soup> [TASKS=a,b] [DS=S] [WC=C] bash benchmarks/device_runs.sh soup
+#                                              a soup (DATA=soup:RUN=W,... in the case list): its runs averaged by
+#                                              `lizardlm soup` into the run NAME, then evaluated (an evaluation of
+#                                              it at other knobs: the `eval` step)
 #   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] bash benchmarks/device_runs.sh tune
 #                                              `lizardlm tune`: the inference knobs chosen on prompts of seed 1
 #                                              (the evaluation's are seed 0), into $OUT/tune-<run>/
@@ -147,6 +151,8 @@ case "${NAME:-}" in
   mixr2k-lines-12m-replay) INIT=mixr2k-lines-12m S1=0 S2=4194304  # the adapter alone on Alpaca with both lookups replayed:
                 DATA="mix:alpaca-cleaned=0.7,$PASSKEYS=0.15,$LINES=0.15"
                 FLAGS="--loss-average rows --init-from $R/mixr2k-lines-12m" ;;  # MQAR, passkey and the zero-shot points at once?
+  mixr2k-12m-wise[0-9]*) W=${NAME##*wise} INIT="mixr2k-12m mixr2k-12m-tail"  # WiSE-FT: mixr2k-12m averaged with its
+                DATA="soup:mixr2k-12m=$((100 - W)),mixr2k-12m-tail=$W"; FLAGS="" ;;  # Alpaca tail (W% of it): 1M + 16M read
   mixr2k-lolcats) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; MODE=lolcats  # LoLCATs beside: no gate, its own feature map
                 FLAGS="--loss-average rows --window-size 128 --stage2-train-lizard" ;;
   mixr2k-long-lolcats) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.25,retrieval:length=16384:loss=answers:template=varied:count=300=0.25"
@@ -157,7 +163,7 @@ case "${NAME:-}" in
 esac
 FLAGS="$FLAGS ${EXTRA:-}"
 mkdir -p $R
-for run in $NAME $INIT; do  # a run trained on an earlier machine, or the run this one starts from
+for run in $NAME $INIT; do  # a run trained on an earlier machine, or the runs this one starts from (or averages)
   if [ ! -d $R/$run ] && [ -f .stage/runs/$run/summary.json ]; then
     mkdir -p $R/$run && cp -r .stage/runs/$run/. $R/$run/
   fi
@@ -194,5 +200,11 @@ case "${1:-}" in
 print(*('-' if v == 1 else '%g' % v for v in (b['decay_scale'], b['write_contrast'])))") || exit 1
          [ "$DS" = - ] && DS=; [ "$WC" = - ] && WC=  # a knob left at 1 goes unnamed, as in --add-tune's label
          TASKS=passkey drive --eval-only; save; triton_cache save ;;
-  *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs|tune|tuned" >&2; exit 2 ;;
+  soup)  # DATA=soup:RUN=W,...: those runs averaged into the run NAME (lizardlm soup), then evaluated as a trained run
+         [[ $DATA == soup:* ]] || { echo "device_runs.sh: NAME=$NAME is not a soup (DATA=soup:RUN=W,...)" >&2; exit 2; }
+         IFS=',' read -ra parts <<< "${DATA#soup:}"; runs=(); weights=()
+         for p in "${parts[@]}"; do runs+=("$R/${p%=*}"); weights+=("${p#*=}"); done
+         rm -rf $R/$NAME && python3 -m lizardlm soup "${runs[@]}" --weights "$(IFS=,; echo "${weights[*]}")" --out $R/$NAME || exit 1
+         drive --eval-only; save; triton_cache save ;;
+  *) echo "usage: NAME=<run> bash benchmarks/device_runs.sh train|eval|zs|tune|tuned|soup" >&2; exit 2 ;;
 esac

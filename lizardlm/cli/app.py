@@ -8,7 +8,7 @@ import sys
 
 from lizardlm.errors import LizardError, TrainingStopped
 
-SUBCOMMANDS = ("generate", "linearize", "eval", "tune")
+SUBCOMMANDS = ("generate", "linearize", "eval", "tune", "soup")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,7 +217,7 @@ def passkey_eval(
                     prompts = [make_prompt(tokenizer, L, depth, key=key) for depth, key in part]
                 done += split_on_oom(lambda ps: run_prompts(model, tokenizer, ps, chunk=chunk), prompts)
                 bar.update(len(part))
-                bar.set_postfix(length=L, acc=f"{sum(d['correct'] for d in done) / len(done):.2f}")
+                bar.set_postfix(length=L, acc=f"{_mean(done):.2f}")
                 if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and len(done) < trials:
                     rec["note"] = f"time budget {time_budget_s:.0f}s reached after {len(done)} of {trials} trials"
                     bar.update(trials - len(done))
@@ -227,13 +227,13 @@ def passkey_eval(
             rec["status"] = "ok"
         if done:
             rec.update(
-                acc=_acc(done),
-                first_digit_acc=sum(d["first_digit"] for d in done) / len(done),
-                other_key_rate=sum(d["other_key"] for d in done) / len(done),
-                repeated_digit_acc=_acc([d for d in done if len(set(d["key"])) < len(d["key"])]),
-                distinct_digit_acc=_acc([d for d in done if len(set(d["key"])) == len(d["key"])]),
+                acc=_mean(done),
+                first_digit_acc=_mean(done, "first_digit"),
+                other_key_rate=_mean(done, "other_key"),
+                repeated_digit_acc=_mean([d for d in done if len(set(d["key"])) < len(d["key"])]),
+                distinct_digit_acc=_mean([d for d in done if len(set(d["key"])) == len(d["key"])]),
                 **number_answers(done),
-                answer_nll=sum(d["answer_nll"] for d in done) / len(done),
+                answer_nll=_mean(done, "answer_nll"),
                 n=len(done),
                 by_depth=_by_depth(done),
                 trials=done,
@@ -252,12 +252,12 @@ def number_answers(trials: list[dict]) -> dict[str, float | None]:
     """``number_rate``: the share of ``trials`` (non-empty) whose answer holds a number; ``number_acc``: exact
     match over those (None where none does)."""
     numbered = [d for d in trials if d["pred"]]
-    return {"number_rate": len(numbered) / len(trials), "number_acc": _acc(numbered)}
+    return {"number_rate": len(numbered) / len(trials), "number_acc": _mean(numbered)}
 
 
-def _acc(done: list[dict]) -> float | None:
-    """Exact match over these trials; None for none."""
-    return sum(d["correct"] for d in done) / len(done) if done else None
+def _mean(done: list[dict], field: str = "correct") -> float | None:
+    """The mean of ``field`` over these trials (by default exact match); None for none."""
+    return sum(d[field] for d in done) / len(done) if done else None
 
 
 def _by_depth(done: list[dict]) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from lizardlm._lazy import lazy_exports
 
-__all__ = ["PRESETS", "RunDir", "TrainSettings", "linearize", "load_run", "settings_from_preset"]
+__all__ = ["PRESETS", "RunDir", "TrainSettings", "linearize", "load_run", "settings_from_preset", "soup"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "linearize": "lizardlm.train.linearize",
@@ -11,4 +11,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "PRESETS": "lizardlm.train.settings",
     "TrainSettings": "lizardlm.train.settings",
     "settings_from_preset": "lizardlm.train.settings",
+    "soup": "lizardlm.train.soup",
 })

@@ -232,6 +232,16 @@ def init_settings(path: str | os.PathLike) -> dict[str, Any]:
     return {"teacher": theirs.teacher, **{k: getattr(theirs, k) for k in INIT_SHAPE}, "lizard": _lizard_of(theirs, manifest)}
 
 
+def shared_form(settings: TrainSettings, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What two runs must share for one to start from the other (``init_from``) or to be averaged with it
+    (:mod:`lizardlm.train.soup`): the Lizard settings but :data:`INIT_FREE`, flattened (``lizard.window_size``),
+    and the LoRA shape (:data:`INIT_SHAPE`). ``manifest``: a finished run's, whose ``even:K`` / ``auto:K``
+    chose its softmax layers."""
+    lizard = _lizard_of(settings, manifest) if manifest is not None else settings.lizard
+    flat = _flatten({**settings.to_dict(), "lizard": lizard})
+    return {k: v for k, v in flat.items() if k.startswith("lizard.") and k not in INIT_FREE or k in INIT_SHAPE}
+
+
 def _lizard_of(settings: TrainSettings, manifest: dict[str, Any]) -> dict[str, Any]:
     """A run's Lizard settings, with the softmax layers that ``even:K`` / ``auto:K`` chose."""
     lizard = dict(settings.lizard)
@@ -256,10 +266,9 @@ def read_init(path: str | os.PathLike, settings: TrainSettings,
         raise CheckpointError(f"--init-from {run.path}: its stage 2 has not finished; finish it first "
                               f"(`lizardlm linearize --out {run.path} --resume` and its other flags)")
     run.check_teacher(manifest, teacher, where)
-    ours, there = _flatten(settings.to_dict()), _flatten({**theirs.to_dict(), "lizard": _lizard_of(theirs, manifest)})
-    shared = sorted(k for k in set(ours) | set(there)
-                    if k.startswith("lizard.") and k not in INIT_FREE or k in INIT_SHAPE)
-    differing = [f"{k}: {there.get(k)!r} there, {ours.get(k)!r} here" for k in shared if ours.get(k) != there.get(k)]
+    ours, there = shared_form(settings), shared_form(theirs, manifest)
+    differing = [f"{k}: {there.get(k)!r} there, {ours.get(k)!r} here"
+                 for k in sorted(set(ours) | set(there)) if ours.get(k) != there.get(k)]
     if differing:
         raise CheckpointError(f"--init-from {run.path}: its layers or adapter differ from this run's "
                               f"({'; '.join(differing)})")
