@@ -29,7 +29,8 @@ from lizardlm.train.rundir import RunDir, shared_form
 
 def soup(runs: Sequence[str | os.PathLike], weights: Sequence[float] | None, out: str | os.PathLike) -> dict[str, Any]:
     """Average the finished runs ``runs`` with ``weights`` (default equal) into the new run directory
-    ``out``; returns its ``"soup"`` record. CheckpointError (nothing written) unless every run finished
+    ``out``; returns ``{"runs": [{"path", "weight", "fingerprints"}, ...]}``, what its ``run.json`` holds under
+    ``"soup"``. CheckpointError (nothing written) unless every run finished
     stage 2, is not a baseline, its outputs match its ``run.json``, and all share teacher, Lizard form and
     LoRA shape; ValueError for fewer than two runs or unusable weights."""
     weights = _normalised(len(runs), weights)
@@ -51,15 +52,12 @@ def soup(runs: Sequence[str | os.PathLike], weights: Sequence[float] | None, out
                    "fingerprints": {k: m.get("fingerprints", {}).get(k) for k in ("lizard", "adapter")}}
                   for d, m, w in zip(dirs, manifests, weights)]
         first = manifests[0]
-        softmax = first.get("results", {}).get("softmax_layers")
-        manifest = {"teacher": first["teacher"], "settings": first["settings"],
-                    "fingerprints": {**({"teacher": first["fingerprints"]["teacher"]} if "teacher" in first.get(
-                                         "fingerprints", {}) else {}),
-                                     "lizard": files_fingerprint(*target.outputs("lizard")),
-                                     "adapter": files_fingerprint(*target.outputs("adapter"))},
-                    "completed": ["stage1", "stage2"], "soup": record,
-                    "results": {} if softmax is None else {"softmax_layers": softmax}}
-        target.write_manifest(manifest)
+        fingerprints = {k: v for k, v in first.get("fingerprints", {}).items() if k == "teacher"}
+        fingerprints.update({name: files_fingerprint(*target.outputs(name)) for name in ("lizard", "adapter")})
+        softmax = first.get("results", {}).get("softmax_layers")  # the layers even:K / auto:K chose
+        target.write_manifest({"teacher": first["teacher"], "settings": first["settings"], "fingerprints": fingerprints,
+                               "completed": ["stage1", "stage2"], "soup": record,
+                               "results": {} if softmax is None else {"softmax_layers": softmax}})
         atomic_write_text(target.summary, json.dumps({"soup": record}, indent=2))
     finally:
         target.unlock()
@@ -67,6 +65,7 @@ def soup(runs: Sequence[str | os.PathLike], weights: Sequence[float] | None, out
 
 
 def _normalised(n: int, weights: Sequence[float] | None) -> list[float]:
+    """``weights`` (default equal) for ``n`` runs, scaled to sum to 1; ValueError where that cannot be."""
     if n < 2:
         raise ValueError(f"a soup needs two runs or more, got {n}")
     weights = [1.0] * n if weights is None else [float(w) for w in weights]
