@@ -197,9 +197,8 @@ case "${1:-}" in
   tune)  tune; triton_cache save ;;
   tuned) tune  # then the evaluation's passkey at the knobs chosen (run NAME@decayS@writeC), in one archive
          read -r DS WC < <(python3 -c "import json; b = json.load(open('$OUT/tune-$NAME/knobs.json'))['best']
-print(*('-' if v == 1 else '%g' % v for v in (b['decay_scale'], b['write_contrast'])))") || exit 1
-         [ "$DS" = - ] && DS=; [ "$WC" = - ] && WC=  # a knob left at 1 goes unnamed, as in --add-tune's label
-         TASKS=passkey drive --eval-only; save; triton_cache save ;;
+print('%g %g' % (b['decay_scale'], b['write_contrast']))") || exit 1
+         TASKS=passkey drive --eval-only; save; triton_cache save ;;  # (passkey_gpu leaves a knob at 1 unnamed)
   soup)  # DATA=soup:RUN=W,...: those runs averaged into the run NAME (lizardlm soup), then evaluated as a trained run
          [[ $DATA == soup:* ]] || { echo "device_runs.sh: NAME=$NAME is not a soup (DATA=soup:RUN=W,...)" >&2; exit 2; }
          IFS=',' read -ra parts <<< "${DATA#soup:}"; runs=(); weights=()

@@ -119,7 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.name = args.name or args.mode
-    args.label = run_label(args.name, knobs(args))
+    for key, *_ in KNOBS:  # a knob at 1 is the model as trained: not passed, recorded or named
+        if getattr(args, key) == 1:
+            setattr(args, key, None)
+    args.label = run_label(args.name, knobs(vars(args)))
     args.device = "cpu" if args.quick else "cuda"
     return args
 
@@ -138,13 +141,13 @@ def linearize_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
 def eval_dir(args: argparse.Namespace, run_dir: Path) -> Path:
     """Where the run's evaluation goes: ``eval``, or ``eval-decayS`` / ``eval-writeC`` / ``eval-decayS-writeC``
     for an evaluation at a decay scale and/or write contrast."""
-    return run_dir / "-".join(["eval", *(f"{tag}{value:g}" for tag, value in knobs(args))])
+    return run_dir / "-".join(["eval", *(f"{tag}{value:g}" for tag, value in knobs(vars(args)))])
 
 
-def knobs(args: argparse.Namespace) -> list[tuple[str, float]]:
-    """The inference knobs given (:data:`readme_table.KNOBS`, whose tables read the labels made of them):
-    ``[("decay", S), ("write", C)]``, those set, in this order."""
-    return [(tag, getattr(args, key)) for key, _, tag, _ in KNOBS if getattr(args, key) is not None]
+def knobs(values: dict[str, Any]) -> list[tuple[str, float]]:
+    """The inference knobs ``values`` set (:data:`readme_table.KNOBS`, whose tables read the labels made of them):
+    ``[("decay", S), ("write", C)]`` in this order; a knob absent, None or at 1 (the model as trained) is left out."""
+    return [(tag, values[key]) for key, _, tag, _ in KNOBS if values.get(key) not in (None, 1)]
 
 
 def run_label(name: str, knob_values: list[tuple[str, float]]) -> str:
@@ -268,7 +271,7 @@ def add_tune(result: dict[str, Any], run_name: str, knobs_json: dict, source: st
     and the prompts they were chosen on, so that a table can tell a choice made on other prompts from the
     best of evaluations. Returns the label."""
     best = knobs_json["best"]
-    label = run_label(run_name, [(tag, best[key]) for key, _, tag, _ in KNOBS if best[key] != 1])
+    label = run_label(run_name, knobs(best))
     prompts = knobs_json["passkey"]
     result.setdefault("tuned", {})[run_name] = {
         "chosen": label, "decay_scale": best["decay_scale"], "write_contrast": best["write_contrast"],

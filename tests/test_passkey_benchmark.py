@@ -421,6 +421,16 @@ def test_knob_value_reads_each_knob_of_a_label_and_1_where_it_is_unset():
     assert passkey_gpu.knob_value("mixr2k-seed1", "write") == 1.0
 
 
+def test_a_knob_at_1_is_the_model_as_trained():
+    """Not named, passed to the evaluation or given its own directory: ``tuned`` passes what tune chose as is."""
+    args = passkey_gpu.parse_args(["--out", "o", "--quick", "--name", "r", "--decay-scale", "1", "--write-contrast", "4"])
+    assert args.label == "r@write4" and args.decay_scale is None
+    cmd = passkey_gpu.eval_command(args, passkey_gpu.Path("runs/r"))
+    assert "--decay-scale" not in cmd and cmd[cmd.index("--write-contrast") + 1] == "4"
+    assert passkey_gpu.eval_dir(args, passkey_gpu.Path("runs/r")).name == "eval-write4"
+    assert passkey_gpu.knobs({"decay_scale": 0.5, "write_contrast": 1.0}) == [("decay", 0.5)]
+
+
 def test_the_runs_line_names_one_runs_decay_scales_once():
     import readme_table
     train = {"mode": "lizard", "data": "retrieval", "flags": "--feature-dim 256"}
