@@ -153,6 +153,8 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows --init-from $R/mixr2k-lines-12m" ;;  # MQAR, passkey and the zero-shot points at once?
   mixr2k-12m-wise[0-9]*) W=${NAME##*wise} INIT="mixr2k-12m mixr2k-12m-tail"  # WiSE-FT: mixr2k-12m averaged with its
                 DATA="soup:mixr2k-12m=$((100 - W)),mixr2k-12m-tail=$W"; FLAGS="" ;;  # Alpaca tail (W% of it): 1M + 16M read
+  mixr2k-12m-r5wise[0-9]*) W=${NAME##*wise} INIT="mixr2k-12m mixr2k-12m-replay5"  # the same with the tail that replayed
+                DATA="soup:mixr2k-12m=$((100 - W)),mixr2k-12m-replay5=$W"; FLAGS="" ;;  # passkeys at a twentieth (48.7)
   mixr2k-lolcats) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"; MODE=lolcats  # LoLCATs beside: no gate, its own feature map
                 FLAGS="--loss-average rows --window-size 128 --stage2-train-lizard" ;;
   mixr2k-long-lolcats) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.25,retrieval:length=16384:loss=answers:template=varied:count=300=0.25"
