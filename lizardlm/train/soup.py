@@ -28,11 +28,12 @@ from lizardlm.train.rundir import RunDir, shared_form
 
 
 def soup(runs: Sequence[str | os.PathLike], weights: Sequence[float] | None, out: str | os.PathLike) -> dict[str, Any]:
-    """Average the finished runs ``runs`` with ``weights`` (default equal) into the new run directory
-    ``out``; returns ``{"runs": [{"path", "weight", "fingerprints"}, ...]}``, what its ``run.json`` holds under
-    ``"soup"``. CheckpointError (nothing written) unless every run finished
-    stage 2, is not a baseline, its outputs match its ``run.json``, and all share teacher, Lizard form and
-    LoRA shape; ValueError for fewer than two runs or unusable weights."""
+    """Average the finished runs ``runs`` with ``weights`` (default equal) into the new run directory ``out``.
+
+    Returns ``{"runs": [{"path", "weight", "fingerprints"}, ...]}``, what its ``run.json`` holds under ``"soup"``.
+    CheckpointError (nothing written) unless every run finished stage 2, is not a baseline, its outputs match
+    its ``run.json``, and all share teacher, Lizard form and LoRA shape; ValueError for fewer than two runs or
+    unusable weights."""
     weights = _normalised(len(runs), weights)
     dirs = [RunDir(p) for p in runs]
     manifests = [_finished(d) for d in dirs]
