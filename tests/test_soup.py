@@ -10,8 +10,9 @@ import torch
 
 from lizardlm.cli import main as cli_main
 from lizardlm.errors import CheckpointError
-from lizardlm.train import linearize, load_run, soup
+from lizardlm.train import linearize, soup
 from lizardlm.train.checkpoint import load_checked
+from test_init_from import _logits
 from test_pipeline import settings
 
 TOKENS = dict(stage1_tokens=32 * 4 * 6, stage2_tokens=32 * 4 * 6)
@@ -29,12 +30,6 @@ def pair(tmp_path, teacher_dir, data_file):
 
 def _tensors(run):
     return (load_checked(run / "lizard.safetensors")[0], load_checked(run / "adapter" / "adapter_model.safetensors")[0])
-
-
-def _logits(run, ids):
-    model, _ = load_run(run)
-    with torch.no_grad():
-        return model(ids, use_cache=False).logits
 
 
 def test_a_soup_is_the_weighted_mean_of_its_runs_and_loads_as_a_run(tmp_path, pair):
@@ -88,8 +83,22 @@ def test_what_cannot_be_averaged_is_refused_and_nothing_is_written(tmp_path, pai
         soup([a, changed], None, tmp_path / "x")
     base = tmp_path / "base"
     linearize(settings(teacher_dir, data_file, baseline="teacher-lora", stage1_tokens=0, stage2_tokens=128), base)
-    with pytest.raises(CheckpointError, match="a baseline has no Lizard layers"):
+    with pytest.raises(CheckpointError, match="a teacher-lora baseline has no Lizard layers to average"):
         soup([a, base], None, tmp_path / "x")
+    half = tmp_path / "half"  # a run whose stage 2 has not finished
+    shutil.copytree(b, half)
+    record = json.loads((half / "run.json").read_text())
+    record["completed"] = ["stage1"]
+    (half / "run.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="half: its stage 2 has not finished"):
+        soup([a, half], None, tmp_path / "x")
+    stranger = tmp_path / "stranger"  # a run made from another teacher: its recorded fingerprint says so
+    shutil.copytree(b, stranger)
+    record = json.loads((stranger / "run.json").read_text())
+    record["fingerprints"]["teacher"]["samples"] = [x + 1 for x in record["fingerprints"]["teacher"]["samples"]]
+    (stranger / "run.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="stranger was made from another teacher than"):
+        soup([a, stranger], None, tmp_path / "x")
     assert not (tmp_path / "x").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")

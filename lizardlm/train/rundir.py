@@ -250,6 +250,20 @@ def _lizard_of(settings: TrainSettings, manifest: dict[str, Any]) -> dict[str, A
     return lizard
 
 
+def finished_lizard_run(run: RunDir, given_as: str, purpose: str) -> tuple[dict[str, Any], TrainSettings]:
+    """The manifest and settings of ``run``; CheckpointError unless its stage 2 finished and it is not a
+    baseline. ``given_as`` (e.g. ``--init-from DIR``) opens the message, ``purpose`` (e.g. ``start from``)
+    says what the caller wanted its Lizard layers for."""
+    manifest = run.read_manifest()
+    settings = run.settings(manifest)
+    if settings.baseline is not None:
+        raise CheckpointError(f"{given_as}: a {settings.baseline} baseline has no Lizard layers to {purpose}")
+    if "stage2" not in manifest.get("completed", []):
+        raise CheckpointError(f"{given_as}: its stage 2 has not finished; finish it first "
+                              f"(`lizardlm linearize --out {run.path} --resume` and its other flags)")
+    return manifest, settings
+
+
 def read_init(path: str | os.PathLike, settings: TrainSettings,
               teacher: dict[str, Any], where: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
     """The Lizard parameters and the LoRA adapter tensors (peft's names) of the finished run in ``path``
@@ -258,13 +272,7 @@ def read_init(path: str | os.PathLike, settings: TrainSettings,
     (``teacher``: its fingerprint, loaded from ``where``), and has the same Lizard form (but
     :data:`INIT_FREE`) and LoRA shape (:data:`INIT_SHAPE`)."""
     run = RunDir(path)
-    manifest = run.read_manifest()
-    theirs = run.settings(manifest)
-    if theirs.baseline is not None:
-        raise CheckpointError(f"--init-from {run.path}: a {theirs.baseline} baseline has no Lizard layers to start from")
-    if "stage2" not in manifest.get("completed", []):
-        raise CheckpointError(f"--init-from {run.path}: its stage 2 has not finished; finish it first "
-                              f"(`lizardlm linearize --out {run.path} --resume` and its other flags)")
+    manifest, theirs = finished_lizard_run(run, f"--init-from {run.path}", "start from")
     run.check_teacher(manifest, teacher, where)
     ours, there = shared_form(settings), shared_form(theirs, manifest)
     differing = [f"{k}: {there.get(k)!r} there, {ours.get(k)!r} here"

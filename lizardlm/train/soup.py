@@ -24,7 +24,7 @@ import torch
 from lizardlm.errors import CheckpointError
 from lizardlm.train.checkpoint import atomic_save, atomic_write_text, load_checked
 from lizardlm.train.fingerprint import files_fingerprint, same_model
-from lizardlm.train.rundir import RunDir, shared_form
+from lizardlm.train.rundir import RunDir, finished_lizard_run, shared_form
 
 
 def soup(runs: Sequence[str | os.PathLike], weights: Sequence[float] | None, out: str | os.PathLike) -> dict[str, Any]:
@@ -79,11 +79,7 @@ def _normalised(n: int, weights: Sequence[float] | None) -> list[float]:
 
 def _finished(run: RunDir) -> dict[str, Any]:
     """The manifest of a finished Lizard run whose outputs are the ones it wrote."""
-    manifest = run.read_manifest()
-    if run.settings(manifest).baseline is not None:
-        raise CheckpointError(f"{run.path}: a baseline has no Lizard layers to average")
-    if "stage2" not in manifest.get("completed", []):
-        raise CheckpointError(f"{run.path}: its stage 2 has not finished; finish it first")
+    manifest, _ = finished_lizard_run(run, str(run.path), "average")
     for name in ("lizard", "adapter"):
         run.check_output(manifest, name)
     return manifest
