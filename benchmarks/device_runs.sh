@@ -33,7 +33,10 @@
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
 #                                              carries [".stage/runs/<run>"] alone: the data and wheels stay
 #                                              unpacked on a warm machine, so a later call need not carry them
-#                                              beside a run (a run started from another: INIT below)
+#                                              beside a run (a run started from another: INIT below); a run's
+#                                              28 MB and the tracked tree's 38 MB overfill a call (2026-12-06):
+#                                              move benchmarks/results/ out of the working tree for these calls
+#                                              (nothing here reads it) and back after
 #   bash benchmarks/device_runs.sh check       the device checks of the prefill work and the prefill benchmark
 #                                              (no teacher, no data, no staging: carry [".whl"] and the Triton cache)
 #   bash benchmarks/device_runs.sh bench       batch generation (serve.py) and decoding of both forms (decode.py)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage the embedded teacher, the shared data and the eval wheels on a lent GPU machine that reaches no
 # package index, under the device tool's 64 MiB carry a call, of which the tracked tree takes its share
-# (34 MB on 2026-12-06, most of it benchmarks/results/, and growing).
+# (38 MB on 2026-12-06, most of it benchmarks/results/, and growing).
 #
 # Here, once a session:          bash benchmarks/device_stage.sh prepare
 #   (splits the 93 MB teacher wheel into parts .stage/q1 ... .stage/qN, each sized so that it and the tracked

@@ -500,7 +500,11 @@ def passkey(path: Path, compact: bool = False) -> str:
 
     def budget(r: dict) -> str:
         """Stage 1 + stage 2 tokens; a run started from another (``--init-from .../NAME``) adds its stage-2
-        tokens to that run's: ``1M + 12M + 4M`` where the file holds NAME, else ``NAME + 4M``."""
+        tokens to that run's: ``1M + 12M + 4M`` where the file holds NAME, else ``NAME + 4M``; a soup
+        (``lizardlm soup``) the budgets of its runs."""
+        if r["data"].startswith("soup:"):
+            parts = [name for name, _ in soup_parts(r)]
+            return "soup of " + ", ".join(budget(d["runs"][p]) if p in d["runs"] else p for p in parts)
         base = started_from(r)
         if base:
             return f"{budget(d['runs'][base]) if base in d['runs'] else base} + {r['stage2_tokens'] / 2**20:g}M"
@@ -520,7 +524,7 @@ def passkey(path: Path, compact: bool = False) -> str:
                + [(nll, L, f"train-template answer NLL @ {kib(L)}", 2) for L in nll_lengths]
                + [(d.get("ruler", {}), L, f"RULER @ {kib(L)}", 2) for L in ru_lengths]
                + [(mqar, L, f"MQAR @ {L}", 2) for L in mq_lengths]
-               + [(zs_section, 0, f"zero-shot mean of {len(zero_shot)} (%)", 1)] * bool(zero_shot))
+               + [(zs_section, 0, f"zero-shot mean of {len(zero_shot)} (%)", 2)] * bool(zero_shot))
     """(section, length, title, decimals) per column; decimals None: the value as text."""
     if compact:
         columns = [c for c in columns if not c[2].startswith(("train-template", "RULER"))]
@@ -573,6 +577,11 @@ def passkey(path: Path, compact: bool = False) -> str:
     return "\n".join(out)
 
 
+def soup_parts(run: dict) -> list[tuple[str, str]]:
+    """The (run, weight) pairs of a soup's ``data`` (``soup:A=wa,B=wb``, as benchmarks/device_runs.sh gives it)."""
+    return [(name, weight) for name, _, weight in (p.rpartition("=") for p in run["data"][len("soup:"):].split(","))]
+
+
 def started_from(run: dict) -> str | None:
     """The name of the run a run was started from (its flags' ``--init-from .../NAME``), if any."""
     found = re.search(r"--init-from \S*?([^/\s]+)(?:\s|$)", run.get("flags", ""))
@@ -605,10 +614,13 @@ flag, label tag, letter."""
 
 
 def run_lines(runs: dict[str, dict]) -> list[str]:
-    """```name` = `--mode M --data D FLAGS``` per run, with a mixture's trained shares where recorded; the
+    """```name` = `--mode M --data D FLAGS``` per run, with a mixture's trained shares where recorded (a soup:
+    ``lizardlm soup A B --weights wa,wb``); the
     evaluations of one run at several decay scales or write contrasts (``NAME@decayS``, ``NAME@writeC``)
     share one line per set of knobs that names their values."""
-    training = {n: f"`--mode {r['mode']} --data {r['data']}" + (f" {r['flags']}" if r["flags"] else "") + "`"
+    training = {n: f"`lizardlm soup {' '.join(p for p, _ in soup_parts(r))} --weights {','.join(w for _, w in soup_parts(r))}`"
+                if r["data"].startswith("soup:") else
+                f"`--mode {r['mode']} --data {r['data']}" + (f" {r['flags'].strip()}" if r["flags"].strip() else "") + "`"
                 + (" (trained on " + ", ".join(f"{share:.1%} {spec}" for spec, share in r["train_shares"].items())
                    + " of the rows)" if r.get("train_shares") else "")
                 for n, r in runs.items()}

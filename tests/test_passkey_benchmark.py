@@ -178,6 +178,13 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     result["mqar"]["m"] = {"512": 0.5}
     path.write_text(json.dumps(result))
     assert "| m | 2M + 2M | 2048 | – | – | 5 | – | – | – | 0.50 | – |" in readme_table.passkey(path)
+    # a soup of b and c (lizardlm soup, as device_runs.sh records it): its runs' budgets, the command that made it
+    result["runs"]["s"] = {**result["runs"]["a"], "data": "soup:b=25,c=75", "flags": " "}
+    result["passkey"]["s"] = {"1024": 0.5}
+    path.write_text(json.dumps(result))
+    table = readme_table.passkey(path)
+    assert "| s | soup of 2M + 16M, x + 4M | 2048 | 0.50 |" in table
+    assert "`s` = `lizardlm soup b c --weights 25,75`" in table
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
@@ -275,13 +282,13 @@ def test_benchmarks_join_the_result_and_the_readme_table(tmp_path):
     path = tmp_path / "passkey-nvidia-h200.json"
     path.write_text(json.dumps(result))
     table = readme_table.passkey(path)
-    assert "| run | passkey @ 1K | zero-shot mean of 5 (%) | long ppl |" in table and "| mix | 1.00 | 46.0 | – |" in table
+    assert "| run | passkey @ 1K | zero-shot mean of 5 (%) | long ppl |" in table and "| mix | 1.00 | 46.00 | – |" in table
     assert "zero-shot mean: PIQA acc, ARC-e acc, ARC-c acc_norm, HellaSwag acc_norm, WinoGrande acc" in table
     # the same recipe without retrieval, evaluated on the zero-shot tasks alone, is a row of its own
     result["benchmarks"]["base"] = {t: 0.5 for t in scores}
     result["runs"]["base"] = {**result["runs"]["mix"], "data": "alpaca-cleaned"}
     path.write_text(json.dumps(result))
-    assert "| base | – | 50.0 | – |" in readme_table.passkey(path)
+    assert "| base | – | 50.00 | – |" in readme_table.passkey(path)
 
 
 def test_caption_names_the_tasks_of_an_evaluation_resumed_over_several_calls():
