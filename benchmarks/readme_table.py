@@ -614,10 +614,10 @@ flag, label tag, letter."""
 
 
 def run_lines(runs: dict[str, dict]) -> list[str]:
-    """```name` = `--mode M --data D FLAGS``` per run, with a mixture's trained shares where recorded (a soup:
-    ``lizardlm soup A B --weights wa,wb``); the
-    evaluations of one run at several decay scales or write contrasts (``NAME@decayS``, ``NAME@writeC``)
-    share one line per set of knobs that names their values."""
+    """```name` = `--mode M --data D FLAGS``` per run, with a mixture's trained shares where recorded (a
+    soup: ```name` = `lizardlm soup A B --weights wa,wb```); the evaluations of one run at several decay
+    scales or write contrasts (``NAME@decayS``, ``NAME@writeC``) share one line per set of knobs that
+    names their values."""
     training = {n: f"`lizardlm soup {' '.join(p for p, _ in soup_parts(r))} --weights {','.join(w for _, w in soup_parts(r))}`"
                 if r["data"].startswith("soup:") else
                 f"`--mode {r['mode']} --data {r['data']}" + (f" {r['flags'].strip()}" if r["flags"].strip() else "") + "`"
