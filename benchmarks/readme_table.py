@@ -512,9 +512,8 @@ def passkey(path: Path, compact: bool = False) -> str:
 
     budget_section, budget_vary = per_run(budget)
     zero_shot = [t for t in ZERO_SHOT if any(t in v for v in d.get("benchmarks", {}).values())]
-    zs_section = {n: {"0": 100 * sum(v[t] for t in zero_shot) / len(zero_shot)}
-                  for n, v in d.get("benchmarks", {}).items()
-                  if zero_shot and all(isinstance(v.get(t), (int, float)) for t in zero_shot)}
+    zs_section = {n: {"0": mean} for n, v in d.get("benchmarks", {}).items()
+                  if zero_shot and (mean := zero_shot_mean(v, zero_shot)) is not None}
     columns = ([(budget_section, 0, "tokens (stage 1 + 2)", None)] * budget_vary
                + [(seq_section, 0, "train seq len", 0)] * seq_vary
                + [(d["passkey"], L, f"passkey @ {kib(L)}", 2) for L in pk_lengths]
@@ -575,6 +574,13 @@ def passkey(path: Path, compact: bool = False) -> str:
         out.append(f"| {n} | " + " | ".join(cells + [last_ppl(d.get("longppl", {}).get(n))]) + " |")
     out += ["", "Runs: " + "; ".join(run_lines({n: r for n, r in d["runs"].items() if n in names})) + "."]
     return "\n".join(out)
+
+
+def zero_shot_mean(scores: dict | None, tasks=tuple(ZERO_SHOT)) -> float | None:
+    """The mean of ``tasks`` (default the five zero-shot ones) in percent, or None where any is missing."""
+    if not scores or any(not isinstance(scores.get(t), (int, float)) for t in tasks):
+        return None
+    return 100 * sum(scores[t] for t in tasks) / len(tasks)
 
 
 def soup_parts(run: dict) -> list[tuple[str, str]]:

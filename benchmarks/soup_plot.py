@@ -24,18 +24,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_table import ZERO_SHOT, soup_parts  # noqa: E402
+from readme_table import ZERO_SHOT, soup_parts, zero_shot_mean  # noqa: E402
 from result_names import device_slug  # noqa: E402
 
 NEAR, FAR = (2048, 4096, 8192), (16384, 32768)
 """The passkey lengths of the issue-19 goals: >= 0.95 at each of NEAR, >= 0.90 at each of FAR."""
-
-
-def zero_shot_mean(scores: dict | None) -> float | None:
-    """The mean of the five zero-shot tasks in percent, or None where any is missing."""
-    if not scores or any(not isinstance(scores.get(t), (int, float)) for t in ZERO_SHOT):
-        return None
-    return 100 * sum(scores[t] for t in ZERO_SHOT) / len(ZERO_SHOT)
 
 
 def soup_share(run: dict, ends: tuple[str, str]) -> float | None:
@@ -62,10 +55,9 @@ def points(d: dict, ends: tuple[str, str], knobs: str) -> list[dict]:
     shares.update({n: s for n, r in d["runs"].items() if "@" not in n and (s := soup_share(r, ends)) is not None})
     out = []
     for name, share in sorted(shares.items(), key=lambda item: item[1]):
-        tuned = d.get("tuned", {}).get(name)
-        tuned_name = tuned and f"{name}@decay{tuned['decay_scale']:g}@write{tuned['write_contrast']:g}"
+        tuned = d.get("tuned", {}).get(name)  # passkey_gpu.add_tune's record: the label of the knobs chosen
         at = d["passkey"].get(f"{name}@{knobs}")
-        at_tuned = d["passkey"].get(tuned_name) if tuned_name else None
+        at_tuned = d["passkey"].get(tuned["chosen"]) if tuned else None
         out.append({"run": name, "share": share, "zero_shot": zero_shot_mean(d.get("benchmarks", {}).get(name)),
                     "near": worst(at, NEAR), "far": worst(at, FAR),
                     "tuned_near": worst(at_tuned, NEAR), "tuned_far": worst(at_tuned, FAR)})

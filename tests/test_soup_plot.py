@@ -32,7 +32,7 @@ def result(tmp_path):
          "benchmarks": {n: scores() for n in ("a", "b", "ref", "s25", "other")} | {"s60": {"piqa": 0.5}},
          "passkey": {n: accuracy() for n in runs if n not in ("s25@decay0.5@write2",)}
          | {"s25@decay0.5@write2": {"1024": 1.0, "2048": 1.0}},
-         "tuned": {"s60": {"decay_scale": 0.25, "write_contrast": 3.0}}}
+         "tuned": {"s60": {"chosen": "s60@decay0.25@write3", "decay_scale": 0.25, "write_contrast": 3.0}}}
     path = tmp_path / "passkey-test-gpu.json"
     path.write_text(json.dumps(d))
     return path, d

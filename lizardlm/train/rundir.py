@@ -242,6 +242,12 @@ def shared_form(settings: TrainSettings, manifest: dict[str, Any] | None = None)
     return {k: v for k, v in flat.items() if k.startswith("lizard.") and k not in INIT_FREE or k in INIT_SHAPE}
 
 
+def form_differences(there: dict[str, Any], here: dict[str, Any], where: str = "there") -> list[str]:
+    """``"key: X <where>, Y here"`` for every key where two :func:`shared_form` results differ."""
+    return [f"{k}: {there.get(k)!r} {where}, {here.get(k)!r} here"
+            for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
+
+
 def _lizard_of(settings: TrainSettings, manifest: dict[str, Any]) -> dict[str, Any]:
     """A run's Lizard settings, with the softmax layers that ``even:K`` / ``auto:K`` chose."""
     lizard = dict(settings.lizard)
@@ -275,8 +281,7 @@ def read_init(path: str | os.PathLike, settings: TrainSettings,
     manifest, theirs = finished_lizard_run(run, f"--init-from {run.path}", "start from")
     run.check_teacher(manifest, teacher, where)
     ours, there = shared_form(settings), shared_form(theirs, manifest)
-    differing = [f"{k}: {there.get(k)!r} there, {ours.get(k)!r} here"
-                 for k in sorted(set(ours) | set(there)) if ours.get(k) != there.get(k)]
+    differing = form_differences(there, ours)
     if differing:
         raise CheckpointError(f"--init-from {run.path}: its layers or adapter differ from this run's "
                               f"({'; '.join(differing)})")

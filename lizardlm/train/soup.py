@@ -24,7 +24,7 @@ import torch
 from lizardlm.errors import CheckpointError
 from lizardlm.train.checkpoint import atomic_save, atomic_write_text, load_checked
 from lizardlm.train.fingerprint import files_fingerprint, same_model
-from lizardlm.train.rundir import RunDir, finished_lizard_run, shared_form
+from lizardlm.train.rundir import RunDir, finished_lizard_run, form_differences, shared_form
 
 
 def soup(runs: Sequence[str | os.PathLike], weights: Sequence[float] | None, out: str | os.PathLike) -> dict[str, Any]:
@@ -95,9 +95,7 @@ def _check_alike(dirs: list[RunDir], manifests: list[dict[str, Any]]) -> None:
                 else m["teacher"] == manifests[0]["teacher"])  # runs made before fingerprints: the same reference
         if not same:
             raise CheckpointError(f"{d.path} was made from another teacher than {dirs[0].path}")
-        other = shared_form(d.settings(m), m)
-        differing = [f"{k}: {first.get(k)!r} in {dirs[0].path.name}, {other.get(k)!r} here"
-                     for k in sorted(set(first) | set(other)) if first.get(k) != other.get(k)]
+        differing = form_differences(first, shared_form(d.settings(m), m), f"in {dirs[0].path.name}")
         if differing:
             raise CheckpointError(f"{d.path}: its layers or adapter differ ({'; '.join(differing)})")
 
