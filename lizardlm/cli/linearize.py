@@ -16,7 +16,7 @@ from lizardlm.cli.common import (
     softmax_select,
 )
 from lizardlm.errors import LizardError
-from lizardlm.train.settings import BASELINES, LOSS_AVERAGES, PRESETS, ROW_ORDERS
+from lizardlm.train.settings import ANSWER_ROWS, BASELINES, LOSS_AVERAGES, PRESETS, ROW_ORDERS
 
 
 def add_parser(subparsers) -> None:
@@ -46,6 +46,10 @@ def add_parser(subparsers) -> None:
                    help="stage 2's loss over a batch: the mean over its target tokens (tokens, default), or each "
                    "row's mean then the mean over rows (rows: a row of a few answer tokens, as in "
                    "retrieval:...:loss=answers, weighs as much as a row of text, so mixture shares are loss shares)")
+    p.add_argument("--answer-rows", choices=ANSWER_ROWS, default=None,
+                   help="what stage 2's rows with input-only tokens (retrieval:...:loss=answers documents) train: "
+                   "all trainable parameters (default), or lizard: the Lizard parameters alone, so the LoRA adapter "
+                   "learns from the other rows only (needs --stage2-train-lizard)")
     p.add_argument("--loss-chunk", type=int, default=None, metavar="N",
                    help="stage 2's LM head and cross-entropy N positions at a time, recomputed in the backward: the "
                    "rows x length x vocabulary logits never exist at once (same loss, less memory; 0: whole rows, default)")
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "loss_chunk", "state_passing", "row_order",
+                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "answer_rows", "loss_chunk", "state_passing", "row_order",
                      "reset_at_documents")
     }
     lizard = lizard_overrides(args)

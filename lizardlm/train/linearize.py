@@ -27,6 +27,7 @@ from lizardlm.errors import CheckpointError, LizardError, TrainingError
 from lizardlm.layers import attention_transfer
 from lizardlm.progress import progress
 from lizardlm.train.activations import checkpoint_decoder_layers
+from lizardlm.train.answer_rows import AdapterRowGate, answer_rows
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
 from lizardlm.train.distributed import batches_behind, micro_batch_size, on_main, shard, sum_over_ranks
 from lizardlm.train.fingerprint import files_fingerprint, model_fingerprint, tensors_fingerprint
@@ -120,14 +121,16 @@ def _lane_resets(passing: StatePassing, splits: PackedSplits, settings: TrainSet
     return before_step
 
 
-def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = None, chunk: int = 0):
+def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = None, chunk: int = 0,
+                gate: AdapterRowGate | None = None):
     """Stage 2's loss: next-token cross-entropy over the tokens that carry loss (all but the input-only
     ones), averaged as :attr:`TrainSettings.loss_average` says. ``"tokens"``: their summed loss over
     their count; ``"rows"``: ``mean_r (sum_t l_rt / n_r)`` over the rows with ``n_r > 0`` targets. Counts
     are clamped to at least 1, so a batch without targets gives 0 with a gradient path, and no host
     sync decides which (a CUDA-graphed step records it once). ``passing``: the rows start from the
     memories it hands on (:mod:`lizardlm.train.state_passing`). ``chunk`` > 0: the LM head and the
-    cross-entropy ``chunk`` positions at a time, recomputed in the backward (:mod:`lizardlm.train.lm_loss`)."""
+    cross-entropy ``chunk`` positions at a time, recomputed in the backward (:mod:`lizardlm.train.lm_loss`).
+    ``gate``: the answer rows train the Lizard parameters alone (:mod:`lizardlm.train.answer_rows`)."""
 
     def loss_fn(batch: torch.Tensor):
         if passing is None:
@@ -141,6 +144,8 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
         loss_fn.snapshot = passing.snapshot  # a CUDA-graphed step puts the memories back after its warm-up
 
     def rows_loss(batch: torch.Tensor):
+        if gate is not None:
+            gate.freeze(answer_rows(batch))
         ids, labels = inputs_and_labels(batch)
         targets = labels[:, 1:]
         if chunk:
@@ -151,7 +156,8 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
             count = (targets != IGNORE_INDEX).sum().clamp(min=1)
             return model(input_ids=ids, labels=labels, use_cache=False, num_items_in_batch=count).loss, {}
         else:
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up, float64 kept
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                                   reduction="none").view_as(targets)
         count = (targets != IGNORE_INDEX).sum(1)
@@ -363,11 +369,12 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         if settings.passes_state:
             passing = StatePassing(peft_model, slot_probabilities(settings.state_passing, splits.meta,
                                                                   accelerator.process_index, accelerator.num_processes))
-        loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing, settings.loss_chunk)
+        gate = AdapterRowGate(peft_model) if settings.answer_rows == "lizard" else None
+        loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing, settings.loss_chunk, gate)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA",
                       contiguous=settings.contiguous_rows,
                       before_step=_lane_resets(passing, splits, settings, accelerator) if settings.contiguous_rows else None)
-        with phase("stage 2 trained"), passing or nullcontext():
+        with phase("stage 2 trained"), passing or nullcontext(), gate or nullcontext():
             before = _train(stage, splits.train, run, manifest, train_kw, main)
         peft_model.eval()
         with phase("stage 2 validated"):

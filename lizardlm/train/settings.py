@@ -14,6 +14,8 @@ BASELINES = ("teacher-lora",)
 and seed) on the unconverted teacher, the fair quality ceiling of a linearization."""
 LOSS_AVERAGES = ("tokens", "rows")
 """How stage 2 averages the next-token loss over a batch (:attr:`TrainSettings.loss_average`)."""
+ANSWER_ROWS = ("all", "lizard")
+"""What stage 2's answer rows train (:attr:`TrainSettings.answer_rows`)."""
 ROW_ORDERS = ("shuffled", "contiguous")
 """The order of stage 2's rows (:attr:`TrainSettings.row_order`)."""
 
@@ -37,6 +39,10 @@ class TrainSettings:
     batch's targets / their count); ``"rows"`` takes each row's mean over its own targets, then the
     mean over the rows that have any, so a row of 40 answer tokens (``retrieval:...:loss=answers``)
     weighs as much as a row of 2,047 text tokens and a mixture's data shares are its loss shares.
+    ``answer_rows`` (one of :data:`ANSWER_ROWS`): what the rows with input-only tokens
+    (``retrieval:...:loss=answers`` documents) train in stage 2: ``"all"`` trainable parameters, or
+    ``"lizard"``: the Lizard parameters alone, so that the LoRA adapter learns from the other rows only
+    (:mod:`lizardlm.train.answer_rows`; needs ``stage2_train_lizard``).
     ``init_from`` (a finished run directory) starts the Lizard parameters and the LoRA adapter from
     that run's instead of the converted teacher's and a fresh adapter, to train a linearized model on
     further data (``stage1_tokens=0`` goes straight to stage 2); the run must have this run's teacher,
@@ -82,6 +88,7 @@ class TrainSettings:
     softmax_select: str | None = None
     loss_average: str = "tokens"
     loss_chunk: int = 0
+    answer_rows: str = "all"
     state_passing: float | list[float] = 0.0
     row_order: str = "shuffled"
     reset_at_documents: bool = False
@@ -119,6 +126,11 @@ class TrainSettings:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.loss_average not in LOSS_AVERAGES:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
+        if self.answer_rows not in ANSWER_ROWS:
+            raise ValueError(f"answer-rows must be one of {', '.join(ANSWER_ROWS)}, got {self.answer_rows!r}")
+        if self.answer_rows == "lizard" and not (self.stage2_train_lizard and self.baseline is None):
+            raise ValueError("answer-rows lizard trains the Lizard parameters on the answer rows: it needs "
+                             "--stage2-train-lizard (and no baseline)")
         if int(self.loss_chunk) < 0:
             raise ValueError(f"loss-chunk must be >= 0 (0: the LM head over the whole row at once), got {self.loss_chunk}")
         if self.loss_chunk and self.fsdp:
