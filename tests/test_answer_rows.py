@@ -63,25 +63,28 @@ def test_answer_rows_are_the_rows_with_input_only_tokens():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("variant", ["whole", "chunked", "recomputed"])
+@pytest.mark.parametrize("variant", ["whole", "chunked", "recomputed", "keep q_proj"])
 def test_answer_rows_train_the_lizard_parameters_alone(tiny_llama, seed, variant):
     """Same loss; the adapter's gradient is that of the text rows' share of the loss (the answer rows
     still count in the mean), every Lizard parameter's that of the whole loss. ``recomputed``: activation
-    checkpointing runs the forward again in the backward, with the same rows detached."""
+    checkpointing runs the forward again in the backward, with the same rows constant. ``keep q_proj``:
+    the LoRA of q_proj trains on every row, as the Lizard parameters do."""
+    keep = ("q_proj",) if variant == "keep q_proj" else ()
     model = _peft_student(tiny_llama)
     if variant == "recomputed":
         checkpoint_decoder_layers(model)
     batch = _batch(tiny_llama.config.vocab_size, seed)
-    lora = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    lizard = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    assert len(lora) == 12 and lizard
+    lora = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n and not
+            any(f".{k}." in n for k in keep)]
+    lizard = [n for n, p in model.named_parameters() if p.requires_grad and n not in lora]
+    assert len(lora) == (8 if keep else 12) and lizard and all("lora_" not in n for n in lizard) != bool(keep)
 
     rows = _rows_nll(model, batch)
     text = ~answer_rows(batch)
     want_lora = _grads(model, (rows * text).sum() / len(rows), lora)
     want_lizard = _grads(model, rows.mean(), lizard)
 
-    with AdapterRowGate(model) as gate:
+    with AdapterRowGate(model, keep) as gate:
         loss, _ = _lm_loss_fn(model, "rows", chunk=5 if variant == "chunked" else 0, gate=gate)(batch)
         got = _grads(model, loss, lora + lizard)
     torch.testing.assert_close(loss, rows.mean(), rtol=1e-12, atol=1e-12)
@@ -99,13 +102,16 @@ def test_answer_rows_train_the_lizard_parameters_alone(tiny_llama, seed, variant
 
 
 def test_answer_rows_settings():
-    with pytest.raises(ValueError, match="answer-rows must be one of all, lizard"):
-        TrainSettings(answer_rows="adapter")
+    for wrong in ("adapter", "lizard:up_proj", "lizard:q_proj,", "lizard,q_proj"):
+        with pytest.raises(ValueError, match="answer-rows must be all, lizard or lizard:TARGET"):
+            TrainSettings(answer_rows=wrong, stage2_train_lizard=True)
     with pytest.raises(ValueError, match="needs --stage2-train-lizard"):
         TrainSettings(answer_rows="lizard")
     with pytest.raises(ValueError, match="needs --stage2-train-lizard"):
         TrainSettings(answer_rows="lizard", stage2_train_lizard=True, baseline="teacher-lora")
-    assert TrainSettings(answer_rows="lizard", stage2_train_lizard=True).answer_rows == "lizard"
+    assert TrainSettings(answer_rows="lizard", stage2_train_lizard=True).answer_rows_lora == []
+    assert TrainSettings(answer_rows="lizard:q_proj,k_proj", stage2_train_lizard=True).answer_rows_lora == ["q_proj", "k_proj"]
+    assert TrainSettings().answer_rows_lora is None
 
 
 def test_a_run_on_answer_rows_alone_keeps_its_adapter_where_it_started(books, teacher_dir, tmp_path, capsys):

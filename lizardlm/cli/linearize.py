@@ -16,7 +16,7 @@ from lizardlm.cli.common import (
     softmax_select,
 )
 from lizardlm.errors import LizardError
-from lizardlm.train.settings import ANSWER_ROWS, BASELINES, LOSS_AVERAGES, PRESETS, ROW_ORDERS
+from lizardlm.train.settings import BASELINES, LOSS_AVERAGES, PRESETS, ROW_ORDERS
 
 
 def add_parser(subparsers) -> None:
@@ -46,10 +46,11 @@ def add_parser(subparsers) -> None:
                    help="stage 2's loss over a batch: the mean over its target tokens (tokens, default), or each "
                    "row's mean then the mean over rows (rows: a row of a few answer tokens, as in "
                    "retrieval:...:loss=answers, weighs as much as a row of text, so mixture shares are loss shares)")
-    p.add_argument("--answer-rows", choices=ANSWER_ROWS, default=None,
+    p.add_argument("--answer-rows", default=None, metavar="all|lizard[:TARGET,...]",
                    help="what stage 2's rows with input-only tokens (retrieval:...:loss=answers documents) train: "
-                   "all trainable parameters (default), or lizard: the Lizard parameters alone, so the LoRA adapter "
-                   "learns from the other rows only (needs --stage2-train-lizard)")
+                   "all trainable parameters (default); lizard: the Lizard parameters alone, so the LoRA adapter "
+                   "learns from the other rows only; lizard:q_proj,k_proj: those and the LoRA of the targets named "
+                   "(needs --stage2-train-lizard)")
     p.add_argument("--loss-chunk", type=int, default=None, metavar="N",
                    help="stage 2's LM head and cross-entropy N positions at a time, recomputed in the backward: the "
                    "rows x length x vocabulary logits never exist at once (same loss, less memory; 0: whole rows, default)")

@@ -1,5 +1,6 @@
 """Stage-2 rows whose gradient trains the Lizard parameters and not the LoRA adapter
-(:attr:`lizardlm.train.settings.TrainSettings.answer_rows` ``= "lizard"``).
+(:attr:`lizardlm.train.settings.TrainSettings.answer_rows` ``= "lizard"``; ``"lizard:q_proj,k_proj"``
+keeps training the LoRA of the targets named on them).
 
 An answer row is a packed row with input-only tokens, i.e. a ``retrieval:loss=answers`` document
 (:mod:`lizardlm.data.retrieval`; every other source trains on all of its tokens). A LoRA projection
@@ -16,6 +17,8 @@ the adapter is what they read (``benchmarks/NOTES.md``, issue 19).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +37,15 @@ class AdapterRowGate:
     call, so a backward that recomputes the forward (activation checkpointing) treats the same rows alike;
     the mask is a tensor on the device, so a CUDA-graphed step records the gate once and replays it."""
 
-    def __init__(self, peft_model: torch.nn.Module) -> None:
+    def __init__(self, peft_model: torch.nn.Module, keep: Sequence[str] = ()) -> None:
+        """``keep``: LoRA targets (module names such as ``q_proj``) whose adapter still trains on the rows."""
         from peft.tuners.lora import LoraLayer
 
-        self._linears = [m for layer in peft_model.modules() if isinstance(layer, LoraLayer)
+        self._linears = [m for name, layer in peft_model.named_modules()
+                         if isinstance(layer, LoraLayer) and name.rpartition(".")[2] not in keep
                          for side in (layer.lora_A, layer.lora_B) for m in side.values()]
         if not self._linears:
-            raise ValueError("answer-rows lizard needs a LoRA adapter: the model has no LoRA layer")
+            raise ValueError("answer-rows lizard needs a LoRA adapter beside the targets it keeps training")
         self._frozen: torch.Tensor | None = None
         self._handles: list = []
 

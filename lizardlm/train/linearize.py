@@ -130,7 +130,7 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
     sync decides which (a CUDA-graphed step records it once). ``passing``: the rows start from the
     memories it hands on (:mod:`lizardlm.train.state_passing`). ``chunk`` > 0: the LM head and the
     cross-entropy ``chunk`` positions at a time, recomputed in the backward (:mod:`lizardlm.train.lm_loss`).
-    ``gate``: the answer rows train the Lizard parameters alone (:mod:`lizardlm.train.answer_rows`)."""
+    ``gate``: what the answer rows train of the adapter (:mod:`lizardlm.train.answer_rows`)."""
 
     def loss_fn(batch: torch.Tensor):
         if passing is None:
@@ -369,7 +369,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         if settings.passes_state:
             passing = StatePassing(peft_model, slot_probabilities(settings.state_passing, splits.meta,
                                                                   accelerator.process_index, accelerator.num_processes))
-        gate = AdapterRowGate(peft_model) if settings.answer_rows == "lizard" else None
+        keep = settings.answer_rows_lora
+        gate = AdapterRowGate(peft_model, keep) if keep is not None else None
         loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing, settings.loss_chunk, gate)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA",
                       contiguous=settings.contiguous_rows,

@@ -14,8 +14,6 @@ BASELINES = ("teacher-lora",)
 and seed) on the unconverted teacher, the fair quality ceiling of a linearization."""
 LOSS_AVERAGES = ("tokens", "rows")
 """How stage 2 averages the next-token loss over a batch (:attr:`TrainSettings.loss_average`)."""
-ANSWER_ROWS = ("all", "lizard")
-"""What stage 2's answer rows train (:attr:`TrainSettings.answer_rows`)."""
 ROW_ORDERS = ("shuffled", "contiguous")
 """The order of stage 2's rows (:attr:`TrainSettings.row_order`)."""
 
@@ -39,10 +37,10 @@ class TrainSettings:
     batch's targets / their count); ``"rows"`` takes each row's mean over its own targets, then the
     mean over the rows that have any, so a row of 40 answer tokens (``retrieval:...:loss=answers``)
     weighs as much as a row of 2,047 text tokens and a mixture's data shares are its loss shares.
-    ``answer_rows`` (one of :data:`ANSWER_ROWS`): what the rows with input-only tokens
-    (``retrieval:...:loss=answers`` documents) train in stage 2: ``"all"`` trainable parameters, or
-    ``"lizard"``: the Lizard parameters alone, so that the LoRA adapter learns from the other rows only
-    (:mod:`lizardlm.train.answer_rows`; needs ``stage2_train_lizard``).
+    ``answer_rows``: what the rows with input-only tokens (``retrieval:...:loss=answers`` documents)
+    train in stage 2: ``"all"`` trainable parameters; ``"lizard"``: the Lizard parameters alone, so that
+    the LoRA adapter learns from the other rows only; ``"lizard:q_proj,k_proj"``: those and the LoRA of
+    the targets named (:mod:`lizardlm.train.answer_rows`; needs ``stage2_train_lizard``).
     ``init_from`` (a finished run directory) starts the Lizard parameters and the LoRA adapter from
     that run's instead of the converted teacher's and a fresh adapter, to train a linearized model on
     further data (``stage1_tokens=0`` goes straight to stage 2); the run must have this run's teacher,
@@ -126,11 +124,7 @@ class TrainSettings:
             raise ValueError(f"warmup-fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.loss_average not in LOSS_AVERAGES:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
-        if self.answer_rows not in ANSWER_ROWS:
-            raise ValueError(f"answer-rows must be one of {', '.join(ANSWER_ROWS)}, got {self.answer_rows!r}")
-        if self.answer_rows == "lizard" and not (self.stage2_train_lizard and self.baseline is None):
-            raise ValueError("answer-rows lizard trains the Lizard parameters on the answer rows: it needs "
-                             "--stage2-train-lizard (and no baseline)")
+        self._check_answer_rows()
         if int(self.loss_chunk) < 0:
             raise ValueError(f"loss-chunk must be >= 0 (0: the LM head over the whole row at once), got {self.loss_chunk}")
         if self.loss_chunk and self.fsdp:
@@ -157,6 +151,27 @@ class TrainSettings:
                 f"seq-len {self.seq_len} is shorter than the window ({lizard.window_size}): "
                 "the linear branch would never be trained"
             )
+
+    def _check_answer_rows(self) -> None:
+        """``answer_rows``: ``all``, ``lizard`` or ``lizard:TARGET,...`` with LoRA targets of this run."""
+        if self.answer_rows == "all":
+            return
+        kind, _, targets = self.answer_rows.partition(":")
+        unknown = [t for t in targets.split(",") if t not in self.lora_targets] if targets else []
+        if kind != "lizard" or unknown or targets.endswith(","):
+            raise ValueError(f"answer-rows must be all, lizard or lizard:TARGET,... with LoRA targets of this run "
+                             f"({','.join(self.lora_targets)}), got {self.answer_rows!r}")
+        if not (self.stage2_train_lizard and self.baseline is None):
+            raise ValueError("answer-rows lizard trains the Lizard parameters on the answer rows: it needs "
+                             "--stage2-train-lizard (and no baseline)")
+
+    @property
+    def answer_rows_lora(self) -> list[str] | None:
+        """The LoRA targets that the answer rows train (None: all of them, ``answer_rows="all"``)."""
+        if self.answer_rows == "all":
+            return None
+        targets = self.answer_rows.partition(":")[2]
+        return targets.split(",") if targets else []
 
     def _check_state_passing(self) -> None:
         """``state_passing``: a probability in [0, 1], or one per part of a contiguous ``mix:``."""
