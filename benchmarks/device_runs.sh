@@ -142,6 +142,9 @@ case "${NAME:-}" in
   mixr2k-12m-route-qk) INIT=mixr2k-12m S1=0 S2=4194304  # the same, the passkey rows also training q/k's LoRA
                 DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # (the memory's addressing) and not v/o's
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m --stage2-train-lizard --answer-rows lizard:q_proj,k_proj" ;;
+  mixr2k-12m-route-vo) INIT=mixr2k-12m S1=0 S2=4194304  # ... v/o's LoRA (the read-out) and not q/k's
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m --stage2-train-lizard --answer-rows lizard:v_proj,o_proj" ;;
   mixr2k-route) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k with its passkey rows training the Lizard parameters
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard" ;;  # alone: the adapter learns from Alpaca rows only
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way

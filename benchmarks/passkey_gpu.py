@@ -366,7 +366,7 @@ def knob_plot(result: dict[str, Any], path: Path) -> str | None:
     for ax in axes[:, 0]:
         ax.set_ylabel("passkey accuracy (dashed: first digit)")
     fig.suptitle(f"passkey by inference knobs: decay scale, write contrast ({result.get('device', '')})", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the suptitle above the first row
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
