@@ -147,6 +147,8 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m --stage2-train-lizard --answer-rows lizard:v_proj,o_proj" ;;
   mixr2k-route) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k with its passkey rows training the Lizard parameters
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard" ;;  # alone: the adapter learns from Alpaca rows only
+  mixr2k-route-vo) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... and the LoRA of v/o (the read-out the lookup needs,
+                FLAGS="--loss-average rows $COMMON --answer-rows lizard:v_proj,o_proj" ;;  # mixr2k-12m-route-vo); q/k's learn from Alpaca
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/alpacar2k" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys

@@ -10,10 +10,11 @@ computes ``W x + s B A x``; for the answer rows of a batch its ``A`` and ``B`` a
 
 so the forward and the loss are unchanged, ``A`` and ``B`` get gradient from the other rows only, and
 an answer row's loss reaches every other trainable parameter exactly as without the gate (the
-gradient still flows through the adapter's branch to the layers below). With the Lizard parameters
-trained in stage 2, the retrieval task is then learned by the memory (feature maps, gates, meta memory)
-while the adapter learns from text alone: the zero-shot tasks' prompts rarely leave the window, so
-the adapter is what they read (``benchmarks/NOTES.md``, issue 19).
+gradient still flows through the adapter's branch to the layers below). The point: the zero-shot
+tasks' prompts rarely leave the window, so the adapter is what they read, and retrieval rows that train
+it cost them points. Measured (H100, ``benchmarks/NOTES.md``, issue 19): with the Lizard parameters alone
+(feature maps, gates, meta memory) the passkey lookup is not learned, the answers come in words; with the
+LoRA of ``v_proj`` and ``o_proj`` kept (``lizard:v_proj,o_proj``) it is, and q/k's LoRA is not needed.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def answer_rows(batch: torch.Tensor) -> torch.Tensor:
 class AdapterRowGate:
     """Forward hooks on a PEFT model's ``lora_A`` and ``lora_B`` layers, on while the gate is entered as a
     context, that compute the rows last given to :meth:`freeze` with the layer's weight detached (one
-    extra rank-r product per layer). The rows stay frozen until the next
-    call, so a backward that recomputes the forward (activation checkpointing) treats the same rows alike;
-    the mask is a tensor on the device, so a CUDA-graphed step records the gate once and replays it."""
+    extra rank-r product per layer). The rows stay frozen until the next call, so a backward that
+    recomputes the forward (activation checkpointing) treats the same rows alike; the mask is a tensor
+    on the device, so a CUDA-graphed step records the gate once and replays it."""
 
     def __init__(self, peft_model: torch.nn.Module, keep: Sequence[str] = ()) -> None:
         """``keep``: LoRA targets (module names such as ``q_proj``) whose adapter still trains on the rows."""
