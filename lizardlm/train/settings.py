@@ -156,9 +156,7 @@ class TrainSettings:
         """``answer_rows``: ``all``, ``lizard`` or ``lizard:TARGET,...`` with LoRA targets of this run."""
         if self.answer_rows == "all":
             return
-        kind, _, targets = self.answer_rows.partition(":")
-        unknown = [t for t in targets.split(",") if t not in self.lora_targets] if targets else []
-        if kind != "lizard" or unknown or targets.endswith(","):
+        if self.answer_rows.partition(":")[0] != "lizard" or not set(self.answer_rows_lora) <= set(self.lora_targets):
             raise ValueError(f"answer-rows must be all, lizard or lizard:TARGET,... with LoRA targets of this run "
                              f"({','.join(self.lora_targets)}), got {self.answer_rows!r}")
         if not (self.stage2_train_lizard and self.baseline is None):
