@@ -109,9 +109,19 @@ def test_answer_rows_settings():
         TrainSettings(answer_rows="lizard")
     with pytest.raises(ValueError, match="needs --stage2-train-lizard"):
         TrainSettings(answer_rows="lizard", stage2_train_lizard=True, baseline="teacher-lora")
+    with pytest.raises(ValueError, match="keeps every LoRA target training on the answer rows: that is answer-rows all"):
+        TrainSettings(answer_rows="lizard:q_proj,k_proj", lora_targets=["q_proj", "k_proj"], stage2_train_lizard=True)
     assert TrainSettings(answer_rows="lizard", stage2_train_lizard=True).answer_rows_lora == []
     assert TrainSettings(answer_rows="lizard:q_proj,k_proj", stage2_train_lizard=True).answer_rows_lora == ["q_proj", "k_proj"]
     assert TrainSettings().answer_rows_lora is None
+
+
+def test_a_gate_with_no_lora_layer_left_to_hold_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match="needs a LoRA adapter"):
+        AdapterRowGate(tiny_llama)
+    model = _peft_student(tiny_llama)
+    with pytest.raises(ValueError, match="needs a LoRA adapter beside the targets it keeps training"):
+        AdapterRowGate(model, keep=("q_proj", "v_proj", "o_proj"))
 
 
 def test_a_run_on_answer_rows_alone_keeps_its_adapter_where_it_started(books, teacher_dir, tmp_path, capsys):

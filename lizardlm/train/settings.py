@@ -159,6 +159,9 @@ class TrainSettings:
         if self.answer_rows.partition(":")[0] != "lizard" or not set(self.answer_rows_lora) <= set(self.lora_targets):
             raise ValueError(f"answer-rows must be all, lizard or lizard:TARGET,... with LoRA targets of this run "
                              f"({','.join(self.lora_targets)}), got {self.answer_rows!r}")
+        if set(self.answer_rows_lora) == set(self.lora_targets):
+            raise ValueError(f"answer-rows {self.answer_rows} keeps every LoRA target training on the answer rows: "
+                             "that is answer-rows all")
         if not (self.stage2_train_lizard and self.baseline is None):
             raise ValueError("answer-rows lizard trains the Lizard parameters on the answer rows: it needs "
                              "--stage2-train-lizard (and no baseline)")
