@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import lizardlm
 from lizardlm.data.packing import without_loss
 from lizardlm.train.activations import checkpoint_decoder_layers
-from lizardlm.train.answer_rows import AdapterRowGate, answer_rows
+from lizardlm.train.answer_rows import AdapterRowGate, _RowGatedLinear, answer_rows
 from lizardlm.train.linearize import _lm_loss_fn
 from lizardlm.train.settings import TrainSettings
 
@@ -99,6 +99,30 @@ def test_answer_rows_train_the_lizard_parameters_alone(tiny_llama, seed, variant
     whole = _grads(model, rows.mean(), lora)
     for name in lora:
         torch.testing.assert_close(after[name], whole[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16, 4), (3, 5, 4, 16)])  # lora_A (wide in, rank out) and lora_B
+def test_the_gated_linear_under_autocast(shape):
+    """In bf16 autocast (as on the GPU) the gated product keeps autocast's dtypes: the output in bf16,
+    each gradient in its tensor's float32, the weight's from the rows not frozen alone."""
+    rows, length, d_in, d_out = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(rows, length, d_in, generator=gen, requires_grad=True)
+    weight = torch.randn(d_out, d_in, generator=gen, requires_grad=True)
+    dy = torch.randn(rows, length, d_out, generator=gen)
+    frozen = torch.tensor([False, True, False])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _RowGatedLinear.apply(x, weight, frozen)
+        want = torch.nn.functional.linear(x, weight)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+    dx, dw = torch.autograd.grad(y, [x, weight], dy)
+    want_dx, = torch.autograd.grad(want, [x], dy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = torch.nn.functional.linear(x[~frozen], weight)
+    want_dw, = torch.autograd.grad(kept, [weight], dy[~frozen])
+    assert dx.dtype == dw.dtype == torch.float32
+    torch.testing.assert_close(dx, want_dx, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(dw, want_dw, rtol=1e-2, atol=1e-2)
 
 
 def test_answer_rows_settings():

@@ -20,6 +20,7 @@ LoRA of ``v_proj`` and ``o_proj`` kept (``lizard:v_proj,o_proj``) it is, and q/k
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +32,40 @@ def answer_rows(batch: torch.Tensor) -> torch.Tensor:
     return (batch < 0).any(dim=1)
 
 
+class _RowGatedLinear(torch.autograd.Function):
+    """``y = x W^T`` (LoRA's ``A`` and ``B`` have no bias) with ``dx = dy W`` on every row and
+    ``dW = sum_{r not frozen} dy[r]^T x[r]``: the weight is a constant on the frozen rows. The products run
+    in ``y``'s dtype (the autocast dtype, as ``F.linear``'s own backward does) and each gradient is returned
+    in its tensor's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, weight)
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(x.to(y.dtype), weight, frozen)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight, frozen = ctx.saved_tensors
+        dx = (dy @ weight.to(dy.dtype)).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        dw = None
+        if ctx.needs_input_grad[1]:
+            kept = frozen.logical_not().view(-1, *([1] * (x.dim() - 1))).to(dy.dtype)
+            if x.shape[-1] <= dy.shape[-1]:  # zero the frozen rows of the narrower side (the rank-r one)
+                x = x * kept
+            else:
+                dy = dy * kept
+            dw = (dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(weight.dtype)
+        return dx, dw, None
+
+
 class AdapterRowGate:
-    """Forward hooks on a PEFT model's ``lora_A`` and ``lora_B`` layers, on while the gate is entered as a
-    context, that compute the rows last given to :meth:`freeze` with the layer's weight detached (one
-    extra rank-r product per layer). The rows stay frozen until the next call, so a backward that
-    recomputes the forward (activation checkpointing) treats the same rows alike; the mask is a tensor
-    on the device, so a CUDA-graphed step records the gate once and replays it."""
+    """While entered as a context, a PEFT model's ``lora_A`` and ``lora_B`` layers run as
+    :class:`_RowGatedLinear` on the rows last given to :meth:`freeze` (the same products as the plain
+    layers; the weight gradient leaves those rows out). The rows stay frozen until the next call, so a
+    backward that recomputes the forward (activation checkpointing) treats the same rows alike; the mask is
+    a tensor on the device, so a CUDA-graphed step records the gate once and replays it."""
 
     def __init__(self, peft_model: torch.nn.Module, keep: Sequence[str] = ()) -> None:
         """``keep``: LoRA targets (module names such as ``q_proj``) whose adapter still trains on the rows."""
@@ -47,14 +76,14 @@ class AdapterRowGate:
                          for side in (layer.lora_A, layer.lora_B) for m in side.values()]
         if not self._linears:
             raise ValueError("answer-rows lizard needs a LoRA adapter beside the targets it keeps training")
+        if any(m.bias is not None for m in self._linears):
+            raise ValueError("answer-rows lizard needs LoRA layers without a bias (PEFT's lora_bias off)")
         self._frozen: torch.Tensor | None = None
-        self._handles: list = []
 
-    def _hook(self, module: torch.nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    def _forward(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if self._frozen is None:
-            return None
-        constant = F.linear(inputs[0], module.weight.detach(), None if module.bias is None else module.bias.detach())
-        return torch.where(self._frozen.view(-1, *([1] * (output.dim() - 1))), constant, output)
+            return F.linear(x, module.weight)
+        return _RowGatedLinear.apply(x, module.weight, self._frozen)
 
     def freeze(self, frozen: torch.Tensor) -> None:
         """From now on, forwards keep the adapter's weights constant on the rows where ``frozen`` (``(rows,)``
@@ -62,10 +91,11 @@ class AdapterRowGate:
         self._frozen = frozen
 
     def __enter__(self) -> "AdapterRowGate":
-        self._handles = [m.register_forward_hook(self._hook) for m in self._linears]
+        for m in self._linears:
+            m.forward = partial(self._forward, m)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles, self._frozen = [], None
+        for m in self._linears:
+            del m.forward  # the class's own forward again
+        self._frozen = None

@@ -106,6 +106,46 @@ def test_graphed_steps_with_state_passing_match_eager_steps(tiny_llama, mode):
     assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
 
 
+def test_graphed_steps_with_the_answer_rows_gate_match_eager_steps(tiny_llama):
+    """``--answer-rows lizard``: the gate's row mask is a device tensor that the graph records once. Replayed,
+    the steps match the eager ones, and on batches of answer rows alone LoRA's B (zero at the start) gets no
+    gradient and stays exactly zero while the Lizard parameters move."""
+    from peft import LoraConfig, get_peft_model
+
+    from lizardlm.data.packing import without_loss
+    from lizardlm.train.answer_rows import AdapterRowGate
+
+    model = lizardlm.convert(tiny_llama, lizardlm.LizardConfig(**LIZARD)).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    ids = [torch.randint(0, model.config.vocab_size, (4, 128), generator=gen, device="cuda") for _ in range(5)]
+    answers = torch.zeros(4, 128, dtype=torch.bool, device="cuda")
+    answers[:, 100:108] = True
+    mixed = answers.clone()
+    mixed[::2] = True  # rows 0 and 2 are text, 1 and 3 answer rows
+    model.requires_grad_(False).train()
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lizard = list(model.lizard_parameters())
+    for p in lizard:
+        p.requires_grad_(True)
+    names, params = zip(*[(n, p) for n, p in peft_model.named_parameters() if p.requires_grad])
+    start = [p.detach().clone() for p in params]
+    for targets, b_moves in ((mixed, True), (answers, False)):
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        batches = [without_loss(i, targets) for i in ids]
+        with AdapterRowGate(peft_model) as gate:
+            (eager, eager_params), (graphed, graphed_params) = _eager_then_graphed(
+                _lm_loss_fn(peft_model, "rows", gate=gate), list(params), batches, backward=True)
+        assert [b for b, _ in graphed] == pytest.approx([a for a, _ in eager], rel=1e-4)
+        for a, b in zip(eager_params, graphed_params):
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+        moved = {n: not torch.equal(p, p0) for n, p, p0 in zip(names, graphed_params, start)}
+        assert any(moved[n] for n in names if "lora_B" in n) == b_moves
+        assert any(moved[n] for n in names if "lora_" not in n)
+
+
 @pytest.fixture
 def float32_linearize(monkeypatch):
     """``linearize`` without bf16 autocast on CUDA (module docstring)."""
