@@ -1,5 +1,7 @@
 """Training-step throughput of the linearization stages on a SmolLM2-135M-shaped model (random
-weights, no download): stage 1 (attention transfer) and stage 2 (LoRA) steps per second.
+weights, no download): stage 1 (attention transfer) and stage 2 (LoRA) steps per second, and what
+``--answer-rows lizard:v_proj,o_proj`` costs stage 2 (half the rows answer rows; the row-averaged loss
+with and without the gate, side by side).
 
     python benchmarks/train_step.py --out benchmarks/results
 """
@@ -16,7 +18,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lizardlm
+from lizardlm.data.packing import without_loss
 from lizardlm.layers import attention_transfer
+from lizardlm.train.answer_rows import AdapterRowGate
+from lizardlm.train.linearize import _lm_loss_fn
 from result_names import device_slug
 
 
@@ -70,6 +75,21 @@ def main() -> None:
         loss.backward()
 
     s2 = timed(stage2, args.steps, device)
+    for p in params:  # --stage2-train-lizard, as with --answer-rows
+        p.requires_grad_(True)
+    targets = torch.ones_like(ids, dtype=torch.bool)
+    targets[1::2] = False
+    targets[1::2, -16:] = True  # odd rows: answers only
+    batch = without_loss(ids, targets)
+
+    def rows_step(gate: AdapterRowGate | None) -> None:
+        with amp:
+            loss, _ = _lm_loss_fn(peft_model, "rows", gate=gate)(batch)
+        loss.backward()
+
+    rows = timed(lambda: rows_step(None), args.steps, device)
+    with AdapterRowGate(peft_model, keep=("v_proj", "o_proj")) as gate:
+        gated = timed(lambda: rows_step(gate), args.steps, device)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -84,6 +104,7 @@ def main() -> None:
         "device": name, "torch": torch.__version__, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "stage1_s_per_step": s1, "stage2_s_per_step": s2,
         "stage1_tokens_per_s": tokens / s1, "stage2_tokens_per_s": tokens / s2,
+        "stage2_rows_s_per_step": rows, "stage2_answer_rows_s_per_step": gated, "answer_rows_cost": gated / rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     slug = device_slug(name)
