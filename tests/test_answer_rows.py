@@ -148,6 +148,15 @@ def test_a_gate_with_no_lora_layer_left_to_hold_is_refused(tiny_llama):
         AdapterRowGate(model, keep=("q_proj", "v_proj", "o_proj"))
 
 
+@pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed")
+def test_a_gate_on_lora_layers_with_a_bias_is_refused(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules=["q_proj"], lora_bias=True))
+    with pytest.raises(ValueError, match="needs LoRA layers without a bias"):
+        AdapterRowGate(model)
+
+
 def test_a_run_on_answer_rows_alone_keeps_its_adapter_where_it_started(books, teacher_dir, tmp_path, capsys):
     """Retrieval documents with the answers-only loss and ``--answer-rows lizard``: stage 2 moves the
     Lizard parameters, and LoRA's B, which starts at zero, stays exactly zero (no gradient reaches it);
