@@ -149,6 +149,9 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard" ;;  # alone: the adapter learns from Alpaca rows only
   mixr2k-route-vo) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... and the LoRA of v/o (the read-out the lookup needs,
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard:v_proj,o_proj" ;;  # mixr2k-12m-route-vo); q/k's learn from Alpaca
+  mixr2k-route-vmap) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k-route with a value map: the memory's read-out
+                FLAGS="--loss-average rows $COMMON --value-map head --answer-rows lizard" ;;  # of its own, trained by the passkey
+                # rows with the other Lizard parameters; the adapter learns from Alpaca alone (mixr2k-route: 49.19, no lookup)
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/alpacar2k" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys

@@ -16,10 +16,10 @@ StrengthKind = Literal["none", "head"]
 Backend = Literal["auto", "triton", "torch"]
 
 OURS: dict[str, Any] = dict(combine="shared", rope="window", meta="kv", gate="scalar", write_gate="none",
-                            read_gate="none", window_size=64, feature_dim=64, num_meta_tokens=4)
+                            read_gate="none", value_map="none", window_size=64, feature_dim=64, num_meta_tokens=4)
 """Our reading (LoLCATs-style): shared normaliser, shifted linear state, RoPE in the window, meta key/value slots."""
 PAPER: dict[str, Any] = dict(combine="sum", rope="none", meta="sink", gate="token", write_gate="none",
-                             read_gate="none", window_size=128, feature_dim=128, num_meta_tokens=4)
+                             read_gate="none", value_map="none", window_size=128, feature_dim=128, num_meta_tokens=4)
 """The paper's layer (arXiv 2507.09025 and ``docs/method.md``): y = y_gla + alpha * y_win, no RoPE,
 sink logits, one sigmoid gate per token, window 128, feature dim 128."""
 
@@ -45,7 +45,7 @@ after a short stage 1 of 0, 0.1, 0.25, 0.5, 1 (``benchmarks/stage1_sweep.py --na
 
 _CHOICES = dict(combine=("shared", "sum"), rope=("window", "none", "both"), meta=("kv", "sink"),
                 gate=("scalar", "token", "mamba2", "pooled_key", "none"), write_gate=("none", "head"),
-                read_gate=("none", "head"),
+                read_gate=("none", "head"), value_map=("none", "head"),
                 backend=("auto", "triton", "torch"))
 
 
@@ -101,6 +101,11 @@ class LizardConfig:
         read_gate: ``none``, or ``head`` (shared form only) = a learned read strength per token and
             query head, ``r = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(q)``, so a token can
             turn to the linear memory more or less than another.
+        value_map: ``none``, or ``head`` = a learned map ``W_h`` (V x V, identity at start) per
+            key/value head on the values the linear memory stores, ``v W_h`` (the window reads ``v``):
+            the memory's read-out gets parameters of its own, apart from the adapter on ``v_proj`` /
+            ``o_proj`` that the window (and every short prompt) reads. Either form; the state and
+            decoding keep their size.
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
@@ -123,6 +128,7 @@ class LizardConfig:
     write_gate: StrengthKind | None = None
     write_contrast: float = 1.0
     read_gate: StrengthKind | None = None
+    value_map: StrengthKind | None = None
     alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
     chunk_size: int = 64

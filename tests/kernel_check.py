@@ -7,14 +7,16 @@ import torch
 
 from lizardlm.ops.lizard import lizard_attention_chunk, lizard_attention_naive, linear_state
 
-NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias", "alpha")
+NAMES = ("q", "k", "v", "fq", "fk", "g", "meta_k", "meta_v", "meta_bias", "alpha", "value_map")
 FORMS = ("shared", "paper")
 """``shared``: our form (shared normaliser, meta key/value slots); ``paper``: sum form with sink logits."""
 
 
-def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cpu", form="shared") -> dict[str, torch.Tensor | None]:
+def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cpu", form="shared",
+                value_map: bool = False) -> dict[str, torch.Tensor | None]:
     """float32 inputs from a generator seeded with ``seed`` on ``device``; gates and meta slots
-    optional; ``form="paper"`` gives sink logits (meta_bias alone) and a per-head alpha."""
+    optional; ``form="paper"`` gives sink logits (meta_bias alone) and a per-head alpha; ``value_map``
+    a random map ``(Hk, V, V)`` of the linear branch's values."""
     gen = torch.Generator(device=device).manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, device=device)  # noqa: E731
     u = lambda *s: torch.rand(*s, generator=gen, device=device)  # noqa: E731
@@ -26,6 +28,7 @@ def make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cpu", form="shared
         "meta_k": r(H, m, D) if m and not paper else None, "meta_v": r(H, m, V) if m and not paper else None,
         "meta_bias": r(H, m) if m else None,
         "alpha": r(H) if paper else None,
+        "value_map": r(Hk, V, V) / V**0.5 if value_map else None,
     }
 
 
@@ -35,7 +38,8 @@ def reference(x: dict, window: int, scale: float, dy: torch.Tensor | None = None
     ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
     y = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=window, scale=scale,
                                meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"],
-                               combine="shared" if ref["alpha"] is None else "sum", alpha=ref["alpha"])
+                               combine="shared" if ref["alpha"] is None else "sum", alpha=ref["alpha"],
+                               value_map=ref["value_map"])
     dy = torch.randn_like(y) if dy is None else dy
     (y * dy).sum().backward()
     return y, dy, ref
@@ -47,7 +51,8 @@ def reference_from_state(x: dict, s0: torch.Tensor, window: int, scale: float, d
     torch chunked op (the naive op keeps none)."""
     combine = "shared" if x["alpha"] is None else "sum"
     ref = {n: (t.double().requires_grad_() if t is not None else None) for n, t in x.items()}
-    meta = dict(meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"], alpha=ref["alpha"])
+    meta = dict(meta_k=ref["meta_k"], meta_v=ref["meta_v"], meta_bias=ref["meta_bias"], alpha=ref["alpha"],
+                value_map=ref["value_map"])
     y = lizard_attention_naive(*(ref[n] for n in NAMES[:6]), window=window, scale=scale, combine=combine,
                                kv_state=s0.double(), **meta)
     (y * dy).sum().backward()

@@ -42,21 +42,25 @@ VARIANTS = {
     "one-launch-feature-tiles": ({"lin_bwd_split": False, "lin_bwd_bf": 16}, ("shared",)),
 }
 TILES = {"h_block": (64, 64), "dh_block": (64, 64)}
+MAPPED = {"value-map": {}, "value-map-window-pairs": {"win_bwd_pairs": True},
+          "value-map-feature-tiles": {"lin_bwd_bf": 16}}
+"""CFG of the value-map runs: the default kernels, the pair window backward, the linear backward in tiles."""
 
 
-def errors(case: tuple, seed: int, form: str) -> dict[str, float]:
+def errors(case: tuple, seed: int, form: str, value_map: bool = False) -> dict[str, float]:
     """Relative errors of the Triton op (interpreted, float32) against float64, output and gradients."""
     import lizardlm.ops.triton.lizard as tlz
 
     B, H, Hk, T, D, V, F, w, m, use_g = case
-    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form)
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form, value_map=value_map)
     dy = torch.randn(B, H, T, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     y_ref, dy, ref = reference(x, w, D**-0.5, dy)
     inp = {n: (t.clone().requires_grad_() if t is not None else None) for n, t in x.items()}
     tlz.POISON = True
     try:  # below the public entry point, which refuses CPU tensors
         y, _ = tlz.apply_op(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
-                            meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64, alpha=inp["alpha"])
+                            meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64, alpha=inp["alpha"],
+                            value_map=inp["value_map"])
         (y.double() * dy).sum().backward()
     finally:
         tlz.POISON = False
@@ -65,14 +69,14 @@ def errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     return errs
 
 
-def state_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
+def state_errors(case: tuple, seed: int, form: str, value_map: bool = False) -> dict[str, float]:
     """The op started from a linear memory (stage 2's state passing) and asked for the state it
     leaves: output and gradients against the float64 naive reference with that memory, the state
     (memory and window part) against the float64 torch op's."""
     import lizardlm.ops.triton.lizard as tlz
 
     B, H, Hk, T, D, V, F, w, m, use_g = case
-    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form)
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form, value_map=value_map)
     gen = torch.Generator().manual_seed(seed + 100)
     s0 = torch.rand(B, H, F, V + 1, generator=gen, dtype=torch.float64) * 3.0
     dy = torch.randn(B, H, T, V, generator=gen, dtype=torch.float64)
@@ -83,6 +87,7 @@ def state_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
         y, after = tlz.run_from_state(*(inp[n] for n in NAMES[:6]), window=w, scale=D**-0.5, meta_k=inp["meta_k"],
                                       meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], chunk_size=64,
                                       alpha=inp["alpha"], combine="shared" if x["alpha"] is None else "sum",
+                                      value_map=inp["value_map"],
                                       state=linear_state(s0.float(), x["q"], x["k"], x["v"], x["fk"]), need_state=True)
         (y.double() * dy).sum().backward()
     finally:
@@ -95,14 +100,14 @@ def state_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     return errs
 
 
-def prefilled_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
+def prefilled_errors(case: tuple, seed: int, form: str, value_map: bool = False) -> dict[str, float]:
     """A chunked prefill going on: the op continued from the state (memory and window tokens) that the
     float64 torch op leaves after the first third of the sequence. Output, the gradients of the chunk's
     inputs and the state it leaves against the float64 torch op's continuation."""
     import lizardlm.ops.triton.lizard as tlz
 
     B, H, Hk, T, D, V, F, w, m, use_g = case
-    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form)
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, form=form, value_map=value_map)
     combine = "shared" if x["alpha"] is None else "sum"
     kw = dict(window=w, scale=D**-0.5, combine=combine)
     const = {n: x[n] for n in NAMES[6:]}
@@ -170,16 +175,16 @@ def padded_errors(case: tuple, seed: int, form: str) -> dict[str, float]:
     return errs
 
 
-def step_errors(form: str, padded: bool) -> dict[str, float]:
+def step_errors(form: str, padded: bool, value_map: bool = False) -> dict[str, float]:
     """The fused decoding step against the float64 torch step, token by token across the window filling
     up and then folding its oldest token in; ``padded``: a left-padded batch (row 1 starts 6 tokens late)."""
     from lizardlm.ops.lizard import lizard_attention_step
     from lizardlm.ops.triton.step import lizard_step_cuda
 
     B, H, Hk, T0, steps, D, V, F, w, m = 2, 4, 2, 10, 10, 32, 32, 16, 16, 3
-    x = make_inputs(B, H, Hk, T0 + steps, D, V, F, m, True, 7, form=form)
+    x = make_inputs(B, H, Hk, T0 + steps, D, V, F, m, True, 7, form=form, value_map=value_map)
     kw = dict(window=w, scale=D**-0.5, combine="shared" if x["alpha"] is None else "sum", meta_k=x["meta_k"],
-              meta_v=x["meta_v"], meta_bias=x["meta_bias"], alpha=x["alpha"])
+              meta_v=x["meta_v"], meta_bias=x["meta_bias"], alpha=x["alpha"], value_map=x["value_map"])
     kw64 = {n: t.double() if isinstance(t, torch.Tensor) else t for n, t in kw.items()}
     pads = torch.tensor([0, 6]) if padded else None
     seq = [x[n] for n in NAMES[:6]]
@@ -289,6 +294,22 @@ def child() -> None:
         for padded in (False, True):
             print(json.dumps({"case": f"step-padded-{padded}", "form": form, "variant": "step",
                               "errors": step_errors(form, padded)}), flush=True)
+    for seed, (case_name, case) in enumerate(CASES.items()):  # a value map: the linear kernels read v W
+        for form in FORMS:
+            for variant, cfg in MAPPED.items():
+                tlz.CFG.clear()
+                tlz.CFG.update({**TILES, **cfg})
+                print(json.dumps({"case": case_name, "form": form, "variant": variant,
+                                  "errors": errors(case, seed, form, value_map=True)}), flush=True)
+            tlz.CFG.clear()
+            tlz.CFG.update(TILES)
+            print(json.dumps({"case": case_name, "form": form, "variant": "value-map-linear-state",
+                              "errors": state_errors(case, seed, form, value_map=True)}), flush=True)
+            print(json.dumps({"case": case_name, "form": form, "variant": "value-map-prefilled",
+                              "errors": prefilled_errors(case, seed, form, value_map=True)}), flush=True)
+    for form in FORMS:
+        print(json.dumps({"case": "step-padded-False", "form": form, "variant": "value-map-step",
+                          "errors": step_errors(form, False, value_map=True)}), flush=True)
     for seed, (case_name, case) in enumerate(CASES.items()):
         for form in FORMS:
             row = fallback_errors(case, seed, form)
@@ -314,6 +335,27 @@ def test_kernels_match_float64_in_the_interpreter(interpreted, case, form, varia
     assert set(errs) >= {"y", "dq", "dk", "dv", "dfq", "dfk"} | ({"dalpha"} if form == "paper" else set()), errs
     bad = {k: v for k, v in errs.items() if not v <= 1e-5}  # float32 arithmetic throughout
     assert not bad, f"{case} {form} {variant}: {bad}"
+
+
+@pytest.mark.parametrize("variant", MAPPED)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_with_a_value_map_match_float64(interpreted, case, form, variant):
+    """The linear kernels read ``v W`` and the window kernels ``v``: the output and every gradient,
+    the map's and v's (both branches' shares) included, from no state and from a linear memory; from a
+    prefilled state (the map a constant there) the output, the chunk's gradients and the state it leaves."""
+    for run in (variant, "value-map-linear-state", "value-map-prefilled"):
+        errs = interpreted[(case, form, run)]["errors"]
+        assert {"y", "dv"} | ({"dvalue_map"} if run != "value-map-prefilled" else {"final_state"}) <= set(errs), errs
+        bad = {k: v for k, v in errs.items() if not v <= 1e-5}
+        assert not bad, f"{case} {form} {run}: {bad}"
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_fused_decoding_step_with_a_value_map(interpreted, form):
+    errs = interpreted[("step-padded-False", form, "value-map-step")]["errors"]
+    bad = {k: v for k, v in errs.items() if not v <= 1e-5}
+    assert not bad, f"{form}: {bad}"
 
 
 def test_sum_form_kernels_stay_finite_where_the_normaliser_underflows(interpreted):

@@ -143,12 +143,15 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
                    help="head: a learned write strength per token and key/value head scales phi(k) (default none)")
     g.add_argument("--read-gate", choices=("none", "head"), default=None,
                    help="head (shared form): a learned read strength per token and query head scales phi(q) (default none)")
+    g.add_argument("--value-map", choices=("none", "head"), default=None,
+                   help="head: the linear memory stores v W_h, a learned V x V map per key/value head (identity at "
+                   "start; the window reads v) (default none)")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
     """The LizardConfig fields given as flags (a ``--softmax-layers`` selection is not one: see
     :func:`softmax_select`)."""
-    names = ("mode", "combine", "rope", "meta", "gate", "gate_init", "write_gate", "read_gate", "window_size",
+    names = ("mode", "combine", "rope", "meta", "gate", "gate_init", "write_gate", "read_gate", "value_map", "window_size",
              "num_meta_tokens", "feature_dim", "softmax_layers")
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if softmax_select(args) is not None:

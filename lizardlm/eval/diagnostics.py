@@ -43,7 +43,7 @@ from lizardlm.eval._utils import call_logits, encode, model_device, skip_length
 from lizardlm.eval.longppl import bucket_edges
 from lizardlm.eval.passkey import NEEDLE, answer_batch, depth_grid, make_prompt
 from lizardlm.ops.gla import gla_chunk
-from lizardlm.ops.lizard import SUM_EPS
+from lizardlm.ops.lizard import SUM_EPS, map_values
 from lizardlm.ops.utils import expand_heads
 from lizardlm.ops.window import window_attention_chunk
 from lizardlm.progress import progress
@@ -78,7 +78,7 @@ def linear_branch(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, g: torch.
 
 def linear_share(inputs: dict[str, Any], shift: int) -> torch.Tensor:
     """Share ``(B, H, T)`` of each output that comes from the linear branch (module docstring, (a))."""
-    N, Z = linear_branch(inputs["fq"], inputs["fk"], inputs["v"], inputs["g"], shift)
+    N, Z = linear_branch(inputs["fq"], inputs["fk"], map_values(inputs["v"], inputs.get("value_map")), inputs["g"], shift)
     if inputs["combine"] == "shared":
         return Z / (1.0 + Z)
     o, _ = window_attention_chunk(inputs["q"], inputs["k"], inputs["v"], inputs["window"], inputs["scale"],

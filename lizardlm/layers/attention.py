@@ -43,7 +43,8 @@ class LizardAttention(nn.Module):
     Every form is configuration (:class:`~lizardlm.config.LizardConfig`). Parameters of its own (all
     small): ``feature_map_q`` (per head) / ``feature_map_k`` (per key/value head); ``gate`` (a
     :class:`~lizardlm.layers.gate.DecayGate` of the configured design); ``write_gate`` and
-    ``read_gate`` (:class:`~lizardlm.layers.gate.StrengthGate` or None); meta memory,
+    ``read_gate`` (:class:`~lizardlm.layers.gate.StrengthGate` or None); ``value_map`` (key/value heads
+    x V x V, the map on the values the linear memory stores, or None); meta memory,
     either ``meta_k``/``meta_v``/``meta_bias`` (``m`` key/value slots per head with a logit bias each)
     or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
     or ``alpha`` (per-head weight of the window branch, sum form; with ``window_size`` 0 it is a fixed
@@ -94,6 +95,8 @@ class LizardAttention(nn.Module):
         self.write_gate = (StrengthGate(config.hidden_size, self.num_kv_heads, lizard.write_contrast).to(**factory)
                            if lizard.write_gate == "head" else None)
         self.read_gate = StrengthGate(config.hidden_size, self.num_heads).to(**factory) if lizard.read_gate == "head" else None
+        self.value_map = (nn.Parameter(torch.empty(self.num_kv_heads, self.head_dim, self.head_dim, **factory))
+                          if lizard.value_map == "head" else None)
         m = lizard.num_meta_tokens
         kv_slots = bool(m) and lizard.meta == "kv"
         self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
@@ -135,7 +138,7 @@ class LizardAttention(nn.Module):
 
     def reset_lizard_parameters(self) -> None:
         """Feature maps at identity, gate at ``gate_init``, meta keys small and random, meta values
-        zero and meta logits 0 (slots start as attention sinks that add nothing), sink logits 0,
+        zero and meta logits 0 (slots start as attention sinks that add nothing), value map at identity, sink logits 0,
         linear-branch scale e^0 = 1 (shared form), alpha at ``alpha_init`` (sum form; 0 without a window)."""
         self.feature_map_q.reset_parameters()
         self.feature_map_k.reset_parameters()
@@ -151,6 +154,8 @@ class LizardAttention(nn.Module):
                 self.alpha.fill_(self.lizard.alpha_init if self.lizard.window_size else 0.0)
             if self.sink_logits is not None:
                 self.sink_logits.zero_()
+            if self.value_map is not None:
+                self.value_map.copy_(torch.eye(self.head_dim).expand_as(self.value_map))
             if self.meta_k is not None:
                 self.meta_k.normal_(0.0, 0.02)
                 self.meta_v.zero_()
@@ -186,7 +191,7 @@ class LizardAttention(nn.Module):
         kw = dict(
             window=self.lizard.window_size or 1, scale=self.scaling, meta_k=self.meta_k, meta_v=self.meta_v,
             meta_bias=self.meta_bias if self.sink_logits is None else self.sink_logits,
-            combine=self.lizard.combine, alpha=self.alpha,
+            combine=self.lizard.combine, alpha=self.alpha, value_map=self.value_map,
         )
         if self.capture is not None:
             self.capture(self, dict(q=q_win, k=k_win, v=v, fq=fq, fk=fk, g=g, **kw))

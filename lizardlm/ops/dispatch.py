@@ -110,30 +110,33 @@ def lizard_attention(
     combine: str = "shared",
     alpha: torch.Tensor | None = None,
     key_start: torch.Tensor | None = None,
+    value_map: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LizardState | None]:
     """Lizard attention (see :mod:`lizardlm.ops.lizard`) on the fastest backend that can run it.
 
     Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
     fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)`` or None
     (meta_bias alone: sink logits); ``combine`` ``shared`` or ``sum`` (with alpha ``(H,)``); ``key_start``
-    ``(B,)`` or None: each row's left padding in the key sequence (the state's window tokens, then these).
+    ``(B,)`` or None: each row's left padding in the key sequence (the state's window tokens, then these);
+    ``value_map`` ``(Hk, V, V)`` or None: the linear memory stores ``v W_h``.
     Returns ``(y, state)`` with y ``(B, H, T, V)`` in q's dtype; state is None on the Triton path
     unless ``need_state``.
     """
     if q.is_cuda and torch.is_autocast_enabled("cuda"):  # run in the autocast dtype, as torch's own ops do
         low = torch.get_autocast_dtype("cuda")
         q, k, v, fq, fk = (x.to(low) for x in (q, k, v, fq, fk))
-    refusal = state_refusal(state) or padding_refusal(key_start, q, k, v, fq, fk, g, meta_k, meta_v, meta_bias, alpha)
+    refusal = state_refusal(state) or padding_refusal(key_start, q, k, v, fq, fk, g, meta_k, meta_v, meta_bias, alpha,
+                                                      value_map)
     if _use_triton(q, backend, refusal):
         from lizardlm.ops.triton import lizard_attention_cuda
 
         return lizard_attention_cuda(
             q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
-            state=state, need_state=need_state, combine=combine, alpha=alpha, key_start=key_start,
+            state=state, need_state=need_state, combine=combine, alpha=alpha, key_start=key_start, value_map=value_map,
         )  # chunk_size only changes rounding; the kernels use their own
     return lizard_attention_chunk(
         q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
-        state=state, chunk_size=chunk_size, combine=combine, alpha=alpha, key_start=key_start,
+        state=state, chunk_size=chunk_size, combine=combine, alpha=alpha, key_start=key_start, value_map=value_map,
     )
 
 
@@ -155,12 +158,13 @@ def lizard_step(
     combine: str = "shared",
     alpha: torch.Tensor | None = None,
     key_start: torch.Tensor | None = None,
+    value_map: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs T = 1) from ``state``: one fused Triton kernel on CUDA (``auto``
-    or ``triton``), :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise. ``key_start`` as in
-    :func:`lizard_attention`. Returns ``(y, state)``."""
+    or ``triton``), :func:`lizardlm.ops.lizard.lizard_attention_step` otherwise. ``key_start`` and
+    ``value_map`` as in :func:`lizard_attention`. Returns ``(y, state)``."""
     kw = dict(window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state,
-              combine=combine, alpha=alpha, key_start=key_start)
+              combine=combine, alpha=alpha, key_start=key_start, value_map=value_map)
     refusal = "the fused step continues a prefilled state" if state.keys.shape[2] == 0 else None
     if _use_triton(q, backend, refusal):
         from lizardlm.ops.triton import lizard_step_cuda

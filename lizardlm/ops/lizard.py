@@ -15,7 +15,11 @@ at ``j + w`` carrying the decay it accrued meanwhile: ``k'_{j+w} = exp(G_{j+w} -
 ``y_t = N_t / (Z_t + eps) + alpha_h o_t``: two separately normalised branches, ``alpha`` ``(H,)``
 learned, ``eps = SUM_EPS`` (1e-6) against an underflowing normaliser.
 
-Both run a standard gated linear attention over ``v' = [v, 1]`` (the 1 yields Z); ``shift`` below is
+``value_map`` ``(Hk, V, V)`` (optional, either form): the linear branch stores ``v_j W_h`` instead of
+``v_j`` (one learned map per key/value head, :func:`map_values`); the window reads ``v`` as it is. The
+memory is linear in its values, so this is ``N_t W_h``: the lookup gets a read-out of its own.
+
+Both run a standard gated linear attention over ``v' = [v W, 1]`` (the 1 yields Z); ``shift`` below is
 ``w`` or 0. Shapes: q ``(B, H, T, D)``; k ``(B, Hk, T, D)``; v ``(B, Hk, T, V)``; fq ``(B, H, T, F)``;
 fk ``(B, Hk, T, F)``; g ``(B, H, T)`` or None; meta_k/meta_v ``(H, m, D|V)``, meta_bias ``(H, m)``
 or None.
@@ -41,7 +45,7 @@ from lizardlm.ops.window import window_attention_chunk, window_attention_naive
 class LizardState:
     """What one Lizard attention carries between calls; its size never depends on the context.
 
-    kv_state: ``(B, H, F, V + 1)`` gated sum of ``fk [v, 1]^T`` over the tokens of the linear
+    kv_state: ``(B, H, F, V + 1)`` gated sum of ``fk [v W, 1]^T`` (``v`` without a value map) over the tokens of the linear
         branch (those that left the window in the shared form, all of them in the sum form).
     keys, values: ``(B, Hk, L, ·)`` the last ``L <= w`` tokens (keys as the window branch sees them).
     key_features, log_gates: ``(B, Hk, L, F)``, ``(B, H, L)`` their features and log-decays, which
@@ -78,6 +82,14 @@ training the paper form); the shared form's ``1 + Z`` needs none. fla adds 1e-5,
 COMBINES = ("shared", "sum")
 
 
+def map_values(v: torch.Tensor, value_map: torch.Tensor | None) -> torch.Tensor:
+    """The values the linear memory stores: ``v W_h`` per key/value head (``v`` ``(B, Hk, T, V)``,
+    ``value_map`` ``(Hk, V, V)``, in ``v``'s dtype), ``v`` itself without a map."""
+    if value_map is None:
+        return v
+    return torch.einsum("bhtv,hvw->bhtw", v, value_map.to(v.dtype))
+
+
 def _check_combine(combine: str, alpha) -> None:
     if combine not in COMBINES:
         raise ValueError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
@@ -107,7 +119,7 @@ def drop_padding(fk: torch.Tensor, key_start: torch.Tensor | None, offset: int =
 
 def lizard_attention_naive(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
-    combine: str = "shared", alpha=None, kv_state=None, key_start=None,
+    combine: str = "shared", alpha=None, kv_state=None, key_start=None, value_map=None,
 ) -> torch.Tensor:
     """Reference: the equations above with explicit T x T matrices (no cache). ``kv_state``
     ``(B, H, F, V + 1)``: a linear memory before the first token (no window tokens), which adds
@@ -122,7 +134,7 @@ def lizard_attention_naive(
     old = t[None, :] <= t[:, None] - (window if combine == "shared" else 0)
     decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~old, float("-inf")))
     A = fq.to(dtype) @ expand_heads(fk.to(dtype), H).transpose(-1, -2) * decay
-    lin = torch.cat([A @ expand_heads(v.to(dtype), H), A.sum(-1, keepdim=True)], dim=-1)
+    lin = torch.cat([A @ expand_heads(map_values(v.to(dtype), value_map), H), A.sum(-1, keepdim=True)], dim=-1)
     if kv_state is not None:
         lin = lin + torch.exp(G)[..., None] * (fq.to(dtype) @ kv_state.to(dtype))
     return _finish(o, lin, combine, alpha)
@@ -196,6 +208,7 @@ def lizard_attention_chunk(
     combine: str = "shared",
     alpha=None,
     key_start=None,
+    value_map=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """Chunked parallel form, continuing from ``state`` (None: the sequence starts here).
 
@@ -214,7 +227,8 @@ def lizard_attention_chunk(
     keep = slice(max(0, L + T - window), None)
 
     if combine == "sum":  # every token enters the state at once
-        v_in = expand_heads(torch.cat([v.to(dtype), torch.ones_like(v[..., :1], dtype=dtype)], dim=-1), H)
+        v_lin = map_values(v.to(dtype), value_map)
+        v_in = expand_heads(torch.cat([v_lin, torch.ones_like(v_lin[..., :1])], dim=-1), H)
         lin, kv_state = gla_chunk(fq.to(dtype), expand_heads(fk.to(dtype), H), v_in, g, state.kv_state, chunk_size)
         new_state = LizardState(kv_state, kc[:, :, keep], vc[:, :, keep], state.key_features, state.log_gates)
         return _finish(o, lin, combine, alpha), new_state
@@ -227,7 +241,7 @@ def lizard_attention_chunk(
     Gc = gc.cumsum(-1)
     decay = torch.exp((Gc[..., L:] - Gc[..., src]) * valid[:, 0])
     k_in = expand_heads(fkc[:, :, src].to(dtype), H) * (decay[..., None] * valid)
-    v_src = vc[:, :, src].to(dtype)
+    v_src = map_values(vc.to(dtype), value_map)[:, :, src]
     v_in = expand_heads(torch.cat([v_src, torch.ones_like(v_src[..., :1])], dim=-1), H) * valid
     lin, kv_state = gla_chunk(fq.to(dtype), k_in, v_in, g, state.kv_state, chunk_size)
     new_state = LizardState(kv_state, kc[:, :, keep], vc[:, :, keep], fkc[:, :, keep], gc[:, :, keep])
@@ -236,7 +250,7 @@ def lizard_attention_chunk(
 
 def lizard_attention_step(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState,
-    combine: str = "shared", alpha=None, key_start=None,
+    combine: str = "shared", alpha=None, key_start=None, value_map=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """One decoding step (all inputs have T = 1): O(w) work and O(1) memory."""
     _check_combine(combine, alpha)
@@ -250,7 +264,8 @@ def lizard_attention_step(
     start = lambda kept: None if key_start is None else key_start - (total - kept)  # noqa: E731
     if combine == "sum":  # the new token enters the state; the window keeps the last w tokens
         f_new = expand_heads(fk[:, :, 0].to(dtype), H)
-        v_new = expand_heads(torch.cat([v[:, :, 0].to(dtype), torch.ones_like(v[:, :, 0, :1], dtype=dtype)], dim=-1), H)
+        v_lin = map_values(v[:, :, 0:1].to(dtype), value_map)[:, :, 0]
+        v_new = expand_heads(torch.cat([v_lin, torch.ones_like(v_lin[..., :1])], dim=-1), H)
         kv_state = torch.exp(g[..., -1])[..., None, None] * state.kv_state + f_new[..., :, None] * v_new[..., None, :]
         keys, values = keys[:, :, -window:], values[:, :, -window:]
         o, _ = window_attention_naive(q, keys, values, window, scale, meta_k, meta_v, meta_bias, start(keys.shape[2]))
@@ -262,7 +277,7 @@ def lizard_attention_step(
     if keys.shape[2] > window:  # the oldest token leaves the window and enters the linear state
         decay = torch.exp(log_gates[..., 1:].sum(-1))[..., None, None]
         f_out = expand_heads(feats[:, :, 0].to(dtype), H)
-        v_out = expand_heads(values[:, :, 0].to(dtype), H)
+        v_out = expand_heads(map_values(values[:, :, 0:1].to(dtype), value_map)[:, :, 0], H)
         v_out = torch.cat([v_out, torch.ones_like(v_out[..., :1])], dim=-1)
         kv_state = kv_state + decay * f_out[..., :, None] * v_out[..., None, :]
         keys, values, feats, log_gates = keys[:, :, 1:], values[:, :, 1:], feats[:, :, 1:], log_gates[:, :, 1:]
@@ -273,7 +288,7 @@ def lizard_attention_step(
 
 def lizard_attention_recurrent(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
-    state: LizardState | None = None, combine: str = "shared", alpha=None, key_start=None,
+    state: LizardState | None = None, combine: str = "shared", alpha=None, key_start=None, value_map=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """Token-by-token form built from :func:`lizard_attention_step`."""
     if state is None:
@@ -286,7 +301,7 @@ def lizard_attention_recurrent(
         y, state = lizard_attention_step(
             q[:, :, sl], k[:, :, sl], v[:, :, sl], fq[:, :, sl], fk[:, :, sl], g[:, :, sl],
             window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias, state=state,
-            combine=combine, alpha=alpha,
+            combine=combine, alpha=alpha, value_map=value_map,
             key_start=None if key_start is None else key_start - (first + t - state.keys.shape[2]),
         )
         outs.append(y)

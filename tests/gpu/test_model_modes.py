@@ -18,6 +18,7 @@ CONFIG = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_a
 SETTINGS = [dict(mode=m) for m in ("lizard", "lolcats", "paper", "paper_no_gate", "paper_no_sink", "paper_no_window")]
 SETTINGS += [dict(mode="paper", gate=g) for g in ("scalar", "mamba2", "pooled_key")]
 SETTINGS += [dict(mode=m, write_gate="head") for m in ("lizard", "paper")] + [dict(mode="lizard", read_gate="head")]
+SETTINGS += [dict(mode=m, value_map="head") for m in ("lizard", "paper")]
 
 
 def run(settings: dict, backend: str):

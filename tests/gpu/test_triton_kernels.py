@@ -19,8 +19,8 @@ from lizardlm.ops.dispatch import lizard_attention  # noqa: E402
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 
 
-def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0, form="shared"):
-    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cuda", form=form)
+def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0, form="shared", value_map=False):
+    x = make_inputs(B, H, Hk, T, D, V, F, m, use_g, seed, device="cuda", form=form, value_map=value_map)
     # the reference sees the inputs as the kernels do (rounded to dtype; the log-decays and alpha stay
     # float32) and a seeded dy rounded likewise: rounding the inputs is not the kernels' error, and
     # the gradients that are sums over every row (meta/sink logits, alpha) cancel, so in bfloat16 the
@@ -38,7 +38,8 @@ def check(B, H, Hk, T, D, V, F, w, m, use_g, dtype, seed=0, form="shared"):
     try:
         y, state = lizard_attention(*(inp[n] for n in NAMES[:6]), window=w, scale=scale, meta_k=inp["meta_k"],
                                     meta_v=inp["meta_v"], meta_bias=inp["meta_bias"], backend="triton",
-                                    combine="shared" if form == "shared" else "sum", alpha=inp["alpha"])
+                                    combine="shared" if form == "shared" else "sum", alpha=inp["alpha"],
+                                    value_map=inp["value_map"])
         (y.double() * dy).sum().backward()
     finally:
         tl_lizard.POISON = False
@@ -77,6 +78,19 @@ def test_matches_float64_reference(form, case, dtype):
     errs = check(*case, dtype=dtype, form=form)
     bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
     print(form, case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    assert not bad, f"{form} {case} {dtype}: {bad}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form, case", [("shared", CASES[0]), ("shared", CASES[1]), ("shared", CASES[4]),
+                                        ("paper", PAPER_CASES[0]), ("paper", PAPER_CASES[1])])
+def test_value_map_matches_float64_reference(form, case, dtype):
+    """The linear kernels read ``v W`` and the window kernels ``v``: output and every gradient (the map's,
+    and v's from both branches) against float64, the pair window backward included (window 64, bf16)."""
+    errs = check(*case, dtype=dtype, form=form, value_map=True)
+    print("value map", form, case, dtype, " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    assert "dvalue_map" in errs
+    bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
     assert not bad, f"{form} {case} {dtype}: {bad}"
 
 

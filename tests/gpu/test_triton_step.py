@@ -14,6 +14,7 @@ from lizardlm.ops import lizard_attention_chunk, lizard_attention_step  # noqa: 
 from lizardlm.ops.triton.step import lizard_step_cuda  # noqa: E402
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["", "value-map"])
 @pytest.mark.parametrize("form", ["shared", "sum"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", [
@@ -23,8 +24,8 @@ from lizardlm.ops.triton.step import lizard_step_cuda  # noqa: E402
     (1, 4, 4, 40, 64, 96, 64, 16, 0, False),     # no meta slots, no gate, V != D
 ])
 @torch.no_grad()
-def test_fused_step_matches_torch_step(case, dtype, form):
-    """Our form with meta key/value slots, the paper's with sink logits and alpha."""
+def test_fused_step_matches_torch_step(case, dtype, form, mapped):
+    """Our form with meta key/value slots, the paper's with sink logits and alpha; with and without a value map."""
     B, H, Hk, T0, D, V, Fd, w, m, gate = case
     gen = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, device="cuda")  # noqa: E731
@@ -39,6 +40,8 @@ def test_fused_step_matches_torch_step(case, dtype, form):
         meta.update(combine="sum", alpha=r(H))
     else:
         meta = dict(meta_k=r(H, m, D).to(dtype), meta_v=r(H, m, V).to(dtype), meta_bias=r(H, m)) if m else {}
+    if mapped:
+        meta["value_map"] = (r(Hk, V, V) / V**0.5).to(dtype)
     kw = dict(window=w, scale=D**-0.5, **meta)
     _, state = lizard_attention_chunk(*tokens(T0), **kw)
     ref_state = state

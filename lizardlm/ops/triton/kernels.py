@@ -421,7 +421,7 @@ def _win_bwd(
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, NBW: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr, LS: tl.constexpr,
-    SUM: tl.constexpr, KVS: tl.constexpr, QS: tl.constexpr,
+    SUM: tl.constexpr, LIN_DV: tl.constexpr, KVS: tl.constexpr, QS: tl.constexpr,
 ):
     """Window-branch gradients. Program j: with KVS, dk, dv of key block j (dv plus the linear
     branch's DVL, rows n < T - LS); with QS, dq of query block j and its partial meta gradients
@@ -429,7 +429,8 @@ def _win_bwd(
     over the leading two dimensions by the caller, one contiguous reduction). One launch with both
     sides, or one per side (fewer live tiles, more programs per SM). SUM: DO holds dy and DELTA
     dy . o; the branch weight alpha_h multiplies every window gradient as it is stored
-    (y = y_gla + alpha o, so d o = alpha dy and every window gradient is linear in d o)."""
+    (y = y_gla + alpha o, so d o = alpha dy and every window gradient is linear in d o). Without
+    LIN_DV (a value map: the linear branch reads values of its own) DVL is not added."""
     j = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -469,7 +470,9 @@ def _win_bwd(
         tl.store(DK + pid_bh * T * D + offs_n[:, None] * D + offs_d[None, :], (dk * (scale * a)).to(DK.dtype.element_ty),
                  mask=nmask[:, None] & dmask[None, :])
         lmask = (offs_n < T - LS)[:, None] & dvmask[None, :]
-        dv = dv * a + tl.load(DVL + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
+        dv = dv * a
+        if LIN_DV:
+            dv += tl.load(DVL + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
         tl.store(DVW + pid_bh * T * DV + offs_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
                  mask=nmask[:, None] & dvmask[None, :])
     if QS:  # ---- query block j: dq (+ meta)
@@ -494,14 +497,14 @@ def _win_bwd_pairs(
     T, H, G, M, NB, scale,
     W: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     BM: tl.constexpr, BMETA: tl.constexpr, HAS_META: tl.constexpr, PREC: tl.constexpr, LS: tl.constexpr,
-    SUM: tl.constexpr,
+    SUM: tl.constexpr, LIN_DV: tl.constexpr,
 ):
     """Window-branch gradients when the window reaches at most one block back (W <= BM + 1).
     Program p (0 <= p <= NB) evaluates the block pairs (query, key) = (p-1, p-1), (p, p-1), (p, p):
     dk, dv of key block p - 1 (dv plus the linear branch's DVL, rows n < T - LS) and dq (+ meta
     partials, as in ``_win_bwd``) of query block p. The shared pair (p, p-1) is computed once:
     12 block products per program instead of ``_win_bwd``'s 14, 8 tile loads instead of 12.
-    Blocks -1 and NB are empty (masked), so the code runs straight through. SUM as in ``_win_bwd``."""
+    Blocks -1 and NB are empty (masked), so the code runs straight through. SUM and LIN_DV as in ``_win_bwd``."""
     p = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // H
@@ -549,7 +552,9 @@ def _win_bwd_pairs(
     tl.store(DK + pid_bh * T * D + rows_n[:, None] * D + offs_d[None, :], (dk * (scale * a)).to(DK.dtype.element_ty),
              mask=nmask[:, None] & dmask[None, :])
     lmask = (nmask & (offs_n < T - LS))[:, None] & dvmask[None, :]
-    dv = dv * a + tl.load(DVL + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
+    dv = dv * a
+    if LIN_DV:
+        dv += tl.load(DVL + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], mask=lmask, other=0.0)
     tl.store(DVW + pid_bh * T * DV + rows_n[:, None] * DV + offs_dv[None, :], dv.to(DVW.dtype.element_ty),
              mask=nmask[:, None] & dvmask[None, :])
     dq = tl.dot(dsb, k, input_precision=PREC)

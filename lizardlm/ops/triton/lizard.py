@@ -2,7 +2,9 @@
 
 Forward: window kernel (o, lse) -> chunk states of the linear branch -> per-chunk output kernel
 that adds the linear branch and normalises, y = (o + N) / (1 + Z) (shared form) or
-y = N / (Z + eps) + alpha o (sum form: the same kernels with shift 0, no extra pass).
+y = N / (Z + eps) + alpha o (sum form: the same kernels with shift 0, no extra pass). With a value
+map the linear kernels read the mapped values ``v W`` (formed in torch) and the window kernels ``v``;
+the backward then returns the two value gradients apart.
 Backward: prelude (do, dZ, Delta; in the sum form Delta = dy . o, also d alpha's summand) ->
 reverse chunk-state gradients -> linear-branch gradients -> window-branch gradients (the sum
 form's window kernels read dy and scale what they store by alpha_h); the log-decay gradient is a
@@ -26,7 +28,7 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from lizardlm.ops.dispatch import padding_refusal, state_refusal
-from lizardlm.ops.lizard import LizardState, drop_padding, empty_state, state_as_prefix
+from lizardlm.ops.lizard import LizardState, drop_padding, empty_state, map_values, state_as_prefix
 from lizardlm.ops.triton import kernels as K
 from lizardlm.ops.utils import compute_dtype
 
@@ -148,7 +150,8 @@ def _gates(g: torch.Tensor, shift: int, chunk: int):
     return gl.view(BH, nt * chunk), gw
 
 
-def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk, final, pad):
+def _fwd(q, k, v, vl, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk, final, pad):
+    """``vl``: the values the linear kernels read (``v`` itself without a value map)."""
     B, H, T, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     G = H // Hk
@@ -178,7 +181,7 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk,
         if final else (dummy, dummy)
     BK, BV = CFG.get("h_block") or _scan_blocks(BH, Fd, DV, q.device)
     K._lin_fwd_h[(triton.cdiv(Fd, BK), triton.cdiv(DV, BV), BH)](
-        fk, v, gl, gw, hs, hz, h0s, h0z, hts, htz, T, TP, H, G, NT,
+        fk, vl, gl, gw, hs, hz, h0s, h0z, hts, htz, T, TP, H, G, NT,
         W=shift, F=Fd, DV=DV, BT=chunk, BK=BK, BV=BV, PREC=prec, HAS_H0=h0 is not None, STORE_HT=final,
         **_cfg("lin_h", num_warps=4, num_stages=3),
     )
@@ -186,7 +189,7 @@ def _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, chunk,
     yg = _empty(*o.shape, device=o.device, dtype=o.dtype) if alpha is not None else dummy  # sum form: y_gla
     zb = _empty(BH, T, device=q.device, dtype=torch.float32)
     K._lin_fwd_o[(NT, BH)](
-        fq, fk, v, gl, gw, hs, hz, o, y, yg, zb, alpha if alpha is not None else dummy, T, TP, H, G, NT,
+        fq, fk, vl, gl, gw, hs, hz, o, y, yg, zb, alpha if alpha is not None else dummy, T, TP, H, G, NT,
         W=shift, F=Fd, DV=DV, BF=_pow2(Fd), BVL=min(CFG.get("bvl_o", 64), _pow2(DV)), BT=chunk, PREC=prec,
         SUM=alpha is not None, **_cfg("lin_o", **{"num_warps": 4, "num_stages": 1, **_wide_features(Fd)}),
     )
@@ -201,8 +204,10 @@ def _group_sum(x: torch.Tensor, Hk: int) -> torch.Tensor:
 
 class LizardAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, scale, chunk, g_given, final, pad):
-        """``alpha`` None: shared form (linear shift w); a float32 ``(H,)`` tensor: sum form (shift 0).
+    def forward(ctx, q, k, v, vl, fq, fk, g, mk, mv, mb, alpha, h0, window, scale, chunk, g_given, final, pad):
+        """``vl``: None, or the values the linear branch reads (``v W``, value map), whose gradient is then
+        returned apart from ``v``'s (the window's). ``alpha`` None: shared form (linear shift w); a float32
+        ``(H,)`` tensor: sum form (shift 0).
         ``h0``: None or the float32 ``(B*H, F, DV + 1)`` linear state before the first token, a constant.
         ``pad``: None or each row's left-padding count, int32 ``(B,)`` (forward only: padding's key
         features come zeroed). Returns y and, if ``final``, the linear state after the last token (else
@@ -214,11 +219,12 @@ class LizardAttentionFunction(torch.autograd.Function):
         key = ("fwd", q.dtype, q.shape[-1], v.shape[-1], fq.shape[-1], chunk, alpha is None)
         chunk, (y, yz, o, lse, gl, gw, hs, hz, zb, ht) = _first_fitting(
             key, _halvings(chunk),
-            lambda c: (c, _fwd(q, k, v, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale, c, final, pad)))
+            lambda c: (c, _fwd(q, k, v, v if vl is None else vl, fq, fk, g, mk, mv, mb, alpha, h0, window, shift, scale,
+                               c, final, pad)))
         # yz: what dZ is formed from: y in the shared form, the linear branch y_gla in the sum form.
         # hs/hz hold h0's share of every chunk's state, so the backward needs nothing more for it: the
         # query-side gradients read hs/hz, and d log-decay stays the reverse cumsum of fq.dfq - fk.dfk
-        ctx.save_for_backward(q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb)
+        ctx.save_for_backward(q, k, v, vl, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb)
         ctx.cfg = (window, shift, scale, chunk, g_given)
         ht = ht if final else y.new_empty(0)
         ctx.mark_non_differentiable(ht)
@@ -228,7 +234,7 @@ class LizardAttentionFunction(torch.autograd.Function):
     def backward(ctx, dy, _dht):
         if ctx.padded:
             raise RuntimeError("the Triton op takes left-padded batches in inference only")
-        q, k, v, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
+        q, k, v, vl, fq, fk, mk, mv, mb, alpha, yz, o, lse, gl, gw, hs, hz, zb = ctx.saved_tensors
         window, shift, scale, chunk, g_given = ctx.cfg
         summed = alpha is not None
         B, H, T, D = q.shape
@@ -274,7 +280,7 @@ class LizardAttentionFunction(torch.autograd.Function):
             dgq = _empty(NFT, BH, T, device=dev, dtype=f32)
             dgk = _empty(NFT, BH, T, device=dev, dtype=f32)
             dgk[..., tail:].zero_()
-            lin_args = (fq, fk, v, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT)
+            lin_args = (fq, fk, v if vl is None else vl, gl, gw, hs, hz, dh, dhz, do, dz, dfq, dfk, dvl, dgq, dgk, T, TP, H, G, NT)
             lin_meta = dict(W=shift, F=Fd, DV=DV, BF=BFT, BVL=min(bvl, _pow2(DV)), BT=chunk, PREC=prec, FT=NFT > 1)
             if CFG.get("lin_bwd_split", True):  # one launch per side: about 0.27 ms less at 2K on the H200
                 side = {"num_warps": 4, "num_stages": 2, **_wide_features(BFT)}
@@ -309,7 +315,7 @@ class LizardAttentionFunction(torch.autograd.Function):
                 dy if summed else do, lse, delta, dvl, dq, dk, dvw, dmeta_p, alpha if summed else dummy,
                 T, H, G, M, NB, scale)
         meta = dict(W=window, D=D, DV=DV, BD=_pow2(D), BDV=_pow2(DV), BM=BM, BMETA=BMETA, HAS_META=has_meta, PREC=prec,
-                    LS=shift, SUM=summed)
+                    LS=shift, SUM=summed, LIN_DV=vl is None)
         pairs = window <= BM + 1 if CFG.get("win_bwd_pairs") else _pairs_window_bwd(window, BM, q.dtype)
         if pairs and not CFG.get("win_bwd_general"):
             K._win_bwd_pairs[(NB + 1, BH)](*args, **meta, **_cfg("win_pairs", num_warps=4, num_stages=1))
@@ -322,6 +328,10 @@ class LizardAttentionFunction(torch.autograd.Function):
                 K._win_bwd[(NB, BH)](*args, **meta, KVS=True, QS=True, **_cfg("win_bwd", num_warps=4, num_stages=1))
         dk = _group_sum(dk, Hk).to(k.dtype)
         dv = _group_sum(dvw, Hk).to(v.dtype)
+        dvl_out = None
+        if vl is not None:  # the linear branch's own value gradient; rows t >= T - shift never entered it
+            dvl[:, :, tail:].zero_()
+            dvl_out = _group_sum(dvl, Hk).to(vl.dtype)
         dfk_out = _group_sum(dfk, Hk).to(fk.dtype)
         dg = None
         if g_given:
@@ -334,22 +344,23 @@ class LizardAttentionFunction(torch.autograd.Function):
             dmv = dmv.reshape(H, M, DV).to(mv.dtype)
             dmb = dmb.to(mb.dtype)
         dalpha = delta.view(B, H, T).sum((0, 2)) if summed else None
-        return dq, dk, dv, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None, None, None, None
+        return dq, dk, dv, dvl_out, dfq, dfk_out, dg, dmk, dmv, dmb, dalpha, None, None, None, None, None, None, None
 
 
 def lizard_attention_cuda(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None,
     state: LizardState | None = None, need_state: bool = False, chunk_size: int | None = None,
-    combine: str = "shared", alpha=None, key_start=None,
+    combine: str = "shared", alpha=None, key_start=None, value_map=None,
 ) -> tuple[torch.Tensor, LizardState | None]:
     """Triton version of :func:`lizardlm.ops.lizard.lizard_attention_chunk`, from no state, a linear
     state alone (a memory and no window, as stage 2's state passing hands on) or a prefilled state
     (window tokens too: they run before the chunk, :func:`~lizardlm.ops.lizard.state_as_prefix`);
     returns ``(y, state after the last token if need_state else None)``, the state as the torch op
     builds it. Differentiable in q, k, v, fq, fk, g, meta_k, meta_v, meta_bias (sink logits when
-    given alone) and alpha (``combine="sum"``); the initial state is a constant. A left-padded batch
+    given alone), alpha (``combine="sum"``) and value_map; the initial state is a constant. A left-padded batch
     (``key_start``) runs in inference only."""
-    refusal = state_refusal(state) or padding_refusal(key_start, q, k, v, fq, fk, g, meta_k, meta_v, meta_bias, alpha)
+    refusal = state_refusal(state) or padding_refusal(key_start, q, k, v, fq, fk, g, meta_k, meta_v, meta_bias, alpha,
+                                                      value_map)
     if refusal is not None:
         raise ValueError(refusal)
     if not q.is_cuda:
@@ -365,12 +376,12 @@ def lizard_attention_cuda(
         raise ValueError(f"window must be >= 1, got {window}")
     return run_from_state(q, k, v, fq, fk, g, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v,
                           meta_bias=meta_bias, state=state, need_state=need_state, chunk_size=chunk_size,
-                          combine=combine, alpha=alpha, key_start=key_start)
+                          combine=combine, alpha=alpha, key_start=key_start, value_map=value_map)
 
 
 def run_from_state(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias,
                    state: LizardState | None, need_state: bool, chunk_size: int, combine: str,
-                   alpha, key_start=None) -> tuple[torch.Tensor, LizardState | None]:
+                   alpha, key_start=None, value_map=None) -> tuple[torch.Tensor, LizardState | None]:
     """:func:`lizard_attention_cuda` on checked arguments (Triton's CPU interpreter calls this directly)."""
     L = 0 if state is None else state.keys.shape[2]
     fk = drop_padding(fk, key_start, L)
@@ -379,7 +390,7 @@ def run_from_state(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, met
         x, _ = state_as_prefix(state, *x, combine=combine)
     y, kv = apply_op(*x, window=window, scale=scale, meta_k=meta_k, meta_v=meta_v, meta_bias=meta_bias,
                      chunk_size=chunk_size, alpha=alpha, kv_state=state.kv_state if state is not None else None,
-                     final=need_state, key_start=key_start)
+                     final=need_state, key_start=key_start, value_map=value_map)
     y = y[:, :, L:]
     if not need_state:
         return y, None
@@ -406,11 +417,12 @@ def state_after(q, k, v, fk, g, kv_state, *, window: int, combine: str) -> Lizar
 
 
 def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, meta_bias, chunk_size: int, alpha,
-             kv_state=None, final: bool = False, key_start=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             kv_state=None, final: bool = False, key_start=None, value_map=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The autograd function on checked arguments (Triton's CPU interpreter calls this directly):
     contiguous inputs in q's dtype, zero log-decays for no gate, sink logits as zero-key/value slots,
     the initial state ``(B, H, F, V + 1)`` (or None) in float32, ``key_start`` (padding counts, as
-    int32) or None. Returns y and, if ``final``, the float32 ``(B*H, F, V + 1)`` state after the last
+    int32) or None, ``value_map`` ``(Hk, V, V)`` or None (the linear values ``v W`` are formed here, so
+    autograd carries their gradient to v and the map). Returns y and, if ``final``, the float32 ``(B*H, F, V + 1)`` state after the last
     token (else None)."""
     B, H, T, D = q.shape
     dt = q.dtype
@@ -430,6 +442,7 @@ def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, m
     a = alpha.float().contiguous() if alpha is not None else None
     h0 = kv_state.detach().float().reshape(B * H, *kv_state.shape[2:]).contiguous() if kv_state is not None else None
     pad = key_start.to(device=q.device, dtype=torch.int32).contiguous() if key_start is not None else None
-    y, ht = LizardAttentionFunction.apply(q, k, v, fq, fk, gg, mk, mv, mb, a, h0, window, float(scale), chunk_size,
+    vl = map_values(v, value_map).contiguous() if value_map is not None else None
+    y, ht = LizardAttentionFunction.apply(q, k, v, vl, fq, fk, gg, mk, mv, mb, a, h0, window, float(scale), chunk_size,
                                           g_given, final, pad)
     return y, ht if final else None

@@ -13,6 +13,8 @@ In the sum form (``SUM``) the new token enters the state at once and the output 
 
     S <- e^{g} S + fk_new [v_new, 1]^T,    y = fq . S[:, :V] / (fq . S[:, V] + eps) + alpha_h o
 
+With a value map (``HAS_VMAP``) the token entering the state brings ``v W_h`` instead of ``v``.
+
 ``PAD`` (a left-padded batch, each row's padding count among the state's tokens and the new one):
 no query reads a padding key. Everything is computed in float32 (the state is float32); keys,
 values and features keep their dtype.
@@ -31,12 +33,12 @@ _SUM_EPS = tl.constexpr(SUM_EPS)
 
 @triton.jit
 def _step(
-    Q, Kn, Vn, FQ, FKn, GATE, KV, KEYS, VALS, FEATS, LG, MK, MV, MB, ALPHA, PAD,
+    Q, Kn, Vn, FQ, FKn, GATE, KV, KEYS, VALS, FEATS, LG, MK, MV, MB, ALPHA, PAD, VMAP,
     Y, KV_OUT, KEYS_OUT, VALS_OUT, FEATS_OUT, LG_OUT,
     H, G, L, M, scale,
     D: tl.constexpr, DV: tl.constexpr, F: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BF: tl.constexpr,
     BL: tl.constexpr, BMETA: tl.constexpr, FOLD: tl.constexpr, HAS_GATE: tl.constexpr, HAS_META: tl.constexpr,
-    SUM: tl.constexpr, HAS_PAD: tl.constexpr,
+    SUM: tl.constexpr, HAS_PAD: tl.constexpr, HAS_VMAP: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)  # b * H + h
     b = pid // H
@@ -65,9 +67,15 @@ def _step(
     sz = tl.load(KV + pid * F * (DV + 1) + offs_f * (DV + 1) + DV, mask=fmask, other=0.0) * tl.exp(g_new)
     k_new = tl.load(Kn + kvh * D + offs_d, mask=dmask, other=0.0)
     v_new = tl.load(Vn + kvh * DV + offs_v, mask=vmask, other=0.0)
+    if HAS_VMAP:  # W_h of this key/value head, rows = input value dims
+        wmap = tl.load(VMAP + (h // G) * DV * DV + offs_v[:, None] * DV + offs_v[None, :],
+                       mask=vmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
     if SUM:  # the new token enters the state at once
         f_new = tl.load(FKn + kvh * F + offs_f, mask=fmask, other=0.0).to(tl.float32)
-        S += f_new[:, None] * v_new.to(tl.float32)[None, :]
+        v_in = v_new.to(tl.float32)
+        if HAS_VMAP:
+            v_in = tl.sum(v_in[:, None] * wmap, 0)
+        S += f_new[:, None] * v_in[None, :]
         sz += f_new
     else:
         lg = tl.load(LG + pid * L + offs_l, mask=lmask, other=0.0)
@@ -75,6 +83,8 @@ def _step(
             decay = tl.exp(tl.sum(tl.where(keep, lg, 0.0), 0) + g_new)
             f0 = tl.load(FEATS + kvh * L * F + offs_f, mask=fmask, other=0.0).to(tl.float32) * decay
             v0 = tl.load(VALS + kvh * L * DV + offs_v, mask=vmask, other=0.0).to(tl.float32)
+            if HAS_VMAP:
+                v0 = tl.sum(v0[:, None] * wmap, 0)
             S += f0[:, None] * v0[None, :]
             sz += f0
     # window attention over the kept old tokens, the new token and the meta slots
@@ -135,10 +145,11 @@ def _pow2(n: int) -> int:
 
 def lizard_step_cuda(
     q, k, v, fq, fk, g, *, window: int, scale: float, meta_k=None, meta_v=None, meta_bias=None, state: LizardState,
-    combine: str = "shared", alpha=None, key_start=None,
+    combine: str = "shared", alpha=None, key_start=None, value_map=None,
 ) -> tuple[torch.Tensor, LizardState]:
     """:func:`lizardlm.ops.lizard.lizard_attention_step` in one kernel launch (all inputs T = 1): either
-    form, meta key/value slots or sink logits (``meta_bias`` alone), a left-padded batch's ``key_start``."""
+    form, meta key/value slots or sink logits (``meta_bias`` alone), a left-padded batch's ``key_start``, a
+    value map ``(Hk, V, V)``."""
     B, H, _, D = q.shape
     Hk, DV, Fd = k.shape[1], v.shape[-1], fq.shape[-1]
     L = state.keys.shape[2]
@@ -169,10 +180,12 @@ def lizard_step_cuda(
         meta_bias.contiguous() if has_meta else dummy,
         alpha.float().contiguous() if summed else dummy,
         key_start.to(device=q.device, dtype=torch.int32).contiguous() if key_start is not None else dummy,
+        value_map.contiguous() if value_map is not None else dummy,
         y, kv_out, keys_out, vals_out, *out,
         H, H // Hk, L, M, float(scale),
         D=D, DV=DV, F=Fd, BD=_pow2(D), BDV=_pow2(DV), BF=_pow2(Fd), BL=_pow2(max(L, window)), BMETA=_pow2(max(M, 1)),
         FOLD=int(fold), HAS_GATE=g is not None, HAS_META=has_meta, SUM=summed, HAS_PAD=key_start is not None,
+        HAS_VMAP=value_map is not None,
         num_warps=8,
     )
     return y, LizardState(kv_out, keys_out, vals_out, *kept)
