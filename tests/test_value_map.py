@@ -13,6 +13,7 @@ import torch
 import lizardlm
 from lizardlm import LizardConfig
 from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args
+from lizardlm.layers import LizardAttention
 from lizardlm.ops import lizard_attention_chunk, lizard_attention_naive, lizard_attention_recurrent
 from lizardlm.ops.lizard import empty_state, lizard_attention_step, map_values
 from test_model import TEACHERS, decode_token_by_token, lizard_model
@@ -153,3 +154,32 @@ def test_the_value_map_flag_reaches_the_config():
         LizardConfig(value_map="full")
     with pytest.raises(SystemExit):
         parser.parse_args(["--value-map", "full"])
+
+
+def test_a_run_with_a_value_map_trains_it_on_the_answer_rows_and_loads(books, teacher_dir, tmp_path, capsys):
+    """``linearize --value-map head --answer-rows lizard`` on retrieval documents (answers-only loss): the map
+    leaves its identity start (a Lizard parameter: the answer rows train it) while LoRA's B stays at zero;
+    the saved model loads with the config and the map it trained."""
+    from safetensors.torch import load_file
+
+    from lizardlm.cli import main as cli_main
+
+    spec = f"retrieval:count=6:length=128:seed=1:keys=1:key-tokens=3:loss=answers:filler={books}"
+    out = tmp_path / "run"
+    argv = ["linearize", "--teacher", str(teacher_dir), "--data", spec, "--out", str(out), "--seq-len", "128",
+            "--batch-size", "2", "--stage1-tokens", "256", "--stage2-tokens", "512", "--val-tokens", "256",
+            "--device", "cpu", "--feature-dim", "8", "--window-size", "8", "--stage2-train-lizard",
+            "--answer-rows", "lizard", "--value-map", "head"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    lizard = load_file(out / "lizard.safetensors")
+    maps = {k: v for k, v in lizard.items() if k.endswith("value_map")}
+    assert maps and all(v.shape[-1] == v.shape[-2] for v in maps.values())
+    eye = torch.eye(next(iter(maps.values())).shape[-1])
+    assert any(float((v.float() - eye).abs().max()) > 0 for v in maps.values())
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert all(v.abs().max() == 0 for k, v in adapter.items() if "lora_B" in k)
+    model = lizardlm.load(out)
+    assert model.lizard_config.value_map == "head"
+    layer = next(m for m in model.modules() if isinstance(m, LizardAttention))
+    name = next(k for k in maps if k.endswith(f"layers.{layer.layer_idx}.self_attn.value_map"))
+    torch.testing.assert_close(layer.value_map.detach(), maps[name].float(), rtol=0, atol=0)
