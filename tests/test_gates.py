@@ -242,10 +242,9 @@ def test_decay_scale_needs_a_decay_gate():
     model.set_decay_scale(1.0)
 
 
-@pytest.mark.parametrize("gate, combine", STRENGTHS)
-def test_strength_gates_agree_in_every_op_form_and_decode_like_the_forward(gate, combine):
-    config = LizardConfig(combine=combine, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8,
-                          **{gate: "head"})
+def captured_forward(config: LizardConfig):
+    """A float64 Mistral-shaped model with ``config`` (Lizard parameters moved off their init) and one
+    forward on random ids, layer 1's op inputs captured: ``(model, layer, inputs, ids, logits)``."""
     model = lizard_model("mistral", config).double()
     layer = model.model.layers[1].self_attn
     seen = {}
@@ -253,12 +252,20 @@ def test_strength_gates_agree_in_every_op_form_and_decode_like_the_forward(gate,
     ids = torch.randint(0, 97, (2, 23))
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
+    layer.capture = None
+    return model, layer, seen, ids, full
+
+
+@pytest.mark.parametrize("gate, combine", STRENGTHS)
+def test_strength_gates_agree_in_every_op_form_and_decode_like_the_forward(gate, combine):
+    config = LizardConfig(combine=combine, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8,
+                          **{gate: "head"})
+    model, layer, seen, ids, full = captured_forward(config)
     ref = lizard_attention_naive(**seen)
     chunk, _ = lizard_attention_chunk(**seen, chunk_size=8)
     rec, _ = lizard_attention_recurrent(**seen)
     torch.testing.assert_close(chunk, ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(rec, ref, rtol=1e-9, atol=1e-9)
-    layer.capture = None
     step, _ = decode_token_by_token(model, ids, prefill=7)
     torch.testing.assert_close(step, full, rtol=1e-6, atol=1e-6)  # the gates compute in float32
     grads = torch.autograd.grad(model(ids, labels=ids).loss, getattr(layer, gate).proj.weight)

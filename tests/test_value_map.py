@@ -16,7 +16,8 @@ from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args
 from lizardlm.layers import LizardAttention
 from lizardlm.ops import lizard_attention_chunk, lizard_attention_naive, lizard_attention_recurrent
 from lizardlm.ops.lizard import empty_state, lizard_attention_step, map_values
-from test_model import TEACHERS, decode_token_by_token, lizard_model
+from test_gates import captured_forward
+from test_model import TEACHERS, decode_token_by_token
 
 FORMS = ("shared", "sum")
 
@@ -121,18 +122,11 @@ def test_a_value_map_starts_at_identity_and_changes_nothing(combine):
 def test_a_model_with_a_value_map_decodes_like_its_forward_trains_it_and_saves_it(combine, tmp_path):
     config = LizardConfig(combine=combine, window_size=6, num_meta_tokens=2, feature_dim=8, chunk_size=8,
                           value_map="head")
-    model = lizard_model("mistral", config).double()
-    layer = model.model.layers[1].self_attn
-    seen = {}
-    layer.capture = lambda _, inputs: seen.update(inputs)
-    ids = torch.randint(0, 97, (2, 23))
-    with torch.no_grad():
-        full = model(ids, use_cache=False).logits
+    model, layer, seen, ids, full = captured_forward(config)
     assert seen["value_map"] is layer.value_map
     torch.testing.assert_close(lizard_attention_chunk(**seen, chunk_size=8)[0], lizard_attention_naive(**seen),
                                rtol=1e-9, atol=1e-9)
-    layer.capture = None
-    step, cache = decode_token_by_token(model, ids, prefill=7)
+    step, _ = decode_token_by_token(model, ids, prefill=7)
     torch.testing.assert_close(step, full, rtol=1e-6, atol=1e-6)
     grad = torch.autograd.grad(model(ids, labels=ids).loss, layer.value_map)[0]
     assert float(grad.abs().max()) > 0
