@@ -43,6 +43,10 @@ def test_map_values_maps_each_key_value_head_by_its_own_matrix():
     for h in range(3):
         torch.testing.assert_close(out[:, h], v[:, h] @ W[h], rtol=0, atol=1e-12)
     assert map_values(v, None) is v
+    grouped = map_values(v.repeat_interleave(2, dim=1), W)  # heads expanded to query heads: each group's map
+    torch.testing.assert_close(grouped, out.repeat_interleave(2, dim=1), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="not a multiple"):
+        map_values(v[:, :2], W)
 
 
 @pytest.mark.parametrize("combine", FORMS)

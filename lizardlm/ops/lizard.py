@@ -84,9 +84,11 @@ COMBINES = ("shared", "sum")
 
 def map_values(v: torch.Tensor, value_map: torch.Tensor | None) -> torch.Tensor:
     """The values the linear memory stores: ``v W_h`` per key/value head (``v`` ``(B, Hk, T, V)``,
-    ``value_map`` ``(Hk, V, V)``, in ``v``'s dtype), ``v`` itself without a map."""
+    ``value_map`` ``(Hk, V, V)``, in ``v``'s dtype), ``v`` itself without a map. Values whose grouped
+    heads were expanded to the query heads (``state_as_prefix`` does) get each group's map."""
     if value_map is None:
         return v
+    value_map = expand_heads(value_map[None], v.shape[1])[0]
     return torch.einsum("bhtv,hvw->bhtw", v, value_map.to(v.dtype))
 
 
