@@ -78,7 +78,8 @@ def linear_branch(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, g: torch.
 
 def linear_share(inputs: dict[str, Any], shift: int) -> torch.Tensor:
     """Share ``(B, H, T)`` of each output that comes from the linear branch (module docstring, (a))."""
-    N, Z = linear_branch(inputs["fq"], inputs["fk"], map_values(inputs["v"], inputs.get("value_map")), inputs["g"], shift)
+    v = map_values(inputs["v"], inputs.get("value_map"))
+    N, Z = linear_branch(inputs["fq"], inputs["fk"], v, inputs["g"], shift)
     if inputs["combine"] == "shared":
         return Z / (1.0 + Z)
     o, _ = window_attention_chunk(inputs["q"], inputs["k"], inputs["v"], inputs["window"], inputs["scale"],

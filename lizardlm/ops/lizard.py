@@ -45,8 +45,9 @@ from lizardlm.ops.window import window_attention_chunk, window_attention_naive
 class LizardState:
     """What one Lizard attention carries between calls; its size never depends on the context.
 
-    kv_state: ``(B, H, F, V + 1)`` gated sum of ``fk [v W, 1]^T`` (``v`` without a value map) over the tokens of the linear
-        branch (those that left the window in the shared form, all of them in the sum form).
+    kv_state: ``(B, H, F, V + 1)`` gated sum of ``fk [v W, 1]^T`` (``v`` without a value map) over the
+        tokens of the linear branch (those that left the window in the shared form, all of them in the
+        sum form).
     keys, values: ``(B, Hk, L, ·)`` the last ``L <= w`` tokens (keys as the window branch sees them).
     key_features, log_gates: ``(B, Hk, L, F)``, ``(B, H, L)`` their features and log-decays, which
         the shared form needs when a token leaves the window; empty (length 0) in the sum form.

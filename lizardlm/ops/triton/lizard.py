@@ -422,8 +422,8 @@ def apply_op(q, k, v, fq, fk, g, *, window: int, scale: float, meta_k, meta_v, m
     contiguous inputs in q's dtype, zero log-decays for no gate, sink logits as zero-key/value slots,
     the initial state ``(B, H, F, V + 1)`` (or None) in float32, ``key_start`` (padding counts, as
     int32) or None, ``value_map`` ``(Hk, V, V)`` or None (the linear values ``v W`` are formed here, so
-    autograd carries their gradient to v and the map). Returns y and, if ``final``, the float32 ``(B*H, F, V + 1)`` state after the last
-    token (else None)."""
+    autograd carries their gradient to v and the map). Returns y and, if ``final``, the float32
+    ``(B*H, F, V + 1)`` state after the last token (else None)."""
     B, H, T, D = q.shape
     dt = q.dtype
     k, v, fq, fk = (x.to(dt).contiguous() for x in (k, v, fq, fk))
