@@ -152,6 +152,9 @@ case "${NAME:-}" in
   mixr2k-route-vmap) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k-route with a value map: the memory's read-out
                 FLAGS="--loss-average rows $COMMON --value-map head --answer-rows lizard" ;;  # of its own, trained by the passkey
                 # rows with the other Lizard parameters; the adapter learns from Alpaca alone (mixr2k-route: 49.19, no lookup)
+  mixr2k-route-vmap-o) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... and o's LoRA: the map takes v's part on the
+                FLAGS="--loss-average rows $COMMON --value-map head --answer-rows lizard:o_proj" ;;  # memory's path (route-vo
+                # needed v and o, at 1.8 zero-shot points; route-vmap, the map alone, retrieves nothing beyond the window)
   alpacar2k-tail) INIT=alpacar2k S1=0 S2=4194304  # its baseline: alpacar2k read on the same 4M tokens the same way
                 DATA="alpaca-cleaned"; FLAGS="--loss-average rows --init-from $R/alpacar2k" ;;
   mixr2k-books-base) DATA="mix:long-docs@train=0.5,alpaca-cleaned=0.5"  # its same-budget baseline without passkeys
