@@ -87,3 +87,22 @@ def test_real_teacher_passkey_short(smollm2_teacher):
     model, tok = smollm2_teacher
     r = passkey_eval(model, tok, lengths=(1024,), trials=3, progress=False)
     assert r["lengths"][0]["acc"] >= 2 / 3
+
+
+def test_a_lizard_model_is_scored_on_the_needles_beyond_its_window(tok):
+    """``needle_distance`` counts the tokens after the needle; with a Lizard window ``w`` the trials whose
+    needle ended ``>= w`` tokens before the end are scored apart (``beyond_window_acc``), and a model
+    without a window gets no such key."""
+    from types import SimpleNamespace
+
+    oracle = PasskeyOracle(tok)
+    r = passkey_eval(oracle, tok, lengths=(512,), trials=6, progress=False, depths=6)
+    assert "beyond_window_acc" not in r["lengths"][0]
+    for t in r["lengths"][0]["trials"]:
+        p = make_prompt(tok, 512, t["depth"], key=t["key"])
+        assert t["needle_distance"] == 512 - p.needle_end and p.needle_start < p.needle_end <= 512
+        assert tok.decode(p.input_ids[p.needle_start:p.needle_end]).strip().endswith("is the pass key.")
+    oracle.lizard_config = SimpleNamespace(window_size=100)
+    rec = passkey_eval(oracle, tok, lengths=(512,), trials=6, progress=False, depths=6)["lengths"][0]
+    beyond = [t for t in rec["trials"] if t["needle_distance"] >= 100]
+    assert 0 < len(beyond) < 6 and rec["beyond_window_n"] == len(beyond) and rec["beyond_window_acc"] == 1.0

@@ -63,6 +63,7 @@ class PasskeyPrompt:
     placed_depth: float | None = None  # the depth as placed, where the template knows it
     other_keys: tuple[str, ...] = ()  # the prompt's other passkeys (training template), never asked for
     answer_ids: tuple[int, ...] = ()  # the right continuation's tokens (the key and its full stop)
+    needle_end: int | None = None  # token index just after the needle (evaluation template)
 
     @property
     def actual_depth(self) -> float:
@@ -98,7 +99,9 @@ def make_prompt(tokenizer: Any, length: int, depth: float, key: str | int | None
     from lizardlm.data.retrieval import continuation_tokens
 
     answer = continuation_tokens(tokenizer, QUESTION, key)
-    return PasskeyPrompt(ids, key, depth, len(prefix) + len(before), n_filler, len(prefix), answer_ids=tuple(answer))
+    start = len(prefix) + len(before)
+    return PasskeyPrompt(ids, key, depth, start, n_filler, len(prefix), answer_ids=tuple(answer),
+                         needle_end=start + len(needle))
 
 
 def extract_digits(text: str) -> str:
@@ -128,7 +131,9 @@ def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[PasskeyPrompt], ex
     """Greedy answers of equal-length prompts in one batch, each scored by exact match of its digits;
     ``first_digit`` says whether the answer starts right, ``other_key`` whether it is exactly another
     passkey of the prompt (a needle found, but not the one asked for), ``answer_nll`` the mean
-    teacher-forced NLL per token of the right answer (what stage 2 trains on the training template)."""
+    teacher-forced NLL per token of the right answer (what stage 2 trains on the training template),
+    ``needle_distance`` the tokens between the needle's end and the prompt's end (None where the
+    template does not mark it)."""
     ids = torch.tensor([p.input_ids for p in prompts], dtype=torch.long)
     # enough tokens for the key even when every digit is its own token
     answers = answer_batch(prompts)
@@ -140,7 +145,8 @@ def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[PasskeyPrompt], ex
         out.append({"depth": round(p.depth, 4), "actual_depth": round(p.actual_depth, 4), "key": p.key,
                     "pred": pred, "output": text, "correct": pred == p.key,
                     "first_digit": pred[:1] == p.key[:1], "other_key": pred in p.other_keys,
-                    "answer_nll": round(row_nll[: len(p.answer_ids)].mean().item(), 4)})
+                    "answer_nll": round(row_nll[: len(p.answer_ids)].mean().item(), 4),
+                    "needle_distance": None if p.needle_end is None else len(p.input_ids) - p.needle_end})
     return out
 
 
@@ -181,7 +187,10 @@ def passkey_eval(
     model that finds the needle but copies each digit from the one before it slips on the former;
     ``number_rate``: the share of answers that hold a number at all, ``number_acc``: exact match over those,
     None where none does: a miss in words ("the pass key.") lost the answer's format, where a wrong number
-    is a wrong key; whether the key was still there, ``answer_nll`` says) or
+    is a wrong key; whether the key was still there, ``answer_nll`` says; for a Lizard model on the
+    evaluation template, ``beyond_window_acc`` / ``beyond_window_n``: exact match over the trials whose
+    whole needle lies before the window of the answer's first token, ``needle_distance >= w``, i.e. what
+    only the linear memory can answer, None where there were none) or
     ``{"length", "status": "skipped (reason)"}``. A length is skipped when it runs out of memory,
     when the time it would take (extrapolated from the previous length: linearly, or for stock
     full-attention models as the mean of linear and quadratic growth) exceeds ``time_budget_s``, or, for stock
@@ -193,6 +202,7 @@ def passkey_eval(
     rng = random.Random(seed)
     grid = depth_grid(depths) if depths else None
     full_attn = is_full_attention_hf_model(model)
+    window = getattr(getattr(model, "lizard_config", None), "window_size", None)
     results = []
     prev: tuple[int, float] | None = None  # (length, seconds per trial)
     bar = _bar(len(lengths) * trials, progress)
@@ -236,6 +246,7 @@ def passkey_eval(
                 answer_nll=_mean(done, "answer_nll"),
                 n=len(done),
                 by_depth=_by_depth(done),
+                **(beyond_window(done, window) if window and template == "eval" else {}),
                 trials=done,
                 seconds=round(secs, 2),
             )
@@ -246,6 +257,13 @@ def passkey_eval(
     bar.close()
     return {"lengths": results, "trials": trials, "digits": digits, "template": template, "depths": list(grid or ()),
             **({"keys": keys} if template == "train" else {})}
+
+
+def beyond_window(trials: list[dict], window: int) -> dict[str, float | int | None]:
+    """``beyond_window_acc``: exact match over the ``trials`` whose needle ended at least ``window`` tokens
+    before the prompt's end (None where none did), and their count ``beyond_window_n``."""
+    beyond = [d for d in trials if d["needle_distance"] is not None and d["needle_distance"] >= window]
+    return {"beyond_window_acc": _mean(beyond), "beyond_window_n": len(beyond)}
 
 
 def number_answers(trials: list[dict]) -> dict[str, float | None]:

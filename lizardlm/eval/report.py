@@ -180,6 +180,8 @@ def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
             metrics[f"answer nll @ {rec['length']}"] = rec["answer_nll"]
             if rec.get("repeated_digit_acc") is not None:
                 metrics[f"keys repeating a digit @ {rec['length']}"] = rec["repeated_digit_acc"]
+            if rec.get("beyond_window_acc") is not None:
+                metrics[f"needles beyond the window @ {rec['length']}"] = rec["beyond_window_acc"]
             if "number_rate" in rec:
                 metrics[f"answers holding a number @ {rec['length']}"] = rec["number_rate"]
                 if rec["number_acc"] is not None:
