@@ -16,21 +16,22 @@ CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_at
               vocab_size=101, max_position_embeddings=4096, attn_implementation="sdpa")
 
 
-def model(dtype=torch.float32, mode="lizard"):
+def model(dtype=torch.float32, mode="lizard", **lizard):
     torch.manual_seed(0)
     m = lizardlm.convert(LlamaForCausalLM(LlamaConfig(**CONFIG)),
-                         LizardConfig(mode=mode, window_size=8, num_meta_tokens=2, feature_dim=16))
+                         LizardConfig(mode=mode, window_size=8, num_meta_tokens=2, feature_dim=16, **lizard))
     with torch.no_grad():
         for p in m.parameters():  # move the new parameters away from their init
             p.add_(0.02 * torch.randn_like(p))
     return m.to("cuda", dtype).eval()
 
 
+@pytest.mark.parametrize("value_map", ["none", "head"])
 @pytest.mark.parametrize("mode", ["lizard", "paper"])
 @pytest.mark.parametrize("batch", [1, 3])
 @torch.no_grad()
-def test_replayed_logits_match_eager_steps(batch, mode):
-    m = model(mode=mode)
+def test_replayed_logits_match_eager_steps(batch, mode, value_map):
+    m = model(mode=mode, value_map=value_map)
     tokens = torch.randint(1, 101, (batch, 60), device="cuda")
     eager, graphed = LizardCache.for_model(m), LizardCache.for_model(m)
     m(tokens[:, :12], past_key_values=eager, use_cache=True)
