@@ -60,7 +60,7 @@ def chunked_prefill(settings: dict, backend: str, chunks=(40, 3, 57, 2, 49)) -> 
     return torch.cat(out, dim=1)
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_chunked_prefill_on_the_triton_path_matches_torch(settings):
     """A prefill going on runs the Triton kernels from the cached state (its window tokens before the
     chunk) and gives the torch path's logits, and the full forward's."""
@@ -68,7 +68,7 @@ def test_chunked_prefill_on_the_triton_path_matches_torch(settings):
                                rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_triton_path_matches_torch_path(settings):
     logits_t, grads_t = run(settings, "torch")
     logits_k, grads_k = run(settings, "triton")
@@ -79,7 +79,7 @@ def test_triton_path_matches_torch_path(settings):
         assert err <= 1e-3, (n, err.item())
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_left_padded_batch_on_the_triton_path_gives_every_row_its_own_logits(settings):
     """Prompts of different lengths padded on the left, prefilled in two calls through the cache on the
     Triton kernels (padding masked in the window kernel, its features zeroed): every row's real positions
