@@ -15,6 +15,7 @@ from lizardlm import LizardConfig
 from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args
 from lizardlm.layers import LizardAttention
 from lizardlm.ops import lizard_attention_chunk, lizard_attention_naive, lizard_attention_recurrent
+from kernel_check import NAMES, make_inputs
 from lizardlm.ops.lizard import empty_state, lizard_attention_step, map_values
 from test_gates import captured_forward
 from test_model import TEACHERS, decode_token_by_token
@@ -23,17 +24,12 @@ FORMS = ("shared", "sum")
 
 
 def inputs(combine: str, T: int, seed: int, B: int = 2, H: int = 4, Hk: int = 2, D: int = 8, V: int = 6, F: int = 5):
-    """float64 op inputs with a gate, meta slots (shared) or sink logits and alpha (sum), and a random
-    value map ``(Hk, V, V)``."""
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    u = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    shared = combine == "shared"
-    x = dict(q=r(B, H, T, D), k=r(B, Hk, T, D), v=r(B, Hk, T, V), fq=u(B, H, T, F), fk=u(B, Hk, T, F),
-             g=torch.nn.functional.logsigmoid(r(B, H, T) + 2.0))
-    kw = dict(meta_k=r(H, 3, D) if shared else None, meta_v=r(H, 3, V) if shared else None, meta_bias=r(H, 3),
-              combine=combine, alpha=None if shared else r(H), value_map=r(Hk, V, V) / V**0.5)
-    return x, kw
+    """``(tensors, keyword arguments)`` of the op in float64 (:func:`kernel_check.make_inputs`): a gate, meta
+    slots (shared) or sink logits and alpha (sum), and a random value map ``(Hk, V, V)``."""
+    made = make_inputs(B, H, Hk, T, D, V, F, 3, True, seed, form="shared" if combine == "shared" else "paper",
+                       value_map=True)
+    made = {n: None if t is None else t.double() for n, t in made.items()}
+    return {n: made[n] for n in NAMES[:6]}, {n: made[n] for n in NAMES[6:]} | {"combine": combine}
 
 
 def test_map_values_maps_each_key_value_head_by_its_own_matrix():
