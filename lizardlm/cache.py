@@ -1,7 +1,8 @@
 """Generation cache of a Lizard model: constant size per Lizard layer.
 
 A Lizard layer keeps a :class:`~lizardlm.ops.LizardState` (gated state + normaliser and the
-last ``window_size`` keys/values); layers left as softmax attention (hybrid models) keep the
+last ``window_size`` keys/values) and, with ``short_conv`` c, the last ``c - 1`` inputs of its short
+convolutions; layers left as softmax attention (hybrid models) keep the
 usual growing key/value cache.
 """
 
@@ -28,7 +29,9 @@ def given_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | N
 
 
 class LizardCacheLayer(CacheLayerMixin):
-    """Holds one Lizard layer's state and how many tokens it has seen."""
+    """Holds one Lizard layer's state, how many tokens it has seen and ``conv_tails`` (the last ``c - 1``
+    queries and keys that entered its short convolutions, ``(B, H, c - 1, D)`` and ``(B, Hk, c - 1, D)``,
+    or None)."""
 
     is_compileable = False
     is_sliding = False
@@ -36,6 +39,7 @@ class LizardCacheLayer(CacheLayerMixin):
     def __init__(self) -> None:
         super().__init__()
         self.state: LizardState | None = None
+        self.conv_tails: tuple[torch.Tensor, torch.Tensor] | None = None
         self.seen = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -63,6 +67,7 @@ class LizardCacheLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.state = None
+        self.conv_tails = None
         self.seen = 0
         self.is_initialized = False
 
@@ -70,25 +75,30 @@ class LizardCacheLayer(CacheLayerMixin):
         self.batch_select_indices(beam_idx)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.state is not None:
-            self.state = self.state.map(lambda t: t.index_select(0, indices.to(t.device)))
+        self._map(lambda t: t.index_select(0, indices.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.state is not None:
-            self.state = self.state.map(lambda t: t.repeat_interleave(repeats, dim=0))
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("a Lizard state cannot be rolled back (assisted decoding is not supported)")
 
     def offload(self) -> None:
-        if self.state is not None:
-            self.state = self.state.map(lambda t: t.to("cpu", non_blocking=True))
+        self._map(lambda t: t.to("cpu", non_blocking=True))
 
     def prefetch(self) -> None:
         pass
 
+    def _map(self, fn) -> None:
+        """``fn`` applied to every tensor the layer carries."""
+        if self.state is not None:
+            self.state = self.state.map(fn)
+        if self.conv_tails is not None:
+            self.conv_tails = tuple(fn(t) for t in self.conv_tails)
+
     def nbytes(self) -> int:
-        return 0 if self.state is None else self.state.nbytes()
+        tails = sum(t.numel() * t.element_size() for t in self.conv_tails or ())
+        return tails + (0 if self.state is None else self.state.nbytes())
 
 
 class LizardCache(Cache):
@@ -118,6 +128,15 @@ class LizardCache(Cache):
         if self._longest_padding <= before:
             return None
         return (self._padding - before).clamp(min=0)
+
+    def padding_among(self, layer_idx: int, num_tokens: int) -> torch.Tensor | None:
+        """``(B, num_tokens)`` bool: which of the next ``num_tokens`` tokens a Lizard layer sees are a row's
+        left padding, or None where none is."""
+        seen = self.layers[layer_idx].seen
+        if self._longest_padding <= seen:
+            return None
+        positions = torch.arange(seen, seen + num_tokens, device=self._padding.device)
+        return positions[None] < self._padding[:, None]
 
     def padding_in_window(self) -> bool:
         """Whether some row's left padding is still among the window tokens a Lizard layer keeps."""

@@ -106,6 +106,11 @@ class LizardConfig:
             the memory's read-out gets parameters of its own, apart from the adapter on ``v_proj`` /
             ``o_proj`` that the window (and every short prompt) reads. Either form; the state and
             decoding keep their size.
+        short_conv: ``c``, a causal depthwise convolution of width ``c`` over time on the linear
+            branch's queries and keys before their feature maps, ``q'_t = sum_{i<c} w_i * q_{t-i}``
+            (identity at start; :class:`~lizardlm.layers.short_conv.ShortConvolution`), so the memory's
+            keys can hold the tokens before them; 0 = none. The window reads ``q`` and ``k`` as they
+            are; decoding keeps the last ``c - 1`` queries and keys.
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
@@ -129,6 +134,7 @@ class LizardConfig:
     write_contrast: float = 1.0
     read_gate: StrengthKind | None = None
     value_map: StrengthKind | None = None
+    short_conv: int = 0
     alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
     chunk_size: int = 64
@@ -150,7 +156,8 @@ class LizardConfig:
             raise ValueError("read_gate 'head' needs combine 'shared': in the sum form y_gla = N / Z does not change "
                              "when phi(q) is scaled")
         window_min = 0 if self.combine == "sum" else 1  # the sum form's linear branch stands alone
-        for name, minimum in (("window_size", window_min), ("feature_dim", 1), ("chunk_size", 1), ("num_meta_tokens", 0)):
+        for name, minimum in (("window_size", window_min), ("feature_dim", 1), ("chunk_size", 1), ("num_meta_tokens", 0),
+                              ("short_conv", 0)):
             value = getattr(self, name)
             whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
             if isinstance(value, bool) or not whole:

@@ -48,8 +48,10 @@ class CudaGraphDecoder:
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
         self.states = [layer.state.map(lambda t: t.clone(memory_format=torch.contiguous_format)) for layer in cache.layers]
-        for layer, static in zip(cache.layers, self.states):
-            layer.state = static
+        self.tails = [None if layer.conv_tails is None else tuple(t.clone() for t in layer.conv_tails)
+                      for layer in cache.layers]  # the short convolutions' last inputs
+        for layer, static, tails in zip(cache.layers, self.states, self.tails):
+            layer.state, layer.conv_tails = static, tails
         self.graph = torch.cuda.CUDAGraph()
         self.logits = self._capture()
 
@@ -57,14 +59,16 @@ class CudaGraphDecoder:
         """The eager step on the static buffers: forward, then the new states copied into them."""
         out = self.model(self.ids, position_ids=self.positions, cache_position=self.cache_position,
                          past_key_values=self.cache, use_cache=True)
-        for layer, static in zip(self.cache.layers, self.states):
+        for layer, static, tails in zip(self.cache.layers, self.states, self.tails):
             _copy_state(static, layer.state)
-            layer.state = static
+            _copy_tails(tails, layer.conv_tails)
+            layer.state, layer.conv_tails = static, tails
         return out.logits[:, -1]
 
     @torch.no_grad()
     def _capture(self) -> torch.Tensor:
         saved = [s.map(torch.clone) for s in self.states]
+        saved_tails = [None if t is None else tuple(x.clone() for x in t) for t in self.tails]
         seen = [layer.seen for layer in self.cache.layers]
         self._set_inputs(self.ids)  # the current position; the token does not matter
         side = torch.cuda.Stream()
@@ -78,6 +82,8 @@ class CudaGraphDecoder:
         for static, snapshot, layer, n in zip(self.states, saved, self.cache.layers, seen):  # undo the warm-up
             _copy_state(static, snapshot)
             layer.seen = n
+        for tails, snapshot in zip(self.tails, saved_tails):
+            _copy_tails(tails, snapshot)
         return logits
 
     def _set_inputs(self, tokens: torch.Tensor) -> None:
@@ -105,6 +111,11 @@ class CudaGraphDecoder:
 
 def _copy_state(dst: LizardState, src: LizardState) -> None:
     for d, s in zip(dst.tensors(), src.tensors()):
+        d.copy_(s)
+
+
+def _copy_tails(dst: tuple[torch.Tensor, ...] | None, src: tuple[torch.Tensor, ...] | None) -> None:
+    for d, s in zip(dst or (), src or ()):
         d.copy_(s)
 
 

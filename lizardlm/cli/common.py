@@ -146,13 +146,17 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--value-map", choices=("none", "head"), default=None,
                    help="head: the linear memory stores v W_h, a learned V x V map per key/value head (identity at "
                    "start; the window reads v) (default none)")
+    g.add_argument("--short-conv", type=int, default=None, metavar="C",
+                   help="a causal depthwise convolution of width C over time on the linear branch's queries and keys "
+                   "(identity at start; the window reads q and k as they are), so the memory's keys can hold the tokens "
+                   "before them (default 0: none)")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
     """The LizardConfig fields given as flags (a ``--softmax-layers`` selection is not one: see
     :func:`softmax_select`)."""
-    names = ("mode", "combine", "rope", "meta", "gate", "gate_init", "write_gate", "read_gate", "value_map", "window_size",
-             "num_meta_tokens", "feature_dim", "softmax_layers")
+    names = ("mode", "combine", "rope", "meta", "gate", "gate_init", "write_gate", "read_gate", "value_map", "short_conv",
+             "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if softmax_select(args) is not None:
         del given["softmax_layers"]

@@ -15,6 +15,7 @@ from lizardlm.cache import LizardCache, given_cache
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate, StrengthGate
+from lizardlm.layers.short_conv import ShortConvolution
 from lizardlm.ops import linear_state, window_attention_chunk
 from lizardlm.ops.dispatch import lizard_attention, lizard_step
 
@@ -44,7 +45,9 @@ class LizardAttention(nn.Module):
     small): ``feature_map_q`` (per head) / ``feature_map_k`` (per key/value head); ``gate`` (a
     :class:`~lizardlm.layers.gate.DecayGate` of the configured design); ``write_gate`` and
     ``read_gate`` (:class:`~lizardlm.layers.gate.StrengthGate` or None); ``value_map`` (key/value heads
-    x V x V, the map on the values the linear memory stores, or None); meta memory,
+    x V x V, the map on the values the linear memory stores, or None); ``short_conv_q`` / ``short_conv_k``
+    (:class:`~lizardlm.layers.short_conv.ShortConvolution` on the linear branch's queries / keys, or None);
+    meta memory,
     either ``meta_k``/``meta_v``/``meta_bias`` (``m`` key/value slots per head with a logit bias each)
     or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
     or ``alpha`` (per-head weight of the window branch, sum form; with ``window_size`` 0 it is a fixed
@@ -97,6 +100,9 @@ class LizardAttention(nn.Module):
         self.read_gate = StrengthGate(config.hidden_size, self.num_heads).to(**factory) if lizard.read_gate == "head" else None
         self.value_map = (nn.Parameter(torch.empty(self.num_kv_heads, self.head_dim, self.head_dim, **factory))
                           if lizard.value_map == "head" else None)
+        c = lizard.short_conv
+        self.short_conv_q = ShortConvolution(self.num_heads, self.head_dim, c).to(**factory) if c else None
+        self.short_conv_k = ShortConvolution(self.num_kv_heads, self.head_dim, c).to(**factory) if c else None
         m = lizard.num_meta_tokens
         kv_slots = bool(m) and lizard.meta == "kv"
         self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
@@ -138,15 +144,16 @@ class LizardAttention(nn.Module):
 
     def reset_lizard_parameters(self) -> None:
         """Feature maps at identity, gate at ``gate_init``, meta keys small and random, meta values
-        zero and meta logits 0 (slots start as attention sinks that add nothing), value map at identity, sink logits 0,
+        zero and meta logits 0 (slots start as attention sinks that add nothing), value map and short
+        convolutions at identity, sink logits 0,
         linear-branch scale e^0 = 1 (shared form), alpha at ``alpha_init`` (sum form; 0 without a window)."""
         self.feature_map_q.reset_parameters()
         self.feature_map_k.reset_parameters()
         if self.gate is not None:
             self.gate.reset_parameters()
-        for strength in (self.write_gate, self.read_gate):
-            if strength is not None:
-                strength.reset_parameters()
+        for module in (self.write_gate, self.read_gate, self.short_conv_q, self.short_conv_k):
+            if module is not None:
+                module.reset_parameters()
         with torch.no_grad():
             if self.beta is not None:
                 self.beta.zero_()
@@ -179,6 +186,10 @@ class LizardAttention(nn.Module):
         rope = self.lizard.rope
         q_win, k_win = (q, k) if rope == "none" else (q_rope, k_rope)
         q_lin, k_lin = (q_rope, k_rope) if rope == "both" else (q, k)
+        cache = given_cache(past_key_values, cache)
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
+        if self.short_conv_q is not None:
+            q_lin, k_lin = self._short_convs(q_lin, k_lin, cache, cache_layer)
         fq = self.feature_map_q(q_lin)
         if self.beta is not None:
             fq = fq * self.beta.exp().to(q.dtype)[:, None, None]
@@ -196,8 +207,6 @@ class LizardAttention(nn.Module):
         if self.capture is not None:
             self.capture(self, dict(q=q_win, k=k_win, v=v, fq=fq, fk=fk, g=g, **kw))
 
-        cache = given_cache(past_key_values, cache)
-        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         state = cache_layer.state if cache_layer is not None else None
         handoff = self.handoff if cache_layer is None else None
         if handoff is not None and handoff.initial is not None:
@@ -227,6 +236,21 @@ class LizardAttention(nn.Module):
             loss = loss.detach()
         self.transfer_loss = loss
         return target, None
+
+    def _short_convs(self, q: torch.Tensor, k: torch.Tensor, cache, cache_layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linear branch's queries and keys through the short convolutions, going on from the cache's
+        last inputs (zeros at a sequence's start, and in place of left padding), which it then updates."""
+        if isinstance(cache, LizardCache):
+            padding = cache.padding_among(self.layer_idx, q.shape[2])
+            if padding is not None:
+                real = padding.logical_not()[:, None, :, None].to(q.dtype)
+                q, k = q * real, k * real
+        tails = cache_layer.conv_tails if cache_layer is not None else None
+        q, q_tail = self.short_conv_q(q, tails[0] if tails is not None else None)
+        k, k_tail = self.short_conv_k(k, tails[1] if tails is not None else None)
+        if cache_layer is not None:
+            cache_layer.conv_tails = (q_tail, k_tail)
+        return q, k
 
     def _teacher_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The teacher's causal softmax attention (its own sliding window, if it has one)."""

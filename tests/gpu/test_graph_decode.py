@@ -26,12 +26,14 @@ def model(dtype=torch.float32, mode="lizard", **lizard):
     return m.to("cuda", dtype).eval()
 
 
-@pytest.mark.parametrize("value_map", ["none", "head"])
+@pytest.mark.parametrize("extra", [{}, {"value_map": "head"}, {"short_conv": 4}], ids=["plain", "value_map", "short_conv"])
 @pytest.mark.parametrize("mode", ["lizard", "paper"])
 @pytest.mark.parametrize("batch", [1, 3])
 @torch.no_grad()
-def test_replayed_logits_match_eager_steps(batch, mode, value_map):
-    m = model(mode=mode, value_map=value_map)
+def test_replayed_logits_match_eager_steps(batch, mode, extra):
+    """Every step of the replayed graph gives the eager step's logits (the value map, and the short
+    convolutions whose last inputs the decoder keeps in static buffers, included)."""
+    m = model(mode=mode, **extra)
     tokens = torch.randint(1, 101, (batch, 60), device="cuda")
     eager, graphed = LizardCache.for_model(m), LizardCache.for_model(m)
     m(tokens[:, :12], past_key_values=eager, use_cache=True)
