@@ -311,6 +311,23 @@ def padded_batch(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch
     return ids, mask, prompts
 
 
+def assert_padded_rows_score_as_alone(model) -> torch.Tensor:
+    """Prompts of 23, 20, 5 and 12 tokens padded on the left (padding shorter and longer than a window of 8),
+    in one forward and in two cached calls (the first all padding for the 5-token prompt): every row's real
+    positions get the row's own logits. Returns the padded ids."""
+    ids, mask, prompts = padded_batch([23, 20, 5, 12])
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, use_cache=False).logits
+        cache = LizardCache.for_model(model)
+        head = model(ids[:, :10], attention_mask=mask[:, :10], **{CACHE_KWARG: cache}, use_cache=True).logits
+        rest = model(ids[:, 10:], attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True).logits
+        for row, prompt in enumerate(prompts):
+            alone = model(prompt[None], use_cache=False).logits[0]
+            torch.testing.assert_close(logits[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(torch.cat([head, rest], dim=1)[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
+    return ids
+
+
 @pytest.mark.parametrize("softmax_layers", [[], [1]], ids=["lizard", "hybrid"])
 @pytest.mark.parametrize("config", [SMALL, PAPER_SMALL], ids=["lizard", "paper"])
 def test_left_padded_batch_scores_every_row_as_alone(config, softmax_layers):
@@ -318,16 +335,8 @@ def test_left_padded_batch_scores_every_row_as_alone(config, softmax_layers):
     the window of 8): every row's real positions get the row's own logits; right padding is still fine,
     padding between real tokens is refused in one line."""
     model = lizard_model("llama", LizardConfig(**{**config.to_dict(), "softmax_layers": softmax_layers}))
-    ids, mask, prompts = padded_batch([23, 20, 5, 12])
+    ids = assert_padded_rows_score_as_alone(model)
     with torch.no_grad():
-        logits = model(ids, attention_mask=mask, use_cache=False).logits
-        cache = LizardCache.for_model(model)  # in two calls, the first all padding for the 5-token prompt
-        head = model(ids[:, :10], attention_mask=mask[:, :10], **{CACHE_KWARG: cache}, use_cache=True).logits
-        rest = model(ids[:, 10:], attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True).logits
-        for row, prompt in enumerate(prompts):
-            alone = model(prompt[None], use_cache=False).logits[0]
-            torch.testing.assert_close(logits[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(torch.cat([head, rest], dim=1)[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
         right = torch.ones_like(ids)
         right[0, 17:] = 0
         padded = model(ids, attention_mask=right, use_cache=False).logits

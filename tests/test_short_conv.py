@@ -16,7 +16,7 @@ from lizardlm.cache import LizardCache
 from lizardlm.cli.common import add_lizard_arguments, lizard_config_from_args
 from lizardlm.layers.short_conv import ShortConvolution
 from test_gates import captured_forward
-from test_model import CACHE_KWARG, TEACHERS, decode_token_by_token, lizard_model, padded_batch
+from test_model import CACHE_KWARG, TEACHERS, assert_padded_rows_score_as_alone, decode_token_by_token, lizard_model
 
 FORMS = ("shared", "sum")
 
@@ -120,17 +120,7 @@ def test_the_convolution_is_what_the_linear_branch_reads():
 def test_left_padding_enters_the_convolutions_as_zeros(combine):
     """A left-padded batch, in one forward and in two cached calls: every row's real positions get the
     row's own logits (padding never reaches the first real tokens' convolved keys)."""
-    model = lizard_model("llama", small(combine))
-    ids, mask, prompts = padded_batch([23, 20, 5, 12])
-    with torch.no_grad():
-        logits = model(ids, attention_mask=mask, use_cache=False).logits
-        cache = LizardCache.for_model(model)
-        head = model(ids[:, :10], attention_mask=mask[:, :10], **{CACHE_KWARG: cache}, use_cache=True).logits
-        rest = model(ids[:, 10:], attention_mask=mask, **{CACHE_KWARG: cache}, use_cache=True).logits
-        for row, prompt in enumerate(prompts):
-            alone = model(prompt[None], use_cache=False).logits[0]
-            torch.testing.assert_close(logits[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(torch.cat([head, rest], dim=1)[row, -len(prompt):], alone, rtol=1e-4, atol=1e-5)
+    assert_padded_rows_score_as_alone(lizard_model("llama", small(combine)))
 
 
 def test_the_cache_carries_the_tails_through_batch_selection_and_counts_them():
