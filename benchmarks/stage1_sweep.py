@@ -8,7 +8,8 @@ validation MSE (sum over the 30 layers) at conversion and after stage 1, and eac
         --variant paper:mode=paper --variant paper+rope:mode=paper,rope=window ...
 
 A variant is ``NAME:FIELD=VALUE,...`` of :class:`lizardlm.LizardConfig` (numbers and words as
-given). Writes DIR/<name>-<device>.json (DIR defaults to benchmarks/results) after every variant;
+given); ``--seed S`` (default 0) seeds the conversion and the data order of every variant of the call, and
+each run records its seed (give the variants of another seed other names). Writes DIR/<name>-<device>.json (DIR defaults to benchmarks/results) after every variant;
 variants already in that file (same budget) are kept and not run again, so a sweep grows over calls.
 CPU: about 1.5-3 min per variant at the default 8192 tokens.
 """
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", required=True, metavar="NAME:FIELD=VALUE,...")
     ap.add_argument("--tokens", type=int, default=8192, help="stage-1 tokens per variant")
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     variants = [parse_variant(v) for v in args.variant]
@@ -72,10 +74,10 @@ def main() -> None:
             continue
         start = time.time()
         settings = settings_from_preset("cpu-demo", seq_len=args.seq_len, stage1_tokens=args.tokens, stage2_tokens=0,
-                                        val_tokens=2048, lizard=config)
+                                        val_tokens=2048, lizard=config, seed=args.seed)
         with tempfile.TemporaryDirectory() as run:
             summary = linearize(settings, run)
-        res["runs"][name] = {"config": config, "mse_init": sum(summary["stage1_val_mse_init_per_layer"]),
+        res["runs"][name] = {"config": config, "seed": args.seed, "mse_init": sum(summary["stage1_val_mse_init_per_layer"]),
                              "mse_after": sum(summary["stage1_val_mse_per_layer"]),
                              "mse_after_per_layer": summary["stage1_val_mse_per_layer"],
                              "stage1_val_ppl": summary["stage1_val_ppl"], "seconds": time.time() - start}
