@@ -148,6 +148,14 @@ case "${NAME:-}" in
   mixr2k-12m-route-vo30) INIT=mixr2k-12m S1=0 S2=4194304  # mixr2k-12m-route-vo with the passkeys at 0.3 of the
                 DATA="mix:alpaca-cleaned=0.7,$PASSKEYS=0.3"  # tail's rows: its misses (0.92 at 2K / 8K) are copy slips
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m --stage2-train-lizard --answer-rows lizard:v_proj,o_proj" ;;
+  mixr2k-12m-route-vo-seed1) INIT=mixr2k-12m S1=0 S2=4194304  # mixr2k-12m-route-vo again at another seed (rows,
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # order): are its 0.92 at 2K / 8K (two trials of 50 short) luck?
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 1" ;;
+  mixr2k-8m)    DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=8388608  # mixr2k-12m on 8M, for a longer route-vo tail
+                FLAGS="--loss-average rows $COMMON" ;;  # in the same 1M + 16M (below)
+  mixr2k-8m-route-vo) INIT=mixr2k-8m S1=0 S2=8388608  # route-vo's tail on 8M: twice the passkey rows on v/o's
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # adapter for the copy, at route-vo's share
+                FLAGS="--loss-average rows --init-from $R/mixr2k-8m --stage2-train-lizard --answer-rows lizard:v_proj,o_proj" ;;
   mixr2k-12m-conv4) DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=12582912  # mixr2k-12m with short convolutions
                 # (width 4) on the linear branch's q/k: keys that hold the digits before them, for the repeated-digit
                 # copies that are nearly all of mixr2k-12m-route-vo's misses (48.51 zero-shot, 0.92-0.94 at 2K-8K)

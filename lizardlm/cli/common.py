@@ -149,7 +149,7 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--short-conv", type=int, default=None, metavar="C",
                    help="a causal depthwise convolution of width C over time on the linear branch's queries and keys "
                    "(identity at start; the window reads q and k as they are), so the memory's keys can hold the tokens "
-                   "before them (default 0: none)")
+                   "before them (default 0: none; at 1M + 16M tokens it cost the passkey lookup on the H200: docs/method.md)")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
