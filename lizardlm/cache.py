@@ -129,15 +129,6 @@ class LizardCache(Cache):
             return None
         return (self._padding - before).clamp(min=0)
 
-    def padding_among(self, layer_idx: int, num_tokens: int) -> torch.Tensor | None:
-        """``(B, num_tokens)`` bool: which of the next ``num_tokens`` tokens a Lizard layer sees are a row's
-        left padding, or None where none is."""
-        seen = self.layers[layer_idx].seen
-        if self._longest_padding <= seen:
-            return None
-        positions = torch.arange(seen, seen + num_tokens, device=self._padding.device)
-        return positions[None] < self._padding[:, None]
-
     def padding_in_window(self) -> bool:
         """Whether some row's left padding is still among the window tokens a Lizard layer keeps."""
         return any(self.key_start(i) is not None for i, layer in enumerate(self.layers)

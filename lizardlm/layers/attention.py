@@ -17,6 +17,7 @@ from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate, StrengthGate
 from lizardlm.layers.short_conv import ShortConvolution
 from lizardlm.ops import linear_state, window_attention_chunk
+from lizardlm.ops.lizard import drop_padding
 from lizardlm.ops.dispatch import lizard_attention, lizard_step
 
 
@@ -188,8 +189,9 @@ class LizardAttention(nn.Module):
         q_lin, k_lin = (q_rope, k_rope) if rope == "both" else (q, k)
         cache = given_cache(past_key_values, cache)
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
+        key_start = cache.key_start(self.layer_idx) if isinstance(cache, LizardCache) else None  # left padding
         if self.short_conv_q is not None:
-            q_lin, k_lin = self._short_convs(q_lin, k_lin, cache, cache_layer)
+            q_lin, k_lin = self._short_convs(q_lin, k_lin, cache_layer, key_start)
         fq = self.feature_map_q(q_lin)
         if self.beta is not None:
             fq = fq * self.beta.exp().to(q.dtype)[:, None, None]
@@ -202,7 +204,7 @@ class LizardAttention(nn.Module):
         kw = dict(
             window=self.lizard.window_size or 1, scale=self.scaling, meta_k=self.meta_k, meta_v=self.meta_v,
             meta_bias=self.meta_bias if self.sink_logits is None else self.sink_logits,
-            combine=self.lizard.combine, alpha=self.alpha, value_map=self.value_map,
+            combine=self.lizard.combine, alpha=self.alpha, value_map=self.value_map, key_start=key_start,
         )
         if self.capture is not None:
             self.capture(self, dict(q=q_win, k=k_win, v=v, fq=fq, fk=fk, g=g, **kw))
@@ -211,7 +213,6 @@ class LizardAttention(nn.Module):
         handoff = self.handoff if cache_layer is None else None
         if handoff is not None and handoff.initial is not None:
             state = linear_state(handoff.initial, q_win, k_win, v, fk)
-        kw["key_start"] = cache.key_start(self.layer_idx) if isinstance(cache, LizardCache) else None  # left padding
         if state is not None and T == 1:
             y, new_state = lizard_step(q_win, k_win, v, fq, fk, g, state=state, backend=self.lizard.backend, **kw)
         else:  # Triton kernels on CUDA from any constant state (training, a prefill going on), torch otherwise
@@ -237,14 +238,13 @@ class LizardAttention(nn.Module):
         self.transfer_loss = loss
         return target, None
 
-    def _short_convs(self, q: torch.Tensor, k: torch.Tensor, cache, cache_layer) -> tuple[torch.Tensor, torch.Tensor]:
+    def _short_convs(self, q: torch.Tensor, k: torch.Tensor, cache_layer, key_start: torch.Tensor | None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The linear branch's queries and keys through the short convolutions, going on from the cache's
-        last inputs (zeros at a sequence's start, and in place of left padding), which it then updates."""
-        if isinstance(cache, LizardCache):
-            padding = cache.padding_among(self.layer_idx, q.shape[2])
-            if padding is not None:
-                real = padding.logical_not()[:, None, :, None].to(q.dtype)
-                q, k = q * real, k * real
+        last inputs (zeros at a sequence's start, and in place of left padding: ``key_start`` counts from the
+        window's keys the state holds), which it then updates."""
+        held = cache_layer.state.keys.shape[2] if cache_layer is not None and cache_layer.state is not None else 0
+        q, k = drop_padding(q, key_start, held), drop_padding(k, key_start, held)
         tails = cache_layer.conv_tails if cache_layer is not None else None
         q, q_tail = self.short_conv_q(q, tails[0] if tails is not None else None)
         k, k_tail = self.short_conv_k(k, tails[1] if tails is not None else None)
