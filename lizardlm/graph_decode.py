@@ -47,11 +47,9 @@ class CudaGraphDecoder:
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
-        self.states = [layer.state.map(lambda t: t.clone(memory_format=torch.contiguous_format)) for layer in cache.layers]
-        self.tails = [None if layer.conv_tails is None else tuple(t.clone() for t in layer.conv_tails)
-                      for layer in cache.layers]  # the short convolutions' last inputs
-        for layer, static, tails in zip(cache.layers, self.states, self.tails):
-            layer.state, layer.conv_tails = static, tails
+        self.buffers = [_clone(_buffers(layer)) for layer in cache.layers]  # each layer's state and convolution tails
+        for layer, static in zip(cache.layers, self.buffers):
+            _bind(layer, static)
         self.graph = torch.cuda.CUDAGraph()
         self.logits = self._capture()
 
@@ -59,16 +57,14 @@ class CudaGraphDecoder:
         """The eager step on the static buffers: forward, then the new states copied into them."""
         out = self.model(self.ids, position_ids=self.positions, cache_position=self.cache_position,
                          past_key_values=self.cache, use_cache=True)
-        for layer, static, tails in zip(self.cache.layers, self.states, self.tails):
-            _copy_state(static, layer.state)
-            _copy_tails(tails, layer.conv_tails)
-            layer.state, layer.conv_tails = static, tails
+        for layer, static in zip(self.cache.layers, self.buffers):
+            _copy(static, _buffers(layer))
+            _bind(layer, static)
         return out.logits[:, -1]
 
     @torch.no_grad()
     def _capture(self) -> torch.Tensor:
-        saved = [s.map(torch.clone) for s in self.states]
-        saved_tails = [None if t is None else tuple(x.clone() for x in t) for t in self.tails]
+        saved = [_clone(static) for static in self.buffers]
         seen = [layer.seen for layer in self.cache.layers]
         self._set_inputs(self.ids)  # the current position; the token does not matter
         side = torch.cuda.Stream()
@@ -79,11 +75,9 @@ class CudaGraphDecoder:
         torch.cuda.current_stream().wait_stream(side)
         with torch.cuda.graph(self.graph):
             logits = self._forward()
-        for static, snapshot, layer, n in zip(self.states, saved, self.cache.layers, seen):  # undo the warm-up
-            _copy_state(static, snapshot)
+        for static, snapshot, layer, n in zip(self.buffers, saved, self.cache.layers, seen):  # undo the warm-up
+            _copy(static, snapshot)
             layer.seen = n
-        for tails, snapshot in zip(self.tails, saved_tails):
-            _copy_tails(tails, snapshot)
         return logits
 
     def _set_inputs(self, tokens: torch.Tensor) -> None:
@@ -99,7 +93,7 @@ class CudaGraphDecoder:
         The returned tensor is the graph's static output: read or copy it before the next step."""
         if tokens.shape[0] != self.ids.shape[0]:
             raise LizardError(f"the decoder was captured for batch size {self.ids.shape[0]}, got {tokens.shape[0]}")
-        if any(layer.state is not static for layer, static in zip(self.cache.layers, self.states)):
+        if any(layer.state is not static[0] for layer, static in zip(self.cache.layers, self.buffers)):
             raise LizardError("the cache was advanced outside this decoder (an eager forward replaced its states): "
                               "build a new CudaGraphDecoder on it")
         self._set_inputs(tokens)
@@ -109,14 +103,31 @@ class CudaGraphDecoder:
         return self.logits
 
 
-def _copy_state(dst: LizardState, src: LizardState) -> None:
-    for d, s in zip(dst.tensors(), src.tensors()):
+Buffers = tuple[LizardState, tuple[torch.Tensor, ...] | None]  # a layer's state and its convolution tails (or None)
+
+
+def _buffers(layer: LizardCacheLayer) -> Buffers:
+    return layer.state, layer.conv_tails
+
+
+def _bind(layer: LizardCacheLayer, buffers: Buffers) -> None:
+    layer.state, layer.conv_tails = buffers
+
+
+def _clone(buffers: Buffers) -> Buffers:
+    state, tails = buffers
+    return (state.map(lambda t: t.clone(memory_format=torch.contiguous_format)),
+            None if tails is None else tuple(t.clone() for t in tails))
+
+
+def _copy(dst: Buffers, src: Buffers) -> None:
+    for d, s in zip(_tensors(dst), _tensors(src), strict=True):
         d.copy_(s)
 
 
-def _copy_tails(dst: tuple[torch.Tensor, ...] | None, src: tuple[torch.Tensor, ...] | None) -> None:
-    for d, s in zip(dst or (), src or ()):
-        d.copy_(s)
+def _tensors(buffers: Buffers) -> list[torch.Tensor]:
+    state, tails = buffers
+    return [*state.tensors(), *(tails or ())]
 
 
 def check_model(model) -> None:
