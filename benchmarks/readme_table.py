@@ -498,16 +498,20 @@ def passkey(path: Path, compact: bool = False) -> str:
     keys_vary = keys_vary and bool(tr_lengths)
     seq_section, seq_vary = per_run(lambda r: r["seq_len"])
 
+    known = {n: r for other in sorted(path.parent.glob("passkey-*.json")) if other != path
+             for n, r in json.loads(other.read_text()).get("runs", {}).items()} | d["runs"]
+
     def budget(r: dict) -> str:
         """Stage 1 + stage 2 tokens; a run started from another (``--init-from .../NAME``) adds its stage-2
-        tokens to that run's: ``1M + 12M + 4M`` where the file holds NAME, else ``NAME + 4M``; a soup
-        (``lizardlm soup``) the budgets of its runs."""
+        tokens to that run's: ``1M + 12M + 4M`` where this file or another passkey result file beside it
+        (a run trained on another device) holds NAME, else ``NAME + 4M``; a soup (``lizardlm soup``) the
+        budgets of its runs."""
         if r["data"].startswith("soup:"):
             parts = [name for name, _ in soup_parts(r)]
-            return "soup of " + ", ".join(budget(d["runs"][p]) if p in d["runs"] else p for p in parts)
+            return "soup of " + ", ".join(budget(known[p]) if p in known else p for p in parts)
         base = started_from(r)
         if base:
-            return f"{budget(d['runs'][base]) if base in d['runs'] else base} + {r['stage2_tokens'] / 2**20:g}M"
+            return f"{budget(known[base]) if base in known else base} + {r['stage2_tokens'] / 2**20:g}M"
         return f"{r['stage1_tokens'] / 2**20:g}M + {r['stage2_tokens'] / 2**20:g}M"
 
     budget_section, budget_vary = per_run(budget)
