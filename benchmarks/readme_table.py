@@ -745,6 +745,33 @@ def answer_format(path: Path) -> str:
         for model, by_len in models.items():
             out.append(f"| {name.removesuffix('-eval.json').removesuffix('.json')} | {model} | "
                        + " | ".join(cell(by_len.get(str(L))) for L in lengths) + " |")
+    return "\n".join(out) + "\n\n" + miss_table(d)
+
+
+def miss_table(evaluations: dict) -> str:
+    """The wrong answers of every re-scored evaluation (``answer_format.py``'s ``misses``), by kind, summed over
+    its lengths; evaluations scored before the kinds were recorded, or without a miss, left out."""
+    kinds = {"words": "in words", "other_key": "another key", "dropped_repeat": "doubled digit dropped",
+             "dropped": "other digit dropped", "inserted": "digit added", "neighbour": "digit -> its neighbour",
+             "substituted": "digit -> another", "other": "other"}
+    out = [
+        "The same evaluations' wrong answers by kind, summed over their lengths (`lizardlm.eval.passkey.miss_kind`): "
+        "a digit of a doubled pair left out (53664 -> 5364) or one replaced by the key's digit beside it (86949 -> "
+        "86449) is where a lookup that finds each digit from the one before it slips; another key (the training "
+        "template's five) is the wrong needle found.",
+        "",
+        "| evaluation | model | trials | misses | " + " | ".join(kinds.values()) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(kinds),
+    ]
+    for name, models in evaluations.items():
+        for model, by_len in models.items():
+            if not all("misses" in r for r in by_len.values()):
+                continue
+            counts = {k: sum(r["misses"][k] for r in by_len.values()) for k in kinds}
+            if sum(counts.values()):
+                out.append(f"| {name.removesuffix('-eval.json').removesuffix('.json')} | {model} | "
+                           f"{sum(r['n'] for r in by_len.values())} | {sum(counts.values())} | "
+                           + " | ".join(str(counts[k]) for k in kinds) + " |")
     return "\n".join(out)
 
 

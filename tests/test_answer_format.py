@@ -33,11 +33,16 @@ def test_rescore_splits_misses_in_words_from_wrong_numbers(tmp_path):
     scored = json.loads(out.read_text())["evaluations"]
     assert list(scored) == ["retrieval-x-nvidia-h200/r-eval.json"]
     by_len = scored["retrieval-x-nvidia-h200/r-eval.json"]["model"]
-    assert by_len["1024"] == {"acc": 0.25, "number_rate": 0.5, "number_acc": 0.5, "n": 4}
-    assert by_len["2048"] == {"acc": 0.0, "number_rate": 0.0, "number_acc": None, "n": 1} and "32768" not in by_len
+    kinds = {k: 0 for k in ("words", "other_key", "dropped_repeat", "dropped", "inserted", "neighbour", "substituted",
+                            "other")}
+    assert by_len["1024"] == {"acc": 0.25, "number_rate": 0.5, "number_acc": 0.5, "n": 4,
+                              "misses": {**kinds, "words": 2, "other": 1}}  # 67890 -> 67809: two digits changed
+    assert by_len["2048"] == {"acc": 0.0, "number_rate": 0.0, "number_acc": None, "n": 1,
+                              "misses": {**kinds, "words": 1}} and "32768" not in by_len
     table = readme_table.answer_format(out)
     assert "| evaluation | model | 1K | 2K |" in table
     assert "| retrieval-x-nvidia-h200/r | model | 0.25 · 0.50 · 0.50 | 0.00 · 0.00 · – |" in table
+    assert "| retrieval-x-nvidia-h200/r | model | 5 | 4 | 3 | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in table  # the kinds
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SystemExit, match="answer_format: cannot read .*bad.json"):
         answer_format.main([str(tmp_path / "bad.json"), "--out", str(out)])

@@ -18,7 +18,7 @@ from lizardlm.data import Document  # noqa: E402
 from lizardlm.data.retrieval import FillerPool  # noqa: E402
 from lizardlm.eval._utils import call_logits  # noqa: E402
 from lizardlm.eval.longppl import bucket_edges, longppl_eval, sliding_nll  # noqa: E402
-from lizardlm.eval.passkey import passkey_eval  # noqa: E402
+from lizardlm.eval.passkey import MISS_KINDS, miss_kind, miss_kinds, passkey_eval  # noqa: E402
 from lizardlm.eval.report import EvalConfig, _run_passkey, passkey_heatmap  # noqa: E402
 from lizardlm.eval.ruler import TASKS, make_prompt, ruler_eval  # noqa: E402
 from lizardlm.eval.passkey import make_train_prompt, run_prompts  # noqa: E402
@@ -129,10 +129,37 @@ def test_passkey_tells_answers_in_words_from_wrong_numbers(tok):
     assert 0 < len(odd) < 30 and all(t["pred"] == "" and t["output"].strip() == "the pass key." for t in odd)
     assert rec["number_rate"] == pytest.approx(1 - len(odd) / 30) == pytest.approx(rec["acc"])
     assert rec["number_acc"] == 1.0
+    assert rec["misses"] == {**dict.fromkeys(MISS_KINDS, 0), "words": len(odd)}
     copier = passkey_eval(DigitCopier(tok), tok, lengths=(256,), trials=30, progress=False)["lengths"][0]
     assert copier["number_rate"] == 1.0 and copier["number_acc"] == copier["acc"] < 1.0
+    assert copier["misses"]["words"] == 0 and sum(copier["misses"].values()) == round(30 * (1 - copier["acc"]))
     metrics = _run_passkey(ProseAnswerer(tok), tok, EvalConfig(passkey_lengths=(256,), passkey_trials=30, progress=False))["metrics"]
     assert metrics["answers holding a number @ 256"] == rec["number_rate"] and metrics["exact match of number answers @ 256"] == 1.0
+
+
+def test_miss_kinds_name_what_an_answer_did_to_its_key():
+    """Fresh random keys, each corrupted one known way: the kind comes back; right answers are not counted,
+    and the counts cover every wrong one."""
+    rng = random.Random()
+    for _ in range(200):
+        key = "".join(rng.sample("0123456789", 6))  # distinct digits
+        i = rng.randrange(6)
+        absent = next(d for d in "0123456789" if d not in key)
+        doubled = key[:i] + key[i] + key[i:]  # key[i] written twice
+        cases = {
+            "dropped_repeat": (doubled, key),
+            "dropped": (key, key[:i] + key[i + 1:]),
+            "inserted": (key, key[:i] + rng.choice("0123456789") + key[i:]),
+            "neighbour": (key, key[:i] + key[i + 1 if i < 5 else i - 1] + key[i + 1:]),
+            "substituted": (key, key[:i] + absent + key[i + 1:]),
+            "other": (key, absent + key[1:5] + absent),
+            "words": (key, ""),
+        }
+        for kind, (k, pred) in cases.items():
+            assert miss_kind({"key": k, "pred": pred, "correct": False}) == kind, (kind, k, pred)
+        assert miss_kind({"key": key, "pred": key[::-1], "other_key": True, "correct": False}) == "other_key"
+    trials = [{"key": k, "pred": p, "correct": k == p} for k, p in (("123", "123"), ("1223", "123"), ("123", ""))]
+    assert miss_kinds(trials) == {**dict.fromkeys(MISS_KINDS, 0), "dropped_repeat": 1, "words": 1}
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -180,17 +180,19 @@ def passkey_eval(
     ``batch_size`` prompts run at once.
 
     Per length: ``{"length", "status": "ok", "acc", "first_digit_acc", "other_key_rate", "repeated_digit_acc",
-    "distinct_digit_acc", "number_rate", "number_acc", "answer_nll", "by_depth", "trials": [...], "seconds"}``
+    "distinct_digit_acc", "number_rate", "number_acc", "misses", "answer_nll", "by_depth", "trials": [...],
+    "seconds"}``
     (``other_key_rate``: the share of answers that are exactly another passkey of the prompt, always 0 for
     the evaluation template's one needle; ``repeated_digit_acc`` / ``distinct_digit_acc``: exact match over
     the keys that repeat a digit (70% of random 5-digit keys) / that do not, None where there were none: a
     model that finds the needle but copies each digit from the one before it slips on the former;
     ``number_rate``: the share of answers that hold a number at all, ``number_acc``: exact match over those,
     None where none does: a miss in words ("the pass key.") lost the answer's format, where a wrong number
-    is a wrong key; whether the key was still there, ``answer_nll`` says; for a Lizard model on the
-    evaluation template, ``beyond_window_acc`` / ``beyond_window_n``: exact match over the trials whose
-    whole needle lies before the window of the answer's first token, ``needle_distance >= w``, i.e. what
-    only the linear memory can answer, None where there were none) or
+    is a wrong key; whether the key was still there, ``answer_nll`` says; ``misses``: the wrong answers
+    counted by kind (:func:`miss_kind`: in words, another key, a digit of a doubled pair left out...); for a
+    Lizard model on the evaluation template, ``beyond_window_acc`` / ``beyond_window_n``: exact match over
+    the trials whose whole needle lies before the window of the answer's first token, ``needle_distance >=
+    w``, i.e. what only the linear memory can answer, None where there were none) or
     ``{"length", "status": "skipped (reason)"}``. A length is skipped when it runs out of memory,
     when the time it would take (extrapolated from the previous length: linearly, or for stock
     full-attention models as the mean of linear and quadratic growth) exceeds ``time_budget_s``, or, for stock
@@ -243,6 +245,7 @@ def passkey_eval(
                 repeated_digit_acc=_mean([d for d in done if len(set(d["key"])) < len(d["key"])]),
                 distinct_digit_acc=_mean([d for d in done if len(set(d["key"])) == len(d["key"])]),
                 **number_answers(done),
+                misses=miss_kinds(done),
                 answer_nll=_mean(done, "answer_nll"),
                 n=len(done),
                 by_depth=_by_depth(done),
@@ -271,6 +274,44 @@ def number_answers(trials: list[dict]) -> dict[str, float | None]:
     match over those (None where none does)."""
     numbered = [d for d in trials if d["pred"]]
     return {"number_rate": len(numbered) / len(trials), "number_acc": _mean(numbered)}
+
+
+MISS_KINDS = ("words", "other_key", "dropped_repeat", "dropped", "inserted", "neighbour", "substituted", "other")
+
+
+def miss_kind(trial: dict) -> str:
+    """What a wrong answer did to its key (``trial["key"]`` and the answer's digits ``trial["pred"]``):
+    ``words`` (no number), ``other_key`` (another passkey of the prompt), ``dropped_repeat`` (one digit of a
+    doubled pair left out, 53664 -> 5364: a lookup that finds each digit from the one before it has two
+    answers after the first 6), ``dropped`` (another digit left out), ``inserted`` (one digit added),
+    ``neighbour`` (one digit replaced by the key's digit beside it, 86949 -> 86449), ``substituted`` (one
+    digit replaced by another) or ``other`` (several changes)."""
+    key, pred = trial["key"], trial["pred"]
+    if not pred:
+        return "words"
+    if trial.get("other_key"):
+        return "other_key"
+    if len(pred) == len(key) - 1:
+        left_out = [i for i in range(len(key)) if key[:i] + key[i + 1:] == pred]
+        if left_out:
+            doubled = any(key[i] in (key[i - 1:i] + key[i + 1:i + 2]) for i in left_out)
+            return "dropped_repeat" if doubled else "dropped"
+    if len(pred) == len(key) + 1 and any(pred[:i] + pred[i + 1:] == key for i in range(len(pred))):
+        return "inserted"
+    changed = [i for i in range(len(key)) if len(pred) == len(key) and pred[i] != key[i]]
+    if len(changed) == 1:
+        i = changed[0]
+        return "neighbour" if pred[i] in key[max(i - 1, 0):i] + key[i + 1:i + 2] else "substituted"
+    return "other"
+
+
+def miss_kinds(trials: list[dict]) -> dict[str, int]:
+    """How many of the wrong ``trials`` fall in each of :data:`MISS_KINDS` (see :func:`miss_kind`)."""
+    counts = dict.fromkeys(MISS_KINDS, 0)
+    for trial in trials:
+        if not trial["correct"]:
+            counts[miss_kind(trial)] += 1
+    return counts
 
 
 def _mean(done: list[dict], field: str = "correct") -> float | None:
