@@ -1,6 +1,9 @@
-"""CUDA-graph decoding: what it refuses, on any machine (the replay itself is checked in tests/gpu)."""
+"""CUDA-graph decoding: what it refuses, and its static-buffer bookkeeping with a stand-in for the graph, on any
+machine (the recorded replay itself is checked in tests/gpu)."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -89,3 +92,58 @@ def test_cli_refuses_cuda_graph_off_cuda_before_loading(capsys):
     code = cli_main(["generate", "--model", "/nonexistent/model", "--prompt", "hi", "--cuda-graph"])
     assert code != 0
     assert "--cuda-graph needs --device cuda" in capsys.readouterr().err
+
+
+class _EagerGraph:
+    """Stands in for ``torch.cuda.CUDAGraph`` on CPU: a replay runs the decoder's eager step again, after checking
+    what a recorded graph relies on: every layer still reads the decoder's static state and convolution tails,
+    in the memory they had when the step was recorded; the logits land in the static output."""
+
+    def bind(self, decoder: CudaGraphDecoder) -> None:
+        self.decoder = decoder
+        self.memory = self._memory()
+
+    def _memory(self) -> list[int]:
+        return [t.data_ptr() for static in self.decoder.buffers for t in (*static[0].tensors(), *(static[1] or ()))]
+
+    def replay(self) -> None:
+        d = self.decoder
+        for layer, (state, tails) in zip(d.cache.layers, d.buffers):
+            assert layer.state is state and layer.conv_tails is tails
+        assert self._memory() == self.memory
+        seen = [layer.seen for layer in d.cache.layers]
+        d.logits.copy_(d._forward())
+        for layer, n in zip(d.cache.layers, seen):  # a recorded graph runs no Python: `step` counts the token
+            layer.seen = n
+
+
+@pytest.mark.parametrize("extra", [{}, {"short_conv": 3}], ids=["plain", "short_conv"])
+@pytest.mark.parametrize("mode", ["lizard", "paper"])
+@torch.no_grad()
+def test_decoder_steps_through_its_static_buffers(monkeypatch, mode, extra):
+    """With the graph played eagerly (``_EagerGraph``), every decoder step gives the eager cache's logits, its
+    warm-up and capture leave the states as the prefill left them, and the states and convolution tails stay
+    in the buffers the step was recorded on."""
+    cuda = graph_decode.torch.cuda
+    monkeypatch.setattr(graph_decode, "_check_graphable", lambda model, cache: None)  # CPU tensors
+    monkeypatch.setattr(cuda, "CUDAGraph", _EagerGraph)
+    monkeypatch.setattr(cuda, "graph", lambda graph: nullcontext())
+    monkeypatch.setattr(cuda, "stream", lambda stream: nullcontext())
+    monkeypatch.setattr(cuda, "Stream", lambda: type("S", (), {"wait_stream": lambda self, other: None})())
+    monkeypatch.setattr(cuda, "current_stream", cuda.Stream)
+    torch.manual_seed(0)
+    m = lizardlm.convert(LlamaForCausalLM(LlamaConfig(**CONFIG)),
+                         LizardConfig(mode=mode, window_size=8, num_meta_tokens=2, feature_dim=8, **extra)).double()
+    for p in m.parameters():  # away from the identity / zero inits
+        p.add_(0.02 * torch.randn_like(p))
+    tokens = torch.randint(1, 97, (2, 30))
+    eager, graphed = LizardCache.for_model(m), LizardCache.for_model(m)
+    for cache in (eager, graphed):
+        m(tokens[:, :12], **{CACHE_KWARG: cache}, use_cache=True)
+    decoder = CudaGraphDecoder(m, graphed)
+    decoder.graph.bind(decoder)
+    assert (graphed.layers[0].conv_tails is not None) == bool(extra)
+    for t in range(12, 30):
+        want = m(tokens[:, t:t + 1], **{CACHE_KWARG: eager}, use_cache=True).logits[:, -1]
+        torch.testing.assert_close(decoder.step(tokens[:, t:t + 1]), want, rtol=1e-10, atol=1e-10)
+    assert graphed.get_seq_length() == eager.get_seq_length() == 30
