@@ -104,7 +104,7 @@ class _EagerGraph:
         self.memory = self._memory()
 
     def _memory(self) -> list[int]:
-        return [t.data_ptr() for static in self.decoder.buffers for t in (*static[0].tensors(), *(static[1] or ()))]
+        return [t.data_ptr() for static in self.decoder.buffers for t in graph_decode._tensors(static)]
 
     def replay(self) -> None:
         d = self.decoder

@@ -298,10 +298,11 @@ def miss_kind(trial: dict) -> str:
             return "dropped_repeat" if doubled else "dropped"
     if len(pred) == len(key) + 1 and any(pred[:i] + pred[i + 1:] == key for i in range(len(pred))):
         return "inserted"
-    changed = [i for i in range(len(key)) if len(pred) == len(key) and pred[i] != key[i]]
-    if len(changed) == 1:
-        i = changed[0]
-        return "neighbour" if pred[i] in key[max(i - 1, 0):i] + key[i + 1:i + 2] else "substituted"
+    if len(pred) == len(key):
+        changed = [i for i in range(len(key)) if pred[i] != key[i]]
+        if len(changed) == 1:
+            i = changed[0]
+            return "neighbour" if pred[i] in key[max(i - 1, 0):i] + key[i + 1:i + 2] else "substituted"
     return "other"
 
 
