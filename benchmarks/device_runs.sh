@@ -151,6 +151,14 @@ case "${NAME:-}" in
   mixr2k-12m-route-vo-seed1) INIT=mixr2k-12m S1=0 S2=4194304  # mixr2k-12m-route-vo again at another seed (rows,
                 DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # order): are its 0.92 at 2K / 8K (two trials of 50 short) luck?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 1" ;;
+  mixr2k-12m-seed1) DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=12582912  # mixr2k-12m again at seed 1, for
+                FLAGS="--loss-average rows $COMMON --seed 1" ;;  # route-vo's tail on a second base (below)
+  mixr2k-12m-seed1-route-vo) INIT=mixr2k-12m-seed1 S1=0 S2=4194304  # mixr2k-12m-route-vo on it: are the first's
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # 0.92 at 2K / 8K (two trials of 50 short of 0.95) luck?
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1 --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 1" ;;
+  mixr2k-12m-seed1-route-vo-rep4) INIT=mixr2k-12m-seed1 S1=0 S2=4194304  # the same tail with a doubled digit's
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # second copy at 4x in its answer's loss (the slip of 2 misses in 5)
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1 --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 1 --answer-repeat-weight 4" ;;
   mixr2k-8m)    DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=8388608  # mixr2k-12m on 8M, for a longer route-vo tail
                 FLAGS="--loss-average rows $COMMON" ;;  # in the same 1M + 16M (below)
   mixr2k-8m-route-vo) INIT=mixr2k-8m S1=0 S2=8388608  # route-vo's tail on 8M: twice the passkey rows on v/o's

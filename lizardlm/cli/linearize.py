@@ -51,6 +51,10 @@ def add_parser(subparsers) -> None:
                    "all trainable parameters (default); lizard: the Lizard parameters alone, so the LoRA adapter "
                    "learns from the other rows only; lizard:q_proj,k_proj: those and the LoRA of the targets named "
                    "(needs --stage2-train-lizard)")
+    p.add_argument("--answer-repeat-weight", type=positive_float, default=None, metavar="W",
+                   help="stage 2: an answer target of a retrieval:...:loss=answers row that repeats the target before "
+                   "it (a doubled digit's second copy, where a passkey copy slips) counts W times in its row's "
+                   "loss (default 1; needs --loss-average rows)")
     p.add_argument("--loss-chunk", type=int, default=None, metavar="N",
                    help="stage 2's LM head and cross-entropy N positions at a time, recomputed in the backward: the "
                    "rows x length x vocabulary logits never exist at once (same loss, less memory; 0: whole rows, default)")
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("teacher", "data", "stage1_tokens", "stage2_tokens", "val_tokens", "seq_len", "batch_size",
                      "stage1_lr", "stage2_lr", "lora_rank", "stage2_train_lizard", "checkpoint_every", "seed", "device",
-                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "answer_rows", "loss_chunk", "state_passing", "row_order",
+                     "gradient_checkpointing", "fsdp", "cuda_graphs", "loss_average", "answer_rows", "answer_repeat_weight", "loss_chunk", "state_passing", "row_order",
                      "reset_at_documents")
     }
     lizard = lizard_overrides(args)

@@ -27,6 +27,7 @@ from lizardlm.errors import CheckpointError, LizardError, TrainingError
 from lizardlm.layers import attention_transfer
 from lizardlm.progress import progress
 from lizardlm.train.activations import checkpoint_decoder_layers
+from lizardlm.train.answer_repeats import answer_repeat_weights
 from lizardlm.train.answer_rows import AdapterRowGate, answer_rows
 from lizardlm.train.checkpoint import atomic_save, copy_params, load_checked, writing
 from lizardlm.train.distributed import batches_behind, micro_batch_size, on_main, shard, sum_over_ranks
@@ -122,7 +123,7 @@ def _lane_resets(passing: StatePassing, splits: PackedSplits, settings: TrainSet
 
 
 def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = None, chunk: int = 0,
-                gate: AdapterRowGate | None = None):
+                gate: AdapterRowGate | None = None, repeat_weight: float = 1.0):
     """Stage 2's loss: next-token cross-entropy over the tokens that carry loss (all but the input-only
     ones), averaged as :attr:`TrainSettings.loss_average` says. ``"tokens"``: their summed loss over
     their count; ``"rows"``: ``mean_r (sum_t l_rt / n_r)`` over the rows with ``n_r > 0`` targets. Counts
@@ -130,7 +131,9 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
     sync decides which (a CUDA-graphed step records it once). ``passing``: the rows start from the
     memories it hands on (:mod:`lizardlm.train.state_passing`). ``chunk`` > 0: the LM head and the
     cross-entropy ``chunk`` positions at a time, recomputed in the backward (:mod:`lizardlm.train.lm_loss`).
-    ``gate``: what the answer rows train of the adapter (:mod:`lizardlm.train.answer_rows`)."""
+    ``gate``: what the answer rows train of the adapter (:mod:`lizardlm.train.answer_rows`).
+    ``repeat_weight`` != 1 (``"rows"`` only): an answer target equal to the one before it counts that many
+    times in its row's sum (:mod:`lizardlm.train.answer_repeats`)."""
 
     def loss_fn(batch: torch.Tensor):
         if passing is None:
@@ -160,6 +163,8 @@ def _lm_loss_fn(model, average: str = "tokens", passing: StatePassing | None = N
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up, float64 kept
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                                   reduction="none").view_as(targets)
+        if repeat_weight != 1:
+            nll = nll * answer_repeat_weights(targets, answer_rows(batch), repeat_weight).to(nll.dtype)
         count = (targets != IGNORE_INDEX).sum(1)
         has = (count > 0).to(nll.dtype)
         return (nll.sum(1) / count.clamp(min=1) * has).sum() / has.sum().clamp(min=1), {}
@@ -371,7 +376,8 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
                                                                   accelerator.process_index, accelerator.num_processes))
         keep = settings.answer_rows_lora
         gate = AdapterRowGate(peft_model, keep) if keep is not None else None
-        loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing, settings.loss_chunk, gate)
+        loss_fn = _lm_loss_fn(peft_model, settings.loss_average, passing, settings.loss_chunk, gate,
+                              settings.answer_repeat_weight)
         stage = Stage("stage2", settings.steps(2), settings.stage2_lr, trainable, loss_fn, label="stage 2/2: LoRA",
                       contiguous=settings.contiguous_rows,
                       before_step=_lane_resets(passing, splits, settings, accelerator) if settings.contiguous_rows else None)

@@ -41,6 +41,9 @@ class TrainSettings:
     train in stage 2: ``"all"`` trainable parameters; ``"lizard"``: the Lizard parameters alone, so that
     the LoRA adapter learns from the other rows only; ``"lizard:q_proj,k_proj"``: those and the LoRA of
     the targets named (:mod:`lizardlm.train.answer_rows`; needs ``stage2_train_lizard``).
+    ``answer_repeat_weight`` (1: off; needs ``loss_average="rows"``): how many times an answer target that
+    repeats the target before it (a doubled digit's second copy) counts in its row's loss
+    (:mod:`lizardlm.train.answer_repeats`).
     ``init_from`` (a finished run directory) starts the Lizard parameters and the LoRA adapter from
     that run's instead of the converted teacher's and a fresh adapter, to train a linearized model on
     further data (``stage1_tokens=0`` goes straight to stage 2); the run must have this run's teacher,
@@ -87,6 +90,7 @@ class TrainSettings:
     loss_average: str = "tokens"
     loss_chunk: int = 0
     answer_rows: str = "all"
+    answer_repeat_weight: float = 1.0
     state_passing: float | list[float] = 0.0
     row_order: str = "shuffled"
     reset_at_documents: bool = False
@@ -125,6 +129,10 @@ class TrainSettings:
         if self.loss_average not in LOSS_AVERAGES:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
         self._check_answer_rows()
+        if not 0 < float(self.answer_repeat_weight) < math.inf:
+            raise ValueError(f"answer-repeat-weight must be a finite number > 0, got {self.answer_repeat_weight}")
+        if self.answer_repeat_weight != 1 and self.loss_average != "rows":
+            raise ValueError("answer-repeat-weight weighs targets within a row's mean: it needs --loss-average rows")
         if int(self.loss_chunk) < 0:
             raise ValueError(f"loss-chunk must be >= 0 (0: the LM head over the whole row at once), got {self.loss_chunk}")
         if self.loss_chunk and self.fsdp:
