@@ -425,6 +425,11 @@ def kib(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 else str(n)
 
 
+def passkey_results(folder: Path | None = None) -> list[tuple[Path, dict]]:
+    """Every passkey result file of ``folder`` (default :data:`RESULTS`), read: ``(path, contents)`` by name."""
+    return [(p, json.loads(p.read_text())) for p in sorted((folder or RESULTS).glob("passkey-*.json"))]
+
+
 def longppl_runs(path: Path) -> tuple[dict, list[tuple[str, str, list[float]]]]:
     """The fixed-context reference curve of ``path`` (``lizardlm eval --tasks longppl --longppl-context N``)
     and every committed passkey run's long-ppl curve on the same buckets: ``(name, file stem, ppl)``, a run
@@ -434,8 +439,8 @@ def longppl_runs(path: Path) -> tuple[dict, list[tuple[str, str, list[float]]]]:
     ref = {**entry["curve"], "device": d["meta"]["device"].get("cuda_device") or "cpu",
            "model": d["models"][model]["name_or_path"].rstrip("/").split("/")[-1]}
     runs, seen = [], set()
-    for other in sorted(RESULTS.glob("passkey-*.json")):
-        for name, curve in json.loads(other.read_text()).get("longppl", {}).items():
+    for other, contents in passkey_results():
+        for name, curve in contents.get("longppl", {}).items():
             if "@" in name or curve.get("bucket_start") != ref["bucket_start"] or (name, tuple(curve["ppl"])) in seen:
                 continue
             seen.add((name, tuple(curve["ppl"])))
@@ -498,8 +503,8 @@ def passkey(path: Path, compact: bool = False) -> str:
     keys_vary = keys_vary and bool(tr_lengths)
     seq_section, seq_vary = per_run(lambda r: r["seq_len"])
 
-    known = {n: r for other in sorted(path.parent.glob("passkey-*.json")) if other != path
-             for n, r in json.loads(other.read_text()).get("runs", {}).items()} | d["runs"]
+    known = {n: r for other, contents in passkey_results(path.parent) if other != path
+             for n, r in contents.get("runs", {}).items()} | d["runs"]
 
     def budget(r: dict) -> str:
         """Stage 1 + stage 2 tokens; a run started from another (``--init-from .../NAME``) adds its stage-2
@@ -748,12 +753,19 @@ def answer_format(path: Path) -> str:
     return "\n".join(out) + "\n\n" + miss_table(d)
 
 
+MISS_LABELS = {"words": "in words", "other_key": "another key", "dropped_repeat": "doubled digit dropped",
+               "dropped": "other digit dropped", "inserted": "digit added", "neighbour": "digit -> its neighbour",
+               "substituted": "digit -> another", "other": "other"}
+"""Column titles of :func:`miss_table` for the kinds of ``lizardlm.eval.passkey.MISS_KINDS``."""
+
+
 def miss_table(evaluations: dict) -> str:
     """The wrong answers of every re-scored evaluation (``answer_format.py``'s ``misses``), by kind, summed over
-    its lengths; evaluations scored before the kinds were recorded, or without a miss, left out."""
-    kinds = {"words": "in words", "other_key": "another key", "dropped_repeat": "doubled digit dropped",
-             "dropped": "other digit dropped", "inserted": "digit added", "neighbour": "digit -> its neighbour",
-             "substituted": "digit -> another", "other": "other"}
+    its lengths; evaluations scored before the kinds were recorded, or without a miss, left out. The kinds are
+    those the files record (:data:`MISS_LABELS` names them; a kind it does not know shows by its key)."""
+    recorded = [k for models in evaluations.values() for by_len in models.values() for r in by_len.values()
+                for k in r.get("misses", {})]
+    kinds = {k: label for k, label in MISS_LABELS.items() if k in recorded} | {k: k for k in recorded if k not in MISS_LABELS}
     out = [
         "The same evaluations' wrong answers by kind, summed over their lengths (`lizardlm.eval.passkey.miss_kind`): "
         "a digit of a doubled pair left out (53664 -> 5364) or one replaced by the key's digit beside it (86949 -> "
@@ -767,7 +779,7 @@ def miss_table(evaluations: dict) -> str:
         for model, by_len in models.items():
             if not all("misses" in r for r in by_len.values()):
                 continue
-            counts = {k: sum(r["misses"][k] for r in by_len.values()) for k in kinds}
+            counts = {k: sum(r["misses"].get(k, 0) for r in by_len.values()) for k in kinds}
             if sum(counts.values()):
                 out.append(f"| {name.removesuffix('-eval.json').removesuffix('.json')} | {model} | "
                            f"{sum(r['n'] for r in by_len.values())} | {sum(counts.values())} | "
@@ -889,8 +901,7 @@ def glance() -> str:
         rows.append(f"| zero-shot quality, mean of {', '.join(STUDY_TASKS[t] for t in disc)} (%), "
                     f"{b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens | "
                     f"{'; '.join(cells)} | {_device(d)} (`{path.name}`) |")
-    mixed = [(p, d, n, v) for p in sorted(RESULTS.glob("passkey-*.json")) for d in [json.loads(p.read_text())]
-             for n, v in d["passkey"].items() if isinstance(v, dict) and n in d["runs"]
+    mixed = [(p, d, n, v) for p, d in passkey_results() for n, v in d["passkey"].items() if isinstance(v, dict) and n in d["runs"]
              and "alpaca-cleaned" in d["runs"][n]["data"] and "retrieval" in d["runs"][n]["data"]]
     trained = [m for m in mixed if "@" not in m[2]]
     if trained and (found := _load("passkey-mix-nvidia-h200.json")):  # the teacher's numbers

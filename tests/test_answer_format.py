@@ -46,3 +46,16 @@ def test_rescore_splits_misses_in_words_from_wrong_numbers(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SystemExit, match="answer_format: cannot read .*bad.json"):
         answer_format.main([str(tmp_path / "bad.json"), "--out", str(out)])
+
+
+def test_miss_table_names_every_kind_the_scorer_records():
+    """Every kind of ``MISS_KINDS`` has its column title; a kind a file records that the table does not know
+    still gets a column, by its key, and an older file without it counts 0 there."""
+    from lizardlm.eval.passkey import MISS_KINDS
+
+    assert list(readme_table.MISS_LABELS) == list(MISS_KINDS)
+    new = {"a-eval.json": {"model": {"1024": {"n": 2, "misses": {"words": 1, "swapped": 1}}}},
+           "b-eval.json": {"model": {"1024": {"n": 3, "misses": {"words": 2}}}}}
+    table = readme_table.miss_table(new).splitlines()
+    assert "| evaluation | model | trials | misses | in words | swapped |" in table
+    assert "| a | model | 2 | 2 | 1 | 1 |" in table and "| b | model | 3 | 2 | 2 | 0 |" in table
