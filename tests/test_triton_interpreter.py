@@ -266,12 +266,13 @@ def fallback_errors(case: tuple, seed: int, form: str) -> dict:
     return {"errors": errs, "chunks": sorted(cramped[0].ran), "feature_tiles": sorted(cramped[1].ran)}
 
 
-def child() -> None:
-    """Every (case, variant): one JSON line of errors; the shared-memory fallback; the underflow check."""
+def child(only: list[str]) -> None:
+    """Every (case, variant) of the forms ``only``: one JSON line of errors; the shared-memory fallback; the
+    underflow check (paper form)."""
     import lizardlm.ops.triton.lizard as tlz
 
     for seed, (case_name, case) in enumerate(CASES.items()):
-        for form in FORMS:
+        for form in only:
             for variant, (cfg, forms) in VARIANTS.items():
                 if form not in forms:
                     continue
@@ -282,23 +283,23 @@ def child() -> None:
     tlz.CFG.clear()
     tlz.CFG.update(TILES)
     for seed, (case_name, case) in enumerate(CASES.items()):
-        for form in FORMS:
+        for form in only:
             errs = state_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "linear-state", "errors": errs}), flush=True)
     for seed, (case_name, case) in enumerate(CASES.items()):
-        for form in FORMS:
+        for form in only:
             errs = prefilled_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "prefilled", "errors": errs}), flush=True)
     for seed, (case_name, case) in enumerate(CASES.items()):
-        for form in FORMS:
+        for form in only:
             errs = padded_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "left-padded", "errors": errs}), flush=True)
-    for form in FORMS:
+    for form in only:
         for padded in (False, True):
             print(json.dumps({"case": f"step-padded-{padded}", "form": form, "variant": "step",
                               "errors": step_errors(form, padded)}), flush=True)
     for seed, (case_name, case) in enumerate(MAPPED_CASES.items()):  # a value map: the linear kernels read v W
-        for form in FORMS:
+        for form in only:
             for variant, cfg in MAPPED.items():
                 tlz.CFG.clear()
                 tlz.CFG.update({**TILES, **cfg})
@@ -310,24 +311,30 @@ def child() -> None:
                               "errors": state_errors(case, seed, form, value_map=True)}), flush=True)
             print(json.dumps({"case": case_name, "form": form, "variant": "value-map-prefilled",
                               "errors": prefilled_errors(case, seed, form, value_map=True)}), flush=True)
-    for form in FORMS:
+    for form in only:
         print(json.dumps({"case": "step-padded-False", "form": form, "variant": "value-map-step",
                           "errors": step_errors(form, False, value_map=True)}), flush=True)
     for seed, (case_name, case) in enumerate(CASES.items()):
-        for form in FORMS:
+        for form in only:
             row = fallback_errors(case, seed, form)
             print(json.dumps({"case": case_name, "form": form, "variant": "shared-memory-fallback", **row}), flush=True)
-    print(json.dumps({"case": "underflow", "form": "paper", "variant": "default", "errors": underflow_finite()}),
-          flush=True)
+    if "paper" in only:
+        print(json.dumps({"case": "underflow", "form": "paper", "variant": "default", "errors": underflow_finite()}),
+              flush=True)
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[tuple[str, str, str], dict]:
-    """(case, form, variant) -> the child's row: the errors, and for the fallback the sizes that ran."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    """(case, form, variant) -> the children's rows: the errors, and for the fallback the sizes that ran. One
+    child per form, at once (the interpreter is single-threaded Python; CI has two cores)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    children = [subprocess.Popen([sys.executable, __file__, form], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for form in FORMS]
+    rows = []
+    for proc in children:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        rows += [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     return {(row["case"], row["form"], row["variant"]): row for row in rows}
 
 
@@ -443,4 +450,4 @@ def test_first_fitting_remembers_the_size_that_fitted_and_names_the_shapes_when_
 
 
 if __name__ == "__main__":
-    child()
+    child(sys.argv[1:])
