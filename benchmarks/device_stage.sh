@@ -17,7 +17,10 @@
 #                                            source benchmarks/device_stage.sh env
 #   (benchmarks/device_runs.sh does, for the issue-19 runs by name, and brings their weights back): on a
 #   machine staged as above it needs to carry nothing more; carrying .stage/data.tar.xz and .whl2 instead
-#   of their two calls also works while the tree leaves room for them (34 + 31 MB did not, 2026-12-06)
+#   of their two calls also works while the tree leaves room for them (34 + 31 MB did not, 2026-12-06); with
+#   benchmarks/results/ out and two parts, the last part's call carries [".stage/q2", ".stage/data.tar.xz",
+#   ".whl2"] (63.2 MB + the 2.4 MB tree of 2026-12-07, under 64 MiB) and goes straight on to a run:
+#   bash benchmarks/device_stage.sh s2 && DL=... bash benchmarks/device_runs.sh both "NAME=..."
 #   any call may carry .stage/triton-cache.tgz too: the kernels compiled by earlier calls (triton_cache below)
 # `env` unpacks the data once (LIZARDLM_DATA_DIR=/tmp/data) and installs lm-eval's wheels (/tmp/site).
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -uo pipefail  # not in the caller's shell when sourced
