@@ -538,3 +538,17 @@ def test_the_glance_shows_the_knobs_tune_chose_before_the_best_evaluation(tmp_pa
     row = next(r for r in readme_table.glance().splitlines() if r.startswith("| passkey retrieval"))
     assert "`m@decay0.125@write3` (`--decay-scale 0.125`, `--write-contrast 3`) 0.90" in row
     assert "chosen by `lizardlm tune` from 2 settings on 20 prompts of seed 1 a length at 16K" in row
+
+
+@pytest.mark.parametrize("hits, n", [(46, 50), (50, 50), (0, 5), (3, 7), (181, 200)])
+def test_wilson_interval_is_where_the_score_test_stops_rejecting(hits, n):
+    """Wilson's bounds are the rates p where the observed rate sits exactly z standard errors away:
+    ``(hits / n - p)^2 = z^2 p (1 - p) / n``, one below and one above it (within [0, 1])."""
+    import readme_table
+
+    lo, hi = readme_table.wilson(hits, n)
+    rate = hits / n
+    assert 0 <= lo <= rate <= hi <= 1
+    for p in (lo, hi):
+        assert (rate - p) ** 2 == pytest.approx(1.96**2 * p * (1 - p) / n, abs=1e-12)
+    assert readme_table._trials_note(50) == "one trial is 0.02; a cell of 0.92 has a 95% interval of 0.81-0.97, Wilson"
