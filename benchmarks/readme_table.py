@@ -780,8 +780,8 @@ def miss_table(evaluations: dict) -> str:
     """The wrong answers of every re-scored evaluation (``answer_format.py``'s ``misses``), by kind, summed over
     its lengths; evaluations scored before the kinds were recorded, or without a miss, left out. The kinds are
     those the files record (:data:`MISS_LABELS` names them; a kind it does not know shows by its key)."""
-    recorded = [k for models in evaluations.values() for by_len in models.values() for r in by_len.values()
-                for k in r.get("misses", {})]
+    recorded = dict.fromkeys(k for models in evaluations.values() for by_len in models.values()
+                             for r in by_len.values() for k in r.get("misses", {}))
     kinds = {k: label for k, label in MISS_LABELS.items() if k in recorded} | {k: k for k in recorded if k not in MISS_LABELS}
     out = [
         "The same evaluations' wrong answers by kind, summed over their lengths (`lizardlm.eval.passkey.miss_kind`): "
@@ -918,7 +918,8 @@ def glance() -> str:
         rows.append(f"| zero-shot quality, mean of {', '.join(STUDY_TASKS[t] for t in disc)} (%), "
                     f"{b['stage1_tokens'] / 2**20:g}M + {b['stage2_tokens'] / 2**20:g}M tokens | "
                     f"{'; '.join(cells)} | {_device(d)} (`{path.name}`) |")
-    mixed = [(p, d, n, v) for p, d in passkey_results() for n, v in d["passkey"].items() if isinstance(v, dict) and n in d["runs"]
+    mixed = [(p, d, n, v) for p, d in passkey_results() for n, v in d["passkey"].items()
+             if isinstance(v, dict) and n in d["runs"]
              and "alpaca-cleaned" in d["runs"][n]["data"] and "retrieval" in d["runs"][n]["data"]]
     trained = [m for m in mixed if "@" not in m[2]]
     if trained and (found := _load("passkey-mix-nvidia-h200.json")):  # the teacher's numbers

@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,13 +330,19 @@ def interpreted() -> dict[tuple[str, str, str], dict]:
     """(case, form, variant) -> the children's rows: the errors, and for the fallback the sizes that ran. One
     child per form, at once (the interpreter is single-threaded Python; CI has two cores)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    children = [subprocess.Popen([sys.executable, __file__, form], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for form in FORMS]
-    rows = []
-    for proc in children:
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr[-3000:]
-        rows += [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    with tempfile.TemporaryDirectory() as tmp:  # files, not pipes: a child never waits on its reader
+        logs = [(Path(tmp) / f"{form}.out", Path(tmp) / f"{form}.err") for form in FORMS]
+        children = [subprocess.Popen([sys.executable, __file__, form], env=env, stdout=out.open("w"),
+                                     stderr=err.open("w")) for form, (out, err) in zip(FORMS, logs)]
+        try:
+            for proc in children:
+                proc.wait(timeout=600)
+        finally:
+            for proc in children:
+                proc.kill()
+        for proc, (out, err) in zip(children, logs):
+            assert proc.returncode == 0, err.read_text()[-3000:]
+        rows = [json.loads(line) for out, _ in logs for line in out.read_text().splitlines() if line.startswith("{")]
     return {(row["case"], row["form"], row["variant"]): row for row in rows}
 
 
