@@ -28,6 +28,7 @@
 #                                              on 2026-12-06; there, one lane trains while the other only evaluates or
 #                                              tails; an evaluation's auto batch size takes what is free, so not beside
 #                                              a training's start either)
+#   PKL=2048,4096 PKT=200                      the passkey evaluation's lengths and trials a length (default 1K-32K, 50)
 #   EXTRA=...                                  a step's own flags added to its run's (no spaces: `both` splits steps
 #                                              on them), e.g. EXTRA=--loss-chunk=4096
 #   NAME=<run> bash benchmarks/device_runs.sh stage    a trained run's directory onto the machine, in a call that
@@ -237,7 +238,8 @@ tune() {  # lizardlm tune on prompts of seed 1 into $OUT/tune-$NAME/
 drive() {
   python3 benchmarks/passkey_gpu.py --out $OUT --runs $R --name $NAME --mode $MODE --data "$DATA" \
     --stage1-tokens $S1 --stage2-tokens $S2 --seq-len 2048 --flags "$FLAGS" --deadline ${DL:-560} \
-    ${TASKS:+--tasks $TASKS} ${DS:+--decay-scale $DS} ${WC:+--write-contrast $WC} "$@"
+    ${TASKS:+--tasks $TASKS} ${DS:+--decay-scale $DS} ${WC:+--write-contrast $WC} \
+    ${PKL:+--passkey-lengths $PKL} ${PKT:+--passkey-trials $PKT} "$@"
 }
 
 case "${1:-}" in
