@@ -7,7 +7,8 @@
 #   (splits the 93 MB teacher wheel into parts .stage/q1 ... .stage/qN, each sized so that it and the tracked
 #   tree of the moment fit one call, N printed; prepare again when the tree has grown; the tree counted is
 #   without benchmarks/results/ (43 of its 46 MB on 2026-12-07), which the staging calls leave out: move it
-#   out of the working tree for them, nothing on the device reads it, and back after; two parts then)
+#   out of the working tree for them, nothing on the device reads it, and back after; two parts then; commit
+#   nothing while it is out, or name the paths: `git commit -a` would record its deletion)
 # There, back to back (files under /tmp last only while the machine stays warm):
 #   call 1, carry [".stage/q1", ".whl"]:     bash benchmarks/device_stage.sh s1
 #   call n, carry [".stage/qn"]:             bash benchmarks/device_stage.sh sn    (the last part converts the teacher, ~30 s)
