@@ -112,7 +112,7 @@ class TrainSettings:
                     f"seq-len {self.seq_len} = {batch_tokens} tokens), which trains 0 steps: give at least "
                     f"{batch_tokens}, or 0 to skip the stage"
                 )
-        for name in ("stage1_lr", "stage2_lr"):
+        for name in ("stage1_lr", "stage2_lr", "answer_repeat_weight"):
             if not 0 < float(getattr(self, name)) < math.inf:
                 raise ValueError(f"{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}")
         if not 0 <= int(self.seed) < 2**64:
@@ -129,8 +129,6 @@ class TrainSettings:
         if self.loss_average not in LOSS_AVERAGES:
             raise ValueError(f"loss-average must be one of {', '.join(LOSS_AVERAGES)}, got {self.loss_average!r}")
         self._check_answer_rows()
-        if not 0 < float(self.answer_repeat_weight) < math.inf:
-            raise ValueError(f"answer-repeat-weight must be a finite number > 0, got {self.answer_repeat_weight}")
         if self.answer_repeat_weight != 1 and self.loss_average != "rows":
             raise ValueError("answer-repeat-weight weighs targets within a row's mean: it needs --loss-average rows")
         if int(self.loss_chunk) < 0:
