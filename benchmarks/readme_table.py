@@ -510,6 +510,10 @@ def passkey(path: Path, compact: bool = False) -> str:
     keys_section, keys_vary = per_run(lambda r: r.get("passkey_keys", 5))
     keys_vary = keys_vary and bool(tr_lengths)
     seq_section, seq_vary = per_run(lambda r: r["seq_len"])
+    trials_section = {n: {"0": d["runs"][n]["passkey_trials"]} for n in names
+                      if n in d["runs"] and isinstance(d["passkey"].get(n), dict)}
+    trials = sorted({v["0"] for v in trials_section.values()}) or [
+        d["runs"][n]["passkey_trials"] for n in names if n in d["runs"]][:1]
 
     known = {n: r for other, contents in passkey_results(path.parent) if other != path
              for n, r in contents.get("runs", {}).items()} | d["runs"]
@@ -533,6 +537,7 @@ def passkey(path: Path, compact: bool = False) -> str:
                   if zero_shot and (mean := zero_shot_mean(v, zero_shot)) is not None}
     columns = ([(budget_section, 0, "tokens (stage 1 + 2)", None)] * budget_vary
                + [(seq_section, 0, "train seq len", 0)] * seq_vary
+               + [(trials_section, 0, "passkey trials", 0)] * (len(trials) > 1)
                + [(d["passkey"], L, f"passkey @ {kib(L)}", 2) for L in pk_lengths]
                + [(keys_section, 0, "train-template keys", 0)] * keys_vary
                + [(trained, L, f"train-template @ {kib(L)}", 2) for L in tr_lengths]
@@ -569,8 +574,10 @@ def passkey(path: Path, compact: bool = False) -> str:
         + ("" if budget_vary else ", the same for every run") + "), then "
         f"`lizardlm eval --tasks {eval_tasks(d, names)}`"
         + (" (every column: `docs/results.md`)" if compact else "")
-        + f". passkey: {run0['passkey_trials']} trials per length over "
-        f"{run0['passkey_depths']} depths, exact match of the key ({_trials_note(run0['passkey_trials'])}; "
+        + ". passkey: "
+        + (f"{trials[0]} trials" if len(trials) == 1 else "as many trials as the passkey trials column says")
+        + f" per length over {run0['passkey_depths']} depths, exact match of the key ("
+        + "; ".join(f"{n} trials: " * (len(trials) > 1) + _trials_note(n) for n in trials) + "; "
         "the evaluation template, not the training one; "
         "train-template: the training template, "
         + ("as many numbered keys as the keys column says" if keys_vary else f"{run0.get('passkey_keys', 5)} numbered key(s)")

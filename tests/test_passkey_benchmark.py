@@ -185,6 +185,18 @@ def test_readme_table_of_a_passkey_result(tmp_path):
     table = readme_table.passkey(path)
     assert "| s | soup of 2M + 16M, x + 4M | 2048 | 0.50 |" in table
     assert "`s` = `lizardlm soup b c --weights 25,75`" in table
+    assert "passkey trials" not in table and "passkey: 50 trials per length over 10 depths" in table
+    assert "one trial is 0.02; a cell of 0.92 has a 95% interval of 0.81-0.97, Wilson" in table
+    # a run evaluated with more trials: a column says how many, the caption gives each count's interval
+    result["runs"]["c"]["passkey_trials"] = 100
+    path.write_text(json.dumps(result))
+    table = readme_table.passkey(path)
+    assert "| run | tokens (stage 1 + 2) | train seq len | passkey trials | passkey @ 1K |" in table
+    assert "| c | x + 4M | 8192 | 100 | 0.50 |" in table and "| a | 2M + 2M | 2048 | 50 | 0.25 |" in table
+    assert "| teacher | – | – | – | 0.90 |" in table and "| m | 2M + 2M | 2048 | – | – |" in table  # no passkey run: no count
+    assert "passkey: as many trials as the passkey trials column says per length over 10 depths" in table
+    assert ("50 trials: one trial is 0.02; a cell of 0.92 has a 95% interval of 0.81-0.97, Wilson; "
+            "100 trials: one trial is 0.01; a cell of 0.92 has a 95% interval of 0.85-0.96, Wilson;") in table
 
 
 def test_variants_share_every_option_but_their_own(tmp_path):
