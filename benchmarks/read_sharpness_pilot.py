@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from lizardlm.eval.knobs import at_knobs
 from lizardlm.eval.passkey import passkey_eval
+from lizardlm.layers.attention import LizardAttention
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.loading import load_with_tokenizer
 
@@ -50,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     model, tok = load_with_tokenizer(args.run)
-    model.set_decay_scale(args.decay_scale)
-    model.set_write_contrast(args.write_contrast)
-    layers = [m for m in model.modules() if hasattr(m, "feature_map_q")]
+    layers = [m for m in model.modules() if isinstance(m, LizardAttention)]
     plain = [m.feature_map_q for m in layers]
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in ("run", "out")}
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         for m, fm in zip(layers, plain):
             m.feature_map_q = fm if t == 1 else SharpenedQuery(fm, t)
         t0 = time.perf_counter()
-        res = passkey_eval(model, tok, lengths=[int(x) for x in args.lengths.split(",")], trials=args.trials, seed=0,
-                           depths=10, progress=False)
+        with at_knobs(model, args.decay_scale, args.write_contrast):
+            res = passkey_eval(model, tok, lengths=[int(x) for x in args.lengths.split(",")], trials=args.trials,
+                               seed=0, depths=10, progress=False)
         record["results"][f"{t:g}"] = {str(r["length"]): {k: r.get(k) for k in ("acc", "answer_nll", "misses")}
                                        | {"seconds": round(time.perf_counter() - t0, 1)} for r in res["lengths"]}
         out.write_text(json.dumps(record, indent=1))
