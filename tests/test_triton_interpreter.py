@@ -332,8 +332,11 @@ def interpreted() -> dict[tuple[str, str, str], dict]:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:  # files, not pipes: a child never waits on its reader
         logs = [(Path(tmp) / f"{form}.out", Path(tmp) / f"{form}.err") for form in FORMS]
-        children = [subprocess.Popen([sys.executable, __file__, form], env=env, stdout=out.open("w"),
-                                     stderr=err.open("w")) for form, (out, err) in zip(FORMS, logs)]
+        children = []
+        for form, (out, err) in zip(FORMS, logs):
+            with out.open("w") as stdout, err.open("w") as stderr:  # the child holds its own copies
+                children.append(subprocess.Popen([sys.executable, __file__, form], env=env, stdout=stdout,
+                                                 stderr=stderr))
         try:
             for proc in children:
                 proc.wait(timeout=600)
