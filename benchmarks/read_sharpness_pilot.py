@@ -16,7 +16,10 @@ signal; exact match needs the GPU's hundreds of trials::
     python benchmarks/read_sharpness_pilot.py --run RUN_DIR --device cuda --batch-size 8 --lengths 2048,4096,8192 \
         --trials 100 --sharpness 1,1.5,2,3 --decay-scale 0.125 --write-contrast 5 --out $OUT/pilot.json
 
-(bfloat16 on CUDA, as ``lizardlm eval`` runs). ``--tasks piqa,arc_easy,...`` adds the zero-shot tasks at each
+(bfloat16 on CUDA, as ``lizardlm eval`` runs). ``--replay EVAL_JSON`` scores, instead of fresh prompts, the
+passkey trials of an earlier evaluation (``lizardlm eval``'s JSON, on the evaluation template): every one it
+missed and as many of its hits (seeded), so that a few dozen prompts on CPU say which misses a setting mends
+and which hits it breaks (``results[t]["replay"]``: each trial's key, length, depth, earlier and new answer). ``--tasks piqa,arc_easy,...`` adds the zero-shot tasks at each
 ``t`` (``results[t]["zero_shot"]``: ``{task: accuracy}``, ARC-c and HellaSwag length-normalised as the README
 reports them); ``--lengths ''`` skips the passkey.
 """
@@ -25,14 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from lizardlm.eval.harness import run_harness
 from lizardlm.eval.knobs import at_knobs
-from lizardlm.eval.passkey import passkey_eval
+from lizardlm.eval.passkey import depth_grid, make_prompt, passkey_eval, run_prompts
 from lizardlm.layers.attention import LizardAttention
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.loading import load_with_tokenizer
@@ -50,6 +55,32 @@ class SharpenedQuery(torch.nn.Module):
         return self.inner(u * self.sharpness)  # (t u) W = t (u W): the logits scaled
 
 
+def replay_plan(eval_json: str, seed: int = 0) -> list[dict]:
+    """The passkey trials of ``eval_json`` to score again: every miss and as many hits drawn with ``seed``, each
+    ``{"length", "depth", "key", "was"}`` (``was``: the earlier answer's digits), the depth put back on its
+    grid (the JSON rounds it to 4 places)."""
+    lengths = json.loads(Path(eval_json).read_text())["tasks"]["passkey"]["model"]["details"]["lengths"]
+    plan: list[dict] = []
+    for rec in lengths:
+        trials = rec.get("trials", [])
+        grid = depth_grid(len(rec["by_depth"]))
+        misses = [t for t in trials if not t["correct"]]
+        hits = random.Random(seed).sample([t for t in trials if t["correct"]], len(misses))
+        plan += [{"length": rec["length"], "depth": min(grid, key=lambda g: abs(g - t["depth"])), "key": t["key"],
+                  "was": t["pred"]} for t in misses + hits]
+    return plan
+
+
+def replay(model, tok, plan: list[dict]) -> list[dict]:
+    """Each trial of ``plan`` (:func:`replay_plan`) run again: its record with ``now`` (the answer's digits)
+    and ``answer_nll``."""
+    out = []
+    for trial in tqdm(plan, desc="replay", unit="prompt"):
+        (got,) = run_prompts(model, tok, [make_prompt(tok, trial["length"], trial["depth"], key=trial["key"])])
+        out.append(trial | {"now": got["pred"], "answer_nll": got["answer_nll"]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True)
@@ -58,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sharpness", default="1,1.5,2")
     p.add_argument("--decay-scale", type=float, default=1.0)
     p.add_argument("--write-contrast", type=float, default=1.0)
+    p.add_argument("--replay", default=None, help="an evaluation's JSON whose passkey misses (and as many hits) to replay")
     p.add_argument("--tasks", default="", help="zero-shot tasks to run at every sharpness too")
     p.add_argument("--limit", type=int, default=None, help="examples a zero-shot task (default: all)")
     p.add_argument("--device", default="cpu")
@@ -83,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             res = passkey_eval(model, tok, lengths=lengths, trials=args.trials, seed=0, depths=10, progress=False,
                                batch_size=args.batch_size) if lengths else {"lengths": []}
             row = {str(r["length"]): {k: r.get(k) for k in ("acc", "answer_nll", "misses")}
+                   | {"wrong": [i for i, d in enumerate(r["trials"]) if not d["correct"]]}
                    | {"seconds": round(time.perf_counter() - t0, 1)} for r in res["lengths"]}
+            if args.replay:
+                row["replay"] = replay(model, tok, replay_plan(args.replay))
             if tasks:
                 entries = run_harness(model, tok, tasks, limit=args.limit)
                 scores = {task: entries[task]["metrics"].get(metric) for task, metric, _ in PRESET_METRICS
