@@ -5,19 +5,19 @@
 # weights, beside the ~34 MB tracked tree: one a call, or `stage` it below) and runs one of
 #
 #   NAME=<run> [DL=seconds] [TASKS=a,b] bash benchmarks/device_runs.sh train   train (resumes a cut run), then evaluate
-#   NAME=<run> [DL=seconds] [TASKS=a,b] [DS=S] [WC=C] bash benchmarks/device_runs.sh eval
+#   NAME=<run> [DL=seconds] [TASKS=a,b] [DS=S] [WC=C] [RS=T] bash benchmarks/device_runs.sh eval
 #                                              go on with a cut evaluation, or add tasks to it (eval --resume keeps
 #                                              the earlier calls' tasks); DS: at decay scale S (run NAME@decayS),
-#                                              WC: at write contrast C (NAME@writeC)
+#                                              WC: at write contrast C (NAME@writeC), RS: at read sharpness T (NAME@readT)
 #   NAME=<run> bash benchmarks/device_runs.sh zs                               the five zero-shot tasks
-#   NAME=<soup> [TASKS=a,b] [DS=S] [WC=C] bash benchmarks/device_runs.sh soup
+#   NAME=<soup> [TASKS=a,b] [DS=S] [WC=C] [RS=T] bash benchmarks/device_runs.sh soup
 #                                              a soup (DATA=soup:RUN=W,... in the case list): its runs averaged by
 #                                              `lizardlm soup` into the run NAME, then evaluated (an evaluation of
 #                                              it at other knobs: the `eval` step)
-#   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] bash benchmarks/device_runs.sh tune
+#   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] [SHARPNESSES=..] bash benchmarks/device_runs.sh tune
 #                                              `lizardlm tune`: the inference knobs chosen on prompts of seed 1
 #                                              (the evaluation's are seed 0), into $OUT/tune-<run>/
-#   NAME=<run> [LENGTHS=..] [SCALES=..] [CONTRASTS=..] bash benchmarks/device_runs.sh tuned
+#   NAME=<run> [LENGTHS=..] [SCALES=..] [CONTRASTS=..] [SHARPNESSES=..] bash benchmarks/device_runs.sh tuned
 #                                              tune, then the passkey evaluation at the knobs it chose, one archive
 #   [DL=seconds] bash benchmarks/device_runs.sh both "NAME=a train" "NAME=b TASKS=passkey train + NAME=b-tail zs"
 #                                              lanes at once on the one GPU, each argument a lane of steps joined by
@@ -232,13 +232,14 @@ save() {
 
 tune() {  # lizardlm tune on prompts of seed 1 into $OUT/tune-$NAME/
   python3 -m lizardlm tune --model $R/$NAME --lengths ${LENGTHS:-16384,32768} --device cuda --no-progress \
-    --decay-scales ${SCALES:-1,0.5,0.25,0.125} --write-contrasts ${CONTRASTS:-1,2,3} --trials 20 --out $OUT/tune-$NAME 2>&1 | tail -14
+    --decay-scales ${SCALES:-1,0.5,0.25,0.125} --write-contrasts ${CONTRASTS:-1,2,3} --read-sharpnesses ${SHARPNESSES:-1,2} \
+    --trials 20 --out $OUT/tune-$NAME 2>&1 | tail -28
 }
 
 drive() {
   python3 benchmarks/passkey_gpu.py --out $OUT --runs $R --name $NAME --mode $MODE --data "$DATA" \
     --stage1-tokens $S1 --stage2-tokens $S2 --seq-len 2048 --flags "$FLAGS" --deadline ${DL:-560} \
-    ${TASKS:+--tasks $TASKS} ${DS:+--decay-scale $DS} ${WC:+--write-contrast $WC} \
+    ${TASKS:+--tasks $TASKS} ${DS:+--decay-scale $DS} ${WC:+--write-contrast $WC} ${RS:+--read-sharpness $RS} \
     ${PKL:+--passkey-lengths $PKL} ${PKT:+--passkey-trials $PKT} "$@"
 }
 
@@ -247,9 +248,9 @@ case "${1:-}" in
   eval)  drive --eval-only; save; triton_cache save ;;
   zs)    drive --eval-only --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande; save; triton_cache save ;;
   tune)  tune; triton_cache save ;;
-  tuned) tune  # then the evaluation's passkey at the knobs chosen (run NAME@decayS@writeC), in one archive
-         read -r DS WC < <(python3 -c "import json; b = json.load(open('$OUT/tune-$NAME/knobs.json'))['best']
-print('%g %g' % (b['decay_scale'], b['write_contrast']))") || exit 1
+  tuned) tune  # then the evaluation's passkey at the knobs chosen (run NAME@decayS@writeC@readT), in one archive
+         read -r DS WC RS < <(python3 -c "import json; b = json.load(open('$OUT/tune-$NAME/knobs.json'))['best']
+print('%g %g %g' % (b['decay_scale'], b['write_contrast'], b['read_sharpness']))") || exit 1
          TASKS=passkey drive --eval-only; save; triton_cache save ;;  # (passkey_gpu leaves a knob at 1 unnamed)
   soup)  # DATA=soup:RUN=W,...: those runs averaged into the run NAME (lizardlm soup), then evaluated as a trained run
          [[ $DATA == soup:* ]] || { echo "device_runs.sh: NAME=$NAME is not a soup (DATA=soup:RUN=W,...)" >&2; exit 2; }

@@ -32,7 +32,8 @@ run (e.g. at 32K, in another call) to its numbers, and ``--add-tune RUN=KNOBS_JS
 ``lizardlm tune`` chose for RUN on prompts of its own (``tuned``: the choice, its grid and its prompts);
 ``--heatmap RUN=A.json,B.json`` draws that run's heat maps over both files' lengths. ``--eval-only --decay-scale S`` evaluates a trained run with every
 log-decay times S as run ``NAME@decayS`` (``--write-contrast C``: ``NAME@writeC``, the write gate's logits
-times C; both: ``NAME@decayS@writeC``) (an ``--eval-only`` record takes the run's training settings
+times C; ``--read-sharpness T``: ``NAME@readT``, the query feature map's logits times T; several:
+``NAME@decayS@writeC@readT``) (an ``--eval-only`` record takes the run's training settings
 from ``passkey_gpu-training.json`` in its run directory, and ``--combine`` from run ``NAME``),
 and a combined result holding such runs gets ``passkey-<device>-knobs.png`` (accuracy by length
 per setting, beside the run as trained). ``--quick`` is a CPU smoke run on tiny
@@ -104,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write-contrast", type=float, default=None, metavar="C",
                    help="evaluate with the write gate's logits times C (`lizardlm eval --write-contrast`): run NAME@writeC, "
                         "into <run>/eval-writeC")
+    p.add_argument("--read-sharpness", type=float, default=None, metavar="T",
+                   help="evaluate with the query feature map's logits times T (`lizardlm eval --read-sharpness`): run "
+                        "NAME@readT, into <run>/eval-readT")
     p.add_argument("--fresh", action="store_true", help="train a run under --runs again from the start instead of resuming it")
     p.add_argument("--variant", action="append", default=[], metavar="NAME|MODE|FLAGS[|DATA]",
                    help="a run of its own (repeat: all at once, one process each); FLAGS as in --flags")
@@ -139,8 +143,8 @@ def linearize_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def eval_dir(args: argparse.Namespace, run_dir: Path) -> Path:
-    """Where the run's evaluation goes: ``eval``, or ``eval-decayS`` / ``eval-writeC`` / ``eval-decayS-writeC``
-    for an evaluation at a decay scale and/or write contrast."""
+    """Where the run's evaluation goes: ``eval``, or ``eval-decayS`` / ``eval-writeC`` / ``eval-decayS-writeC-readT``
+    for an evaluation at inference knobs (those not at 1)."""
     return run_dir / "-".join(["eval", *(f"{tag}{value:g}" for tag, value in knobs(vars(args)))])
 
 
@@ -162,8 +166,8 @@ def eval_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     batch = "auto" if any(t in MC_TASKS for t in args.tasks.split(",")) else str(args.batch)
     cmd = [sys.executable, "-m", "lizardlm", "eval", "--model", str(run_dir), "--tasks", args.tasks,
            "--device", args.device, "--out", str(eval_dir(args, run_dir)), "--no-progress", "--batch-size", batch]
-    cmd += ["--decay-scale", f"{args.decay_scale:g}"] if args.decay_scale is not None else []
-    cmd += ["--write-contrast", f"{args.write_contrast:g}"] if args.write_contrast is not None else []
+    for key, flag, *_ in KNOBS:
+        cmd += [flag, f"{getattr(args, key):g}"] if getattr(args, key) is not None else []
     cmd += ["--teacher", args.teacher] if args.with_teacher else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--resume"] if args.eval_only else []  # an earlier call's evaluation, cut by its deadline, goes on
@@ -274,10 +278,9 @@ def add_tune(result: dict[str, Any], run_name: str, knobs_json: dict, source: st
     label = run_label(run_name, knobs(best))
     prompts = knobs_json["passkey"]
     result.setdefault("tuned", {})[run_name] = {
-        "chosen": label, "decay_scale": best["decay_scale"], "write_contrast": best["write_contrast"],
-        "lengths": knobs_json["lengths"], "trials": prompts["trials"], "seed": prompts["seed"],
-        "device": knobs_json["device"], "source": source,
-        "grid": [{k: g[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")} for g in knobs_json["grid"]]}
+        "chosen": label, **{key: best.get(key, 1.0) for key, *_ in KNOBS}, "lengths": knobs_json["lengths"],
+        "trials": prompts["trials"], "seed": prompts["seed"], "device": knobs_json["device"], "source": source,
+        "grid": [{k: g.get(k, 1.0) for k in (*(key for key, *_ in KNOBS), "mean_acc", "mean_nll")} for g in knobs_json["grid"]]}
     return label
 
 
@@ -324,9 +327,10 @@ def combine(out_dir: Path, files: list[Path], added: list[str] = (), tuned: list
 
 def knob_plot(result: dict[str, Any], path: Path) -> str | None:
     """Passkey accuracy (solid) and the first digit's (dashed) by length: one panel per trained run ``NAME``
-    with evaluations at inference knobs (``NAME@decayS``, ``NAME@writeC``, both), holding those and the run as
-    trained (black) where the result has it; the setting ``lizardlm tune`` chose (``result["tuned"]``) drawn
-    thick. What stretching the half-lives and sharpening the write gate do to each run's retrieval."""
+    with evaluations at inference knobs (``NAME@decayS``, ``NAME@writeC``, ``NAME@readT``, several), holding those
+    and the run as trained (black) where the result has it; the setting ``lizardlm tune`` chose
+    (``result["tuned"]``) drawn thick. What stretching the half-lives, sharpening the write gate and the read
+    do to each run's retrieval."""
     passkey = {n: v for n, v in result.get("passkey", {}).items() if isinstance(v, dict)}
     bases = sorted({n.partition("@")[0] for n in passkey if "@" in n})
     if not bases:
@@ -343,7 +347,7 @@ def knob_plot(result: dict[str, Any], path: Path) -> str | None:
     for ax, base in zip(axes.flat, bases):
         chosen = result.get("tuned", {}).get(base, {}).get("chosen")
         labels = sorted((n for n in passkey if n.partition("@")[0] == base),
-                        key=lambda n: ("@" in n, -knob_value(n, "decay"), knob_value(n, "write")))
+                        key=lambda n: ("@" in n, -knob_value(n, "decay"), knob_value(n, "write"), knob_value(n, "read")))
         for i, n in enumerate(labels):
             color = "black" if n == base else f"C{i}"
             width = 3.0 if n == chosen else 1.4
@@ -365,7 +369,8 @@ def knob_plot(result: dict[str, Any], path: Path) -> str | None:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("passkey accuracy (dashed: first digit)")
-    fig.suptitle(f"passkey by inference knobs: decay scale, write contrast ({result.get('device', '')})", fontsize=11)
+    fig.suptitle(f"passkey by inference knobs: decay scale, write contrast, read sharpness ({result.get('device', '')})",
+                 fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the suptitle above the first row
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -463,10 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     entry: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": args.mode, "data": args.data,
                              "flags": args.flags, "gradient_checkpointing": args.gradient_checkpointing,
                              **{k: getattr(args, k) for k in FULL}}
-    if args.decay_scale is not None:
-        entry["decay_scale"] = args.decay_scale
-    if args.write_contrast is not None:
-        entry["write_contrast"] = args.write_contrast
+    entry.update({key: getattr(args, key) for key, *_ in KNOBS if getattr(args, key) is not None})
     record = run_dir / TRAINING_RECORD
     if args.eval_only:  # this evaluation's settings over the run's record as trained (its own file, --merge)
         trained = json.loads(record.read_text()) if record.exists() else {}

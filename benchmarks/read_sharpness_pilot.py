@@ -1,27 +1,23 @@
-"""Would a sharper read help the copy? A CPU pilot on one trained run, before any knob is built.
+"""The read sharpness (``LizardConfig.read_sharpness``, ``t``) on one trained run, setting by setting, paired.
 
-The nearest passkey runs of issue 19 miss ~5% of keys by copy slips, half of them a digit replaced by the
-key's next one: a read that half-matches the key one position on. This scales the query's Hedgehog logits
-by ``t`` (``phi_q(u) = [softmax(t u W), softmax(-t u W)]``; keys and the window branch untouched; ``t = 1``
-is the model as trained), which sharpens what each query reads from the linear memory, and runs the passkey
-evaluation (seed 0: the evaluation's own prompts) at the run's decay scale and write contrast::
-
-    python benchmarks/read_sharpness_pilot.py --run RUN_DIR --lengths 4096 --trials 20 --sharpness 1,1.5,2 \
-        --decay-scale 0.125 --write-contrast 5 --out benchmarks/results/read-sharpness-pilot-cpu.json
-
-writes ``{"run", "device", "dtype", "settings", "results": {t: {length: {"acc", "answer_nll", "misses", "seconds"}}}}``,
-the file rewritten after each setting. Few trials on CPU: the answer NLL (teacher-forced, per token) is the finer
-signal; exact match needs the GPU's hundreds of trials::
+``t`` scales the query's Hedgehog logits (``phi_q(u) = [softmax(t u W), softmax(-t u W)]``; keys and the
+window branch untouched; ``t = 1`` is the model as trained), which sharpens what each query reads from the
+linear memory; it is aimed at the copy slips of issue 19's nearest passkey runs (a digit replaced by the
+key's next one: a read that half-matches the key one position on). Every ``t`` runs the evaluation's own
+passkey prompts (seed 0) at the run's decay scale and write contrast, so the settings' misses pair up::
 
     python benchmarks/read_sharpness_pilot.py --run RUN_DIR --device cuda --batch-size 8 --lengths 2048,4096,8192 \
-        --trials 100 --sharpness 1,1.5,2,3 --decay-scale 0.125 --write-contrast 5 --out $OUT/pilot.json
+        --trials 200 --sharpness 1,2,3 --decay-scale 0.125 --write-contrast 5 --out $OUT/read-sharpness.json
 
-(bfloat16 on CUDA, as ``lizardlm eval`` runs). ``--replay EVAL_JSON`` scores, instead of fresh prompts, the
-passkey trials of an earlier evaluation (``lizardlm eval``'s JSON, on the evaluation template): every one it
-missed and as many of its hits (seeded), so that a few dozen prompts on CPU say which misses a setting mends
-and which hits it breaks (``results[t]["replay"]``: each trial's key, length, depth, earlier and new answer). ``--tasks piqa,arc_easy,...`` adds the zero-shot tasks at each
-``t`` (``results[t]["zero_shot"]``: ``{task: accuracy}``, ARC-c and HellaSwag length-normalised as the README
-reports them); ``--lengths ''`` skips the passkey.
+writes ``{"run", "device", "dtype", "settings", "results": {t: {length: {"acc", "answer_nll", "misses",
+"wrong", "seconds"}}}}`` (``wrong``: the indices of the trials missed; bfloat16 on CUDA, as ``lizardlm
+eval`` runs, float32 on CPU), the file rewritten after each setting. ``--tasks piqa,arc_easy,...`` adds the
+zero-shot tasks at each ``t`` (``results[t]["zero_shot"]``: ``{task: accuracy}`` as the README reports them,
+and their mean); ``--lengths ''`` skips the passkey. ``--replay EVAL_JSON`` scores the passkey trials of an
+earlier evaluation (``lizardlm eval``'s JSON, on the evaluation template) again: every one it missed and as
+many of its hits (seeded), so that a few dozen prompts on CPU say which misses a setting mends and which hits
+it breaks (``results[t]["replay"]``: each trial's key, length, depth, earlier and new answer). To choose the
+knob for a model, ``lizardlm tune`` searches it beside the other two.
 """
 
 from __future__ import annotations
@@ -38,21 +34,8 @@ from tqdm import tqdm
 from lizardlm.eval.harness import run_harness
 from lizardlm.eval.knobs import at_knobs
 from lizardlm.eval.passkey import depth_grid, make_prompt, passkey_eval, run_prompts
-from lizardlm.layers.attention import LizardAttention
-from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.loading import load_with_tokenizer
 from readme_table import PRESET_METRICS, zero_shot_mean
-
-
-class SharpenedQuery(torch.nn.Module):
-    """A query feature map whose logits are scaled by ``sharpness`` before the two softmaxes."""
-
-    def __init__(self, inner: HedgehogFeatureMap, sharpness: float) -> None:
-        super().__init__()
-        self.inner, self.sharpness = inner, sharpness
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.inner(u * self.sharpness)  # (t u) W = t (u W): the logits scaled
 
 
 def replay_plan(eval_json: str, seed: int = 0) -> list[dict]:
@@ -100,18 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_with_tokenizer(args.run, device=args.device, dtype=dtype)
     lengths = [int(x) for x in args.lengths.split(",") if x]
     tasks = [t for t in args.tasks.split(",") if t]
-    layers = [m for m in model.modules() if isinstance(m, LizardAttention)]
-    plain = [m.feature_map_q for m in layers]
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in ("run", "out")}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     record = {"run": Path(args.run).name, "device": device, "dtype": str(dtype).removeprefix("torch."),
               "settings": settings, "results": {}}
     for t in (float(s) for s in args.sharpness.split(",")):
-        for m, fm in zip(layers, plain):
-            m.feature_map_q = fm if t == 1 else SharpenedQuery(fm, t)
         t0 = time.perf_counter()
-        with at_knobs(model, args.decay_scale, args.write_contrast):
+        with at_knobs(model, args.decay_scale, args.write_contrast, t):
             res = passkey_eval(model, tok, lengths=lengths, trials=args.trials, seed=0, depths=10, progress=False,
                                batch_size=args.batch_size) if lengths else {"lengths": []}
             row = {str(r["length"]): {k: r.get(k) for k in ("acc", "answer_nll", "misses")}

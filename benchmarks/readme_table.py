@@ -647,9 +647,10 @@ def eval_tasks(d: dict, names: list[str]) -> str:
     return ",".join(tasks) or d["eval_tasks"]
 
 
-KNOBS = (("decay_scale", "--decay-scale", "decay", "S"), ("write_contrast", "--write-contrast", "write", "C"))
-"""The inference knobs an evaluation of a trained run may set (``NAME@decayS``, ``NAME@writeC``): record key,
-flag, label tag, letter."""
+KNOBS = (("decay_scale", "--decay-scale", "decay", "S"), ("write_contrast", "--write-contrast", "write", "C"),
+         ("read_sharpness", "--read-sharpness", "read", "t"))
+"""The inference knobs an evaluation of a trained run may set (``NAME@decayS``, ``NAME@writeC``, ``NAME@readT``):
+record key, flag, label tag, letter."""
 
 
 def run_lines(runs: dict[str, dict]) -> list[str]:
@@ -671,7 +672,8 @@ def run_lines(runs: dict[str, dict]) -> list[str]:
     lines = [f"`{n}` = {training[n]}" for n, r in runs.items() if not any(k[0] in r for k in KNOBS)]
     for (base, train, knobs), values in tuned.items():
         label = base + "".join(f"@{tag}{letter}" for _, _, tag, letter in knobs)
-        given = " and ".join(f"`{flag} {letter}`" for _, flag, _, letter in knobs)
+        flags = [f"`{flag} {letter}`" for _, flag, _, letter in knobs]
+        given = " and ".join(filter(None, (", ".join(flags[:-1]), flags[-1])))
         apart = ", " if len(knobs) == 1 else "; "  # one knob: S = 0.25, 0.5; two: S, C = 0.25, 2; 0.5, 2
         lines.append(f"`{label}` = {train}, evaluated with {given} for {', '.join(k[3] for k in knobs)} = {apart.join(values)}")
     return lines

@@ -36,7 +36,7 @@ MODE_FORMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 MODES: tuple[str, ...] = tuple(MODE_FORMS)
 
-INFERENCE_KNOBS = ("decay_scale", "write_contrast")
+INFERENCE_KNOBS = ("decay_scale", "write_contrast", "read_sharpness")
 """The :class:`LizardConfig` fields that change how a trained model runs, not its weights (1 = as trained)."""
 
 ALPHA_INIT = 0.25
@@ -98,6 +98,11 @@ class LizardConfig:
             (what the gate keeps nearer 2, filler nearer 0), for prompts longer than training, where
             the filler's mass drowns a needle (an inference knob: 1 = as trained;
             :meth:`set_write_contrast` changes it on a loaded model).
+        read_sharpness: ``t``, the query feature map's logits times ``t`` when the model runs,
+            ``phi_q(u) = [softmax(t u W), softmax(-t u W)]`` (keys, values and the window untouched);
+            ``t > 1`` sharpens what a query reads from the linear memory, for copies that slip onto a
+            neighbouring token of the needle (an inference knob: 1 = as trained;
+            :meth:`set_read_sharpness` changes it on a loaded model).
         read_gate: ``none``, or ``head`` (shared form only) = a learned read strength per token and
             query head, ``r = 2 sigmoid(x W + b)`` (1 at start), scaling ``phi(q)``, so a token can
             turn to the linear memory more or less than another.
@@ -132,6 +137,7 @@ class LizardConfig:
     decay_scale: float = 1.0
     write_gate: StrengthKind | None = None
     write_contrast: float = 1.0
+    read_sharpness: float = 1.0
     read_gate: StrengthKind | None = None
     value_map: StrengthKind | None = None
     short_conv: int = 0
@@ -174,6 +180,8 @@ class LizardConfig:
             raise ValueError(f"decay_scale must be a finite number > 0, got {self.decay_scale}")
         if isinstance(self.write_contrast, bool) or not (self.write_contrast > 0 and math.isfinite(self.write_contrast)):
             raise ValueError(f"write_contrast must be a finite number > 0, got {self.write_contrast}")
+        if isinstance(self.read_sharpness, bool) or not (self.read_sharpness > 0 and math.isfinite(self.read_sharpness)):
+            raise ValueError(f"read_sharpness must be a finite number > 0, got {self.read_sharpness}")
         if self.decay_scale != 1.0 and self.gate == "none":
             raise ValueError("decay_scale stretches the decay gate's half-lives: it needs a gate other than 'none'")
         if self.write_contrast != 1.0 and self.write_gate == "none":

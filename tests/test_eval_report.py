@@ -295,7 +295,7 @@ def test_cli_checks_paths_before_loading(flag, model_dir, tmp_path, capsys, monk
     assert err.startswith("lizardlm: error:") and len(err.strip().splitlines()) == 1
 
 
-def test_cli_decay_scale_and_write_contrast_on_a_lizard_model_and_refused_elsewhere(model_dir, tmp_path, capsys):
+def test_cli_inference_knobs_on_a_lizard_model_and_refused_elsewhere(model_dir, tmp_path, capsys):
     import lizardlm
     from lizardlm.cli import main
 
@@ -311,13 +311,17 @@ def test_cli_decay_scale_and_write_contrast_on_a_lizard_model_and_refused_elsewh
     assert json.loads((lizard_dir / "config.json").read_text())["lizard"]["decay_scale"] == 1.0  # the saved model untouched
     assert main(["eval", "--model", str(write_dir), "--write-contrast", "2", "--out", str(tmp_path / "w"), *argv]) == 0
     assert json.loads((tmp_path / "w" / "eval.json").read_text())["models"]["model"]["write_contrast"] == 2.0
+    assert main(["eval", "--model", str(lolcats_dir), "--read-sharpness", "2", "--out", str(tmp_path / "r"), *argv]) == 0
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["models"]["model"]["read_sharpness"] == 2.0
     capsys.readouterr()
     for model, knob, says in ((model_dir, ["--decay-scale", "0.5"], "is not a Lizard model (it has no decay to scale)"),
                               (lizard_dir, ["--decay-scale", "0"], "decay_scale must be a finite number > 0, got 0.0"),
                               (lolcats_dir, ["--decay-scale", "0.5"], "decay_scale stretches the decay gate's half-lives"),
                               (model_dir, ["--write-contrast", "2"], "is not a Lizard model (it has no write gate)"),
                               (lizard_dir, ["--write-contrast", "2"], "write_contrast sharpens the write gate: it needs "
-                                                                      "write_gate 'head'")):
+                                                                      "write_gate 'head'"),
+                              (model_dir, ["--read-sharpness", "2"], "is not a Lizard model (it has no feature map)"),
+                              (lizard_dir, ["--read-sharpness", "-1"], "read_sharpness must be a finite number > 0")):
         assert main(["eval", "--model", str(model), *knob, "--out", str(tmp_path / "b"), *argv]) == 2
         assert says in capsys.readouterr().err.strip().splitlines()[-1]
     # generate takes it too: after --convert, a converted teacher has a decay to scale

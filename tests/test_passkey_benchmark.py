@@ -387,10 +387,10 @@ def test_an_evaluation_at_a_decay_scale_is_a_run_of_its_own(tmp_path, monkeypatc
         "evaluated with `--decay-scale S` for S = 0.5" in table
 
 
-def test_an_evaluation_at_a_write_contrast_and_a_decay_scale_is_named_by_both(tmp_path):
-    """``--write-contrast C`` (with or without ``--decay-scale S``) names the run ``NAME@writeC`` /
-    ``NAME@decayS@writeC``, evaluates into ``eval-writeC`` / ``eval-decayS-writeC`` with both flags, and
-    the README runs line names both knobs and their values."""
+def test_an_evaluation_at_inference_knobs_is_named_by_each(tmp_path):
+    """``--write-contrast C`` (with or without ``--decay-scale S``, ``--read-sharpness T``) names the run
+    ``NAME@writeC`` / ``NAME@decayS@writeC`` / ``NAME@decayS@writeC@readT``, evaluates into ``eval-writeC`` /
+    ``eval-decayS-writeC`` / ... with those flags, and the README runs line names the knobs and their values."""
     import readme_table
 
     both = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a", "--eval-only",
@@ -402,14 +402,24 @@ def test_an_evaluation_at_a_write_contrast_and_a_decay_scale_is_named_by_both(tm
     write = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a", "--write-contrast", "2"])
     assert write.label == "a@write2" and passkey_gpu.eval_dir(write, tmp_path).name == "eval-write2"
     assert "--decay-scale" not in passkey_gpu.eval_command(write, tmp_path)
+    three = passkey_gpu.parse_args(["--out", str(tmp_path), "--quick", "--name", "a", "--decay-scale", "0.5",
+                                    "--write-contrast", "2", "--read-sharpness", "2", "--eval-only"])
+    assert three.label == "a@decay0.5@write2@read2"
+    cmd = passkey_gpu.eval_command(three, tmp_path / "a")
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "a" / "eval-decay0.5-write2-read2")
+    assert cmd[cmd.index("--read-sharpness") + 1] == "2"
     train = {"mode": "lizard", "data": "retrieval", "flags": ""}
     lines = readme_table.run_lines({"a": train, "a@write2": {**train, "write_contrast": 2.0},
                                     "a@write4": {**train, "write_contrast": 4.0},
-                                    "a@decay0.5@write2": {**train, "decay_scale": 0.5, "write_contrast": 2.0}})
+                                    "a@decay0.5@write2": {**train, "decay_scale": 0.5, "write_contrast": 2.0},
+                                    "a@decay0.5@write2@read2": {**train, "decay_scale": 0.5, "write_contrast": 2.0,
+                                                                "read_sharpness": 2.0}})
     assert lines == ["`a` = `--mode lizard --data retrieval`",
                      "`a@writeC` = `--mode lizard --data retrieval`, evaluated with `--write-contrast C` for C = 2, 4",
                      "`a@decayS@writeC` = `--mode lizard --data retrieval`, evaluated with `--decay-scale S` and "
-                     "`--write-contrast C` for S, C = 0.5, 2"]
+                     "`--write-contrast C` for S, C = 0.5, 2",
+                     "`a@decayS@writeC@readt` = `--mode lizard --data retrieval`, evaluated with `--decay-scale S`, "
+                     "`--write-contrast C` and `--read-sharpness t` for S, C, t = 0.5, 2, 2"]
 
 
 def test_combine_gives_a_decay_scale_evaluation_its_runs_training_record(tmp_path):

@@ -1,29 +1,29 @@
-"""benchmarks/read_sharpness_pilot.py: the sharpened query map is the Hedgehog map at scaled logits."""
+"""benchmarks/read_sharpness_pilot.py: the trials an evaluation's replay scores again."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from read_sharpness_pilot import SharpenedQuery  # noqa: E402
+from read_sharpness_pilot import replay_plan  # noqa: E402
 
-from lizardlm.layers.feature_map import HedgehogFeatureMap  # noqa: E402
+from lizardlm.eval.passkey import depth_grid  # noqa: E402
 
 
-@pytest.mark.parametrize("sharpness", [1.0, 2.0, 3.5])
-def test_sharpened_query_scales_the_logits(sharpness):
-    torch.manual_seed(int(sharpness * 10))
-    fm = HedgehogFeatureMap(3, 8, 6).double()
-    with torch.no_grad():
-        fm.weight.normal_()
-    u = torch.randn(2, 3, 5, 8, dtype=torch.float64)
-    logits = torch.einsum("bhtd,hdf->bhtf", u, fm.weight) * sharpness
-    expected = torch.cat([logits.softmax(-1), (-logits).softmax(-1)], -1)
-    got = SharpenedQuery(fm, sharpness)(u)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    if sharpness != 1:
-        assert (got - fm(u)).abs().max() > 1e-3  # not the plain map
+def test_replay_takes_every_miss_and_as_many_hits_on_the_depth_grid(tmp_path):
+    grid = depth_grid(10)
+    trials = [{"depth": round(grid[i % 10], 4), "key": f"{10000 + i}", "pred": f"{10000 + i}" if i % 7 else "1",
+               "correct": bool(i % 7)} for i in range(30)]
+    lengths = [{"length": L, "by_depth": {f"{d:.4f}": 1.0 for d in grid}, "trials": trials} for L in (2048, 4096)]
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"tasks": {"passkey": {"model": {"details": {"lengths": lengths}}}}}))
+    plan = replay_plan(str(path))
+    assert replay_plan(str(path)) == plan  # seeded
+    for L in (2048, 4096):
+        mine = [t for t in plan if t["length"] == L]
+        misses = [t for t in mine if t["was"] != t["key"]]
+        assert sorted(t["key"] for t in misses) == [f"{10000 + i}" for i in range(0, 30, 7)]
+        assert len(mine) == 2 * len(misses) and len({t["key"] for t in mine}) == len(mine)
+        assert all(t["depth"] in grid for t in mine)  # the rounded depth put back on the grid

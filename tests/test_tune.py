@@ -21,17 +21,19 @@ from lizardlm.eval.passkey import passkey_eval  # noqa: E402
 
 
 def gated_model(write_gate: str = "head"):
-    """A converted tiny Llama whose write gates are random (at conversion they write 1 whatever the
-    contrast), with knobs of its own that the search must leave as they were."""
+    """A converted tiny Llama whose write gates and query feature maps are random (at conversion the gates
+    write 1 whatever the contrast), with knobs of its own that the search must leave as they were."""
     tok = tiny_tokenizer()
     model = lizardlm.convert(tiny_llama(len(tok), seed=1), lizardlm.LizardConfig(window_size=16, write_gate=write_gate))
     torch.manual_seed(2)
     with torch.no_grad():
         for layer in model.model.layers:
+            layer.self_attn.feature_map_q.weight.normal_(0, 2)
             if layer.self_attn.write_gate is not None:
                 layer.self_attn.write_gate.proj.weight.normal_(0, 0.5)
                 layer.self_attn.write_gate.proj.bias.normal_()
     model.set_decay_scale(0.8)
+    model.set_read_sharpness(1.25)
     if write_gate != "none":
         model.set_write_contrast(1.5)
     return model.eval(), tok
@@ -40,22 +42,26 @@ def gated_model(write_gate: str = "head"):
 def test_each_setting_scores_what_passkey_eval_gives_it_alone_and_the_best_wins():
     model, tok = gated_model()
     settings = dict(trials=3, seed=5, depths=3, batch_size=2, progress=False)
-    search = tune_knobs(model, tok, (160, 224), decay_scales=(1.0, 0.25), write_contrasts=(1.0, 3.0), **settings)
-    assert (model.lizard_config.decay_scale, model.lizard_config.write_contrast) == (0.8, 1.5)  # restored
-    assert search["trained"] == {"decay_scale": 0.8, "write_contrast": 1.5}
-    assert [(r["decay_scale"], r["write_contrast"]) for r in search["grid"]] == [(1, 1), (1, 3), (0.25, 1), (0.25, 3)]
+    search = tune_knobs(model, tok, (160, 224), decay_scales=(1.0, 0.25), write_contrasts=(1.0, 3.0),
+                        read_sharpnesses=(1.0, 2.0), **settings)
+    cfg = model.lizard_config
+    assert (cfg.decay_scale, cfg.write_contrast, cfg.read_sharpness) == (0.8, 1.5, 1.25)  # restored
+    assert search["trained"] == {"decay_scale": 0.8, "write_contrast": 1.5, "read_sharpness": 1.25}
+    assert [(r["decay_scale"], r["write_contrast"], r["read_sharpness"]) for r in search["grid"]] == [
+        (1, 1, 1), (1, 1, 2), (1, 3, 1), (1, 3, 2), (0.25, 1, 1), (0.25, 1, 2), (0.25, 3, 1), (0.25, 3, 2)]
     nlls = set()
     for row in search["grid"]:
         model.set_decay_scale(row["decay_scale"])
         model.set_write_contrast(row["write_contrast"])
+        model.set_read_sharpness(row["read_sharpness"])
         alone = {str(rec["length"]): rec for rec in passkey_eval(model, tok, lengths=(160, 224), **settings)["lengths"]}
         assert row["acc"] == {L: rec["acc"] for L, rec in alone.items()}
         assert row["answer_nll"] == {L: rec["answer_nll"] for L, rec in alone.items()}
         assert row["mean_nll"] == pytest.approx(sum(rec["answer_nll"] for rec in alone.values()) / 2)
         nlls.add(row["mean_nll"])
-    assert len(nlls) == 4  # the knobs change what the model says
+    assert len(nlls) == 8  # every knob changes what the model says
     best = max(search["grid"], key=lambda r: (r["mean_acc"], -r["mean_nll"]))
-    assert search["best"] == {k: best[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")}
+    assert search["best"] == {k: best[k] for k in ("decay_scale", "write_contrast", "read_sharpness", "mean_acc", "mean_nll")}
     assert search["passkey"] == {"trials": 3, "seed": 5, "depths": 3, "batch_size": 2}
 
 
@@ -63,12 +69,12 @@ def test_a_length_that_did_not_run_scores_nothing():
     """A length skipped by the time budget counts as 0 with no NLL, so no setting's mean has one; the
     choice then falls to the setting nearest the model as trained among equal accuracies."""
     model, tok = gated_model()
-    search = tune_knobs(model, tok, (160, 320), decay_scales=(0.25, 1.0), write_contrasts=(1.0,), trials=2, seed=0,
-                        batch_size=1, progress=False, time_budget_s=1e-9)
+    search = tune_knobs(model, tok, (160, 320), decay_scales=(0.25, 1.0), write_contrasts=(1.0,), read_sharpnesses=(2.0, 1.0),
+                        trials=2, seed=0, batch_size=1, progress=False, time_budget_s=1e-9)
     for row in search["grid"]:
         assert row["answer_nll"]["320"] is None and row["acc"]["320"] == 0 and row["mean_nll"] is None
-    if search["grid"][0]["mean_acc"] == search["grid"][1]["mean_acc"]:
-        assert (search["best"]["decay_scale"], search["best"]["write_contrast"]) == (1.0, 1.0)
+    if len({row["mean_acc"] for row in search["grid"]}) == 1:
+        assert [search["best"][k] for k in ("decay_scale", "write_contrast", "read_sharpness")] == [1.0, 1.0, 1.0]
 
 
 def test_refusals_change_nothing():
@@ -76,20 +82,23 @@ def test_refusals_change_nothing():
     with pytest.raises(ValueError, match="no write gate, so its write contrast stays 1"):
         tune_knobs(model, tok, (160,), write_contrasts=(1.0, 2.0), trials=1, progress=False)
     search = tune_knobs(model, tok, (160,), decay_scales=(1.0,), trials=1, progress=False)  # default contrasts: 1 alone
-    assert [r["write_contrast"] for r in search["grid"]] == [1.0]
-    for bad in ({"decay_scales": ()}, {"decay_scales": (0.0,)}):
+    assert [(r["write_contrast"], r["read_sharpness"]) for r in search["grid"]] == [(1.0, 1.0), (1.0, 2.0)]
+    for bad in ({"decay_scales": ()}, {"decay_scales": (0.0,)}, {"read_sharpnesses": ()}, {"read_sharpnesses": (-1.0,)}):
         with pytest.raises(ValueError):
             tune_knobs(model, tok, (160,), trials=1, progress=False, **bad)
-    assert model.lizard_config.decay_scale == 0.8
+    assert (model.lizard_config.decay_scale, model.lizard_config.read_sharpness) == (0.8, 1.25)
     lolcats = lizardlm.convert(tiny_llama(len(tok), seed=1), lizardlm.LizardConfig(mode="lolcats", window_size=16))
-    with pytest.raises(ValueError, match="neither a decay gate nor a write gate .* no knobs to tune"):
-        tune_knobs(lolcats, tok, (160,), trials=1, progress=False)
+    with pytest.raises(ValueError, match="no decay gate, so its decay scale changes nothing"):
+        tune_knobs(lolcats, tok, (160,), decay_scales=(0.5,), trials=1, progress=False)
+    search = tune_knobs(lolcats, tok, (160,), trials=1, progress=False)  # neither gate: the read sharpness alone
+    assert [tuple(r[k] for k in ("decay_scale", "write_contrast", "read_sharpness")) for r in search["grid"]] == [
+        (1.0, 1.0, 1.0), (1.0, 1.0, 2.0)]
     ungated = lizardlm.convert(tiny_llama(len(tok), seed=1), lizardlm.LizardConfig(gate="none", write_gate="head",
                                                                                    window_size=16))
     with pytest.raises(ValueError, match="no decay gate, so its decay scale changes nothing"):
         tune_knobs(ungated, tok, (160,), decay_scales=(1.0, 0.5), trials=1, progress=False)
     search = tune_knobs(ungated, tok, (160,), write_contrasts=(1.0,), trials=1, progress=False)  # default scales: 1
-    assert [r["decay_scale"] for r in search["grid"]] == [1.0]
+    assert [r["decay_scale"] for r in search["grid"]] == [1.0, 1.0]  # at read sharpness 1 and 2
 
 
 def saved_gated_model(tmp_path: Path):
@@ -108,14 +117,17 @@ def test_cli_writes_the_grid_and_the_choice_and_leaves_the_model_alone(tmp_path,
     model, tok, model_dir, saved = saved_gated_model(tmp_path)
     out = tmp_path / "out"
     assert main(["tune", "--model", str(model_dir), "--lengths", "160,192", "--decay-scales", "1,0.5", "--write-contrasts",
-                 "1,2", "--trials", "2", "--depths", "2", "--out", str(out), "--no-progress"]) == 0
+                 "1,2", "--read-sharpnesses", "1,3", "--trials", "2", "--depths", "2", "--out", str(out), "--no-progress"]) == 0
     search = json.loads((out / "knobs.json").read_text())
-    assert len(search["grid"]) == 4 and search["lengths"] == [160, 192] and search["passkey"]["seed"] == 1
+    assert len(search["grid"]) == 8 and search["lengths"] == [160, 192] and search["passkey"]["seed"] == 1
+    assert {r["read_sharpness"] for r in search["grid"]} == {1, 3}
     assert (out / "knobs.png").stat().st_size > 0
     best = search["best"]
     printed = capsys.readouterr().out
-    assert f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g}" in printed
-    assert "| decay scale | write contrast | passkey @ 160 | passkey @ 192 | mean | answer NLL |" in printed
+    assert (f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g} "
+            f"--read-sharpness {best['read_sharpness']:g}") in printed
+    assert ("| decay scale | write contrast | read sharpness | passkey @ 160 | passkey @ 192 | mean | answer NLL |"
+            in printed)
     assert (model_dir / "config.json").read_text() == saved
 
 
@@ -128,15 +140,18 @@ def test_cli_saves_a_copy_at_the_chosen_knobs_that_loads_and_runs_at_them(tmp_pa
     model, tok, model_dir, saved = saved_gated_model(tmp_path)
     tuned_dir = tmp_path / "tuned"
     assert main(["tune", "--model", str(model_dir), "--lengths", "160", "--decay-scales", "0.5,0.25", "--write-contrasts",
-                 "2,3", "--trials", "2", "--depths", "2", "--out", str(tmp_path / "out"), "--save", str(tuned_dir),
+                 "2,3", "--read-sharpnesses", "2", "--trials", "2", "--depths", "2", "--out", str(tmp_path / "out"),
+                 "--save", str(tuned_dir),
                  "--no-progress"]) == 0
     best = json.loads((tmp_path / "out" / "knobs.json").read_text())["best"]
     assert (model_dir / "config.json").read_text() == saved
     tuned, tuned_tok = load_with_tokenizer(tuned_dir)
     assert tuned_tok is not None
-    assert (tuned.lizard_config.decay_scale, tuned.lizard_config.write_contrast) == (best["decay_scale"], best["write_contrast"])
+    knobs = ("decay_scale", "write_contrast", "read_sharpness")
+    assert [getattr(tuned.lizard_config, k) for k in knobs] == [best[k] for k in knobs] and best["read_sharpness"] == 2
     model.set_decay_scale(best["decay_scale"])
     model.set_write_contrast(best["write_contrast"])
+    model.set_read_sharpness(best["read_sharpness"])
     ids = torch.randint(0, len(tok), (1, 200), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(tuned(ids).logits, model(ids).logits)
@@ -148,7 +163,8 @@ def test_cli_saves_a_copy_at_the_chosen_knobs_that_loads_and_runs_at_them(tmp_pa
     assert rc == 2 and "a directory of its own, not --out's" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["not-lizard", "no-dir", "contrast-without-gate", "bad-scale", "lolcats"])
+@pytest.mark.parametrize("case", ["not-lizard", "no-dir", "contrast-without-gate", "bad-scale", "bad-sharpness",
+                                  "lolcats-scale"])
 def test_cli_refuses_in_one_line(case, tmp_path, capsys):
     from lizardlm.cli import main
 
@@ -157,18 +173,20 @@ def test_cli_refuses_in_one_line(case, tmp_path, capsys):
     if case == "not-lizard":
         tiny_llama(len(tok)).save_pretrained(model_dir)
     elif case != "no-dir":
-        mode = "lolcats" if case == "lolcats" else "lizard"
+        mode = "lolcats" if case == "lolcats-scale" else "lizard"
         lizardlm.convert(tiny_llama(len(tok)), lizardlm.LizardConfig(mode=mode, window_size=16)).save_pretrained(model_dir)
     if model_dir.is_dir():
         tok.save_pretrained(model_dir)
-    extra = {"contrast-without-gate": ["--write-contrasts", "2"], "bad-scale": ["--decay-scales", "1,-1"]}.get(case, [])
-    with pytest.raises(SystemExit) if case == "bad-scale" else contextlib.nullcontext():
+    extra = {"contrast-without-gate": ["--write-contrasts", "2"], "bad-scale": ["--decay-scales", "1,-1"],
+             "bad-sharpness": ["--read-sharpnesses", "0"], "lolcats-scale": ["--decay-scales", "0.5"]}.get(case, [])
+    with pytest.raises(SystemExit) if case.startswith("bad-") else contextlib.nullcontext():
         rc = main(["tune", "--model", str(model_dir), "--lengths", "160", "--trials", "1", "--no-progress", *extra])
         assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     says = {"not-lizard": "is not a Lizard model: it has no inference knobs", "no-dir": "no such directory",
             "contrast-without-gate": "no write gate, so its write contrast stays 1",
-            "bad-scale": "expected a number > 0", "lolcats": "neither a decay gate nor a write gate"}[case]
+            "bad-scale": "expected a number > 0", "bad-sharpness": "expected a number > 0",
+            "lolcats-scale": "no decay gate, so its decay scale changes nothing"}[case]
     assert says in err
 
 

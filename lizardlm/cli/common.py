@@ -179,23 +179,29 @@ def lizard_config_from_args(args: argparse.Namespace) -> LizardConfig:
 
 
 def add_inference_knobs(p: argparse.ArgumentParser) -> None:
-    """``--decay-scale S`` and ``--write-contrast C`` of the commands that run a model (``eval``, ``generate``)."""
+    """``--decay-scale S``, ``--write-contrast C`` and ``--read-sharpness T`` of the commands that run a model
+    (``eval``, ``generate``)."""
     p.add_argument("--decay-scale", type=float, default=None, metavar="S",
                    help="a Lizard model's log-decays times S (S < 1 stretches every half-life by 1/S, for prompts "
                    "longer than training; default: as saved, 1 unless set)")
     p.add_argument("--write-contrast", type=float, default=None, metavar="C",
                    help="a Lizard model's write-gate logits times C (C > 1 widens the gap between what the tokens "
                    "write, for prompts longer than training; needs a write gate; default: as saved, 1 unless set)")
+    p.add_argument("--read-sharpness", type=float, default=None, metavar="T",
+                   help="a Lizard model's query feature-map logits times T (T > 1 sharpens what a query reads from "
+                   "the linear memory; default: as saved, 1 unless set)")
 
 
 def set_inference_knobs(model, args: argparse.Namespace, spec: str) -> None:
-    """``--decay-scale`` / ``--write-contrast``: :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale`
-    / ``set_write_contrast`` (nothing for those not given), or a one-line error for a model without Lizard
+    """``--decay-scale`` / ``--write-contrast`` / ``--read-sharpness``:
+    :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale` / ``set_write_contrast`` /
+    ``set_read_sharpness`` (nothing for those not given), or a one-line error for a model without Lizard
     layers (or write gate) or a value out of range."""
     from lizardlm.models.modeling import is_lizard_model
 
     for flag, value, setter, what in (("--decay-scale", args.decay_scale, "set_decay_scale", "decay to scale"),
-                                      ("--write-contrast", args.write_contrast, "set_write_contrast", "write gate")):
+                                      ("--write-contrast", args.write_contrast, "set_write_contrast", "write gate"),
+                                      ("--read-sharpness", args.read_sharpness, "set_read_sharpness", "feature map")):
         if value is None:
             continue
         if not is_lizard_model(model):

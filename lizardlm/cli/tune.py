@@ -1,9 +1,10 @@
-"""``lizardlm tune``: choose a Lizard model's inference knobs (``--decay-scale``, ``--write-contrast``)
-for the prompt lengths it will serve, on passkey prompts that ``lizardlm eval`` does not score.
+"""``lizardlm tune``: choose a Lizard model's inference knobs (``--decay-scale``, ``--write-contrast``,
+``--read-sharpness``) for the prompt lengths it will serve, on passkey prompts that ``lizardlm eval`` does
+not score.
 
     lizardlm tune --model runs/mixr2k --lengths 16384,32768 --device cuda --out runs/mixr2k/tune
 
-Every setting of the grid (``--decay-scales`` x ``--write-contrasts``) scores ``--trials`` passkey
+Every setting of the grid (``--decay-scales`` x ``--write-contrasts`` x ``--read-sharpnesses``) scores ``--trials`` passkey
 prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the best mean exact match
 over the lengths wins (``lizardlm.eval.knobs``). Writes ``knobs.json`` (every setting's accuracy,
 first digit and answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps) into
@@ -28,8 +29,9 @@ from lizardlm.errors import CheckpointError, LizardError
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "tune",
-        help="choose a Lizard model's decay scale and write contrast for long prompts, on held-out passkey prompts",
-        description="Score a grid of inference knobs (decay scale x write contrast) on passkey prompts at the "
+        help="choose a Lizard model's decay scale, write contrast and read sharpness for long prompts, on held-out "
+        "passkey prompts",
+        description="Score a grid of inference knobs (decay scale x write contrast x read sharpness) on passkey prompts at the "
         "lengths to be served, drawn from a seed of their own, and say which setting to pass to eval and generate.",
     )
     p.add_argument("--model", required=True, help="run dir or saved Lizard model dir")
@@ -38,6 +40,8 @@ def add_parser(subparsers) -> None:
                    help="decay scales to try (default: 1,0.5,0.25,0.125 with a decay gate, else 1)")
     p.add_argument("--write-contrasts", type=float_list, default=None, metavar="C,C,...",
                    help="write contrasts to try (default: 1,2,3 with a write gate, else 1)")
+    p.add_argument("--read-sharpnesses", type=float_list, default=None, metavar="T,T,...",
+                   help="read sharpnesses to try (default: 1,2)")
     p.add_argument("--trials", type=positive_int, default=20, help="passkey prompts per length and setting")
     p.add_argument("--depths", type=positive_int, default=10, help="needle depths the trials cycle through (0 to 1)")
     p.add_argument("--seed", type=seed, default=1, help="the prompts' seed (default 1: lizardlm eval's passkey uses 0)")
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         filler = FillerPool(books, tokenizer)
     try:
         search = tune_knobs(model, tokenizer, args.lengths, decay_scales=args.decay_scales, write_contrasts=args.write_contrasts,
-                            trials=args.trials, seed=args.seed, depths=args.depths, template=args.template, filler=filler,
+                            read_sharpnesses=args.read_sharpnesses, trials=args.trials, seed=args.seed, depths=args.depths,
+                            template=args.template, filler=filler,
                             keys=args.keys, chunk=args.chunk, batch_size=resolve_batch_size(args.batch_size, model),
                             progress=not args.no_progress)
     except ValueError as err:
@@ -102,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(knob_table(search))
     best = search["best"]
     print(f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g} "
+          f"--read-sharpness {best['read_sharpness']:g} "
           f"(mean exact match {best['mean_acc']:.2f} at {','.join(map(str, search['lengths']))} tokens)")
     if save_dir is not None:
         written.append(save_tuned(model, tokenizer, best, save_dir))
@@ -112,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
 def save_tuned(model, tokenizer, best: dict, save_dir: Path) -> str:
     """Save ``model`` with the chosen knobs set (kept in its config) and its tokenizer into ``save_dir``;
     the model's own knobs stay. Returns the directory."""
+    from lizardlm.config import INFERENCE_KNOBS
     from lizardlm.eval.knobs import at_knobs
 
-    with at_knobs(model, best["decay_scale"], best["write_contrast"]):
+    with at_knobs(model, **{k: best[k] for k in INFERENCE_KNOBS}):
         model.save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     return str(save_dir)
@@ -123,10 +130,11 @@ def save_tuned(model, tokenizer, best: dict, save_dir: Path) -> str:
 def knob_table(search: dict) -> str:
     """The grid as markdown: a row per setting, exact match per length, the mean, the mean answer NLL."""
     lengths = [str(L) for L in search["lengths"]]
-    rows = ["| decay scale | write contrast | " + " | ".join(f"passkey @ {L}" for L in lengths) + " | mean | answer NLL |",
-            "|---:|---:|" + "---:|" * (len(lengths) + 2)]
+    rows = ["| decay scale | write contrast | read sharpness | " + " | ".join(f"passkey @ {L}" for L in lengths)
+            + " | mean | answer NLL |", "|---:|---:|---:|" + "---:|" * (len(lengths) + 2)]
     for r in search["grid"]:
         nll = "–" if r["mean_nll"] is None else f"{r['mean_nll']:.3f}"
-        rows.append(f"| {r['decay_scale']:g} | {r['write_contrast']:g} | " + " | ".join(f"{r['acc'][L]:.2f}" for L in lengths)
+        rows.append(f"| {r['decay_scale']:g} | {r['write_contrast']:g} | {r['read_sharpness']:g} | "
+                    + " | ".join(f"{r['acc'][L]:.2f}" for L in lengths)
                     + f" | {r['mean_acc']:.2f} | {nll} |")
     return "\n".join(rows)

@@ -2,29 +2,34 @@
 evaluation never scores.
 
 The knobs are ``decay_scale`` ``S`` (every log-decay times ``S``: ``a -> a^S``, half-lives times
-``1/S``) and ``write_contrast`` ``C`` (the write gate's logits times ``C``: ``s = 2 sigmoid(C z)``).
-Neither is trained, and the best values move with the prompt length, so they are searched: every
-``(S, C)`` of a grid scores passkey prompts at the lengths to be served, and the setting with the
-highest mean exact match over those lengths wins (ties: the lowest mean answer NLL, the teacher-forced
-loss of the right key, a finer signal than a few dozen exact matches; then the setting nearest
-``S = C = 1``, the model as trained). The prompts are drawn from ``seed``; the evaluation's passkey task draws from its own
-(``lizardlm eval --seed``, 0 by default), so a setting chosen here is scored there on keys it was not
-chosen on.
+``1/S``), ``write_contrast`` ``C`` (the write gate's logits times ``C``: ``s = 2 sigmoid(C z)``) and
+``read_sharpness`` ``t`` (the query feature map's logits times ``t``: ``phi_q(u) = [softmax(t u W),
+softmax(-t u W)]``). None is trained, and the best values move with the prompt length, so they are
+searched: every ``(S, C, t)`` of a grid scores passkey prompts at the lengths to be served, and the
+setting with the highest mean exact match over those lengths wins (ties: the lowest mean answer NLL, the
+teacher-forced loss of the right key, a finer signal than a few dozen exact matches; then the setting
+nearest ``S = C = t = 1``, the model as trained). The prompts are drawn from ``seed``; the evaluation's
+passkey task draws from its own (``lizardlm eval --seed``, 0 by default), so a setting chosen here is
+scored there on keys it was not chosen on.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from itertools import product
 from typing import Any, Iterator, Sequence
 
-from lizardlm.config import LizardConfig
+from lizardlm.config import INFERENCE_KNOBS, LizardConfig
 from lizardlm.eval.passkey import passkey_eval
 
 DEFAULT_DECAY_SCALES = (1.0, 0.5, 0.25, 0.125)
 DEFAULT_WRITE_CONTRASTS = (1.0, 2.0, 3.0)
+DEFAULT_READ_SHARPNESSES = (1.0, 2.0)
 """The grid when none is given (the write contrasts only for a model with a write gate): the values
-that mattered on the H100 (``benchmarks/results/passkey-contrast-nvidia-h100-80gb-hbm3.json``)."""
+that mattered on the H100 (``benchmarks/results/passkey-contrast-nvidia-h100-80gb-hbm3.json``; the read
+sharpness: ``benchmarks/results/read-sharpness-nvidia-h100-80gb-hbm3/``, where ``t = 2`` mended 17 of 61
+misses and broke 2 of 1,139 hits, and 3 did no better)."""
 
 
 def has_decay_gate(model: Any) -> bool:
@@ -38,16 +43,19 @@ def has_write_gate(model: Any) -> bool:
 
 
 @contextmanager
-def at_knobs(model: Any, decay_scale: float, write_contrast: float) -> Iterator[Any]:
-    """``model`` with its decay scale and write contrast set to these, its own set back on leaving."""
+def at_knobs(model: Any, decay_scale: float = 1.0, write_contrast: float = 1.0, read_sharpness: float = 1.0) -> Iterator[Any]:
+    """``model`` with its decay scale, write contrast and read sharpness set to these (1: as trained), its
+    own set back on leaving."""
     cfg = model.lizard_config
     try:
         model.set_decay_scale(decay_scale)
         model.set_write_contrast(write_contrast)
+        model.set_read_sharpness(read_sharpness)
         yield model
     finally:
         model.set_decay_scale(cfg.decay_scale)
         model.set_write_contrast(cfg.write_contrast)
+        model.set_read_sharpness(cfg.read_sharpness)
 
 
 def tune_knobs(
@@ -56,59 +64,59 @@ def tune_knobs(
     lengths: Sequence[int],
     decay_scales: Sequence[float] | None = None,
     write_contrasts: Sequence[float] | None = None,
+    read_sharpnesses: Sequence[float] | None = None,
     **passkey: Any,
 ) -> dict[str, Any]:
-    """Score every ``(decay_scale, write_contrast)`` of the grid with :func:`~lizardlm.eval.passkey.passkey_eval`
-    at ``lengths`` (``passkey``: its other arguments: trials, seed, depths, template, batch size ...) and
-    pick the best. ``decay_scales=None``: :data:`DEFAULT_DECAY_SCALES` with a decay gate, else 1 alone;
-    ``write_contrasts=None``: :data:`DEFAULT_WRITE_CONTRASTS` with a write gate, else 1 alone. The model's
-    own knobs are restored afterwards.
+    """Score every ``(decay_scale, write_contrast, read_sharpness)`` of the grid with
+    :func:`~lizardlm.eval.passkey.passkey_eval` at ``lengths`` (``passkey``: its other arguments: trials, seed,
+    depths, template, batch size ...) and pick the best. ``decay_scales=None``: :data:`DEFAULT_DECAY_SCALES`
+    with a decay gate, else 1 alone; ``write_contrasts=None``: :data:`DEFAULT_WRITE_CONTRASTS` with a write
+    gate, else 1 alone; ``read_sharpnesses=None``: :data:`DEFAULT_READ_SHARPNESSES`. The model's own knobs are
+    restored afterwards.
 
-    Returns ``{"grid": [{"decay_scale", "write_contrast", "acc": {length: acc}, "first_digit_acc", "answer_nll",
-    "mean_acc", "mean_nll"}, ...], "best": {"decay_scale", "write_contrast", "mean_acc", "mean_nll"}, "lengths",
-    "trained": {"decay_scale", "write_contrast"}, "passkey": {its settings}}``.
-    ValueError for a model with neither gate (nothing to tune), an empty grid, a scale other than 1
-    without a decay gate, a contrast other than 1 without a write gate, or a setting the
-    :class:`~lizardlm.config.LizardConfig` refuses (a value <= 0), before any setting runs."""
+    Returns ``{"grid": [{"decay_scale", "write_contrast", "read_sharpness", "acc": {length: acc},
+    "first_digit_acc", "answer_nll", "mean_acc", "mean_nll"}, ...], "best": {"decay_scale", "write_contrast",
+    "read_sharpness", "mean_acc", "mean_nll"}, "lengths", "trained": {the three}, "passkey": {its settings}}``.
+    ValueError for an empty grid, a scale other than 1 without a decay gate, a contrast other than 1
+    without a write gate, or a setting the :class:`~lizardlm.config.LizardConfig` refuses (a value <= 0),
+    before any setting runs."""
     gated, decays = has_write_gate(model), has_decay_gate(model)
-    if not gated and not decays:
-        raise ValueError("the model has neither a decay gate nor a write gate (e.g. --mode lolcats): it has no knobs to tune")
     if decay_scales is None:
         decay_scales = DEFAULT_DECAY_SCALES if decays else (1.0,)
     if write_contrasts is None:
         write_contrasts = DEFAULT_WRITE_CONTRASTS if gated else (1.0,)
-    if not decay_scales or not write_contrasts or not lengths:
-        raise ValueError("the grid needs at least one decay scale, one write contrast and one length")
+    if read_sharpnesses is None:
+        read_sharpnesses = DEFAULT_READ_SHARPNESSES
+    if not decay_scales or not write_contrasts or not read_sharpnesses or not lengths:
+        raise ValueError("the grid needs at least one decay scale, one write contrast, one read sharpness and one length")
     if not decays and any(s != 1 for s in decay_scales):
         raise ValueError("the model has no decay gate, so its decay scale changes nothing (--decay-scales 1)")
     if not gated and any(c != 1 for c in write_contrasts):
         raise ValueError("the model has no write gate, so its write contrast stays 1 (--write-contrasts 1)")
     cfg = model.lizard_config
-    for scale in decay_scales:  # every setting checked by the config's own rules before any runs
-        for contrast in write_contrasts:
-            LizardConfig.from_dict({**cfg.to_dict(), "decay_scale": scale, "write_contrast": contrast})
-    trained = {"decay_scale": cfg.decay_scale, "write_contrast": cfg.write_contrast}
+    settings = [dict(zip(INFERENCE_KNOBS, values)) for values in product(decay_scales, write_contrasts, read_sharpnesses)]
+    for knobs in settings:  # every setting checked by the config's own rules before any runs
+        LizardConfig.from_dict({**cfg.to_dict(), **knobs})
+    trained = {k: getattr(cfg, k) for k in INFERENCE_KNOBS}
     grid = []
-    for scale in decay_scales:
-        for contrast in write_contrasts:
-            with at_knobs(model, scale, contrast):
-                r = passkey_eval(model, tokenizer, lengths=lengths, **passkey)
-            grid.append(_row(scale, contrast, r["lengths"]))
+    for knobs in settings:
+        with at_knobs(model, **knobs):
+            r = passkey_eval(model, tokenizer, lengths=lengths, **passkey)
+        grid.append(knobs | _row(r["lengths"]))
     best = max(grid, key=lambda row: (row["mean_acc"], -(math.inf if row["mean_nll"] is None else row["mean_nll"]),
-                                      -abs(math.log(row["decay_scale"])) - abs(math.log(row["write_contrast"]))))
-    return {"grid": grid, "best": {k: best[k] for k in ("decay_scale", "write_contrast", "mean_acc", "mean_nll")},
+                                      -sum(abs(math.log(row[k])) for k in INFERENCE_KNOBS)))
+    return {"grid": grid, "best": {k: best[k] for k in (*INFERENCE_KNOBS, "mean_acc", "mean_nll")},
             "lengths": [int(L) for L in lengths], "trained": trained,
             "passkey": {k: v for k, v in passkey.items() if k not in ("filler", "progress")}}
 
 
-def _row(scale: float, contrast: float, lengths: list[dict]) -> dict[str, Any]:
+def _row(lengths: list[dict]) -> dict[str, Any]:
     """One grid point from ``passkey_eval``'s per-length records. A length that did not run (skipped or
     failed) scores 0 and has no NLL, and then neither has the mean: a setting must run every length to win."""
     def per(key: str, missing: float | None) -> dict[str, float | None]:
         return {str(rec["length"]): rec[key] if rec.get("n") else missing for rec in lengths}
 
     acc, nll = per("acc", 0.0), per("answer_nll", None)
-    return {"decay_scale": scale, "write_contrast": contrast, "acc": acc,
-            "first_digit_acc": per("first_digit_acc", 0.0), "answer_nll": nll,
+    return {"acc": acc, "first_digit_acc": per("first_digit_acc", 0.0), "answer_nll": nll,
             "mean_acc": sum(acc.values()) / len(acc),
             "mean_nll": None if None in nll.values() else sum(nll.values()) / len(nll)}

@@ -737,7 +737,8 @@ def passkey_heatmap(details: dict, path: str | os.PathLike, title: str) -> str:
 def knob_heatmap(search: dict, path: str | os.PathLike) -> str:
     """:func:`lizardlm.eval.knobs.tune_knobs`' grid as decay scale x write contrast heat maps of passkey
     exact match (each cell also gives the answer NLL, which decides between equal accuracies), one per
-    length and, for several lengths, their mean; the chosen setting outlined."""
+    length and, for several lengths, their mean, a row of them per read sharpness (1 for a grid from before
+    that knob); the chosen setting outlined."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -745,32 +746,41 @@ def knob_heatmap(search: dict, path: str | os.PathLike) -> str:
     import numpy as np
     from matplotlib.patches import Rectangle
 
+    def sharpness(r: dict) -> float:
+        return r.get("read_sharpness", 1.0)
+
     scales = sorted({r["decay_scale"] for r in search["grid"]}, reverse=True)
     contrasts = sorted({r["write_contrast"] for r in search["grid"]})
+    reads = sorted({sharpness(r) for r in search["grid"]})
     lengths = search["lengths"]
     panels = [(str(L), f"{L // 1024}K" if L >= 1024 else str(L)) for L in lengths] + [("mean", "mean")] * (len(lengths) > 1)
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.4 + (0.9 + 0.7 * len(contrasts)) * len(panels), 1.6 + 0.55 * len(scales)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(reads), len(panels), squeeze=False,
+                             figsize=(1.4 + (0.9 + 0.7 * len(contrasts)) * len(panels), len(reads) * (1.6 + 0.55 * len(scales))))
     best = search["best"]
-    for ax, (key, label) in zip(axes[0], panels):
-        acc = np.full((len(scales), len(contrasts)), np.nan)
-        nll = np.full_like(acc, np.nan)
-        for r in search["grid"]:
-            at = scales.index(r["decay_scale"]), contrasts.index(r["write_contrast"])
-            acc[at] = r["mean_acc"] if key == "mean" else r["acc"][key]
-            loss = r["mean_nll"] if key == "mean" else r["answer_nll"][key]
-            nll[at] = np.nan if loss is None else loss
-        ax.imshow(100 * acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-        for (i, j), v in np.ndenumerate(acc):
-            text = "" if np.isnan(v) else f"{v:.2f}" + ("" if np.isnan(nll[i, j]) else f"\nNLL {nll[i, j]:.3f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=8)
-        i, j = scales.index(best["decay_scale"]), contrasts.index(best["write_contrast"])
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
-        ax.set_xticks(range(len(contrasts)), [f"{c:g}" for c in contrasts])
-        ax.set_yticks(range(len(scales)), [f"{s:g}" for s in scales])
-        ax.set_xlabel("write contrast C")
-        ax.set_ylabel("decay scale S")
-        ax.set_title(f"passkey exact match @ {label}", fontsize=10)
+    for row, t in zip(axes, reads):
+        for ax, (key, label) in zip(row, panels):
+            acc = np.full((len(scales), len(contrasts)), np.nan)
+            nll = np.full_like(acc, np.nan)
+            for r in search["grid"]:
+                if sharpness(r) != t:
+                    continue
+                at = scales.index(r["decay_scale"]), contrasts.index(r["write_contrast"])
+                acc[at] = r["mean_acc"] if key == "mean" else r["acc"][key]
+                loss = r["mean_nll"] if key == "mean" else r["answer_nll"][key]
+                nll[at] = np.nan if loss is None else loss
+            ax.imshow(100 * acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+            for (i, j), v in np.ndenumerate(acc):
+                text = "" if np.isnan(v) else f"{v:.2f}" + ("" if np.isnan(nll[i, j]) else f"\nNLL {nll[i, j]:.3f}")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8)
+            if sharpness(best) == t:
+                i, j = scales.index(best["decay_scale"]), contrasts.index(best["write_contrast"])
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+            ax.set_xticks(range(len(contrasts)), [f"{c:g}" for c in contrasts])
+            ax.set_yticks(range(len(scales)), [f"{s:g}" for s in scales])
+            ax.set_xlabel("write contrast C")
+            ax.set_ylabel("decay scale S")
+            ax.set_title(f"passkey exact match @ {label}" if len(reads) == 1 else f"exact match @ {label}, read sharpness {t:g}",
+                         fontsize=10 if len(reads) == 1 else 9)
     return _save(fig, Path(path))
 
 

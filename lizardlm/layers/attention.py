@@ -90,7 +90,8 @@ class LizardAttention(nn.Module):
             setattr(self, name, projections[name])
         factory = dict(device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
 
-        self.feature_map_q = HedgehogFeatureMap(self.num_heads, self.head_dim, lizard.feature_dim).to(**factory)
+        self.feature_map_q = HedgehogFeatureMap(self.num_heads, self.head_dim, lizard.feature_dim,
+                                                lizard.read_sharpness).to(**factory)
         self.feature_map_k = HedgehogFeatureMap(self.num_kv_heads, self.head_dim, lizard.feature_dim).to(**factory)
         self.gate = None if lizard.gate == "none" else DecayGate(
             lizard.gate, config.hidden_size, self.num_heads, self.num_kv_heads, lizard.gate_temperature,

@@ -73,6 +73,15 @@ class LizardModelMixin:
             if isinstance(module, LizardAttention) and module.write_gate is not None:
                 module.write_gate.contrast = float(contrast)
 
+    def set_read_sharpness(self, sharpness: float) -> None:
+        """Multiply every layer's query feature-map logits by ``sharpness`` from now on
+        (``LizardConfig.read_sharpness``, recorded in the config, so a saved model keeps it): ``sharpness
+        > 1`` sharpens what each query reads from the linear memory; 1 is the model as trained."""
+        self.config.lizard = LizardConfig.from_dict({**self.config.lizard, "read_sharpness": sharpness}).to_dict()
+        for module in self.modules():
+            if isinstance(module, LizardAttention):
+                module.feature_map_q.sharpness = float(sharpness)
+
     def lizard_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """The parameters Lizard adds (feature maps, gates, meta memory, beta), with their names."""
         for prefix, module in self.named_modules():
