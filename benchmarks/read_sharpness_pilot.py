@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 from pathlib import Path
 
 import torch
@@ -89,13 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     record = {"run": Path(args.run).name, "device": device, "dtype": str(dtype).removeprefix("torch."),
               "settings": settings, "results": {}}
     for t in (float(s) for s in args.sharpness.split(",")):
-        t0 = time.perf_counter()
         with at_knobs(model, args.decay_scale, args.write_contrast, t):
             res = passkey_eval(model, tok, lengths=lengths, trials=args.trials, seed=0, depths=10, progress=False,
                                batch_size=args.batch_size) if lengths else {"lengths": []}
             row = {str(r["length"]): {k: r.get(k) for k in ("acc", "answer_nll", "misses")}
                    | {"wrong": [i for i, d in enumerate(r["trials"]) if not d["correct"]]}
-                   | {"seconds": round(time.perf_counter() - t0, 1)} for r in res["lengths"]}
+                   | {"seconds": r.get("seconds")} for r in res["lengths"]}
             if args.replay:
                 row["replay"] = replay(model, tok, replay_plan(args.replay))
             if tasks:

@@ -779,6 +779,62 @@ def answer_format(path: Path) -> str:
     return "\n".join(out) + "\n\n" + miss_table(d)
 
 
+def read_sharpness(folder: Path) -> str:
+    """``read_sharpness_pilot.py``'s files in ``folder`` (one device): passkey exact match by run and read
+    sharpness ``t`` on the evaluation's own prompts, the mean answer NLL and the zero-shot mean where run; then,
+    per run, the misses ``t = 2`` mended and the hits it broke on the same prompts, with McNemar's exact test."""
+    files = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    rows: dict[tuple[str, str], dict] = {}
+    for d in files:
+        for t, by_len in d["results"].items():
+            row = rows.setdefault((d["run"], t), {"acc": {}, "nll": {}, "wrong": {}, "n": {}})
+            for L, r in by_len.items():
+                if L.isdigit():
+                    row["acc"][int(L)], row["nll"][int(L)], row["n"][int(L)] = r["acc"], r["answer_nll"], d["settings"]["trials"]
+                    if "wrong" in r:
+                        row["wrong"][int(L)] = set(r["wrong"])
+            if "zero_shot" in by_len:
+                row["zs"] = by_len["zero_shot"]["mean"]
+    lengths = sorted({L for row in rows.values() for L in row["acc"]})
+    s = files[0]["settings"]
+    out = [f"Read sharpness, {_device(files[0])} (`{folder.name}`, a folder of `benchmarks/read_sharpness_pilot.py` files): passkey exact "
+           f"match on the evaluation's own prompts (seed 0, 10 depths) at `--decay-scale {s['decay_scale']:g} "
+           f"--write-contrast {s['write_contrast']:g}` and `--read-sharpness t`, the query feature map's logits times t "
+           "(t = 1: as trained); the same prompts at every t, so the misses pair up. Trials a length in brackets; the "
+           "answer NLL is the mean over the lengths of the right key's teacher-forced loss per token; the zero-shot mean "
+           "(PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande) where it ran.", "",
+           "| run | t | " + " | ".join(kib(L) for L in lengths) + " | answer NLL (2K-8K) | zero-shot mean |",
+           "|---|---:|" + "---:|" * (len(lengths) + 2)]
+    for (run, t), row in sorted(rows.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
+        cells = [f"{row['acc'][L]:.3f} ({row['n'][L]})" if L in row["acc"] else "–" for L in lengths]
+        short = [row["nll"][L] for L in lengths if L <= 8192 and L in row["nll"]]
+        out.append(f"| `{run}` | {t} | " + " | ".join(cells) + f" | {sum(short) / len(short):.3f} | "
+                   + (f"{row['zs']:.2f}" if "zs" in row else "–") + " |")
+    paired = []
+    for (run, t), row in sorted(rows.items()):
+        base = rows.get((run, "1"))
+        if t == "1" or base is None:
+            continue
+        common = sorted(set(row["wrong"]) & set(base["wrong"]))
+        if common:
+            mended = sum(len(base["wrong"][L] - row["wrong"][L]) for L in common)
+            broken = sum(len(row["wrong"][L] - base["wrong"][L]) for L in common)
+            paired.append((run, t, common, mended, broken))
+    if paired:
+        out += ["", "| run | t against 1 | lengths | misses mended | hits broken |", "|---|---:|---|---:|---:|"]
+        out += [f"| `{run}` | {t} | {' / '.join(kib(L) for L in common)} | {m} | {b} |" for run, t, common, m, b in paired]
+        for t in sorted({p[1] for p in paired}):
+            m, b = sum(p[3] for p in paired if p[1] == t), sum(p[4] for p in paired if p[1] == t)
+            out.append(f"\nAll runs at t = {t}: {m} mended, {b} broken; McNemar's exact test p = {mcnemar(m, b):.2g}.")
+    return "\n".join(out)
+
+
+def mcnemar(b: int, c: int) -> float:
+    """McNemar's exact two-sided p for ``b`` and ``c`` discordant pairs (a binomial test of b against b + c at 1/2)."""
+    n, k = b + c, min(b, c)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+
+
 MISS_LABELS = {"words": "in words", "other_key": "another key", "dropped_repeat": "doubled digit dropped",
                "dropped": "other digit dropped", "inserted": "digit added", "neighbour": "digit -> its neighbour",
                "substituted": "digit -> another", "other": "other"}
@@ -985,6 +1041,7 @@ RENDERERS = (
     ("longppl-reference-*.json", lambda p: longppl_reference(p)),
     ("mqar-window-*.json", lambda p: mqar_window(p)),
     ("answer-format-*.json", lambda p: answer_format(p)),
+    ("read-sharpness-nvidia-*", lambda p: read_sharpness(p)),
     ("state-passing-pilot-*.json", lambda p: state_passing(p)),
     ("tbptt-toy-*.json", lambda p: tbptt_toy(p)),
     ("toy-needle-grid-*.json", lambda p: toy_grid(p)),
