@@ -1054,7 +1054,7 @@ RENDERERS = (
 """Each result file's table, by the first pattern its name matches, in this order in ``docs/results.md``."""
 
 README_FILES = ("attention-nvidia-h200.json", "scale-graphs-*.json", "paper-preset-*.json", "passkey-mix-*.json",
-                "passkey-contrast-*.json", "prefill-nvidia-*.json", "decode-nvidia-*.json", "serve-nvidia-*.json", "cpu-demo-*.json")
+                "passkey-contrast-*.json", "read-sharpness-nvidia-*", "prefill-nvidia-*.json", "decode-nvidia-*.json", "serve-nvidia-*.json", "cpu-demo-*.json")
 """The result files whose tables the README shows after :func:`glance`; ``docs/results.md`` shows every file's."""
 
 
