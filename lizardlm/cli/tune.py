@@ -4,12 +4,12 @@ not score.
 
     lizardlm tune --model runs/mixr2k --lengths 16384,32768 --device cuda --out runs/mixr2k/tune
 
-Every setting of the grid (``--decay-scales`` x ``--write-contrasts`` x ``--read-sharpnesses``) scores ``--trials`` passkey
-prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the best mean exact match
-over the lengths wins (``lizardlm.eval.knobs``). Writes ``knobs.json`` (every setting's accuracy,
-first digit and answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps) into
-``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval`` and
-``generate``. The model it read is not changed; ``--save DIR`` writes a copy with the chosen knobs set
+Every setting of the grid (``--decay-scales`` x ``--write-contrasts`` x ``--read-sharpnesses``) scores
+``--trials`` passkey prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the best
+mean exact match over the lengths wins (``lizardlm.eval.knobs``). Writes ``knobs.json`` (every setting's
+accuracy, first digit and answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps, a
+row per read sharpness) into ``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval``
+and ``generate``. The model it read is not changed; ``--save DIR`` writes a copy with the chosen knobs set
 (``save_pretrained`` and the tokenizer), which ``generate``, ``eval`` and ``from_pretrained`` then run at
 them with no flags.
 """
@@ -31,8 +31,8 @@ def add_parser(subparsers) -> None:
         "tune",
         help="choose a Lizard model's decay scale, write contrast and read sharpness for long prompts, on held-out "
         "passkey prompts",
-        description="Score a grid of inference knobs (decay scale x write contrast x read sharpness) on passkey prompts at the "
-        "lengths to be served, drawn from a seed of their own, and say which setting to pass to eval and generate.",
+        description="Score a grid of inference knobs (decay scale x write contrast x read sharpness) on passkey prompts "
+        "at the lengths to be served, drawn from a seed of their own, and say which setting to pass to eval and generate.",
     )
     p.add_argument("--model", required=True, help="run dir or saved Lizard model dir")
     p.add_argument("--lengths", type=sizes, required=True, help="comma-separated prompt lengths in tokens (e.g. 16k,32k)")

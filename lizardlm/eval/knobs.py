@@ -29,7 +29,7 @@ DEFAULT_READ_SHARPNESSES = (1.0, 2.0)
 """The grid when none is given (the write contrasts only for a model with a write gate): the values
 that mattered on the H100 (``benchmarks/results/passkey-contrast-nvidia-h100-80gb-hbm3.json``; the read
 sharpness: ``benchmarks/results/read-sharpness-nvidia-h100-80gb-hbm3/``, where ``t = 2`` mended 17 of 61
-misses and broke 2 of 1,139 hits, and 3 did no better)."""
+misses at 2K-8K and broke 2 of 1,139 hits on the same prompts, and 3 did no better)."""
 
 
 def has_decay_gate(model: Any) -> bool:
