@@ -808,7 +808,8 @@ def read_sharpness(folder: Path) -> str:
     for (run, t), row in sorted(rows.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
         cells = [f"{row['acc'][L]:.3f} ({row['n'][L]})" if L in row["acc"] else "–" for L in lengths]
         short = [row["nll"][L] for L in lengths if L <= 8192 and L in row["nll"]]
-        out.append(f"| `{run}` | {t} | " + " | ".join(cells) + f" | {sum(short) / len(short):.3f} | "
+        nll = f"{sum(short) / len(short):.3f}" if short else "–"
+        out.append(f"| `{run}` | {t} | " + " | ".join(cells) + f" | {nll} | "
                    + (f"{row['zs']:.2f}" if "zs" in row else "–") + " |")
     paired = []
     for (run, t), row in sorted(rows.items()):

@@ -58,29 +58,31 @@ class LizardModelMixin:
         recorded in the config, so a saved model keeps it): ``scale < 1`` stretches every half-life by
         ``1 / scale`` for prompts longer than training; 1 is the model as trained. ValueError for a model
         without a decay gate (``gate='none'``, e.g. LoLCATs), whose linear branch does not decay."""
-        self.config.lizard = LizardConfig.from_dict({**self.config.lizard, "decay_scale": scale}).to_dict()
-        for module in self.modules():
-            if isinstance(module, LizardAttention) and module.gate is not None:
-                module.gate.scale = float(scale)
+        for layer in self._record_knob("decay_scale", scale):
+            if layer.gate is not None:
+                layer.gate.scale = float(scale)
 
     def set_write_contrast(self, contrast: float) -> None:
         """Multiply every layer's write-gate logits by ``contrast`` from now on
         (``LizardConfig.write_contrast``, recorded in the config, so a saved model keeps it): ``contrast
         > 1`` widens the gap between what the tokens write, for prompts longer than training; 1 is the
         model as trained. ValueError for a model without a write gate."""
-        self.config.lizard = LizardConfig.from_dict({**self.config.lizard, "write_contrast": contrast}).to_dict()
-        for module in self.modules():
-            if isinstance(module, LizardAttention) and module.write_gate is not None:
-                module.write_gate.contrast = float(contrast)
+        for layer in self._record_knob("write_contrast", contrast):
+            if layer.write_gate is not None:
+                layer.write_gate.contrast = float(contrast)
 
     def set_read_sharpness(self, sharpness: float) -> None:
         """Multiply every layer's query feature-map logits by ``sharpness`` from now on
         (``LizardConfig.read_sharpness``, recorded in the config, so a saved model keeps it): ``sharpness
         > 1`` sharpens what each query reads from the linear memory; 1 is the model as trained."""
-        self.config.lizard = LizardConfig.from_dict({**self.config.lizard, "read_sharpness": sharpness}).to_dict()
-        for module in self.modules():
-            if isinstance(module, LizardAttention):
-                module.feature_map_q.sharpness = float(sharpness)
+        for layer in self._record_knob("read_sharpness", sharpness):
+            layer.feature_map_q.sharpness = float(sharpness)
+
+    def _record_knob(self, name: str, value: float) -> list[LizardAttention]:
+        """Record inference knob ``name`` = ``value`` in the config (ValueError, changing nothing, where
+        :class:`LizardConfig` refuses it) and return the Lizard layers that are to run at it."""
+        self.config.lizard = LizardConfig.from_dict({**self.config.lizard, name: value}).to_dict()
+        return [m for m in self.modules() if isinstance(m, LizardAttention)]
 
     def lizard_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """The parameters Lizard adds (feature maps, gates, meta memory, beta), with their names."""
