@@ -164,6 +164,9 @@ case "${NAME:-}" in
                 DATA="mix:long-docs@train=0.4,alpaca-cleaned=0.4,$PASSKEYS=0.2"  # books (shuffled 2K rows, as seed1-bookmix,
                 # which brought long ppl back and lost the answers' digits past 2K): do v/o on the passkey rows keep them?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1 --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 1" ;;
+  mixr2k-12m-seed1-route-vo-books-vo2m) INIT=mixr2k-12m-seed1-route-vo-books S1=0 S2=2097152  # the books tail (long ppl
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # back, answers in prose) ending on 2M of route-vo's data: digits back?
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1-route-vo-books --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 2" ;;
   mixr2k-8m)    DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=8388608  # mixr2k-12m on 8M, for a longer route-vo tail
                 FLAGS="--loss-average rows $COMMON" ;;  # in the same 1M + 16M (below)
   mixr2k-8m-route-vo) INIT=mixr2k-8m S1=0 S2=8388608  # route-vo's tail on 8M: twice the passkey rows on v/o's
