@@ -197,12 +197,37 @@ def test_sliding_nll_predicts_each_token_from_half_to_all_of_its_context(tok, co
         assert torch.allclose(sliding_nll(teacher, x, context), token_nll(teacher, x), atol=1e-5)
 
 
+def test_longppl_windows_take_every_texts_first_window_before_any_second(tok, monkeypatch):
+    """Round r takes tokens [r L, (r + 1) L) of every text holding them, in order; later texts are not
+    encoded once round 0 has enough windows; one long text gives consecutive windows."""
+    import lizardlm.eval.longppl as longppl
+
+    text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8")
+    ids = longppl.encode(tok, text)
+    L = len(ids) // 3 - 1  # the long text holds 3 windows, the short one 1, the last none
+    short = tok.decode(ids[:L + 5])
+    texts = [text, short, "too short"]
+    lengths = {t: len(longppl.encode(tok, t)) for t in texts}
+    assert lengths[short] >= L and lengths[short] < 2 * L
+    got = longppl.text_windows(tok, texts, L, 10)
+    short_ids = longppl.encode(tok, short)
+    expected = [ids[:L], short_ids[:L], ids[L:2 * L], ids[2 * L:3 * L]]
+    assert [w.tolist() for w in got] == expected and all(w.dtype == torch.long for w in got)
+    assert [w.tolist() for w in longppl.text_windows(tok, texts, L, 3)] == expected[:3]
+
+    seen, encode = [], longppl.encode
+    monkeypatch.setattr(longppl, "encode", lambda tok_, t: seen.append(t) or encode(tok_, t))
+    assert len(longppl.text_windows(tok, texts, L, 1)) == 1 and seen == [text]  # the others never read
+    assert longppl.text_windows(tok, ["too short"], L, 4) == []
+
+
 def test_longppl_buckets(tok):
     text = (FIXTURES / "wikitext_slice.txt").read_text(encoding="utf-8")
     assert bucket_edges(1000, 128) == [0, 128, 256, 512, 1000]
     teacher, student = _models(len(tok))
     for model in (teacher, student):
-        r = longppl_eval(model, tok, [text, "too short"], seq_len=600, first_bucket=128, chunk=256, progress_bar=False)
+        r = longppl_eval(model, tok, [text, "too short"], seq_len=600, first_bucket=128, chunk=256, max_windows=1,
+                         progress_bar=False)
         assert r["windows"] == 1 and r["bucket_end"][-1] == 600 and all(p > 1 for p in r["ppl"])
     reference = longppl_eval(teacher, tok, [text], seq_len=600, first_bucket=128, context=256, progress_bar=False)
     assert reference["context"] == 256 and reference["ppl"][:2] == pytest.approx(

@@ -352,3 +352,34 @@ def test_cli_longppl_context_gives_the_sliding_reference(model_dir, tmp_path, bo
     assert curve["context"] == 256 and curve["ppl"] == pytest.approx(ref["ppl"], rel=1e-4)
     whole = longppl_eval(model, tok, texts, seq_len=600, max_windows=1, progress_bar=False)
     assert curve["ppl"][-1] != pytest.approx(whole["ppl"][-1], rel=1e-6)  # past 256 tokens the context is cut
+
+
+def test_cli_longppl_data_reads_a_corpus_as_one_text_or_refuses_in_one_line(model_dir, tmp_path, capsys):
+    """``--longppl-data tinyshakespeare`` reads the data directory's file as one text in consecutive
+    windows (recorded in the curve); a file too short for one window or a missing one fails the task in one
+    line and exits 1."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lizardlm.cli import main
+    from lizardlm.eval.longppl import longppl_eval
+
+    text = (Path(__file__).parent / "fixtures" / "wikitext_slice.txt").read_text(encoding="utf-8") * 2
+    data = tmp_path / "data"
+    (data / "tinyshakespeare").mkdir(parents=True)
+    (data / "tinyshakespeare" / "input.txt").write_text(text, encoding="utf-8")
+    args = ["eval", "--model", str(model_dir), "--tasks", "longppl", "--data-dir", str(data), "--longppl-len", "300",
+            "--longppl-windows", "3", "--no-progress", "--no-plots"]
+    assert main([*args, "--longppl-data", "tinyshakespeare", "--out", str(tmp_path / "a")]) == 0
+    curve = json.loads((tmp_path / "a" / "eval.json").read_text())["tasks"]["longppl"]["model"]["curve"]
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    ref = longppl_eval(model, tok, [text], seq_len=300, max_windows=3, progress_bar=False)
+    assert curve["data"] == "tinyshakespeare" and curve["windows"] == 3 and curve["ppl"] == pytest.approx(ref["ppl"], rel=1e-4)
+
+    short = tmp_path / "short.txt"
+    short.write_text("a few words", encoding="utf-8")
+    for spec in (str(short), str(tmp_path / "missing.txt")):
+        capsys.readouterr()
+        assert main([*args, "--longppl-data", spec, "--out", str(tmp_path / "b")]) == 1
+        entry = json.loads((tmp_path / "b" / "eval.json").read_text())["tasks"]["longppl"]["model"]
+        assert entry["status"] == "error" and "\n" not in entry["reason"], entry
+        assert ("300 tokens" if spec == str(short) else "missing.txt") in entry["reason"]

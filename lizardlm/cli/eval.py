@@ -25,7 +25,7 @@ from lizardlm.errors import CheckpointError, LizardError
 TASKS_HELP = (
     "wikitext2, wikitext2_valid, tinyshakespeare (perplexity); piqa, arc_easy, arc_challenge, hellaswag, "
     "winogrande (0-shot), mmlu (5-shot) (lm-eval on local files); mqar; passkey; position_ppl (perplexity "
-    "vs position); passkey_train (training template, held-out books), ruler, longppl (long-docs books by position), diagnostics (Lizard models: linear-branch share, needle weight, gate decay per layer). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
+    "vs position); passkey_train (training template, held-out books), ruler, longppl (held-out long-docs books, or --longppl-data, by position), diagnostics (Lizard models: linear-branch share, needle weight, gate decay per layer). Default: wikitext2,piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu,mqar,passkey,"
     "position_ppl"
 )
 LM_BACKENDS = ("fast", "hflm")  # lizardlm.eval.harness.LM_BACKENDS (not imported: the parser must load fast)
@@ -80,10 +80,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ruler-lengths", type=sizes, default=(1024, 2048), help="RULER prompt lengths (e.g. 4k,8k,16k,32k)")
     p.add_argument("--ruler-trials", type=positive_int, default=20, help="prompts per RULER task and length")
     p.add_argument("--longppl-len", type=positive_int, default=32768, help="window of the long-document perplexity")
-    p.add_argument("--longppl-windows", type=positive_int, default=4, help="held-out books averaged")
+    p.add_argument("--longppl-windows", type=positive_int, default=4, help="windows averaged (one a held-out book; see --longppl-data)")
     p.add_argument("--longppl-context", type=positive_int, default=None,
                    help="predict each position from at most this many tokens (sliding windows): a fixed-context "
                         "reference, e.g. the teacher within its training length, for how hard each stretch of the books is")
+    p.add_argument("--longppl-data", default=None, metavar="SPEC",
+                   help="the text of longppl (default: the held-out tenth of the long-docs books): a perplexity corpus "
+                        "by name (tinyshakespeare, wikitext2, wikitext2_valid: its whole file as one text, in consecutive "
+                        "windows), or a --data spec (a file, hf:...); out-of-domain long text for a student trained on books")
     p.add_argument("--diagnostics-lengths", type=sizes, default=(1024,), help="passkey prompt lengths of the diagnostics")
     p.add_argument("--diagnostics-trials", type=positive_int, default=8, help="passkey prompts per diagnostics length")
     p.add_argument("--passkey-time-budget", type=float, default=None,
@@ -168,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         longppl_len=args.longppl_len,
         longppl_windows=args.longppl_windows,
         longppl_context=args.longppl_context,
+        longppl_data=args.longppl_data,
         diagnostics_lengths=args.diagnostics_lengths,
         diagnostics_trials=args.diagnostics_trials,
         progress=not args.no_progress,

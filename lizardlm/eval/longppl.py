@@ -1,9 +1,13 @@
-"""Long-document perplexity by position on held-out Gutenberg books (never used as retrieval filler).
+"""Long-document perplexity by position, by default on held-out Gutenberg books (never used as
+retrieval filler; ``lizardlm eval --longppl-data`` names other text).
 
-Each book of the held-out tenth (:func:`lizardlm.data.sources.held_out_split`) long enough gives
-its first ``seq_len`` tokens as one window (up to ``max_windows``); windows run in chunks through
-the model's cache (constant memory for Lizard models). Mean NLL is reported per power-of-two
-position bucket ``[0, first), [first, 2 first), ...`` up to ``seq_len``.
+Windows of ``seq_len`` tokens (up to ``max_windows``, :func:`text_windows`): each text long enough
+gives its first ``seq_len`` tokens, in order (the held-out tenth of the books,
+:func:`lizardlm.data.sources.held_out_split`: one window a book), and only when those are too few the
+texts' next ``seq_len`` tokens, and so on (one long text, such as a corpus read as one stream, gives
+consecutive windows). Windows run in chunks through the model's cache (constant memory for Lizard
+models). Mean NLL is reported per power-of-two position bucket ``[0, first), [first, 2 first), ...``
+up to ``seq_len``.
 
 ``context``: a fixed-context reference instead. Each position is predicted from at most ``context``
 tokens before it, by windows of ``context`` tokens that start every ``context // 2`` tokens (a window
@@ -47,15 +51,9 @@ def longppl_eval(
     ``books`` (``context`` None: every position sees the whole window before it)."""
     if context is not None and context < 2:
         raise ValueError(f"longppl context must be at least 2 tokens, got {context}")
-    windows = []
-    for text in books:
-        ids = encode(tokenizer, text)
-        if len(ids) >= seq_len:
-            windows.append(torch.tensor(ids[:seq_len], dtype=torch.long))
-        if len(windows) == max_windows:
-            break
+    windows = text_windows(tokenizer, books, seq_len, max_windows)
     if not windows:
-        raise ValueError(f"no held-out book has {seq_len} tokens")
+        raise ValueError(f"no long-ppl text has {seq_len} tokens")
     sums = torch.zeros(seq_len - 1, dtype=torch.float64)
     for window in progress(windows, enable=progress_bar, desc=f"longppl ({seq_len})", unit="book"):
         nll = token_nll(model, window[None], chunk=chunk) if context is None else sliding_nll(model, window[None], context)
@@ -65,6 +63,28 @@ def longppl_eval(
     nll = [float(per_pos[max(lo, 1) - 1:hi - 1].mean()) for lo, hi in zip(edges, edges[1:])]
     return {"seq_len": seq_len, "windows": len(windows), "context": context, "bucket_start": edges[:-1],
             "bucket_end": edges[1:], "nll": nll, "ppl": [math.exp(v) for v in nll]}
+
+
+def text_windows(tokenizer: Any, texts: list[str], seq_len: int, max_windows: int) -> list[torch.Tensor]:
+    """Up to ``max_windows`` windows of ``seq_len`` token ids: round ``r`` takes tokens
+    ``[r seq_len, (r + 1) seq_len)`` of every text that holds them, in the texts' order, and a round
+    runs only when the ones before it gave too few. A text is encoded only when a round reaches it."""
+    windows: list[torch.Tensor] = []
+    encoded: list[list[int]] = []
+    for text in texts:  # round 0, encoding as it goes: a few long books need not all be read
+        if len(windows) == max_windows:
+            return windows
+        encoded.append(encode(tokenizer, text))
+        if len(encoded[-1]) >= seq_len:
+            windows.append(torch.tensor(encoded[-1][:seq_len], dtype=torch.long))
+    rounds = max((len(ids) // seq_len for ids in encoded), default=0)
+    for r in range(1, rounds):
+        for ids in encoded:
+            if len(windows) == max_windows:
+                return windows
+            if len(ids) >= (r + 1) * seq_len:
+                windows.append(torch.tensor(ids[r * seq_len:(r + 1) * seq_len], dtype=torch.long))
+    return windows
 
 
 def sliding_nll(model: Any, input_ids: torch.Tensor, context: int) -> torch.Tensor:

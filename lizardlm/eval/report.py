@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 from lizardlm.config import INFERENCE_KNOBS
 from lizardlm.errors import DataError, LizardError
 from lizardlm.eval._utils import resolve_batch_size
-from lizardlm.eval.data import DataAbsentError, is_sample, read_text, resolve_data_dir, text_corpus_path
+from lizardlm.eval.data import TEXT_CORPORA, DataAbsentError, is_sample, read_text, resolve_data_dir, text_corpus_path
 from lizardlm.eval.tasks import MC_TASKS, METRICS
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class EvalConfig:
     longppl_len: int = 32768
     longppl_windows: int = 4
     longppl_context: int | None = None
+    longppl_data: str | None = None
     diagnostics_lengths: tuple[int, ...] = (1024,)
     diagnostics_trials: int = 8
     progress: bool = True
@@ -155,6 +156,24 @@ def held_out_books(cfg: EvalConfig) -> list:
     return held_out_split(load_documents(str(path)), "eval")
 
 
+LONGPPL_BOOKS = "long-docs@eval"
+"""What ``longppl`` reads unless ``EvalConfig.longppl_data`` names other text: the held-out books."""
+
+
+def longppl_texts(cfg: EvalConfig) -> list[str]:
+    """The texts of ``longppl``: the held-out books (``longppl_data`` None); a perplexity corpus by name
+    (``tinyshakespeare``, ``wikitext2``, ``wikitext2_valid``: its whole file, from the data directory, as one
+    text read in consecutive windows); or any ``--data`` spec (a file, ``hf:...``), its documents as that
+    spec reads them."""
+    from lizardlm.data.sources import load_documents
+
+    if cfg.longppl_data is None:
+        return [doc.text for doc in held_out_books(cfg)]
+    if cfg.longppl_data in TEXT_CORPORA:
+        return [read_text(text_corpus_path(cfg.longppl_data, cfg.data_dir))]
+    return [doc.text for doc in load_documents(cfg.longppl_data)]
+
+
 def _run_passkey(model, tok, cfg: EvalConfig, template: str = "eval") -> dict:
     from lizardlm.eval.passkey import passkey_eval
 
@@ -211,15 +230,18 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
     from lizardlm.eval.longppl import longppl_eval
     from lizardlm.eval._utils import free_memory, is_oom
 
-    books = [doc.text for doc in held_out_books(cfg)]
     try:
-        r = longppl_eval(model, tok, books, seq_len=cfg.longppl_len, max_windows=_capped(cfg.longppl_windows, cfg.limit),
-                         chunk=cfg.chunk, progress_bar=cfg.progress, context=cfg.longppl_context)
+        r = longppl_eval(model, tok, longppl_texts(cfg), seq_len=cfg.longppl_len,
+                         max_windows=_capped(cfg.longppl_windows, cfg.limit), chunk=cfg.chunk, progress_bar=cfg.progress,
+                         context=cfg.longppl_context)
     except (RuntimeError, MemoryError) as err:
         if not is_oom(err):
             raise
         free_memory()
         return {"status": "skipped (out of memory)"}
+    except ValueError as err:  # no text as long as the window
+        raise DataError(f"longppl ({cfg.longppl_data or 'held-out long-docs books'}): {err}") from None
+    r["data"] = cfg.longppl_data or LONGPPL_BOOKS
     metrics = {f"ppl @ pos {s}-{e}": p for s, e, p in zip(r["bucket_start"], r["bucket_end"], r["ppl"])}
     return {"status": "ok", "metrics": metrics, "curve": r}
 
@@ -645,7 +667,8 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
             ax.plot([(s + t) / 2 for s, t in zip(c["bucket_start"], c["bucket_end"])], c["ppl"], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("token position (held-out Gutenberg books)")
+        data = {e["curve"].get("data", LONGPPL_BOOKS) for _, e in ok_entries("longppl")}
+        ax.set_xlabel(f"token position ({'held-out Gutenberg books' if data == {LONGPPL_BOOKS} else ', '.join(sorted(data))})")
         ax.set_ylabel("perplexity (bucket mean NLL)")
         ax.set_title("Long-document perplexity")
         ax.grid(alpha=0.3, which="both")
