@@ -167,6 +167,12 @@ case "${NAME:-}" in
   mixr2k-12m-seed1-route-vo-books-vo2m) INIT=mixr2k-12m-seed1-route-vo-books S1=0 S2=2097152  # the books tail (long ppl
                 DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # back, answers in prose) ending on 2M of route-vo's data: digits back?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1-route-vo-books --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 2" ;;
+  mixr2k-12m-seed1-route-vo-books-vo4m) INIT=mixr2k-12m-seed1-route-vo-books S1=0 S2=4194304  # ... on 4M: the 2M
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # left answers in words at 1K / 4K (0.36 / 0.81 at t = 2)
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1-route-vo-books --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 2" ;;
+  mixr2k-12m-seed1-route-vo-books-vo2m40) INIT=mixr2k-12m-seed1-route-vo-books S1=0 S2=2097152  # ... 2M with the
+                DATA="mix:alpaca-cleaned=0.6,$PASSKEYS=0.4"  # passkeys at 0.4 of the rows: the format back for fewer tokens?
+                FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1-route-vo-books --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 2" ;;
   mixr2k-8m)    DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=8388608  # mixr2k-12m on 8M, for a longer route-vo tail
                 FLAGS="--loss-average rows $COMMON" ;;  # in the same 1M + 16M (below)
   mixr2k-8m-route-vo) INIT=mixr2k-8m S1=0 S2=8388608  # route-vo's tail on 8M: twice the passkey rows on v/o's

@@ -481,6 +481,31 @@ def longppl_reference(path: Path) -> str:
     return "\n".join(rows)
 
 
+def longppl_folder(folder: Path) -> str:
+    """A folder of ``lizardlm eval --tasks longppl`` results (``<label>-eval.json``, one device, the text named by
+    ``--longppl-data``): perplexity by position bucket per file, and the ratio to the teacher's file
+    (``teacher-eval.json``) beside each student's."""
+    evals = {f.name.removesuffix("-eval.json"): json.loads(f.read_text()) for f in sorted(folder.glob("*-eval.json"))}
+    curves = {label: next(iter(d["tasks"]["longppl"].values()))["curve"] for label, d in evals.items()}
+    teacher = curves.get("teacher")
+    first = teacher or next(iter(curves.values()))
+    starts, ends = first["bucket_start"], first["bucket_end"]
+    models = {label: next(iter(d["models"].values())) for label, d in evals.items()}
+    device = next(iter(evals.values()))["meta"]["device"].get("cuda_device") or "CPU"
+    out = [f"Long-document perplexity on `{first.get('data', 'long-docs@eval')}`, {device} "
+           f"(`{folder.name}`, `lizardlm eval --tasks longppl --longppl-data ...`): {first['windows']} windows of "
+           f"{kib(first['seq_len'])} tokens, perplexity of each position bucket; in brackets a student's over the "
+           "teacher's; knobs: the decay scale / write contrast / read sharpness evaluated at.", "",
+           "| model | knobs | " + " | ".join(f"{kib(a)}-{kib(b)}" for a, b in zip(starts, ends)) + " |",
+           "|---|---|" + "---:|" * len(starts)]
+    for label, curve in sorted(curves.items(), key=lambda kv: kv[0] != "teacher"):
+        knobs = " / ".join(f"{models[label].get(k, 1.0):g}" for k in ("decay_scale", "write_contrast", "read_sharpness"))
+        cells = [f"{p:.1f}" + (f" ({p / t - 1:+.0%})" if teacher and label != "teacher" else "")
+                 for p, t in zip(curve["ppl"], teacher["ppl"] if teacher else curve["ppl"])]
+        out.append(f"| {label} | {'–' if label == 'teacher' else knobs} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def passkey(path: Path, compact: bool = False) -> str:
     """Long-context retrieval (``benchmarks/passkey_gpu.py``): passkey accuracy by length (the
     evaluation template, then the training template where it ran), the RULER mean by length and the
@@ -1040,6 +1065,7 @@ RENDERERS = (
     ("paper-preset-*.json", lambda p: preset_runs(p)),
     ("passkey-*.json", lambda p: passkey(p)),
     ("longppl-reference-*.json", lambda p: longppl_reference(p)),
+    ("longppl-ood-*", lambda p: longppl_folder(p)),
     ("mqar-window-*.json", lambda p: mqar_window(p)),
     ("answer-format-*.json", lambda p: answer_format(p)),
     ("read-sharpness-nvidia-*", lambda p: read_sharpness(p)),

@@ -50,3 +50,25 @@ def test_the_plot_draws_the_runs_asked_for_or_those_within_2x(results, tmp_path)
         longppl_plot.plot(results / "longppl-reference-cpu.json", ["missing"], tmp_path / "out")
     assert longppl_plot.plot(results / "longppl-reference-cpu.json", None, tmp_path / "auto").name == \
         "longppl-vs-reference-cpu.png"
+
+
+def test_a_folder_of_longppl_evaluations_is_one_table_against_its_teacher(tmp_path):
+    """``longppl-ood-*``: one row per ``<label>-eval.json``, the teacher first, each student's bucket over the
+    teacher's in brackets, the knobs each was evaluated at."""
+    folder = tmp_path / "longppl-ood-cpu"
+    folder.mkdir()
+
+    def write(label: str, ppl: list[float], knobs: dict) -> None:
+        curve = {"seq_len": 4096, "windows": 3, "data": "tinyshakespeare", "bucket_start": STARTS, "bucket_end": ENDS, "ppl": ppl}
+        (folder / f"{label}-eval.json").write_text(json.dumps({
+            "tasks": {"longppl": {"model": {"status": "ok", "curve": curve}}},
+            "meta": {"device": {"cuda_available": False}}, "models": {"model": knobs}}))
+
+    write("student", [22.0, 33.0, 30.0, 45.0], {"decay_scale": 0.125, "write_contrast": 5.0, "read_sharpness": 2.0})
+    write("teacher", [20.0, 30.0, 30.0, 30.0], {})
+    rows = readme_table.longppl_folder(folder).splitlines()
+    assert "`tinyshakespeare`, CPU" in rows[0] and "3 windows of 4K tokens" in rows[0]
+    assert rows[2] == "| model | knobs | 0-512 | 512-1K | 1K-2K | 2K-4K |"
+    assert rows[4:] == ["| teacher | – | 20.0 | 30.0 | 30.0 | 30.0 |",
+                        "| student | 0.125 / 5 / 2 | 22.0 (+10%) | 33.0 (+10%) | 30.0 (+0%) | 45.0 (+50%) |"]
+    assert readme_table.table(folder) == readme_table.longppl_folder(folder)

@@ -55,7 +55,7 @@ def longppl_eval(
     if not windows:
         raise ValueError(f"no long-ppl text has {seq_len} tokens")
     sums = torch.zeros(seq_len - 1, dtype=torch.float64)
-    for window in progress(windows, enable=progress_bar, desc=f"longppl ({seq_len})", unit="book"):
+    for window in progress(windows, enable=progress_bar, desc=f"longppl ({seq_len})", unit="window"):
         nll = token_nll(model, window[None], chunk=chunk) if context is None else sliding_nll(model, window[None], context)
         sums += nll[0].double()
     per_pos = sums / len(windows)  # index t predicts position t + 1
