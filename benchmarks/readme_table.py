@@ -482,8 +482,8 @@ def longppl_reference(path: Path) -> str:
 
 
 def longppl_folder(folder: Path) -> str:
-    """A folder of ``lizardlm eval --tasks longppl`` results (``<label>-eval.json``, one device, the text named by
-    ``--longppl-data``): perplexity by position bucket per file, and the ratio to the teacher's file
+    """A folder of ``lizardlm eval --tasks longppl`` results (``<label>-eval.json``, one device, one text: the
+    held-out books or what ``--longppl-data`` named): perplexity by position bucket per file, and the ratio to the teacher's file
     (``teacher-eval.json``) beside each student's."""
     evals = {f.name.removesuffix("-eval.json"): json.loads(f.read_text()) for f in sorted(folder.glob("*-eval.json"))}
     curves = {label: next(iter(d["tasks"]["longppl"].values()))["curve"] for label, d in evals.items()}
@@ -492,8 +492,9 @@ def longppl_folder(folder: Path) -> str:
     starts, ends = first["bucket_start"], first["bucket_end"]
     models = {label: next(iter(d["models"].values())) for label, d in evals.items()}
     device = next(iter(evals.values()))["meta"]["device"].get("cuda_device") or "CPU"
-    out = [f"Long-document perplexity on `{first.get('data', 'long-docs@eval')}`, {device} "
-           f"(`{folder.name}`, `lizardlm eval --tasks longppl --longppl-data ...`): {first['windows']} windows of "
+    data = first.get("data", "long-docs@eval")
+    command = "lizardlm eval --tasks longppl" + ("" if data == "long-docs@eval" else f" --longppl-data {data}")
+    out = [f"Long-document perplexity on `{data}`, {device} (`{folder.name}`, `{command}`): {first['windows']} windows of "
            f"{kib(first['seq_len'])} tokens, perplexity of each position bucket; in brackets a student's over the "
            "teacher's; knobs: the decay scale / write contrast / read sharpness evaluated at.", "",
            "| model | knobs | " + " | ".join(f"{kib(a)}-{kib(b)}" for a, b in zip(starts, ends)) + " |",
@@ -1066,6 +1067,7 @@ RENDERERS = (
     ("passkey-*.json", lambda p: passkey(p)),
     ("longppl-reference-*.json", lambda p: longppl_reference(p)),
     ("longppl-ood-*", lambda p: longppl_folder(p)),
+    ("longppl-knobs-*", lambda p: longppl_folder(p)),
     ("mqar-window-*.json", lambda p: mqar_window(p)),
     ("answer-format-*.json", lambda p: answer_format(p)),
     ("read-sharpness-nvidia-*", lambda p: read_sharpness(p)),

@@ -67,7 +67,7 @@ def test_a_folder_of_longppl_evaluations_is_one_table_against_its_teacher(tmp_pa
     write("student", [22.0, 33.0, 30.0, 45.0], {"decay_scale": 0.125, "write_contrast": 5.0, "read_sharpness": 2.0})
     write("teacher", [20.0, 30.0, 30.0, 30.0], {})
     rows = readme_table.longppl_folder(folder).splitlines()
-    assert "`tinyshakespeare`, CPU" in rows[0] and "3 windows of 4K tokens" in rows[0]
+    assert "`tinyshakespeare`, CPU" in rows[0] and "--longppl-data tinyshakespeare`): 3 windows of 4K tokens" in rows[0]
     assert rows[2] == "| model | knobs | 0-512 | 512-1K | 1K-2K | 2K-4K |"
     assert rows[4:] == ["| teacher | – | 20.0 | 30.0 | 30.0 | 30.0 |",
                         "| student | 0.125 / 5 / 2 | 22.0 (+10%) | 33.0 (+10%) | 30.0 (+0%) | 45.0 (+50%) |"]
