@@ -483,8 +483,8 @@ def longppl_reference(path: Path) -> str:
 
 def longppl_folder(folder: Path) -> str:
     """A folder of ``lizardlm eval --tasks longppl`` results (``<label>-eval.json``, one device, one text: the
-    held-out books or what ``--longppl-data`` named): perplexity by position bucket per file, and the ratio to the teacher's file
-    (``teacher-eval.json``) beside each student's."""
+    held-out books or what ``--longppl-data`` named): perplexity by position bucket per file, and the ratio to
+    the teacher's file (``teacher-eval.json``) beside each student's."""
     evals = {f.name.removesuffix("-eval.json"): json.loads(f.read_text()) for f in sorted(folder.glob("*-eval.json"))}
     curves = {label: next(iter(d["tasks"]["longppl"].values()))["curve"] for label, d in evals.items()}
     teacher = curves.get("teacher")

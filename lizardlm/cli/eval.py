@@ -80,7 +80,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ruler-lengths", type=sizes, default=(1024, 2048), help="RULER prompt lengths (e.g. 4k,8k,16k,32k)")
     p.add_argument("--ruler-trials", type=positive_int, default=20, help="prompts per RULER task and length")
     p.add_argument("--longppl-len", type=positive_int, default=32768, help="window of the long-document perplexity")
-    p.add_argument("--longppl-windows", type=positive_int, default=4, help="windows averaged (one a held-out book; see --longppl-data)")
+    p.add_argument("--longppl-windows", type=positive_int, default=4,
+                   help="windows averaged (one a held-out book; see --longppl-data)")
     p.add_argument("--longppl-context", type=positive_int, default=None,
                    help="predict each position from at most this many tokens (sliding windows): a fixed-context "
                         "reference, e.g. the teacher within its training length, for how hard each stretch of the books is")

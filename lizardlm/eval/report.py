@@ -232,8 +232,8 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
 
     try:
         r = longppl_eval(model, tok, longppl_texts(cfg), seq_len=cfg.longppl_len,
-                         max_windows=_capped(cfg.longppl_windows, cfg.limit), chunk=cfg.chunk, progress_bar=cfg.progress,
-                         context=cfg.longppl_context)
+                         max_windows=_capped(cfg.longppl_windows, cfg.limit), chunk=cfg.chunk,
+                         progress_bar=cfg.progress, context=cfg.longppl_context)
     except (RuntimeError, MemoryError) as err:
         if not is_oom(err):
             raise
@@ -668,7 +668,8 @@ def make_plots(results: dict, out_dir: str | os.PathLike) -> list[str]:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         data = {e["curve"].get("data", LONGPPL_BOOKS) for _, e in ok_entries("longppl")}
-        ax.set_xlabel(f"token position ({'held-out Gutenberg books' if data == {LONGPPL_BOOKS} else ', '.join(sorted(data))})")
+        text = "held-out Gutenberg books" if data == {LONGPPL_BOOKS} else ", ".join(sorted(data))
+        ax.set_xlabel(f"token position ({text})")
         ax.set_ylabel("perplexity (bucket mean NLL)")
         ax.set_title("Long-document perplexity")
         ax.grid(alpha=0.3, which="both")
