@@ -492,15 +492,16 @@ def longppl_folder(folder: Path) -> str:
     starts, ends = first["bucket_start"], first["bucket_end"]
     models = {label: next(iter(d["models"].values())) for label, d in evals.items()}
     device = next(iter(evals.values()))["meta"]["device"].get("cuda_device") or "CPU"
-    data = first.get("data", "long-docs@eval")
-    command = "lizardlm eval --tasks longppl" + ("" if data == "long-docs@eval" else f" --longppl-data {data}")
+    books = "long-docs@eval"  # lizardlm.eval.report.LONGPPL_BOOKS: what a curve without "data" read
+    data = first.get("data", books)
+    command = "lizardlm eval --tasks longppl" + ("" if data == books else f" --longppl-data {data}")
     out = [f"Long-document perplexity on `{data}`, {device} (`{folder.name}`, `{command}`): {first['windows']} windows of "
            f"{kib(first['seq_len'])} tokens, perplexity of each position bucket; in brackets a student's over the "
            "teacher's; knobs: the decay scale / write contrast / read sharpness evaluated at.", "",
            "| model | knobs | " + " | ".join(f"{kib(a)}-{kib(b)}" for a, b in zip(starts, ends)) + " |",
            "|---|---|" + "---:|" * len(starts)]
     for label, curve in sorted(curves.items(), key=lambda kv: kv[0] != "teacher"):
-        knobs = " / ".join(f"{models[label].get(k, 1.0):g}" for k in ("decay_scale", "write_contrast", "read_sharpness"))
+        knobs = " / ".join(f"{models[label].get(key, 1.0):g}" for key, *_ in KNOBS)
         cells = [f"{p:.1f}" + (f" ({p / t - 1:+.0%})" if teacher and label != "teacher" else "")
                  for p, t in zip(curve["ppl"], teacher["ppl"] if teacher else curve["ppl"])]
         out.append(f"| {label} | {'–' if label == 'teacher' else knobs} | " + " | ".join(cells) + " |")

@@ -240,7 +240,7 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
         free_memory()
         return {"status": "skipped (out of memory)"}
     except ValueError as err:  # no text as long as the window
-        raise DataError(f"longppl ({cfg.longppl_data or 'held-out long-docs books'}): {err}") from None
+        raise DataError(f"longppl ({cfg.longppl_data or LONGPPL_BOOKS}): {err}") from None
     r["data"] = cfg.longppl_data or LONGPPL_BOOKS
     metrics = {f"ppl @ pos {s}-{e}": p for s, e, p in zip(r["bucket_start"], r["bucket_end"], r["ppl"])}
     return {"status": "ok", "metrics": metrics, "curve": r}
