@@ -173,6 +173,18 @@ case "${NAME:-}" in
   mixr2k-12m-seed1-route-vo-books-vo2m40) INIT=mixr2k-12m-seed1-route-vo-books S1=0 S2=2097152  # ... 2M with the
                 DATA="mix:alpaca-cleaned=0.6,$PASSKEYS=0.4"  # passkeys at 0.4 of the rows: the format back for fewer tokens?
                 FLAGS="--loss-average rows --init-from $R/mixr2k-12m-seed1-route-vo-books --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 2" ;;
+  mixr2k-10m-seed1) DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=10485760  # the books-then-passkeys chain at
+                # alpacar2k's budget (the vo2m chain read 1M + 12M + 4M + 2M): 1M + 10M here, then the tails below, 16M
+                FLAGS="--loss-average rows $COMMON --seed 1" ;;
+  mixr2k-10m-seed1-books) INIT=mixr2k-10m-seed1 S1=0 S2=4194304  # route-vo-books' tail straight on the base
+                DATA="mix:long-docs@train=0.4,alpaca-cleaned=0.4,$PASSKEYS=0.2"
+                FLAGS="--loss-average rows --init-from $R/mixr2k-10m-seed1 --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 1" ;;
+  mixr2k-10m-seed1-books-vo2m) INIT=mixr2k-10m-seed1-books S1=0 S2=2097152  # ... ending on 2M of route-vo's data:
+                DATA="mix:alpaca-cleaned=0.8,$PASSKEYS=0.2"  # 1M + 16M in all, the zero-shot line's budget
+                FLAGS="--loss-average rows --init-from $R/mixr2k-10m-seed1-books --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 2" ;;
+  mixr2k-10m-seed1-books-vo2m40) INIT=mixr2k-10m-seed1-books S1=0 S2=2097152  # ... with the passkeys at 0.4 of
+                DATA="mix:alpaca-cleaned=0.6,$PASSKEYS=0.4"  # the last 2M's rows: the digits' format at 1K / 4K back?
+                FLAGS="--loss-average rows --init-from $R/mixr2k-10m-seed1-books --stage2-train-lizard --answer-rows lizard:v_proj,o_proj --seed 2" ;;
   mixr2k-8m)    DATA="mix:alpaca-cleaned=0.4,$PASSKEYS=0.6"; S2=8388608  # mixr2k-12m on 8M, for a longer route-vo tail
                 FLAGS="--loss-average rows $COMMON" ;;  # in the same 1M + 16M (below)
   mixr2k-8m-route-vo) INIT=mixr2k-8m S1=0 S2=8388608  # route-vo's tail on 8M: twice the passkey rows on v/o's
