@@ -134,8 +134,8 @@ def test_a_cut_evaluation_keeps_its_finished_tasks_and_resumes(pair, tmp_path, m
         for name in pair:
             assert resumed["tasks"][task][name]["metrics"] == whole["tasks"][task][name]["metrics"], (task, name)
 
-    with pytest.raises(LizardError, match=r"was made with other passkey_trials; drop --resume"):
-        evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **{**small, "passkey_trials": 2})
+    with pytest.raises(LizardError, match=r"was made with other seed; drop --resume"):
+        evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **{**small, "seed": 1})
     tok = pair["student"][1]
     other = {"teacher": pair["teacher"], "student": (tiny_llama(len(tok), seed=2), tok)}
     with pytest.raises(LizardError, match=r"was made with other model student;"):
@@ -143,6 +143,38 @@ def test_a_cut_evaluation_keeps_its_finished_tasks_and_resumes(pair, tmp_path, m
     partial.write_text('{"meta": ')
     with pytest.raises(LizardError, match=r"is not a readable evaluation .*delete it to start over"):
         evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **small)
+
+
+def test_resume_compares_a_tasks_own_settings_only_where_that_task_is_kept(pair, tmp_path, monkeypatch):
+    """A setting that only some tasks read (``TASK_SETTINGS``) differs from the file's: the named tasks that read it
+    run again with it, a kept task that reads it keeps the file's value in the settings, and a kept task and a
+    task run now that both read it are refused in one line."""
+    from lizardlm.errors import LizardError
+    from lizardlm.eval import report
+
+    partial = tmp_path / report.PARTIAL
+    small = {**SMALL, "limit": None, "passkey_lengths": (128,), "passkey_depths": 2}
+    first = evaluate(pair, ["wikitext2", "passkey"], data_dir=DATA_DIR, partial=partial, **small)
+    real, ran = report._run_one, []
+    monkeypatch.setattr(report, "_run_one", lambda task, *args: ran.append(task) or real(task, *args))
+
+    more = evaluate(pair, ["mqar"], data_dir=DATA_DIR, partial=partial, resume=True, **{**small, "passkey_trials": 3})
+    assert ran == ["mqar", "mqar"] and more["tasks"]["passkey"] == first["tasks"]["passkey"]
+    assert more["meta"]["settings"]["passkey_trials"] == 1  # what the kept passkey was made with
+
+    ran.clear()
+    again = evaluate(pair, ["passkey"], data_dir=DATA_DIR, partial=partial, resume=True,
+                     **{**small, "passkey_trials": 2})
+    assert ran == ["passkey", "passkey"] and again["meta"]["settings"]["passkey_trials"] == 2
+    assert again["meta"]["kept"] == {"from": str(partial), **{name: ["wikitext2", "mqar"] for name in pair}}
+    assert [len(again["tasks"]["passkey"][name]["details"]["lengths"][0]["trials"]) for name in pair] == [2, 2]
+    assert again["tasks"]["mqar"] == more["tasks"]["mqar"]
+
+    ran.clear()
+    with pytest.raises(LizardError, match=r"was made with other passkey_depths; drop --resume"):
+        evaluate(pair, ["diagnostics"], data_dir=DATA_DIR, partial=partial, resume=True,
+                 **{**small, "passkey_trials": 2, "passkey_depths": 4})  # the kept passkey read it too
+    assert ran == []
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -200,9 +232,9 @@ def test_cli_resume_keeps_a_cut_evaluations_tasks(model_dir, tmp_path, capsys):
     assert "eval.partial.json (a cut evaluation) is replaced; --resume keeps its finished tasks" in capsys.readouterr().err
     assert "kept" not in json.loads((out / "eval.json").read_text())["meta"]
     (out / "eval.partial.json").write_text(json.dumps(cut))
-    assert main(argv[:-6] + ["--mqar-lengths", "128", "--out", str(out), "--no-progress", "--no-plots", "--resume"]) == 2
+    assert main(argv + ["--seed", "1", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "was made with other mqar_lengths; drop --resume to start over" in err[-1]
+    assert "was made with other seed; drop --resume to start over" in err[-1]
     assert not any("Traceback" in line for line in err)
 
 

@@ -8,7 +8,9 @@ end) and PNG plots (passkey accuracy vs length, MQAR accuracy vs pairs/length, p
 position) into ``--out`` (default: ``RUN_DIR/eval`` when ``--model`` is a directory, else
 ``./eval-out``). After every task the results so far go to ``eval.partial.json`` there, so a cut
 evaluation keeps what it finished: ``--resume`` runs only the rest, and keeps the tasks of an earlier
-evaluation in ``--out`` (cut or finished) that this one does not name.
+evaluation in ``--out`` (cut or finished) that this one does not name; a task's own settings
+(``--passkey-trials`` for ``passkey``...) are compared only for the tasks that read them, and a named
+task whose own settings changed runs again.
 """
 
 from __future__ import annotations
@@ -103,8 +105,10 @@ def add_parser(subparsers) -> None:
     add_inference_knobs(p)
     p.add_argument("--resume", action="store_true",
                    help="keep the tasks an earlier evaluation in OUT finished (a cut one's eval.partial.json, written "
-                   "after every task, else eval.json; the same settings and weights), run the rest, and keep its "
-                   "tasks that --tasks does not name: evaluations of one run in several calls add up")
+                   "after every task, else eval.json; the same weights and shared settings), run the rest, and keep "
+                   "its tasks that --tasks does not name: evaluations of one run in several calls add up; a named task "
+                   "whose own settings changed (e.g. --passkey-trials) runs again, and a task's own settings matter "
+                   "to the tasks that read them only")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

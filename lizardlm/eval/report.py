@@ -49,6 +49,21 @@ LONG_TASKS = ("passkey_train", "ruler", "longppl", "diagnostics")
 ALL_TASKS = (*PPL_TASKS, *MC_TASKS, "mqar", "passkey", "position_ppl", *LONG_TASKS)
 SCHEMA = "lizardlm.eval/1"
 
+_PASSKEY_SETTINGS = ("passkey_lengths", "passkey_trials", "passkey_time_budget_s", "passkey_depths")
+TASK_SETTINGS: dict[str, tuple[str, ...]] = {
+    **{t: ("ppl_window",) for t in PPL_TASKS},
+    "position_ppl": ("position_corpus", "position_seq_len", "position_bucket", "position_windows"),
+    "mqar": ("mqar_pairs", "mqar_lengths", "mqar_length_pairs", "mqar_n", "mqar_format"),
+    "passkey": _PASSKEY_SETTINGS,
+    "passkey_train": (*_PASSKEY_SETTINGS, "passkey_keys"),
+    "ruler": ("ruler_lengths", "ruler_trials"),
+    "longppl": ("longppl_len", "longppl_windows", "longppl_context", "longppl_data"),
+    "diagnostics": ("diagnostics_lengths", "diagnostics_trials", "passkey_depths"),
+}
+"""The :class:`EvalConfig` fields that only some tasks read, by task; every other field (the data, ``limit``,
+``seed``, ``chunk``, ``lm_backend``) may change any task's numbers. ``--resume`` compares a field here only
+where a task that reads it is kept."""
+
 
 @dataclass
 class EvalConfig:
@@ -317,13 +332,15 @@ def _fingerprint(model: Any) -> dict | None:
     return model_fingerprint(model) if isinstance(model, torch.nn.Module) else None
 
 
-def _kept_entries(partial: Path, results: dict,
-                  fingerprints: dict[str, dict | None]) -> tuple[Path, dict[str, dict[str, dict]]]:
+def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | None],
+                  named: Sequence[str]) -> tuple[Path, dict[str, dict[str, dict]]]:
     """The file read, and ``{task: {model: entry}}`` that an earlier evaluation saved there and this one
-    may keep: a cut one's ``partial``, else the finished ``eval.json`` beside it; the same settings (the
-    batch size aside: it changes no number) and the same models (source and weights); finished entries
-    only (``ok``, ``absent``), so a task that failed runs again. Tasks this evaluation does not name are
-    kept too."""
+    may keep: a cut one's ``partial``, else the finished ``eval.json`` beside it; the same models (source
+    and weights) and finished entries only (``ok``, ``absent``), so a task that failed runs again. Tasks
+    this evaluation does not ``named`` are kept too. A setting of :data:`TASK_SETTINGS` that differs from the
+    file's runs again the named tasks that read it, and stays as the file had it in ``results``' settings
+    where only kept tasks read it; any other setting that differs (the batch size aside: it changes no
+    number), or one that a kept task and a task run now both read, is a :class:`LizardError`."""
     from lizardlm.train.fingerprint import same_model
 
     if not partial.exists():
@@ -333,24 +350,37 @@ def _kept_entries(partial: Path, results: dict,
     try:
         saved = json.loads(partial.read_text(encoding="utf-8"))
         saved_settings, saved_models, saved_tasks = saved["meta"]["settings"], saved["models"], saved["tasks"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        finished = {task: {name: e for name, e in per.items()
+                           if name in results["models"] and e.get("status") in ("ok", "absent")}
+                    for task, per in saved_tasks.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise LizardError(f"--resume: {partial} is not a readable evaluation ({err}); delete it to start over") from None
-    ours = _jsonable(results["meta"]["settings"])
-    changed = sorted(k for k in ours.keys() | saved_settings.keys()
-                     if k != "batch_size" and ours.get(k) != saved_settings.get(k))
+    finished = {task: per for task, per in finished.items() if per}
+    ours = results["meta"]["settings"]
+    mine = _jsonable(ours)
+    changed = sorted(k for k in mine.keys() | saved_settings.keys()
+                     if k != "batch_size" and mine.get(k) != saved_settings.get(k))
+    rerun = {t for t in named if t in finished and set(TASK_SETTINGS.get(t, ())) & set(changed)}
+    kept = {t: per for t, per in finished.items() if t not in rerun}
+    refused = []
+    for k in changed:
+        readers = {t for t, keys in TASK_SETTINGS.items() if k in keys}
+        old_readers = readers & (set(kept) - set(named))  # kept tasks that this call does not run
+        if not readers or (old_readers and readers & set(named)):
+            refused.append(k)
+        elif old_readers:
+            ours[k] = saved_settings.get(k)  # the value the kept tasks were made with
     for name, info in results["models"].items():
         theirs = saved_models.get(name, {})
         fp, saved_fp = fingerprints.get(name), theirs.get("fingerprint")
         knobs_differ = any(theirs.get(k, 1.0) != info.get(k, 1.0) for k in INFERENCE_KNOBS)  # a file from before a knob: 1
         if theirs.get("source") != info.get("source") or knobs_differ or (
                 (fp is None) != (saved_fp is None)) or (fp is not None and not same_model(fp, saved_fp)):
-            changed.append(f"model {name}")
-    if changed:
-        raise LizardError(f"--resume: {partial} was made with other {', '.join(changed)}; "
+            refused.append(f"model {name}")
+    if refused:
+        raise LizardError(f"--resume: {partial} was made with other {', '.join(refused)}; "
                           "drop --resume to start over")
-    kept = {task: {name: e for name, e in per.items() if name in results["models"] and e.get("status") in ("ok", "absent")}
-            for task, per in saved_tasks.items()}
-    return partial, {task: per for task, per in kept.items() if per}
+    return partial, kept
 
 
 def evaluate(
@@ -374,8 +404,9 @@ def evaluate(
     ``config`` / keyword ``overrides`` are :class:`EvalConfig` fields. With ``partial`` (a path), the
     results so far are written there after every task, so a cut evaluation keeps what it finished;
     ``resume`` keeps the finished tasks of the file already there, else of the finished ``eval.json``
-    beside it (same settings and weights, else a :class:`LizardError`), runs only the rest, and keeps
-    that file's tasks this call does not name, so evaluations of one run in several calls add up.
+    beside it (same weights and shared settings, else a :class:`LizardError`; :data:`TASK_SETTINGS` for a
+    task's own), runs only the rest, and keeps that file's tasks this call does not name, so evaluations
+    of one run in several calls add up.
     """
     if not models:
         raise ValueError("evaluate() needs at least one model")
@@ -408,7 +439,7 @@ def evaluate(
         for name, fp in fingerprints.items():
             if fp is not None:
                 results["models"][name]["fingerprint"] = fp
-        source, kept = _kept_entries(partial, results, fingerprints) if resume else (partial, {})
+        source, kept = _kept_entries(partial, results, fingerprints, tasks) if resume else (partial, {})
         earlier = {task: per for task, per in kept.items() if task not in results["tasks"]}
         if earlier:  # an earlier evaluation's other tasks stay in this one's output, first
             results["tasks"] = {**earlier, **results["tasks"]}
