@@ -337,7 +337,7 @@ def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | N
     """The file read, and ``{task: {model: entry}}`` that an earlier evaluation saved there and this one
     may keep: a cut one's ``partial``, else the finished ``eval.json`` beside it; the same models (source
     and weights) and finished entries only (``ok``, ``absent``), so a task that failed runs again. Tasks
-    this evaluation does not ``named`` are kept too. A setting of :data:`TASK_SETTINGS` that differs from the
+    not in ``named`` (this evaluation's) are kept too. A setting of :data:`TASK_SETTINGS` that differs from the
     file's runs again the named tasks that read it, and stays as the file had it in ``results``' settings
     where only kept tasks read it; any other setting that differs (the batch size aside: it changes no
     number), or one that a kept task and a task run now both read, is a :class:`LizardError`."""
