@@ -145,6 +145,16 @@ def test_a_cut_evaluation_keeps_its_finished_tasks_and_resumes(pair, tmp_path, m
         evaluate(pair, tasks, data_dir=DATA_DIR, partial=partial, resume=True, **small)
 
 
+def test_task_settings_name_tasks_and_fields_that_exist():
+    import dataclasses
+
+    from lizardlm.eval import report
+
+    fields = {f.name for f in dataclasses.fields(report.EvalConfig)}
+    assert set(report.TASK_SETTINGS) <= set(report.ALL_TASKS)
+    assert {k for keys in report.TASK_SETTINGS.values() for k in keys} <= fields - {"batch_size", "progress"}
+
+
 def test_resume_compares_a_tasks_own_settings_only_where_that_task_is_kept(pair, tmp_path, monkeypatch):
     """A setting that only some tasks read (``TASK_SETTINGS``) differs from the file's: the named tasks that read it
     run again with it, a kept task that reads it keeps the file's value in the settings, and a kept task and a
