@@ -245,6 +245,7 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
     from lizardlm.eval.longppl import longppl_eval
     from lizardlm.eval._utils import free_memory, is_oom
 
+    data = cfg.longppl_data or LONGPPL_BOOKS
     try:
         r = longppl_eval(model, tok, longppl_texts(cfg), seq_len=cfg.longppl_len,
                          max_windows=_capped(cfg.longppl_windows, cfg.limit), chunk=cfg.chunk,
@@ -255,8 +256,8 @@ def _run_longppl(model, tok, cfg: EvalConfig) -> dict:
         free_memory()
         return {"status": "skipped (out of memory)"}
     except ValueError as err:  # no text as long as the window
-        raise DataError(f"longppl ({cfg.longppl_data or LONGPPL_BOOKS}): {err}") from None
-    r["data"] = cfg.longppl_data or LONGPPL_BOOKS
+        raise DataError(f"longppl ({data}): {err}") from None
+    r["data"] = data
     metrics = {f"ppl @ pos {s}-{e}": p for s, e, p in zip(r["bucket_start"], r["bucket_end"], r["ppl"])}
     return {"status": "ok", "metrics": metrics, "curve": r}
 
@@ -360,13 +361,14 @@ def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | N
     mine = _jsonable(ours)
     changed = sorted(k for k in mine.keys() | saved_settings.keys()
                      if k != "batch_size" and mine.get(k) != saved_settings.get(k))
-    rerun = {t for t in named if t in finished and set(TASK_SETTINGS.get(t, ())) & set(changed)}
+    named = set(named)
+    rerun = {t for t in named & finished.keys() if set(TASK_SETTINGS.get(t, ())) & set(changed)}
     kept = {t: per for t, per in finished.items() if t not in rerun}
     refused = []
     for k in changed:
         readers = {t for t, keys in TASK_SETTINGS.items() if k in keys}
-        old_readers = readers & (set(kept) - set(named))  # kept tasks that this call does not run
-        if not readers or (old_readers and readers & set(named)):
+        old_readers = readers & (kept.keys() - named)  # kept tasks that this call does not run
+        if not readers or (old_readers and readers & named):
             refused.append(k)
         elif old_readers:
             ours[k] = saved_settings.get(k)  # the value the kept tasks were made with
