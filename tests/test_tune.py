@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
 from eval_stubs import tiny_llama, tiny_tokenizer  # noqa: E402
 
 import lizardlm  # noqa: E402
-from lizardlm.eval.knobs import tune_knobs  # noqa: E402
+from lizardlm.eval.knobs import close_to, mean_acc_se, tune_knobs  # noqa: E402
 from lizardlm.eval.passkey import passkey_eval  # noqa: E402
 
 
@@ -61,8 +61,28 @@ def test_each_setting_scores_what_passkey_eval_gives_it_alone_and_the_best_wins(
         nlls.add(row["mean_nll"])
     assert len(nlls) == 8  # every knob changes what the model says
     best = max(search["grid"], key=lambda r: (r["mean_acc"], -r["mean_nll"]))
-    assert search["best"] == {k: best[k] for k in ("decay_scale", "write_contrast", "read_sharpness", "mean_acc", "mean_nll")}
+    assert search["best"] == {k: best[k] for k in ("decay_scale", "write_contrast", "read_sharpness", "mean_acc", "mean_nll",
+                                                   "mean_acc_se")} | {"close": close_to(best, search["grid"])}
+    assert all(row["n"] == {"160": 3, "224": 3} for row in search["grid"])
     assert search["passkey"] == {"trials": 3, "seed": 5, "depths": 3, "batch_size": 2}
+
+
+def test_the_standard_error_keeps_the_uncertainty_of_a_perfect_score_on_few_trials():
+    """Agresti-Coull per length, averaged over lengths: 20 of 20 is 22 / 24, not certainty; its error
+    shrinks with the trials; a length that did not run (n 0) is a coin's."""
+    assert mean_acc_se({"1024": 1.0}, {"1024": 20}) == pytest.approx(((22 / 24) * (2 / 24) / 24) ** 0.5)
+    assert mean_acc_se({"1024": 1.0}, {"1024": 100}) < mean_acc_se({"1024": 1.0}, {"1024": 20})
+    two = mean_acc_se({"a": 0.5, "b": 0.0}, {"a": 10, "b": 0})
+    assert two == pytest.approx(((7 / 14) * (7 / 14) / 14 + 0.5 * 0.5 / 4) ** 0.5 / 2)
+
+
+def test_the_settings_within_noise_of_the_best_are_named():
+    """A setting is close when the best's lead is under two standard errors of the difference."""
+    grid = [{"decay_scale": s, "write_contrast": 1.0, "read_sharpness": 1.0, "mean_acc": m, "mean_acc_se": se}
+            for s, m, se in ((1.0, 0.95, 0.03), (0.5, 0.90, 0.03), (0.25, 0.80, 0.03), (0.125, 0.86, 0.04))]
+    # leads 0.05 < 2 * 0.0424 (close), 0.15 > 0.085 (not), 0.09 < 2 * 0.05 (close)
+    assert close_to(grid[0], grid) == [{"decay_scale": s, "write_contrast": 1.0, "read_sharpness": 1.0} for s in (0.5, 0.125)]
+    assert close_to(grid[2], grid[2:3]) == []
 
 
 def test_a_length_that_did_not_run_scores_nothing():
@@ -126,8 +146,11 @@ def test_cli_writes_the_grid_and_the_choice_and_leaves_the_model_alone(tmp_path,
     printed = capsys.readouterr().out
     assert (f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g} "
             f"--read-sharpness {best['read_sharpness']:g}") in printed
-    assert ("| decay scale | write contrast | read sharpness | passkey @ 160 | passkey @ 192 | mean | answer NLL |"
+    assert ("| decay scale | write contrast | read sharpness | passkey @ 160 | passkey @ 192 | mean ± se | answer NLL |"
             in printed)
+    assert f"{best['mean_acc']:.2f} ± {best['mean_acc_se']:.2f} at 160,192 tokens" in printed
+    close = len(best["close"])  # two trials a length leave every setting within noise of the best
+    assert close == 7 and f"{close} of the other 7 settings score within two standard errors of it" in printed
     assert (model_dir / "config.json").read_text() == saved
 
 

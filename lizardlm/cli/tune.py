@@ -6,7 +6,8 @@ not score.
 
 Every setting of the grid (``--decay-scales`` x ``--write-contrasts`` x ``--read-sharpnesses``) scores
 ``--trials`` passkey prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the best
-mean exact match over the lengths wins (``lizardlm.eval.knobs``). Writes ``knobs.json`` (every setting's
+mean exact match over the lengths wins (``lizardlm.eval.knobs``), printed with its standard error and the
+number of settings within noise of it. Writes ``knobs.json`` (every setting's
 accuracy, first digit and answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps, a
 row per read sharpness) into ``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval``
 and ``generate``. The model it read is not changed; ``--save DIR`` writes a copy with the chosen knobs set
@@ -42,7 +43,8 @@ def add_parser(subparsers) -> None:
                    help="write contrasts to try (default: 1,2,3 with a write gate, else 1)")
     p.add_argument("--read-sharpnesses", type=float_list, default=None, metavar="T,T,...",
                    help="read sharpnesses to try (default: 1,2)")
-    p.add_argument("--trials", type=positive_int, default=20, help="passkey prompts per length and setting")
+    p.add_argument("--trials", type=positive_int, default=50,
+                   help="passkey prompts per length and setting (default 50: 20 could not tell 0.78 from 1.00)")
     p.add_argument("--depths", type=positive_int, default=10, help="needle depths the trials cycle through (0 to 1)")
     p.add_argument("--seed", type=seed, default=1, help="the prompts' seed (default 1: lizardlm eval's passkey uses 0)")
     p.add_argument("--template", default="eval", choices=["eval", "train"],
@@ -107,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
     print(knob_table(search))
     best = search["best"]
     print(f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g} "
-          f"--read-sharpness {best['read_sharpness']:g} "
-          f"(mean exact match {best['mean_acc']:.2f} at {','.join(map(str, search['lengths']))} tokens)")
+          f"--read-sharpness {best['read_sharpness']:g} (mean exact match {best['mean_acc']:.2f} "
+          f"± {best['mean_acc_se']:.2f} at {','.join(map(str, search['lengths']))} tokens)")
+    if best["close"]:
+        print(f"{len(best['close'])} of the other {len(search['grid']) - 1} settings score within two standard errors "
+              f"of it: more --trials (now {args.trials}) would tell them apart")
     if save_dir is not None:
         written.append(save_tuned(model, tokenizer, best, save_dir))
     print("wrote " + ", ".join(written), file=sys.stderr)
@@ -128,13 +133,14 @@ def save_tuned(model, tokenizer, best: dict, save_dir: Path) -> str:
 
 
 def knob_table(search: dict) -> str:
-    """The grid as markdown: a row per setting, exact match per length, the mean, the mean answer NLL."""
+    """The grid as markdown: a row per setting, exact match per length, the mean and its standard error,
+    the mean answer NLL."""
     lengths = [str(L) for L in search["lengths"]]
     rows = ["| decay scale | write contrast | read sharpness | " + " | ".join(f"passkey @ {L}" for L in lengths)
-            + " | mean | answer NLL |", "|---:|---:|---:|" + "---:|" * (len(lengths) + 2)]
+            + " | mean ± se | answer NLL |", "|---:|---:|---:|" + "---:|" * (len(lengths) + 2)]
     for r in search["grid"]:
         nll = "–" if r["mean_nll"] is None else f"{r['mean_nll']:.3f}"
         rows.append(f"| {r['decay_scale']:g} | {r['write_contrast']:g} | {r['read_sharpness']:g} | "
                     + " | ".join(f"{r['acc'][L]:.2f}" for L in lengths)
-                    + f" | {r['mean_acc']:.2f} | {nll} |")
+                    + f" | {r['mean_acc']:.2f} ± {r['mean_acc_se']:.2f} | {nll} |")
     return "\n".join(rows)

@@ -11,6 +11,13 @@ teacher-forced loss of the right key, a finer signal than a few dozen exact matc
 nearest ``S = C = t = 1``, the model as trained). The prompts are drawn from ``seed``; the evaluation's
 passkey task draws from its own (``lizardlm eval --seed``, 0 by default), so a setting chosen here is
 scored there on keys it was not chosen on.
+
+A choice among a few dozen prompts a length is noisy (on the H100, 20 prompts scored a setting 1.00 that
+100 others scored 0.78: ``benchmarks/NOTES.md``), so every setting carries the standard error of its mean
+exact match, each length a binomial proportion with two hits and two misses added (Agresti-Coull: 20 of 20
+is not read as certain), ``se = sqrt(sum_L p_L (1 - p_L) / (n_L + 4)) / K`` with ``p_L = (x_L + 2) / (n_L + 4)``
+over the ``K`` lengths, and the choice names the settings within two standard errors of the difference
+from it: the ones more trials would have to tell apart.
 """
 
 from __future__ import annotations
@@ -75,8 +82,10 @@ def tune_knobs(
     restored afterwards.
 
     Returns ``{"grid": [{"decay_scale", "write_contrast", "read_sharpness", "acc": {length: acc},
-    "first_digit_acc", "answer_nll", "mean_acc", "mean_nll"}, ...], "best": {"decay_scale", "write_contrast",
-    "read_sharpness", "mean_acc", "mean_nll"}, "lengths", "trained": {the three}, "passkey": {its settings}}``.
+    "first_digit_acc", "answer_nll", "n": {length: trials}, "mean_acc", "mean_acc_se", "mean_nll"}, ...],
+    "best": {"decay_scale", "write_contrast", "read_sharpness", "mean_acc", "mean_nll", "mean_acc_se",
+    "close": [the knobs of the settings within noise of it, :func:`close_to`]}, "lengths", "trained": {the
+    three}, "passkey": {its settings}}``.
     ValueError for an empty grid, a scale other than 1 without a decay gate, a contrast other than 1
     without a write gate, or a setting the :class:`~lizardlm.config.LizardConfig` refuses (a value <= 0),
     before any setting runs."""
@@ -105,7 +114,8 @@ def tune_knobs(
         grid.append(knobs | _row(r["lengths"]))
     best = max(grid, key=lambda row: (row["mean_acc"], -(math.inf if row["mean_nll"] is None else row["mean_nll"]),
                                       -sum(abs(math.log(row[k])) for k in INFERENCE_KNOBS)))
-    return {"grid": grid, "best": {k: best[k] for k in (*INFERENCE_KNOBS, "mean_acc", "mean_nll")},
+    choice = {k: best[k] for k in (*INFERENCE_KNOBS, "mean_acc", "mean_nll", "mean_acc_se")}
+    return {"grid": grid, "best": choice | {"close": close_to(best, grid)},
             "lengths": [int(L) for L in lengths], "trained": trained,
             "passkey": {k: v for k, v in passkey.items() if k not in ("filler", "progress")}}
 
@@ -116,7 +126,25 @@ def _row(lengths: list[dict]) -> dict[str, Any]:
     def per(key: str, missing: float | None) -> dict[str, float | None]:
         return {str(rec["length"]): rec[key] if rec.get("n") else missing for rec in lengths}
 
-    acc, nll = per("acc", 0.0), per("answer_nll", None)
-    return {"acc": acc, "first_digit_acc": per("first_digit_acc", 0.0), "answer_nll": nll,
-            "mean_acc": sum(acc.values()) / len(acc),
+    acc, nll, n = per("acc", 0.0), per("answer_nll", None), per("n", 0)
+    return {"acc": acc, "first_digit_acc": per("first_digit_acc", 0.0), "answer_nll": nll, "n": n,
+            "mean_acc": sum(acc.values()) / len(acc), "mean_acc_se": mean_acc_se(acc, n),
             "mean_nll": None if None in nll.values() else sum(nll.values()) / len(nll)}
+
+
+def mean_acc_se(acc: dict[str, float], n: dict[str, int]) -> float:
+    """Standard error of the mean of the per-length exact matches ``acc`` over ``n`` trials each, every
+    length a binomial proportion with two hits and two misses added (Agresti-Coull), so that a length
+    scored perfectly on few trials keeps the uncertainty its trial count leaves."""
+    var = 0.0
+    for length, a in acc.items():
+        adjusted = (a * n[length] + 2) / (n[length] + 4)
+        var += adjusted * (1 - adjusted) / (n[length] + 4)
+    return math.sqrt(var) / len(acc)
+
+
+def close_to(best: dict[str, Any], grid: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """The knobs of the other settings whose mean exact match is within two standard errors of the
+    difference from ``best``'s: ``|m_best - m| < 2 sqrt(se_best^2 + se^2)``."""
+    return [{k: row[k] for k in INFERENCE_KNOBS} for row in grid if row is not best
+            and best["mean_acc"] - row["mean_acc"] < 2 * math.hypot(best["mean_acc_se"], row["mean_acc_se"])]
