@@ -273,14 +273,17 @@ def add_tune(result: dict[str, Any], run_name: str, knobs_json: dict, source: st
     """Record under ``result["tuned"][run_name]`` the knobs ``lizardlm tune`` chose for it (``knobs.json``):
     the label of the evaluation at them (``NAME@decayS@writeC``, a knob left at 1 unnamed), the grid's scores
     and the prompts they were chosen on, so that a table can tell a choice made on other prompts from the
-    best of evaluations. Returns the label."""
+    best of evaluations; from a tune that has them (2026-12-07 on), the standard errors and ``close``, the
+    number of settings within noise of the choice. Returns the label."""
     best = knobs_json["best"]
     label = run_label(run_name, knobs(best))
     prompts = knobs_json["passkey"]
+    noise = ({"mean_acc_se": best["mean_acc_se"], "close": len(best["close"])} if "close" in best else {})
     result.setdefault("tuned", {})[run_name] = {
-        "chosen": label, **{key: best.get(key, 1.0) for key, *_ in KNOBS}, "lengths": knobs_json["lengths"],
+        "chosen": label, **{key: best.get(key, 1.0) for key, *_ in KNOBS}, **noise, "lengths": knobs_json["lengths"],
         "trials": prompts["trials"], "seed": prompts["seed"], "device": knobs_json["device"], "source": source,
-        "grid": [{k: g.get(k, 1.0) for k in (*(key for key, *_ in KNOBS), "mean_acc", "mean_nll")} for g in knobs_json["grid"]]}
+        "grid": [{key: g.get(key, 1.0) for key, *_ in KNOBS} | {k: g[k] for k in ("mean_acc", "mean_nll", "mean_acc_se") if k in g}
+                 for g in knobs_json["grid"]]}
     return label
 
 

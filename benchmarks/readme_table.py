@@ -1031,7 +1031,9 @@ def glance() -> str:
             if chosen:
                 t = kd["tuned"][knob_best.partition("@")[0]]
                 how = (f"chosen by `lizardlm tune` from {len(t['grid'])} settings on {t['trials']} prompts of seed "
-                       f"{t['seed']} a length at {' / '.join(kib(L) for L in t['lengths'])}, scored on the evaluation's own prompts")
+                       f"{t['seed']} a length at {' / '.join(kib(L) for L in t['lengths'])}"
+                       + (f", {t['close']} of the others within two standard errors of it" if "close" in t else "")
+                       + ", scored on the evaluation's own prompts")
             else:
                 how = f"the best of {len({m[2] for m in tuned})} evaluations at knobs, chosen on these prompts"
             cells.append(f"with inference knobs, `{knob_best}` ({knobs}) {fmt(knob_runs)} ({_device(kd)}, `{knob_path.name}`; {how})")

@@ -531,6 +531,16 @@ def test_add_tune_records_the_choice_of_lizardlm_tune_under_its_runs_label(tmp_p
         tuned = json.loads((out / "passkey-nvidia-h100-80gb-hbm3.json").read_text())["tuned"]["m"]
         assert tuned["chosen"] == label and (tuned["decay_scale"], tuned["write_contrast"]) == best
         assert (tuned["trials"], tuned["seed"], tuned["lengths"]) == (20, 1, [16384]) and len(tuned["grid"]) == 2
+        assert "close" not in tuned and all("mean_acc_se" not in g for g in tuned["grid"])  # a tune before standard errors
+    knobs = _knobs_json((0.125, 3.0))  # a tune that reports its noise
+    for g, se in zip(knobs["grid"], (0.08, 0.06)):
+        g["mean_acc_se"] = se
+    knobs["best"] |= {"mean_acc_se": 0.06, "close": [{"decay_scale": 0.5, "write_contrast": 2.0, "read_sharpness": 1.0}]}
+    (tmp_path / "knobs.json").write_text(json.dumps(knobs))
+    assert passkey_gpu.main(["--out", str(tmp_path / "se"), "--combine", str(tmp_path / "r.json"),
+                             "--add-tune", f"m={tmp_path / 'knobs.json'}"]) == 0
+    tuned = json.loads((tmp_path / "se" / "passkey-nvidia-h100-80gb-hbm3.json").read_text())["tuned"]["m"]
+    assert (tuned["mean_acc_se"], tuned["close"]) == (0.06, 1) and [g["mean_acc_se"] for g in tuned["grid"]] == [0.08, 0.06]
     with pytest.raises(SystemExit, match="expected RUN=KNOBS_JSON"):
         passkey_gpu.main(["--out", str(tmp_path / "x"), "--combine", str(tmp_path / "r.json"),
                           "--add-tune", f"other={tmp_path / 'knobs.json'}"])
@@ -559,7 +569,13 @@ def test_the_glance_shows_the_knobs_tune_chose_before_the_best_evaluation(tmp_pa
     (tmp_path / "passkey-x-nvidia-h100-80gb-hbm3.json").write_text(json.dumps(result))
     row = next(r for r in readme_table.glance().splitlines() if r.startswith("| passkey retrieval"))
     assert "`m@decay0.125@write3` (`--decay-scale 0.125`, `--write-contrast 3`) 0.90" in row
-    assert "chosen by `lizardlm tune` from 2 settings on 20 prompts of seed 1 a length at 16K" in row
+    assert "chosen by `lizardlm tune` from 2 settings on 20 prompts of seed 1 a length at 16K, scored on" in row
+    knobs = _knobs_json((0.125, 3.0))  # a tune that reports its noise says how many settings it could not tell apart
+    knobs["best"] |= {"mean_acc_se": 0.06, "close": [{"decay_scale": 0.5, "write_contrast": 2.0, "read_sharpness": 1.0}]}
+    passkey_gpu.add_tune(result, "m", knobs, "knobs.json")
+    (tmp_path / "passkey-x-nvidia-h100-80gb-hbm3.json").write_text(json.dumps(result))
+    row = next(r for r in readme_table.glance().splitlines() if r.startswith("| passkey retrieval"))
+    assert "a length at 16K, 1 of the others within two standard errors of it, scored on" in row
 
 
 @pytest.mark.parametrize("hits, n", [(46, 50), (50, 50), (0, 5), (3, 7), (181, 200)])
