@@ -7,12 +7,11 @@ not score.
 Every setting of the grid (``--decay-scales`` x ``--write-contrasts`` x ``--read-sharpnesses``) scores
 ``--trials`` passkey prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the best
 mean exact match over the lengths wins (``lizardlm.eval.knobs``), printed with its standard error and the
-number of settings within noise of it. Writes ``knobs.json`` (every setting's
-accuracy, first digit and answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps, a
-row per read sharpness) into ``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval``
-and ``generate``. The model it read is not changed; ``--save DIR`` writes a copy with the chosen knobs set
-(``save_pretrained`` and the tokenizer), which ``generate``, ``eval`` and ``from_pretrained`` then run at
-them with no flags.
+number of settings within noise of it. Writes ``knobs.json`` (every setting's accuracy, first digit and
+answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps, a row per read sharpness) into
+``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval`` and ``generate``. The model it
+read is not changed; ``--save DIR`` writes a copy with the chosen knobs set (``save_pretrained`` and the
+tokenizer), which ``generate``, ``eval`` and ``from_pretrained`` then run at them with no flags.
 """
 
 from __future__ import annotations

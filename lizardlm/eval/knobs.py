@@ -145,6 +145,6 @@ def mean_acc_se(acc: dict[str, float], n: dict[str, int]) -> float:
 
 def close_to(best: dict[str, Any], grid: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
     """The knobs of the other settings whose mean exact match is within two standard errors of the
-    difference from ``best``'s: ``|m_best - m| < 2 sqrt(se_best^2 + se^2)``."""
+    difference from ``best``'s (the highest): ``m_best - m < 2 sqrt(se_best^2 + se^2)``."""
     return [{k: row[k] for k in INFERENCE_KNOBS} for row in grid if row is not best
             and best["mean_acc"] - row["mean_acc"] < 2 * math.hypot(best["mean_acc_se"], row["mean_acc_se"])]
