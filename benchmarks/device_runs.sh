@@ -14,11 +14,12 @@
 #                                              a soup (DATA=soup:RUN=W,... in the case list): its runs averaged by
 #                                              `lizardlm soup` into the run NAME, then evaluated (an evaluation of
 #                                              it at other knobs: the `eval` step)
-#   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] [SHARPNESSES=..] [TT=N] bash benchmarks/device_runs.sh tune
+#   NAME=<run> [LENGTHS=a,b] [SCALES=..] [CONTRASTS=..] [SHARPNESSES=..] [TT=N] [REFINE=M] bash benchmarks/device_runs.sh tune
 #                                              `lizardlm tune`: the inference knobs chosen on prompts of seed 1
 #                                              (the evaluation's are seed 0), into $OUT/tune-<run>/; TT prompts a
 #                                              length and setting (default 50, as `lizardlm tune`'s: 20 could not
-#                                              tell 0.78 from 1.00)
+#                                              tell 0.78 from 1.00); REFINE more for the settings within noise of
+#                                              the best (`tune --refine`, default 0)
 #   NAME=<run> [LENGTHS=..] [SCALES=..] [CONTRASTS=..] [SHARPNESSES=..] bash benchmarks/device_runs.sh tuned
 #                                              tune, then the passkey evaluation at the knobs it chose, one archive
 #   [DL=seconds] bash benchmarks/device_runs.sh both "NAME=a train" "NAME=b TASKS=passkey train + NAME=b-tail zs"
@@ -262,7 +263,7 @@ save() {
 tune() {  # lizardlm tune on prompts of seed 1 into $OUT/tune-$NAME/
   python3 -m lizardlm tune --model $R/$NAME --lengths ${LENGTHS:-16384,32768} --device cuda --no-progress \
     --decay-scales ${SCALES:-1,0.5,0.25,0.125} --write-contrasts ${CONTRASTS:-1,2,3} --read-sharpnesses ${SHARPNESSES:-1,2} \
-    --trials ${TT:-50} --out $OUT/tune-$NAME 2>&1 | tail -28
+    --trials ${TT:-50} --refine ${REFINE:-0} --out $OUT/tune-$NAME 2>&1 | tail -30
 }
 
 drive() {

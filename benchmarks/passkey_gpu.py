@@ -273,12 +273,14 @@ def add_tune(result: dict[str, Any], run_name: str, knobs_json: dict, source: st
     """Record under ``result["tuned"][run_name]`` the knobs ``lizardlm tune`` chose for it (``knobs.json``):
     the label of the evaluation at them (``NAME@decayS@writeC``, a knob left at 1 unnamed), the grid's scores
     and the prompts they were chosen on, so that a table can tell a choice made on other prompts from the
-    best of evaluations; from a tune that has them (2026-12-07 on), the standard errors and ``close``, the
-    number of settings within noise of the choice. Returns the label."""
+    best of evaluations; from a tune that has them (2026-12-07 on), the standard errors, ``close``, the
+    number of settings within noise of the choice, and what ``--refine`` added. Returns the label."""
     best = knobs_json["best"]
     label = run_label(run_name, knobs(best))
     prompts = knobs_json["passkey"]
     noise = ({"mean_acc_se": best["mean_acc_se"], "close": len(best["close"])} if "close" in best else {})
+    if refined := knobs_json.get("refined"):
+        noise["refined"] = {"trials": refined["trials"], "seed": refined["seed"], "settings": len(refined["settings"])}
     result.setdefault("tuned", {})[run_name] = {
         "chosen": label, **{key: best.get(key, 1.0) for key, *_ in KNOBS}, **noise, "lengths": knobs_json["lengths"],
         "trials": prompts["trials"], "seed": prompts["seed"], "device": knobs_json["device"], "source": source,

@@ -536,11 +536,14 @@ def test_add_tune_records_the_choice_of_lizardlm_tune_under_its_runs_label(tmp_p
     for g, se in zip(knobs["grid"], (0.08, 0.06)):
         g["mean_acc_se"] = se
     knobs["best"] |= {"mean_acc_se": 0.06, "close": [{"decay_scale": 0.5, "write_contrast": 2.0, "read_sharpness": 1.0}]}
+    knobs["refined"] = {"trials": 80, "seed": 2, "settings": [{"decay_scale": 0.125, "write_contrast": 3.0, "read_sharpness": 1.0},
+                                                            {"decay_scale": 0.5, "write_contrast": 2.0, "read_sharpness": 1.0}]}
     (tmp_path / "knobs.json").write_text(json.dumps(knobs))
     assert passkey_gpu.main(["--out", str(tmp_path / "se"), "--combine", str(tmp_path / "r.json"),
                              "--add-tune", f"m={tmp_path / 'knobs.json'}"]) == 0
     tuned = json.loads((tmp_path / "se" / "passkey-nvidia-h100-80gb-hbm3.json").read_text())["tuned"]["m"]
     assert (tuned["mean_acc_se"], tuned["close"]) == (0.06, 1) and [g["mean_acc_se"] for g in tuned["grid"]] == [0.08, 0.06]
+    assert tuned["refined"] == {"trials": 80, "seed": 2, "settings": 2}
     with pytest.raises(SystemExit, match="expected RUN=KNOBS_JSON"):
         passkey_gpu.main(["--out", str(tmp_path / "x"), "--combine", str(tmp_path / "r.json"),
                           "--add-tune", f"other={tmp_path / 'knobs.json'}"])

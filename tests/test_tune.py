@@ -151,6 +151,12 @@ def test_cli_writes_the_grid_and_the_choice_and_leaves_the_model_alone(tmp_path,
     assert f"{best['mean_acc']:.2f} ± {best['mean_acc_se']:.2f} at 160,192 tokens" in printed
     close = len(best["close"])  # two trials a length leave every setting within noise of the best
     assert close == 7 and f"{close} of the other 7 settings score within two standard errors of it" in printed
+    assert search["refined"] is None and "refined:" not in printed
+    assert main(["tune", "--model", str(model_dir), "--lengths", "160", "--decay-scales", "1,0.5", "--write-contrasts", "1",
+                 "--read-sharpnesses", "1", "--trials", "1", "--refine", "2", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    refined = json.loads((tmp_path / "r" / "knobs.json").read_text())["refined"]
+    assert (refined["trials"], refined["seed"], len(refined["settings"])) == (2, 2, 2)
+    assert "refined: 2 settings within noise of the first choice scored 2 more prompts a length (seed 2)" in capsys.readouterr().out
     assert (model_dir / "config.json").read_text() == saved
 
 
@@ -217,3 +223,43 @@ def test_sizes_read_k_as_1024():
     from lizardlm.cli.common import sizes
 
     assert sizes("16k,32768, 4K") == (16384, 32768, 4096)
+
+
+def test_refine_scores_the_settings_within_noise_again_and_chooses_on_both_rounds(monkeypatch):
+    """``refine``: the best and the settings close to it, and only those, score more prompts of ``seed + 1``;
+    each length's scores are pooled by trial counts and the choice is made again on the pooled means. The
+    passkey scores here are set by the knobs and the seed (a stand-in for ``passkey_eval``)."""
+    import lizardlm.eval.knobs as knobs_mod
+
+    model, tok = gated_model()
+    first = {(1.0, 1.0): 0.9, (1.0, 3.0): 0.85, (0.25, 1.0): 0.5, (0.25, 3.0): 0.1}  # 20 prompts of seed 1
+    again = {(1.0, 1.0): 0.7, (1.0, 3.0): 0.95}  # 80 of seed 2: the runner-up was the better setting
+    calls = []
+
+    def fake_eval(model, tokenizer, lengths, trials, seed, **_):
+        key = (model.lizard_config.decay_scale, model.lizard_config.write_contrast)
+        calls.append((key, trials, seed))
+        acc = (first if seed == 1 else again)[key]
+        return {"lengths": [{"length": L, "n": trials, "acc": acc, "first_digit_acc": acc, "answer_nll": 1 - acc}
+                            for L in lengths]}
+
+    monkeypatch.setattr(knobs_mod, "passkey_eval", fake_eval)
+    search = tune_knobs(model, tok, (160,), decay_scales=(1.0, 0.25), write_contrasts=(1.0, 3.0), read_sharpnesses=(1.0,),
+                        refine=80, trials=20, seed=1)
+    assert calls[4:] == [((1.0, 1.0), 80, 2), ((1.0, 3.0), 80, 2)]  # 0.5 and 0.1 are outside the noise of 0.9
+    assert search["refined"] == {"trials": 80, "seed": 2, "settings": [
+        {"decay_scale": 1.0, "write_contrast": 1.0, "read_sharpness": 1.0},
+        {"decay_scale": 1.0, "write_contrast": 3.0, "read_sharpness": 1.0}]}
+    rows = {(r["decay_scale"], r["write_contrast"]): r for r in search["grid"]}
+    assert rows[(1.0, 1.0)]["acc"]["160"] == pytest.approx((0.9 * 20 + 0.7 * 80) / 100)
+    assert rows[(1.0, 3.0)]["answer_nll"]["160"] == pytest.approx((0.15 * 20 + 0.05 * 80) / 100)
+    assert rows[(1.0, 3.0)]["n"] == {"160": 100} and rows[(0.25, 1.0)]["n"] == {"160": 20}
+    assert rows[(0.25, 1.0)]["acc"] == {"160": 0.5}  # untouched
+    assert rows[(1.0, 3.0)]["mean_acc_se"] == pytest.approx(mean_acc_se({"160": 0.93}, {"160": 100}))
+    assert (search["best"]["decay_scale"], search["best"]["write_contrast"]) == (1.0, 3.0)
+    assert search["best"]["mean_acc"] == pytest.approx(0.93)
+    calls.clear()  # nothing within noise: no second round
+    first.update({(1.0, 3.0): 0.2})
+    search = tune_knobs(model, tok, (160,), decay_scales=(1.0, 0.25), write_contrasts=(1.0, 3.0), read_sharpnesses=(1.0,),
+                        refine=80, trials=20, seed=1)
+    assert len(calls) == 4 and search["refined"] is None and search["best"]["close"] == []

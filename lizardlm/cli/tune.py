@@ -7,7 +7,8 @@ not score.
 Every setting of the grid (``--decay-scales`` x ``--write-contrasts`` x ``--read-sharpnesses``) scores
 ``--trials`` passkey prompts a length, drawn from ``--seed`` (1; the evaluation draws from 0); the best
 mean exact match over the lengths wins (``lizardlm.eval.knobs``), printed with its standard error and the
-number of settings within noise of it. Writes ``knobs.json`` (every setting's accuracy, first digit and
+number of settings within noise of it; ``--refine N`` gives those settings and the choice N more prompts a
+length and chooses again. Writes ``knobs.json`` (every setting's accuracy, first digit and
 answer NLL per length, the choice) and ``knobs.png`` (the grid as heat maps, a row per read sharpness) into
 ``--out`` (default ``MODEL/tune``), and prints the flags to pass to ``eval`` and ``generate``. The model it
 read is not changed; ``--save DIR`` writes a copy with the chosen knobs set (``save_pretrained`` and the
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 from lizardlm.cli.common import (add_device_and_dtype, batch_size, check_paths, float_list, load_model_for_eval,
-                                 positive_int, run_device_and_dtype, seed, sizes)
+                                 non_negative_int, positive_int, run_device_and_dtype, seed, sizes)
 from lizardlm.errors import CheckpointError, LizardError
 
 
@@ -44,6 +45,10 @@ def add_parser(subparsers) -> None:
                    help="read sharpnesses to try (default: 1,2)")
     p.add_argument("--trials", type=positive_int, default=50,
                    help="passkey prompts per length and setting (default 50: 20 could not tell 0.78 from 1.00)")
+    p.add_argument("--refine", type=non_negative_int, default=0, metavar="N",
+                   help="where settings score within two standard errors of the best, they and the best score N more "
+                        "prompts a length (seed --seed + 1), pooled with their first, and the choice is made again "
+                        "(default 0: none)")
     p.add_argument("--depths", type=positive_int, default=10, help="needle depths the trials cycle through (0 to 1)")
     p.add_argument("--seed", type=seed, default=1, help="the prompts' seed (default 1: lizardlm eval's passkey uses 0)")
     p.add_argument("--template", default="eval", choices=["eval", "train"],
@@ -95,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         filler = FillerPool(books, tokenizer)
     try:
         search = tune_knobs(model, tokenizer, args.lengths, decay_scales=args.decay_scales, write_contrasts=args.write_contrasts,
-                            read_sharpnesses=args.read_sharpnesses, trials=args.trials, seed=args.seed, depths=args.depths,
+                            read_sharpnesses=args.read_sharpnesses, refine=args.refine, trials=args.trials, seed=args.seed,
+                            depths=args.depths,
                             template=args.template, filler=filler,
                             keys=args.keys, chunk=args.chunk, batch_size=resolve_batch_size(args.batch_size, model),
                             progress=not args.no_progress)
@@ -110,9 +116,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"chosen: --decay-scale {best['decay_scale']:g} --write-contrast {best['write_contrast']:g} "
           f"--read-sharpness {best['read_sharpness']:g} (mean exact match {best['mean_acc']:.2f} "
           f"± {best['mean_acc_se']:.2f} at {','.join(map(str, search['lengths']))} tokens)")
+    if refined := search["refined"]:
+        print(f"refined: {len(refined['settings'])} settings within noise of the first choice scored {refined['trials']} "
+              f"more prompts a length (seed {refined['seed']})")
     if best["close"]:
         print(f"{len(best['close'])} of the other {len(search['grid']) - 1} settings score within two standard errors "
-              f"of it: more --trials (now {args.trials}) would tell them apart")
+              f"of it: more --trials or --refine would tell them apart")
     if save_dir is not None:
         written.append(save_tuned(model, tokenizer, best, save_dir))
     print("wrote " + ", ".join(written), file=sys.stderr)

@@ -17,7 +17,9 @@ A choice among a few dozen prompts a length is noisy (on the H100, 20 prompts sc
 exact match, each length a binomial proportion with two hits and two misses added (Agresti-Coull: 20 of 20
 is not read as certain), ``se = sqrt(sum_L p_L (1 - p_L) / (n_L + 4)) / K`` with ``p_L = (x_L + 2) / (n_L + 4)``
 over the ``K`` lengths, and the choice names the settings within two standard errors of the difference
-from it: the ones more trials would have to tell apart.
+from it: the ones more trials would have to tell apart. With ``refine`` those settings and the choice score
+that many more prompts a length, drawn from ``seed + 1``, pooled with their first (a race: trials go where
+the choice is still open), and the choice is made again.
 """
 
 from __future__ import annotations
@@ -72,20 +74,24 @@ def tune_knobs(
     decay_scales: Sequence[float] | None = None,
     write_contrasts: Sequence[float] | None = None,
     read_sharpnesses: Sequence[float] | None = None,
+    refine: int = 0,
     **passkey: Any,
 ) -> dict[str, Any]:
     """Score every ``(decay_scale, write_contrast, read_sharpness)`` of the grid with
     :func:`~lizardlm.eval.passkey.passkey_eval` at ``lengths`` (``passkey``: its other arguments: trials, seed,
     depths, template, batch size ...) and pick the best. ``decay_scales=None``: :data:`DEFAULT_DECAY_SCALES`
     with a decay gate, else 1 alone; ``write_contrasts=None``: :data:`DEFAULT_WRITE_CONTRASTS` with a write
-    gate, else 1 alone; ``read_sharpnesses=None``: :data:`DEFAULT_READ_SHARPNESSES`. The model's own knobs are
+    gate, else 1 alone; ``read_sharpnesses=None``: :data:`DEFAULT_READ_SHARPNESSES`. ``refine > 0``: where
+    other settings are within noise of the best, they and the best score ``refine`` more prompts a length of
+    seed ``seed + 1``, pooled with their first, and the best is chosen again. The model's own knobs are
     restored afterwards.
 
     Returns ``{"grid": [{"decay_scale", "write_contrast", "read_sharpness", "acc": {length: acc},
     "first_digit_acc", "answer_nll", "n": {length: trials}, "mean_acc", "mean_acc_se", "mean_nll"}, ...],
     "best": {"decay_scale", "write_contrast", "read_sharpness", "mean_acc", "mean_nll", "mean_acc_se",
     "close": [the knobs of the settings within noise of it, :func:`close_to`]}, "lengths", "trained": {the
-    three}, "passkey": {its settings}}``.
+    three}, "passkey": {its settings}, "refined": {"trials", "seed", "settings": [the knobs it refined]} or
+    None}``.
     ValueError for an empty grid, a scale other than 1 without a decay gate, a contrast other than 1
     without a write gate, or a setting the :class:`~lizardlm.config.LizardConfig` refuses (a value <= 0),
     before any setting runs."""
@@ -112,12 +118,31 @@ def tune_knobs(
         with at_knobs(model, **knobs):
             r = passkey_eval(model, tokenizer, lengths=lengths, **passkey)
         grid.append(knobs | _row(r["lengths"]))
-    best = max(grid, key=lambda row: (row["mean_acc"], -(math.inf if row["mean_nll"] is None else row["mean_nll"]),
-                                      -sum(abs(math.log(row[k])) for k in INFERENCE_KNOBS)))
+    best = max(grid, key=_rank)
+    refined = None
+    if refine > 0 and (close := close_to(best, grid)):
+        refined = {"trials": refine, "seed": passkey.get("seed", 0) + 1, "settings": [_knobs(best), *close]}
+        for row in [row for row in grid if _knobs(row) in refined["settings"]]:
+            with at_knobs(model, **_knobs(row)):
+                r = passkey_eval(model, tokenizer, lengths=lengths, **{**passkey, "trials": refine, "seed": refined["seed"]})
+            row.update(_pooled(row, _row(r["lengths"])))
+        best = max(grid, key=_rank)
     choice = {k: best[k] for k in (*INFERENCE_KNOBS, "mean_acc", "mean_nll", "mean_acc_se")}
     return {"grid": grid, "best": choice | {"close": close_to(best, grid)},
             "lengths": [int(L) for L in lengths], "trained": trained,
-            "passkey": {k: v for k, v in passkey.items() if k not in ("filler", "progress")}}
+            "passkey": {k: v for k, v in passkey.items() if k not in ("filler", "progress")}, "refined": refined}
+
+
+def _knobs(row: dict[str, Any]) -> dict[str, float]:
+    """A grid row's setting: its decay scale, write contrast and read sharpness."""
+    return {k: row[k] for k in INFERENCE_KNOBS}
+
+
+def _rank(row: dict[str, Any]) -> tuple[float, float, float]:
+    """The choice's order: mean exact match, then the lower mean answer NLL, then the setting nearest the
+    model as trained."""
+    return (row["mean_acc"], -(math.inf if row["mean_nll"] is None else row["mean_nll"]),
+            -sum(abs(math.log(row[k])) for k in INFERENCE_KNOBS))
 
 
 def _row(lengths: list[dict]) -> dict[str, Any]:
@@ -126,8 +151,24 @@ def _row(lengths: list[dict]) -> dict[str, Any]:
     def per(key: str, missing: float | None) -> dict[str, float | None]:
         return {str(rec["length"]): rec[key] if rec.get("n") else missing for rec in lengths}
 
-    acc, nll, n = per("acc", 0.0), per("answer_nll", None), per("n", 0)
-    return {"acc": acc, "first_digit_acc": per("first_digit_acc", 0.0), "answer_nll": nll, "n": n,
+    return _scores(per("acc", 0.0), per("first_digit_acc", 0.0), per("answer_nll", None), per("n", 0))
+
+
+def _pooled(first: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Two rounds of one setting as one: per length, the scores weighted by their trial counts (a round
+    with no trials at a length adds nothing there)."""
+    n = {L: first["n"][L] + more["n"][L] for L in first["n"]}
+
+    def pool(key: str, missing: float | None) -> dict[str, float | None]:
+        return {L: sum(r[key][L] * r["n"][L] for r in (first, more) if r["n"][L]) / n[L] if n[L] else missing
+                for L in n}
+
+    return _scores(pool("acc", 0.0), pool("first_digit_acc", 0.0), pool("answer_nll", None), n)
+
+
+def _scores(acc: dict, first_digit: dict, nll: dict, n: dict) -> dict[str, Any]:
+    """A setting's per-length scores and their means over the lengths (no mean NLL where a length has none)."""
+    return {"acc": acc, "first_digit_acc": first_digit, "answer_nll": nll, "n": n,
             "mean_acc": sum(acc.values()) / len(acc), "mean_acc_se": mean_acc_se(acc, n),
             "mean_nll": None if None in nll.values() else sum(nll.values()) / len(nll)}
 
@@ -146,5 +187,5 @@ def mean_acc_se(acc: dict[str, float], n: dict[str, int]) -> float:
 def close_to(best: dict[str, Any], grid: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
     """The knobs of the other settings whose mean exact match is within two standard errors of the
     difference from ``best``'s (the highest): ``m_best - m < 2 sqrt(se_best^2 + se^2)``."""
-    return [{k: row[k] for k in INFERENCE_KNOBS} for row in grid if row is not best
+    return [_knobs(row) for row in grid if row is not best
             and best["mean_acc"] - row["mean_acc"] < 2 * math.hypot(best["mean_acc_se"], row["mean_acc_se"])]
