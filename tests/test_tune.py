@@ -156,7 +156,7 @@ def test_cli_writes_the_grid_and_the_choice_and_leaves_the_model_alone(tmp_path,
                  "--read-sharpnesses", "1", "--trials", "1", "--refine", "2", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     refined = json.loads((tmp_path / "r" / "knobs.json").read_text())["refined"]
     assert (refined["trials"], refined["seed"], len(refined["settings"])) == (2, 2, 2)
-    assert "refined: 2 settings within noise of the first choice scored 2 more prompts a length (seed 2)" in capsys.readouterr().out
+    assert "refined: 2 settings (the first choice and those within noise of it) scored 2 more prompts a length (seed 2)" in capsys.readouterr().out
     assert (model_dir / "config.json").read_text() == saved
 
 

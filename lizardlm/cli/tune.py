@@ -117,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
           f"--read-sharpness {best['read_sharpness']:g} (mean exact match {best['mean_acc']:.2f} "
           f"± {best['mean_acc_se']:.2f} at {','.join(map(str, search['lengths']))} tokens)")
     if refined := search["refined"]:
-        print(f"refined: {len(refined['settings'])} settings within noise of the first choice scored {refined['trials']} "
-              f"more prompts a length (seed {refined['seed']})")
+        print(f"refined: {len(refined['settings'])} settings (the first choice and those within noise of it) scored "
+              f"{refined['trials']} more prompts a length (seed {refined['seed']})")
     if best["close"]:
         print(f"{len(best['close'])} of the other {len(search['grid']) - 1} settings score within two standard errors "
               f"of it: more --trials or --refine would tell them apart")
