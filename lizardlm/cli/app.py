@@ -8,7 +8,7 @@ import sys
 
 from lizardlm.errors import LizardError, TrainingStopped
 
-SUBCOMMANDS = ("generate", "linearize", "eval", "tune", "soup")
+SUBCOMMANDS = ("generate", "linearize", "eval", "tune", "soup", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

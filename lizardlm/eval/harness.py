@@ -8,7 +8,8 @@ the file layout). Zero-shot for PIQA, ARC-e/c, HellaSwag, WinoGrande; 5-shot for
 
 Each task's entry in the returned dict is one of::
 
-    {"status": "ok", "metrics": {"acc": .., "acc_stderr": .., "acc_norm": ..}, "n": .., "path": ..}
+    {"status": "ok", "metrics": {"acc": .., "acc_stderr": .., "acc_norm": ..}, "n": .., "path": ..,
+     "items": {"acc": "0110..", "acc_norm": ..}, "items_digest": ..}   (per-question scores: eval.paired)
     {"status": "absent", "path": "<what was looked for>", "reason": "..."}
     {"status": "error", "reason": "..."}           (malformed data or a failure inside lm-eval)
 
@@ -23,6 +24,7 @@ from typing import Any, Iterable
 
 from lizardlm.errors import DataError, LizardError
 from lizardlm.eval.data import DataAbsentError, resolve_data_dir
+from lizardlm.eval.paired import item_scores
 from lizardlm.eval.tasks import MC_TASKS, METRICS, NUM_FEWSHOT, find_task_files, read_split, task_configs
 
 log = logging.getLogger(__name__)
@@ -170,7 +172,7 @@ def run_harness(
             task_manager=tm,
             limit=limit,
             bootstrap_iters=1000,
-            log_samples=False,
+            log_samples=True,  # the per-question scores (``items``) that paired comparisons read
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -181,10 +183,14 @@ def run_harness(
             datasets.enable_progress_bars()
     if res is None:  # non-zero rank
         return entries
+    samples = res.pop("samples", None) or {}
 
     for t, cfgs in configs.items():
         if t == "mmlu":
             entries[t] = _mmlu_entry(res, cfgs, paths[t])
+            # the subjects' questions in the order of their configs, one string over all of them
+            rows = [{**s, "doc_id": (i, s["doc_id"])} for i, c in enumerate(cfgs) for s in samples.get(c["task"], [])]
+            _add_items(entries[t], rows, METRICS[t])
             continue
         name = cfgs[0]["task"]
         metrics = _collect_metrics(res, name)
@@ -198,7 +204,15 @@ def run_harness(
             "num_fewshot": NUM_FEWSHOT[t],
             "path": paths[t],
         }
+        _add_items(entries[t], samples.get(name, []), METRICS[t])
     return {t: entries[t] for t in tasks}
+
+
+def _add_items(entry: dict, samples: list[dict], metrics: tuple[str, ...]) -> None:
+    """The per-question scores of an ok entry (``items``, ``items_digest``), where lm-eval logged them."""
+    scored = item_scores(samples, [m for m in metrics if m in entry.get("metrics", {})]) if entry.get("status") == "ok" else None
+    if scored:
+        entry["items"], entry["items_digest"] = scored
 
 
 def _metric_order(m: str) -> tuple:

@@ -36,6 +36,7 @@ from lizardlm.config import INFERENCE_KNOBS
 from lizardlm.errors import DataError, LizardError
 from lizardlm.eval._utils import resolve_batch_size
 from lizardlm.eval.data import TEXT_CORPORA, DataAbsentError, is_sample, read_text, resolve_data_dir, text_corpus_path
+from lizardlm.eval.paired import paired_lines
 from lizardlm.eval.tasks import MC_TASKS, METRICS
 
 log = logging.getLogger(__name__)
@@ -632,6 +633,10 @@ def markdown_table(results: dict) -> str:
     if others:
         out += ("\n\nRecovery % = student/teacher x 100 for accuracies and teacher/student x 100 for perplexity "
                 f"(100 = parity with `{ref}`).")
+        paired = [line for n in others for line in paired_lines(results, ref, n)]
+        if paired:
+            out += ("\n\nDifferences on the benchmarks, question by question (`lizardlm compare` gives the table):\n"
+                    + "\n".join(paired))
     if notes:
         out += "\n\n" + "\n".join(notes)
     return out + "\n"
