@@ -31,6 +31,10 @@
 #                                              on 2026-12-06; there, one lane trains while the other only evaluates or
 #                                              tails; an evaluation's auto batch size takes what is free, so not beside
 #                                              a training's start either)
+#   NAME=<run> [WAIT=seconds] bash benchmarks/device_runs.sh pause
+#                                              a lane's first step: wait (default 120 s) before the next step of the lane,
+#                                              so that an evaluation's "auto" batches (up to half the free memory) start
+#                                              after the other lane's training has taken its share; NAME: a staged run
 #   PKL=2048,4096 PKT=200                      the passkey evaluation's lengths and trials a length (default 1K-32K, 50)
 #   EXTRA=...                                  a step's own flags added to its run's (no spaces: `both` splits steps
 #                                              on them), e.g. EXTRA=--loss-chunk=4096
@@ -73,6 +77,7 @@ if [ "${1:-}" = bench ]; then
   triton_cache save
   exit 0
 fi
+if [ "${1:-}" = pause ]; then sleep "${WAIT:-120}"; exit 0; fi
 R=/tmp/lizard-runs
 if [ "${1:-}" = both ]; then  # lanes side by side on the one GPU (a 135M model's steps are launch-bound)
   shift; source benchmarks/device_stage.sh env; O=$OUT UNTIL=$(( $(date +%s) + ${DL:-560} )) lane=0
