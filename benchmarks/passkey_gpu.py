@@ -183,6 +183,22 @@ def _by_length(entry: dict, key: str) -> dict[str, Any]:
     return {str(r["length"]): r.get(key, r["status"]) for r in entry["details"]["lengths"]}
 
 
+PASSKEY_SETTINGS = ("passkey_lengths", "passkey_trials", "passkey_depths", "passkey_keys")
+
+
+def passkey_settings(eval_json: dict) -> dict:
+    """The settings an ``eval.json``'s passkey numbers were measured with, as this script's arguments hold them
+    (lengths as "a,b"); {} where it has no passkey task. Its meta keeps those of a task kept from an earlier
+    call (``eval --resume``), so a call that only adds other tasks does not relabel the passkey's trials."""
+    if not {"passkey", "passkey_train"} & set(eval_json.get("tasks", {})):
+        return {}
+    settings = eval_json.get("meta", {}).get("settings", {})
+    out = {k: settings[k] for k in PASSKEY_SETTINGS if k in settings}
+    if isinstance(out.get("passkey_lengths"), (list, tuple)):
+        out["passkey_lengths"] = ",".join(str(n) for n in out["passkey_lengths"])
+    return out
+
+
 def assemble(result: dict, run_name: str, eval_json: dict) -> None:
     """Put one ``eval.json``'s numbers into ``result``: the student's under ``run_name``, a teacher's
     under ``"teacher"``; a task that did not run holds its status. Benchmarks (``piqa``...) go to one
@@ -498,13 +514,16 @@ def main(argv: list[str] | None = None) -> int:
         evaluated = eval_dir(args, run_dir)
         eval_json, partial = evaluated / "eval.json", evaluated / "eval.partial.json"
         if entry["eval_rc"] == 0 and eval_json.exists():
-            assemble(result, args.label, json.loads(eval_json.read_text()))
+            evaluation = json.loads(eval_json.read_text())
+            assemble(result, args.label, evaluation)
+            entry.update(passkey_settings(evaluation))
             for png in evaluated.glob("*.png"):
                 shutil.copy(png, args.out / f"passkey-{slug}-{args.label}-{png.stem}.png")
             entry["status"] = "done"
         elif partial.exists():  # cut (the deadline): keep the tasks it finished; --eval-only runs the rest
             cut = json.loads(partial.read_text())
             assemble(result, args.label, cut)
+            entry.update(passkey_settings(cut))
             finished = [t for t, per in cut["tasks"].items() if per]
             entry["status"] = (f"eval cut (exit {entry['eval_rc']}) after {', '.join(finished) or 'no task'}; "
                                "--eval-only goes on")

@@ -64,6 +64,10 @@ def test_assemble_from_a_real_eval_json(tmp_path):
     assert result["diagnostics"]["teacher"] == "skipped (not a Lizard model)"
     diag = result["diagnostics"]["lizard-mix"]
     assert diag["form"] == "shared" and len(diag["gate"]["half_life"]) == 2
+    # the run's record takes the passkey's settings from the eval.json (a later call adding other tasks keeps them)
+    got = passkey_gpu.passkey_settings(results)
+    assert got["passkey_lengths"] == "128,10" and got["passkey_trials"] == 2
+    assert passkey_gpu.passkey_settings({**results, "tasks": {"mqar": results["tasks"]["mqar"]}}) == {}
 
 
 def test_concurrent_jobs_share_the_cores(monkeypatch):
