@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from lizardlm.eval.tasks import REPORTED_METRIC, ZERO_SHOT as ZERO_SHOT_TASKS
+
 RESULTS = Path(__file__).parent / "results"
 STUDY_START = "<!-- study table: python benchmarks/readme_table.py --study; tests/test_readme.py checks it -->"
 STUDY_END = "<!-- end of study table -->"
@@ -289,10 +291,11 @@ def serve(path: Path) -> str:
     return "\n".join(rows)
 
 
-PRESET_METRICS = (("piqa", "acc", "PIQA acc"), ("arc_easy", "acc", "ARC-e acc"), ("arc_challenge", "acc_norm", "ARC-c acc_norm"),
-                  ("hellaswag", "acc_norm", "HellaSwag acc_norm"), ("winogrande", "acc", "WinoGrande acc"),
-                  ("mmlu", "acc", "MMLU 5-shot acc"))
-ZERO_SHOT = {task: label for task, _, label in PRESET_METRICS if task != "mmlu"}
+BENCHMARK_NAMES = {"piqa": "PIQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
+                   "winogrande": "WinoGrande", "mmlu": "MMLU 5-shot"}
+PRESET_METRICS = tuple((task, metric, f"{BENCHMARK_NAMES[task]} {metric}") for task, metric in REPORTED_METRIC.items())
+"""(benchmark, the metric it is reported by, the caption's label)."""
+ZERO_SHOT = {task: label for task, _, label in PRESET_METRICS if task in ZERO_SHOT_TASKS}
 """The five zero-shot benchmarks (MMLU is 5-shot) and how a caption names them."""
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MC_TASKS = {"piqa": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm", "hellaswag": "acc_norm",
-            "winogrande": "acc", "mmlu": "acc"}
+from lizardlm.eval.tasks import REPORTED_METRIC
+
+MC_TASKS = REPORTED_METRIC
 """The six benchmarks and the metric each row reports (MMLU 5-shot, the rest 0-shot)."""
 CHANCE = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "winogrande": 0.5, "mmlu": 0.25}
 LONG_TASKS = ("passkey", "mqar", "longppl")

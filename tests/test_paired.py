@@ -18,8 +18,6 @@ from eval_stubs import DATA_DIR, first_choice_lm  # noqa: E402
 from lizardlm.cli.app import main  # noqa: E402
 from lizardlm.errors import LizardError  # noqa: E402
 from lizardlm.eval.paired import (  # noqa: E402
-    REPORTED_METRIC,
-    ZERO_SHOT,
     compare,
     item_scores,
     mean_difference,
@@ -27,7 +25,7 @@ from lizardlm.eval.paired import (  # noqa: E402
     task_difference,
 )
 from lizardlm.eval.report import markdown_table  # noqa: E402
-from lizardlm.eval.tasks import MC_TASKS  # noqa: E402
+from lizardlm.eval.tasks import MC_TASKS, REPORTED_METRIC, ZERO_SHOT  # noqa: E402
 
 
 def _bits(x: np.ndarray) -> str:

@@ -20,14 +20,7 @@ import math
 from typing import Iterable
 
 from lizardlm.errors import LizardError
-
-REPORTED_METRIC = {"piqa": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm", "hellaswag": "acc_norm",
-                   "winogrande": "acc", "mmlu": "acc"}
-"""The metric a benchmark is reported and averaged by (lm-eval's usual choice per task)."""
-
-ZERO_SHOT = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
-"""The five zero-shot benchmarks whose mean the issue goals and the study compare."""
-
+from lizardlm.eval.tasks import REPORTED_METRIC, ZERO_SHOT
 
 def item_scores(samples: Iterable[dict], metrics: Iterable[str]) -> tuple[dict[str, str], str] | None:
     """``({metric: "0110..."}, digest)`` from lm-eval's logged samples of one task (each with ``doc_id``,

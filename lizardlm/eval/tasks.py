@@ -92,6 +92,13 @@ METRICS = {
 
 NUM_FEWSHOT = {"piqa": 0, "arc_easy": 0, "arc_challenge": 0, "hellaswag": 0, "winogrande": 0, "mmlu": 5}
 
+REPORTED_METRIC = {"piqa": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm", "hellaswag": "acc_norm",
+                   "winogrande": "acc", "mmlu": "acc"}
+"""The metric each benchmark is reported and averaged by (the study's, the issues' and the paper's choice)."""
+
+ZERO_SHOT = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
+"""The five zero-shot benchmarks whose mean the issue goals and the study compare (MMLU is 5-shot)."""
+
 _EXTS = (".jsonl", ".json", ".parquet")
 
 
