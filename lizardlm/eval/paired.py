@@ -22,6 +22,7 @@ from typing import Iterable
 from lizardlm.errors import LizardError
 from lizardlm.eval.tasks import REPORTED_METRIC, ZERO_SHOT
 
+
 def item_scores(samples: Iterable[dict], metrics: Iterable[str]) -> tuple[dict[str, str], str] | None:
     """``({metric: "0110..."}, digest)`` from lm-eval's logged samples of one task (each with ``doc_id``,
     ``doc_hash`` and the per-document metric values), ordered by ``doc_id``; None where a value is
