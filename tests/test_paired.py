@@ -20,6 +20,7 @@ from lizardlm.errors import LizardError  # noqa: E402
 from lizardlm.eval.paired import (  # noqa: E402
     compare,
     item_scores,
+    mcnemar_exact,
     mean_difference,
     paired_difference,
     task_difference,
@@ -179,6 +180,38 @@ def test_compare_cli_refusals(tmp_path, capsys):
     assert "--model-a" in capsys.readouterr().err
     (tmp_path / "one.json").write_text(json.dumps({"models": {"m": {}}, "reference": "m", "tasks": {}}))
     assert main(["compare", str(tmp_path / "one.json"), str(tmp_path / "one.json")]) == 2
-    assert "share no benchmark" in capsys.readouterr().err
+    assert "share nothing to compare" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "one.json")]) == 2
     assert "give a second result B" in capsys.readouterr().err
+
+
+def _passkey_entry(lengths: dict[int, list[tuple[str, float, bool]]]) -> dict:
+    return {"status": "ok", "metrics": {}, "details": {"lengths": [
+        {"length": n, "status": "ok", "trials": [{"key": k, "depth": d, "correct": c} for k, d, c in trials]}
+        for n, trials in lengths.items()]}}
+
+
+def test_passkey_pairs_trials_and_tests_them_with_mcnemar():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng()
+    n = 100
+    keys = [(str(rng.integers(10000, 99999)), round(i % 10 / 9, 4)) for i in range(n)]
+    a, b = rng.random(n) < 0.85, rng.random(n) < 0.95
+    other_keys = [(str(int(k) + 1), d) for k, d in keys]
+    ea = _passkey_entry({2048: [(*k, x) for k, x in zip(keys, a)], 4096: [(*k, x) for k, x in zip(keys, a)]})
+    eb = _passkey_entry({2048: [(*k, x) for k, x in zip(keys, b)], 4096: [(*k, x) for k, x in zip(other_keys, b)]})
+    cmp = compare({"tasks": {"passkey": {"m": ea}}}, "m", {"tasks": {"passkey": {"m": eb}}}, "m")
+    assert list(cmp["passkey"]) == ["2048"]  # 4096 drew other keys: not the same prompts, left out
+    r = cmp["passkey"]["2048"]
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    assert (r["a_only"], r["b_only"], r["n"]) == (a_only, b_only, n) and r["diff"] == pytest.approx(b.mean() - a.mean())
+    expected = stats.binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    assert r["p"] == pytest.approx(expected)
+    assert mcnemar_exact(4, 14) == pytest.approx(stats.binomtest(4, 18, 0.5).pvalue)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    # nothing paired: a note, or an error where the passkey was asked for
+    none = _passkey_entry({2048: [(*k, x) for k, x in zip(other_keys, b)]})
+    with pytest.raises(LizardError, match="same prompts"):
+        compare({"tasks": {"passkey": {"m": ea}}}, "m", {"tasks": {"passkey": {"m": none}}}, "m", ["passkey"])
+    with pytest.raises(LizardError, match="share nothing"):
+        compare({"tasks": {"passkey": {"m": ea}}}, "m", {"tasks": {"passkey": {"m": none}}}, "m")

@@ -23,15 +23,16 @@ def add_parser(subparsers) -> None:
         help="two models' benchmark scores, with the paired standard error of each difference",
         description="B - A on each benchmark both evaluations scored (PIQA acc, ARC-e acc, ARC-c acc_norm, "
         "HellaSwag acc_norm, WinoGrande acc, MMLU acc) and on the zero-shot five's mean, with the standard error "
-        "of each difference: paired (question by question) where both results hold per-question scores. With one "
-        "result: its reference model (the teacher) as A against its other model as B.",
+        "of each difference: paired (question by question) where both results hold per-question scores; and the "
+        "passkey's exact match at each length both scored on the same prompts, trial by trial, with McNemar's "
+        "exact test. With one result: its reference model (the teacher) as A against its other model as B.",
     )
     p.add_argument("a", metavar="A", help="eval.json, or a directory holding one (a run directory: its eval/)")
     p.add_argument("b", metavar="B", nargs="?", default=None, help="the second result (default: A's other model)")
     p.add_argument("--model-a", default=None, help="the model of A to compare (default: see the description)")
     p.add_argument("--model-b", default=None, help="the model of B to compare")
     p.add_argument("--tasks", type=lambda s: [t.strip() for t in s.split(",") if t.strip()], default=None,
-                   help="comma-separated benchmarks to compare (default: all both scored)")
+                   help="comma-separated benchmarks (and passkey) to compare (default: all both scored)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the comparison as JSON")
     p.set_defaults(func=run)
 
@@ -69,7 +70,7 @@ def _model(results: dict, path: Path, given: str | None, other_than: str | None 
 
 
 def table(cmp: dict, label_a: str, label_b: str) -> str:
-    """The comparison as markdown, in percentage points."""
+    """The benchmarks' comparison as markdown, in percentage points."""
     lines = [f"| benchmark | metric | A: {label_a} | B: {label_b} | B - A | se | right only in A / B |",
              "|---|---|---:|---:|---:|---:|---:|"]
 
@@ -84,6 +85,16 @@ def table(cmp: dict, label_a: str, label_b: str) -> str:
     if m:
         se = pts(m["se"]) + _pairing(m)
         lines.append(f"| zero-shot mean | | {pts(m['a'])} | {pts(m['b'])} | {100 * m['diff']:+.2f} | {se} | |")
+    return "\n".join(lines)
+
+
+def passkey_table(cmp: dict, label_a: str, label_b: str) -> str:
+    """The passkey's comparison by length as markdown: exact match, trial by trial."""
+    lines = [f"| passkey length | A: {label_a} | B: {label_b} | B - A | trials | right only in A / B | McNemar p |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for length, r in cmp["passkey"].items():
+        lines.append(f"| {length} | {r['a']:.2f} | {r['b']:.2f} | {r['diff']:+.2f} | {r['n']} | "
+                     f"{r['a_only']} / {r['b_only']} | {r['p']:.3g} |")
     return "\n".join(lines)
 
 
@@ -119,10 +130,15 @@ def run(args: argparse.Namespace) -> int:
         ma, mb = _model(ra, pa, args.model_a), _model(rb, pb, args.model_b)
     cmp = compare(ra, ma, rb, mb, args.tasks)
     print(f"A: {ma} of {pa}\nB: {mb} of {pb}\n")
-    print(table(cmp, ma, mb))
-    line = summary(cmp)
-    if line:
-        print("\n" + line)
+    if cmp["tasks"]:
+        print(table(cmp, ma, mb))
+        line = summary(cmp)
+        if line:
+            print("\n" + line)
+    if cmp["passkey"]:
+        print(("\n" if cmp["tasks"] else "") + passkey_table(cmp, ma, mb))
+    if cmp["passkey_note"]:
+        print(f"passkey not compared: {cmp['passkey_note']}", file=sys.stderr)
     unpaired = {t: r["why"] for t, r in cmp["tasks"].items() if not r["paired"]}
     for why in dict.fromkeys(unpaired.values()):
         tasks = ", ".join(t for t, w in unpaired.items() if w == why)

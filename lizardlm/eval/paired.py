@@ -11,6 +11,11 @@ were recorded) a task falls back to the unpaired ``sqrt(se_a^2 + se_b^2)`` and s
 Per-question scores live in each benchmark entry of ``eval.json`` as ``items``: ``{metric: "0110..."}``
 in document order, and ``items_digest``, a hash of the documents in that order, so that two results
 are paired only when they scored the same questions.
+
+Passkey evaluations keep every trial (its key, depth and whether the answer was exact), so two of them
+on the same prompts (same seed, depths and keys at a length) pair trial by trial too: per length, the
+trials right only in A / only in B and McNemar's exact two-sided test on those discordant trials,
+``p = min(1, 2 * P[Binomial(m, 1/2) <= min(a_only, b_only)])``, ``m = a_only + b_only``.
 """
 
 from __future__ import annotations
@@ -105,29 +110,77 @@ def paired_lines(results: dict, reference: str, model: str) -> list[str]:
     return [f"- `{model}` - `{reference}`, percentage points ± paired se: " + ", ".join(parts)]
 
 
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """McNemar's exact two-sided p-value from the discordant pairs (1 when there are none)."""
+    m = a_only + b_only
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, k) for k in range(min(a_only, b_only) + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
+def passkey_difference(ea: dict, eb: dict) -> dict[str, dict]:
+    """Per length both passkey entries scored on the same prompts (the same keys at the same depths, in
+    order): exact match of A and B, ``diff`` (B - A), n, the trials right only in A / B, McNemar's p.
+    Lengths whose prompts differ (another seed or depths) are left out."""
+    la = {r["length"]: r for r in ea.get("details", {}).get("lengths", []) if r.get("trials")}
+    out: dict[str, dict] = {}
+    for rb in eb.get("details", {}).get("lengths", []):
+        ra = la.get(rb["length"])
+        if ra is None or not rb.get("trials"):
+            continue
+        if [(t["key"], t["depth"]) for t in ra["trials"]] != [(t["key"], t["depth"]) for t in rb["trials"]]:
+            continue
+        a = [bool(t["correct"]) for t in ra["trials"]]
+        b = [bool(t["correct"]) for t in rb["trials"]]
+        a_only = sum(x and not y for x, y in zip(a, b))
+        b_only = sum(y and not x for x, y in zip(a, b))
+        n = len(a)
+        out[str(rb["length"])] = {"a": sum(a) / n, "b": sum(b) / n, "diff": (b_only - a_only) / n, "n": n,
+                                  "a_only": a_only, "b_only": b_only, "p": mcnemar_exact(a_only, b_only)}
+    return out
+
+
 def _entry(results: dict, task: str, model: str) -> dict | None:
     e = results.get("tasks", {}).get(task, {}).get(model)
     return e if e and e.get("status") == "ok" else None
 
 
+COMPARABLE = (*REPORTED_METRIC, "passkey")
+"""What :func:`compare` pairs: the benchmarks question by question, the passkey trial by trial."""
+
+
 def compare(a: dict, model_a: str, b: dict, model_b: str, tasks: Iterable[str] | None = None) -> dict:
     """``model_b`` of results ``b`` against ``model_a`` of results ``a`` (``eval.json`` dicts, possibly the
-    same one) on every benchmark both scored (or ``tasks``): ``{"tasks": {task: row}, "mean": row or
-    None, "mean_tasks": [...]}``; the mean is over the zero-shot five where both have all five."""
-    names = list(tasks) if tasks is not None else [t for t in REPORTED_METRIC]
+    same one) on every benchmark both scored and on the passkey (or on ``tasks``): ``{"tasks": {task:
+    row}, "mean": row or None, "mean_tasks": [...], "passkey": {length: row}}``; the mean is over the
+    zero-shot five where both have all five, the passkey's lengths those scored on the same prompts
+    (``passkey_note`` says why none was, where both have a passkey)."""
+    names = list(tasks) if tasks is not None else list(COMPARABLE)
     rows: dict[str, dict] = {}
+    passkey: dict[str, dict] = {}
+    note = None
     for t in names:
-        if t not in REPORTED_METRIC:
-            raise LizardError(f"{t!r} is not a benchmark with per-question accuracy; known: {', '.join(REPORTED_METRIC)}")
+        if t not in COMPARABLE:
+            raise LizardError(f"{t!r} cannot be compared question by question; these can: {', '.join(COMPARABLE)}")
         ea, eb = _entry(a, t, model_a), _entry(b, t, model_b)
         if ea is None or eb is None:
             if tasks is not None:
                 side, missing = ("A", model_a) if ea is None else ("B", model_b)
                 raise LizardError(f"no {t} result for model {missing!r} of {side} to compare")
             continue
-        rows[t] = task_difference(ea, eb, REPORTED_METRIC[t])
-    if not rows:
-        raise LizardError("the two results share no benchmark to compare (piqa, arc_easy, ..., mmlu)")
+        if t == "passkey":
+            passkey = passkey_difference(ea, eb)
+            if not passkey:
+                note = ("the two passkey evaluations share no length scored on the same prompts (another seed or "
+                        "depths, or other lengths before it: the keys are drawn length after length from one seed)")
+                if tasks is not None:
+                    raise LizardError(note)
+        else:
+            rows[t] = task_difference(ea, eb, REPORTED_METRIC[t])
+    if not rows and not passkey:
+        raise LizardError(f"the two results share nothing to compare ({', '.join(COMPARABLE)})")
     mean_tasks = [t for t in ZERO_SHOT if t in rows]
     mean = mean_difference([rows[t] for t in mean_tasks]) if len(mean_tasks) == len(ZERO_SHOT) else None
-    return {"tasks": rows, "mean": mean, "mean_tasks": mean_tasks if mean else []}
+    return {"tasks": rows, "mean": mean, "mean_tasks": mean_tasks if mean else [], "passkey": passkey,
+            "passkey_note": note}
