@@ -172,7 +172,9 @@ def passkey_eval(
     chunk: int = DEFAULT_CHUNK,
     keys: int = 5,
 ) -> dict:
-    """Accuracy per length over ``trials`` prompts with random keys.
+    """Accuracy per length over ``trials`` prompts with random keys, drawn length after length from one
+    generator seeded by ``seed``: the prompts at a length depend on the lengths before it in ``lengths``
+    (two evaluations pair trial by trial only where they asked for the same lengths up to it).
 
     Depths are random (``depths=None``) or cycle through ``depth_grid(depths)``; ``template`` is
     ``"eval"`` (the module's prompt) or ``"train"`` (the training template; ``filler`` is the
