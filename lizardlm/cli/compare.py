@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from lizardlm.errors import LizardError
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -38,8 +40,6 @@ def add_parser(subparsers) -> None:
 
 
 def _load(arg: str) -> tuple[dict, Path]:
-    from lizardlm.errors import LizardError
-
     path = Path(arg)
     for candidate in (path, path / "eval.json", path / "eval" / "eval.json"):
         if candidate.is_file():
@@ -53,8 +53,6 @@ def _load(arg: str) -> tuple[dict, Path]:
 def _model(results: dict, path: Path, given: str | None, other_than: str | None = None) -> str:
     """``given``, else the one model of ``results`` that is not its reference (with one result, not
     ``other_than``), else its only model."""
-    from lizardlm.errors import LizardError
-
     names = list(results.get("models", {}))
     if given is not None:
         if given not in names:
@@ -122,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
         ma = _model(ra, pa, ref)
         rb, pb, mb = ra, pa, _model(ra, pa, args.model_b, other_than=ma)
         if mb == ma:
-            from lizardlm.errors import LizardError
-
             raise LizardError(f"{pa} holds one model ({ma}): give a second result B to compare it with")
     else:
         rb, pb = _load(args.b)
