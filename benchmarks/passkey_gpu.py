@@ -56,6 +56,7 @@ import torch
 import transformers
 
 from linearize_gpu import run, share_cpus
+from lizardlm.eval.report import TASK_SETTINGS
 from readme_table import KNOBS, LONG_TASKS
 from result_names import device_slug
 from study_rows import MC_TASKS
@@ -183,7 +184,8 @@ def _by_length(entry: dict, key: str) -> dict[str, Any]:
     return {str(r["length"]): r.get(key, r["status"]) for r in entry["details"]["lengths"]}
 
 
-PASSKEY_SETTINGS = ("passkey_lengths", "passkey_trials", "passkey_depths", "passkey_keys")
+PASSKEY_SETTINGS = tuple(k for k in TASK_SETTINGS["passkey_train"] if k in FULL)
+"""The passkey settings `lizardlm eval` records that this script passes (the evaluation's own list)."""
 
 
 def passkey_settings(eval_json: dict) -> dict:

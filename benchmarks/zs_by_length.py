@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from lizardlm.eval.data import resolve_data_dir
+from lizardlm.eval.paired import paired_difference
 from lizardlm.eval.tasks import REPORTED_METRIC, find_task_files, read_split, task_configs
 from lizardlm.teachers import load_teacher
 
@@ -47,10 +48,9 @@ def by_length(a: str, b: str, lengths: list[int]) -> list[dict]:
         idx = [i for i, n in enumerate(lengths) if n >= lo and (hi is None or n < hi)]
         if not idx:
             continue
-        ra, rb = sum(a[i] == "1" for i in idx), sum(b[i] == "1" for i in idx)
-        rows.append({"tokens": [lo, hi], "n": len(idx), "a": ra / len(idx), "b": rb / len(idx),
-                     "a_only": sum(a[i] == "1" and b[i] == "0" for i in idx),
-                     "b_only": sum(a[i] == "0" and b[i] == "1" for i in idx)})
+        sa, sb = ("".join(x[i] for i in idx) for x in (a, b))
+        rows.append({"tokens": [lo, hi], "a": sa.count("1") / len(idx), "b": sb.count("1") / len(idx),
+                     **paired_difference(sa, sb)})
     return rows
 
 

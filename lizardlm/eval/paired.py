@@ -131,13 +131,10 @@ def passkey_difference(ea: dict, eb: dict) -> dict[str, dict]:
             continue
         if [(t["key"], t["depth"]) for t in ra["trials"]] != [(t["key"], t["depth"]) for t in rb["trials"]]:
             continue
-        a = [bool(t["correct"]) for t in ra["trials"]]
-        b = [bool(t["correct"]) for t in rb["trials"]]
-        a_only = sum(x and not y for x, y in zip(a, b))
-        b_only = sum(y and not x for x, y in zip(a, b))
-        n = len(a)
-        out[str(rb["length"])] = {"a": sum(a) / n, "b": sum(b) / n, "diff": (b_only - a_only) / n, "n": n,
-                                  "a_only": a_only, "b_only": b_only, "p": mcnemar_exact(a_only, b_only)}
+        a, b = ("".join("1" if t["correct"] else "0" for t in r["trials"]) for r in (ra, rb))
+        d = paired_difference(a, b)
+        out[str(rb["length"])] = {"a": a.count("1") / d["n"], "b": b.count("1") / d["n"], **d,
+                                  "p": mcnemar_exact(d["a_only"], d["b_only"])}
     return out
 
 
