@@ -211,6 +211,10 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard" ;;  # alone: the adapter learns from Alpaca rows only
   mixr2k-route-vo) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... and the LoRA of v/o (the read-out the lookup needs,
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard:v_proj,o_proj" ;;  # mixr2k-12m-route-vo); q/k's learn from Alpaca
+  mixr2k-route-long) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k-route with a long adapter among the Lizard
+                FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8" ;;  # parameters: v/o's rank-8
+                # delta at positions >= the window, which the passkey rows train and no prompt under 128 tokens reads
+                # (route: 49.19, no lookup; route-vo, v/o's LoRA on the passkey rows: the lookup, 47.46)
   mixr2k-route-vmap) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k-route with a value map: the memory's read-out
                 FLAGS="--loss-average rows $COMMON --value-map head --answer-rows lizard" ;;  # of its own, trained by the passkey
                 # rows with the other Lizard parameters; the adapter learns from Alpaca alone (mixr2k-route: 49.19, no lookup)

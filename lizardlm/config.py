@@ -116,6 +116,12 @@ class LizardConfig:
             (identity at start; :class:`~lizardlm.layers.short_conv.ShortConvolution`), so the memory's
             keys can hold the tokens before them; 0 = none. The window reads ``q`` and ``k`` as they
             are; decoding keeps the last ``c - 1`` queries and keys.
+        long_adapter: ``r``, a rank-``r`` adapter of its own on ``v_proj`` and ``o_proj``
+            (:class:`~lizardlm.layers.long_adapter.LongAdapter`, zero at start) that acts only on the tokens at
+            position ``p >= window_size`` in their sequence, where the linear memory holds something; 0 = none.
+            Retrieval rows that train it and not the LoRA adapter (``--answer-rows lizard``) leave every prompt
+            shorter than the window as the adapter made it. Decoding needs nothing more: the position is known.
+        long_adapter_alpha: its scale ``alpha / r`` (as LoRA's).
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
         chunk_size: chunk length of the parallel (training) form.
@@ -141,6 +147,8 @@ class LizardConfig:
     read_gate: StrengthKind | None = None
     value_map: StrengthKind | None = None
     short_conv: int = 0
+    long_adapter: int = 0
+    long_adapter_alpha: float = 16.0
     alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
     chunk_size: int = 64
@@ -163,7 +171,7 @@ class LizardConfig:
                              "when phi(q) is scaled")
         window_min = 0 if self.combine == "sum" else 1  # the sum form's linear branch stands alone
         for name, minimum in (("window_size", window_min), ("feature_dim", 1), ("chunk_size", 1), ("num_meta_tokens", 0),
-                              ("short_conv", 0)):
+                              ("short_conv", 0), ("long_adapter", 0)):
             value = getattr(self, name)
             whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
             if isinstance(value, bool) or not whole:
@@ -188,6 +196,8 @@ class LizardConfig:
             raise ValueError("write_contrast sharpens the write gate: it needs write_gate 'head'")
         if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):
             raise ValueError(f"gate_temperature must be a finite number > 0, got {self.gate_temperature}")
+        if isinstance(self.long_adapter_alpha, bool) or not (self.long_adapter_alpha > 0 and math.isfinite(self.long_adapter_alpha)):
+            raise ValueError(f"long_adapter_alpha must be a finite number > 0, got {self.long_adapter_alpha}")
         if not math.isfinite(self.alpha_init):
             raise ValueError(f"alpha_init must be finite, got {self.alpha_init}")
         self.softmax_layers = sorted(int(i) for i in self.softmax_layers)

@@ -150,13 +150,17 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
                    help="a causal depthwise convolution of width C over time on the linear branch's queries and keys "
                    "(identity at start; the window reads q and k as they are), so the memory's keys can hold the tokens "
                    "before them (default 0: none; at 1M + 16M tokens it cost the passkey lookup on the H200: docs/method.md)")
+    g.add_argument("--long-adapter", type=non_negative_int, default=None, metavar="R",
+                   help="a rank-R adapter of the layer's own on v_proj and o_proj that acts only on tokens at least a "
+                   "window into their sequence (zero at start; a Lizard parameter): with --answer-rows lizard, retrieval "
+                   "rows train it and leave the LoRA, which every prompt shorter than the window reads (default 0: none)")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
     """The LizardConfig fields given as flags (a ``--softmax-layers`` selection is not one: see
     :func:`softmax_select`)."""
     names = ("mode", "combine", "rope", "meta", "gate", "gate_init", "write_gate", "read_gate", "value_map", "short_conv",
-             "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
+             "long_adapter", "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if softmax_select(args) is not None:
         del given["softmax_layers"]

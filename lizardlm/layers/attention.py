@@ -15,6 +15,7 @@ from lizardlm.cache import LizardCache, given_cache
 from lizardlm.config import LizardConfig
 from lizardlm.layers.feature_map import HedgehogFeatureMap
 from lizardlm.layers.gate import DecayGate, StrengthGate
+from lizardlm.layers.long_adapter import LongAdapter
 from lizardlm.layers.short_conv import ShortConvolution
 from lizardlm.ops import linear_state, window_attention_chunk
 from lizardlm.ops.lizard import drop_padding
@@ -48,7 +49,8 @@ class LizardAttention(nn.Module):
     ``read_gate`` (:class:`~lizardlm.layers.gate.StrengthGate` or None); ``value_map`` (key/value heads
     x V x V, the map on the values the linear memory stores, or None); ``short_conv_q`` / ``short_conv_k``
     (:class:`~lizardlm.layers.short_conv.ShortConvolution` on the linear branch's queries / keys, or None);
-    meta memory,
+    ``long_v`` / ``long_o`` (:class:`~lizardlm.layers.long_adapter.LongAdapter` added to ``v_proj`` /
+    ``o_proj`` on the tokens at least a window into their sequence, or None); meta memory,
     either ``meta_k``/``meta_v``/``meta_bias`` (``m`` key/value slots per head with a logit bias each)
     or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
     or ``alpha`` (per-head weight of the window branch, sum form; with ``window_size`` 0 it is a fixed
@@ -105,6 +107,10 @@ class LizardAttention(nn.Module):
         c = lizard.short_conv
         self.short_conv_q = ShortConvolution(self.num_heads, self.head_dim, c).to(**factory) if c else None
         self.short_conv_k = ShortConvolution(self.num_kv_heads, self.head_dim, c).to(**factory) if c else None
+        r, q_out = lizard.long_adapter, self.num_heads * self.head_dim
+        self.long_v = (LongAdapter(config.hidden_size, self.num_kv_heads * self.head_dim, r, lizard.long_adapter_alpha)
+                       .to(**factory) if r else None)
+        self.long_o = LongAdapter(q_out, config.hidden_size, r, lizard.long_adapter_alpha).to(**factory) if r else None
         m = lizard.num_meta_tokens
         kv_slots = bool(m) and lizard.meta == "kv"
         self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
@@ -147,13 +153,13 @@ class LizardAttention(nn.Module):
     def reset_lizard_parameters(self) -> None:
         """Feature maps at identity, gate at ``gate_init``, meta keys small and random, meta values
         zero and meta logits 0 (slots start as attention sinks that add nothing), value map and short
-        convolutions at identity, sink logits 0,
+        convolutions at identity, long adapters at zero, sink logits 0,
         linear-branch scale e^0 = 1 (shared form), alpha at ``alpha_init`` (sum form; 0 without a window)."""
         self.feature_map_q.reset_parameters()
         self.feature_map_k.reset_parameters()
         if self.gate is not None:
             self.gate.reset_parameters()
-        for module in (self.write_gate, self.read_gate, self.short_conv_q, self.short_conv_k):
+        for module in (self.write_gate, self.read_gate, self.short_conv_q, self.short_conv_k, self.long_v, self.long_o):
             if module is not None:
                 module.reset_parameters()
         with torch.no_grad():
@@ -182,14 +188,17 @@ class LizardAttention(nn.Module):
         B, T, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v_teacher = self.v_proj(hidden_states)
+        cache = given_cache(past_key_values, cache)
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
+        far = self._far(T, hidden_states.device, kwargs.get("position_ids"), cache_layer) if self.long_v is not None else None
+        v = v_teacher + self.long_v(hidden_states, far) if far is not None else v_teacher
+        v, v_teacher = (t.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2) for t in (v, v_teacher))
         cos, sin = position_embeddings
         q_rope, k_rope = apply_rotary_pos_emb(q, k, cos, sin)
         rope = self.lizard.rope
         q_win, k_win = (q, k) if rope == "none" else (q_rope, k_rope)
         q_lin, k_lin = (q_rope, k_rope) if rope == "both" else (q, k)
-        cache = given_cache(past_key_values, cache)
-        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         key_start = cache.key_start(self.layer_idx) if isinstance(cache, LizardCache) else None  # left padding
         if self.short_conv_q is not None:
             q_lin, k_lin = self._short_convs(q_lin, k_lin, cache_layer, key_start)
@@ -225,12 +234,13 @@ class LizardAttention(nn.Module):
             cache_layer.advance(new_state, T)
         if handoff is not None:
             handoff.final = new_state.kv_state.detach()
-        out = self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        out = self.o_proj(y) + self.long_o(y, far) if far is not None else self.o_proj(y)
 
         if not self.attention_transfer:
             return out, None
         with torch.no_grad():
-            target = self.o_proj(self._teacher_attention(q_rope, k_rope, v).transpose(1, 2).reshape(B, T, -1))
+            target = self.o_proj(self._teacher_attention(q_rope, k_rope, v_teacher).transpose(1, 2).reshape(B, T, -1))
         loss = F.mse_loss(out.float(), target.float())
         if self.transfer_backward and loss.requires_grad:
             with torch.autocast(out.device.type, enabled=False):  # backward runs outside autocast
@@ -238,6 +248,18 @@ class LizardAttention(nn.Module):
             loss = loss.detach()
         self.transfer_loss = loss
         return target, None
+
+    def _far(self, T: int, device: torch.device, position_ids: torch.Tensor | None, cache_layer) -> torch.Tensor:
+        """``(B or 1, T)`` bool: the tokens the long adapters act on, those at position ``p >= w`` in their
+        sequence. ``p``: the model's ``position_ids`` (under left padding each row counts from its first real
+        token), else the tokens this layer's cache has seen plus ``0 .. T-1``; with a memory handed in (state
+        passing) every token is far, as the memory holds the document before it."""
+        if cache_layer is None and self.handoff is not None and self.handoff.initial is not None:
+            return torch.ones(1, T, dtype=torch.bool, device=device)
+        if position_ids is None:
+            seen = cache_layer.seen if cache_layer is not None else 0
+            position_ids = torch.arange(seen, seen + T, device=device)[None]
+        return position_ids >= self.lizard.window_size
 
     def _short_convs(self, q: torch.Tensor, k: torch.Tensor, cache_layer, key_start: torch.Tensor | None,
                      ) -> tuple[torch.Tensor, torch.Tensor]:

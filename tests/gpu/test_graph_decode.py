@@ -26,13 +26,15 @@ def model(dtype=torch.float32, mode="lizard", **lizard):
     return m.to("cuda", dtype).eval()
 
 
-@pytest.mark.parametrize("extra", [{}, {"value_map": "head"}, {"short_conv": 4}], ids=["plain", "value_map", "short_conv"])
+@pytest.mark.parametrize("extra", [{}, {"value_map": "head"}, {"short_conv": 4}, {"long_adapter": 4}],
+                         ids=["plain", "value_map", "short_conv", "long_adapter"])
 @pytest.mark.parametrize("mode", ["lizard", "paper"])
 @pytest.mark.parametrize("batch", [1, 3])
 @torch.no_grad()
 def test_replayed_logits_match_eager_steps(batch, mode, extra):
     """Every step of the replayed graph gives the eager step's logits (the value map, and the short
-    convolutions whose last inputs the decoder keeps in static buffers, included)."""
+    convolutions whose last inputs the decoder keeps in static buffers, and the long adapters, which read the
+    position from the decoder's static positions, included)."""
     m = model(mode=mode, **extra)
     tokens = torch.randint(1, 101, (batch, 60), device="cuda")
     eager, graphed = LizardCache.for_model(m), LizardCache.for_model(m)

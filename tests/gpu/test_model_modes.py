@@ -20,6 +20,7 @@ SETTINGS += [dict(mode="paper", gate=g) for g in ("scalar", "mamba2", "pooled_ke
 SETTINGS += [dict(mode=m, write_gate="head") for m in ("lizard", "paper")] + [dict(mode="lizard", read_gate="head")]
 SETTINGS += [dict(mode=m, value_map="head") for m in ("lizard", "paper")]
 SETTINGS += [dict(mode=m, short_conv=4) for m in ("lizard", "paper")]
+SETTINGS += [dict(mode=m, long_adapter=4) for m in ("lizard", "paper")]
 
 
 def run(settings: dict, backend: str):
