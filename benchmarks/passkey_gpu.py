@@ -55,11 +55,12 @@ from typing import Any
 import torch
 import transformers
 
-from linearize_gpu import run, share_cpus
-from lizardlm.eval.report import TASK_SETTINGS
-from readme_table import KNOBS, LONG_TASKS
-from result_names import device_slug
-from study_rows import MC_TASKS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lizardlm
+from linearize_gpu import run, share_cpus  # noqa: E402
+from lizardlm.eval.report import TASK_SETTINGS  # noqa: E402
+from readme_table import KNOBS, LONG_TASKS  # noqa: E402
+from result_names import device_slug  # noqa: E402
+from study_rows import MC_TASKS  # noqa: E402
 
 EVAL_TASKS = ",".join(LONG_TASKS)
 FULL = dict(stage1_tokens=2_097_152, stage2_tokens=2_097_152, seq_len=2048, batch_size=8, val_tokens=131_072,
