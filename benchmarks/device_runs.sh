@@ -215,6 +215,11 @@ case "${NAME:-}" in
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8" ;;  # parameters: v/o's rank-8
                 # delta at positions >= the window, which the passkey rows train and no prompt under 128 tokens reads
                 # (route: 49.19, no lookup; route-vo, v/o's LoRA on the passkey rows: the lookup, 47.46)
+  mixr2k-route-long32) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... at rank 32: route-long (rank 8: 48.87,
+                FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 32" ;;  # 0.80-0.88 at 1K-8K at its
+                # knobs, misses copy slips) short of the adapter's capacity for the copy?
+  mixr2k-route-long-seed1) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # route-long at seed 1 (rows, order): its noise
+                FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8 --seed 1" ;;
   mixr2k-route-vmap) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k-route with a value map: the memory's read-out
                 FLAGS="--loss-average rows $COMMON --value-map head --answer-rows lizard" ;;  # of its own, trained by the passkey
                 # rows with the other Lizard parameters; the adapter learns from Alpaca alone (mixr2k-route: 49.19, no lookup)
