@@ -119,8 +119,8 @@ class LizardConfig:
         long_adapter: ``r``, a rank-``r`` adapter of its own on ``v_proj`` and ``o_proj``
             (:class:`~lizardlm.layers.long_adapter.LongAdapter`, zero at start) that acts only on the tokens at
             position ``p >= window_size`` in their sequence, where the linear memory holds something; 0 = none.
-            Retrieval rows that train it and not the LoRA adapter (``--answer-rows lizard``) leave every prompt
-            shorter than the window as the adapter made it. Decoding needs nothing more: the position is known.
+            Retrieval rows that train it and not the LoRA adapter (``--answer-rows lizard``) leave the LoRA,
+            which every prompt reads, to the other rows. Decoding needs nothing more: the position is known.
         long_adapter_alpha: its scale ``alpha / r`` (as LoRA's).
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
