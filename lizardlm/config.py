@@ -116,11 +116,13 @@ class LizardConfig:
             (identity at start; :class:`~lizardlm.layers.short_conv.ShortConvolution`), so the memory's
             keys can hold the tokens before them; 0 = none. The window reads ``q`` and ``k`` as they
             are; decoding keeps the last ``c - 1`` queries and keys.
-        long_adapter: ``r``, a rank-``r`` adapter of its own on ``v_proj`` and ``o_proj``
+        long_adapter: ``r``, a rank-``r`` adapter of its own on each projection in ``long_adapter_targets``
             (:class:`~lizardlm.layers.long_adapter.LongAdapter`, zero at start) that acts only on the tokens at
             position ``p >= window_size`` in their sequence, where the linear memory holds something; 0 = none.
             Retrieval rows that train it and not the LoRA adapter (``--answer-rows lizard``) leave the LoRA,
             which every prompt reads, to the other rows. Decoding needs nothing more: the position is known.
+        long_adapter_targets: the projections it adapts, of ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``
+            (default ``v_proj``, ``o_proj``: the read-out that the passkey lookup needs).
         long_adapter_alpha: its scale ``alpha / r`` (as LoRA's).
         alpha_init: initial alpha of the ``sum`` form.
         softmax_layers: layer indices that keep the teacher's full softmax attention (hybrid).
@@ -148,6 +150,7 @@ class LizardConfig:
     value_map: StrengthKind | None = None
     short_conv: int = 0
     long_adapter: int = 0
+    long_adapter_targets: list[str] = field(default_factory=lambda: ["v_proj", "o_proj"])
     long_adapter_alpha: float = 16.0
     alpha_init: float = ALPHA_INIT
     softmax_layers: list[int] = field(default_factory=list)
@@ -196,6 +199,10 @@ class LizardConfig:
             raise ValueError("write_contrast sharpens the write gate: it needs write_gate 'head'")
         if not (self.gate_temperature > 0 and math.isfinite(self.gate_temperature)):
             raise ValueError(f"gate_temperature must be a finite number > 0, got {self.gate_temperature}")
+        targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+        if not self.long_adapter_targets or not set(self.long_adapter_targets) <= set(targets):
+            raise ValueError(f"long_adapter_targets must name some of {', '.join(targets)}, got {self.long_adapter_targets!r}")
+        self.long_adapter_targets = [t for t in targets if t in self.long_adapter_targets]
         if isinstance(self.long_adapter_alpha, bool) or not (self.long_adapter_alpha > 0 and math.isfinite(self.long_adapter_alpha)):
             raise ValueError(f"long_adapter_alpha must be a finite number > 0, got {self.long_adapter_alpha}")
         if not math.isfinite(self.alpha_init):

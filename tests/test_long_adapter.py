@@ -21,10 +21,12 @@ from test_model import TEACHERS, assert_padded_rows_score_as_alone, decode_token
 
 FORMS = ("shared", "sum")
 W = 6
+VO, QKVO = ["v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def small(combine: str, rank: int = 3) -> LizardConfig:
-    return LizardConfig(combine=combine, window_size=W, num_meta_tokens=2, feature_dim=8, chunk_size=8, long_adapter=rank)
+def small(combine: str, rank: int = 3, targets: list[str] = VO) -> LizardConfig:
+    return LizardConfig(combine=combine, window_size=W, num_meta_tokens=2, feature_dim=8, chunk_size=8, long_adapter=rank,
+                        long_adapter_targets=targets)
 
 
 def test_the_delta_is_scaled_low_rank_and_gated_by_position():
@@ -45,21 +47,24 @@ def test_the_delta_is_scaled_low_rank_and_gated_by_position():
     torch.testing.assert_close(adapter(x, far[:1]), adapter(x, far[:1].expand(2, 9)), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("targets", [VO, QKVO], ids=["vo", "qkvo"])
 @pytest.mark.parametrize("combine", FORMS)
-def test_long_adapters_start_at_zero_and_leave_short_prompts_alone(combine):
+def test_long_adapters_start_at_zero_and_leave_short_prompts_alone(combine, targets):
     """At init the model gives the logits of one without them, bit for bit (their state-dict entries the only
-    new ones); trained (moved off zero), the first ``w`` positions keep those logits exactly and the later ones
-    change."""
+    new ones, one per target); trained (moved off zero), the first ``w`` positions keep those logits exactly and
+    the later ones change."""
     torch.manual_seed(0)
     teacher = TEACHERS["llama"]().eval()
     ids = torch.randint(0, 97, (2, 19))
-    models = [lizardlm.convert(copy.deepcopy(teacher), small(combine, r)) for r in (0, 3)]
+    models = [lizardlm.convert(copy.deepcopy(teacher), small(combine, r, targets)) for r in (0, 3)]
     missing, unexpected = models[1].load_state_dict(models[0].state_dict(), strict=False)
-    assert not unexpected and missing and all(n.split(".")[-2] in ("long_v", "long_o") for n in missing)
+    assert not unexpected and {n.split(".")[-2] for n in missing} == {f"long_{t[0]}" for t in targets}
     layer = models[1].model.layers[0].self_attn
-    hidden = layer.v_proj.in_features
-    assert layer.long_v.A.shape == (3, hidden) and layer.long_v.B.shape == (layer.v_proj.out_features, 3)
-    assert layer.long_o.A.shape == (3, layer.o_proj.in_features) and layer.long_o.B.shape == (hidden, 3)
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        adapter, proj = getattr(layer, f"long_{name[0]}"), getattr(layer, name)
+        assert (adapter is not None) == (name in targets)
+        if adapter is not None:
+            assert adapter.A.shape == (3, proj.in_features) and adapter.B.shape == (proj.out_features, 3)
     with torch.no_grad():
         logits = [m(ids, use_cache=False).logits for m in models]
         torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
@@ -89,29 +94,46 @@ def test_the_op_reads_the_adapted_values_beyond_the_window(combine):
     assert not torch.allclose(seen["v"][:, :, W:], plain.view(B, T, -1, layer.head_dim).transpose(1, 2)[:, :, W:])
 
 
+@pytest.mark.parametrize("targets", [VO, QKVO], ids=["vo", "qkvo"])
 @pytest.mark.parametrize("combine", FORMS)
-def test_a_model_with_long_adapters_decodes_like_its_forward_trains_them_and_saves_them(combine, tmp_path):
+def test_a_model_with_long_adapters_decodes_like_its_forward_trains_them_and_saves_them(combine, targets, tmp_path):
     """Token by token and prefill + steps give the full forward's logits (the cache's count is the position);
-    the loss reaches both adapters (Lizard parameters); save / load keeps them."""
-    model, layer, _, ids, full = captured_forward(small(combine))
+    the loss reaches every adapter (Lizard parameters); save / load keeps them."""
+    model, layer, _, ids, full = captured_forward(small(combine, targets=targets))
     step, _ = decode_token_by_token(model, ids)
     torch.testing.assert_close(step, full, rtol=1e-9, atol=1e-9)
     prefilled, _ = decode_token_by_token(model, ids, prefill=4)  # the prefill inside the window, then across it
     torch.testing.assert_close(prefilled, full, rtol=1e-9, atol=1e-9)
     loss = model(ids, labels=ids).loss
-    params = [layer.long_v.A, layer.long_v.B, layer.long_o.A, layer.long_o.B]
+    params = [p for t in targets for p in (getattr(layer, f"long_{t[0]}").A, getattr(layer, f"long_{t[0]}").B)]
+    assert len(params) == 2 * len(targets)
     assert all(float(g.abs().max()) > 0 for g in torch.autograd.grad(loss, params))
     assert {id(p) for p in params} <= {id(p) for p in layer.lizard_parameters()}
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path).double()
-    assert loaded.lizard_config.long_adapter == 3
+    assert loaded.lizard_config.long_adapter == 3 and loaded.lizard_config.long_adapter_targets == targets
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, use_cache=False).logits, full, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("combine", FORMS)
 def test_left_padded_rows_count_their_positions_from_their_first_real_token(combine):
-    assert_padded_rows_score_as_alone(lizard_model("llama", small(combine)))
+    assert_padded_rows_score_as_alone(lizard_model("llama", small(combine, targets=QKVO)))
+
+
+def test_the_query_and_key_adapters_act_from_the_window_on():
+    """With q/k targeted, the op's queries and keys change at ``p >= w`` only when those adapters move."""
+    model, layer, seen, ids, _ = captured_forward(small("shared", targets=QKVO))
+    plain = {}
+    layer.capture = lambda _, inputs: plain.update(inputs)
+    with torch.no_grad():
+        layer.long_q.B.zero_()
+        layer.long_k.B.zero_()
+        model(ids, use_cache=False)
+    layer.capture = None
+    for name in ("q", "k", "fq", "fk"):
+        torch.testing.assert_close(seen[name][:, :, :W], plain[name][:, :, :W], rtol=0, atol=0)
+        assert not torch.allclose(seen[name][:, :, W:], plain[name][:, :, W:])
 
 
 def test_with_a_memory_handed_in_every_token_is_far():
@@ -124,14 +146,15 @@ def test_with_a_memory_handed_in_every_token_is_far():
     layer.handoff = None
 
 
-def test_attention_transfer_targets_the_teachers_attention_without_the_adapters():
+@pytest.mark.parametrize("targets", [VO, QKVO], ids=["vo", "qkvo"])
+def test_attention_transfer_targets_the_teachers_attention_without_the_adapters(targets):
     """Stage 1's target is the teacher's own attention output: the adapters change the student's side only."""
     torch.manual_seed(0)
     teacher = TEACHERS["llama"]().eval().double()
     ids = torch.randint(0, 97, (2, 19))
     with torch.no_grad():
         expected = teacher(ids).logits
-        student = lizard_model("llama", small("shared")).double()
+        student = lizard_model("llama", small("shared", targets=targets)).double()
         with attention_transfer(student) as layers:
             passed = student(ids, use_cache=False).logits
             losses = [float(layer.transfer_loss) for layer in layers]
@@ -149,6 +172,13 @@ def test_the_long_adapter_flag_reaches_the_config():
         LizardConfig(long_adapter=-1)
     with pytest.raises(ValueError, match="long_adapter_alpha"):
         LizardConfig(long_adapter=2, long_adapter_alpha=0.0)
+    given = parser.parse_args(["--long-adapter", "4", "--long-adapter-targets", "o_proj,k_proj,q_proj,v_proj"])
+    assert lizard_config_from_args(given).long_adapter_targets == QKVO  # in the layer's order
+    assert LizardConfig().long_adapter_targets == VO
+    with pytest.raises(ValueError, match="long_adapter_targets must name some of"):
+        LizardConfig(long_adapter=2, long_adapter_targets=["gate_proj"])
+    with pytest.raises(ValueError, match="long_adapter_targets must name some of"):
+        LizardConfig(long_adapter=2, long_adapter_targets=[])
 
 
 def test_a_run_on_answer_rows_trains_the_long_adapter_and_not_the_lora(books, teacher_dir, tmp_path, capsys):

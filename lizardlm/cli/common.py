@@ -154,13 +154,15 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
                    help="a rank-R adapter of the layer's own on v_proj and o_proj that acts only on tokens at least a "
                    "window into their sequence (zero at start; a Lizard parameter): with --answer-rows lizard, retrieval "
                    "rows train it and leave the LoRA, which every prompt shorter than the window reads (default 0: none)")
+    g.add_argument("--long-adapter-targets", type=lambda s: s.split(","), default=None, metavar="PROJ,...",
+                   help="the projections the long adapter adapts, of q_proj,k_proj,v_proj,o_proj (default v_proj,o_proj)")
 
 
 def lizard_overrides(args: argparse.Namespace) -> dict:
     """The LizardConfig fields given as flags (a ``--softmax-layers`` selection is not one: see
     :func:`softmax_select`)."""
     names = ("mode", "combine", "rope", "meta", "gate", "gate_init", "write_gate", "read_gate", "value_map", "short_conv",
-             "long_adapter", "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
+             "long_adapter", "long_adapter_targets", "window_size", "num_meta_tokens", "feature_dim", "softmax_layers")
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if softmax_select(args) is not None:
         del given["softmax_layers"]

@@ -49,8 +49,8 @@ class LizardAttention(nn.Module):
     ``read_gate`` (:class:`~lizardlm.layers.gate.StrengthGate` or None); ``value_map`` (key/value heads
     x V x V, the map on the values the linear memory stores, or None); ``short_conv_q`` / ``short_conv_k``
     (:class:`~lizardlm.layers.short_conv.ShortConvolution` on the linear branch's queries / keys, or None);
-    ``long_v`` / ``long_o`` (:class:`~lizardlm.layers.long_adapter.LongAdapter` added to ``v_proj`` /
-    ``o_proj`` on the tokens at least a window into their sequence, or None); meta memory,
+    ``long_q`` / ``long_k`` / ``long_v`` / ``long_o`` (:class:`~lizardlm.layers.long_adapter.LongAdapter` added
+    to that projection on the tokens at least a window into their sequence, or None); meta memory,
     either ``meta_k``/``meta_v``/``meta_bias`` (``m`` key/value slots per head with a logit bias each)
     or ``sink_logits`` (heads x m); and ``beta`` (per-head log-scale of the linear branch, shared form)
     or ``alpha`` (per-head weight of the window branch, sum form; with ``window_size`` 0 it is a fixed
@@ -107,10 +107,11 @@ class LizardAttention(nn.Module):
         c = lizard.short_conv
         self.short_conv_q = ShortConvolution(self.num_heads, self.head_dim, c).to(**factory) if c else None
         self.short_conv_k = ShortConvolution(self.num_kv_heads, self.head_dim, c).to(**factory) if c else None
-        r, q_out = lizard.long_adapter, self.num_heads * self.head_dim
-        self.long_v = (LongAdapter(config.hidden_size, self.num_kv_heads * self.head_dim, r, lizard.long_adapter_alpha)
-                       .to(**factory) if r else None)
-        self.long_o = LongAdapter(q_out, config.hidden_size, r, lizard.long_adapter_alpha).to(**factory) if r else None
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            proj = getattr(self, name)
+            r = lizard.long_adapter if name in lizard.long_adapter_targets else 0
+            setattr(self, f"long_{name[0]}", LongAdapter(proj.in_features, proj.out_features, r, lizard.long_adapter_alpha)
+                    .to(**factory) if r else None)
         m = lizard.num_meta_tokens
         kv_slots = bool(m) and lizard.meta == "kv"
         self.meta_k = nn.Parameter(torch.empty(self.num_heads, m, self.head_dim, **factory)) if kv_slots else None
@@ -159,7 +160,8 @@ class LizardAttention(nn.Module):
         self.feature_map_k.reset_parameters()
         if self.gate is not None:
             self.gate.reset_parameters()
-        for module in (self.write_gate, self.read_gate, self.short_conv_q, self.short_conv_k, self.long_v, self.long_o):
+        for module in (self.write_gate, self.read_gate, self.short_conv_q, self.short_conv_k,
+                       self.long_q, self.long_k, self.long_v, self.long_o):
             if module is not None:
                 module.reset_parameters()
         with torch.no_grad():
@@ -186,14 +188,14 @@ class LizardAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         B, T, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v_teacher = self.v_proj(hidden_states)
         cache = given_cache(past_key_values, cache)
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
-        far = self._far(T, hidden_states.device, kwargs.get("position_ids"), cache_layer) if self.long_v is not None else None
-        v = v_teacher + self.long_v(hidden_states, far) if far is not None else v_teacher
-        v, v_teacher = (t.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2) for t in (v, v_teacher))
+        far = self._far(T, hidden_states.device, kwargs.get("position_ids"), cache_layer) if self.lizard.long_adapter else None
+        (q, q_teacher), (k, k_teacher), (v, v_teacher) = (self._project(name, hidden_states, far)
+                                                          for name in ("q_proj", "k_proj", "v_proj"))
+        adapted_qk = q is not q_teacher or k is not k_teacher
+        q, k, v, q_teacher, k_teacher, v_teacher = (t.view(B, T, -1, self.head_dim).transpose(1, 2)
+                                                    for t in (q, k, v, q_teacher, k_teacher, v_teacher))
         cos, sin = position_embeddings
         q_rope, k_rope = apply_rotary_pos_emb(q, k, cos, sin)
         rope = self.lizard.rope
@@ -234,12 +236,13 @@ class LizardAttention(nn.Module):
             cache_layer.advance(new_state, T)
         if handoff is not None:
             handoff.final = new_state.kv_state.detach()
-        y = y.transpose(1, 2).reshape(B, T, -1)
-        out = self.o_proj(y) + self.long_o(y, far) if far is not None else self.o_proj(y)
+        out, _ = self._project("o_proj", y.transpose(1, 2).reshape(B, T, -1), far)
 
         if not self.attention_transfer:
             return out, None
-        with torch.no_grad():
+        with torch.no_grad():  # the teacher's attention on its own projections
+            if adapted_qk:
+                q_rope, k_rope = apply_rotary_pos_emb(q_teacher, k_teacher, cos, sin)
             target = self.o_proj(self._teacher_attention(q_rope, k_rope, v_teacher).transpose(1, 2).reshape(B, T, -1))
         loss = F.mse_loss(out.float(), target.float())
         if self.transfer_backward and loss.requires_grad:
@@ -248,6 +251,13 @@ class LizardAttention(nn.Module):
             loss = loss.detach()
         self.transfer_loss = loss
         return target, None
+
+    def _project(self, name: str, x: torch.Tensor, far: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(student, teacher)``: projection ``name`` of ``x`` with its long adapter on the ``far`` tokens, and
+        without (the same tensor where it has none)."""
+        plain = getattr(self, name)(x)
+        adapter = getattr(self, f"long_{name[0]}")
+        return (plain if adapter is None or far is None else plain + adapter(x, far)), plain
 
     def _far(self, T: int, device: torch.device, position_ids: torch.Tensor | None, cache_layer) -> torch.Tensor:
         """``(B or 1, T)`` bool: the tokens the long adapters act on, those at position ``p >= w`` in their

@@ -21,6 +21,7 @@ SETTINGS += [dict(mode=m, write_gate="head") for m in ("lizard", "paper")] + [di
 SETTINGS += [dict(mode=m, value_map="head") for m in ("lizard", "paper")]
 SETTINGS += [dict(mode=m, short_conv=4) for m in ("lizard", "paper")]
 SETTINGS += [dict(mode=m, long_adapter=4) for m in ("lizard", "paper")]
+SETTINGS += [dict(mode="lizard", long_adapter=4, long_adapter_targets="q_proj,k_proj,v_proj,o_proj".split(","))]
 
 
 def run(settings: dict, backend: str):
