@@ -218,9 +218,9 @@ case "${NAME:-}" in
   mixr2k-route-long32) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... at rank 32: route-long (rank 8: 48.87,
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 32" ;;  # 0.80-0.88 at 1K-8K at its
                 # knobs, misses copy slips) short of the adapter's capacity for the copy?
-  mixr2k-route-long-qkvo) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... on q/k too: the lookup as trained came
-                # with q/k's LoRA in the passkey rows (mixr2k-seed1, all four: 1.00 / 1.00 / 0.90 at 1K-4K; route-vo,
-                # v/o's alone: 0.94 / 1.00 / 0.10), route-long's is 0.30 / 0.90 / 0.36
+  mixr2k-route-long-qkvo) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # ... on q/k too: as trained, the passkey
+                # rows training all four LoRA targets gave 1.00 / 1.00 / 0.90 at 1K-4K (mixr2k-seed1; mixr2k-12m 0.10 at
+                # 4K), v/o's alone 0.94 / 1.00 / 0.10 (route-vo, CPU); route-long's is 0.30 / 0.90 / 0.36
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8 --long-adapter-targets q_proj,k_proj,v_proj,o_proj" ;;
   mixr2k-route-long-seed1) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # route-long at seed 1 (rows, order): its noise
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8 --seed 1" ;;

@@ -151,7 +151,7 @@ def add_lizard_arguments(p: argparse.ArgumentParser) -> None:
                    "(identity at start; the window reads q and k as they are), so the memory's keys can hold the tokens "
                    "before them (default 0: none; at 1M + 16M tokens it cost the passkey lookup on the H200: docs/method.md)")
     g.add_argument("--long-adapter", type=non_negative_int, default=None, metavar="R",
-                   help="a rank-R adapter of the layer's own on v_proj and o_proj that acts only on tokens at least a "
+                   help="a rank-R adapter of the layer's own on v_proj and o_proj (--long-adapter-targets) that acts only on tokens at least a "
                    "window into their sequence (zero at start; a Lizard parameter): with --answer-rows lizard, retrieval "
                    "rows train it and leave the LoRA, which every prompt shorter than the window reads (default 0: none)")
     g.add_argument("--long-adapter-targets", type=lambda s: s.split(","), default=None, metavar="PROJ,...",

@@ -11,10 +11,10 @@ from torch import nn
 class LongAdapter(nn.Module):
     """``delta(x)_t = s * [p_t >= start] * x_t A^T B^T`` with ``A`` (r x in), ``B`` (out x r), ``s = alpha / r``:
     LoRA's form (``A`` as PEFT draws it, ``B = 0``, so it starts at zero), gated by each token's position
-    ``p_t`` in its sequence. The layer adds it to the outputs of ``v_proj`` and ``o_proj``
-    (:class:`~lizardlm.layers.attention.LizardAttention`) with ``start`` = the window: the linear memory holds
-    nothing before it, and the prompts of the zero-shot tasks (most under 128 tokens) never reach it, so
-    what retrieval training puts here cannot change them."""
+    ``p_t`` in its sequence. The layer adds it to the outputs of the projections it targets (``v_proj`` and
+    ``o_proj`` by default; :class:`~lizardlm.layers.attention.LizardAttention`) with ``start`` = the window: the
+    linear memory holds nothing before it, and the prompts of the zero-shot tasks (most under 128 tokens) never
+    reach it, so what retrieval training puts here cannot change them."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float) -> None:
         super().__init__()
