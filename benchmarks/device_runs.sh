@@ -222,6 +222,10 @@ case "${NAME:-}" in
                 # rows training all four LoRA targets gave 1.00 / 1.00 / 0.90 at 1K-4K (mixr2k-seed1; mixr2k-12m 0.10 at
                 # 4K), v/o's alone 0.94 / 1.00 / 0.10 (route-vo, CPU); route-long's is 0.30 / 0.90 / 0.36
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8 --long-adapter-targets q_proj,k_proj,v_proj,o_proj" ;;
+  alpacar2k-seed1-long) INIT=alpacar2k-seed1 S1=0 S2=4194304  # a long adapter added (at zero) to the zero-shot line's
+                DATA="$PASSKEYS"  # seed-1 run and trained on 4M of passkey rows alone, which train the Lizard parameters and
+                # not the LoRA: the lookup retrofitted, and the cost to the line's own questions (1M + 20M: over the budget)
+                FLAGS="--loss-average rows --init-from $R/alpacar2k-seed1 --stage2-train-lizard --answer-rows lizard --long-adapter 8 --seed 1" ;;
   mixr2k-route-long-seed1) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # route-long at seed 1 (rows, order): its noise
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8 --seed 1" ;;
   mixr2k-route-vmap) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.5"  # mixr2k-route with a value map: the memory's read-out

@@ -141,3 +141,32 @@ def _interrupt_stage2(s: TrainSettings, out) -> None:
 
     with mock.patch("lizardlm.train.linearize.run_stage", stop_in_stage2):
         linearize(s, out)
+
+
+def test_a_run_adds_a_long_adapter_to_one_without(tmp_path, teacher_dir, data_file, first):
+    """Started from a run without a long adapter, ``long_adapter`` > 0 adds one at zero: with a learning rate too
+    small to move anything the new run gives the old one's logits and holds its Lizard parameters; with a real
+    one (``stage2_train_lizard``) the adapter trains. A run with one cannot change its shape; a run may not drop it."""
+    run_a, _ = first
+    with_adapter = {**settings(teacher_dir, data_file).lizard, "long_adapter": 2}
+    still = tmp_path / "still"
+    linearize(settings(teacher_dir, data_file, init_from=str(run_a), stage1_tokens=0, stage2_tokens=LARGEST,
+                       stage2_lr=1e-12, lizard=with_adapter), still)
+    lizard_a, lizard = load_checked(run_a / "lizard.safetensors")[0], load_checked(still / "lizard.safetensors")[0]
+    added = set(lizard) - set(lizard_a)
+    assert added and all(".long_v." in k or ".long_o." in k for k in added)
+    assert all(torch.equal(lizard_a[k], lizard[k]) for k in lizard_a)
+    assert all(lizard[k].abs().max() < 1e-8 for k in added if k.endswith(".B"))
+    ids = torch.randint(0, 64, (1, 24), generator=torch.Generator().manual_seed(0))  # 24 tokens: past the window of 8
+    assert torch.allclose(_logits(run_a, ids), _logits(still, ids), atol=1e-5)
+
+    on = tmp_path / "on"
+    linearize(settings(teacher_dir, data_file, init_from=str(run_a), stage1_tokens=0, stage2_train_lizard=True,
+                       lizard=with_adapter), on)
+    trained = load_checked(on / "lizard.safetensors")[0]
+    assert any(trained[k].abs().max() > 1e-4 for k in added if k.endswith(".B"))
+    with pytest.raises(CheckpointError, match="lizard.long_adapter: 2 there, 4 here"):
+        linearize(settings(teacher_dir, data_file, init_from=str(on), stage1_tokens=0,
+                           lizard={**with_adapter, "long_adapter": 4}), tmp_path / "x1")
+    with pytest.raises(CheckpointError, match="lizard.long_adapter: 2 there, 0 here"):
+        linearize(settings(teacher_dir, data_file, init_from=str(on), stage1_tokens=0), tmp_path / "x2")

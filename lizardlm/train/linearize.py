@@ -25,6 +25,7 @@ from lizardlm.data.packing import IGNORE_INDEX, PackedSplits, input_ids, inputs_
 from lizardlm.devices import pick_device
 from lizardlm.errors import CheckpointError, LizardError, TrainingError
 from lizardlm.layers import attention_transfer
+from lizardlm.layers.long_adapter import LongAdapter
 from lizardlm.progress import progress
 from lizardlm.train.activations import checkpoint_decoder_layers
 from lizardlm.train.answer_repeats import answer_repeat_weights
@@ -336,8 +337,10 @@ def _linearize(settings: TrainSettings, run: RunDir, resume: bool, merge: bool) 
         with phase("converted"):
             model = convert(model, lizard_config)  # before sharding: it changes the model's class, as FSDP does
         lizard_params = dict(model.lizard_named_parameters())
-        if init is not None and "stage1" not in manifest["completed"]:
-            copy_params(lizard_params, init[0], settings.init_from)
+        if init is not None and "stage1" not in manifest["completed"]:  # a long adapter added (read_init) keeps its zeros
+            added = {n for n in lizard_params if n not in init[0] and isinstance(model.get_submodule(n.rpartition(".")[0]),
+                                                                                 LongAdapter)}
+            copy_params({n: p for n, p in lizard_params.items() if n not in added}, init[0], settings.init_from)
     model.requires_grad_(False)
     if settings.fsdp:
         shard_model(model, lizard_params.values(), accelerator.device)

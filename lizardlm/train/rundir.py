@@ -219,6 +219,9 @@ INIT_FREE = ("lizard.gate_init", "lizard.alpha_init", "lizard.chunk_size", "liza
              *(f"lizard.{k}" for k in INFERENCE_KNOBS))
 """Lizard settings a run started from another (``init_from``) may give otherwise: initial values its
 weights replace, and how the layers run (not what they compute)."""
+LONG_ADAPTER = ("lizard.long_adapter", "lizard.long_adapter_targets", "lizard.long_adapter_alpha")
+"""The long adapter's settings: a run started from one without it (``long_adapter`` 0) may add one, which starts
+at zero (:class:`~lizardlm.layers.long_adapter.LongAdapter`), so the model starts as the run it comes from."""
 INIT_SHAPE = ("lora_rank", "lora_alpha", "lora_targets")
 """Settings of the LoRA adapter that a run started from another must share with it."""
 
@@ -276,11 +279,14 @@ def read_init(path: str | os.PathLike, settings: TrainSettings,
     that a run with ``settings`` starts from (``init_from``), and their files' fingerprint;
     CheckpointError unless that run finished stage 2, is not a baseline, was made from this teacher
     (``teacher``: its fingerprint, loaded from ``where``), and has the same Lizard form (but
-    :data:`INIT_FREE`) and LoRA shape (:data:`INIT_SHAPE`)."""
+    :data:`INIT_FREE`, and a long adapter this run adds to one without: :data:`LONG_ADAPTER`) and LoRA shape
+    (:data:`INIT_SHAPE`)."""
     run = RunDir(path)
     manifest, theirs = finished_lizard_run(run, f"--init-from {run.path}", "start from")
     run.check_teacher(manifest, teacher, where)
     ours, there = shared_form(settings), shared_form(theirs, manifest)
+    if not there.get("lizard.long_adapter"):  # a long adapter may be added (at zero)
+        ours, there = ({k: v for k, v in form.items() if k not in LONG_ADAPTER} for form in (ours, there))
     differing = form_differences(there, ours)
     if differing:
         raise CheckpointError(f"--init-from {run.path}: its layers or adapter differ from this run's "
