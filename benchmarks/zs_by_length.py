@@ -49,8 +49,7 @@ def by_length(a: str, b: str, lengths: list[int]) -> list[dict]:
         if not idx:
             continue
         sa, sb = ("".join(x[i] for i in idx) for x in (a, b))
-        rows.append({"tokens": [lo, hi], "a": sa.count("1") / len(idx), "b": sb.count("1") / len(idx),
-                     **paired_difference(sa, sb)})
+        rows.append({"tokens": [lo, hi], **paired_difference(sa, sb)})
     return rows
 
 

@@ -41,6 +41,7 @@ def test_paired_difference_matches_float64_reference(n):
     got = paired_difference(_bits(a), _bits(b))
     d = b.astype(np.float64) - a.astype(np.float64)
     assert got["diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert (got["a"], got["b"]) == (pytest.approx(a.mean(), abs=1e-12), pytest.approx(b.mean(), abs=1e-12))
     assert got["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(n), abs=1e-12)
     assert (got["a_only"], got["b_only"], got["n"]) == (int((a & ~b).sum()), int((~a & b).sum()), n)
 

@@ -46,8 +46,8 @@ def item_scores(samples: Iterable[dict], metrics: Iterable[str]) -> tuple[dict[s
 
 
 def paired_difference(a: str, b: str) -> dict:
-    """``b - a`` over per-question scores ``a``, ``b`` ("0"/"1" strings of one length): the difference of
-    the means, its paired standard error, n, and the questions right only in ``a`` / only in ``b``."""
+    """``b - a`` over per-question scores ``a``, ``b`` ("0"/"1" strings of one length): both means, their
+    difference, its paired standard error, n, and the questions right only in ``a`` / only in ``b``."""
     if len(a) != len(b) or not a:
         raise ValueError(f"per-question scores of different lengths ({len(a)} and {len(b)}) cannot be paired")
     n = len(a)
@@ -56,8 +56,8 @@ def paired_difference(a: str, b: str) -> dict:
     diff = (b_only - a_only) / n
     # sum of squared deviations of d_i in {-1, 0, 1}: (a_only + b_only) - n diff^2
     var = ((a_only + b_only) - n * diff * diff) / (n - 1) if n > 1 else 0.0
-    return {"diff": diff, "se": math.sqrt(max(var, 0.0) / n), "n": n, "a_only": a_only, "b_only": b_only,
-            "paired": True}
+    return {"a": a.count("1") / n, "b": b.count("1") / n, "diff": diff, "se": math.sqrt(max(var, 0.0) / n), "n": n,
+            "a_only": a_only, "b_only": b_only, "paired": True}
 
 
 def _unpaired(ea: dict, eb: dict, metric: str) -> dict:
@@ -133,8 +133,7 @@ def passkey_difference(ea: dict, eb: dict) -> dict[str, dict]:
             continue
         a, b = ("".join("1" if t["correct"] else "0" for t in r["trials"]) for r in (ra, rb))
         d = paired_difference(a, b)
-        out[str(rb["length"])] = {"a": a.count("1") / d["n"], "b": b.count("1") / d["n"], **d,
-                                  "p": mcnemar_exact(d["a_only"], d["b_only"])}
+        out[str(rb["length"])] = {**d, "p": mcnemar_exact(d["a_only"], d["b_only"])}
     return out
 
 
