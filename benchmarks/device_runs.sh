@@ -222,6 +222,10 @@ case "${NAME:-}" in
                 # rows training all four LoRA targets gave 1.00 / 1.00 / 0.90 at 1K-4K (mixr2k-seed1; mixr2k-12m 0.10 at
                 # 4K), v/o's alone 0.94 / 1.00 / 0.10 (route-vo, CPU); route-long's is 0.30 / 0.90 / 0.36
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8 --long-adapter-targets q_proj,k_proj,v_proj,o_proj" ;;
+  mixr2k-route-long-lines) DATA="mix:alpaca-cleaned=0.5,$PASSKEYS=0.25,$LINES=0.25"  # ... with MQAR's lines for a
+                # quarter of the rows, the passkeys' half halved: lines25 (LoRA on the lines) reached 76% / 69% of the
+                # teacher's MQAR at 512 / 1024 and lost zero-shot points; here the lines train the long adapter alone
+                FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8" ;;
   alpacar2k-seed1-long) INIT=alpacar2k-seed1 S1=0 S2=4194304  # a long adapter added (at zero) to the zero-shot line's
                 DATA="$PASSKEYS"  # seed-1 run and trained on 4M of passkey rows alone, which train the Lizard parameters and
                 # not the LoRA: the lookup retrofitted, and the cost to the line's own questions (1M + 20M: over the budget)
