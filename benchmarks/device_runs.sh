@@ -226,6 +226,11 @@ case "${NAME:-}" in
                 # quarter of the rows, the passkeys' half halved: lines25 (LoRA on the lines) reached 76% / 69% of the
                 # teacher's MQAR at 512 / 1024, 3.0 zero-shot points lost; here they train the Lizard parameters, not the LoRA
                 FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8" ;;
+  mixr2k-route-long-books) DATA="mix:long-docs@train=0.25,alpaca-cleaned=0.25,$PASSKEYS=0.5"  # route-long with books in
+                # half of its Alpaca rows: they train every parameter on all their tokens, the long adapter among them, which
+                # the passkey rows alone made a lookup that reads held-out books at 69.5 at 4K-8K (alpacar2k-seed1 31.2, the
+                # teacher 25.5; CPU, results/longppl-route-long-cpu/); mixr2k-bookmix (no routing) kept the lookup to 1K only
+                FLAGS="--loss-average rows $COMMON --answer-rows lizard --long-adapter 8" ;;
   alpacar2k-seed1-long) INIT=alpacar2k-seed1 S1=0 S2=4194304  # a long adapter added (at zero) to the zero-shot line's
                 DATA="$PASSKEYS"  # seed-1 run and trained on 4M of passkey rows alone, which train the Lizard parameters and
                 # not the LoRA: the lookup retrofitted, and the cost to the line's own questions (1M + 20M: over the budget)

@@ -7,7 +7,10 @@ books is: a flat line is a student that keeps its quality as the context grows p
     python benchmarks/longppl_plot.py --runs mixr2k-books,lizard,lolcats,mixr2k,alpaca-f256
 
 Writes ``<out>/longppl-vs-reference-<reference device>.png``; the numbers are ``docs/results.md``'s table
-of the same files (``readme_table.longppl_reference``).
+of the same files (``readme_table.longppl_reference``). With ``--folder`` it draws a folder of
+``lizardlm eval --tasks longppl`` results instead (``readme_table.longppl_folder``'s table): every file's
+perplexity by position, the teacher's fixed-context references (``--longppl-context``) dashed, into
+``<folder>/longppl.png``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_table import RESULTS, longppl_runs  # noqa: E402
+from readme_table import RESULTS, kib, longppl_folder_curves, longppl_runs  # noqa: E402
 from result_names import device_slug  # noqa: E402
 
 
@@ -60,13 +64,54 @@ def plot(reference: Path, names: list[str] | None, out: Path) -> Path:
     return path
 
 
+def plot_folder(folder: Path) -> Path:
+    """Every curve of a longppl folder by position (bucket middles), references dashed; returns the PNG's path."""
+    curves, _, device = longppl_folder_curves(folder)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    references = [label for label, c in curves.items() if c.get("context")]
+    for i, label in enumerate(sorted(references, key=lambda label: curves[label]["context"])):
+        c = curves[label]
+        mids = [(a + b) / 2 for a, b in zip(c["bucket_start"], c["bucket_end"])]
+        ax.plot(mids, c["ppl"], ls="--", color=str(0.2 + 0.5 * i / max(1, len(references) - 1)), lw=1,
+                label=f"{label} ({kib(c['context'])}-token context)")
+    for label, c in curves.items():
+        if label in references:
+            continue
+        mids = [(a + b) / 2 for a, b in zip(c["bucket_start"], c["bucket_end"])]
+        ax.plot(mids, c["ppl"], "o-", lw=2 if label == "teacher" else 1.2, color="black" if label == "teacher" else None,
+                label=label)
+    first = next(iter(curves.values()))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel(f"token position ({first.get('data', 'long-docs@eval')}; bucket middle)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"Long-document perplexity by position, {device} ({folder.name}: {first['windows']} windows of "
+                 f"{kib(first['seq_len'])})", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = folder / "longppl.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", type=Path, default=None,
                    help="the reference's eval.json (default: the first benchmarks/results/longppl-reference-*.json)")
     p.add_argument("--runs", default=None, help="comma-separated run names (default: every run within 2x of the reference)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--folder", type=Path, default=None,
+                   help="draw this folder of `lizardlm eval --tasks longppl` results instead (into FOLDER/longppl.png)")
     args = p.parse_args()
+    if args.folder is not None:
+        if not any(args.folder.glob("*-eval.json")):
+            raise SystemExit(f"{args.folder}: no <label>-eval.json of `lizardlm eval --tasks longppl` in it")
+        print(plot_folder(args.folder))
+        return
     reference = args.reference or next(iter(sorted(RESULTS.glob("longppl-reference-*.json"))), None)
     if reference is None or not reference.is_file():
         raise SystemExit(f"no reference: run `lizardlm eval --tasks longppl --longppl-context N` and save its eval.json "

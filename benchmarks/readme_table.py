@@ -484,30 +484,45 @@ def longppl_reference(path: Path) -> str:
     return "\n".join(rows)
 
 
-def longppl_folder(folder: Path) -> str:
-    """A folder of ``lizardlm eval --tasks longppl`` results (``<label>-eval.json``, one device, one text: the
-    held-out books or what ``--longppl-data`` named): perplexity by position bucket per file, and the ratio to
-    the teacher's file (``teacher-eval.json``) beside each student's."""
+def longppl_folder_curves(folder: Path) -> tuple[dict[str, dict], dict[str, dict], str]:
+    """A folder of ``lizardlm eval --tasks longppl`` results (``<label>-eval.json``, one device, one text):
+    each label's curve and model record, the teacher's (``teacher-eval.json``) first, then the fixed-context
+    references (``--longppl-context``) by context, then the others by name, and the device."""
     evals = {f.name.removesuffix("-eval.json"): json.loads(f.read_text()) for f in sorted(folder.glob("*-eval.json"))}
     curves = {label: next(iter(d["tasks"]["longppl"].values()))["curve"] for label, d in evals.items()}
+    order = sorted(evals, key=lambda label: (label != "teacher", not curves[label].get("context"), curves[label].get("context") or 0))
+    curves = {label: curves[label] for label in order}
+    models = {label: next(iter(evals[label]["models"].values())) for label in order}
+    return curves, models, next(iter(evals.values()))["meta"]["device"].get("cuda_device") or "CPU"
+
+
+def longppl_folder(folder: Path) -> str:
+    """A folder of ``lizardlm eval --tasks longppl`` results (:func:`longppl_folder_curves`; the held-out books
+    or what ``--longppl-data`` named): perplexity by position bucket per file, and the ratio to the teacher's
+    file beside each other's."""
+    curves, models, device = longppl_folder_curves(folder)
     teacher = curves.get("teacher")
     first = teacher or next(iter(curves.values()))
     starts, ends = first["bucket_start"], first["bucket_end"]
-    models = {label: next(iter(d["models"].values())) for label, d in evals.items()}
-    device = next(iter(evals.values()))["meta"]["device"].get("cuda_device") or "CPU"
     books = "long-docs@eval"  # lizardlm.eval.report.LONGPPL_BOOKS: what a curve without "data" read
     data = first.get("data", books)
     command = "lizardlm eval --tasks longppl" + ("" if data == books else f" --longppl-data {data}")
     out = [f"Long-document perplexity on `{data}`, {device} (`{folder.name}`, `{command}`): {first['windows']} windows of "
            f"{kib(first['seq_len'])} tokens, perplexity of each position bucket; in brackets a student's over the "
-           "teacher's; knobs: the decay scale / write contrast / read sharpness evaluated at.", "",
+           "teacher's; knobs: the decay scale / write contrast / read sharpness evaluated at, or the context of a "
+           "fixed-context reference (`--longppl-context`: each position predicted from at most that many tokens).", "",
            "| model | knobs | " + " | ".join(f"{kib(a)}-{kib(b)}" for a, b in zip(starts, ends)) + " |",
            "|---|---|" + "---:|" * len(starts)]
-    for label, curve in sorted(curves.items(), key=lambda kv: kv[0] != "teacher"):
-        knobs = " / ".join(f"{models[label].get(key, 1.0):g}" for key, *_ in KNOBS)
+    for label, curve in curves.items():
+        if curve.get("context"):
+            knobs = f"context {kib(curve['context'])}"
+        elif KNOBS[0][0] in models[label]:  # a Lizard model's
+            knobs = " / ".join(f"{models[label].get(key, 1.0):g}" for key, *_ in KNOBS)
+        else:
+            knobs = "–"
         cells = [f"{p:.1f}" + (f" ({p / t - 1:+.0%})" if teacher and label != "teacher" else "")
                  for p, t in zip(curve["ppl"], teacher["ppl"] if teacher else curve["ppl"])]
-        out.append(f"| {label} | {'–' if label == 'teacher' else knobs} | " + " | ".join(cells) + " |")
+        out.append(f"| {label} | {knobs} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -1074,6 +1089,7 @@ RENDERERS = (
     ("longppl-reference-*.json", lambda p: longppl_reference(p)),
     ("longppl-ood-*", lambda p: longppl_folder(p)),
     ("longppl-knobs-*", lambda p: longppl_folder(p)),
+    ("longppl-books-*", lambda p: longppl_folder(p)),
     ("mqar-window-*.json", lambda p: mqar_window(p)),
     ("answer-format-*.json", lambda p: answer_format(p)),
     ("read-sharpness-nvidia-*", lambda p: read_sharpness(p)),

@@ -61,6 +61,7 @@ CASES = [
     (2, 4, 1, 193, 32, 64, 32, 100, 0, True),
     (1, 2, 2, 150, 64, 64, 64, 16, 3, False),
     (1, 2, 1, 50, 64, 64, 64, 64, 4, True),  # shorter than the window
+    (1, 2, 1, 1100, 64, 64, 64, 512, 4, True),  # a wide window: the general window backward, many blocks back
 ]
 
 
@@ -69,6 +70,7 @@ PAPER_CASES = [
     (1, 4, 2, 257, 64, 64, 128, 64, 4, True),  # window 64: the pair window backward in 16-bit dtypes
     (2, 4, 1, 193, 32, 64, 32, 100, 0, False),  # no sinks, no gate
     (1, 2, 1, 50, 64, 64, 64, 128, 4, True),  # shorter than the window
+    (1, 2, 1, 1100, 64, 64, 64, 512, 4, True),  # a wide window
 ]
 
 
