@@ -487,10 +487,13 @@ def longppl_reference(path: Path) -> str:
 def longppl_folder_curves(folder: Path) -> tuple[dict[str, dict], dict[str, dict], str]:
     """A folder of ``lizardlm eval --tasks longppl`` results (``<label>-eval.json``, one device, one text):
     each label's curve and model record, the teacher's (``teacher-eval.json``) first, then the fixed-context
-    references (``--longppl-context``) by context, then the others by name, and the device."""
+    references (``--longppl-context``) by context, then the others by name (numbers in it by value), and the device."""
     evals = {f.name.removesuffix("-eval.json"): json.loads(f.read_text()) for f in sorted(folder.glob("*-eval.json"))}
     curves = {label: next(iter(d["tasks"]["longppl"].values()))["curve"] for label, d in evals.items()}
-    order = sorted(evals, key=lambda label: (label != "teacher", not curves[label].get("context"), curves[label].get("context") or 0))
+    by_name = lambda label: [float(part) if i % 2 else part  # noqa: E731
+                             for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", label))]
+    order = sorted(evals, key=lambda label: (label != "teacher", not curves[label].get("context"),
+                                             curves[label].get("context") or 0, by_name(label)))
     curves = {label: curves[label] for label in order}
     models = {label: next(iter(evals[label]["models"].values())) for label in order}
     return curves, models, next(iter(evals.values()))["meta"]["device"].get("cuda_device") or "CPU"
@@ -509,15 +512,17 @@ def longppl_folder(folder: Path) -> str:
     command = "lizardlm eval --tasks longppl" + ("" if data == books else f" --longppl-data {data}")
     out = [f"Long-document perplexity on `{data}`, {device} (`{folder.name}`, `{command}`): {first['windows']} windows of "
            f"{kib(first['seq_len'])} tokens, perplexity of each position bucket; in brackets a student's over the "
-           "teacher's; knobs: the decay scale / write contrast / read sharpness evaluated at, or the context of a "
-           "fixed-context reference (`--longppl-context`: each position predicted from at most that many tokens).", "",
+           "teacher's; knobs: the decay scale / write contrast / read sharpness evaluated at (and the softmax window, "
+           "where the evaluation recorded it), or the context of a fixed-context reference (`--longppl-context`: each "
+           "position predicted from at most that many tokens).", "",
            "| model | knobs | " + " | ".join(f"{kib(a)}-{kib(b)}" for a, b in zip(starts, ends)) + " |",
            "|---|---|" + "---:|" * len(starts)]
     for label, curve in curves.items():
         if curve.get("context"):
             knobs = f"context {kib(curve['context'])}"
-        elif KNOBS[0][0] in models[label]:  # a Lizard model's
+        elif KNOBS[0][0] in models[label]:  # a Lizard model's, with its window where the evaluation recorded it
             knobs = " / ".join(f"{models[label].get(key, 1.0):g}" for key, *_ in KNOBS)
+            knobs += f", window {kib(models[label]['window_size'])}" if models[label].get("window_size") else ""
         else:
             knobs = "–"
         cells = [f"{p:.1f}" + (f" ({p / t - 1:+.0%})" if teacher and label != "teacher" else "")

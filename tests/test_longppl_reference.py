@@ -66,7 +66,8 @@ def test_a_folder_of_longppl_evaluations_is_one_table_against_its_teacher(tmp_pa
             "meta": {"device": {"cuda_available": False}}, "models": {"model": knobs}}))
 
     write("student", [22.0, 33.0, 30.0, 45.0], {"decay_scale": 0.125, "write_contrast": 5.0, "read_sharpness": 2.0})
-    write("as-trained", [22.0, 33.0, 30.0, 60.0], {"decay_scale": 1.0, "write_contrast": 1.0, "read_sharpness": 1.0})
+    write("as-trained", [22.0, 33.0, 30.0, 60.0], {"decay_scale": 1.0, "write_contrast": 1.0, "read_sharpness": 1.0,
+                                                   "window_size": 1024})
     write("teacher", [20.0, 30.0, 30.0, 30.0], {})
     write("teacher-context512", [20.0, 30.0, 36.0, 39.0], {}, context=512)
     rows = readme_table.longppl_folder(folder).splitlines()
@@ -74,7 +75,7 @@ def test_a_folder_of_longppl_evaluations_is_one_table_against_its_teacher(tmp_pa
     assert rows[2] == "| model | knobs | 0-512 | 512-1K | 1K-2K | 2K-4K |"
     assert rows[4:] == ["| teacher | – | 20.0 | 30.0 | 30.0 | 30.0 |",  # first, then the references, the others by name
                         "| teacher-context512 | context 512 | 20.0 (+0%) | 30.0 (+0%) | 36.0 (+20%) | 39.0 (+30%) |",
-                        "| as-trained | 1 / 1 / 1 | 22.0 (+10%) | 33.0 (+10%) | 30.0 (+0%) | 60.0 (+100%) |",
+                        "| as-trained | 1 / 1 / 1, window 1K | 22.0 (+10%) | 33.0 (+10%) | 30.0 (+0%) | 60.0 (+100%) |",
                         "| student | 0.125 / 5 / 2 | 22.0 (+10%) | 33.0 (+10%) | 30.0 (+0%) | 45.0 (+50%) |"]
     assert readme_table.table(folder) == readme_table.longppl_folder(folder)
     assert longppl_plot.plot_folder(folder) == folder / "longppl.png" and (folder / "longppl.png").stat().st_size > 10_000

@@ -184,9 +184,10 @@ def lizard_config_from_args(args: argparse.Namespace) -> LizardConfig:
         raise LizardError(str(err)) from None
 
 
-def add_inference_knobs(p: argparse.ArgumentParser) -> None:
-    """``--decay-scale S``, ``--write-contrast C`` and ``--read-sharpness T`` of the commands that run a model
-    (``eval``, ``generate``)."""
+def add_inference_knobs(p: argparse.ArgumentParser, window: bool = True) -> None:
+    """``--decay-scale S``, ``--write-contrast C``, ``--read-sharpness T`` and ``--window-size W`` of the commands
+    that run a model (``eval``, ``generate``); ``window=False`` where :func:`add_lizard_arguments` already gave
+    ``--window-size`` (``generate``: the window of a ``--convert``, and of a Lizard model loaded as it is)."""
     p.add_argument("--decay-scale", type=float, default=None, metavar="S",
                    help="a Lizard model's log-decays times S (S < 1 stretches every half-life by 1/S, for prompts "
                    "longer than training; default: as saved, 1 unless set)")
@@ -196,18 +197,23 @@ def add_inference_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-sharpness", type=float, default=None, metavar="T",
                    help="a Lizard model's query feature-map logits times T (T > 1 sharpens what a query reads from "
                    "the linear memory; default: as saved, 1 unless set)")
+    if window:
+        p.add_argument("--window-size", type=positive_int, default=None, metavar="W",
+                       help="a Lizard model's softmax window at W tokens instead of as trained (wider: more recent text "
+                       "read exactly, a cache still constant at W keys and values a layer)")
 
 
 def set_inference_knobs(model, args: argparse.Namespace, spec: str) -> None:
-    """``--decay-scale`` / ``--write-contrast`` / ``--read-sharpness``:
+    """``--decay-scale`` / ``--write-contrast`` / ``--read-sharpness`` / ``--window-size``:
     :meth:`~lizardlm.models.modeling.LizardModelMixin.set_decay_scale` / ``set_write_contrast`` /
-    ``set_read_sharpness`` (nothing for those not given), or a one-line error for a model without Lizard
-    layers (or write gate) or a value out of range."""
+    ``set_read_sharpness`` / ``set_window_size`` (nothing for those not given), or a one-line error for a
+    model without Lizard layers (or write gate, or window) or a value out of range."""
     from lizardlm.models.modeling import is_lizard_model
 
     for flag, value, setter, what in (("--decay-scale", args.decay_scale, "set_decay_scale", "decay to scale"),
                                       ("--write-contrast", args.write_contrast, "set_write_contrast", "write gate"),
-                                      ("--read-sharpness", args.read_sharpness, "set_read_sharpness", "feature map")):
+                                      ("--read-sharpness", args.read_sharpness, "set_read_sharpness", "feature map"),
+                                      ("--window-size", args.window_size, "set_window_size", "window")):
         if value is None:
             continue
         if not is_lizard_model(model):

@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay each decoding step as one CUDA graph (Lizard models without softmax layers, --device cuda)")
     add_lizard_arguments(p)
-    add_inference_knobs(p)
+    add_inference_knobs(p, window=False)
     p.set_defaults(func=run)
 
 

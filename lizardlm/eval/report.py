@@ -288,7 +288,7 @@ def _model_info(model: Any, source: str | None = None) -> dict:
         pass
     cfg = getattr(model, "config", None)
     if isinstance(getattr(cfg, "lizard", None), dict):
-        info.update({k: cfg.lizard.get(k, 1.0) for k in INFERENCE_KNOBS})
+        info.update({k: cfg.lizard.get(k, 1.0) for k in INFERENCE_KNOBS}, window_size=cfg.lizard.get("window_size"))
     for k in ("model_type", "max_position_embeddings", "num_hidden_layers", "hidden_size", "_name_or_path"):
         v = getattr(cfg, k, None)
         if isinstance(v, (str, int, float)) and v != "":
@@ -376,7 +376,8 @@ def _kept_entries(partial: Path, results: dict, fingerprints: dict[str, dict | N
     for name, info in results["models"].items():
         theirs = saved_models.get(name, {})
         fp, saved_fp = fingerprints.get(name), theirs.get("fingerprint")
-        knobs_differ = any(theirs.get(k, 1.0) != info.get(k, 1.0) for k in INFERENCE_KNOBS)  # a file from before a knob: 1
+        knobs_differ = any(theirs.get(k, 1.0) != info.get(k, 1.0) for k in INFERENCE_KNOBS) or (  # before a knob: 1
+            theirs.get("window_size", info.get("window_size")) != info.get("window_size"))  # before the window's: as saved
         if theirs.get("source") != info.get("source") or knobs_differ or (
                 (fp is None) != (saved_fp is None)) or (fp is not None and not same_model(fp, saved_fp)):
             refused.append(f"model {name}")

@@ -78,6 +78,23 @@ class LizardModelMixin:
         for layer in self._record_knob("read_sharpness", sharpness):
             layer.feature_map_q.sharpness = float(sharpness)
 
+    def set_window_size(self, window: int) -> None:
+        """Run every layer's exact softmax window over the last ``window`` tokens from now on
+        (``LizardConfig.window_size``, recorded in the config, so a saved model keeps it). A window wider than
+        training reads more of the recent text exactly; the cache stays constant (``window`` keys and values a
+        layer). In our form the tokens enter the linear memory as they leave the window, and the long adapter
+        acts from position ``window`` on, so both move with it. ValueError for a model without a window branch
+        (``window_size`` 0) or a window under 1."""
+        if window == self.lizard_config.window_size:
+            return
+        if not self.lizard_config.window_size:
+            raise ValueError("window_size: this model has no window branch (window_size 0)")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window_size must be an integer >= 1, got {window!r}")
+        layers = self._record_knob("window_size", window)
+        for layer in layers:
+            layer.lizard = self.lizard_config
+
     def _record_knob(self, name: str, value: float) -> list[LizardAttention]:
         """Record inference knob ``name`` = ``value`` in the config (ValueError, changing nothing, where
         :class:`LizardConfig` refuses it) and return the Lizard layers that are to run at it."""
