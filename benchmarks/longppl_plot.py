@@ -68,8 +68,8 @@ def plot_folder(folder: Path) -> Path:
     """Every curve of a longppl folder by position (bucket middles), references dashed; returns the PNG's path."""
     curves, _, device = longppl_folder_curves(folder)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    references = [label for label, c in curves.items() if c.get("context")]
-    for i, label in enumerate(sorted(references, key=lambda label: curves[label]["context"])):
+    references = [label for label, c in curves.items() if c.get("context")]  # by context (longppl_folder_curves)
+    for i, label in enumerate(references):
         c = curves[label]
         mids = [(a + b) / 2 for a, b in zip(c["bucket_start"], c["bucket_end"])]
         ax.plot(mids, c["ppl"], ls="--", color=str(0.2 + 0.5 * i / max(1, len(references) - 1)), lw=1,

@@ -92,8 +92,9 @@ class LizardModelMixin:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window_size must be an integer >= 1, got {window!r}")
         layers = self._record_knob("window_size", window)
+        config = self.lizard_config  # the recorded one, shared by every layer
         for layer in layers:
-            layer.lizard = self.lizard_config
+            layer.lizard = config
 
     def _record_knob(self, name: str, value: float) -> list[LizardAttention]:
         """Record inference knob ``name`` = ``value`` in the config (ValueError, changing nothing, where
