@@ -62,6 +62,7 @@ CASES = [
     (1, 2, 2, 150, 64, 64, 64, 16, 3, False),
     (1, 2, 1, 50, 64, 64, 64, 64, 4, True),  # shorter than the window
     (1, 2, 1, 1100, 64, 64, 64, 512, 4, True),  # a wide window: the general window backward, many blocks back
+    (1, 2, 1, 2600, 64, 64, 64, 2048, 4, True),  # the window of a 2K training length, past it
 ]
 
 
