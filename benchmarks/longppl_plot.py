@@ -10,7 +10,9 @@ Writes ``<out>/longppl-vs-reference-<reference device>.png``; the numbers are ``
 of the same files (``readme_table.longppl_reference``). With ``--folder`` it draws a folder of
 ``lizardlm eval --tasks longppl`` results instead (``readme_table.longppl_folder``'s table): every file's
 perplexity by position, the teacher's fixed-context references (``--longppl-context``) dashed, into
-``<folder>/longppl.png``.
+``<folder>/longppl.png``, and, where the folder holds evaluations at several softmax windows
+(``--window-size``) or contexts, the last bucket's perplexity against that window or context, one line a
+model and knobs, into ``<folder>/longppl-by-window.png``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_table import RESULTS, kib, longppl_folder_curves, longppl_runs  # noqa: E402
+from readme_table import KNOBS, RESULTS, kib, longppl_folder_curves, longppl_runs  # noqa: E402
 from result_names import device_slug  # noqa: E402
 
 
@@ -74,12 +76,13 @@ def plot_folder(folder: Path) -> Path:
         mids = [(a + b) / 2 for a, b in zip(c["bucket_start"], c["bucket_end"])]
         ax.plot(mids, c["ppl"], ls="--", color=str(0.2 + 0.5 * i / max(1, len(references) - 1)), lw=1,
                 label=f"{label} ({kib(c['context'])}-token context)")
+    students = [label for label in curves if label not in references and label != "teacher"]
+    colors = dict(zip(students, plt.cm.tab20.colors * (1 + len(students) // 20)))  # distinct up to 20 curves
     for label, c in curves.items():
         if label in references:
             continue
         mids = [(a + b) / 2 for a, b in zip(c["bucket_start"], c["bucket_end"])]
-        ax.plot(mids, c["ppl"], "o-", lw=2 if label == "teacher" else 1.2, color="black" if label == "teacher" else None,
-                label=label)
+        ax.plot(mids, c["ppl"], "o-", lw=2 if label == "teacher" else 1.2, color=colors.get(label, "black"), label=label)
     first = next(iter(curves.values()))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -98,6 +101,48 @@ def plot_folder(folder: Path) -> Path:
     return path
 
 
+def plot_by_window(folder: Path) -> Path | None:
+    """The last bucket's perplexity against the softmax window each Lizard evaluation recorded (one line a model
+    and knobs) and against the context of each fixed-context teacher reference, the whole-context teacher as a
+    line across; None when no two points share a line. Returns the PNG's path."""
+    curves, models, device = longppl_folder_curves(folder)
+    lines: dict[str, dict[int, float]] = {}
+    for label, c in curves.items():
+        m = models[label]
+        if c.get("context"):
+            name = "teacher, fixed context"
+        elif m.get("window_size"):
+            knobs = " / ".join(f"{m.get(key, 1.0):g}" for key, *_ in KNOBS)
+            name = f"{Path(m.get('source') or label).name} at {knobs}"
+        else:
+            continue
+        lines.setdefault(name, {})[c.get("context") or m["window_size"]] = c["ppl"][-1]
+    lines = {name: dict(sorted(points.items())) for name, points in lines.items() if len(points) > 1}
+    if not lines:
+        return None
+    last = next(iter(curves.values()))
+    bucket = f"{kib(last['bucket_start'][-1])}-{kib(last['bucket_end'][-1])}"
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for name, points in lines.items():
+        ref = name.startswith("teacher")
+        ax.plot(list(points), list(points.values()), "s--" if ref else "o-", color="grey" if ref else None, label=name)
+    if "teacher" in curves:
+        ax.axhline(curves["teacher"]["ppl"][-1], color="black", lw=1, label="teacher, whole context")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("softmax window (Lizard) or context (teacher reference), tokens")
+    ax.set_ylabel(f"perplexity at positions {bucket}")
+    ax.set_title(f"What a wider window buys, {device} ({folder.name}: {last['windows']} windows of "
+                 f"{kib(last['seq_len'])}; knobs: decay / write / read)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = folder / "longppl-by-window.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", type=Path, default=None,
@@ -111,6 +156,8 @@ def main() -> None:
         if not any(args.folder.glob("*-eval.json")):
             raise SystemExit(f"{args.folder}: no <label>-eval.json of `lizardlm eval --tasks longppl` in it")
         print(plot_folder(args.folder))
+        if by_window := plot_by_window(args.folder):
+            print(by_window)
         return
     reference = args.reference or next(iter(sorted(RESULTS.glob("longppl-reference-*.json"))), None)
     if reference is None or not reference.is_file():

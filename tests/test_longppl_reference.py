@@ -67,7 +67,7 @@ def test_a_folder_of_longppl_evaluations_is_one_table_against_its_teacher(tmp_pa
 
     write("student", [22.0, 33.0, 30.0, 45.0], {"decay_scale": 0.125, "write_contrast": 5.0, "read_sharpness": 2.0})
     write("as-trained", [22.0, 33.0, 30.0, 60.0], {"decay_scale": 1.0, "write_contrast": 1.0, "read_sharpness": 1.0,
-                                                   "window_size": 1024})
+                                                   "window_size": 1024, "source": "runs/as-trained"})
     write("teacher", [20.0, 30.0, 30.0, 30.0], {})
     write("teacher-context512", [20.0, 30.0, 36.0, 39.0], {}, context=512)
     rows = readme_table.longppl_folder(folder).splitlines()
@@ -79,3 +79,8 @@ def test_a_folder_of_longppl_evaluations_is_one_table_against_its_teacher(tmp_pa
                         "| student | 0.125 / 5 / 2 | 22.0 (+10%) | 33.0 (+10%) | 30.0 (+0%) | 45.0 (+50%) |"]
     assert readme_table.table(folder) == readme_table.longppl_folder(folder)
     assert longppl_plot.plot_folder(folder) == folder / "longppl.png" and (folder / "longppl.png").stat().st_size > 10_000
+    assert longppl_plot.plot_by_window(folder) is None  # one window of as-trained's knobs, one reference context
+    write("as-trained-w2048", [22.0, 33.0, 30.0, 50.0], {"decay_scale": 1.0, "write_contrast": 1.0, "read_sharpness": 1.0,
+                                                         "window_size": 2048, "source": "runs/as-trained"})
+    assert longppl_plot.plot_by_window(folder) == folder / "longppl-by-window.png"
+    assert (folder / "longppl-by-window.png").stat().st_size > 10_000
