@@ -26,7 +26,8 @@ def attention(path: Path) -> str:
     c = d["config"]
     ms = {(r["op"], r["T"], r["mode"]): r["ms"] for r in d["runs"]}
     forms = c.get("forms", {"lizard": {"combine": "shared", "window": c["window"]}})
-    passed = "pass" if all(v["pass"] for v in d["correctness"].values()) else "FAIL"
+    failed = [key for key, v in d["correctness"].items() if not v["pass"]]
+    passed = "pass" if not failed else f"FAIL, {len(failed)} of {len(d['correctness'])} checks ({'; '.join(failed)})"
     label = {"shared": "our form", "sum": "paper form"}
     cols = [f"{name} ({label[f['combine']]}, w{f['window']})" for name, f in forms.items()]
     rows = [
