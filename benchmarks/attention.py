@@ -5,8 +5,8 @@ bf16, 32 heads, head dim 128, feature dim 128, 4 meta tokens; B*T = 32K tokens a
 (``--forms``): ``lizard`` = our form at window 64 (meta key/value slots, shared normaliser),
 ``lizard-w128`` / ``-w512`` / ``-w2048`` = the same at windows 128 / 512 / 2048 (what a wider
 window costs: ``--window-size`` at training and inference), ``paper`` = the paper's sum form at
-window 128 (sink logits, alpha). A correctness check of each form against a float64 reference runs first, in the
-same process.
+window 128 (sink logits, alpha). A correctness check of each form against a float64 reference runs
+first, in the same process, on shapes shorter than the window and one just past it.
 
     python benchmarks/attention.py [--out DIR] [--profile] [--quick]
 
