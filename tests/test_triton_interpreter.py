@@ -29,7 +29,7 @@ CASES = {
     "wide-window-no-gate-no-meta": (2, 2, 1, 70, 16, 96, 16, 100, 0, False),
     "shorter-than-window": (1, 1, 1, 40, 16, 16, 16, 64, 2, True),
     "features-not-a-power-of-two": (1, 2, 1, 90, 16, 32, 40, 32, 2, True),
-    "window280-blocks-back": (1, 1, 1, 340, 16, 16, 16, 280, 2, True),  # a wide window: 5 key blocks, 4 chunks back
+    "window300-blocks-back": (1, 2, 1, 420, 16, 16, 16, 300, 2, True),  # a wide window: 5 key blocks, 4 chunks back
 }
 # lizardlm.ops.triton.lizard.CFG per variant, and the forms it runs in (the sum form shares every
 # other kernel path); the scans' tiles are forced (picking them asks the GPU)
