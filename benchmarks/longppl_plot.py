@@ -32,6 +32,16 @@ from readme_table import KNOBS, RESULTS, kib, longppl_folder_curves, longppl_run
 from result_names import device_slug  # noqa: E402
 
 
+def _save(fig: plt.Figure, ax: plt.Axes, path: Path, legend_size: int) -> Path:
+    """Every plot's ending: grid, legend, tight layout, written to ``path`` and closed; returns ``path``."""
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot(reference: Path, names: list[str] | None, out: Path) -> Path:
     """Each named run's ppl / reference ppl by bucket (all runs within 2x of the reference at the first
     bucket past its context when ``names`` is None); returns the PNG's path."""
@@ -56,14 +66,8 @@ def plot(reference: Path, names: list[str] | None, out: Path) -> Path:
     ax.set_xlabel("token position (held-out Gutenberg books; bucket middle)")
     ax.set_ylabel("run perplexity / reference perplexity")
     ax.set_title(f"Long-document perplexity over a fixed-context reference ({reference.name})", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"longppl-vs-reference-{device_slug(ref['device'])}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, out / f"longppl-vs-reference-{device_slug(ref['device'])}.png", legend_size=7)
 
 
 def plot_folder(folder: Path) -> Path:
@@ -92,13 +96,7 @@ def plot_folder(folder: Path) -> Path:
     ax.set_ylabel("perplexity")
     ax.set_title(f"Long-document perplexity by position, {device} ({folder.name}: {first['windows']} windows of "
                  f"{kib(first['seq_len'])})", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = folder / "longppl.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, folder / "longppl.png", legend_size=6)
 
 
 def plot_by_window(folder: Path) -> Path | None:
@@ -134,13 +132,7 @@ def plot_by_window(folder: Path) -> Path | None:
     ax.set_ylabel(f"perplexity at positions {bucket}")
     ax.set_title(f"What a wider window buys, {device} ({folder.name}: {last['windows']} windows of "
                  f"{kib(last['seq_len'])}; knobs: decay / write / read)", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = folder / "longppl-by-window.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, folder / "longppl-by-window.png", legend_size=7)
 
 
 def main() -> None:
